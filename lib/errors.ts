@@ -1,0 +1,69 @@
+/**
+ * Stable error codes of {@link LlamaError}. New codes may be added; existing ones never change meaning.
+ */
+export type LlamaErrorCode =
+  | 'ERR_MODEL_NOT_FOUND'
+  | 'ERR_INVALID_MODEL'
+  | 'ERR_INVALID_ARGUMENT'
+  | 'ERR_INVALID_STATE'
+  | 'ERR_DISPOSED'
+  | 'ERR_NO_SEQUENCE'
+  | 'ERR_CONTEXT_FULL'
+  | 'ERR_CONTEXT_CREATE'
+  | 'ERR_ABORTED'
+  | 'ERR_BUSY'
+  | 'ERR_DECODE'
+  | 'ERR_NATIVE_LOAD';
+
+/**
+ * The one error class of llama-addon. `code` is stable and meant for programs; `message` says what was
+ * expected and what was received. The stack trace points at the caller's code.
+ */
+export class LlamaError extends Error {
+  /** Stable machine-readable code, for example `ERR_MODEL_NOT_FOUND`. */
+  readonly code: LlamaErrorCode;
+
+  constructor(code: LlamaErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'LlamaError';
+    this.code = code;
+  }
+}
+
+const knownCodes = new Set<string>([
+  'ERR_MODEL_NOT_FOUND',
+  'ERR_INVALID_MODEL',
+  'ERR_INVALID_ARGUMENT',
+  'ERR_INVALID_STATE',
+  'ERR_DISPOSED',
+  'ERR_NO_SEQUENCE',
+  'ERR_CONTEXT_FULL',
+  'ERR_CONTEXT_CREATE',
+  'ERR_ABORTED',
+  'ERR_BUSY',
+  'ERR_DECODE',
+  'ERR_NATIVE_LOAD',
+]);
+
+/**
+ * Turns an error thrown by the native addon (an Error with a `code` property) into a LlamaError whose
+ * stack starts at `caller`, so users see their own call site rather than the library's internals.
+ */
+export function toLlamaError(e: unknown, caller?: Function): LlamaError {
+  if (e instanceof LlamaError) return e;
+  const err = e as { code?: unknown; message?: unknown };
+  const code = typeof err?.code === 'string' && knownCodes.has(err.code) ? (err.code as LlamaErrorCode) : 'ERR_INVALID_STATE';
+  const message = typeof err?.message === 'string' ? err.message : String(e);
+  const out = new LlamaError(code, message, { cause: e });
+  if (caller) Error.captureStackTrace(out, caller);
+  return out;
+}
+
+/** Runs `fn`, converting native errors to LlamaError with the stack of `caller`. */
+export function callNative<T>(caller: Function, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    throw toLlamaError(e, caller);
+  }
+}

@@ -1,0 +1,179 @@
+// The one hand-written description of the native addon's surface (native/*.cpp), and its loader.
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { LlamaError } from './errors.js';
+
+export interface NativeModelInfo {
+  description: string;
+  parameters: number;
+  sizeBytes: number;
+  contextLength: number;
+  embeddingLength: number;
+  layers: number;
+  heads: number;
+  headsKv: number;
+  vocabSize: number;
+  vocabOnly: boolean;
+  hasEncoder: boolean;
+  hasDecoder: boolean;
+  chatTemplate?: string;
+  vocab: { bos: number; eos: number; eot: number; addBos: boolean };
+}
+
+export interface NativeLoadOptions {
+  gpuLayers: number;
+  useMmap?: boolean;
+  useMlock?: boolean;
+  vocabOnly: boolean;
+}
+
+export interface NativeModel {
+  tokenize(text: string, addBos: boolean, special: boolean): Int32Array;
+  detokenize(tokens: Int32Array, special: boolean): string;
+  tokenPiece(token: number): string;
+  info(): NativeModelInfo;
+  isEndOfGeneration(token: number): boolean;
+  createContext(options: NativeContextOptions): Promise<NativeContext>;
+  dispose(): Promise<void>;
+}
+
+export interface NativeContextOptions {
+  contextSize?: number;
+  batchSize?: number;
+  microBatchSize?: number;
+  sequences?: number;
+  threads?: number;
+  threadsBatch?: number;
+  flashAttention?: boolean | 'auto';
+  embeddings?: boolean;
+}
+
+export interface NativeContextInfo {
+  contextSize: number;
+  totalContextSize: number;
+  batchSize: number;
+  microBatchSize: number;
+  sequences: number;
+  threads: number;
+  threadsBatch: number;
+}
+
+export interface NativeGenerateOptions {
+  maxTokens?: number;
+  queueSize?: number;
+  stop?: string[];
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  minP?: number;
+  typicalP?: number;
+  repeatPenalty?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  penaltyLastN?: number;
+  seed?: number;
+  logitBias?: Array<[number, number]>;
+}
+
+export interface NativeChunk {
+  text: string;
+  tokens: Int32Array;
+}
+
+export interface NativeGenerationResult {
+  stopReason: 'eog' | 'stop' | 'maxTokens' | 'abort' | 'contextFull' | 'error';
+  error?: string;
+  text: string;
+  tokens: Int32Array;
+  promptTokens: number;
+  evaluatedTokens: number;
+  sequenceTokens: number;
+  promptMs: number;
+  generateMs: number;
+  timeToFirstTokenMs: number;
+}
+
+export interface NativeTake {
+  chunks: NativeChunk[];
+  done: boolean;
+  result?: NativeGenerationResult;
+}
+
+export interface NativeGeneration {
+  take(): NativeTake;
+  abort(): void;
+}
+
+export interface NativeContext {
+  generate(
+    sequence: number,
+    tokens: Int32Array,
+    keep: number,
+    options: NativeGenerateOptions,
+    onNotify: () => void,
+  ): NativeGeneration;
+  clearSequence(sequence: number): void;
+  info(): NativeContextInfo;
+  dispose(): Promise<void>;
+}
+
+export interface NativeSystemInfo {
+  llamaCppVersion: string;
+  systemInfo: string;
+  defaultThreads: number;
+  physicalCores: number;
+  supportsGpuOffload: boolean;
+  supportsMmap: boolean;
+  supportsMlock: boolean;
+  maxSequences: number;
+}
+
+export interface NativeAddon {
+  loadModel(
+    path: string,
+    options: NativeLoadOptions,
+    onProgress?: (progress: number) => void,
+  ): { promise: Promise<NativeModel>; abort(): void };
+  systemInfo(): NativeSystemInfo;
+  setLogLevel(level: number): void;
+  setLogSink(sink: ((level: string, message: string) => void) | null): void;
+}
+
+const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+
+/** Where the loader looks for the addon, in order. */
+export function addonCandidates(): string[] {
+  const list: string[] = [];
+  if (process.env.LLAMA_ADDON_BINARY) list.push(process.env.LLAMA_ADDON_BINARY);
+  list.push(join(packageRoot, 'build', 'Release', 'llama_addon.node'));
+  list.push(join(packageRoot, 'build', 'Debug', 'llama_addon.node'));
+  return list;
+}
+
+let cached: NativeAddon | undefined;
+
+/** Loads the native addon once; on failure throws one error listing every place tried and why. */
+export function native(): NativeAddon {
+  if (cached) return cached;
+  const require = createRequire(import.meta.url);
+  const failures: string[] = [];
+  for (const file of addonCandidates()) {
+    if (!existsSync(file)) {
+      failures.push(`${file}: not found`);
+      continue;
+    }
+    try {
+      cached = require(file) as NativeAddon;
+      return cached;
+    } catch (e) {
+      failures.push(`${file}: ${(e as Error).message}`);
+    }
+  }
+  throw new LlamaError(
+    'ERR_NATIVE_LOAD',
+    `llama-addon could not load its native addon. Looked for:\n  ${failures.join('\n  ')}\n` +
+      `Build it with \`npm run build\` in ${packageRoot} (needs cmake and a C++ compiler).`,
+  );
+}

@@ -1,0 +1,95 @@
+import { LlamaError } from './errors.js';
+
+// One wording for every validation error: `Invalid option "name": expected ..., received ...`.
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value === 'string') return JSON.stringify(value.length > 60 ? value.slice(0, 57) + '...' : value);
+  if (typeof value === 'number' || typeof value === 'boolean' || typeof value === 'bigint') return String(value);
+  if (typeof value === 'function') return 'a function';
+  if (Array.isArray(value)) return `an array of length ${value.length}`;
+  if (value instanceof Int32Array) return `an Int32Array of length ${value.length}`;
+  if (typeof value === 'object') return `an object (${Object.prototype.toString.call(value).slice(8, -1)})`;
+  return typeof value;
+}
+
+export function invalid(name: string, expected: string, received: unknown, caller?: Function): LlamaError {
+  const err = new LlamaError('ERR_INVALID_ARGUMENT', `Invalid option "${name}": expected ${expected}, received ${describe(received)}`);
+  if (caller) Error.captureStackTrace(err, caller);
+  return err;
+}
+
+/** Checks that `options` is undefined or a plain object and has no keys outside `known`. */
+export function checkOptions(
+  what: string,
+  options: unknown,
+  known: readonly string[],
+  caller: Function,
+): Record<string, unknown> {
+  if (options === undefined) return {};
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw invalid(what, 'an object', options, caller);
+  }
+  for (const key of Object.keys(options)) {
+    if (!known.includes(key)) {
+      const err = new LlamaError(
+        'ERR_INVALID_ARGUMENT',
+        `Invalid option "${key}" for ${what}: expected one of ${known.join(', ')}`,
+      );
+      Error.captureStackTrace(err, caller);
+      throw err;
+    }
+  }
+  return options as Record<string, unknown>;
+}
+
+export function optInteger(
+  o: Record<string, unknown>,
+  name: string,
+  min: number,
+  max: number,
+  caller: Function,
+): number | undefined {
+  const v = o[name];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw invalid(name, `an integer from ${min} to ${max === Number.MAX_SAFE_INTEGER ? 'any size' : max}`, v, caller);
+  }
+  return v;
+}
+
+export function optNumber(
+  o: Record<string, unknown>,
+  name: string,
+  min: number,
+  max: number,
+  caller: Function,
+): number | undefined {
+  const v = o[name];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'number' || Number.isNaN(v) || v < min || v > max) {
+    throw invalid(name, `a number from ${min} to ${max}`, v, caller);
+  }
+  return v;
+}
+
+export function optBoolean(o: Record<string, unknown>, name: string, caller: Function): boolean | undefined {
+  const v = o[name];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'boolean') throw invalid(name, 'a boolean', v, caller);
+  return v;
+}
+
+export function optFunction<F extends Function>(o: Record<string, unknown>, name: string, caller: Function): F | undefined {
+  const v = o[name];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'function') throw invalid(name, 'a function', v, caller);
+  return v as F;
+}
+
+export function optSignal(o: Record<string, unknown>, name: string, caller: Function): AbortSignal | undefined {
+  const v = o[name];
+  if (v === undefined) return undefined;
+  if (!(v instanceof AbortSignal)) throw invalid(name, 'an AbortSignal', v, caller);
+  return v;
+}

@@ -1,0 +1,60 @@
+// Module entry: registers the native classes and functions described by lib/native.ts.
+#include <napi.h>
+
+#include "addon_data.h"
+#include "common.h"
+#include "context.h"
+#include "engine.h"
+#include "log.h"
+#include "model.h"
+
+namespace la {
+namespace {
+
+Napi::Value SystemInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("llamaCppVersion", llama_version());
+  o.Set("systemInfo", llama_print_system_info());
+  o.Set("defaultThreads", common_cpu_get_num_math());
+  o.Set("physicalCores", common_cpu_get_num_physical_cores());
+  o.Set("supportsGpuOffload", llama_supports_gpu_offload());
+  o.Set("supportsMmap", llama_supports_mmap());
+  o.Set("supportsMlock", llama_supports_mlock());
+  o.Set("maxSequences", (double)llama_max_parallel_sequences());
+  return o;
+}
+
+void Cleanup(Napi::Env, AddonData* data) {
+  // The environment is going away: stop every engine thread before its JS objects disappear.
+  std::set<std::shared_ptr<Engine>> engines;
+  {
+    std::lock_guard<std::mutex> lock(data->enginesMutex);
+    engines.swap(data->engines);
+  }
+  for (auto& e : engines) e->stop();
+  delete data;
+}
+
+}  // namespace
+}  // namespace la
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  static std::once_flag backendOnce;
+  std::call_once(backendOnce, [] {
+    la::installLogger();
+    llama_backend_init();
+  });
+  auto* data = new la::AddonData();
+  env.SetInstanceData<la::AddonData, la::Cleanup>(data);
+  env.AddCleanupHook([] { la::shutdownLogger(); });
+  la::Model::Init(env, exports);
+  la::Context::Init(env, exports);
+  la::Generation::Init(env, exports);
+  la::registerLogExports(env, exports);
+  exports.Set("loadModel", Napi::Function::New(env, la::LoadModel, "loadModel"));
+  exports.Set("systemInfo", Napi::Function::New(env, la::SystemInfo, "systemInfo"));
+  return exports;
+}
+
+NODE_API_MODULE(llama_addon, Init)

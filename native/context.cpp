@@ -1,0 +1,424 @@
+#include "context.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "addon_data.h"
+#include "common.h"
+#include "errors.h"
+#include "log.h"
+
+namespace la {
+
+// ------------------------------------------------------------------ creation
+
+namespace {
+
+struct ContextBox {
+  std::shared_ptr<Engine> engine;
+  int32_t threads;
+  int32_t threadsBatch;
+};
+
+class CreateWorker : public Napi::AsyncWorker {
+ public:
+  CreateWorker(Napi::Env env, std::shared_ptr<ModelHandle> model, llama_context_params params)
+      : Napi::AsyncWorker(env, "llama-addon.createContext"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        model_(std::move(model)),
+        params_(params) {}
+
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    beginCapture();
+    llama_context* ctx = llama_init_from_model(model_->model, params_);
+    std::string reason = endCapture();
+    if (ctx == nullptr) {
+      SetError("llama.cpp could not create the context" + (reason.empty() ? std::string() : ": " + reason));
+      return;
+    }
+    engine_ = std::make_shared<Engine>(model_, ctx);
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    engine_->start();
+    {
+      AddonData* data = addonData(env);
+      std::lock_guard<std::mutex> lock(data->enginesMutex);
+      data->engines.insert(engine_);
+    }
+    auto* box = new ContextBox{engine_, params_.n_threads, params_.n_threads_batch};
+    deferred_.Resolve(addonData(env)->contextCtor.New({Napi::External<ContextBox>::New(env, box)}));
+  }
+
+  void OnError(const Napi::Error& e) override {
+    deferred_.Reject(makeError(Env(), "ERR_CONTEXT_CREATE", e.Message()).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<ModelHandle> model_;
+  llama_context_params params_;
+  std::shared_ptr<Engine> engine_;
+};
+
+int32_t intOption(Napi::Env env, const Napi::Object& o, const char* key, int32_t fallback, int32_t lo, int32_t hi) {
+  Napi::Value v = opt(o, key);
+  if (v.IsEmpty() || v.IsUndefined()) return fallback;
+  if (!v.IsNumber()) throwArg(env, key, "an integer", v);
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= lo && d <= hi) || d != std::floor(d)) {
+    throwError(env, "ERR_INVALID_ARGUMENT",
+               std::string("Invalid option ") + key + ": expected an integer from " + std::to_string(lo) + " to " +
+                   std::to_string(hi) + ", received " + v.ToString().Utf8Value());
+  }
+  return (int32_t)d;
+}
+
+}  // namespace
+
+Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, Napi::Object o) {
+  llama_context_params p = llama_context_default_params();
+  int32_t sequences = intOption(env, o, "sequences", 1, 1, (int32_t)llama_max_parallel_sequences());
+  int32_t contextSize = intOption(env, o, "contextSize", 4096, 1, 1 << 24);
+  p.n_seq_max = (uint32_t)sequences;
+  p.n_ctx = (uint32_t)contextSize * (uint32_t)sequences;
+  p.n_batch = (uint32_t)intOption(env, o, "batchSize", 512, 1, 1 << 20);
+  p.n_ubatch = std::min<uint32_t>(p.n_batch, (uint32_t)intOption(env, o, "microBatchSize", 512, 1, 1 << 20));
+  int32_t threads = intOption(env, o, "threads", common_cpu_get_num_math(), 1, 1024);
+  p.n_threads = threads;
+  p.n_threads_batch = intOption(env, o, "threadsBatch", threads, 1, 1024);
+  p.kv_unified = false;
+  p.no_perf = true;
+  Napi::Value fa = opt(o, "flashAttention");
+  if (fa.IsBoolean()) {
+    p.flash_attn_type = fa.As<Napi::Boolean>().Value() ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+  } else if (fa.IsString() && fa.As<Napi::String>().Utf8Value() == "auto") {
+    p.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_AUTO;
+  } else if (!fa.IsEmpty() && !fa.IsUndefined()) {
+    throwArg(env, "flashAttention", "true, false or \"auto\"", fa);
+  }
+  Napi::Value emb = opt(o, "embeddings");
+  if (emb.IsBoolean()) p.embeddings = emb.As<Napi::Boolean>().Value();
+  else if (!emb.IsEmpty() && !emb.IsUndefined()) throwArg(env, "embeddings", "a boolean", emb);
+
+  auto* worker = new CreateWorker(env, std::move(model), p);
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+// ------------------------------------------------------------------ Context
+
+void Context::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function ctor = DefineClass(env, "NativeContext",
+                                    {
+                                        InstanceMethod<&Context::Generate>("generate"),
+                                        InstanceMethod<&Context::ClearSequence>("clearSequence"),
+                                        InstanceMethod<&Context::Info>("info"),
+                                        InstanceMethod<&Context::Dispose>("dispose"),
+                                    });
+  addonData(env)->contextCtor = Napi::Persistent(ctor);
+  exports.Set("NativeContext", ctor);
+}
+
+Context::Context(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Context>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    throwError(info.Env(), "ERR_INVALID_ARGUMENT", "NativeContext cannot be constructed directly; use createContext()");
+  }
+  ContextBox* box = info[0].As<Napi::External<ContextBox>>().Data();
+  engine_ = std::move(box->engine);
+  threads_ = box->threads;
+  threadsBatch_ = box->threadsBatch;
+  delete box;
+}
+
+Context::~Context() {
+  // Finalizer backstop: a context that was never disposed stops here.
+  if (engine_) {
+    std::shared_ptr<Engine> engine = std::move(engine_);
+    engine->stop();
+  }
+}
+
+std::shared_ptr<Engine> Context::engineOrThrow(Napi::Env env) const {
+  if (!engine_) throwError(env, "ERR_DISPOSED", "The context has been disposed");
+  return engine_;
+}
+
+Napi::Value Context::Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto engine = engineOrThrow(env);
+  llama_context* ctx = engine->ctx();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("contextSize", (double)llama_n_ctx_seq(ctx));
+  o.Set("totalContextSize", (double)llama_n_ctx(ctx));
+  o.Set("batchSize", (double)llama_n_batch(ctx));
+  o.Set("microBatchSize", (double)llama_n_ubatch(ctx));
+  o.Set("sequences", (double)llama_n_seq_max(ctx));
+  o.Set("threads", threads_);
+  o.Set("threadsBatch", threadsBatch_);
+  return o;
+}
+
+// generate(seq, tokens: Int32Array, keep, options, onNotify) -> NativeGeneration
+Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto engine = engineOrThrow(env);
+  const ModelHandle& model = *engine->model();
+  int32_t seq = (int32_t)argInteger(info, 0, "sequence", 0, (int64_t)llama_n_seq_max(engine->ctx()) - 1);
+  Napi::Int32Array tokens = argTokens(info, 1, "tokens");
+  int32_t keep = (int32_t)argInteger(info, 2, "keep", 0, INT32_MAX);
+  if (!info[3].IsObject()) throwArg(env, "options", "an object", info[3]);
+  if (!info[4].IsFunction()) throwArg(env, "onNotify", "a function", info[4]);
+  Napi::Object o = info[3].As<Napi::Object>();
+
+  size_t n = tokens.ElementLength();
+  int32_t nVocab = llama_vocab_n_tokens(model.vocab);
+  if (n == 0) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid prompt: expected at least one token, received none");
+  for (size_t i = 0; i < n; i++) {
+    if (tokens[i] < 0 || tokens[i] >= nVocab) {
+      throwError(env, "ERR_INVALID_ARGUMENT", "Invalid prompt token at index " + std::to_string(i) +
+                                                  ": expected a token id from 0 to " + std::to_string(nVocab - 1) +
+                                                  ", received " + std::to_string(tokens[i]));
+    }
+  }
+  if ((int64_t)n > engine->seqCapacity()) {
+    throwError(env, "ERR_CONTEXT_FULL", "The prompt has " + std::to_string(n) +
+                                            " tokens, more than the context holds per sequence (" +
+                                            std::to_string(engine->seqCapacity()) + ")");
+  }
+
+  auto num = [&](const char* key, double fallback) {
+    Napi::Value v = opt(o, key);
+    if (v.IsEmpty() || v.IsUndefined()) return fallback;
+    if (!v.IsNumber()) throwArg(env, key, "a number", v);
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (std::isnan(d)) throwArg(env, key, "a number that is not NaN", v);
+    return d;
+  };
+  auto g = std::make_shared<GenState>();
+  g->seq = seq;
+  g->tokens.assign(tokens.Data(), tokens.Data() + n);
+  g->keep = std::min<int32_t>(keep, (int32_t)n);
+  double maxTokens = num("maxTokens", (double)INT32_MAX);
+  g->maxTokens = (int32_t)std::max(0.0, std::min(maxTokens, (double)INT32_MAX));
+  g->capacity = (size_t)std::max(1.0, num("queueSize", 32));
+
+  Napi::Value stops = opt(o, "stop");
+  if (stops.IsArray()) {
+    Napi::Array arr = stops.As<Napi::Array>();
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      Napi::Value s = arr.Get(i);
+      if (!s.IsString()) throwArg(env, "stop", "an array of strings", s);
+      std::string str = s.As<Napi::String>().Utf8Value();
+      if (!str.empty()) g->stops.push_back(std::move(str));
+    }
+  } else if (!stops.IsEmpty() && !stops.IsUndefined()) {
+    throwArg(env, "stop", "an array of strings", stops);
+  }
+
+  // Sampler chain, in llama.cpp's usual order.
+  double temperature = num("temperature", 0.8);
+  double topK = num("topK", 40);
+  double topP = num("topP", 0.95);
+  double minP = num("minP", 0.05);
+  double typicalP = num("typicalP", 1.0);
+  double repeatPenalty = num("repeatPenalty", 1.0);
+  double presencePenalty = num("presencePenalty", 0.0);
+  double frequencyPenalty = num("frequencyPenalty", 0.0);
+  double penaltyLastN = num("penaltyLastN", 64);
+  double seed = num("seed", (double)LLAMA_DEFAULT_SEED);
+  if (penaltyLastN < 0) penaltyLastN = engine->seqCapacity();
+
+  llama_sampler_chain_params cp = llama_sampler_chain_default_params();
+  cp.no_perf = true;
+  llama_sampler* chain = llama_sampler_chain_init(cp);
+  g->sampler = chain;  // owned by the state from here on
+
+  Napi::Value bias = opt(o, "logitBias");
+  if (bias.IsArray()) {
+    Napi::Array arr = bias.As<Napi::Array>();
+    std::vector<llama_logit_bias> biases;
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      Napi::Value pair = arr.Get(i);
+      if (!pair.IsArray() || pair.As<Napi::Array>().Length() != 2) throwArg(env, "logitBias", "[token, bias] pairs", pair);
+      Napi::Value tv = pair.As<Napi::Array>().Get(0u), bv = pair.As<Napi::Array>().Get(1u);
+      if (!tv.IsNumber() || !bv.IsNumber()) throwArg(env, "logitBias", "[token, bias] number pairs", pair);
+      int32_t t = tv.As<Napi::Number>().Int32Value();
+      if (t < 0 || t >= nVocab) {
+        throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option logitBias: token " + std::to_string(t) +
+                                                    " is not in the vocabulary (0 to " + std::to_string(nVocab - 1) + ")");
+      }
+      biases.push_back({t, (float)bv.As<Napi::Number>().DoubleValue()});
+    }
+    if (!biases.empty()) {
+      llama_sampler_chain_add(chain, llama_sampler_init_logit_bias(nVocab, (int32_t)biases.size(), biases.data()));
+    }
+  } else if (!bias.IsEmpty() && !bias.IsUndefined()) {
+    throwArg(env, "logitBias", "an array of [token, bias] pairs", bias);
+  }
+  if (penaltyLastN != 0 && (repeatPenalty != 1.0 || presencePenalty != 0.0 || frequencyPenalty != 0.0)) {
+    llama_sampler_chain_add(chain, llama_sampler_init_penalties(nVocab, (int32_t)penaltyLastN, (float)repeatPenalty,
+                                                                (float)frequencyPenalty, (float)presencePenalty));
+    g->acceptPrompt = true;
+  }
+  if (temperature <= 0) {
+    llama_sampler_chain_add(chain, llama_sampler_init_greedy());
+  } else {
+    if (topK > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k((int32_t)topK));
+    if (typicalP < 1.0) llama_sampler_chain_add(chain, llama_sampler_init_typical((float)typicalP, 1));
+    if (topP < 1.0) llama_sampler_chain_add(chain, llama_sampler_init_top_p((float)topP, 1));
+    if (minP > 0.0) llama_sampler_chain_add(chain, llama_sampler_init_min_p((float)minP, 1));
+    llama_sampler_chain_add(chain, llama_sampler_init_temp((float)temperature));
+    llama_sampler_chain_add(chain, llama_sampler_init_dist((uint32_t)(uint64_t)seed));
+  }
+
+  // Notifications to JS: data available, paused on a full queue, done.
+  auto* ctxBox = new std::shared_ptr<GenState>(g);
+  g->tsfn = Napi::ThreadSafeFunction::New(
+      env, info[4].As<Napi::Function>(), "llama-addon.generation", 0, 1, ctxBox,
+      [](Napi::Env, void*, std::shared_ptr<GenState>* box) { delete box; }, (void*)nullptr);
+  g->engine = engine;
+  Napi::Object gen = Generation::NewInstance(env, g);
+  engine->submit(g);
+  return gen;
+}
+
+Napi::Value Context::ClearSequence(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto engine = engineOrThrow(env);
+  int32_t seq = (int32_t)argInteger(info, 0, "sequence", 0, (int64_t)llama_n_seq_max(engine->ctx()) - 1);
+  engine->clearSequence(seq);
+  return env.Undefined();
+}
+
+Napi::Value Context::Dispose(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto deferred = Napi::Promise::Deferred::New(env);
+  std::shared_ptr<Engine> engine = std::move(engine_);
+  engine_.reset();
+  if (!engine) {
+    deferred.Resolve(env.Undefined());
+    return deferred.Promise();
+  }
+  {
+    AddonData* data = addonData(env);
+    std::lock_guard<std::mutex> lock(data->enginesMutex);
+    data->engines.erase(engine);
+  }
+  // Joining the engine thread waits for the decode step in flight: do it off the JS thread.
+  struct StopWorker : Napi::AsyncWorker {
+    StopWorker(Napi::Env env, std::shared_ptr<Engine> e, Napi::Promise::Deferred d)
+        : Napi::AsyncWorker(env, "llama-addon.disposeContext"), e_(std::move(e)), d_(d) {}
+    void Execute() override {
+      e_->stop();
+      e_.reset();
+    }
+    void OnOK() override { d_.Resolve(Env().Undefined()); }
+    std::shared_ptr<Engine> e_;
+    Napi::Promise::Deferred d_;
+  };
+  (new StopWorker(env, std::move(engine), deferred))->Queue();
+  return deferred.Promise();
+}
+
+// ------------------------------------------------------------------ Generation
+
+void Generation::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function ctor = DefineClass(env, "NativeGeneration",
+                                    {
+                                        InstanceMethod<&Generation::Take>("take"),
+                                        InstanceMethod<&Generation::Abort>("abort"),
+                                    });
+  addonData(env)->generationCtor = Napi::Persistent(ctor);
+  exports.Set("NativeGeneration", ctor);
+}
+
+Napi::Object Generation::NewInstance(Napi::Env env, std::shared_ptr<GenState> state) {
+  auto* boxed = new std::shared_ptr<GenState>(std::move(state));
+  return addonData(env)->generationCtor.New({Napi::External<std::shared_ptr<GenState>>::New(env, boxed)});
+}
+
+Generation::Generation(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Generation>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    throwError(info.Env(), "ERR_INVALID_ARGUMENT", "NativeGeneration cannot be constructed directly");
+  }
+  auto* boxed = info[0].As<Napi::External<std::shared_ptr<GenState>>>().Data();
+  state_ = std::move(*boxed);
+  delete boxed;
+}
+
+static Napi::Object resultObject(Napi::Env env, const GenResult& r) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("stopReason", r.stopReason);
+  if (!r.error.empty()) o.Set("error", r.error);
+  o.Set("text", Napi::String::New(env, r.text));
+  Napi::Int32Array tokens = Napi::Int32Array::New(env, r.tokens.size());
+  std::copy(r.tokens.begin(), r.tokens.end(), tokens.Data());
+  o.Set("tokens", tokens);
+  o.Set("promptTokens", r.promptTokens);
+  o.Set("evaluatedTokens", r.evaluatedTokens);
+  o.Set("sequenceTokens", r.sequenceTokens);
+  o.Set("promptMs", r.promptMs);
+  o.Set("generateMs", r.generateMs);
+  o.Set("timeToFirstTokenMs", r.timeToFirstTokenMs);
+  return o;
+}
+
+// take() -> { chunks: [{ text, tokens }], done, result? }: everything queued so far.
+Napi::Value Generation::Take(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  GenState& g = *state_;
+  std::deque<Chunk> chunks;
+  bool wasFull = false;
+  bool done = false;
+  Napi::Object out = Napi::Object::New(env);
+  {
+    std::lock_guard<std::mutex> lock(g.mu);
+    wasFull = g.full();
+    chunks.swap(g.queue);
+    g.notifyPending = false;
+    g.pauseNotified = false;
+    done = g.done;
+    if (g.unrefd && !done) {
+      g.tsfn.Ref(env);
+      g.unrefd = false;
+    }
+    if (done) out.Set("result", resultObject(env, g.result));
+  }
+  if (wasFull && !done) {
+    if (auto engine = g.engine.lock()) engine->wake();
+  }
+  Napi::Array arr = Napi::Array::New(env, chunks.size());
+  uint32_t i = 0;
+  for (auto& c : chunks) {
+    Napi::Object co = Napi::Object::New(env);
+    co.Set("text", Napi::String::New(env, c.text));
+    Napi::Int32Array t = Napi::Int32Array::New(env, c.tokens.size());
+    std::copy(c.tokens.begin(), c.tokens.end(), t.Data());
+    co.Set("tokens", t);
+    arr.Set(i++, co);
+  }
+  out.Set("chunks", arr);
+  out.Set("done", done);
+  return out;
+}
+
+void pauseUnref(Napi::Env env, GenState& g) {
+  std::lock_guard<std::mutex> lock(g.mu);
+  if (!g.done && g.full() && !g.unrefd) {
+    g.tsfn.Unref(env);
+    g.unrefd = true;
+  }
+}
+
+Napi::Value Generation::Abort(const Napi::CallbackInfo& info) {
+  state_->aborted.store(true);
+  if (auto engine = state_->engine.lock()) engine->wake();
+  return info.Env().Undefined();
+}
+
+}  // namespace la

@@ -1,0 +1,44 @@
+// Context: a llama_context with its engine thread, and the generations running on it.
+#pragma once
+#include <napi.h>
+
+#include <memory>
+
+#include "engine.h"
+#include "model.h"
+
+namespace la {
+
+class Context : public Napi::ObjectWrap<Context> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports);
+  // Creates the llama_context on a worker thread; resolves to a NativeContext.
+  static Napi::Value Create(Napi::Env env, std::shared_ptr<ModelHandle> model, Napi::Object options);
+  explicit Context(const Napi::CallbackInfo& info);
+  ~Context() override;
+
+ private:
+  Napi::Value Generate(const Napi::CallbackInfo& info);
+  Napi::Value ClearSequence(const Napi::CallbackInfo& info);
+  Napi::Value Info(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  std::shared_ptr<Engine> engineOrThrow(Napi::Env env) const;
+
+  std::shared_ptr<Engine> engine_;
+  int32_t threads_ = 0;
+  int32_t threadsBatch_ = 0;
+};
+
+class Generation : public Napi::ObjectWrap<Generation> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports);
+  static Napi::Object NewInstance(Napi::Env env, std::shared_ptr<GenState> state);
+  explicit Generation(const Napi::CallbackInfo& info);
+
+ private:
+  Napi::Value Take(const Napi::CallbackInfo& info);
+  Napi::Value Abort(const Napi::CallbackInfo& info);
+  std::shared_ptr<GenState> state_;
+};
+
+}  // namespace la

@@ -1,0 +1,349 @@
+#include "engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+namespace la {
+
+int64_t nowUs() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void notifyJs(GenState& g) {
+  g.tsfn.NonBlockingCall(&g, [](Napi::Env env, Napi::Function fn, GenState* state) {
+    if (env == nullptr || fn == nullptr) return;
+    fn.Call({});
+    pauseUnref(env, *state);
+  });
+}
+
+GenState::~GenState() {
+  if (sampler != nullptr) llama_sampler_free(sampler);
+}
+
+// ------------------------------------------------------------------ text assembly
+
+namespace {
+
+// Length of the longest suffix of `s` that is a proper prefix of one of `stops`.
+size_t stopPrefixSuffix(const std::string& s, const std::vector<std::string>& stops) {
+  size_t best = 0;
+  for (const auto& stop : stops) {
+    size_t maxK = std::min(stop.size() - 1, s.size());
+    for (size_t k = maxK; k > best; --k) {
+      if (s.compare(s.size() - k, k, stop, 0, k) == 0) {
+        best = k;
+        break;
+      }
+    }
+  }
+  return best;
+}
+
+// Moves `cut` back so that s[0, cut) does not end inside a UTF-8 character.
+size_t utf8Boundary(const std::string& s, size_t cut) {
+  size_t cont = 0;
+  size_t i = cut;
+  while (i > 0 && cont < 4) {
+    unsigned char c = (unsigned char)s[i - 1];
+    if ((c & 0xC0) == 0x80) {
+      ++cont;
+      --i;
+      continue;
+    }
+    size_t need = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
+    return cont + 1 >= need ? cut : i - 1;
+  }
+  return cut;  // not valid UTF-8 anyway: do not hold it back
+}
+
+std::string tokenPiece(const llama_vocab* vocab, llama_token t) {
+  char buf[256];
+  int32_t n = llama_token_to_piece(vocab, t, buf, sizeof buf, 0, false);
+  if (n >= 0) return std::string(buf, (size_t)n);
+  std::string big((size_t)-n, '\0');
+  n = llama_token_to_piece(vocab, t, big.data(), (int32_t)big.size(), 0, false);
+  big.resize(n > 0 ? (size_t)n : 0);
+  return big;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ engine
+
+Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx) : model_(std::move(model)), ctx_(ctx) {
+  nBatch_ = (int32_t)llama_n_batch(ctx_);
+  nCtxSeq_ = (int32_t)llama_n_ctx_seq(ctx_);
+  batch_ = llama_batch_init(nBatch_, 0, 1);
+}
+
+Engine::~Engine() {
+  stop();
+  llama_batch_free(batch_);
+}
+
+void Engine::start() { thread_ = std::thread([self = shared_from_this()] { self->run(); }); }
+
+void Engine::submit(std::shared_ptr<GenState> gen) {
+  gen->tQueued = nowUs();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    commands_.push_back(Command{Command::Generate, std::move(gen), 0});
+  }
+  cv_.notify_one();
+}
+
+void Engine::clearSequence(int32_t seq) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    commands_.push_back(Command{Command::ClearSequence, nullptr, seq});
+  }
+  cv_.notify_one();
+}
+
+void Engine::wake() {
+  { std::lock_guard<std::mutex> lock(mu_); }
+  cv_.notify_one();
+}
+
+void Engine::stop() {
+  std::lock_guard<std::mutex> stopLock(stopMu_);
+  if (stopped_) return;
+  stopped_ = true;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_one();
+  if (thread_.joinable()) thread_.join();
+  // Whatever never reached the loop ends here.
+  for (auto& c : commands_) {
+    if (c.kind == Command::Generate) finish(*c.gen, "abort");
+  }
+  commands_.clear();
+  if (ctx_ != nullptr) {
+    llama_free(ctx_);
+    ctx_ = nullptr;
+  }
+}
+
+bool Engine::runnable(GenState& g) {
+  if (g.aborted.load()) return true;
+  std::lock_guard<std::mutex> lock(g.mu);
+  return !g.full();
+}
+
+void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
+  llama_memory_t mem = llama_get_memory(ctx_);
+  int32_t n = (int32_t)g->tokens.size();
+  // The last token must be decoded again for its logits, even when everything is cached.
+  g->keep = std::max(0, std::min(g->keep, n - 1));
+  llama_memory_seq_rm(mem, g->seq, g->keep, -1);
+  g->promptPos = (size_t)g->keep;
+  g->nPast = g->keep;
+  g->tStart = nowUs();
+  g->building.promptTokens = n;
+  g->building.evaluatedTokens = n - g->keep;
+  if (g->acceptPrompt) {
+    for (llama_token t : g->tokens) llama_sampler_accept(g->sampler, t);
+  }
+  active_.push_back(g);
+}
+
+void Engine::push(GenState& g, Chunk&& c, bool force) {
+  bool notify = false;
+  {
+    std::lock_guard<std::mutex> lock(g.mu);
+    if (!c.text.empty() || !c.tokens.empty() || force) g.queue.push_back(std::move(c));
+    if (!g.notifyPending) {
+      g.notifyPending = true;
+      notify = true;
+    }
+    if (g.full() && !g.pauseNotified) {  // tell JS the generation now waits for its consumer
+      g.pauseNotified = true;
+      notify = true;
+    }
+    if (notify) notifyJs(g);
+  }
+}
+
+void Engine::finish(GenState& g, const char* reason, const std::string& error) {
+  {
+    std::lock_guard<std::mutex> lock(g.mu);
+    if (g.done) return;
+  }
+  GenResult& r = g.building;
+  bool stopped = std::string(reason) == "stop";
+  if (!stopped && (!g.pending.empty() || !g.pendingTokens.empty())) {
+    r.text += g.pending;
+    Chunk c{std::move(g.pending), std::move(g.pendingTokens)};
+    g.pending.clear();
+    g.pendingTokens.clear();
+    std::lock_guard<std::mutex> lock(g.mu);
+    g.queue.push_back(std::move(c));
+  }
+  int64_t tEnd = nowUs();
+  r.stopReason = reason;
+  r.error = error;
+  r.sequenceTokens = g.nPast;
+  if (g.tStart == 0) g.tStart = tEnd;
+  int64_t tFirst = g.tFirst != 0 ? g.tFirst : tEnd;
+  r.promptMs = (double)(tFirst - g.tStart) / 1000.0;
+  r.generateMs = (double)(tEnd - tFirst) / 1000.0;
+  r.timeToFirstTokenMs = g.tFirst != 0 ? (double)(g.tFirst - g.tQueued) / 1000.0 : 0.0;
+  std::lock_guard<std::mutex> lock(g.mu);
+  g.result = std::move(r);
+  g.done = true;
+  notifyJs(g);
+  g.tsfn.Release();
+}
+
+void Engine::handleToken(GenState& g, llama_token t) {
+  const llama_vocab* vocab = model_->vocab;
+  if (g.tFirst == 0) g.tFirst = nowUs();
+  if (llama_vocab_is_eog(vocab, t)) {
+    finish(g, "eog");
+    return;
+  }
+  g.building.tokens.push_back(t);
+  g.pendingTokens.push_back(t);
+  g.pending += tokenPiece(vocab, t);
+
+  // A stop string anywhere in the held-back text ends the generation; the text before it is emitted.
+  size_t stopAt = std::string::npos;
+  for (const auto& s : g.stops) {
+    size_t p = g.pending.find(s);
+    if (p < stopAt) stopAt = p;
+  }
+  if (stopAt != std::string::npos) {
+    Chunk c{g.pending.substr(0, stopAt), std::move(g.pendingTokens)};
+    g.building.text += c.text;
+    g.pending.clear();
+    g.pendingTokens.clear();
+    push(g, std::move(c), false);
+    finish(g, "stop");
+    return;
+  }
+  size_t cut = utf8Boundary(g.pending, g.pending.size() - stopPrefixSuffix(g.pending, g.stops));
+  if (cut > 0) {
+    Chunk c{g.pending.substr(0, cut), std::move(g.pendingTokens)};
+    g.pending.erase(0, cut);
+    g.pendingTokens.clear();
+    g.building.text += c.text;
+    push(g, std::move(c), false);
+  }
+  if ((int32_t)g.building.tokens.size() >= g.maxTokens) {
+    finish(g, "maxTokens");
+  } else if (g.nPast >= nCtxSeq_) {
+    finish(g, "contextFull");
+  } else {
+    g.hasNext = true;
+    g.next = t;
+  }
+}
+
+void Engine::run() {
+  llama_memory_t mem = llama_get_memory(ctx_);
+  for (;;) {
+    std::deque<Command> commands;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] {
+        if (stopping_ || !commands_.empty()) return true;
+        for (auto& g : active_) {
+          if (runnable(*g)) return true;
+        }
+        return false;
+      });
+      if (stopping_) break;
+      commands.swap(commands_);
+    }
+    for (auto& c : commands) {
+      if (c.kind == Command::ClearSequence) {
+        llama_memory_seq_rm(mem, c.seq, -1, -1);
+      } else if (c.gen->aborted.load()) {
+        finish(*c.gen, "abort");
+      } else {
+        startGeneration(c.gen);
+      }
+    }
+
+    // Drop aborted generations; fill one batch: running generations first, then prompt chunks.
+    for (auto it = active_.begin(); it != active_.end();) {
+      if ((*it)->aborted.load()) {
+        finish(**it, "abort");
+        it = active_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (active_.empty()) continue;
+    batch_.n_tokens = 0;
+    auto add = [&](GenState& g, llama_token t, bool logits) {
+      int32_t i = batch_.n_tokens++;
+      batch_.token[i] = t;
+      batch_.pos[i] = g.nPast + g.inBatch;
+      batch_.n_seq_id[i] = 1;
+      batch_.seq_id[i][0] = g.seq;
+      batch_.logits[i] = logits;
+      g.inBatch++;
+      if (logits) g.iBatch = i;
+    };
+    size_t n = active_.size();
+    rr_ = (rr_ + 1) % n;
+    std::vector<GenState*> order;
+    order.reserve(n);
+    for (size_t k = 0; k < n; k++) {
+      GenState* g = active_[(rr_ + k) % n].get();
+      g->iBatch = -1;
+      g->inBatch = 0;
+      if (runnable(*g)) order.push_back(g);
+    }
+    for (GenState* g : order) {
+      if (g->hasNext && batch_.n_tokens < nBatch_) add(*g, g->next, true);
+    }
+    for (GenState* g : order) {
+      while (!g->hasNext && g->promptPos < g->tokens.size() && batch_.n_tokens < nBatch_) {
+        bool last = g->promptPos + 1 == g->tokens.size();
+        add(*g, g->tokens[g->promptPos], last);
+        g->promptPos++;
+      }
+    }
+    if (batch_.n_tokens == 0) continue;
+
+    int32_t ret = llama_decode(ctx_, batch_);
+    std::vector<std::shared_ptr<GenState>> finished;
+    for (auto& sp : active_) {
+      GenState& g = *sp;
+      if (g.inBatch == 0) continue;
+      if (ret != 0) {
+        // Undo what this step may have written for the sequence and end the request.
+        llama_memory_seq_rm(mem, g.seq, g.nPast, -1);
+        finish(g, ret == 1 ? "contextFull" : "error",
+               ret == 1 ? "" : "llama_decode failed with status " + std::to_string(ret));
+        continue;
+      }
+      g.nPast += g.inBatch;
+      if (g.hasNext) {
+        g.fed++;
+        g.hasNext = false;
+      }
+      if (g.iBatch >= 0) {
+        llama_token t = llama_sampler_sample(g.sampler, ctx_, g.iBatch);
+        handleToken(g, t);
+      }
+    }
+    active_.erase(std::remove_if(active_.begin(), active_.end(),
+                                 [](const std::shared_ptr<GenState>& g) {
+                                   std::lock_guard<std::mutex> lock(g->mu);
+                                   return g->done;
+                                 }),
+                  active_.end());
+  }
+  // Stopping: end every generation still running.
+  for (auto& g : active_) finish(*g, "abort");
+  active_.clear();
+}
+
+}  // namespace la

@@ -1,0 +1,140 @@
+// Engine: one thread per llama_context that owns its batch loop. Every step it puts the next token of
+// every running generation, and prompt chunks of new ones, into one llama_batch and decodes it once.
+#pragma once
+#include <napi.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "llama.h"
+#include "model.h"
+
+namespace la {
+
+class Engine;
+
+// A piece of generated output: text that is safe to show (whole UTF-8 characters, no part of a stop
+// string) and the tokens that produced it.
+struct Chunk {
+  std::string text;
+  std::vector<int32_t> tokens;
+};
+
+struct GenResult {
+  std::string stopReason;  // eog | stop | maxTokens | abort | contextFull | error
+  std::string error;
+  std::string text;
+  std::vector<int32_t> tokens;  // every generated token, end-of-generation token excluded
+  int32_t promptTokens = 0;
+  int32_t evaluatedTokens = 0;  // prompt tokens decoded (not reused from the cache)
+  int32_t sequenceTokens = 0;   // tokens of the sequence held in the KV cache afterwards
+  double promptMs = 0, generateMs = 0, timeToFirstTokenMs = 0;
+};
+
+// One generation request. Configuration is written on the JS thread before it is queued and is
+// read-only afterwards; the "engine" part is touched by the engine thread only; the queue part is
+// shared and guarded by `mu`.
+struct GenState {
+  ~GenState();
+
+  // configuration
+  int32_t seq = 0;
+  std::vector<llama_token> tokens;  // the whole sequence: kept prefix + new prompt
+  int32_t keep = 0;                 // tokens already in the KV cache that stay
+  int32_t maxTokens = 0;
+  std::vector<std::string> stops;
+  llama_sampler* sampler = nullptr;
+  bool acceptPrompt = false;  // feed prompt tokens to the sampler (penalties)
+  size_t capacity = 32;       // bounded queue: the engine pauses this generation when it is full
+  int64_t tQueued = 0;
+
+  // engine thread only
+  size_t promptPos = 0;
+  int32_t nPast = 0;
+  bool hasNext = false;
+  llama_token next = 0;
+  int32_t iBatch = -1;
+  int32_t inBatch = 0;
+  int32_t fed = 0;
+  std::string pending;
+  std::vector<int32_t> pendingTokens;
+  int64_t tStart = 0, tFirst = 0;
+  GenResult building;
+
+  // shared
+  std::mutex mu;
+  std::deque<Chunk> queue;
+  bool done = false;
+  bool notifyPending = false;
+  bool pauseNotified = false;
+  bool unrefd = false;  // JS thread only, under mu
+  GenResult result;
+  std::atomic<bool> aborted{false};
+  Napi::ThreadSafeFunction tsfn;
+  std::weak_ptr<Engine> engine;
+
+  bool full() const { return queue.size() >= capacity; }
+};
+
+class Engine : public std::enable_shared_from_this<Engine> {
+ public:
+  Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx);
+  ~Engine();
+
+  void start();
+  void submit(std::shared_ptr<GenState> gen);
+  void clearSequence(int32_t seq);
+  void wake();
+  // Stops the loop, ends every generation with stopReason "abort", joins the thread and frees the
+  // llama_context. Idempotent; must not be called from the engine thread.
+  void stop();
+
+  llama_context* ctx() const { return ctx_; }
+  const std::shared_ptr<ModelHandle>& model() const { return model_; }
+  int32_t seqCapacity() const { return nCtxSeq_; }
+
+ private:
+  struct Command {
+    enum Kind { Generate, ClearSequence } kind;
+    std::shared_ptr<GenState> gen;
+    int32_t seq = 0;
+  };
+
+  void run();
+  bool runnable(GenState& g);
+  void startGeneration(const std::shared_ptr<GenState>& g);
+  void handleToken(GenState& g, llama_token t);
+  void push(GenState& g, Chunk&& c, bool force);
+  void finish(GenState& g, const char* reason, const std::string& error = "");
+
+  std::shared_ptr<ModelHandle> model_;
+  llama_context* ctx_;
+  llama_batch batch_{};
+  int32_t nBatch_ = 0;
+  int32_t nCtxSeq_ = 0;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Command> commands_;
+  bool stopping_ = false;
+  std::mutex stopMu_;
+  bool stopped_ = false;
+  std::vector<std::shared_ptr<GenState>> active_;  // engine thread only
+  size_t rr_ = 0;
+};
+
+int64_t nowUs();
+// Wakes the generation's JS side (data, pause or end). Call with g.mu held.
+void notifyJs(GenState& g);
+// On the JS thread after a notification: a generation that waits for its consumer stops keeping the
+// process alive until the consumer reads again.
+void pauseUnref(Napi::Env env, GenState& g);
+
+}  // namespace la

@@ -1,0 +1,148 @@
+#include "log.h"
+
+#include <atomic>
+#include <cstdio>
+#include <mutex>
+
+#include "errors.h"
+#include "llama.h"
+
+namespace la {
+namespace {
+
+std::atomic<int> g_level{(int)LogLevel::Warn};
+std::mutex g_sink_mutex;
+Napi::ThreadSafeFunction g_sink;  // JS logger; empty when logs go to stderr
+bool g_has_sink = false;
+
+struct PendingLine {
+  int level = (int)LogLevel::Info;
+  std::string text;
+};
+thread_local PendingLine t_line;
+thread_local bool t_capturing = false;
+thread_local std::string t_captured;
+
+LogLevel fromGgml(ggml_log_level level, LogLevel previous) {
+  switch (level) {
+    case GGML_LOG_LEVEL_DEBUG: return LogLevel::Debug;
+    case GGML_LOG_LEVEL_INFO: return LogLevel::Info;
+    case GGML_LOG_LEVEL_WARN: return LogLevel::Warn;
+    case GGML_LOG_LEVEL_ERROR: return LogLevel::Error;
+    case GGML_LOG_LEVEL_CONT: return previous;
+    default: return LogLevel::Info;
+  }
+}
+
+const char* levelName(int level) {
+  switch ((LogLevel)level) {
+    case LogLevel::Debug: return "debug";
+    case LogLevel::Info: return "info";
+    case LogLevel::Warn: return "warn";
+    case LogLevel::Error: return "error";
+    default: return "info";
+  }
+}
+
+struct LogMessage {
+  int level;
+  std::string text;
+};
+
+void emit(int level, std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  if (text.empty()) return;
+  if (t_capturing && level >= (int)LogLevel::Warn) {
+    if (!t_captured.empty()) t_captured += "; ";
+    t_captured += text;
+  }
+  if (level < g_level.load(std::memory_order_relaxed)) return;
+  {
+    std::lock_guard<std::mutex> lock(g_sink_mutex);
+    if (g_has_sink) {
+      auto* msg = new LogMessage{level, std::move(text)};
+      napi_status st = g_sink.NonBlockingCall(msg, [](Napi::Env env, Napi::Function fn, LogMessage* m) {
+        if (env != nullptr && fn != nullptr) {
+          fn.Call({Napi::String::New(env, levelName(m->level)), Napi::String::New(env, m->text)});
+        }
+        delete m;
+      });
+      if (st != napi_ok) delete msg;
+      return;
+    }
+  }
+  std::fprintf(stderr, "[llama-addon %s] %s\n", levelName(level), text.c_str());
+}
+
+void onLog(ggml_log_level level, const char* text, void*) {
+  if (text == nullptr) return;
+  PendingLine& line = t_line;
+  int lvl = (int)fromGgml(level, (LogLevel)line.level);
+  if (level != GGML_LOG_LEVEL_CONT && !line.text.empty()) {
+    emit(line.level, std::move(line.text));
+    line.text.clear();
+  }
+  line.level = lvl;
+  line.text += text;
+  if (!line.text.empty() && line.text.back() == '\n') {
+    emit(line.level, std::move(line.text));
+    line.text.clear();
+  }
+}
+
+Napi::Value SetLogLevel(const Napi::CallbackInfo& info) {
+  int64_t level = argInteger(info, 0, "level", 0, 4);
+  g_level.store((int)level);
+  return info.Env().Undefined();
+}
+
+Napi::Value SetLogSink(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsFunction() && !info[0].IsNull() && !info[0].IsUndefined()) {
+    throwArg(env, "logger", "a function or null", info[0]);
+  }
+  std::lock_guard<std::mutex> lock(g_sink_mutex);
+  if (g_has_sink) {
+    g_sink.Release();
+    g_has_sink = false;
+  }
+  if (info[0].IsFunction()) {
+    g_sink = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "llama-addon.log", 0, 1);
+    g_sink.Unref(env);  // a logger never keeps the process alive
+    g_has_sink = true;
+  }
+  return env.Undefined();
+}
+
+}  // namespace
+
+void installLogger() { llama_log_set(onLog, nullptr); }
+
+void setLogLevel(LogLevel level) { g_level.store((int)level); }
+
+void beginCapture() {
+  t_capturing = true;
+  t_captured.clear();
+}
+
+std::string endCapture() {
+  t_capturing = false;
+  std::string out;
+  out.swap(t_captured);
+  return out;
+}
+
+void shutdownLogger() {
+  std::lock_guard<std::mutex> lock(g_sink_mutex);
+  if (g_has_sink) {
+    g_sink.Abort();
+    g_has_sink = false;
+  }
+}
+
+void registerLogExports(Napi::Env env, Napi::Object exports) {
+  exports.Set("setLogLevel", Napi::Function::New(env, SetLogLevel, "setLogLevel"));
+  exports.Set("setLogSink", Napi::Function::New(env, SetLogSink, "setLogSink"));
+}
+
+}  // namespace la

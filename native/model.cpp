@@ -1,0 +1,297 @@
+#include "model.h"
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "addon_data.h"
+#include "context.h"
+#include "errors.h"
+#include "log.h"
+
+namespace la {
+
+// ---------------------------------------------------------------- loading
+
+namespace {
+
+class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
+ public:
+  LoadWorker(Napi::Env env, std::string path, llama_model_params params, Napi::Function onProgress,
+             std::shared_ptr<std::atomic<bool>> cancelled)
+      : Napi::AsyncProgressQueueWorker<float>(env, "llama-addon.loadModel"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        path_(std::move(path)),
+        params_(params),
+        cancelled_(std::move(cancelled)) {
+    if (!onProgress.IsEmpty()) progress_ = Napi::Persistent(onProgress);
+  }
+
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+  void Execute(const ExecutionProgress& progress) override {
+    progress_ptr_ = &progress;
+    params_.progress_callback = [](float p, void* self_) -> bool {
+      auto* self = static_cast<LoadWorker*>(self_);
+      if (self->cancelled_->load()) return false;
+      // Report at most every 1%, and always the end.
+      if (p >= 1.0f || p - self->last_reported_ >= 0.01f) {
+        self->last_reported_ = p;
+        self->progress_ptr_->Send(&p, 1);
+      }
+      return true;
+    };
+    params_.progress_callback_user_data = this;
+    beginCapture();
+    llama_model* model = llama_model_load_from_file(path_.c_str(), params_);
+    reason_ = endCapture();
+    if (model == nullptr) {
+      if (cancelled_->load()) {
+        code_ = "ERR_ABORTED";
+        SetError("Model load was aborted");
+      } else {
+        code_ = "ERR_INVALID_MODEL";
+        SetError("llama.cpp could not load " + path_ + (reason_.empty() ? "" : ": " + reason_));
+      }
+      return;
+    }
+    handle_ = std::make_shared<ModelHandle>();
+    handle_->model = model;
+    handle_->vocab = llama_model_get_vocab(model);
+    handle_->vocabOnly = params_.vocab_only;
+    if (cancelled_->load()) {  // aborted after the last progress report: honour it
+      handle_.reset();
+      code_ = "ERR_ABORTED";
+      SetError("Model load was aborted");
+    }
+  }
+
+  void OnProgress(const float* data, size_t count) override {
+    if (progress_.IsEmpty() || count == 0) return;
+    Napi::HandleScope scope(Env());
+    progress_.Call({Napi::Number::New(Env(), data[count - 1])});
+  }
+
+  void OnOK() override { deferred_.Resolve(Model::NewInstance(Env(), std::move(handle_))); }
+
+  void OnError(const Napi::Error& e) override {
+    deferred_.Reject(makeError(Env(), code_, e.Message()).Value());
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Napi::FunctionReference progress_;
+  std::string path_;
+  llama_model_params params_;
+  std::shared_ptr<std::atomic<bool>> cancelled_;
+  const ExecutionProgress* progress_ptr_ = nullptr;
+  float last_reported_ = -1.0f;
+  std::shared_ptr<ModelHandle> handle_;
+  std::string reason_;
+  const char* code_ = "ERR_INVALID_MODEL";
+};
+
+}  // namespace
+
+Napi::Value LoadModel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = argString(info, 0, "path");
+  if (!info[1].IsObject()) throwArg(env, "options", "an object", info[1]);
+  Napi::Object o = info[1].As<Napi::Object>();
+  Napi::Function onProgress;
+  if (info[2].IsFunction()) onProgress = info[2].As<Napi::Function>();
+  else if (!info[2].IsUndefined()) throwArg(env, "onProgress", "a function", info[2]);
+
+  llama_model_params params = llama_model_default_params();
+  Napi::Value gpuLayers = opt(o, "gpuLayers");
+  if (gpuLayers.IsNumber()) params.n_gpu_layers = gpuLayers.As<Napi::Number>().Int32Value();
+  else if (!gpuLayers.IsEmpty() && !gpuLayers.IsUndefined()) throwArg(env, "gpuLayers", "a number", gpuLayers);
+  bool useMmap = opt(o, "useMmap").IsBoolean() ? opt(o, "useMmap").As<Napi::Boolean>().Value() : llama_supports_mmap();
+  bool useMlock = opt(o, "useMlock").IsBoolean() && opt(o, "useMlock").As<Napi::Boolean>().Value();
+  params.load_mode = useMmap ? (useMlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP)
+                             : (useMlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
+  params.vocab_only = opt(o, "vocabOnly").IsBoolean() && opt(o, "vocabOnly").As<Napi::Boolean>().Value();
+
+  auto cancelled = std::make_shared<std::atomic<bool>>(false);
+  auto* worker = new LoadWorker(env, path, params, onProgress, cancelled);
+  Napi::Object task = Napi::Object::New(env);
+  task.Set("promise", worker->promise());
+  task.Set("abort", Napi::Function::New(
+                        env,
+                        [cancelled](const Napi::CallbackInfo& i) {
+                          cancelled->store(true);
+                          return i.Env().Undefined();
+                        },
+                        "abort"));
+  worker->Queue();
+  return task;
+}
+
+// ---------------------------------------------------------------- Model
+
+void Model::Init(Napi::Env env, Napi::Object exports) {
+  Napi::Function ctor = DefineClass(env, "NativeModel",
+                                    {
+                                        InstanceMethod<&Model::Tokenize>("tokenize"),
+                                        InstanceMethod<&Model::Detokenize>("detokenize"),
+                                        InstanceMethod<&Model::TokenPiece>("tokenPiece"),
+                                        InstanceMethod<&Model::Info>("info"),
+                                        InstanceMethod<&Model::IsEndOfGeneration>("isEndOfGeneration"),
+                                        InstanceMethod<&Model::Dispose>("dispose"),
+                                        InstanceMethod<&Model::CreateContext>("createContext"),
+                                    });
+  addonData(env)->modelCtor = Napi::Persistent(ctor);
+  exports.Set("NativeModel", ctor);
+}
+
+Napi::Object Model::NewInstance(Napi::Env env, std::shared_ptr<ModelHandle> handle) {
+  auto* boxed = new std::shared_ptr<ModelHandle>(std::move(handle));
+  return addonData(env)->modelCtor.New({Napi::External<std::shared_ptr<ModelHandle>>::New(env, boxed)});
+}
+
+Model::Model(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Model>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    throwError(info.Env(), "ERR_INVALID_ARGUMENT", "NativeModel cannot be constructed directly; use loadModel()");
+  }
+  auto* boxed = info[0].As<Napi::External<std::shared_ptr<ModelHandle>>>().Data();
+  handle_ = std::move(*boxed);
+  delete boxed;
+}
+
+std::shared_ptr<ModelHandle> Model::handleOrThrow(Napi::Env env) const {
+  if (!handle_) throwError(env, "ERR_DISPOSED", "The model has been disposed");
+  return handle_;
+}
+
+Napi::Value Model::Tokenize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto h = handleOrThrow(env);
+  std::string text = argString(info, 0, "text");
+  bool addSpecial = argBool(info, 1, "addBos");
+  bool parseSpecial = argBool(info, 2, "special");
+  if (text.size() > (size_t)INT32_MAX / 2) throwError(env, "ERR_INVALID_ARGUMENT", "Text is too long to tokenize");
+  std::vector<llama_token> tokens(text.size() + 4);
+  int32_t n = llama_tokenize(h->vocab, text.data(), (int32_t)text.size(), tokens.data(), (int32_t)tokens.size(),
+                             addSpecial, parseSpecial);
+  if (n < 0 && n != INT32_MIN) {
+    tokens.resize((size_t)-n);
+    n = llama_tokenize(h->vocab, text.data(), (int32_t)text.size(), tokens.data(), (int32_t)tokens.size(), addSpecial,
+                       parseSpecial);
+  }
+  if (n < 0) throwError(env, "ERR_INVALID_ARGUMENT", "Tokenization failed");
+  Napi::Int32Array out = Napi::Int32Array::New(env, (size_t)n);
+  std::copy(tokens.begin(), tokens.begin() + n, out.Data());
+  return out;
+}
+
+static void checkTokens(Napi::Env env, const ModelHandle& h, const int32_t* data, size_t n) {
+  int32_t nVocab = llama_vocab_n_tokens(h.vocab);
+  for (size_t i = 0; i < n; i++) {
+    if (data[i] < 0 || data[i] >= nVocab) {
+      throwError(env, "ERR_INVALID_ARGUMENT",
+                 "Invalid token at index " + std::to_string(i) + ": expected a token id from 0 to " +
+                     std::to_string(nVocab - 1) + ", received " + std::to_string(data[i]));
+    }
+  }
+}
+
+Napi::Value Model::Detokenize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto h = handleOrThrow(env);
+  Napi::Int32Array tokens = argTokens(info, 0, "tokens");
+  bool special = argBool(info, 1, "special");
+  checkTokens(env, *h, tokens.Data(), tokens.ElementLength());
+  std::string text(tokens.ElementLength() * 8 + 16, '\0');
+  int32_t n = llama_detokenize(h->vocab, tokens.Data(), (int32_t)tokens.ElementLength(), text.data(),
+                               (int32_t)text.size(), false, special);
+  if (n < 0) {
+    text.resize((size_t)-n);
+    n = llama_detokenize(h->vocab, tokens.Data(), (int32_t)tokens.ElementLength(), text.data(), (int32_t)text.size(),
+                         false, special);
+  }
+  if (n < 0) throwError(env, "ERR_INVALID_ARGUMENT", "Detokenization failed");
+  text.resize((size_t)n);
+  return Napi::String::New(env, text);
+}
+
+Napi::Value Model::TokenPiece(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto h = handleOrThrow(env);
+  int64_t token = argInteger(info, 0, "token", 0, llama_vocab_n_tokens(h->vocab) - 1);
+  const char* text = llama_vocab_get_text(h->vocab, (llama_token)token);
+  return Napi::String::New(env, text ? text : "");
+}
+
+Napi::Value Model::IsEndOfGeneration(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto h = handleOrThrow(env);
+  if (!info[0].IsNumber()) return Napi::Boolean::New(env, false);
+  double d = info[0].As<Napi::Number>().DoubleValue();
+  if (d < 0 || d >= llama_vocab_n_tokens(h->vocab) || d != std::floor(d)) return Napi::Boolean::New(env, false);
+  return Napi::Boolean::New(env, llama_vocab_is_eog(h->vocab, (llama_token)d));
+}
+
+Napi::Value Model::Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto h = handleOrThrow(env);
+  const llama_model* m = h->model;
+  Napi::Object o = Napi::Object::New(env);
+  char desc[256] = {0};
+  llama_model_desc(m, desc, sizeof desc);
+  o.Set("description", desc);
+  o.Set("parameters", Napi::Number::New(env, (double)llama_model_n_params(m)));
+  o.Set("sizeBytes", Napi::Number::New(env, (double)llama_model_size(m)));
+  o.Set("contextLength", llama_model_n_ctx_train(m));
+  o.Set("embeddingLength", llama_model_n_embd(m));
+  o.Set("layers", llama_model_n_layer(m));
+  o.Set("heads", llama_model_n_head(m));
+  o.Set("headsKv", llama_model_n_head_kv(m));
+  o.Set("vocabSize", llama_vocab_n_tokens(h->vocab));
+  o.Set("vocabOnly", h->vocabOnly);
+  o.Set("hasEncoder", llama_model_has_encoder(m));
+  o.Set("hasDecoder", llama_model_has_decoder(m));
+  const char* tmpl = llama_model_chat_template(m, nullptr);
+  if (tmpl != nullptr) o.Set("chatTemplate", tmpl);
+  Napi::Object vocab = Napi::Object::New(env);
+  vocab.Set("bos", llama_vocab_bos(h->vocab));
+  vocab.Set("eos", llama_vocab_eos(h->vocab));
+  vocab.Set("eot", llama_vocab_eot(h->vocab));
+  vocab.Set("addBos", llama_vocab_get_add_bos(h->vocab));
+  o.Set("vocab", vocab);
+  return o;
+}
+
+Napi::Value Model::Dispose(const Napi::CallbackInfo& info) {
+  // Contexts hold their own reference: the weights are freed when the last of them is gone too.
+  // Freeing unmaps or frees the weights, which can take a while: do it off the JS thread.
+  Napi::Env env = info.Env();
+  auto deferred = Napi::Promise::Deferred::New(env);
+  std::shared_ptr<ModelHandle> h = std::move(handle_);
+  handle_.reset();
+  if (!h) {
+    deferred.Resolve(env.Undefined());
+    return deferred.Promise();
+  }
+  struct FreeWorker : Napi::AsyncWorker {
+    FreeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, Napi::Promise::Deferred d)
+        : Napi::AsyncWorker(env, "llama-addon.disposeModel"), h_(std::move(h)), d_(d) {}
+    void Execute() override { h_.reset(); }
+    void OnOK() override { d_.Resolve(Env().Undefined()); }
+    std::shared_ptr<ModelHandle> h_;
+    Napi::Promise::Deferred d_;
+  };
+  (new FreeWorker(env, std::move(h), deferred))->Queue();
+  return deferred.Promise();
+}
+
+Napi::Value Model::CreateContext(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto h = handleOrThrow(env);
+  if (h->vocabOnly) {
+    throwError(env, "ERR_INVALID_STATE", "The model was loaded with vocabOnly: true and has no weights to run");
+  }
+  if (!info[0].IsObject()) throwArg(env, "options", "an object", info[0]);
+  return Context::Create(env, h, info[0].As<Napi::Object>());
+}
+
+}  // namespace la

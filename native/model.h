@@ -1,0 +1,46 @@
+// Model: a loaded llama_model (weights + vocabulary), shared with the contexts made from it.
+#pragma once
+#include <napi.h>
+
+#include <atomic>
+#include <memory>
+
+#include "llama.h"
+
+namespace la {
+
+// Owns the llama_model; freed when the Model is disposed and the last context using it is gone.
+struct ModelHandle {
+  llama_model* model = nullptr;
+  const llama_vocab* vocab = nullptr;
+  bool vocabOnly = false;
+  ~ModelHandle() {
+    if (model != nullptr) llama_model_free(model);
+  }
+};
+
+class Model : public Napi::ObjectWrap<Model> {
+ public:
+  static void Init(Napi::Env env, Napi::Object exports);
+  static Napi::Object NewInstance(Napi::Env env, std::shared_ptr<ModelHandle> handle);
+  explicit Model(const Napi::CallbackInfo& info);
+
+  // The model, or a thrown ERR_DISPOSED.
+  std::shared_ptr<ModelHandle> handleOrThrow(Napi::Env env) const;
+
+ private:
+  Napi::Value Tokenize(const Napi::CallbackInfo& info);
+  Napi::Value Detokenize(const Napi::CallbackInfo& info);
+  Napi::Value TokenPiece(const Napi::CallbackInfo& info);
+  Napi::Value Info(const Napi::CallbackInfo& info);
+  Napi::Value IsEndOfGeneration(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value CreateContext(const Napi::CallbackInfo& info);
+
+  std::shared_ptr<ModelHandle> handle_;
+};
+
+// loadModel(path, { gpuLayers, useMmap, useMlock, vocabOnly }, onProgress?) -> { promise, abort() }
+Napi::Value LoadModel(const Napi::CallbackInfo& info);
+
+}  // namespace la

@@ -1,0 +1,96 @@
+#!/usr/bin/env node
+// Extracts the pinned llama.cpp source from the git bundle shipped inside the pinned
+// node-llama-cpp npm package into deps/llama.cpp, and verifies its commit id.
+// With LLAMA_CPP_DIR set, checks that directory instead and extracts nothing.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, rmSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const pin = JSON.parse(readFileSync(join(root, 'scripts', 'llama-pin.json'), 'utf8'));
+export const PINNED_COMMIT = pin.commit;
+export const PINNED_RELEASE = pin.release;
+export const PINNED_PACKAGE = pin.package;
+
+function git(args, cwd) {
+  return execFileSync('git', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
+}
+
+function headOf(dir) {
+  try {
+    return git(['rev-parse', 'HEAD'], dir);
+  } catch {
+    return null;
+  }
+}
+
+/** Locates the git bundle inside the installed, pinned node-llama-cpp package. */
+export function findBundle() {
+  const require = createRequire(join(root, 'package.json'));
+  let pkgJson;
+  try {
+    pkgJson = require.resolve('node-llama-cpp/package.json');
+  } catch {
+    throw new Error(
+      `llama.cpp source: the package ${PINNED_PACKAGE} is not installed, and it carries the pinned llama.cpp source.\n` +
+        `Run \`npm install\` in ${root}, or set LLAMA_CPP_DIR to a llama.cpp checkout.`,
+    );
+  }
+  const pkgDir = dirname(pkgJson);
+  const version = JSON.parse(readFileSync(pkgJson, 'utf8')).version;
+  const expected = PINNED_PACKAGE.split('@').pop();
+  if (version !== expected) {
+    throw new Error(`llama.cpp source: expected node-llama-cpp ${expected}, found ${version} in ${pkgDir}. Run \`npm ci\`.`);
+  }
+  const bundle = join(pkgDir, 'llama', 'gitRelease.bundle');
+  if (!existsSync(bundle)) throw new Error(`llama.cpp source: ${bundle} is missing from ${PINNED_PACKAGE}`);
+  return bundle;
+}
+
+/** Returns the llama.cpp source directory to build against, extracting the pinned source when needed. */
+export function ensureLlamaSource({ quiet = false } = {}) {
+  const log = quiet ? () => {} : (m) => console.error(`[llama-addon] ${m}`);
+  if (process.env.LLAMA_CPP_DIR) {
+    const dir = resolve(process.env.LLAMA_CPP_DIR);
+    if (!existsSync(join(dir, 'include', 'llama.h'))) {
+      throw new Error(`LLAMA_CPP_DIR=${dir} does not look like a llama.cpp checkout (include/llama.h is missing)`);
+    }
+    const head = headOf(dir);
+    if (head !== PINNED_COMMIT) {
+      log(`warning: LLAMA_CPP_DIR is at ${head ?? 'an unknown commit'}, not the pinned ${PINNED_COMMIT}; the build may fail`);
+    }
+    return dir;
+  }
+  const dir = join(root, 'deps', 'llama.cpp');
+  if (existsSync(join(dir, 'include', 'llama.h')) && headOf(dir) === PINNED_COMMIT) return dir;
+
+  const bundle = findBundle();
+  log(`extracting llama.cpp ${PINNED_RELEASE} (${PINNED_COMMIT.slice(0, 12)}) from ${bundle}`);
+  rmSync(dir, { recursive: true, force: true });
+  mkdirSync(dirname(dir), { recursive: true });
+  try {
+    git(['clone', '--quiet', '--no-checkout', bundle, dir]);
+    git(['-c', 'advice.detachedHead=false', 'checkout', '--quiet', PINNED_COMMIT], dir);
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw new Error(`llama.cpp source: extracting ${bundle} with git failed (is git installed?): ${e.stderr || e.message}`);
+  }
+  const head = headOf(dir);
+  if (head !== PINNED_COMMIT) {
+    rmSync(dir, { recursive: true, force: true });
+    throw new Error(`llama.cpp source: the bundle gave commit ${head}, expected ${PINNED_COMMIT}`);
+  }
+  log(`llama.cpp source ready at ${dir} (commit verified)`);
+  return dir;
+}
+
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  try {
+    console.log(ensureLlamaSource());
+  } catch (e) {
+    console.error(e.message);
+    process.exit(1);
+  }
+}
