@@ -112,7 +112,7 @@ export interface NativeContext {
     tokens: Int32Array,
     keep: number,
     options: NativeGenerateOptions,
-    onNotify: () => void,
+    onNotify: (done: boolean) => void,
   ): NativeGeneration;
   clearSequence(sequence: number): void;
   info(): NativeContextInfo;

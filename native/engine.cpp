@@ -13,7 +13,12 @@ int64_t nowUs() {
 void notifyJs(GenState& g) {
   g.tsfn.NonBlockingCall(&g, [](Napi::Env env, Napi::Function fn, GenState* state) {
     if (env == nullptr || fn == nullptr) return;
-    fn.Call({});
+    bool done;
+    {
+      std::lock_guard<std::mutex> lock(state->mu);
+      done = state->done;
+    }
+    fn.Call({Napi::Boolean::New(env, done)});
     pauseUnref(env, *state);
   });
 }

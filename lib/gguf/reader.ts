@@ -28,6 +28,7 @@ class Cursor {
       throw new NeedMore();
     }
   }
+  peekU32(): number { this.need(4); return this.view.getUint32(this.pos, true); }
   u8(): number { this.need(1); return this.view.getUint8(this.pos++); }
   i8(): number { this.need(1); return this.view.getInt8(this.pos++); }
   u16(): number { this.need(2); const v = this.view.getUint16(this.pos, true); this.pos += 2; return v; }
@@ -112,10 +113,12 @@ function parse(buf: Uint8Array, complete: boolean, fileSize: number, maxArray: n
   const nKv = c.count('metadata count', 12);
   const metadata: Record<string, GgufValue> = {};
   const metadataTypes: Record<string, GgufType> = {};
+  const arrayTypes: Record<string, GgufType> = {};
   for (let i = 0; i < nKv; i++) {
     const key = c.str();
     const type = c.u32() as GgufType;
     if (!(type in GgufType)) throw new GgufFormatError(`metadata key ${JSON.stringify(key)} has unknown type ${type}`);
+    if (type === GgufType.ARRAY) arrayTypes[key] = c.peekU32() as GgufType;
     metadata[key] = readValue(c, type, maxArray);
     metadataTypes[key] = type;
   }
@@ -151,7 +154,7 @@ function parse(buf: Uint8Array, complete: boolean, fileSize: number, maxArray: n
       );
     }
   }
-  return { version, metadata, metadataTypes, tensors, alignment, dataOffset, fileSize };
+  return { version, metadata, metadataTypes, arrayTypes, tensors, alignment, dataOffset, fileSize };
 }
 
 /**

@@ -57,6 +57,8 @@ export interface GgufFile {
   metadata: Record<string, GgufValue>;
   /** The GGUF type of each metadata value, by key (arrays as `ARRAY`). */
   metadataTypes: Record<string, GgufType>;
+  /** The element type of each array value, by key. */
+  arrayTypes: Record<string, GgufType>;
   tensors: GgufTensorInfo[];
   alignment: number;
   /** Byte offset of the tensor data section. */

@@ -1,0 +1,160 @@
+import { LlamaError } from './errors.js';
+import type { NativeGeneration, NativeGenerationResult } from './native.js';
+
+/** One piece of streamed output. */
+export interface GenerationChunk {
+  /** New text: whole UTF-8 characters only, never any part of a stop string. */
+  text: string;
+  /** The tokens that produced it (a token whose text is held back is reported with the text). */
+  tokens: number[];
+}
+
+/** Why a generation ended. */
+export type StopReason = 'eog' | 'stop' | 'maxTokens' | 'abort' | 'contextFull';
+
+/** The outcome of a generation. */
+export interface GenerationResult {
+  /** All generated text (stop string excluded). */
+  text: string;
+  /** Every generated token (the end-of-generation token excluded). */
+  tokens: number[];
+  /**
+   * `eog`: the model ended its output; `stop`: a stop string appeared; `maxTokens`: the limit was reached;
+   * `abort`: aborted by a signal, `break`, or dispose; `contextFull`: the sequence ran out of context.
+   */
+  stopReason: StopReason;
+  usage: {
+    /** Tokens of the prompt. */
+    promptTokens: number;
+    /** Prompt tokens reused from the session's KV cache instead of being decoded again. */
+    cachedTokens: number;
+    /** Generated tokens. */
+    completionTokens: number;
+  };
+  timings: {
+    /** Time spent decoding the prompt. */
+    promptMs: number;
+    /** Time from the first generated token to the end. */
+    generateMs: number;
+    /** Time from the `generate()` call to the first generated token. */
+    timeToFirstTokenMs: number;
+    /** Generated tokens per second over `generateMs`. */
+    tokensPerSecond: number;
+  };
+}
+
+/**
+ * A running generation: an async iterable of {@link GenerationChunk}s, and a {@link result} promise.
+ * Iterating applies backpressure (the engine pauses this generation while its output queue is full);
+ * `break` out of the loop ends the generation promptly.
+ */
+export class Generation implements AsyncIterable<GenerationChunk> {
+  #native: NativeGeneration;
+  #buffer: GenerationChunk[] = [];
+  #final: GenerationResult | LlamaError | null = null;
+  #waiter: (() => void) | null = null;
+  #drain = false;
+  #keepChunks = true;
+  #result: Promise<GenerationResult> | null = null;
+  #resolve: ((r: GenerationResult) => void) | null = null;
+  #reject: ((e: LlamaError) => void) | null = null;
+  #finish: (r: NativeGenerationResult) => GenerationResult | LlamaError;
+
+  /** @internal use {@link LlamaSession.generate} */
+  constructor(
+    start: (onNotify: (done: boolean) => void) => NativeGeneration,
+    finish: (r: NativeGenerationResult) => GenerationResult | LlamaError,
+    signal?: AbortSignal,
+  ) {
+    this.#finish = finish;
+    this.#native = start((done) => {
+      if (done || this.#drain || this.#waiter) this.#pull();
+    });
+    if (signal) {
+      if (signal.aborted) this.abort();
+      else {
+        const onAbort = () => this.abort();
+        signal.addEventListener('abort', onAbort, { once: true });
+        this.#cleanup = () => signal.removeEventListener('abort', onAbort);
+      }
+    }
+  }
+
+  #cleanup: () => void = () => {};
+
+  #pull(): void {
+    if (this.#final) return;
+    const t = this.#native.take();
+    if (this.#keepChunks) {
+      for (const c of t.chunks) this.#buffer.push({ text: c.text, tokens: Array.from(c.tokens) });
+    }
+    if (t.done && t.result) {
+      this.#final = this.#finish(t.result);
+      this.#cleanup();
+      if (this.#resolve) this.#settle();
+    }
+    const w = this.#waiter;
+    this.#waiter = null;
+    w?.();
+  }
+
+  #settle(): void {
+    const f = this.#final;
+    if (f instanceof LlamaError) this.#reject!(f);
+    else if (f) this.#resolve!(f);
+  }
+
+  /**
+   * The final result. It resolves whether or not anyone iterates; reading it makes the generation run to
+   * the end without waiting for a consumer.
+   */
+  get result(): Promise<GenerationResult> {
+    if (!this.#result) {
+      this.#drain = true;
+      this.#result = new Promise<GenerationResult>((resolve, reject) => {
+        this.#resolve = resolve;
+        this.#reject = reject;
+      });
+      if (this.#final) this.#settle();
+      else this.#pull();
+    }
+    return this.#result;
+  }
+
+  /** @internal: for complete(), which needs no chunks. */
+  discardChunks(): this {
+    this.#keepChunks = false;
+    this.#buffer = [];
+    return this;
+  }
+
+  /** Ends the generation; the stream ends normally and `result.stopReason` is `'abort'`. */
+  abort(): void {
+    if (this.#final) return;
+    this.#native.abort();
+    this.#drain = true;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<GenerationChunk> {
+    return {
+      next: async (): Promise<IteratorResult<GenerationChunk>> => {
+        for (;;) {
+          const chunk = this.#buffer.shift();
+          if (chunk) return { value: chunk, done: false };
+          if (this.#final) {
+            if (this.#final instanceof LlamaError) throw this.#final;
+            return { value: undefined, done: true };
+          }
+          this.#pull();
+          if (this.#buffer.length || this.#final) continue;
+          await new Promise<void>((resolve) => (this.#waiter = resolve));
+        }
+      },
+      return: async (): Promise<IteratorResult<GenerationChunk>> => {
+        this.abort();
+        this.#buffer = [];
+        return { value: undefined, done: true };
+      },
+    };
+  }
+}

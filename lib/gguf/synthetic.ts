@@ -1,0 +1,122 @@
+// Synthetic llama-architecture models with random weights: any shape, any of F32/F16/Q8_0/Q4_0, and a
+// real tokenizer copied from another GGUF file. Random weights do not change speed, and they exercise
+// every code path that does not depend on what the model says.
+import { readGguf } from './reader.js';
+import { GGML_TYPE, GgufType } from './types.js';
+import { encodeTensor, writeGguf, type GgufKv, type GgufTensorSpec } from './writer.js';
+
+export interface SyntheticLlamaOptions {
+  /** GGUF file whose `tokenizer.*` metadata (vocabulary, merges, special tokens, template) is copied. */
+  vocabFrom: string;
+  embeddingLength: number;
+  layers: number;
+  heads: number;
+  headsKv?: number;
+  feedForwardLength: number;
+  contextLength?: number;
+  /** Weight type of the big matrices; norms stay F32. Default F32. */
+  type?: 'f32' | 'f16' | 'q8_0' | 'q4_0';
+  /** Seed of the weights. */
+  seed?: number;
+  name?: string;
+  /** Extra metadata, for example a chat template. */
+  metadata?: GgufKv[];
+}
+
+/** A small fast PRNG (xorshift32) so that the same seed gives the same weights everywhere. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0 || 0x9e3779b9;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 0x100000000;
+  };
+}
+
+const typeIds = { f32: GGML_TYPE.F32, f16: GGML_TYPE.F16, q8_0: GGML_TYPE.Q8_0, q4_0: GGML_TYPE.Q4_0 } as const;
+const fileTypes = { f32: 0, f16: 1, q8_0: 7, q4_0: 2 } as const;
+
+/** Number of parameters a synthetic llama model of this shape has. */
+export function syntheticParameterCount(o: Omit<SyntheticLlamaOptions, 'vocabFrom'> & { vocabSize: number }): number {
+  const headDim = o.embeddingLength / o.heads;
+  const kv = (o.headsKv ?? o.heads) * headDim;
+  const perLayer =
+    2 * o.embeddingLength + // norms
+    2 * o.embeddingLength * o.embeddingLength + // q, o
+    2 * o.embeddingLength * kv + // k, v
+    3 * o.embeddingLength * o.feedForwardLength; // gate, up, down
+  return o.layers * perLayer + 2 * o.vocabSize * o.embeddingLength + o.embeddingLength;
+}
+
+/** Writes a llama-architecture GGUF model with random weights to `path`. */
+export async function writeSyntheticLlama(path: string, o: SyntheticLlamaOptions): Promise<void> {
+  const vocab = await readGguf(o.vocabFrom, { maxArrayLength: Infinity });
+  const tokens = vocab.metadata['tokenizer.ggml.tokens'];
+  if (!Array.isArray(tokens)) throw new Error(`${o.vocabFrom} has no tokenizer.ggml.tokens array`);
+  const nVocab = tokens.length;
+  const type = o.type ?? 'f32';
+  const headsKv = o.headsKv ?? o.heads;
+  const headDim = o.embeddingLength / o.heads;
+  if (!Number.isInteger(headDim)) throw new Error('embeddingLength must be a multiple of heads');
+  const nEmbd = o.embeddingLength;
+  const nKv = headsKv * headDim;
+
+  const metadata: GgufKv[] = [
+    { key: 'general.architecture', type: GgufType.STRING, value: 'llama' },
+    { key: 'general.name', type: GgufType.STRING, value: o.name ?? 'synthetic-llama' },
+    { key: 'general.file_type', type: GgufType.UINT32, value: fileTypes[type] },
+    { key: 'llama.context_length', type: GgufType.UINT32, value: o.contextLength ?? 2048 },
+    { key: 'llama.embedding_length', type: GgufType.UINT32, value: nEmbd },
+    { key: 'llama.block_count', type: GgufType.UINT32, value: o.layers },
+    { key: 'llama.feed_forward_length', type: GgufType.UINT32, value: o.feedForwardLength },
+    { key: 'llama.attention.head_count', type: GgufType.UINT32, value: o.heads },
+    { key: 'llama.attention.head_count_kv', type: GgufType.UINT32, value: headsKv },
+    { key: 'llama.rope.dimension_count', type: GgufType.UINT32, value: headDim },
+    { key: 'llama.rope.freq_base', type: GgufType.FLOAT32, value: 10000 },
+    { key: 'llama.attention.layer_norm_rms_epsilon', type: GgufType.FLOAT32, value: 1e-5 },
+  ];
+  for (const [key, value] of Object.entries(vocab.metadata)) {
+    if (!key.startsWith('tokenizer.')) continue;
+    const t = vocab.metadataTypes[key];
+    if (t === GgufType.ARRAY) {
+      metadata.push({ key, type: t, itemType: vocab.arrayTypes[key], value: value as unknown[] });
+    } else {
+      metadata.push({ key, type: t, value });
+    }
+  }
+  const overridden = new Set((o.metadata ?? []).map((m) => m.key));
+  const all = metadata.filter((m) => !overridden.has(m.key)).concat(o.metadata ?? []);
+
+  const random = rng(o.seed ?? 1);
+  const matrix = (cols: number, rows: number, t: number) => () => {
+    const v = new Float32Array(cols * rows);
+    const scale = 1 / Math.sqrt(cols);
+    for (let i = 0; i < v.length; i++) v[i] = (random() * 2 - 1) * scale * 1.7;
+    return encodeTensor(t, v);
+  };
+  const ones = (n: number) => () => encodeTensor(GGML_TYPE.F32, new Float32Array(n).fill(1));
+  const wt = typeIds[type];
+  const tensors: GgufTensorSpec[] = [
+    { name: 'token_embd.weight', dims: [nEmbd, nVocab], type: wt, data: matrix(nEmbd, nVocab, wt) },
+    { name: 'output_norm.weight', dims: [nEmbd], type: GGML_TYPE.F32, data: ones(nEmbd) },
+    { name: 'output.weight', dims: [nEmbd, nVocab], type: wt, data: matrix(nEmbd, nVocab, wt) },
+  ];
+  for (let i = 0; i < o.layers; i++) {
+    const p = `blk.${i}.`;
+    tensors.push(
+      { name: p + 'attn_norm.weight', dims: [nEmbd], type: GGML_TYPE.F32, data: ones(nEmbd) },
+      { name: p + 'attn_q.weight', dims: [nEmbd, nEmbd], type: wt, data: matrix(nEmbd, nEmbd, wt) },
+      { name: p + 'attn_k.weight', dims: [nEmbd, nKv], type: wt, data: matrix(nEmbd, nKv, wt) },
+      { name: p + 'attn_v.weight', dims: [nEmbd, nKv], type: wt, data: matrix(nEmbd, nKv, wt) },
+      { name: p + 'attn_output.weight', dims: [nEmbd, nEmbd], type: wt, data: matrix(nEmbd, nEmbd, wt) },
+      { name: p + 'ffn_norm.weight', dims: [nEmbd], type: GGML_TYPE.F32, data: ones(nEmbd) },
+      { name: p + 'ffn_gate.weight', dims: [nEmbd, o.feedForwardLength], type: wt, data: matrix(nEmbd, o.feedForwardLength, wt) },
+      { name: p + 'ffn_up.weight', dims: [nEmbd, o.feedForwardLength], type: wt, data: matrix(nEmbd, o.feedForwardLength, wt) },
+      { name: p + 'ffn_down.weight', dims: [o.feedForwardLength, nEmbd], type: wt, data: matrix(o.feedForwardLength, nEmbd, wt) },
+    );
+  }
+  await writeGguf(path, { metadata: all, tensors });
+}

@@ -1,0 +1,18 @@
+/**
+ * llama-addon: run GGUF language models in-process through llama.cpp.
+ * @packageDocumentation
+ */
+export { loadModel, LlamaModel } from './model.js';
+export type { LoadModelOptions, ModelInfo, Vocabulary, TokenizeOptions, DetokenizeOptions } from './model.js';
+export { LlamaContext } from './context.js';
+export type { ContextOptions } from './context.js';
+export { LlamaSession } from './session.js';
+export type { GenerateOptions } from './session.js';
+export { Generation } from './generation.js';
+export type { GenerationChunk, GenerationResult, StopReason } from './generation.js';
+export { LlamaError } from './errors.js';
+export type { LlamaErrorCode } from './errors.js';
+export { setLogLevel, setLogger } from './log.js';
+export type { LogLevel, Logger } from './log.js';
+export { getSystemInfo } from './system.js';
+export type { SystemInfo } from './system.js';

@@ -1,0 +1,284 @@
+import { stat } from 'node:fs/promises';
+import { LlamaContext, type ContextOptions } from './context.js';
+import { LlamaError, callNative, toLlamaError } from './errors.js';
+import { GgufFormatError, readGguf } from './gguf/reader.js';
+import type { GgufValue } from './gguf/types.js';
+import { native, type NativeModel, type NativeModelInfo } from './native.js';
+import { checkOptions, invalid, optBoolean, optFunction, optSignal } from './validate.js';
+
+/** Options of {@link loadModel}. */
+export interface LoadModelOptions {
+  /**
+   * Layers to offload to the GPU: a number, `'max'` for all, or `'auto'` (the default): all layers when a
+   * GPU backend is compiled in and usable, none otherwise. Ignored by CPU-only builds.
+   */
+  gpuLayers?: number | 'auto' | 'max';
+  /** Memory-map the weights instead of reading them (default: true where supported). */
+  useMmap?: boolean;
+  /** Lock the weights in RAM so the OS cannot swap them out (default: false). */
+  useMlock?: boolean;
+  /** Load only the vocabulary: tokenize and detokenize work, contexts cannot be created. */
+  vocabOnly?: boolean;
+  /** Called with the load progress, from 0 to 1. */
+  onProgress?: (progress: number) => void;
+  /** Aborts the load; the promise then rejects with `ERR_ABORTED`. */
+  signal?: AbortSignal;
+}
+
+/** What a model is, read from its GGUF header and from llama.cpp. */
+export interface ModelInfo {
+  /** `general.architecture`, for example `llama`. */
+  architecture: string;
+  /** `general.name`, or the file name when the model has none. */
+  name: string;
+  /** Number of parameters (weights). */
+  parameters: number;
+  /** Size of the weights in bytes. */
+  sizeBytes: number;
+  /** Context length the model was trained with. */
+  contextLength: number;
+  /** Size of the embedding vectors. */
+  embeddingLength: number;
+  /** Number of layers (blocks). */
+  layers: number;
+  /** Number of tokens in the vocabulary. */
+  vocabSize: number;
+  /** The Jinja chat template in the model's metadata (`tokenizer.chat_template`), if any. */
+  chatTemplate?: string;
+}
+
+/** The model's vocabulary: size and special tokens. */
+export interface Vocabulary {
+  /** Number of tokens. */
+  readonly size: number;
+  /** Beginning-of-sequence token, or null when the model has none. */
+  readonly bos: number | null;
+  /** End-of-sequence token, or null when the model has none. */
+  readonly eos: number | null;
+  /** End-of-turn token, or null when the model has none. */
+  readonly eot: number | null;
+  /** True for every token that ends a generation (EOS, EOT and the like). */
+  isEndOfGeneration(token: number): boolean;
+}
+
+/** Options of {@link LlamaModel.tokenize}. */
+export interface TokenizeOptions {
+  /**
+   * Parse special tokens such as `<|im_start|>` written in the text (default false: text is always plain
+   * text, so user input cannot inject control tokens).
+   */
+  special?: boolean;
+  /** Add the beginning-of-sequence token when the model uses one (default true). */
+  addBos?: boolean;
+}
+
+/** Options of {@link LlamaModel.detokenize}. */
+export interface DetokenizeOptions {
+  /** Render special tokens as their text (default false). */
+  special?: boolean;
+}
+
+function asTokens(tokens: unknown, caller: Function): Int32Array {
+  if (tokens instanceof Int32Array) return tokens;
+  if (Array.isArray(tokens) && tokens.every((t) => Number.isInteger(t))) return Int32Array.from(tokens as number[]);
+  throw invalid('tokens', 'an Int32Array or an array of integer token ids', tokens, caller);
+}
+
+/**
+ * A loaded GGUF model. Create contexts from it to generate text; dispose it (or use `await using`) to free
+ * its memory.
+ */
+export class LlamaModel implements AsyncDisposable {
+  #native: NativeModel | null;
+  #contexts = new Set<LlamaContext>();
+  #disposing: Promise<void> | null = null;
+  #nativeInfo: NativeModelInfo;
+  /** The file the model was loaded from. */
+  readonly path: string;
+  /** What the model is. */
+  readonly info: Readonly<ModelInfo>;
+  /** Every GGUF metadata key and value. Arrays longer than 64 elements are summarized. */
+  readonly metadata: Readonly<Record<string, GgufValue>>;
+  /** The vocabulary and its special tokens. */
+  readonly vocab: Vocabulary;
+
+  /** @internal use {@link loadModel} */
+  constructor(nativeModel: NativeModel, path: string, metadata: Record<string, GgufValue>) {
+    this.#native = nativeModel;
+    this.path = path;
+    this.metadata = Object.freeze(metadata);
+    const ni = nativeModel.info();
+    this.#nativeInfo = ni;
+    const str = (k: string) => (typeof metadata[k] === 'string' ? (metadata[k] as string) : undefined);
+    this.info = Object.freeze({
+      architecture: str('general.architecture') ?? 'unknown',
+      name: str('general.name') ?? path.split(/[\\/]/).pop()!.replace(/\.gguf$/i, ''),
+      parameters: ni.parameters,
+      sizeBytes: ni.sizeBytes,
+      contextLength: ni.contextLength,
+      embeddingLength: ni.embeddingLength,
+      layers: ni.layers,
+      vocabSize: ni.vocabSize,
+      ...(ni.chatTemplate !== undefined ? { chatTemplate: ni.chatTemplate } : {}),
+    });
+    const orNull = (t: number) => (t >= 0 ? t : null);
+    const self = this;
+    this.vocab = Object.freeze({
+      size: ni.vocabSize,
+      bos: orNull(ni.vocab.bos),
+      eos: orNull(ni.vocab.eos),
+      eot: orNull(ni.vocab.eot),
+      isEndOfGeneration(token: number): boolean {
+        return self.#handle(this.isEndOfGeneration).isEndOfGeneration(token);
+      },
+    });
+  }
+
+  /** True once {@link dispose} has been called. */
+  get disposed(): boolean {
+    return this.#native === null;
+  }
+
+  /** @internal */
+  get addsBos(): boolean {
+    return this.#nativeInfo.vocab.addBos;
+  }
+
+  #handle(caller: Function): NativeModel {
+    if (this.#native === null) {
+      const err = new LlamaError('ERR_DISPOSED', 'The model has been disposed');
+      Error.captureStackTrace(err, caller);
+      throw err;
+    }
+    return this.#native;
+  }
+
+  /** Turns text into token ids. */
+  tokenize(text: string, options?: TokenizeOptions): Int32Array {
+    const h = this.#handle(this.tokenize);
+    if (typeof text !== 'string') throw invalid('text', 'a string', text, this.tokenize);
+    const o = checkOptions('tokenize', options, ['special', 'addBos'], this.tokenize);
+    const special = optBoolean(o, 'special', this.tokenize) ?? false;
+    const addBos = optBoolean(o, 'addBos', this.tokenize) ?? true;
+    return callNative(this.tokenize, () => h.tokenize(text, addBos, special));
+  }
+
+  /** Turns token ids back into text. */
+  detokenize(tokens: Int32Array | readonly number[], options?: DetokenizeOptions): string {
+    const h = this.#handle(this.detokenize);
+    const t = asTokens(tokens, this.detokenize);
+    const o = checkOptions('detokenize', options, ['special'], this.detokenize);
+    const special = optBoolean(o, 'special', this.detokenize) ?? false;
+    return callNative(this.detokenize, () => h.detokenize(t, special));
+  }
+
+  /** Creates a context: the KV cache and compute buffers that generation runs in. */
+  async createContext(options?: ContextOptions): Promise<LlamaContext> {
+    const h = this.#handle(this.createContext);
+    const ctx = await LlamaContext.create(this, h, options, this.createContext);
+    this.#contexts.add(ctx);
+    return ctx;
+  }
+
+  /** @internal */
+  forgetContext(ctx: LlamaContext): void {
+    this.#contexts.delete(ctx);
+  }
+
+  /**
+   * Frees the model and every context made from it. Generations still running end with
+   * `stopReason: 'abort'`. Calling it again does nothing; any other use afterwards throws `ERR_DISPOSED`.
+   */
+  dispose(): Promise<void> {
+    if (this.#disposing) return this.#disposing;
+    const h = this.#native;
+    this.#native = null;
+    this.#disposing = (async () => {
+      await Promise.all([...this.#contexts].map((c) => c.dispose()));
+      await h?.dispose();
+    })();
+    return this.#disposing;
+  }
+
+  /** Same as {@link dispose}, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.dispose();
+  }
+}
+
+const loadOptionKeys = ['gpuLayers', 'useMmap', 'useMlock', 'vocabOnly', 'onProgress', 'signal'] as const;
+
+/**
+ * Loads a GGUF model file. Loading runs on a worker thread; `onProgress` reports progress and `signal`
+ * aborts it.
+ *
+ * @throws LlamaError `ERR_MODEL_NOT_FOUND` when the file does not exist, `ERR_INVALID_MODEL` when it is not a
+ * valid GGUF model, `ERR_INVALID_ARGUMENT` for bad options, `ERR_ABORTED` when `signal` aborts the load.
+ */
+export async function loadModel(path: string, options?: LoadModelOptions): Promise<LlamaModel> {
+  if (typeof path !== 'string' || path.length === 0) throw invalid('path', 'a non-empty string', path, loadModel);
+  const o = checkOptions('loadModel', options, loadOptionKeys, loadModel);
+  const gpuLayersOpt = o.gpuLayers ?? 'auto';
+  if (
+    !(gpuLayersOpt === 'auto' || gpuLayersOpt === 'max') &&
+    !(typeof gpuLayersOpt === 'number' && Number.isInteger(gpuLayersOpt) && gpuLayersOpt >= 0)
+  ) {
+    throw invalid('gpuLayers', 'a non-negative integer, "auto" or "max"', gpuLayersOpt, loadModel);
+  }
+  const useMmap = optBoolean(o, 'useMmap', loadModel);
+  const useMlock = optBoolean(o, 'useMlock', loadModel);
+  const vocabOnly = optBoolean(o, 'vocabOnly', loadModel) ?? false;
+  const onProgress = optFunction<(p: number) => void>(o, 'onProgress', loadModel);
+  const signal = optSignal(o, 'signal', loadModel);
+
+  // Errors made after an await carry V8's async stack trace, which ends in the caller's code.
+  const fail = (code: 'ERR_MODEL_NOT_FOUND' | 'ERR_INVALID_MODEL' | 'ERR_ABORTED', message: string, cause?: unknown) =>
+    new LlamaError(code, message, { cause });
+  if (signal?.aborted) throw fail('ERR_ABORTED', 'Model load was aborted before it started');
+
+  const addon = native();
+  try {
+    const s = await stat(path);
+    if (!s.isFile()) throw fail('ERR_MODEL_NOT_FOUND', `Expected a GGUF model file at ${path}, but it is not a file`);
+  } catch (e) {
+    if (e instanceof LlamaError) throw e;
+    throw fail('ERR_MODEL_NOT_FOUND', `Model file not found: ${path}`, e);
+  }
+  let metadata: Record<string, GgufValue>;
+  try {
+    const gguf = await readGguf(path);
+    if (!vocabOnly && gguf.tensors.length === 0) {
+      throw new GgufFormatError('it has no tensors (a vocabulary-only file: load it with vocabOnly: true)');
+    }
+    metadata = gguf.metadata;
+  } catch (e) {
+    if (e instanceof GgufFormatError) throw fail('ERR_INVALID_MODEL', `${path} is not a valid GGUF model: ${e.message}`, e);
+    throw fail('ERR_INVALID_MODEL', `${path} could not be read: ${(e as Error).message}`, e);
+  }
+  if (signal?.aborted) throw fail('ERR_ABORTED', 'Model load was aborted');
+
+  const gpuLayers =
+    gpuLayersOpt === 'max' ? -1 : gpuLayersOpt === 'auto' ? (addon.systemInfo().supportsGpuOffload ? -1 : 0) : gpuLayersOpt;
+  const progress = onProgress
+    ? (p: number) => {
+        try {
+          onProgress(p);
+        } catch {
+          // a throwing progress callback must not break the load
+        }
+      }
+    : undefined;
+  const task = callNative(loadModel, () =>
+    addon.loadModel(path, { gpuLayers, vocabOnly, ...(useMmap !== undefined ? { useMmap } : {}), ...(useMlock !== undefined ? { useMlock } : {}) }, progress),
+  );
+  const onAbort = () => task.abort();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    const nativeModel = await task.promise;
+    return new LlamaModel(nativeModel, path, metadata);
+  } catch (e) {
+    throw toLlamaError(e);
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+}
