@@ -5,6 +5,7 @@
 #include "common.h"
 #include "context.h"
 #include "engine.h"
+#include "guard.h"
 #include "log.h"
 #include "model.h"
 
@@ -43,6 +44,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   static std::once_flag backendOnce;
   std::call_once(backendOnce, [] {
     la::installLogger();
+    la::installAbortHandler();
     llama_backend_init();
   });
   auto* data = new la::AddonData();

@@ -6,6 +6,7 @@
 #include "addon_data.h"
 #include "common.h"
 #include "errors.h"
+#include "guard.h"
 #include "log.h"
 
 namespace la {
@@ -32,8 +33,17 @@ class CreateWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     beginCapture();
-    llama_context* ctx = llama_init_from_model(model_->model, params_);
-    std::string reason = endCapture();
+    llama_context* ctx = nullptr;
+    std::string reason;
+    try {
+      AbortGuard guard;
+      ctx = llama_init_from_model(model_->model, params_);
+    } catch (const std::exception& e) {
+      ctx = nullptr;
+      reason = e.what();
+    }
+    std::string logged = endCapture();
+    if (!logged.empty()) reason = reason.empty() ? logged : logged + "; " + reason;
     if (ctx == nullptr) {
       SetError("llama.cpp could not create the context" + (reason.empty() ? std::string() : ": " + reason));
       return;

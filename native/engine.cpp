@@ -1,5 +1,7 @@
 #include "engine.h"
 
+#include "guard.h"
+
 #include <algorithm>
 #include <chrono>
 
@@ -317,7 +319,15 @@ void Engine::run() {
     }
     if (batch_.n_tokens == 0) continue;
 
-    int32_t ret = llama_decode(ctx_, batch_);
+    int32_t ret;
+    std::string failure;
+    try {
+      AbortGuard guard;
+      ret = llama_decode(ctx_, batch_);
+    } catch (const std::exception& e) {
+      ret = -100;
+      failure = e.what();
+    }
     std::vector<std::shared_ptr<GenState>> finished;
     for (auto& sp : active_) {
       GenState& g = *sp;
@@ -326,7 +336,9 @@ void Engine::run() {
         // Undo what this step may have written for the sequence and end the request.
         llama_memory_seq_rm(mem, g.seq, g.nPast, -1);
         finish(g, ret == 1 ? "contextFull" : "error",
-               ret == 1 ? "" : "llama_decode failed with status " + std::to_string(ret));
+               ret == 1            ? ""
+               : failure.empty() ? "llama_decode failed with status " + std::to_string(ret)
+                                 : failure);
         continue;
       }
       g.nPast += g.inBatch;

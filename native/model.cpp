@@ -7,6 +7,7 @@
 #include "addon_data.h"
 #include "context.h"
 #include "errors.h"
+#include "guard.h"
 #include "log.h"
 
 namespace la {
@@ -14,6 +15,34 @@ namespace la {
 // ---------------------------------------------------------------- loading
 
 namespace {
+
+void readFacts(ModelHandle& h) {
+  ModelFacts& f = h.facts;
+  const llama_model* m = h.model;
+  char desc[256] = {0};
+  llama_model_desc(m, desc, sizeof desc);
+  f.description = desc;
+  f.parameters = llama_model_n_params(m);
+  f.sizeBytes = llama_model_size(m);
+  f.vocabSize = llama_vocab_n_tokens(h.vocab);
+  f.bos = llama_vocab_bos(h.vocab);
+  f.eos = llama_vocab_eos(h.vocab);
+  f.eot = llama_vocab_eot(h.vocab);
+  f.addBos = llama_vocab_get_add_bos(h.vocab);
+  const char* tmpl = llama_model_chat_template(m, nullptr);
+  f.hasChatTemplate = tmpl != nullptr;
+  if (tmpl != nullptr) f.chatTemplate = tmpl;
+  f.contextLength = llama_model_n_ctx_train(m);
+  f.embeddingLength = llama_model_n_embd(m);
+  f.layers = llama_model_n_layer(m);
+  f.hasEncoder = llama_model_has_encoder(m);
+  f.hasDecoder = llama_model_has_decoder(m);
+  if (!h.vocabOnly) {
+    if (f.layers <= 0) throw std::runtime_error("the model has no layers");
+    f.heads = llama_model_n_head(m);
+    f.headsKv = llama_model_n_head_kv(m);
+  }
+}
 
 class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
  public:
@@ -43,8 +72,16 @@ class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
     };
     params_.progress_callback_user_data = this;
     beginCapture();
-    llama_model* model = llama_model_load_from_file(path_.c_str(), params_);
-    reason_ = endCapture();
+    llama_model* model = nullptr;
+    try {
+      AbortGuard guard;
+      model = llama_model_load_from_file(path_.c_str(), params_);
+    } catch (const std::exception& e) {
+      model = nullptr;
+      reason_ = e.what();
+    }
+    std::string logged = endCapture();
+    if (!logged.empty()) reason_ = reason_.empty() ? logged : logged + "; " + reason_;
     if (model == nullptr) {
       if (cancelled_->load()) {
         code_ = "ERR_ABORTED";
@@ -59,6 +96,15 @@ class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
     handle_->model = model;
     handle_->vocab = llama_model_get_vocab(model);
     handle_->vocabOnly = params_.vocab_only;
+    try {
+      AbortGuard guard;
+      readFacts(*handle_);
+    } catch (const std::exception& e) {
+      handle_.reset();
+      code_ = "ERR_INVALID_MODEL";
+      SetError("llama.cpp loaded " + path_ + " but its hyperparameters are inconsistent: " + e.what());
+      return;
+    }
     if (cancelled_->load()) {  // aborted after the last progress report: honour it
       handle_.reset();
       code_ = "ERR_ABORTED";
@@ -234,29 +280,26 @@ Napi::Value Model::IsEndOfGeneration(const Napi::CallbackInfo& info) {
 Napi::Value Model::Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto h = handleOrThrow(env);
-  const llama_model* m = h->model;
+  const ModelFacts& f = h->facts;
   Napi::Object o = Napi::Object::New(env);
-  char desc[256] = {0};
-  llama_model_desc(m, desc, sizeof desc);
-  o.Set("description", desc);
-  o.Set("parameters", Napi::Number::New(env, (double)llama_model_n_params(m)));
-  o.Set("sizeBytes", Napi::Number::New(env, (double)llama_model_size(m)));
-  o.Set("contextLength", llama_model_n_ctx_train(m));
-  o.Set("embeddingLength", llama_model_n_embd(m));
-  o.Set("layers", llama_model_n_layer(m));
-  o.Set("heads", llama_model_n_head(m));
-  o.Set("headsKv", llama_model_n_head_kv(m));
-  o.Set("vocabSize", llama_vocab_n_tokens(h->vocab));
+  o.Set("description", f.description);
+  o.Set("parameters", Napi::Number::New(env, (double)f.parameters));
+  o.Set("sizeBytes", Napi::Number::New(env, (double)f.sizeBytes));
+  o.Set("contextLength", f.contextLength);
+  o.Set("embeddingLength", f.embeddingLength);
+  o.Set("layers", f.layers);
+  o.Set("heads", f.heads);
+  o.Set("headsKv", f.headsKv);
+  o.Set("vocabSize", f.vocabSize);
   o.Set("vocabOnly", h->vocabOnly);
-  o.Set("hasEncoder", llama_model_has_encoder(m));
-  o.Set("hasDecoder", llama_model_has_decoder(m));
-  const char* tmpl = llama_model_chat_template(m, nullptr);
-  if (tmpl != nullptr) o.Set("chatTemplate", tmpl);
+  o.Set("hasEncoder", f.hasEncoder);
+  o.Set("hasDecoder", f.hasDecoder);
+  if (f.hasChatTemplate) o.Set("chatTemplate", f.chatTemplate);
   Napi::Object vocab = Napi::Object::New(env);
-  vocab.Set("bos", llama_vocab_bos(h->vocab));
-  vocab.Set("eos", llama_vocab_eos(h->vocab));
-  vocab.Set("eot", llama_vocab_eot(h->vocab));
-  vocab.Set("addBos", llama_vocab_get_add_bos(h->vocab));
+  vocab.Set("bos", f.bos);
+  vocab.Set("eos", f.eos);
+  vocab.Set("eot", f.eot);
+  vocab.Set("addBos", f.addBos);
   o.Set("vocab", vocab);
   return o;
 }

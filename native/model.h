@@ -4,13 +4,27 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 
 #include "llama.h"
 
 namespace la {
 
 // Owns the llama_model; freed when the Model is disposed and the last context using it is gone.
+// Facts read once on the loading thread, under an AbortGuard: llama.cpp aborts on some of these getters
+// when a corrupt file made the hyperparameters inconsistent.
+struct ModelFacts {
+  std::string description;
+  std::string chatTemplate;
+  bool hasChatTemplate = false;
+  uint64_t parameters = 0, sizeBytes = 0;
+  int32_t contextLength = 0, embeddingLength = 0, layers = 0, heads = 0, headsKv = 0, vocabSize = 0;
+  bool hasEncoder = false, hasDecoder = false, addBos = false;
+  llama_token bos = -1, eos = -1, eot = -1;
+};
+
 struct ModelHandle {
+  ModelFacts facts;
   llama_model* model = nullptr;
   const llama_vocab* vocab = nullptr;
   bool vocabOnly = false;
