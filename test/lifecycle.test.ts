@@ -64,7 +64,8 @@ describeShared('abort, break and backpressure (stories260k)', () => {
     await it.return!();
     const r = await gen.result;
     expect(r.stopReason).toBe('abort');
-    expect(r.usage.completionTokens).toBeLessThanOrEqual(40);
+    // At most one queue-full (32 chunks) handed to the iterator plus one more queued natively.
+    expect(r.usage.completionTokens).toBeLessThanOrEqual(72);
   });
 
   it('result resolves when nobody iterates', async () => {
