@@ -1,6 +1,9 @@
 // Module entry: registers the native classes and functions described by lib/native.ts.
 #include <napi.h>
 
+#include <cstdlib>
+#include <mutex>
+
 #include "addon_data.h"
 #include "common.h"
 #include "context.h"
@@ -46,6 +49,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
     la::installLogger();
     la::installAbortHandler();
     llama_backend_init();
+    // Registered after ggml's statics exist, so it runs before they are destroyed.
+    std::atexit([] { la::stopAllEngines(); });
   });
   auto* data = new la::AddonData();
   env.SetInstanceData<la::AddonData, la::Cleanup>(data);

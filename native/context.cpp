@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <thread>
 
 #include "addon_data.h"
 #include "common.h"
@@ -48,7 +49,12 @@ class CreateWorker : public Napi::AsyncWorker {
       SetError("llama.cpp could not create the context" + (reason.empty() ? std::string() : ": " + reason));
       return;
     }
-    engine_ = std::make_shared<Engine>(model_, ctx);
+    try {
+      engine_ = std::make_shared<Engine>(model_, ctx);
+    } catch (const std::exception& e) {
+      llama_free(ctx);
+      SetError(std::string("could not start the engine: ") + e.what());
+    }
   }
 
   void OnOK() override {
@@ -93,6 +99,11 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   llama_context_params p = llama_context_default_params();
   int32_t sequences = intOption(env, o, "sequences", 1, 1, (int32_t)llama_max_parallel_sequences());
   int32_t contextSize = intOption(env, o, "contextSize", 4096, 1, 1 << 24);
+  if ((int64_t)contextSize * sequences > (int64_t)1 << 26) {
+    throwError(env, "ERR_INVALID_ARGUMENT",
+               "Invalid options contextSize and sequences: their product must be at most 67108864 tokens, received " +
+                   std::to_string((int64_t)contextSize * sequences));
+  }
   p.n_seq_max = (uint32_t)sequences;
   p.n_ctx = (uint32_t)contextSize * (uint32_t)sequences;
   p.n_batch = (uint32_t)intOption(env, o, "batchSize", 512, 1, 1 << 20);
@@ -146,11 +157,16 @@ Context::Context(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Context>(inf
 }
 
 Context::~Context() {
-  // Finalizer backstop: a context that was never disposed stops here.
-  if (engine_) {
-    std::shared_ptr<Engine> engine = std::move(engine_);
-    engine->stop();
+  // Finalizer backstop for a context that was never disposed: stop it off the JS thread, since joining
+  // the engine waits for the decode step in flight.
+  if (!engine_) return;
+  std::shared_ptr<Engine> engine = std::move(engine_);
+  AddonData* data = addonData(Env());
+  if (data != nullptr) {
+    std::lock_guard<std::mutex> lock(data->enginesMutex);
+    data->engines.erase(engine);
   }
+  std::thread([engine] { engine->stop(); }).detach();
 }
 
 std::shared_ptr<Engine> Context::engineOrThrow(Napi::Env env) const {
@@ -171,6 +187,15 @@ Napi::Value Context::Info(const Napi::CallbackInfo& info) {
   o.Set("threads", threads_);
   o.Set("threadsBatch", threadsBatch_);
   return o;
+}
+
+// Environment teardown: the generation's thread-safe function is about to be freed by Node.
+static void closeOnTeardown(void* arg) {
+  auto* g = static_cast<GenState*>(arg);
+  std::lock_guard<std::mutex> lock(g->mu);
+  g->cleanupHookRan = true;
+  g->tsfnClosed = true;
+  g->aborted.store(true);
 }
 
 // generate(seq, tokens: Int32Array, keep, options, onNotify) -> NativeGeneration
@@ -214,8 +239,9 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   g->tokens.assign(tokens.Data(), tokens.Data() + n);
   g->keep = std::min<int32_t>(keep, (int32_t)n);
   double maxTokens = num("maxTokens", (double)INT32_MAX);
-  g->maxTokens = (int32_t)std::max(0.0, std::min(maxTokens, (double)INT32_MAX));
-  g->capacity = (size_t)std::max(1.0, num("queueSize", 32));
+  if (!(maxTokens >= 1)) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option maxTokens: expected at least 1");
+  g->maxTokens = (int32_t)std::min(maxTokens, (double)INT32_MAX);
+  g->capacity = (size_t)std::max(1.0, std::min(num("queueSize", 32), 1e6));
 
   Napi::Value stops = opt(o, "stop");
   if (stops.IsArray()) {
@@ -242,6 +268,10 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   double penaltyLastN = num("penaltyLastN", 64);
   double seed = num("seed", (double)LLAMA_DEFAULT_SEED);
   if (penaltyLastN < 0) penaltyLastN = engine->seqCapacity();
+  auto clampInt = [](double v) { return (int32_t)std::max(0.0, std::min(v, (double)INT32_MAX)); };
+  penaltyLastN = clampInt(penaltyLastN);
+  topK = clampInt(topK);
+  seed = std::max(0.0, std::min(seed, (double)UINT32_MAX));
 
   llama_sampler_chain_params cp = llama_sampler_chain_default_params();
   cp.no_perf = true;
@@ -290,7 +320,20 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   auto* ctxBox = new std::shared_ptr<GenState>(g);
   g->tsfn = Napi::ThreadSafeFunction::New(
       env, info[4].As<Napi::Function>(), "llama-addon.generation", 0, 1, ctxBox,
-      [](Napi::Env, void*, std::shared_ptr<GenState>* box) { delete box; }, (void*)nullptr);
+      [](Napi::Env env, void*, std::shared_ptr<GenState>* box) {
+        GenState& st = **box;
+        bool hookRan;
+        {
+          std::lock_guard<std::mutex> lock(st.mu);
+          hookRan = st.cleanupHookRan;
+        }
+        if (!hookRan) napi_remove_env_cleanup_hook(env, closeOnTeardown, box->get());
+        delete box;
+      },
+      (void*)nullptr);
+  // Registered after the thread-safe function, so it runs before Node frees it at teardown.
+  g->env = env;
+  napi_add_env_cleanup_hook(env, closeOnTeardown, g.get());
   g->engine = engine;
   Napi::Object gen = Generation::NewInstance(env, g);
   engine->submit(g);
@@ -393,7 +436,7 @@ Napi::Value Generation::Take(const Napi::CallbackInfo& info) {
     g.notifyPending = false;
     g.pauseNotified = false;
     done = g.done;
-    if (g.unrefd && !done) {
+    if (g.unrefd && !done && !g.tsfnClosed) {
       g.tsfn.Ref(env);
       g.unrefd = false;
     }
@@ -419,7 +462,7 @@ Napi::Value Generation::Take(const Napi::CallbackInfo& info) {
 
 void pauseUnref(Napi::Env env, GenState& g) {
   std::lock_guard<std::mutex> lock(g.mu);
-  if (!g.done && g.full() && !g.unrefd) {
+  if (!g.done && !g.tsfnClosed && g.full() && !g.unrefd) {
     g.tsfn.Unref(env);
     g.unrefd = true;
   }
@@ -427,6 +470,14 @@ void pauseUnref(Napi::Env env, GenState& g) {
 
 Napi::Value Generation::Abort(const Napi::CallbackInfo& info) {
   state_->aborted.store(true);
+  {
+    // A paused generation does not hold the process open; its final notification must.
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->unrefd && !state_->done && !state_->tsfnClosed) {
+      state_->tsfn.Ref(info.Env());
+      state_->unrefd = false;
+    }
+  }
   if (auto engine = state_->engine.lock()) engine->wake();
   return info.Env().Undefined();
 }

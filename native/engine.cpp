@@ -12,7 +12,28 @@ int64_t nowUs() {
       .count();
 }
 
+namespace {
+// Every started engine, so that process exit can stop their threads before static destructors run.
+std::mutex g_liveMu;
+std::vector<std::weak_ptr<Engine>> g_live;
+// Set once the process exits: JS can no longer receive anything.
+std::atomic<bool> g_exiting{false};
+}  // namespace
+
+void stopAllEngines() {
+  g_exiting.store(true);
+  std::vector<std::weak_ptr<Engine>> live;
+  {
+    std::lock_guard<std::mutex> lock(g_liveMu);
+    live.swap(g_live);
+  }
+  for (auto& w : live) {
+    if (auto e = w.lock()) e->stop();
+  }
+}
+
 void notifyJs(GenState& g) {
+  if (g.tsfnClosed || g_exiting.load()) return;
   g.tsfn.NonBlockingCall(&g, [](Napi::Env env, Napi::Function fn, GenState* state) {
     if (env == nullptr || fn == nullptr) return;
     bool done;
@@ -90,7 +111,15 @@ Engine::~Engine() {
   llama_batch_free(batch_);
 }
 
-void Engine::start() { thread_ = std::thread([self = shared_from_this()] { self->run(); }); }
+void Engine::start() {
+  {
+    std::lock_guard<std::mutex> lock(g_liveMu);
+    g_live.erase(std::remove_if(g_live.begin(), g_live.end(), [](const std::weak_ptr<Engine>& w) { return w.expired(); }),
+                 g_live.end());
+    g_live.push_back(weak_from_this());
+  }
+  thread_ = std::thread([self = shared_from_this()] { self->run(); });
+}
 
 void Engine::submit(std::shared_ptr<GenState> gen) {
   gen->tQueued = nowUs();
@@ -145,8 +174,14 @@ void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
   llama_memory_t mem = llama_get_memory(ctx_);
   int32_t n = (int32_t)g->tokens.size();
   // The last token must be decoded again for its logits, even when everything is cached.
-  g->keep = std::max(0, std::min(g->keep, n - 1));
-  llama_memory_seq_rm(mem, g->seq, g->keep, -1);
+  // Never trust `keep` beyond what the cache really holds for the sequence.
+  llama_pos held = llama_memory_seq_pos_max(mem, g->seq) + 1;
+  g->keep = std::max(0, std::min({g->keep, n - 1, (int32_t)held}));
+  if (!llama_memory_seq_rm(mem, g->seq, g->keep, -1)) {
+    // Partial removal is not possible for every model (recurrent state): start the sequence afresh.
+    llama_memory_seq_rm(mem, g->seq, -1, -1);
+    g->keep = 0;
+  }
   g->promptPos = (size_t)g->keep;
   g->nPast = g->keep;
   g->tStart = nowUs();
@@ -203,7 +238,7 @@ void Engine::finish(GenState& g, const char* reason, const std::string& error) {
   g.result = std::move(r);
   g.done = true;
   notifyJs(g);
-  g.tsfn.Release();
+  if (!g.tsfnClosed && !g_exiting.load()) g.tsfn.Release();
 }
 
 void Engine::handleToken(GenState& g, llama_token t) {
@@ -251,8 +286,23 @@ void Engine::handleToken(GenState& g, llama_token t) {
 }
 
 void Engine::run() {
-  llama_memory_t mem = llama_get_memory(ctx_);
   for (;;) {
+    try {
+      if (!step()) break;
+    } catch (const std::exception& e) {
+      // Nothing may escape the engine thread: end what is running with the error and go on.
+      for (auto& g : active_) finish(*g, "error", std::string("engine error: ") + e.what());
+      active_.clear();
+    }
+  }
+  // Stopping: end every generation still running.
+  for (auto& g : active_) finish(*g, "abort");
+  active_.clear();
+}
+
+bool Engine::step() {
+  llama_memory_t mem = llama_get_memory(ctx_);
+  {
     std::deque<Command> commands;
     {
       std::unique_lock<std::mutex> lock(mu_);
@@ -263,7 +313,7 @@ void Engine::run() {
         }
         return false;
       });
-      if (stopping_) break;
+      if (stopping_) return false;
       commands.swap(commands_);
     }
     for (auto& c : commands) {
@@ -285,7 +335,7 @@ void Engine::run() {
         ++it;
       }
     }
-    if (active_.empty()) continue;
+    if (active_.empty()) return true;
     batch_.n_tokens = 0;
     auto add = [&](GenState& g, llama_token t, bool logits) {
       int32_t i = batch_.n_tokens++;
@@ -317,7 +367,7 @@ void Engine::run() {
         g->promptPos++;
       }
     }
-    if (batch_.n_tokens == 0) continue;
+    if (batch_.n_tokens == 0) return true;
 
     int32_t ret;
     std::string failure;
@@ -358,9 +408,7 @@ void Engine::run() {
                                  }),
                   active_.end());
   }
-  // Stopping: end every generation still running.
-  for (auto& g : active_) finish(*g, "abort");
-  active_.clear();
+  return true;
 }
 
 }  // namespace la

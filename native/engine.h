@@ -78,6 +78,11 @@ struct GenState {
   GenResult result;
   std::atomic<bool> aborted{false};
   Napi::ThreadSafeFunction tsfn;
+  // Set (under mu) by an environment cleanup hook when Node tears the environment down: from then on the
+  // thread-safe function may already be freed and must not be touched.
+  bool tsfnClosed = false;
+  bool cleanupHookRan = false;
+  napi_env env = nullptr;
   std::weak_ptr<Engine> engine;
 
   bool full() const { return queue.size() >= capacity; }
@@ -108,6 +113,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   };
 
   void run();
+  bool step();  // one engine step; false when stopping
   bool runnable(GenState& g);
   void startGeneration(const std::shared_ptr<GenState>& g);
   void handleToken(GenState& g, llama_token t);
@@ -131,6 +137,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
 };
 
 int64_t nowUs();
+// Stops every engine of the process (at exit).
+void stopAllEngines();
 // Wakes the generation's JS side (data, pause or end). Call with g.mu held.
 void notifyJs(GenState& g);
 // On the JS thread after a notification: a generation that waits for its consumer stops keeping the
