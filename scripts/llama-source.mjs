@@ -4,7 +4,6 @@
 // With LLAMA_CPP_DIR set, checks that directory instead and extracts nothing.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -28,11 +27,17 @@ function headOf(dir) {
 
 /** Locates the git bundle inside the installed, pinned node-llama-cpp package. */
 export function findBundle() {
-  const require = createRequire(join(root, 'package.json'));
+  // node-llama-cpp does not export its package.json: look for the package folder the way Node does.
   let pkgJson;
-  try {
-    pkgJson = require.resolve('node-llama-cpp/package.json');
-  } catch {
+  for (let dir = root; ; dir = dirname(dir)) {
+    const candidate = join(dir, 'node_modules', 'node-llama-cpp', 'package.json');
+    if (existsSync(candidate)) {
+      pkgJson = candidate;
+      break;
+    }
+    if (dirname(dir) === dir) break;
+  }
+  if (!pkgJson) {
     throw new Error(
       `llama.cpp source: the package ${PINNED_PACKAGE} is not installed, and it carries the pinned llama.cpp source.\n` +
         `Run \`npm install\` in ${root}, or set LLAMA_CPP_DIR to a llama.cpp checkout.`,
