@@ -34,11 +34,11 @@ export interface GenerationResult {
   timings: {
     /** Time spent decoding the prompt. */
     promptMs: number;
-    /** Time from the first generated token to the end. */
+    /** Time from the first generated token to the last. */
     generateMs: number;
     /** Time from the `generate()` call to the first generated token. */
     timeToFirstTokenMs: number;
-    /** Generated tokens per second over `generateMs`. */
+    /** Decoding speed: tokens generated after the first, per second of `generateMs` (0 for a single token). */
     tokensPerSecond: number;
   };
 }

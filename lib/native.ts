@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { isMainThread } from 'node:worker_threads';
 import { LlamaError } from './errors.js';
 
 export interface NativeModelInfo {
@@ -139,6 +140,7 @@ export interface NativeAddon {
   systemInfo(): NativeSystemInfo;
   setLogLevel(level: number): void;
   setLogSink(sink: ((level: string, message: string) => void) | null): void;
+  shutdown(): void;
 }
 
 const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -165,8 +167,12 @@ export function native(): NativeAddon {
       continue;
     }
     try {
-      cached = require(file) as NativeAddon;
-      return cached;
+      const addon = require(file) as NativeAddon;
+      cached = addon;
+      // Engine threads must stop before C++ static destructors run, or a decode in flight at
+      // process.exit() would crash on freed llama.cpp state. Worker threads clean up with their environment.
+      if (isMainThread) process.once('exit', () => addon.shutdown());
+      return addon;
     } catch (e) {
       failures.push(`${file}: ${(e as Error).message}`);
     }

@@ -194,7 +194,7 @@ export class LlamaSession {
         promptMs: r.promptMs,
         generateMs: r.generateMs,
         timeToFirstTokenMs: r.timeToFirstTokenMs,
-        tokensPerSecond: r.generateMs > 0 ? (tokens.length * 1000) / r.generateMs : 0,
+        tokensPerSecond: r.generateMs > 0 && tokens.length > 1 ? ((tokens.length - 1) * 1000) / r.generateMs : 0,
       },
     };
   }

@@ -49,8 +49,6 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
     la::installLogger();
     la::installAbortHandler();
     llama_backend_init();
-    // Registered after ggml's statics exist, so it runs before they are destroyed.
-    std::atexit([] { la::stopAllEngines(); });
   });
   auto* data = new la::AddonData();
   env.SetInstanceData<la::AddonData, la::Cleanup>(data);
@@ -61,6 +59,14 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   la::registerLogExports(env, exports);
   exports.Set("loadModel", Napi::Function::New(env, la::LoadModel, "loadModel"));
   exports.Set("systemInfo", Napi::Function::New(env, la::SystemInfo, "systemInfo"));
+  // Called from process.on('exit'): stops every engine thread while llama.cpp's statics still exist.
+  exports.Set("shutdown", Napi::Function::New(
+                              env,
+                              [](const Napi::CallbackInfo& info) {
+                                la::stopAllEngines();
+                                return info.Env().Undefined();
+                              },
+                              "shutdown"));
   return exports;
 }
 

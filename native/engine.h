@@ -137,7 +137,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
 };
 
 int64_t nowUs();
-// Stops every engine of the process (at exit).
+// Stops every engine of the process: at process exit, before static destructors run.
 void stopAllEngines();
 // Wakes the generation's JS side (data, pause or end). Call with g.mu held.
 void notifyJs(GenState& g);

@@ -1,0 +1,67 @@
+// Measures llama-addon in its own process. Usage: tsx bench/addon-worker.ts '<WorkerArgs JSON>'
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { loadModel, setLogLevel } from '../lib/index.js';
+import { promptTokens, stat, type WorkerArgs, type WorkerResult } from './stats.js';
+
+setLogLevel('error');
+const args = JSON.parse(process.argv[2]) as WorkerArgs;
+
+const loadMs: number[] = [];
+for (let i = 0; i < 2; i++) {
+  const t = performance.now();
+  await (await loadModel(args.model)).dispose();
+  loadMs.push(performance.now() - t);
+}
+const t0 = performance.now();
+const model = await loadModel(args.model);
+loadMs.push(performance.now() - t0);
+const ctx = await model.createContext({
+  contextSize: args.prompt + args.gen + 16,
+  ...(args.threads ? { threads: args.threads } : {}),
+});
+const tokens = Int32Array.from(promptTokens(args.prompt, args.vocabSize, args.bos));
+const banned: Record<number, number> = {};
+for (let t = 0; t < model.vocab.size; t++) if (model.vocab.isEndOfGeneration(t)) banned[t] = -Infinity;
+
+const pp: number[] = [];
+const tg: number[] = [];
+const ttft: number[] = [];
+const p99: number[] = [];
+const session = ctx.createSession();
+// One warm-up run, as llama-bench does.
+await session.complete(tokens.subarray(0, 16), { maxTokens: 4, temperature: 0, logitBias: banned });
+for (let r = 0; r < args.reps; r++) {
+  session.reset();
+  const histogram = monitorEventLoopDelay({ resolution: 1 });
+  const signal = AbortSignal.timeout(args.budgetSeconds * 1000);
+  const gen = session.generate(tokens, { maxTokens: args.gen, temperature: 0, logitBias: banned, signal });
+  let first = true;
+  for await (const _ of gen) {
+    if (first) {
+      histogram.enable(); // generation phase only
+      first = false;
+    }
+  }
+  histogram.disable();
+  const result = await gen.result;
+  pp.push((args.prompt * 1000) / result.timings.promptMs);
+  tg.push(result.timings.tokensPerSecond);
+  ttft.push(result.timings.timeToFirstTokenMs);
+  p99.push(histogram.percentile(99) / 1e6);
+}
+session.dispose();
+const threads = ctx.threads;
+await model.dispose();
+
+const out: WorkerResult = {
+  system: 'llama-addon',
+  threads,
+  loadMs: stat(loadMs),
+  promptTokensPerSecond: stat(pp),
+  generateTokensPerSecond: stat(tg),
+  timeToFirstTokenMs: stat(ttft),
+  eventLoopP99Ms: stat(p99),
+  peakRssMb: process.resourceUsage().maxRSS / 1024,
+  notes: [],
+};
+console.log(JSON.stringify(out));

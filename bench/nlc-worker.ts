@@ -1,0 +1,72 @@
+// Measures node-llama-cpp (the pinned devDependency, with its prebuilt binary) in its own process.
+// Usage: tsx bench/nlc-worker.ts '<WorkerArgs JSON>'   (threads absent: node-llama-cpp's own defaults)
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { getLlama, LlamaLogLevel, TokenBias, type Token } from 'node-llama-cpp';
+import { promptTokens, stat, type WorkerArgs, type WorkerResult } from './stats.js';
+
+const args = JSON.parse(process.argv[2]) as WorkerArgs;
+const notes: string[] = [];
+const llama = await getLlama({ gpu: false, build: 'never', usePrebuiltBinaries: true, skipDownload: true, logLevel: LlamaLogLevel.error, progressLogs: false });
+
+const loadMs: number[] = [];
+const t0 = performance.now();
+const model = await llama.loadModel({ modelPath: args.model, gpuLayers: 0 });
+loadMs.push(performance.now() - t0);
+const context = await model.createContext({
+  contextSize: args.prompt + args.gen + 16,
+  ...(args.threads ? { threads: args.threads } : {}),
+});
+const threads = context.currentThreads;
+const tokens = promptTokens(args.prompt, args.vocabSize, args.bos) as Token[];
+const bias = new TokenBias(model.tokenizer);
+if (model.tokens.eos !== null) bias.set(model.tokens.eos, 'never');
+if (model.tokens.eot !== null) bias.set(model.tokens.eot, 'never');
+
+const pp: number[] = [];
+const tg: number[] = [];
+const ttft: number[] = [];
+const p99: number[] = [];
+const sequence = context.getSequence();
+for (let r = 0; r < args.reps; r++) {
+  await sequence.clearHistory();
+  const histogram = monitorEventLoopDelay({ resolution: 1 });
+  const start = performance.now();
+  let firstAt = 0;
+  let n = 0;
+  const deadline = start + args.budgetSeconds * 1000;
+  for await (const _ of sequence.evaluate(tokens, { temperature: 0, tokenBias: bias })) {
+    n++;
+    if (n === 1) {
+      firstAt = performance.now();
+      histogram.enable();
+    }
+    if (n >= args.gen || performance.now() > deadline) break;
+  }
+  histogram.disable();
+  const end = performance.now();
+  if (n < args.gen) notes.push(`run ${r + 1}: stopped after ${n} of ${args.gen} tokens (${args.budgetSeconds} s budget)`);
+  ttft.push(firstAt - start);
+  pp.push((args.prompt * 1000) / (firstAt - start));
+  if (n > 1) tg.push(((n - 1) * 1000) / (end - firstAt));
+  p99.push(histogram.percentile(99) / 1e6);
+  if (performance.now() > deadline && r + 1 < args.reps) {
+    notes.push(`stopped after ${r + 1} runs (time budget)`);
+    break;
+  }
+}
+await context.dispose();
+await model.dispose();
+await llama.dispose();
+
+const out: WorkerResult = {
+  system: 'node-llama-cpp',
+  threads,
+  loadMs: stat(loadMs),
+  promptTokensPerSecond: stat(pp),
+  generateTokensPerSecond: stat(tg),
+  timeToFirstTokenMs: stat(ttft),
+  eventLoopP99Ms: stat(p99),
+  peakRssMb: process.resourceUsage().maxRSS / 1024,
+  notes,
+};
+console.log(JSON.stringify(out));

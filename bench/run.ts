@@ -1,0 +1,154 @@
+// npm run bench -- [--model ID|PATH ...] [--threads N] [--prompt 512] [--gen 128] [--reps 5] [--json]
+//                  [--systems llama-bench,node-llama-cpp-defaults,node-llama-cpp,llama-addon] [--budget 60]
+// Runs llama.cpp's llama-bench, node-llama-cpp and llama-addon one after another on the same models, sizes
+// and thread count, prints one table with ratios, and writes the results to bench/results/.
+import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, hostname, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { readGguf } from '../lib/gguf/index.js';
+import { getSystemInfo } from '../lib/index.js';
+import { runLlamaBench } from './llama-bench.js';
+import { benchRoot, models, repoRoot } from './models.js';
+import type { Stat, WorkerArgs, WorkerResult } from './stats.js';
+
+const { values } = parseArgs({
+  options: {
+    model: { type: 'string', multiple: true },
+    threads: { type: 'string' },
+    prompt: { type: 'string', default: '512' },
+    gen: { type: 'string', default: '128' },
+    reps: { type: 'string', default: '5' },
+    budget: { type: 'string', default: '60' },
+    systems: { type: 'string', default: 'llama-bench,node-llama-cpp-defaults,node-llama-cpp,llama-addon' },
+    json: { type: 'boolean', default: false },
+  },
+});
+
+const log = (m: string) => console.error(`[bench] ${m}`);
+const sys = getSystemInfo();
+const threads = values.threads ? Number(values.threads) : sys.defaultThreads;
+const systems = values.systems!.split(',');
+const selected = values.model?.length
+  ? values.model.map((m) => models.find((x) => x.id === m) ?? { id: m, description: m, path: async () => m })
+  : models;
+
+function runWorker(script: string, args: WorkerArgs): Promise<WorkerResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(benchRoot, script), JSON.stringify(args)], {
+      cwd: repoRoot,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('close', (code) => {
+      const last = out.trim().split('\n').pop() ?? '';
+      if (code === 0 && last.startsWith('{')) resolve(JSON.parse(last) as WorkerResult);
+      else reject(new Error(`${script} failed (${code}): ${err.slice(-1500)}`));
+    });
+  });
+}
+
+interface ModelResult {
+  id: string;
+  description: string;
+  results: WorkerResult[];
+  ratios: Record<string, number | null>;
+}
+
+const all: ModelResult[] = [];
+for (const m of selected) {
+  const path = await m.path();
+  const header = await readGguf(path);
+  const tokens = header.metadata['tokenizer.ggml.tokens'] as { length: number } | unknown[];
+  const bos = header.metadata['tokenizer.ggml.bos_token_id'];
+  const base: WorkerArgs = {
+    model: path,
+    prompt: Number(values.prompt),
+    gen: Number(values.gen),
+    reps: Number(values.reps),
+    budgetSeconds: Number(values.budget),
+    vocabSize: (tokens as { length: number }).length,
+    bos: typeof bos === 'number' ? bos : null,
+  };
+  const results: WorkerResult[] = [];
+  for (const s of systems) {
+    log(`${m.id}: ${s}`);
+    try {
+      if (s === 'llama-bench') results.push(await runLlamaBench({ ...base, threads }));
+      else if (s === 'node-llama-cpp-defaults') results.push({ ...(await runWorker('nlc-worker.ts', base)), system: 'node-llama-cpp (defaults)' });
+      else if (s === 'node-llama-cpp') results.push({ ...(await runWorker('nlc-worker.ts', { ...base, threads })), system: `node-llama-cpp (${threads} threads)` });
+      else if (s === 'llama-addon') results.push(await runWorker('addon-worker.ts', base));
+      else throw new Error(`unknown system ${s}`);
+    } catch (e) {
+      log(`${m.id}: ${s} failed: ${(e as Error).message}`);
+    }
+  }
+  const get = (name: string) => results.find((r) => r.system.startsWith(name));
+  const ratio = (a: Stat | null | undefined, b: Stat | null | undefined) => (a && b ? a.median / b.median : null);
+  const addon = get('llama-addon');
+  const lb = get('llama-bench');
+  const nlcDefault = get('node-llama-cpp (defaults)');
+  const nlc = results.find((r) => r.system === `node-llama-cpp (${threads} threads)`);
+  all.push({
+    id: m.id,
+    description: m.description,
+    results,
+    ratios: {
+      'pp addon/llama-bench': ratio(addon?.promptTokensPerSecond, lb?.promptTokensPerSecond),
+      'tg addon/llama-bench': ratio(addon?.generateTokensPerSecond, lb?.generateTokensPerSecond),
+      'tg addon/node-llama-cpp (defaults)': ratio(addon?.generateTokensPerSecond, nlcDefault?.generateTokensPerSecond),
+      [`tg addon/node-llama-cpp (${threads} threads)`]: ratio(addon?.generateTokensPerSecond, nlc?.generateTokensPerSecond),
+      'pp addon/node-llama-cpp (defaults)': ratio(addon?.promptTokensPerSecond, nlcDefault?.promptTokensPerSecond),
+      [`pp addon/node-llama-cpp (${threads} threads)`]: ratio(addon?.promptTokensPerSecond, nlc?.promptTokensPerSecond),
+    },
+  });
+}
+
+const machine = {
+  host: hostname(),
+  cpu: cpus()[0]?.model ?? 'unknown',
+  logicalCpus: cpus().length,
+  physicalCores: sys.physicalCores,
+  memoryGiB: Math.round(totalmem() / 2 ** 30),
+  node: process.version,
+  llamaCpp: sys.llamaCppVersion,
+  cpuFeatures: sys.cpuFeatures.trim(),
+};
+const report = {
+  date: new Date().toISOString(),
+  machine,
+  settings: { threads, prompt: Number(values.prompt), gen: Number(values.gen), reps: Number(values.reps) },
+  models: all,
+};
+mkdirSync(join(benchRoot, 'results'), { recursive: true });
+const stamp = report.date.replace(/[:.]/g, '-');
+writeFileSync(join(benchRoot, 'results', `${stamp}.json`), JSON.stringify(report, null, 2) + '\n');
+writeFileSync(join(benchRoot, 'results', 'latest.json'), JSON.stringify(report, null, 2) + '\n');
+
+if (values.json) {
+  console.log(JSON.stringify(report, null, 2));
+} else {
+  const f = (s: Stat | null | undefined, digits = 1) =>
+    s ? `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})` : '—';
+  const lines: string[] = [];
+  lines.push(`Machine: ${machine.cpu}, ${machine.physicalCores} cores, ${machine.memoryGiB} GiB, Node ${machine.node}; threads ${threads}; pp ${values.prompt} tokens, tg ${values.gen} tokens; median (min–max) of ${values.reps} runs`);
+  lines.push('');
+  lines.push('| model | system | threads | load ms | pp tok/s | tg tok/s | TTFT ms | event loop p99 ms | peak RSS MB |');
+  lines.push('|---|---|---|---|---|---|---|---|---|');
+  for (const m of all) {
+    for (const r of m.results) {
+      lines.push(`| ${m.id} | ${r.system} | ${r.threads ?? '—'} | ${f(r.loadMs, 0)} | ${f(r.promptTokensPerSecond)} | ${f(r.generateTokensPerSecond)} | ${f(r.timeToFirstTokenMs, 0)} | ${f(r.eventLoopP99Ms, 1)} | ${r.peakRssMb?.toFixed(0) ?? '—'} |`);
+    }
+  }
+  lines.push('');
+  lines.push('| model | ' + Object.keys(all[0]?.ratios ?? {}).join(' | ') + ' |');
+  lines.push('|---|' + Object.keys(all[0]?.ratios ?? {}).map(() => '---').join('|') + '|');
+  for (const m of all) lines.push(`| ${m.id} | ` + Object.values(m.ratios).map((v) => (v === null ? '—' : v.toFixed(3))).join(' | ') + ' |');
+  const notes = all.flatMap((m) => m.results.flatMap((r) => r.notes.map((n) => `${m.id} / ${r.system}: ${n}`)));
+  if (notes.length) lines.push('', 'Notes:', ...[...new Set(notes)].map((n) => `- ${n}`));
+  console.log(lines.join('\n'));
+}
