@@ -64,6 +64,8 @@ export interface NativeContextInfo {
 export interface NativeGenerateOptions {
   maxTokens?: number;
   queueSize?: number;
+  /** false: no chunks are queued and JS is notified only at the end. */
+  stream?: boolean;
   stop?: string[];
   temperature?: number;
   topK?: number;

@@ -141,34 +141,39 @@ export class LlamaSession {
    * generation of this session runs, `ERR_INVALID_ARGUMENT` for bad options.
    */
   generate(input: string | Int32Array | readonly number[], options?: GenerateOptions): Generation {
-    this.#check(this.generate);
+    return this.#start(input, options, true, this.generate);
+  }
+
+  #start(input: string | Int32Array | readonly number[], options: GenerateOptions | undefined, stream: boolean, caller: Function): Generation {
+    this.#check(caller);
     const ctx = this.#context;
     const model = ctx.model;
-    const { native: nativeOptions, signal } = parseGenerateOptions(options, model.vocab.size, this.generate);
+    const { native: nativeOptions, signal } = parseGenerateOptions(options, model.vocab.size, caller);
+    if (!stream) nativeOptions.stream = false;
     let prompt: Int32Array;
     if (typeof input === 'string') prompt = model.tokenize(input);
     else if (input instanceof Int32Array) prompt = input;
     else if (Array.isArray(input) && input.every((t) => Number.isInteger(t))) prompt = Int32Array.from(input);
-    else throw invalid('input', 'a string, an Int32Array or an array of token ids', input, this.generate);
-    if (prompt.length === 0) throw invalid('input', 'a prompt of at least one token', input, this.generate);
+    else throw invalid('input', 'a string, an Int32Array or an array of token ids', input, caller);
+    if (prompt.length === 0) throw invalid('input', 'a prompt of at least one token', input, caller);
     if (prompt.length > ctx.contextSize) {
       const err = new LlamaError(
         'ERR_CONTEXT_FULL',
         `The prompt has ${prompt.length} tokens, but a sequence of this context holds ${ctx.contextSize}: shorten it or create the context with a larger contextSize`,
       );
-      Error.captureStackTrace(err, this.generate);
+      Error.captureStackTrace(err, caller);
       throw err;
     }
     if (this.#running) {
       const err = new LlamaError('ERR_BUSY', 'This session is already generating: await its result, or abort it, first');
-      Error.captureStackTrace(err, this.generate);
+      Error.captureStackTrace(err, caller);
       throw err;
     }
     const keep = commonPrefix(this.#tokens, prompt);
-    const handle = ctx.handle(this.generate);
+    const handle = ctx.handle(caller);
     const promptCopy = Array.from(prompt);
     const gen = new Generation(
-      (onNotify) => callNative(this.generate, () => handle.generate(this.#seq, prompt, keep, nativeOptions, onNotify)),
+      (onNotify) => callNative(caller, () => handle.generate(this.#seq, prompt, keep, nativeOptions, onNotify)),
       (r) => this.#finished(gen, promptCopy, r),
       signal,
     );
@@ -202,7 +207,7 @@ export class LlamaSession {
   /** Same as `generate(input, options).result`. */
   complete(input: string | Int32Array | readonly number[], options?: GenerateOptions): Promise<GenerationResult> {
     try {
-      return this.generate(input, options).discardChunks().result;
+      return this.#start(input, options, false, this.complete).discardChunks().result;
     } catch (e) {
       return Promise.reject(e);
     }

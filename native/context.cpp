@@ -242,6 +242,8 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   if (!(maxTokens >= 1)) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option maxTokens: expected at least 1");
   g->maxTokens = (int32_t)std::min(maxTokens, (double)INT32_MAX);
   g->capacity = (size_t)std::max(1.0, std::min(num("queueSize", 32), 1e6));
+  Napi::Value stream = opt(o, "stream");
+  if (stream.IsBoolean()) g->stream = stream.As<Napi::Boolean>().Value();
 
   Napi::Value stops = opt(o, "stop");
   if (stops.IsArray()) {
@@ -434,6 +436,7 @@ Napi::Value Generation::Take(const Napi::CallbackInfo& info) {
     wasFull = g.full();
     chunks.swap(g.queue);
     g.notifyPending = false;
+    g.deferredNotify = false;
     g.pauseNotified = false;
     done = g.done;
     if (g.unrefd && !done && !g.tsfnClosed) {

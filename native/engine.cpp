@@ -194,19 +194,44 @@ void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
 }
 
 void Engine::push(GenState& g, Chunk&& c, bool force) {
+  if (!g.stream) return;  // nobody reads chunks: the text is in the result, and JS is woken only at the end
   bool notify = false;
   {
     std::lock_guard<std::mutex> lock(g.mu);
     if (!c.text.empty() || !c.tokens.empty() || force) g.queue.push_back(std::move(c));
     if (!g.notifyPending) {
-      g.notifyPending = true;
-      notify = true;
+      int64_t now = nowUs();
+      if (now - g.lastNotifyUs >= kNotifyIntervalUs) {
+        g.notifyPending = true;
+        g.deferredNotify = false;
+        g.lastNotifyUs = now;
+        notify = true;
+      } else {
+        g.deferredNotify = true;
+      }
     }
     if (g.full() && !g.pauseNotified) {  // tell JS the generation now waits for its consumer
       g.pauseNotified = true;
       notify = true;
     }
     if (notify) notifyJs(g);
+  }
+}
+
+void Engine::flushDeferredNotifications() {
+  bool anyRunnable = false;
+  for (auto& g : active_) anyRunnable = anyRunnable || runnable(*g);
+  int64_t now = nowUs();
+  for (auto& sp : active_) {
+    GenState& g = *sp;
+    std::lock_guard<std::mutex> lock(g.mu);
+    // Flush when the interval has passed, or when the engine is about to sleep.
+    if (g.deferredNotify && !g.notifyPending && !g.done && (!anyRunnable || now - g.lastNotifyUs >= kNotifyIntervalUs)) {
+      g.deferredNotify = false;
+      g.notifyPending = true;
+      g.lastNotifyUs = now;
+      notifyJs(g);
+    }
   }
 }
 
@@ -219,6 +244,8 @@ void Engine::finish(GenState& g, const char* reason, const std::string& error) {
   bool stopped = std::string(reason) == "stop";
   if (!stopped && (!g.pending.empty() || !g.pendingTokens.empty())) {
     r.text += g.pending;
+  }
+  if (!stopped && g.stream && (!g.pending.empty() || !g.pendingTokens.empty())) {
     Chunk c{std::move(g.pending), std::move(g.pendingTokens)};
     g.pending.clear();
     g.pendingTokens.clear();
@@ -289,6 +316,7 @@ void Engine::run() {
   for (;;) {
     try {
       if (!step()) break;
+      flushDeferredNotifications();
     } catch (const std::exception& e) {
       // Nothing may escape the engine thread: end what is running with the error and go on.
       for (auto& g : active_) finish(*g, "error", std::string("engine error: ") + e.what());

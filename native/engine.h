@@ -53,6 +53,7 @@ struct GenState {
   llama_sampler* sampler = nullptr;
   bool acceptPrompt = false;  // feed prompt tokens to the sampler (penalties)
   size_t capacity = 32;       // bounded queue: the engine pauses this generation when it is full
+  bool stream = true;         // false: no chunks, one notification at the end (complete())
   int64_t tQueued = 0;
 
   // engine thread only
@@ -73,6 +74,8 @@ struct GenState {
   std::deque<Chunk> queue;
   bool done = false;
   bool notifyPending = false;
+  bool deferredNotify = false;  // data arrived within kNotifyIntervalUs of the last notification
+  int64_t lastNotifyUs = 0;
   bool pauseNotified = false;
   bool unrefd = false;  // JS thread only, under mu
   GenResult result;
@@ -118,6 +121,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   void startGeneration(const std::shared_ptr<GenState>& g);
   void handleToken(GenState& g, llama_token t);
   void push(GenState& g, Chunk&& c, bool force);
+  void flushDeferredNotifications();
   void finish(GenState& g, const char* reason, const std::string& error = "");
 
   std::shared_ptr<ModelHandle> model_;
@@ -137,6 +141,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
 };
 
 int64_t nowUs();
+// Notifications to JS are coalesced: at most one per this interval while tokens keep coming, so a fast
+// model does not wake the JS thread (and take a core from ggml) for every token. The first chunk, a full
+// queue and the end are notified at once.
+constexpr int64_t kNotifyIntervalUs = 2000;
 // Stops every engine of the process: at process exit, before static destructors run.
 void stopAllEngines();
 // Wakes the generation's JS side (data, pause or end). Call with g.mu held.
