@@ -9,11 +9,11 @@ const args = JSON.parse(process.argv[2]) as WorkerArgs;
 const loadMs: number[] = [];
 for (let i = 0; i < 2; i++) {
   const t = performance.now();
-  await (await loadModel(args.model)).dispose();
+  await (await loadModel(args.model, { gpuLayers: args.gpuLayers ?? 0 })).dispose();
   loadMs.push(performance.now() - t);
 }
 const t0 = performance.now();
-const model = await loadModel(args.model);
+const model = await loadModel(args.model, { gpuLayers: args.gpuLayers ?? 0 });
 loadMs.push(performance.now() - t0);
 const ctx = await model.createContext({
   contextSize: args.prompt + args.gen + 16,
@@ -61,6 +61,7 @@ await model.dispose();
 
 const out: WorkerResult = {
   system: 'llama-addon',
+  gpuLayers: args.gpuLayers ?? 0,
   threads,
   loadMs: stat(loadMs),
   promptTokensPerSecond: stat(pp),

@@ -8,6 +8,7 @@ import { stat, type WorkerArgs, type WorkerResult } from './stats.js';
 const buildDir = join(repoRoot, 'build');
 
 export function llamaBenchPath(): string {
+  if (process.env.LLAMA_BENCH_BIN) return process.env.LLAMA_BENCH_BIN;
   for (const p of [join(buildDir, 'bin', 'llama-bench'), join(buildDir, 'tools', 'llama-bench', 'llama-bench')]) {
     if (existsSync(p)) return p;
   }
@@ -54,6 +55,7 @@ export async function runLlamaBench(args: WorkerArgs): Promise<WorkerResult> {
   const bin = existsSync(llamaBenchPath()) ? llamaBenchPath() : ensureLlamaBench();
   const cli = ['-m', args.model, '-p', String(args.prompt), '-n', String(args.gen), '-r', String(args.reps), '-o', 'json'];
   if (args.threads) cli.push('-t', String(args.threads));
+  if (args.gpuLayers !== undefined) cli.push('-ngl', String(args.gpuLayers));
   const child = spawn(bin, cli, { stdio: ['ignore', 'pipe', 'pipe'] });
   const stopWatch = watchRss(child.pid!);
   let stdout = '';
@@ -72,6 +74,7 @@ export async function runLlamaBench(args: WorkerArgs): Promise<WorkerResult> {
   const ttft = ppRow && tgRow ? stat(ppRow.samples_ts.map((ts, i) => (args.prompt / ts) * 1000 + 1000 / (tgRow.samples_ts[i] ?? tgRow.avg_ts))) : null;
   return {
     system: 'llama-bench',
+    gpuLayers: args.gpuLayers ?? 0,
     threads: ppRow?.n_threads ?? tgRow?.n_threads ?? null,
     loadMs: null,
     promptTokensPerSecond: pp,

@@ -27,6 +27,11 @@ const tg: number[] = [];
 const ttft: number[] = [];
 const p99: number[] = [];
 const sequence = context.getSequence();
+// One warm-up run, as llama-bench and the llama-addon worker do.
+{
+  let n = 0;
+  for await (const _ of sequence.evaluate(tokens.slice(0, 16), { temperature: 0, tokenBias: bias })) if (++n >= 4) break;
+}
 const first = (args.bos !== null ? [args.bos] : [tokens[0]]) as Token[];
 for (let r = 0; r < args.reps; r++) {
   // Prompt processing and time to first token: the whole prompt, one token out.

@@ -2,8 +2,8 @@
 //                  [--systems llama-bench,node-llama-cpp-defaults,node-llama-cpp,llama-addon] [--budget 60]
 // Runs llama.cpp's llama-bench, node-llama-cpp and llama-addon one after another on the same models, sizes
 // and thread count, prints one table with ratios, and writes the results to bench/results/.
-import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -11,12 +11,13 @@ import { readGguf } from '../lib/gguf/index.js';
 import { getSystemInfo } from '../lib/index.js';
 import { runLlamaBench } from './llama-bench.js';
 import { benchRoot, models, repoRoot } from './models.js';
-import type { Stat, WorkerArgs, WorkerResult } from './stats.js';
+import { stat, type Stat, type WorkerArgs, type WorkerResult } from './stats.js';
 
 const { values } = parseArgs({
   options: {
     model: { type: 'string', multiple: true },
     threads: { type: 'string' },
+    'gpu-layers': { type: 'string' },
     prompt: { type: 'string', default: '512' },
     gen: { type: 'string', default: '128' },
     reps: { type: 'string', default: '5' },
@@ -36,7 +37,10 @@ const selected = values.model?.length
 
 function runWorker(script: string, args: WorkerArgs): Promise<WorkerResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', join(benchRoot, script), JSON.stringify(args)], {
+    // Bundled (see scripts/device-bundle.mjs): plain .mjs beside the runner; otherwise TypeScript through tsx.
+    const bundled = join(benchRoot, script.replace(/\.ts$/, '.mjs'));
+    const entry = existsSync(bundled) ? [bundled] : ['--import', 'tsx', join(benchRoot, script)];
+    const child = spawn(process.execPath, [...entry, JSON.stringify(args)], {
       cwd: repoRoot,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -50,6 +54,23 @@ function runWorker(script: string, args: WorkerArgs): Promise<WorkerResult> {
       else reject(new Error(`${script} failed (${code}): ${err.slice(-1500)}`));
     });
   });
+}
+
+/** Combines single-run results: each figure over the runs' values. */
+function merge(rs: WorkerResult[]): WorkerResult {
+  const over = (k: 'loadMs' | 'promptTokensPerSecond' | 'generateTokensPerSecond' | 'timeToFirstTokenMs' | 'eventLoopP99Ms') =>
+    stat(rs.flatMap((r) => (r[k] ? [r[k]!.median] : [])));
+  const rss = rs.flatMap((r) => (r.peakRssMb === null ? [] : [r.peakRssMb]));
+  return {
+    ...rs[0],
+    loadMs: over('loadMs'),
+    promptTokensPerSecond: over('promptTokensPerSecond'),
+    generateTokensPerSecond: over('generateTokensPerSecond'),
+    timeToFirstTokenMs: over('timeToFirstTokenMs'),
+    eventLoopP99Ms: over('eventLoopP99Ms'),
+    peakRssMb: rss.length ? Math.max(...rss) : null,
+    notes: [...new Set(rs.flatMap((r) => r.notes))],
+  };
 }
 
 interface ModelResult {
@@ -73,20 +94,30 @@ for (const m of selected) {
     budgetSeconds: Number(values.budget),
     vocabSize: (tokens as { length: number }).length,
     bos: typeof bos === 'number' ? bos : null,
+    ...(values['gpu-layers'] !== undefined ? { gpuLayers: Number(values['gpu-layers']) } : {}),
   };
-  const results: WorkerResult[] = [];
-  for (const s of systems) {
-    log(`${m.id}: ${s}`);
-    try {
-      if (s === 'llama-bench') results.push(await runLlamaBench({ ...base, threads }));
-      else if (s === 'node-llama-cpp-defaults') results.push({ ...(await runWorker('nlc-worker.ts', base)), system: 'node-llama-cpp (defaults)' });
-      else if (s === 'node-llama-cpp') results.push({ ...(await runWorker('nlc-worker.ts', { ...base, threads })), system: `node-llama-cpp (${threads} threads)` });
-      else if (s === 'llama-addon') results.push(await runWorker('addon-worker.ts', base));
-      else throw new Error(`unknown system ${s}`);
-    } catch (e) {
-      log(`${m.id}: ${s} failed: ${(e as Error).message}`);
+  // Systems take turns, one run each per round, so that drift in the machine's speed (it is shared and
+  // noisy) hits all of them alike. node-llama-cpp at its defaults is so slow here that it runs one round only.
+  const runs = new Map<string, WorkerResult[]>();
+  for (let round = 0; round < base.reps; round++) {
+    for (const s of systems) {
+      if (s === 'node-llama-cpp-defaults' && round > 0) continue;
+      log(`${m.id}: ${s} (round ${round + 1} of ${base.reps})`);
+      const one = { ...base, reps: 1 };
+      try {
+        let r: WorkerResult;
+        if (s === 'llama-bench') r = await runLlamaBench({ ...one, threads });
+        else if (s === 'node-llama-cpp-defaults') r = { ...(await runWorker('nlc-worker.ts', one)), system: 'node-llama-cpp (defaults)' };
+        else if (s === 'node-llama-cpp') r = { ...(await runWorker('nlc-worker.ts', { ...one, threads })), system: `node-llama-cpp (${threads} threads)` };
+        else if (s === 'llama-addon') r = await runWorker('addon-worker.ts', one);
+        else throw new Error(`unknown system ${s}`);
+        runs.set(s, [...(runs.get(s) ?? []), r]);
+      } catch (e) {
+        log(`${m.id}: ${s} failed: ${(e as Error).message}`);
+      }
     }
   }
+  const results: WorkerResult[] = [...runs.values()].map(merge);
   const get = (name: string) => results.find((r) => r.system.startsWith(name));
   const ratio = (a: Stat | null | undefined, b: Stat | null | undefined) => (a && b ? a.median / b.median : null);
   const addon = get('llama-addon');
@@ -108,8 +139,14 @@ for (const m of selected) {
   });
 }
 
+function gpuName(): string | null {
+  const r = spawnSync('nvidia-smi', ['--query-gpu=name,memory.total', '--format=csv,noheader'], { encoding: 'utf8' });
+  return r.status === 0 && r.stdout.trim() ? r.stdout.trim().split('\n').join('; ') : null;
+}
+
 const machine = {
   host: hostname(),
+  gpu: gpuName(),
   cpu: cpus()[0]?.model ?? 'unknown',
   logicalCpus: cpus().length,
   physicalCores: sys.physicalCores,
@@ -121,7 +158,7 @@ const machine = {
 const report = {
   date: new Date().toISOString(),
   machine,
-  settings: { threads, prompt: Number(values.prompt), gen: Number(values.gen), reps: Number(values.reps) },
+  settings: { threads, gpuLayers: values['gpu-layers'] !== undefined ? Number(values['gpu-layers']) : 0, prompt: Number(values.prompt), gen: Number(values.gen), reps: Number(values.reps) },
   models: all,
 };
 mkdirSync(join(benchRoot, 'results'), { recursive: true });
@@ -135,7 +172,7 @@ if (values.json) {
   const f = (s: Stat | null | undefined, digits = 1) =>
     s ? `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})` : '—';
   const lines: string[] = [];
-  lines.push(`Machine: ${machine.cpu}, ${machine.physicalCores} cores, ${machine.memoryGiB} GiB, Node ${machine.node}; threads ${threads}; pp ${values.prompt} tokens, tg ${values.gen} tokens; median (min–max) of ${values.reps} runs`);
+  lines.push(`Machine: ${machine.cpu}${machine.gpu ? ` + ${machine.gpu}` : ''}, ${machine.physicalCores} cores, ${machine.memoryGiB} GiB, Node ${machine.node}; threads ${threads}; GPU layers ${report.settings.gpuLayers}; pp ${values.prompt} tokens, tg ${values.gen} tokens; median (min–max) of ${values.reps} runs`);
   lines.push('');
   lines.push('| model | system | threads | load ms | pp tok/s | tg tok/s | TTFT ms | event loop p99 ms | peak RSS MB |');
   lines.push('|---|---|---|---|---|---|---|---|---|');

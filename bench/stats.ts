@@ -18,6 +18,7 @@ export function stat(values: number[]): Stat | null {
 export interface WorkerResult {
   system: string;
   threads: number | null;
+  gpuLayers?: number;
   loadMs: Stat | null;
   promptTokensPerSecond: Stat | null;
   generateTokensPerSecond: Stat | null;
@@ -37,6 +38,8 @@ export interface WorkerArgs {
   budgetSeconds: number;
   vocabSize: number;
   bos: number | null;
+  /** Layers offloaded to the GPU (absent: CPU only). */
+  gpuLayers?: number;
 }
 
 /** Deterministic pseudo-random prompt tokens, as llama-bench uses random tokens. */
