@@ -1,4 +1,4 @@
-// npm run bench -- [--model ID|PATH ...] [--threads N] [--prompt 512] [--gen 128] [--reps 5] [--json]
+// npm run bench -- [--model ID|PATH ...] [--threads N] [--gpu-layers N] [--prompt 512] [--gen 128] [--reps 5] [--json] [--results-dir DIR]
 //                  [--systems llama-bench,node-llama-cpp-defaults,node-llama-cpp,llama-addon] [--budget 60]
 // Runs llama.cpp's llama-bench, node-llama-cpp and llama-addon one after another on the same models, sizes
 // and thread count, prints one table with ratios, and writes the results to bench/results/.
@@ -24,6 +24,7 @@ const { values } = parseArgs({
     budget: { type: 'string', default: '60' },
     systems: { type: 'string', default: 'llama-bench,node-llama-cpp-defaults,node-llama-cpp,llama-addon' },
     json: { type: 'boolean', default: false },
+    'results-dir': { type: 'string' },
   },
 });
 
@@ -161,10 +162,11 @@ const report = {
   settings: { threads, gpuLayers: values['gpu-layers'] !== undefined ? Number(values['gpu-layers']) : 0, prompt: Number(values.prompt), gen: Number(values.gen), reps: Number(values.reps) },
   models: all,
 };
-mkdirSync(join(benchRoot, 'results'), { recursive: true });
+const resultsDir = values['results-dir'] ?? join(benchRoot, 'results');
+mkdirSync(resultsDir, { recursive: true });
 const stamp = report.date.replace(/[:.]/g, '-');
-writeFileSync(join(benchRoot, 'results', `${stamp}.json`), JSON.stringify(report, null, 2) + '\n');
-writeFileSync(join(benchRoot, 'results', 'latest.json'), JSON.stringify(report, null, 2) + '\n');
+writeFileSync(join(resultsDir, `${stamp}.json`), JSON.stringify(report, null, 2) + '\n');
+writeFileSync(join(resultsDir, 'latest.json'), JSON.stringify(report, null, 2) + '\n');
 
 if (values.json) {
   console.log(JSON.stringify(report, null, 2));

@@ -23,7 +23,7 @@ case "${1:-all}" in
     echo "build took $(( $(date +%s) - start )) s" | tee "$OUT/build-time.txt"
     ;;&
   bench|all)
-    BIN=$(ls build-cuda/tools/llama-bench/llama-bench build-cuda/bin/llama-bench 2>/dev/null | head -1)
+    BIN=build-cuda/tools/llama-bench/llama-bench; [ -x "$BIN" ] || BIN=build-cuda/bin/llama-bench
     export LLAMA_ADDON_BINARY="$PWD/build-cuda/Release/llama_addon.node"
     export LLAMA_BENCH_BIN="$BIN" LLAMA_CPP_DIR="$D/llama.cpp" BENCH_SHARED_MODELS="$D/models" BENCH_MODELS_DIR=/tmp/bench-models
     "$D/node" "$D/bench/run.mjs" --gpu-layers 99 --systems llama-bench,llama-addon --reps "${REPS:-5}" ${MODELS:-} > "$OUT/bench.md" 2> "$OUT/bench.err" || { tail -40 "$OUT/bench.err"; exit 1; }

@@ -1,0 +1,35 @@
+import { spawnSync } from 'node:child_process';
+import { expect, it } from 'vitest';
+import { join } from 'node:path';
+import { describeShared, fixtures, repoRoot } from './helpers/models.js';
+
+// The bench harness itself (not speed: figures are never asserted in tests): one tiny round of every
+// system must produce a complete report.
+describeShared('npm run bench', () => {
+  it('runs llama-bench, node-llama-cpp and llama-addon on one model and reports every figure', () => {
+    const r = spawnSync(
+      process.execPath,
+      ['--import', 'tsx', 'bench/run.ts', '--model', 'stories260k', '--reps', '1', '--prompt', '32', '--gen', '16', '--budget', '5', '--json', '--results-dir', join(fixtures, 'bench-results')],
+      { cwd: repoRoot, encoding: 'utf8', timeout: 300_000 },
+    );
+    expect(r.status, r.stderr.slice(-2000)).toBe(0);
+    const report = JSON.parse(r.stdout);
+    expect(report.machine.physicalCores).toBeGreaterThan(0);
+    const results = report.models[0].results as Array<Record<string, any>>;
+    expect(results.map((x) => x.system)).toEqual([
+      'llama-bench',
+      'node-llama-cpp (defaults)',
+      `node-llama-cpp (${report.settings.threads} threads)`,
+      'llama-addon',
+    ]);
+    for (const x of results) {
+      expect(x.promptTokensPerSecond.median, x.system).toBeGreaterThan(0);
+      expect(x.generateTokensPerSecond.median, x.system).toBeGreaterThan(0);
+      expect(x.peakRssMb, x.system).toBeGreaterThan(0);
+    }
+    const addon = results[3];
+    expect(addon.loadMs.median).toBeGreaterThan(0);
+    expect(addon.eventLoopP99Ms.median).toBeGreaterThanOrEqual(0);
+    expect(report.models[0].ratios['tg addon/llama-bench']).toBeGreaterThan(0);
+  });
+});
