@@ -36,7 +36,8 @@ function watchRss(pid: number): () => number | null {
       // the process has ended
     }
   };
-  const timer = setInterval(read, 20);
+  read();
+  const timer = setInterval(read, 5);
   return () => {
     clearInterval(timer);
     return peak;

@@ -43,34 +43,30 @@ export function checkOptions(
   return options as Record<string, unknown>;
 }
 
-export function optInteger(
+function optRange(
   o: Record<string, unknown>,
   name: string,
   min: number,
   max: number,
+  integer: boolean,
   caller: Function,
 ): number | undefined {
   const v = o[name];
   if (v === undefined) return undefined;
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
-    throw invalid(name, `an integer from ${min} to ${max === Number.MAX_SAFE_INTEGER ? 'any size' : max}`, v, caller);
+  if (typeof v !== 'number' || Number.isNaN(v) || (integer && !Number.isInteger(v)) || v < min || v > max) {
+    throw invalid(name, `${integer ? 'an integer' : 'a number'} from ${min} to ${max}`, v, caller);
   }
   return v;
 }
 
-export function optNumber(
-  o: Record<string, unknown>,
-  name: string,
-  min: number,
-  max: number,
-  caller: Function,
-): number | undefined {
-  const v = o[name];
-  if (v === undefined) return undefined;
-  if (typeof v !== 'number' || Number.isNaN(v) || v < min || v > max) {
-    throw invalid(name, `a number from ${min} to ${max}`, v, caller);
-  }
-  return v;
+/** An optional integer option within [min, max]. */
+export function optInteger(o: Record<string, unknown>, name: string, min: number, max: number, caller: Function): number | undefined {
+  return optRange(o, name, min, max, true, caller);
+}
+
+/** An optional number option within [min, max]. */
+export function optNumber(o: Record<string, unknown>, name: string, min: number, max: number, caller: Function): number | undefined {
+  return optRange(o, name, min, max, false, caller);
 }
 
 export function optBoolean(o: Record<string, unknown>, name: string, caller: Function): boolean | undefined {

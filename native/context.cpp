@@ -65,8 +65,8 @@ class CreateWorker : public Napi::AsyncWorker {
       std::lock_guard<std::mutex> lock(data->enginesMutex);
       data->engines.insert(engine_);
     }
-    auto* box = new ContextBox{engine_, params_.n_threads, params_.n_threads_batch};
-    deferred_.Resolve(addonData(env)->contextCtor.New({Napi::External<ContextBox>::New(env, box)}));
+    auto box = std::make_shared<ContextBox>(ContextBox{engine_, params_.n_threads, params_.n_threads_batch});
+    deferred_.Resolve(newWrapped(env, addonData(env)->contextCtor, std::move(box)));
   }
 
   void OnError(const Napi::Error& e) override {
@@ -146,14 +146,10 @@ void Context::Init(Napi::Env env, Napi::Object exports) {
 }
 
 Context::Context(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Context>(info) {
-  if (info.Length() != 1 || !info[0].IsExternal()) {
-    throwError(info.Env(), "ERR_INVALID_ARGUMENT", "NativeContext cannot be constructed directly; use createContext()");
-  }
-  ContextBox* box = info[0].As<Napi::External<ContextBox>>().Data();
+  std::shared_ptr<ContextBox> box = takeWrapped<ContextBox>(info, "NativeContext");
   engine_ = std::move(box->engine);
   threads_ = box->threads;
   threadsBatch_ = box->threadsBatch;
-  delete box;
 }
 
 Context::~Context() {
@@ -393,18 +389,11 @@ void Generation::Init(Napi::Env env, Napi::Object exports) {
 }
 
 Napi::Object Generation::NewInstance(Napi::Env env, std::shared_ptr<GenState> state) {
-  auto* boxed = new std::shared_ptr<GenState>(std::move(state));
-  return addonData(env)->generationCtor.New({Napi::External<std::shared_ptr<GenState>>::New(env, boxed)});
+  return newWrapped(env, addonData(env)->generationCtor, std::move(state));
 }
 
-Generation::Generation(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Generation>(info) {
-  if (info.Length() != 1 || !info[0].IsExternal()) {
-    throwError(info.Env(), "ERR_INVALID_ARGUMENT", "NativeGeneration cannot be constructed directly");
-  }
-  auto* boxed = info[0].As<Napi::External<std::shared_ptr<GenState>>>().Data();
-  state_ = std::move(*boxed);
-  delete boxed;
-}
+Generation::Generation(const Napi::CallbackInfo& info)
+    : Napi::ObjectWrap<Generation>(info), state_(takeWrapped<GenState>(info, "NativeGeneration")) {}
 
 static Napi::Object resultObject(Napi::Env env, const GenResult& r) {
   Napi::Object o = Napi::Object::New(env);

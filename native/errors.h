@@ -1,6 +1,7 @@
 // Errors thrown by the addon carry a stable `code`; lib/errors.ts turns them into LlamaError.
 #pragma once
 #include <napi.h>
+#include <memory>
 #include <string>
 
 namespace la {
@@ -71,5 +72,24 @@ inline Napi::Int32Array argTokens(const Napi::CallbackInfo& info, size_t i, cons
 
 // Reads an optional property of an options object; undefined when absent.
 inline Napi::Value opt(const Napi::Object& o, const char* key) { return o.Has(key) ? o.Get(key) : Napi::Value(); }
+
+// Native objects are created by the addon itself: a factory boxes a shared_ptr into an External and calls
+// the class constructor, which takes it back out. JS cannot call the constructors directly.
+template <typename T>
+Napi::Object newWrapped(Napi::Env env, Napi::FunctionReference& ctor, std::shared_ptr<T> value) {
+  auto* boxed = new std::shared_ptr<T>(std::move(value));
+  return ctor.New({Napi::External<std::shared_ptr<T>>::New(env, boxed)});
+}
+
+template <typename T>
+std::shared_ptr<T> takeWrapped(const Napi::CallbackInfo& info, const char* className) {
+  if (info.Length() != 1 || !info[0].IsExternal()) {
+    throwError(info.Env(), "ERR_INVALID_ARGUMENT", std::string(className) + " cannot be constructed directly");
+  }
+  auto* boxed = info[0].As<Napi::External<std::shared_ptr<T>>>().Data();
+  std::shared_ptr<T> value = std::move(*boxed);
+  delete boxed;
+  return value;
+}
 
 }  // namespace la

@@ -191,18 +191,11 @@ void Model::Init(Napi::Env env, Napi::Object exports) {
 }
 
 Napi::Object Model::NewInstance(Napi::Env env, std::shared_ptr<ModelHandle> handle) {
-  auto* boxed = new std::shared_ptr<ModelHandle>(std::move(handle));
-  return addonData(env)->modelCtor.New({Napi::External<std::shared_ptr<ModelHandle>>::New(env, boxed)});
+  return newWrapped(env, addonData(env)->modelCtor, std::move(handle));
 }
 
-Model::Model(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Model>(info) {
-  if (info.Length() != 1 || !info[0].IsExternal()) {
-    throwError(info.Env(), "ERR_INVALID_ARGUMENT", "NativeModel cannot be constructed directly; use loadModel()");
-  }
-  auto* boxed = info[0].As<Napi::External<std::shared_ptr<ModelHandle>>>().Data();
-  handle_ = std::move(*boxed);
-  delete boxed;
-}
+Model::Model(const Napi::CallbackInfo& info)
+    : Napi::ObjectWrap<Model>(info), handle_(takeWrapped<ModelHandle>(info, "NativeModel")) {}
 
 std::shared_ptr<ModelHandle> Model::handleOrThrow(Napi::Env env) const {
   if (!handle_) throwError(env, "ERR_DISPOSED", "The model has been disposed");

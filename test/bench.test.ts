@@ -25,8 +25,10 @@ describeShared('npm run bench', () => {
     for (const x of results) {
       expect(x.promptTokensPerSecond.median, x.system).toBeGreaterThan(0);
       expect(x.generateTokensPerSecond.median, x.system).toBeGreaterThan(0);
-      expect(x.peakRssMb, x.system).toBeGreaterThan(0);
     }
+    // Node workers report their own peak RSS; llama-bench's is sampled from /proc while it runs, which a
+    // run this short may finish before.
+    for (const x of results.slice(1)) expect(x.peakRssMb, x.system).toBeGreaterThan(0);
     const addon = results[3];
     expect(addon.loadMs.median).toBeGreaterThan(0);
     expect(addon.eventLoopP99Ms.median).toBeGreaterThanOrEqual(0);
