@@ -20,7 +20,8 @@ export function ensureLlamaBench(): string {
     throw new Error(`no configured build in ${buildDir}: run \`npm run build\` first`);
   }
   console.error('[bench] building llama-bench from the addon build tree (first use only)');
-  const r = spawnSync('cmake', ['--build', buildDir, '--target', 'llama-bench', '--parallel'], { stdio: ['ignore', 'inherit', 'inherit'] });
+  // Build output goes to stderr: stdout carries the report.
+  const r = spawnSync('cmake', ['--build', buildDir, '--target', 'llama-bench', '--parallel'], { stdio: ['ignore', 2, 2] });
   if (r.status !== 0) throw new Error('building llama-bench failed');
   return llamaBenchPath();
 }
