@@ -1,7 +1,7 @@
 // Measures llama-addon in its own process. Usage: tsx bench/addon-worker.ts '<WorkerArgs JSON>'
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { loadModel, setLogLevel } from '../lib/index.js';
-import { promptTokens, stat, type WorkerArgs, type WorkerResult } from './stats.js';
+import { promptTokens, report, type WorkerArgs } from './stats.js';
 
 setLogLevel('error');
 const args = JSON.parse(process.argv[2]) as WorkerArgs;
@@ -59,16 +59,4 @@ session.dispose();
 const threads = ctx.threads;
 await model.dispose();
 
-const out: WorkerResult = {
-  system: 'llama-addon',
-  gpuLayers: args.gpuLayers ?? 0,
-  threads,
-  loadMs: stat(loadMs),
-  promptTokensPerSecond: stat(pp),
-  generateTokensPerSecond: stat(tg),
-  timeToFirstTokenMs: stat(ttft),
-  eventLoopP99Ms: stat(p99),
-  peakRssMb: process.resourceUsage().maxRSS / 1024,
-  notes: [],
-};
-console.log(JSON.stringify(out));
+report('llama-addon', threads, { loadMs, pp, tg, ttft, p99 }, [], args.gpuLayers ?? 0);

@@ -2,7 +2,7 @@
 // Usage: tsx bench/nlc-worker.ts '<WorkerArgs JSON>'   (threads absent: node-llama-cpp's own defaults)
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { getLlama, LlamaLogLevel, TokenBias, type Token } from 'node-llama-cpp';
-import { promptTokens, stat, type WorkerArgs, type WorkerResult } from './stats.js';
+import { promptTokens, report, type WorkerArgs } from './stats.js';
 
 const args = JSON.parse(process.argv[2]) as WorkerArgs;
 const notes: string[] = [];
@@ -76,15 +76,4 @@ await context.dispose();
 await model.dispose();
 await llama.dispose();
 
-const out: WorkerResult = {
-  system: 'node-llama-cpp',
-  threads,
-  loadMs: stat(loadMs),
-  promptTokensPerSecond: stat(pp),
-  generateTokensPerSecond: stat(tg),
-  timeToFirstTokenMs: stat(ttft),
-  eventLoopP99Ms: stat(p99),
-  peakRssMb: process.resourceUsage().maxRSS / 1024,
-  notes,
-};
-console.log(JSON.stringify(out));
+report('node-llama-cpp', threads, { loadMs, pp, tg, ttft, p99 }, notes);

@@ -53,3 +53,29 @@ export function promptTokens(n: number, vocabSize: number, bos: number | null): 
   }
   return out;
 }
+
+/** The samples a Node worker collected. */
+export interface WorkerSamples {
+  loadMs: number[];
+  pp: number[];
+  tg: number[];
+  ttft: number[];
+  p99: number[];
+}
+
+/** Prints a Node worker's result, with its own peak RSS, as the last line of its output. */
+export function report(system: string, threads: number | null, s: WorkerSamples, notes: string[], gpuLayers?: number): void {
+  const out: WorkerResult = {
+    system,
+    threads,
+    ...(gpuLayers !== undefined ? { gpuLayers } : {}),
+    loadMs: stat(s.loadMs),
+    promptTokensPerSecond: stat(s.pp),
+    generateTokensPerSecond: stat(s.tg),
+    timeToFirstTokenMs: stat(s.ttft),
+    eventLoopP99Ms: stat(s.p99),
+    peakRssMb: process.resourceUsage().maxRSS / 1024,
+    notes,
+  };
+  console.log(JSON.stringify(out));
+}
