@@ -1,11 +1,11 @@
 import { LlamaError } from './errors.js';
 import type { NativeGeneration, NativeGenerationResult } from './native.js';
 
-/** One piece of streamed output. */
+/** One piece of streamed output: everything generated since the consumer last read. */
 export interface GenerationChunk {
   /** New text: whole UTF-8 characters only, never any part of a stop string. */
   text: string;
-  /** The tokens that produced it (a token whose text is held back is reported with the text). */
+  /** The tokens that produced it (a token whose text is held back is reported with that text). */
   tokens: number[];
 }
 

@@ -34,11 +34,18 @@ export interface GenerateOptions {
   stop?: string | readonly string[];
   /** Aborts the generation: the stream ends normally with `stopReason: 'abort'`. */
   signal?: AbortSignal;
+  /**
+   * Most generated tokens held for a consumer that has not read them yet (default 32); when they are
+   * reached, the engine pauses this generation. Output produced between two reads is handed over as one
+   * chunk, so `queueSize: 1` gives one chunk per token (text held back for UTF-8 or stop strings joins the
+   * next chunk).
+   */
+  queueSize?: number;
 }
 
 const generateKeys = [
   'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'typicalP', 'seed', 'repeatPenalty', 'presencePenalty',
-  'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal',
+  'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal', 'queueSize',
 ] as const;
 
 function parseGenerateOptions(options: GenerateOptions | undefined, vocabSize: number, caller: Function) {
@@ -50,6 +57,7 @@ function parseGenerateOptions(options: GenerateOptions | undefined, vocabSize: n
     ['temperature', 0, 100, false], ['topK', 0, 2 ** 31 - 1, true], ['topP', 0, 1, false], ['minP', 0, 1, false],
     ['typicalP', 0, 1, false], ['seed', 0, 2 ** 32 - 1, true], ['repeatPenalty', 0, 100, false],
     ['presencePenalty', -100, 100, false], ['frequencyPenalty', -100, 100, false], ['penaltyLastN', -1, 2 ** 31 - 1, true],
+    ['queueSize', 1, 1_000_000, true],
   ];
   for (const [name, min, max, integer] of nums) {
     const v = integer ? optInteger(o, name, min, max, caller) : optNumber(o, name, min, max, caller);

@@ -424,6 +424,7 @@ Napi::Value Generation::Take(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(g.mu);
     wasFull = g.full();
     chunks.swap(g.queue);
+    g.queuedTokens = 0;
     g.notifyPending = false;
     g.deferredNotify = false;
     g.pauseNotified = false;

@@ -198,7 +198,13 @@ void Engine::push(GenState& g, Chunk&& c, bool force) {
   bool notify = false;
   {
     std::lock_guard<std::mutex> lock(g.mu);
-    if (!c.text.empty() || !c.tokens.empty() || force) g.queue.push_back(std::move(c));
+    g.queuedTokens += c.tokens.size();
+    if (!g.queue.empty()) {
+      g.queue.back().text += c.text;
+      g.queue.back().tokens.insert(g.queue.back().tokens.end(), c.tokens.begin(), c.tokens.end());
+    } else if (!c.text.empty() || !c.tokens.empty() || force) {
+      g.queue.push_back(std::move(c));
+    }
     if (!g.notifyPending) {
       int64_t now = nowUs();
       if (now - g.lastNotifyUs >= kNotifyIntervalUs) {
@@ -250,7 +256,12 @@ void Engine::finish(GenState& g, const char* reason, const std::string& error) {
     g.pending.clear();
     g.pendingTokens.clear();
     std::lock_guard<std::mutex> lock(g.mu);
-    g.queue.push_back(std::move(c));
+    if (!g.queue.empty()) {
+      g.queue.back().text += c.text;
+      g.queue.back().tokens.insert(g.queue.back().tokens.end(), c.tokens.begin(), c.tokens.end());
+    } else {
+      g.queue.push_back(std::move(c));
+    }
   }
   int64_t tEnd = nowUs();
   r.stopReason = reason;

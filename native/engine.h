@@ -52,7 +52,7 @@ struct GenState {
   std::vector<std::string> stops;
   llama_sampler* sampler = nullptr;
   bool acceptPrompt = false;  // feed prompt tokens to the sampler (penalties)
-  size_t capacity = 32;       // bounded queue: the engine pauses this generation when it is full
+  size_t capacity = 32;       // bounded queue, in tokens: the engine pauses this generation when it is full
   bool stream = true;         // false: no chunks, one notification at the end (complete())
   int64_t tQueued = 0;
 
@@ -71,7 +71,10 @@ struct GenState {
 
   // shared
   std::mutex mu;
+  // Output not yet taken by JS. Everything produced since the last take() is merged into one chunk, so a
+  // fast model hands JS one object per wake-up rather than one per token.
   std::deque<Chunk> queue;
+  size_t queuedTokens = 0;
   bool done = false;
   bool notifyPending = false;
   bool deferredNotify = false;  // data arrived within kNotifyIntervalUs of the last notification
@@ -88,7 +91,7 @@ struct GenState {
   napi_env env = nullptr;
   std::weak_ptr<Engine> engine;
 
-  bool full() const { return queue.size() >= capacity; }
+  bool full() const { return queuedTokens >= capacity; }
 };
 
 class Engine : public std::enable_shared_from_this<Engine> {

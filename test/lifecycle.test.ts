@@ -64,8 +64,19 @@ describeShared('abort, break and backpressure (stories260k)', () => {
     await it.return!();
     const r = await gen.result;
     expect(r.stopReason).toBe('abort');
-    // At most one queue-full (32 chunks) handed to the iterator plus one more queued natively.
+    // At most one queue-full (32 tokens) handed to the iterator plus one more queued natively.
     expect(r.usage.completionTokens).toBeLessThanOrEqual(72);
+
+    // A smaller queue holds it back sooner.
+    {
+      s.reset();
+      const small = s.generate('Once upon a time', { maxTokens: 1500, temperature: 0, queueSize: 4 });
+      const it2 = small[Symbol.asyncIterator]();
+      await it2.next();
+      await sleep(300);
+      await it2.return!();
+      expect((await small.result).usage.completionTokens).toBeLessThanOrEqual(12);
+    }
   });
 
   it('result resolves when nobody iterates', async () => {
