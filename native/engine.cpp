@@ -193,18 +193,23 @@ void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
   active_.push_back(g);
 }
 
-void Engine::push(GenState& g, Chunk&& c, bool force) {
+// Adds output to what JS has not taken yet, merging it into the one pending chunk. Call with g.mu held.
+static void enqueue(GenState& g, Chunk&& c) {
+  g.queuedTokens += c.tokens.size();
+  if (!g.queue.empty()) {
+    g.queue.back().text += c.text;
+    g.queue.back().tokens.insert(g.queue.back().tokens.end(), c.tokens.begin(), c.tokens.end());
+  } else if (!c.text.empty() || !c.tokens.empty()) {
+    g.queue.push_back(std::move(c));
+  }
+}
+
+void Engine::push(GenState& g, Chunk&& c) {
   if (!g.stream) return;  // nobody reads chunks: the text is in the result, and JS is woken only at the end
   bool notify = false;
   {
     std::lock_guard<std::mutex> lock(g.mu);
-    g.queuedTokens += c.tokens.size();
-    if (!g.queue.empty()) {
-      g.queue.back().text += c.text;
-      g.queue.back().tokens.insert(g.queue.back().tokens.end(), c.tokens.begin(), c.tokens.end());
-    } else if (!c.text.empty() || !c.tokens.empty() || force) {
-      g.queue.push_back(std::move(c));
-    }
+    enqueue(g, std::move(c));
     if (!g.notifyPending) {
       int64_t now = nowUs();
       if (now - g.lastNotifyUs >= kNotifyIntervalUs) {
@@ -256,12 +261,7 @@ void Engine::finish(GenState& g, const char* reason, const std::string& error) {
     g.pending.clear();
     g.pendingTokens.clear();
     std::lock_guard<std::mutex> lock(g.mu);
-    if (!g.queue.empty()) {
-      g.queue.back().text += c.text;
-      g.queue.back().tokens.insert(g.queue.back().tokens.end(), c.tokens.begin(), c.tokens.end());
-    } else {
-      g.queue.push_back(std::move(c));
-    }
+    enqueue(g, std::move(c));
   }
   int64_t tEnd = nowUs();
   r.stopReason = reason;
@@ -301,7 +301,7 @@ void Engine::handleToken(GenState& g, llama_token t) {
     g.building.text += c.text;
     g.pending.clear();
     g.pendingTokens.clear();
-    push(g, std::move(c), false);
+    push(g, std::move(c));
     finish(g, "stop");
     return;
   }
@@ -311,7 +311,7 @@ void Engine::handleToken(GenState& g, llama_token t) {
     g.pending.erase(0, cut);
     g.pendingTokens.clear();
     g.building.text += c.text;
-    push(g, std::move(c), false);
+    push(g, std::move(c));
   }
   if ((int32_t)g.building.tokens.size() >= g.maxTokens) {
     finish(g, "maxTokens");

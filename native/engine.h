@@ -123,7 +123,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   bool runnable(GenState& g);
   void startGeneration(const std::shared_ptr<GenState>& g);
   void handleToken(GenState& g, llama_token t);
-  void push(GenState& g, Chunk&& c, bool force);
+  void push(GenState& g, Chunk&& c);
   void flushDeferredNotifications();
   void finish(GenState& g, const char* reason, const std::string& error = "");
 
