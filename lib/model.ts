@@ -3,7 +3,7 @@ import { LlamaContext, type ContextOptions } from './context.js';
 import { LlamaError, callNative, toLlamaError } from './errors.js';
 import { GgufFormatError, readGguf } from './gguf/reader.js';
 import type { GgufValue } from './gguf/types.js';
-import { native, type NativeModel, type NativeModelInfo } from './native.js';
+import { native, type NativeModel } from './native.js';
 import { checkOptions, invalid, optBoolean, optFunction, optSignal } from './validate.js';
 
 /** Options of {@link loadModel}. */
@@ -92,7 +92,6 @@ export class LlamaModel implements AsyncDisposable {
   #native: NativeModel | null;
   #contexts = new Set<LlamaContext>();
   #disposing: Promise<void> | null = null;
-  #nativeInfo: NativeModelInfo;
   /** The file the model was loaded from. */
   readonly path: string;
   /** What the model is. */
@@ -108,7 +107,6 @@ export class LlamaModel implements AsyncDisposable {
     this.path = path;
     this.metadata = Object.freeze(metadata);
     const ni = nativeModel.info();
-    this.#nativeInfo = ni;
     const str = (k: string) => (typeof metadata[k] === 'string' ? (metadata[k] as string) : undefined);
     this.info = Object.freeze({
       architecture: str('general.architecture') ?? 'unknown',
@@ -137,11 +135,6 @@ export class LlamaModel implements AsyncDisposable {
   /** True once {@link dispose} has been called. */
   get disposed(): boolean {
     return this.#native === null;
-  }
-
-  /** @internal */
-  get addsBos(): boolean {
-    return this.#nativeInfo.vocab.addBos;
   }
 
   #handle(caller: Function): NativeModel {

@@ -33,7 +33,6 @@ export interface NativeLoadOptions {
 export interface NativeModel {
   tokenize(text: string, addBos: boolean, special: boolean): Int32Array;
   detokenize(tokens: Int32Array, special: boolean): string;
-  tokenPiece(token: number): string;
   info(): NativeModelInfo;
   isEndOfGeneration(token: number): boolean;
   createContext(options: NativeContextOptions): Promise<NativeContext>;

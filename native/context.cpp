@@ -209,13 +209,7 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   size_t n = tokens.ElementLength();
   int32_t nVocab = llama_vocab_n_tokens(model.vocab);
   if (n == 0) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid prompt: expected at least one token, received none");
-  for (size_t i = 0; i < n; i++) {
-    if (tokens[i] < 0 || tokens[i] >= nVocab) {
-      throwError(env, "ERR_INVALID_ARGUMENT", "Invalid prompt token at index " + std::to_string(i) +
-                                                  ": expected a token id from 0 to " + std::to_string(nVocab - 1) +
-                                                  ", received " + std::to_string(tokens[i]));
-    }
-  }
+  checkTokens(env, model, tokens.Data(), n, "prompt token");
   if ((int64_t)n > engine->seqCapacity()) {
     throwError(env, "ERR_CONTEXT_FULL", "The prompt has " + std::to_string(n) +
                                             " tokens, more than the context holds per sequence (" +

@@ -180,7 +180,6 @@ void Model::Init(Napi::Env env, Napi::Object exports) {
                                     {
                                         InstanceMethod<&Model::Tokenize>("tokenize"),
                                         InstanceMethod<&Model::Detokenize>("detokenize"),
-                                        InstanceMethod<&Model::TokenPiece>("tokenPiece"),
                                         InstanceMethod<&Model::Info>("info"),
                                         InstanceMethod<&Model::IsEndOfGeneration>("isEndOfGeneration"),
                                         InstanceMethod<&Model::Dispose>("dispose"),
@@ -223,12 +222,12 @@ Napi::Value Model::Tokenize(const Napi::CallbackInfo& info) {
   return out;
 }
 
-static void checkTokens(Napi::Env env, const ModelHandle& h, const int32_t* data, size_t n) {
+void checkTokens(Napi::Env env, const ModelHandle& h, const int32_t* data, size_t n, const char* what) {
   int32_t nVocab = llama_vocab_n_tokens(h.vocab);
   for (size_t i = 0; i < n; i++) {
     if (data[i] < 0 || data[i] >= nVocab) {
       throwError(env, "ERR_INVALID_ARGUMENT",
-                 "Invalid token at index " + std::to_string(i) + ": expected a token id from 0 to " +
+                 std::string("Invalid ") + what + " at index " + std::to_string(i) + ": expected a token id from 0 to " +
                      std::to_string(nVocab - 1) + ", received " + std::to_string(data[i]));
     }
   }
@@ -239,7 +238,7 @@ Napi::Value Model::Detokenize(const Napi::CallbackInfo& info) {
   auto h = handleOrThrow(env);
   Napi::Int32Array tokens = argTokens(info, 0, "tokens");
   bool special = argBool(info, 1, "special");
-  checkTokens(env, *h, tokens.Data(), tokens.ElementLength());
+  checkTokens(env, *h, tokens.Data(), tokens.ElementLength(), "token");
   std::string text(tokens.ElementLength() * 8 + 16, '\0');
   int32_t n = llama_detokenize(h->vocab, tokens.Data(), (int32_t)tokens.ElementLength(), text.data(),
                                (int32_t)text.size(), false, special);
@@ -251,14 +250,6 @@ Napi::Value Model::Detokenize(const Napi::CallbackInfo& info) {
   if (n < 0) throwError(env, "ERR_INVALID_ARGUMENT", "Detokenization failed");
   text.resize((size_t)n);
   return Napi::String::New(env, text);
-}
-
-Napi::Value Model::TokenPiece(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  auto h = handleOrThrow(env);
-  int64_t token = argInteger(info, 0, "token", 0, llama_vocab_n_tokens(h->vocab) - 1);
-  const char* text = llama_vocab_get_text(h->vocab, (llama_token)token);
-  return Napi::String::New(env, text ? text : "");
 }
 
 Napi::Value Model::IsEndOfGeneration(const Napi::CallbackInfo& info) {

@@ -45,7 +45,6 @@ class Model : public Napi::ObjectWrap<Model> {
  private:
   Napi::Value Tokenize(const Napi::CallbackInfo& info);
   Napi::Value Detokenize(const Napi::CallbackInfo& info);
-  Napi::Value TokenPiece(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value IsEndOfGeneration(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
@@ -53,6 +52,9 @@ class Model : public Napi::ObjectWrap<Model> {
 
   std::shared_ptr<ModelHandle> handle_;
 };
+
+// Throws ERR_INVALID_ARGUMENT naming the first id outside the model's vocabulary (`what`: "token", ...).
+void checkTokens(Napi::Env env, const ModelHandle& h, const int32_t* data, size_t n, const char* what);
 
 // loadModel(path, { gpuLayers, useMmap, useMlock, vocabOnly }, onProgress?) -> { promise, abort() }
 Napi::Value LoadModel(const Napi::CallbackInfo& info);
