@@ -1,8 +1,9 @@
 import { LlamaError, callNative, toLlamaError } from './errors.js';
 import type { LlamaModel } from './model.js';
 import type { NativeContext, NativeModel } from './native.js';
-import { LlamaSession } from './session.js';
-import { checkOptions, invalid, optBoolean, optInteger } from './validate.js';
+import { LlamaChat, type ChatOptions } from './chat.js';
+import { LlamaSession, type SessionOptions } from './session.js';
+import { checkOptions, invalid, optBoolean, optInteger, optSignal } from './validate.js';
 
 /** Options of {@link LlamaModel.createContext}. */
 export interface ContextOptions {
@@ -36,6 +37,7 @@ export class LlamaContext implements AsyncDisposable {
   #disposing: Promise<void> | null = null;
   #free: number[];
   #sessions = new Set<LlamaSession>();
+  #waiters: Array<{ grant: (seq: number) => void; fail: (e: LlamaError) => void }> = [];
   /** The model this context runs. */
   readonly model: LlamaModel;
   /** Tokens each sequence can hold (after llama.cpp's rounding). */
@@ -46,6 +48,8 @@ export class LlamaContext implements AsyncDisposable {
   readonly batchSize: number;
   /** CPU threads used for generation. */
   readonly threads: number;
+  /** Whether the KV cache can move tokens, which context shift needs (true for most models). */
+  readonly canShift: boolean;
 
   private constructor(model: LlamaModel, nativeContext: NativeContext) {
     this.model = model;
@@ -55,6 +59,7 @@ export class LlamaContext implements AsyncDisposable {
     this.sequences = info.sequences;
     this.batchSize = info.batchSize;
     this.threads = info.threads;
+    this.canShift = info.canShift;
     this.#free = Array.from({ length: info.sequences }, (_, i) => i);
   }
 
@@ -108,23 +113,99 @@ export class LlamaContext implements AsyncDisposable {
   }
 
   /**
-   * Creates a session: one sequence of this context with its own KV cache.
+   * Creates a session: one sequence of this context with its own KV cache. It fails at once when every
+   * sequence is taken; {@link acquireSession} waits for one instead.
    * @throws LlamaError `ERR_NO_SEQUENCE` when all `sequences` are taken by sessions that are not disposed.
    */
-  createSession(): LlamaSession {
-    this.handle(this.createSession);
+  createSession(options?: SessionOptions): LlamaSession {
+    return this.#newSession(options, this.createSession, this.#takeSequence(this.createSession));
+  }
+
+  /**
+   * Creates a session, waiting (first come, first served) until a sequence is free when all are taken.
+   * Rejects with `ERR_ABORTED` when `signal` aborts, and `ERR_DISPOSED` when the context is disposed first.
+   */
+  async acquireSession(options?: SessionOptions & { signal?: AbortSignal }): Promise<LlamaSession> {
+    const { signal, ...rest } = options ?? {};
+    this.handle(this.acquireSession);
+    optSignal({ signal }, 'signal', this.acquireSession);
+    checkSessionOptions(rest, this.acquireSession);
+    let seq = this.#free.shift();
+    if (seq === undefined) {
+      if (signal?.aborted) throw new LlamaError('ERR_ABORTED', 'Waiting for a session was aborted');
+      seq = await new Promise<number>((resolve, reject) => {
+        const waiter = {
+          grant: (s: number) => {
+            signal?.removeEventListener('abort', onAbort);
+            resolve(s);
+          },
+          fail: (e: LlamaError) => {
+            signal?.removeEventListener('abort', onAbort);
+            reject(e);
+          },
+        };
+        const onAbort = () => {
+          this.#waiters = this.#waiters.filter((w) => w !== waiter);
+          reject(new LlamaError('ERR_ABORTED', 'Waiting for a session was aborted'));
+        };
+        signal?.addEventListener('abort', onAbort, { once: true });
+        this.#waiters.push(waiter);
+      });
+    }
+    return this.#newSession(rest, this.acquireSession, seq);
+  }
+
+  /**
+   * Creates a chat: a session that keeps a conversation and renders it with the model's chat template.
+   * Context shift defaults to `'auto'`, keeping the system prompt.
+   * @throws LlamaError `ERR_NO_SEQUENCE` when all `sequences` are taken, `ERR_INVALID_TEMPLATE` when the
+   * template does not parse.
+   */
+  createChat(options?: ChatOptions): LlamaChat {
+    return LlamaChat.create(this, options, this.createChat);
+  }
+
+  #takeSequence(caller: Function): number {
+    this.handle(caller);
     const seq = this.#free.shift();
     if (seq === undefined) {
       const err = new LlamaError(
         'ERR_NO_SEQUENCE',
-        `All ${this.sequences} sequences of this context are in use: dispose a session, or create the context with a larger "sequences" option`,
+        `All ${this.sequences} sequences of this context are in use: dispose a session, wait for one with acquireSession(), or create the context with a larger "sequences" option`,
       );
-      Error.captureStackTrace(err, this.createSession);
+      Error.captureStackTrace(err, caller);
       throw err;
     }
-    const session = new LlamaSession(this, seq);
-    this.#sessions.add(session);
+    return seq;
+  }
+
+  #newSession(options: SessionOptions | undefined, caller: Function, seq: number): LlamaSession {
+    let session: LlamaSession;
+    try {
+      const o = checkSessionOptions(options, caller);
+      session = new LlamaSession(this, seq, o.contextShift, o.sharePrefix);
+      this.#sessions.add(session);
+      if (o.prefix !== undefined) session.startFrom(o.prefix, caller);
+    } catch (e) {
+      this.#release(seq);
+      throw e;
+    }
     return session;
+  }
+
+  /** @internal sessions whose cached tokens another session may copy */
+  sessionsForSharing(): Iterable<LlamaSession> {
+    return this.#sessions;
+  }
+
+  #release(seq: number): void {
+    const w = this.#waiters.shift();
+    if (w) {
+      w.grant(seq);
+      return;
+    }
+    this.#free.push(seq);
+    this.#free.sort((a, b) => a - b);
   }
 
   /** @internal called by a disposed session */
@@ -132,8 +213,7 @@ export class LlamaContext implements AsyncDisposable {
     if (!this.#sessions.delete(session)) return;
     if (this.#native) {
       this.#native.clearSequence(seq);
-      this.#free.push(seq);
-      this.#free.sort((a, b) => a - b);
+      this.#release(seq);
     }
   }
 
@@ -147,6 +227,7 @@ export class LlamaContext implements AsyncDisposable {
     this.#native = null;
     for (const s of this.#sessions) s.markDisposed();
     this.#sessions.clear();
+    for (const w of this.#waiters.splice(0)) w.fail(new LlamaError('ERR_DISPOSED', 'The context was disposed while waiting for a session'));
     this.model.forgetContext(this);
     this.#disposing = h ? h.dispose() : Promise.resolve();
     return this.#disposing;
@@ -156,4 +237,27 @@ export class LlamaContext implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.dispose();
   }
+}
+
+const sessionKeys = ['contextShift', 'prefix', 'sharePrefix'] as const;
+
+function checkSessionOptions(
+  options: SessionOptions | undefined,
+  caller: Function,
+): { contextShift: 'auto' | false | { keep: number }; sharePrefix: boolean; prefix?: LlamaSession } {
+  const o = checkOptions('createSession', options, sessionKeys, caller);
+  const cs = o.contextShift;
+  let contextShift: 'auto' | false | { keep: number } = false;
+  if (cs === 'auto' || cs === false || cs === undefined) contextShift = cs ?? false;
+  else if (
+    typeof cs === 'object' && cs !== null && Object.keys(cs).every((k) => k === 'keep') &&
+    Number.isInteger((cs as { keep?: unknown }).keep) && (cs as { keep: number }).keep >= 0
+  ) {
+    contextShift = { keep: (cs as { keep: number }).keep };
+  } else {
+    throw invalid('contextShift', '"auto", false, or { keep: a non-negative integer }', cs, caller);
+  }
+  if (o.prefix !== undefined && !(o.prefix instanceof LlamaSession)) throw invalid('prefix', 'a LlamaSession', o.prefix, caller);
+  const sharePrefix = optBoolean(o, 'sharePrefix', caller) ?? true;
+  return { contextShift, sharePrefix, ...(o.prefix !== undefined ? { prefix: o.prefix as LlamaSession } : {}) };
 }

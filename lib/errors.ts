@@ -13,7 +13,9 @@ export type LlamaErrorCode =
   | 'ERR_ABORTED'
   | 'ERR_BUSY'
   | 'ERR_DECODE'
-  | 'ERR_NATIVE_LOAD';
+  | 'ERR_NATIVE_LOAD'
+  | 'ERR_INVALID_TEMPLATE'
+  | 'ERR_INVALID_MESSAGE';
 
 /**
  * The one error class of llama-addon. `code` is stable and meant for programs; `message` says what was
@@ -31,6 +33,8 @@ export class LlamaError extends Error {
 }
 
 const knownCodes = new Set<string>([
+  'ERR_INVALID_TEMPLATE',
+  'ERR_INVALID_MESSAGE',
   'ERR_MODEL_NOT_FOUND',
   'ERR_INVALID_MODEL',
   'ERR_INVALID_ARGUMENT',

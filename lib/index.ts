@@ -7,7 +7,10 @@ export type { LoadModelOptions, ModelInfo, Vocabulary, TokenizeOptions, Detokeni
 export { LlamaContext } from './context.js';
 export type { ContextOptions } from './context.js';
 export { LlamaSession } from './session.js';
-export type { GenerateOptions } from './session.js';
+export type { GenerateOptions, SessionOptions } from './session.js';
+export { LlamaChat } from './chat.js';
+export type { ChatOptions } from './chat.js';
+export type { ChatMessage, ChatRole, ApplyChatTemplateOptions } from './chat-template.js';
 export { Generation } from './generation.js';
 export type { GenerationChunk, GenerationResult, StopReason } from './generation.js';
 export { LlamaError } from './errors.js';

@@ -1,9 +1,11 @@
-import { stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { open, stat } from 'node:fs/promises';
+import { chatTemplateKey, checkMessages, type ApplyChatTemplateOptions, type ChatMessage } from './chat-template.js';
 import { LlamaContext, type ContextOptions } from './context.js';
 import { LlamaError, callNative, toLlamaError } from './errors.js';
 import { GgufFormatError, readGguf } from './gguf/reader.js';
 import type { GgufValue } from './gguf/types.js';
-import { native, type NativeModel } from './native.js';
+import { native, type NativeChatTemplate, type NativeModel } from './native.js';
 import { checkOptions, invalid, optBoolean, optFunction, optSignal } from './validate.js';
 
 /** Options of {@link loadModel}. */
@@ -92,6 +94,7 @@ export class LlamaModel implements AsyncDisposable {
   #native: NativeModel | null;
   #contexts = new Set<LlamaContext>();
   #disposing: Promise<void> | null = null;
+  #templates = new Map<string | null, NativeChatTemplate>();
   /** The file the model was loaded from. */
   readonly path: string;
   /** What the model is. */
@@ -100,11 +103,17 @@ export class LlamaModel implements AsyncDisposable {
   readonly metadata: Readonly<Record<string, GgufValue>>;
   /** The vocabulary and its special tokens. */
   readonly vocab: Vocabulary;
+  /**
+   * Identifies the model file's content: a SHA-256 over its GGUF header, its size and samples of its
+   * weights. Saved session states record it, so that they never load into another model.
+   */
+  readonly fingerprint: string;
 
   /** @internal use {@link loadModel} */
-  constructor(nativeModel: NativeModel, path: string, metadata: Record<string, GgufValue>) {
+  constructor(nativeModel: NativeModel, path: string, metadata: Record<string, GgufValue>, fingerprint: string) {
     this.#native = nativeModel;
     this.path = path;
+    this.fingerprint = fingerprint;
     this.metadata = Object.freeze(metadata);
     const ni = nativeModel.info();
     const str = (k: string) => (typeof metadata[k] === 'string' ? (metadata[k] as string) : undefined);
@@ -163,6 +172,36 @@ export class LlamaModel implements AsyncDisposable {
     const o = checkOptions('detokenize', options, ['special'], this.detokenize);
     const special = optBoolean(o, 'special', this.detokenize) ?? false;
     return callNative(this.detokenize, () => h.detokenize(t, special));
+  }
+
+  /**
+   * Renders a conversation with a chat template: by default the model's own (`tokenizer.chat_template`),
+   * through llama.cpp's Jinja engine (the one llama-server uses); ChatML when the model has none.
+   * `template` may be Jinja source or the name of one of llama.cpp's built-in templates (`'chatml'`,
+   * `'llama3'`, ...).
+   *
+   * @throws LlamaError `ERR_INVALID_MESSAGE` for an unknown role or a content that is not a string,
+   * `ERR_INVALID_TEMPLATE` when the template fails to parse or to render.
+   */
+  applyChatTemplate(messages: readonly ChatMessage[], options?: ApplyChatTemplateOptions): string {
+    const o = checkOptions('applyChatTemplate', options, ['addGenerationPrompt', 'template'], this.applyChatTemplate);
+    const addGenerationPrompt = optBoolean(o, 'addGenerationPrompt', this.applyChatTemplate) ?? true;
+    const template = chatTemplateKey(o.template, this.applyChatTemplate);
+    const msgs = checkMessages(messages, this.applyChatTemplate);
+    const t = this.chatTemplate(template, this.applyChatTemplate);
+    return callNative(this.applyChatTemplate, () => t.apply(msgs, addGenerationPrompt)).prompt;
+  }
+
+  /** @internal a parsed chat template, cached per source */
+  chatTemplate(source: string | null, caller: Function): NativeChatTemplate {
+    const h = this.#handle(caller);
+    let t = this.#templates.get(source);
+    if (!t) {
+      t = callNative(caller, () => h.chatTemplate(source));
+      if (this.#templates.size >= 16) this.#templates.delete(this.#templates.keys().next().value!);
+      this.#templates.set(source, t);
+    }
+    return t;
   }
 
   /** Creates a context: the KV cache and compute buffers that generation runs in. */
@@ -238,8 +277,10 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     throw fail('ERR_MODEL_NOT_FOUND', `Model file not found: ${path}`, e);
   }
   let metadata: Record<string, GgufValue>;
+  let fingerprint: string;
   try {
     const gguf = await readGguf(path);
+    fingerprint = await fingerprintFile(path, gguf.dataOffset, gguf.fileSize);
     if (!vocabOnly && gguf.tensors.length === 0) {
       throw new GgufFormatError('it has no tensors (a vocabulary-only file: load it with vocabOnly: true)');
     }
@@ -268,10 +309,36 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
     const nativeModel = await task.promise;
-    return new LlamaModel(nativeModel, path, metadata);
+    return new LlamaModel(nativeModel, path, metadata, fingerprint);
   } catch (e) {
     throw toLlamaError(e);
   } finally {
     signal?.removeEventListener('abort', onAbort);
   }
+}
+
+/** SHA-256 over the file size, the GGUF header and eight 64 KiB samples spread over the weights. */
+async function fingerprintFile(path: string, dataOffset: number, fileSize: number): Promise<string> {
+  const hash = createHash('sha256');
+  hash.update(`gguf:${fileSize}:${dataOffset}:`);
+  const f = await open(path, 'r');
+  try {
+    const read = async (at: number, length: number) => {
+      const buf = Buffer.alloc(length);
+      const { bytesRead } = await f.read(buf, 0, length, at);
+      hash.update(buf.subarray(0, bytesRead));
+    };
+    for (let at = 0; at < dataOffset; at += 1 << 20) await read(at, Math.min(1 << 20, dataOffset - at));
+    const dataSize = fileSize - dataOffset;
+    const sample = 1 << 16;
+    if (dataSize > 0) {
+      for (let i = 0; i < 8; i++) {
+        const at = dataOffset + Math.floor(((dataSize - Math.min(sample, dataSize)) * i) / 7);
+        await read(at, Math.min(sample, dataSize));
+      }
+    }
+  } finally {
+    await f.close();
+  }
+  return hash.digest('hex');
 }

@@ -36,7 +36,19 @@ export interface NativeModel {
   info(): NativeModelInfo;
   isEndOfGeneration(token: number): boolean;
   createContext(options: NativeContextOptions): Promise<NativeContext>;
+  /** Parses a chat template (Jinja, or a built-in template's name); null: the model's own. */
+  chatTemplate(source: string | null): NativeChatTemplate;
   dispose(): Promise<void>;
+}
+
+export interface NativeChatMessage {
+  role: string;
+  content: string;
+}
+
+export interface NativeChatTemplate {
+  apply(messages: NativeChatMessage[], addGenerationPrompt: boolean): { prompt: string; stops: string[] };
+  info(): { source: string; jinja: boolean; name?: string };
 }
 
 export interface NativeContextOptions {
@@ -58,6 +70,8 @@ export interface NativeContextInfo {
   sequences: number;
   threads: number;
   threadsBatch: number;
+  /** The KV cache supports moving tokens (context shift). */
+  canShift: boolean;
 }
 
 export interface NativeGenerateOptions {
@@ -77,6 +91,12 @@ export interface NativeGenerateOptions {
   penaltyLastN?: number;
   seed?: number;
   logitBias?: Array<[number, number]>;
+  /** Drop half of the tokens after the first `shiftKeep` when the sequence is full, and go on. */
+  contextShift?: boolean;
+  shiftKeep?: number;
+  /** Before the prompt: drop `discardCount` cached tokens at `discardAt`, moving the later ones back. */
+  discardAt?: number;
+  discardCount?: number;
 }
 
 export interface NativeChunk {
@@ -91,7 +111,10 @@ export interface NativeGenerationResult {
   tokens: Int32Array;
   promptTokens: number;
   evaluatedTokens: number;
-  sequenceTokens: number;
+  /** The tokens held in the sequence's KV cache afterwards. */
+  sequence: Int32Array;
+  /** Tokens dropped by context shifts during the generation. */
+  discarded: number;
   promptMs: number;
   generateMs: number;
   timeToFirstTokenMs: number;
@@ -117,6 +140,10 @@ export interface NativeContext {
     onNotify: (done: boolean) => void,
   ): NativeGeneration;
   clearSequence(sequence: number): void;
+  /** dst holds the first `length` cached tokens of src afterwards (ordered with queued generations). */
+  copySequence(src: number, dst: number, length: number): void;
+  saveSequence(sequence: number): Promise<{ data: Uint8Array; streams: number }>;
+  loadSequence(sequence: number, data: Uint8Array, streams: number): Promise<void>;
   info(): NativeContextInfo;
   dispose(): Promise<void>;
 }

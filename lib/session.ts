@@ -1,99 +1,54 @@
 import type { LlamaContext } from './context.js';
-import { LlamaError, callNative } from './errors.js';
+import { LlamaError, callNative, toLlamaError } from './errors.js';
+import { parseGenerateOptions, type GenerateOptions } from './generate-options.js';
 import { Generation, type GenerationResult } from './generation.js';
-import type { NativeGenerateOptions, NativeGenerationResult } from './native.js';
-import { checkOptions, invalid, optInteger, optNumber, optSignal } from './validate.js';
+import type { NativeGenerationResult } from './native.js';
+import { readSessionFile, writeSessionFile } from './session-file.js';
+import { invalid } from './validate.js';
 
-/** Options of {@link LlamaSession.generate}. */
-export interface GenerateOptions {
-  /** Most tokens to generate (default: until the model ends or the context is full). */
-  maxTokens?: number;
-  /** Sampling temperature; 0 is greedy (always the most likely token). Default 0.8. */
-  temperature?: number;
-  /** Keep only the K most likely tokens (default 40; 0 disables). */
-  topK?: number;
-  /** Nucleus sampling: keep the most likely tokens up to this total probability (default 0.95; 1 disables). */
-  topP?: number;
-  /** Drop tokens less likely than this fraction of the most likely one (default 0.05; 0 disables). */
-  minP?: number;
-  /** Locally typical sampling (default 1, disabled). */
-  typicalP?: number;
-  /** Random seed; the same seed, prompt and options give the same text (default: random). */
-  seed?: number;
-  /** Penalty for repeating recent tokens (default 1, disabled). */
-  repeatPenalty?: number;
-  /** Penalty for tokens that appeared at all (default 0). */
-  presencePenalty?: number;
-  /** Penalty growing with how often a token appeared (default 0). */
-  frequencyPenalty?: number;
-  /** How many recent tokens the penalties look at (default 64; -1: the whole context). */
-  penaltyLastN?: number;
-  /** Bias added to the logits of tokens, by token id; `-Infinity` bans a token. */
-  logitBias?: Readonly<Record<number, number>> | ReadonlyMap<number, number>;
-  /** Stop when one of these strings appears; it is not part of the output. */
-  stop?: string | readonly string[];
-  /** Aborts the generation: the stream ends normally with `stopReason: 'abort'`. */
-  signal?: AbortSignal;
+export type { GenerateOptions } from './generate-options.js';
+
+/** Options of {@link LlamaContext.createSession}. */
+export interface SessionOptions {
   /**
-   * Most generated tokens held for a consumer that has not read them yet (default 32); when they are
-   * reached, the engine pauses this generation. Output produced between two reads is handed over as one
-   * chunk, so `queueSize: 1` gives one chunk per token (text held back for UTF-8 or stop strings joins the
-   * next chunk).
+   * What happens when the session's tokens would overflow its sequence. `'auto'`: drop the oldest tokens
+   * after a kept prefix and go on (llama.cpp's context shift); the prefix is the `prefix` session's tokens,
+   * the chat's system prompt, or just the BOS token. `{ keep: n }`: the same, keeping the first `n` tokens.
+   * `false` (the default for sessions; chats default to `'auto'`): stop with `stopReason: 'contextFull'`, and
+   * reject longer prompts with `ERR_CONTEXT_FULL`.
    */
-  queueSize?: number;
+  contextShift?: 'auto' | false | { keep: number };
+  /** Start with a copy of this session's KV cache (cells are copied, nothing is decoded again). */
+  prefix?: LlamaSession;
+  /**
+   * When another session of the context holds a longer start of the prompt than this one (the same system
+   * prompt, say), copy its cache cells instead of decoding those tokens again (default true).
+   */
+  sharePrefix?: boolean;
 }
 
-const generateKeys = [
-  'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'typicalP', 'seed', 'repeatPenalty', 'presencePenalty',
-  'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal', 'queueSize',
-] as const;
+/** Copying cache cells from another session pays off from this many tokens on. */
+const MIN_SHARED_TOKENS = 8;
 
-function parseGenerateOptions(options: GenerateOptions | undefined, vocabSize: number, caller: Function) {
-  const o = checkOptions('generate', options, generateKeys, caller);
-  const out: NativeGenerateOptions = {};
-  const maxTokens = optInteger(o, 'maxTokens', 1, 2 ** 31 - 1, caller);
-  if (maxTokens !== undefined) out.maxTokens = maxTokens;
-  const nums: Array<[keyof NativeGenerateOptions, number, number, boolean]> = [
-    ['temperature', 0, 100, false], ['topK', 0, 2 ** 31 - 1, true], ['topP', 0, 1, false], ['minP', 0, 1, false],
-    ['typicalP', 0, 1, false], ['seed', 0, 2 ** 32 - 1, true], ['repeatPenalty', 0, 100, false],
-    ['presencePenalty', -100, 100, false], ['frequencyPenalty', -100, 100, false], ['penaltyLastN', -1, 2 ** 31 - 1, true],
-    ['queueSize', 1, 1_000_000, true],
-  ];
-  for (const [name, min, max, integer] of nums) {
-    const v = integer ? optInteger(o, name, min, max, caller) : optNumber(o, name, min, max, caller);
-    if (v !== undefined) (out as Record<string, number>)[name] = v;
-  }
-  if (o.stop !== undefined) {
-    const stop = typeof o.stop === 'string' ? [o.stop] : o.stop;
-    if (!Array.isArray(stop) || !stop.every((s) => typeof s === 'string' && s.length > 0)) {
-      throw invalid('stop', 'a non-empty string or an array of non-empty strings', o.stop, caller);
-    }
-    out.stop = [...stop];
-  }
-  if (o.logitBias !== undefined) {
-    const lb = o.logitBias;
-    if (lb === null || typeof lb !== 'object') throw invalid('logitBias', 'an object or Map of token id to bias', lb, caller);
-    const entries = lb instanceof Map ? [...lb.entries()] : Object.entries(lb);
-    out.logitBias = entries.map(([k, v]) => {
-      const token = Number(k);
-      if (!Number.isInteger(token) || token < 0 || token >= vocabSize) {
-        throw invalid('logitBias', `token ids from 0 to ${vocabSize - 1}`, k, caller);
-      }
-      if (typeof v !== 'number' || Number.isNaN(v) || v === Infinity) {
-        throw invalid('logitBias', 'finite biases or -Infinity', v, caller);
-      }
-      return [token, v] as [number, number];
-    });
-  }
-  const signal = optSignal(o, 'signal', caller);
-  return { native: out, signal };
-}
-
-function commonPrefix(a: readonly number[], b: Int32Array): number {
+function commonPrefix(a: ArrayLike<number>, b: ArrayLike<number>): number {
   const n = Math.min(a.length, b.length);
   let i = 0;
   while (i < n && a[i] === b[i]) i++;
   return i;
+}
+
+function cut(tokens: readonly number[], at: number, count: number): number[] {
+  return count > 0 ? tokens.slice(0, at).concat(tokens.slice(at + count)) : tokens.slice();
+}
+
+interface Plan {
+  logical: number[];
+  tokens: number[];
+  keep: number;
+  discardCount: number;
+  dropped: number;
+  shiftKeep: number;
+  shareFrom: LlamaSession | null;
 }
 
 /**
@@ -103,14 +58,27 @@ function commonPrefix(a: readonly number[], b: Int32Array): number {
 export class LlamaSession {
   #context: LlamaContext;
   #seq: number;
-  #tokens: number[] = [];
+  /** The tokens in the sequence's KV cache. */
+  #cache: number[] = [];
+  // Context shift: the cache holds history[0, shiftKeep) + history[shiftKeep + dropped, ...).
+  #history: number[] = [];
+  #dropped = 0;
+  #shiftKeep = 0;
+  #shift: 'auto' | false | { keep: number };
+  #autoKeep: number | null = null;
+  #sharePrefix: boolean;
   #running: Generation | null = null;
+  /** Tokens that stay in the cache while a generation runs (other sessions may copy them). */
+  #stable: number[] = [];
+  #busy: string | null = null;
   #disposed = false;
 
   /** @internal use {@link LlamaContext.createSession} */
-  constructor(context: LlamaContext, seq: number) {
+  constructor(context: LlamaContext, seq: number, shift: 'auto' | false | { keep: number }, sharePrefix: boolean) {
     this.#context = context;
     this.#seq = seq;
+    this.#shift = shift;
+    this.#sharePrefix = sharePrefix;
   }
 
   /** The context this session belongs to. */
@@ -125,12 +93,22 @@ export class LlamaSession {
 
   /** The tokens held in this session's KV cache. */
   get tokens(): Int32Array {
-    return Int32Array.from(this.#tokens);
+    return Int32Array.from(this.#cache);
+  }
+
+  /** How this session handles a full sequence (see {@link SessionOptions.contextShift}). */
+  get contextShift(): 'auto' | false | { keep: number } {
+    return this.#shift;
   }
 
   /** True once the session (or its context) has been disposed. */
   get disposed(): boolean {
     return this.#disposed || this.#context.disposed;
+  }
+
+  /** True while a generation, save or load of this session runs. */
+  get busy(): boolean {
+    return this.#running !== null || this.#busy !== null;
   }
 
   #check(caller: Function): void {
@@ -141,63 +119,166 @@ export class LlamaSession {
     }
   }
 
+  #checkIdle(caller: Function, what: string): void {
+    this.#check(caller);
+    if (this.#running || this.#busy) {
+      const err = new LlamaError('ERR_BUSY', `Cannot ${what} while the session ${this.#busy ?? 'generates'}: await it, or abort it, first`);
+      Error.captureStackTrace(err, caller);
+      throw err;
+    }
+  }
+
   /**
    * Generates text after `input` (text, or token ids). Returns at once; iterate the result for chunks or
    * await `.result`.
    *
-   * @throws LlamaError `ERR_CONTEXT_FULL` when the prompt is longer than the context, `ERR_BUSY` while another
-   * generation of this session runs, `ERR_INVALID_ARGUMENT` for bad options.
+   * @throws LlamaError `ERR_CONTEXT_FULL` when the prompt is longer than the context and context shift is
+   * off, `ERR_BUSY` while another generation of this session runs, `ERR_INVALID_ARGUMENT` for bad options.
    */
   generate(input: string | Int32Array | readonly number[], options?: GenerateOptions): Generation {
-    return this.#start(input, options, true, this.generate);
+    return this.start(input, options, true, this.generate);
   }
 
-  #start(input: string | Int32Array | readonly number[], options: GenerateOptions | undefined, stream: boolean, caller: Function): Generation {
+  /** Same as `generate(input, options).result`. */
+  complete(input: string | Int32Array | readonly number[], options?: GenerateOptions): Promise<GenerationResult> {
+    try {
+      return this.start(input, options, false, this.complete).discardChunks().result;
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** @internal */
+  start(
+    input: string | Int32Array | readonly number[],
+    options: GenerateOptions | undefined,
+    stream: boolean,
+    caller: Function,
+    onResult?: (r: GenerationResult | LlamaError) => void,
+  ): Generation {
     this.#check(caller);
     const ctx = this.#context;
     const model = ctx.model;
     const { native: nativeOptions, signal } = parseGenerateOptions(options, model.vocab.size, caller);
     if (!stream) nativeOptions.stream = false;
-    let prompt: Int32Array;
-    if (typeof input === 'string') prompt = model.tokenize(input);
-    else if (input instanceof Int32Array) prompt = input;
-    else if (Array.isArray(input) && input.every((t) => Number.isInteger(t))) prompt = Int32Array.from(input);
+    let prompt: number[];
+    if (typeof input === 'string') prompt = Array.from(model.tokenize(input));
+    else if (input instanceof Int32Array) prompt = Array.from(input);
+    else if (Array.isArray(input) && input.every((t) => Number.isInteger(t))) prompt = input.slice();
     else throw invalid('input', 'a string, an Int32Array or an array of token ids', input, caller);
     if (prompt.length === 0) throw invalid('input', 'a prompt of at least one token', input, caller);
-    if (prompt.length > ctx.contextSize) {
-      const err = new LlamaError(
-        'ERR_CONTEXT_FULL',
-        `The prompt has ${prompt.length} tokens, but a sequence of this context holds ${ctx.contextSize}: shorten it or create the context with a larger contextSize`,
-      );
-      Error.captureStackTrace(err, caller);
-      throw err;
-    }
-    if (this.#running) {
-      const err = new LlamaError('ERR_BUSY', 'This session is already generating: await its result, or abort it, first');
-      Error.captureStackTrace(err, caller);
-      throw err;
-    }
-    const keep = commonPrefix(this.#tokens, prompt);
+    this.#checkIdle(caller, 'generate');
+    const plan = this.#plan(prompt, caller);
     const handle = ctx.handle(caller);
-    const promptCopy = Array.from(prompt);
+    if (plan.shareFrom) handle.copySequence(plan.shareFrom.sequence, this.#seq, plan.keep);
+    const shift = this.#shift !== false;
+    Object.assign(nativeOptions, {
+      contextShift: shift,
+      shiftKeep: plan.shiftKeep,
+      ...(plan.discardCount > 0 ? { discardAt: plan.shiftKeep, discardCount: plan.discardCount } : {}),
+    });
+    const tokens = Int32Array.from(plan.tokens);
     const gen = new Generation(
-      (onNotify) => callNative(caller, () => handle.generate(this.#seq, prompt, keep, nativeOptions, onNotify)),
-      (r) => this.#finished(gen, promptCopy, r),
+      (onNotify) => callNative(caller, () => handle.generate(this.#seq, tokens, plan.keep, nativeOptions, onNotify)),
+      (r) => {
+        const out = this.#finished(gen, plan, r);
+        onResult?.(out);
+        return out;
+      },
       signal,
     );
     this.#running = gen;
+    this.#stable = plan.tokens.slice(0, shift ? Math.min(plan.keep, plan.shiftKeep) : plan.keep);
     return gen;
   }
 
-  #finished(gen: Generation, prompt: number[], r: NativeGenerationResult): GenerationResult | LlamaError {
+  /** The keep for context shift in `'auto'` mode; set by chats to their system prompt's length. @internal */
+  setAutoKeep(n: number): void {
+    this.#autoKeep = n;
+  }
+
+  #shiftKeepFor(prompt: readonly number[]): number {
+    const s = this.#shift;
+    let keep: number;
+    if (s === false) return 0;
+    if (typeof s === 'object') keep = s.keep;
+    else if (this.#autoKeep !== null) keep = this.#autoKeep;
+    else keep = this.#context.model.vocab.bos !== null && prompt[0] === this.#context.model.vocab.bos ? 1 : 0;
+    // At least half of the sequence must stay free to shift in.
+    return Math.max(0, Math.min(keep, Math.floor(this.#context.contextSize / 2)));
+  }
+
+  /** Which tokens to decode, how many cached ones to keep, and whether to shift the cache first. */
+  #plan(logical: number[], caller: Function): Plan {
+    const cap = this.#context.contextSize;
+    const shiftOn = this.#shift !== false;
+    const K = this.#shiftKeepFor(logical);
+    let dropped = 0;
+    let tokens = logical;
+    // A conversation that already went through a context shift: the cache lacks the dropped tokens.
+    if (shiftOn && this.#dropped > 0 && this.#shiftKeep === K && commonPrefix(logical, this.#history) >= K + this.#dropped) {
+      dropped = this.#dropped;
+      tokens = cut(logical, K, dropped);
+    }
+    let cache = this.#cache;
+    let discardCount = 0;
+    if (tokens.length > cap) {
+      if (!shiftOn || cap - K < 8) {
+        const err = new LlamaError(
+          'ERR_CONTEXT_FULL',
+          `The prompt has ${tokens.length} tokens, but a sequence of this context holds ${cap}: shorten it, create the context with a larger contextSize, or create the session with contextShift: 'auto'`,
+        );
+        Error.captureStackTrace(err, caller);
+        throw err;
+      }
+      // Drop enough after the kept prefix for the prompt and a quarter of the free room to fit.
+      const extra = Math.min(tokens.length - K - 1, tokens.length - cap + Math.floor((cap - K) / 4));
+      if (this.#context.canShift && commonPrefix(tokens, cache) >= K + extra) {
+        discardCount = extra;
+        cache = cut(cache, K, extra);
+      }
+      tokens = cut(tokens, K, extra);
+      dropped += extra;
+    }
+    let keep = commonPrefix(tokens, cache);
+    let shareFrom: LlamaSession | null = null;
+    if (this.#sharePrefix && discardCount === 0 && dropped === 0) {
+      // Another session may hold a longer prefix (the same system prompt): copy its cells.
+      let best = keep + MIN_SHARED_TOKENS - 1;
+      for (const other of this.#context.sessionsForSharing()) {
+        if (other === this) continue;
+        const l = commonPrefix(tokens, other.sharableTokens());
+        if (l > best) {
+          best = l;
+          shareFrom = other;
+        }
+      }
+      if (shareFrom) keep = best;
+    }
+    return { logical, tokens, keep, discardCount, dropped, shiftKeep: K, shareFrom };
+  }
+
+  /** @internal tokens at the start of this session's cache that other sessions may copy now */
+  sharableTokens(): readonly number[] {
+    if (this.disposed || this.#busy) return [];
+    return this.#running ? this.#stable : this.#cache;
+  }
+
+  #finished(gen: Generation, plan: Plan, r: NativeGenerationResult): GenerationResult | LlamaError {
     if (this.#running === gen) this.#running = null;
+    this.#stable = [];
     const tokens = Array.from(r.tokens);
     if (r.stopReason === 'error') {
-      this.#tokens = [];
+      this.#setCache([]);
       if (!this.disposed) this.#context.handle(this.generate).clearSequence(this.#seq);
       return new LlamaError('ERR_DECODE', `Generation failed: ${r.error ?? 'llama_decode failed'}`);
     }
-    this.#tokens = prompt.concat(tokens).slice(0, r.sequenceTokens);
+    const cache = Array.from(r.sequence);
+    const dropped = plan.dropped + r.discarded;
+    this.#cache = cache;
+    this.#shiftKeep = plan.shiftKeep;
+    this.#dropped = dropped;
+    this.#history = dropped > 0 ? plan.logical.concat(tokens).slice(0, dropped + cache.length) : [];
     return {
       text: r.text,
       tokens,
@@ -212,25 +293,121 @@ export class LlamaSession {
     };
   }
 
-  /** Same as `generate(input, options).result`. */
-  complete(input: string | Int32Array | readonly number[], options?: GenerateOptions): Promise<GenerationResult> {
-    try {
-      return this.#start(input, options, false, this.complete).discardChunks().result;
-    } catch (e) {
-      return Promise.reject(e);
-    }
+  #setCache(tokens: number[], history: number[] = [], dropped = 0, shiftKeep = 0): void {
+    this.#cache = tokens;
+    this.#history = history;
+    this.#dropped = dropped;
+    this.#shiftKeep = shiftKeep;
   }
 
   /** Empties the session's KV cache. */
   reset(): void {
-    this.#check(this.reset);
-    if (this.#running) {
-      const err = new LlamaError('ERR_BUSY', 'Cannot reset a session while it generates: abort the generation first');
-      Error.captureStackTrace(err, this.reset);
-      throw err;
-    }
-    this.#tokens = [];
+    this.#checkIdle(this.reset, 'reset');
+    this.#setCache([]);
     this.#context.handle(this.reset).clearSequence(this.#seq);
+  }
+
+  /**
+   * A new session of the same context that starts with a copy of this one's KV cache and shares nothing
+   * with it afterwards.
+   * @throws LlamaError `ERR_NO_SEQUENCE` when the context has no free sequence, `ERR_BUSY` while this
+   * session generates.
+   */
+  fork(): LlamaSession {
+    this.#checkIdle(this.fork, 'fork');
+    const s = this.#context.createSession({ contextShift: this.#shift, sharePrefix: this.#sharePrefix });
+    s.#copyFrom(this, this.#cache.length);
+    s.#history = this.#history.slice();
+    s.#dropped = this.#dropped;
+    s.#shiftKeep = this.#shiftKeep;
+    s.#autoKeep = this.#autoKeep;
+    return s;
+  }
+
+  /** @internal used by createSession({ prefix }) */
+  startFrom(prefix: LlamaSession, caller: Function): void {
+    if (!(prefix instanceof LlamaSession) || prefix.context !== this.#context) {
+      throw invalid('prefix', 'a session of the same context', prefix, caller);
+    }
+    prefix.#check(caller);
+    const tokens = prefix.sharableTokens();
+    this.#copyFrom(prefix, tokens.length);
+    this.#autoKeep = tokens.length;
+  }
+
+  #copyFrom(src: LlamaSession, length: number): void {
+    this.#context.handle(this.fork).copySequence(src.#seq, this.#seq, length);
+    this.#cache = src.sharableTokens().slice(0, length);
+  }
+
+  /**
+   * Saves this session's KV cache and tokens to a file. The file records the model it belongs to; it loads
+   * into a session of any context of the same model (for models with sliding-window attention or recurrent
+   * state, one with as many sequences).
+   */
+  async save(path: string): Promise<void> {
+    if (typeof path !== 'string' || path.length === 0) throw invalid('path', 'a non-empty string', path, this.save);
+    this.#checkIdle(this.save, 'save');
+    const handle = this.#context.handle(this.save);
+    const model = this.#context.model;
+    this.#busy = 'saves';
+    try {
+      const cache = this.#cache.slice();
+      const { data, streams } = await handle.saveSequence(this.#seq);
+      await writeSessionFile(path, {
+        header: {
+          model: { fingerprint: model.fingerprint, name: model.info.name, vocabSize: model.vocab.size },
+          streams,
+          dropped: this.#dropped,
+          shiftKeep: this.#shiftKeep,
+          savedAt: new Date().toISOString(),
+        },
+        cache,
+        history: this.#history,
+        state: data,
+      });
+    } catch (e) {
+      throw toLlamaError(e);
+    } finally {
+      this.#busy = null;
+    }
+  }
+
+  /**
+   * Replaces this session's KV cache with one saved by {@link save}; the session then continues exactly as
+   * the saved one would have.
+   * @throws LlamaError `ERR_INVALID_STATE` when the file is not a session file, is truncated or corrupt, or
+   * belongs to another model; the session is then empty but usable.
+   */
+  async load(path: string): Promise<void> {
+    if (typeof path !== 'string' || path.length === 0) throw invalid('path', 'a non-empty string', path, this.load);
+    this.#checkIdle(this.load, 'load');
+    const handle = this.#context.handle(this.load);
+    const model = this.#context.model;
+    this.#busy = 'loads';
+    try {
+      const f = await readSessionFile(path);
+      const h = f.header;
+      if (h.model.fingerprint !== model.fingerprint) {
+        throw new LlamaError(
+          'ERR_INVALID_STATE',
+          `${path} belongs to another model ("${h.model.name}", fingerprint ${h.model.fingerprint.slice(0, 12)}), not to "${model.info.name}" (${model.fingerprint.slice(0, 12)})`,
+        );
+      }
+      if (f.cache.length > this.#context.contextSize) {
+        throw new LlamaError('ERR_INVALID_STATE', `${path} holds ${f.cache.length} tokens, more than a sequence of this context (${this.#context.contextSize})`);
+      }
+      if (!f.cache.concat(f.history).every((t) => t >= 0 && t < model.vocab.size)) {
+        throw new LlamaError('ERR_INVALID_STATE', `${path} holds token ids outside the model's vocabulary`);
+      }
+      this.#setCache([]);
+      await handle.loadSequence(this.#seq, f.state, h.streams);
+      this.#setCache(f.cache, h.dropped > 0 ? f.history : [], h.dropped, h.shiftKeep);
+    } catch (e) {
+      throw toLlamaError(e);
+    } finally {
+      this.#busy = null;
+    }
   }
 
   /** Ends a running generation (with `stopReason: 'abort'`) and frees the sequence for another session. */
@@ -238,7 +415,7 @@ export class LlamaSession {
     if (this.#disposed) return;
     this.#running?.abort();
     this.#disposed = true;
-    this.#tokens = [];
+    this.#setCache([]);
     this.#context.releaseSequence(this, this.#seq);
   }
 

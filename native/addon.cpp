@@ -6,6 +6,7 @@
 
 #include "addon_data.h"
 #include "common.h"
+#include "chat_template.h"
 #include "context.h"
 #include "engine.h"
 #include "guard.h"
@@ -43,12 +44,17 @@ void Cleanup(Napi::Env, AddonData* data) {
 }  // namespace
 }  // namespace la
 
+// From llama.cpp's common/log.h (not included: its name clashes with native/log.h).
+void common_log_set_verbosity_thold(int verbosity);
+
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   static std::once_flag backendOnce;
   std::call_once(backendOnce, [] {
     la::installLogger();
     la::installAbortHandler();
     llama_backend_init();
+    // llama.cpp's common library logs through its own logger to stderr; its errors reach JS as exceptions.
+    common_log_set_verbosity_thold(-1);
   });
   auto* data = new la::AddonData();
   env.SetInstanceData<la::AddonData, la::Cleanup>(data);
@@ -56,6 +62,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   la::Model::Init(env, exports);
   la::Context::Init(env, exports);
   la::Generation::Init(env, exports);
+  la::ChatTemplate::Init(env, exports);
   la::registerLogExports(env, exports);
   exports.Set("loadModel", Napi::Function::New(env, la::LoadModel, "loadModel"));
   exports.Set("systemInfo", Napi::Function::New(env, la::SystemInfo, "systemInfo"));

@@ -14,6 +14,7 @@ struct AddonData {
   Napi::FunctionReference modelCtor;
   Napi::FunctionReference contextCtor;
   Napi::FunctionReference generationCtor;
+  Napi::FunctionReference chatTemplateCtor;
   // Engines still running in this environment; stopped when the environment shuts down.
   std::mutex enginesMutex;
   std::set<std::shared_ptr<Engine>> engines;

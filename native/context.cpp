@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <functional>
+#include <future>
 #include <thread>
 
 #include "addon_data.h"
@@ -138,6 +141,9 @@ void Context::Init(Napi::Env env, Napi::Object exports) {
                                     {
                                         InstanceMethod<&Context::Generate>("generate"),
                                         InstanceMethod<&Context::ClearSequence>("clearSequence"),
+                                        InstanceMethod<&Context::CopySequence>("copySequence"),
+                                        InstanceMethod<&Context::SaveSequence>("saveSequence"),
+                                        InstanceMethod<&Context::LoadSequence>("loadSequence"),
                                         InstanceMethod<&Context::Info>("info"),
                                         InstanceMethod<&Context::Dispose>("dispose"),
                                     });
@@ -182,6 +188,7 @@ Napi::Value Context::Info(const Napi::CallbackInfo& info) {
   o.Set("sequences", (double)llama_n_seq_max(ctx));
   o.Set("threads", threads_);
   o.Set("threadsBatch", threadsBatch_);
+  o.Set("canShift", llama_memory_can_shift(llama_get_memory(ctx)));
   return o;
 }
 
@@ -232,6 +239,13 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   if (!(maxTokens >= 1)) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option maxTokens: expected at least 1");
   g->maxTokens = (int32_t)std::min(maxTokens, (double)INT32_MAX);
   g->capacity = (size_t)std::max(1.0, std::min(num("queueSize", 32), 1e6));
+  Napi::Value shift = opt(o, "contextShift");
+  if (shift.IsBoolean()) g->contextShift = shift.As<Napi::Boolean>().Value();
+  else if (!shift.IsEmpty() && !shift.IsUndefined()) throwArg(env, "contextShift", "a boolean", shift);
+  int32_t cap = engine->seqCapacity();
+  g->shiftKeep = (int32_t)std::max(0.0, std::min(num("shiftKeep", 0), (double)cap));
+  g->discardAt = (int32_t)std::max(0.0, std::min(num("discardAt", 0), (double)cap));
+  g->discardCount = (int32_t)std::max(0.0, std::min(num("discardCount", 0), (double)cap));
   Napi::Value stream = opt(o, "stream");
   if (stream.IsBoolean()) g->stream = stream.As<Napi::Boolean>().Value();
 
@@ -340,6 +354,216 @@ Napi::Value Context::ClearSequence(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// ------------------------------------------------------------------ sequence state
+
+namespace {
+
+// Runs work on the engine thread (between two decode steps) from a libuv worker that waits for it, then
+// settles a promise on the JS thread.
+class EngineTaskWorker : public Napi::AsyncWorker {
+ public:
+  using Work = std::function<void(llama_context*)>;
+  using Done = std::function<Napi::Value(Napi::Env)>;
+  EngineTaskWorker(Napi::Env env, std::shared_ptr<Engine> engine, Work work, Done done)
+      : Napi::AsyncWorker(env, "llama-addon.sequenceState"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        engine_(std::move(engine)),
+        work_(std::move(work)),
+        done_(std::move(done)) {}
+
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    std::promise<void> finished;
+    std::string error;
+    std::string code = "ERR_INVALID_STATE";
+    engine_->post([&](llama_context* ctx) {
+      try {
+        if (ctx == nullptr) {
+          code = "ERR_DISPOSED";
+          throw std::runtime_error("The context was disposed before the operation ran");
+        }
+        AbortGuard guard;
+        work_(ctx);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      finished.set_value();
+    });
+    finished.get_future().wait();
+    engine_.reset();
+    if (!error.empty()) {
+      code_ = code;
+      SetError(error);
+    }
+  }
+
+  void OnOK() override { deferred_.Resolve(done_(Env())); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(makeError(Env(), code_.c_str(), e.Message()).Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<Engine> engine_;
+  Work work_;
+  Done done_;
+  std::string code_;
+};
+
+// A sequence's state as llama.cpp writes it: magic, sequence id, then for a plain KV cache the stream count
+// and one section per stream, all empty (a zero cell count) except the sequence's own stream. For such
+// models a saved state is rewritten to one stream, so that it loads into a context with any number of
+// sequences; other models (sliding-window, recurrent) keep the layout they were saved with.
+constexpr size_t kStateHead = 12;  // magic u32, seq id i32, stream count u32
+
+bool portableState(const ModelHandle& m) {
+  return !llama_model_is_recurrent(m.model) && !llama_model_is_hybrid(m.model) && llama_model_n_swa(m.model) == 0 &&
+         !m.facts.hasEncoder;
+}
+
+uint32_t readU32(const std::vector<uint8_t>& d, size_t at) {
+  uint32_t v;
+  std::memcpy(&v, d.data() + at, 4);
+  return v;
+}
+
+bool allZero(const std::vector<uint8_t>& d, size_t from, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (d[from + i] != 0) return false;
+  }
+  return true;
+}
+
+// Keeps only stream `s`'s section; false when the data does not have the expected shape.
+bool toOneStream(std::vector<uint8_t>& d, uint32_t s) {
+  if (d.size() < kStateHead) return false;
+  uint32_t n = readU32(d, 8);
+  if (s >= n || d.size() < kStateHead + 4ull * n) return false;
+  size_t before = 4ull * s, after = 4ull * (n - s - 1);
+  if (!allZero(d, kStateHead, before) || !allZero(d, d.size() - after, after)) return false;
+  std::vector<uint8_t> out(d.begin(), d.begin() + kStateHead);
+  uint32_t one = 1;
+  std::memcpy(out.data() + 8, &one, 4);
+  out.insert(out.end(), d.begin() + kStateHead + before, d.end() - after);
+  d.swap(out);
+  return true;
+}
+
+// The reverse: puts a one-stream state into stream `s` of `n`.
+bool toStreams(std::vector<uint8_t>& d, uint32_t s, uint32_t n) {
+  if (d.size() < kStateHead + 4 || readU32(d, 8) != 1) return false;
+  std::vector<uint8_t> out(d.begin(), d.begin() + kStateHead);
+  std::memcpy(out.data() + 8, &n, 4);
+  out.insert(out.end(), 4ull * s, 0);
+  out.insert(out.end(), d.begin() + kStateHead, d.end());
+  out.insert(out.end(), 4ull * (n - s - 1), 0);
+  d.swap(out);
+  return true;
+}
+
+}  // namespace
+
+// copySequence(src, dst, length): dst holds the first `length` cached tokens of src afterwards (in order
+// with the generations queued before). The data is copied, so the two share nothing afterwards.
+Napi::Value Context::CopySequence(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto engine = engineOrThrow(env);
+  int64_t nSeq = (int64_t)llama_n_seq_max(engine->ctx());
+  int32_t src = (int32_t)argInteger(info, 0, "source", 0, nSeq - 1);
+  int32_t dst = (int32_t)argInteger(info, 1, "destination", 0, nSeq - 1);
+  int32_t length = (int32_t)argInteger(info, 2, "length", 0, INT32_MAX);
+  if (src == dst) return env.Undefined();
+  engine->post([src, dst, length](llama_context* ctx) {
+    if (ctx == nullptr) return;
+    llama_memory_t mem = llama_get_memory(ctx);
+    llama_memory_seq_rm(mem, dst, -1, -1);
+    if (length == 0) return;
+    // Each sequence has its own KV stream: llama.cpp's seq_cp between streams only schedules a copy for
+    // the next decode, which a save before it would miss. A state round trip copies at once.
+    try {
+      AbortGuard guard;
+      size_t size = llama_state_seq_get_size(ctx, src);
+      std::vector<uint8_t> data(size);
+      if (size == 0 || llama_state_seq_get_data(ctx, data.data(), size, src) != size ||
+          llama_state_seq_set_data(ctx, data.data(), size, dst) == 0) {
+        llama_memory_seq_rm(mem, dst, -1, -1);
+        return;
+      }
+      llama_memory_seq_rm(mem, dst, length, -1);
+    } catch (const std::exception&) {
+      // The destination stays empty; the generation that follows decodes its prompt in full.
+      llama_memory_seq_rm(mem, dst, -1, -1);
+    }
+  });
+  return env.Undefined();
+}
+
+// saveSequence(seq) -> Promise<{ data: Buffer, streams }>: the sequence's KV state. `streams` is 1 when
+// the state was made portable across contexts with any number of sequences.
+Napi::Value Context::SaveSequence(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto engine = engineOrThrow(env);
+  uint32_t nSeq = llama_n_seq_max(engine->ctx());
+  int32_t seq = (int32_t)argInteger(info, 0, "sequence", 0, (int64_t)nSeq - 1);
+  bool portable = portableState(*engine->model());
+  auto data = std::make_shared<std::vector<uint8_t>>();
+  auto streams = std::make_shared<uint32_t>(nSeq);
+  auto* worker = new EngineTaskWorker(
+      env, engine,
+      [=](llama_context* ctx) {
+        size_t size = llama_state_seq_get_size(ctx, seq);
+        if (size == 0) throw std::runtime_error("llama.cpp could not measure the sequence state");
+        data->resize(size);
+        if (llama_state_seq_get_data(ctx, data->data(), size, seq) != size) {
+          throw std::runtime_error("llama.cpp could not copy the sequence state");
+        }
+        if (portable && nSeq > 1 && toOneStream(*data, (uint32_t)seq)) *streams = 1;
+      },
+      [=](Napi::Env env) -> Napi::Value {
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("data", Napi::Buffer<uint8_t>::Copy(env, data->data(), data->size()));
+        o.Set("streams", *streams);
+        return o;
+      });
+  worker->Queue();
+  return worker->promise();
+}
+
+// loadSequence(seq, data: Uint8Array, streams) -> Promise<void>: replaces the sequence's KV state.
+Napi::Value Context::LoadSequence(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto engine = engineOrThrow(env);
+  uint32_t nSeq = llama_n_seq_max(engine->ctx());
+  int32_t seq = (int32_t)argInteger(info, 0, "sequence", 0, (int64_t)nSeq - 1);
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    throwArg(env, "data", "a Uint8Array", info[1]);
+  }
+  uint32_t streams = (uint32_t)argInteger(info, 2, "streams", 1, 1 << 16);
+  Napi::Uint8Array bytes = info[1].As<Napi::Uint8Array>();
+  auto data = std::make_shared<std::vector<uint8_t>>(bytes.Data(), bytes.Data() + bytes.ElementLength());
+  if (streams != nSeq) {
+    if (streams != 1 || !portableState(*engine->model()) || !toStreams(*data, (uint32_t)seq, nSeq)) {
+      throwError(env, "ERR_INVALID_STATE",
+                 "The state was saved from a context with " + std::to_string(streams) +
+                     " sequences; for this model it loads only into a context with as many, but this one has " +
+                     std::to_string(nSeq));
+    }
+  }
+  auto* worker = new EngineTaskWorker(
+      env, engine,
+      [=](llama_context* ctx) {
+        beginCapture();
+        size_t n = llama_state_seq_set_data(ctx, data->data(), data->size(), seq);
+        std::string logged = endCapture();
+        if (n == 0) {
+          llama_memory_seq_rm(llama_get_memory(ctx), seq, -1, -1);
+          throw std::runtime_error("llama.cpp rejected the sequence state" + (logged.empty() ? "" : ": " + logged));
+        }
+      },
+      [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
+  worker->Queue();
+  return worker->promise();
+}
+
 Napi::Value Context::Dispose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto deferred = Napi::Promise::Deferred::New(env);
@@ -399,7 +623,10 @@ static Napi::Object resultObject(Napi::Env env, const GenResult& r) {
   o.Set("tokens", tokens);
   o.Set("promptTokens", r.promptTokens);
   o.Set("evaluatedTokens", r.evaluatedTokens);
-  o.Set("sequenceTokens", r.sequenceTokens);
+  Napi::Int32Array sequence = Napi::Int32Array::New(env, r.sequence.size());
+  std::copy(r.sequence.begin(), r.sequence.end(), sequence.Data());
+  o.Set("sequence", sequence);
+  o.Set("discarded", r.discarded);
   o.Set("promptMs", r.promptMs);
   o.Set("generateMs", r.generateMs);
   o.Set("timeToFirstTokenMs", r.timeToFirstTokenMs);

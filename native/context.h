@@ -20,6 +20,9 @@ class Context : public Napi::ObjectWrap<Context> {
  private:
   Napi::Value Generate(const Napi::CallbackInfo& info);
   Napi::Value ClearSequence(const Napi::CallbackInfo& info);
+  Napi::Value CopySequence(const Napi::CallbackInfo& info);
+  Napi::Value SaveSequence(const Napi::CallbackInfo& info);
+  Napi::Value LoadSequence(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   std::shared_ptr<Engine> engineOrThrow(Napi::Env env) const;

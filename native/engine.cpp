@@ -103,6 +103,7 @@ std::string tokenPiece(const llama_vocab* vocab, llama_token t) {
 Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx) : model_(std::move(model)), ctx_(ctx) {
   nBatch_ = (int32_t)llama_n_batch(ctx_);
   nCtxSeq_ = (int32_t)llama_n_ctx_seq(ctx_);
+  canShift_ = llama_memory_can_shift(llama_get_memory(ctx_));
   batch_ = llama_batch_init(nBatch_, 0, 1);
 }
 
@@ -125,17 +126,30 @@ void Engine::submit(std::shared_ptr<GenState> gen) {
   gen->tQueued = nowUs();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    commands_.push_back(Command{Command::Generate, std::move(gen), 0});
+    commands_.push_back(Command{Command::Generate, std::move(gen), nullptr});
+  }
+  cv_.notify_one();
+}
+
+void Engine::post(std::function<void(llama_context*)> fn) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!stopping_) {
+      commands_.push_back(Command{Command::Task, nullptr, std::move(fn)});
+      fn = nullptr;
+    }
+  }
+  if (fn) {
+    fn(nullptr);
+    return;
   }
   cv_.notify_one();
 }
 
 void Engine::clearSequence(int32_t seq) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    commands_.push_back(Command{Command::ClearSequence, nullptr, seq});
-  }
-  cv_.notify_one();
+  post([seq](llama_context* ctx) {
+    if (ctx != nullptr) llama_memory_seq_rm(llama_get_memory(ctx), seq, -1, -1);
+  });
 }
 
 void Engine::wake() {
@@ -156,12 +170,30 @@ void Engine::stop() {
   // Whatever never reached the loop ends here.
   for (auto& c : commands_) {
     if (c.kind == Command::Generate) finish(*c.gen, "abort");
+    else c.task(nullptr);
   }
   commands_.clear();
   if (ctx_ != nullptr) {
     llama_free(ctx_);
     ctx_ = nullptr;
   }
+}
+
+bool Engine::makeRoom(GenState& g) {
+  // llama.cpp's context shift: keep the first shiftKeep tokens, drop half of the rest, move the others back.
+  int32_t keep = std::max(0, std::min(g.shiftKeep, g.nPast - 2));
+  int32_t discard = (g.nPast - keep) / 2;
+  if (!g.contextShift || !canShift_ || discard <= 0) {
+    finish(g, "contextFull");
+    return false;
+  }
+  llama_memory_t mem = llama_get_memory(ctx_);
+  llama_memory_seq_rm(mem, g.seq, keep, keep + discard);
+  llama_memory_seq_add(mem, g.seq, keep + discard, g.nPast, -discard);
+  g.cache.erase(g.cache.begin() + keep, g.cache.begin() + keep + discard);
+  g.nPast -= discard;
+  g.building.discarded += discard;
+  return true;
 }
 
 bool Engine::runnable(GenState& g) {
@@ -172,6 +204,15 @@ bool Engine::runnable(GenState& g) {
 
 void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
   llama_memory_t mem = llama_get_memory(ctx_);
+  if (g->discardCount > 0) {
+    // JS planned a context shift for this prompt: the cache holds the tokens it was planned against.
+    if (canShift_ && llama_memory_seq_pos_max(mem, g->seq) + 1 >= g->discardAt + g->discardCount) {
+      llama_memory_seq_rm(mem, g->seq, g->discardAt, g->discardAt + g->discardCount);
+      llama_memory_seq_add(mem, g->seq, g->discardAt + g->discardCount, -1, -g->discardCount);
+    } else {
+      g->keep = std::min(g->keep, g->discardAt);
+    }
+  }
   int32_t n = (int32_t)g->tokens.size();
   // The last token must be decoded again for its logits, even when everything is cached.
   // Never trust `keep` beyond what the cache really holds for the sequence.
@@ -182,6 +223,7 @@ void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
     llama_memory_seq_rm(mem, g->seq, -1, -1);
     g->keep = 0;
   }
+  g->cache = g->tokens;
   g->promptPos = (size_t)g->keep;
   g->nPast = g->keep;
   g->tStart = nowUs();
@@ -266,7 +308,8 @@ void Engine::finish(GenState& g, const char* reason, const std::string& error) {
   int64_t tEnd = nowUs();
   r.stopReason = reason;
   r.error = error;
-  r.sequenceTokens = g.nPast;
+  g.cache.resize(std::min(g.cache.size(), (size_t)std::max(0, g.nPast)));
+  r.sequence.assign(g.cache.begin(), g.cache.end());
   if (g.tStart == 0) g.tStart = tEnd;
   int64_t tFirst = g.tFirst != 0 ? g.tFirst : tEnd;
   r.promptMs = (double)(tFirst - g.tStart) / 1000.0;
@@ -315,7 +358,7 @@ void Engine::handleToken(GenState& g, llama_token t) {
   }
   if ((int32_t)g.building.tokens.size() >= g.maxTokens) {
     finish(g, "maxTokens");
-  } else if (g.nPast >= nCtxSeq_) {
+  } else if (g.nPast >= nCtxSeq_ && !(g.contextShift && canShift_ && g.nPast - g.shiftKeep >= 2)) {
     finish(g, "contextFull");
   } else {
     g.hasNext = true;
@@ -356,8 +399,8 @@ bool Engine::step() {
       commands.swap(commands_);
     }
     for (auto& c : commands) {
-      if (c.kind == Command::ClearSequence) {
-        llama_memory_seq_rm(mem, c.seq, -1, -1);
+      if (c.kind == Command::Task) {
+        c.task(ctx_);
       } else if (c.gen->aborted.load()) {
         finish(*c.gen, "abort");
       } else {
@@ -397,7 +440,11 @@ bool Engine::step() {
       if (runnable(*g)) order.push_back(g);
     }
     for (GenState* g : order) {
-      if (g->hasNext && batch_.n_tokens < nBatch_) add(*g, g->next, true);
+      if (g->hasNext && batch_.n_tokens < nBatch_) {
+        if (g->nPast >= nCtxSeq_ && !makeRoom(*g)) continue;
+        g->cache.push_back(g->next);
+        add(*g, g->next, true);
+      }
     }
     for (GenState* g : order) {
       while (!g->hasNext && g->promptPos < g->tokens.size() && batch_.n_tokens < nBatch_) {
@@ -406,7 +453,18 @@ bool Engine::step() {
         g->promptPos++;
       }
     }
-    if (batch_.n_tokens == 0) return true;
+    auto dropFinished = [&] {
+      active_.erase(std::remove_if(active_.begin(), active_.end(),
+                                   [](const std::shared_ptr<GenState>& g) {
+                                     std::lock_guard<std::mutex> lock(g->mu);
+                                     return g->done;
+                                   }),
+                    active_.end());
+    };
+    if (batch_.n_tokens == 0) {
+      dropFinished();  // a generation may have ended because its sequence is full
+      return true;
+    }
 
     int32_t ret;
     std::string failure;
@@ -440,12 +498,7 @@ bool Engine::step() {
         handleToken(g, t);
       }
     }
-    active_.erase(std::remove_if(active_.begin(), active_.end(),
-                                 [](const std::shared_ptr<GenState>& g) {
-                                   std::lock_guard<std::mutex> lock(g->mu);
-                                   return g->done;
-                                 }),
-                  active_.end());
+    dropFinished();
   }
   return true;
 }

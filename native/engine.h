@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -34,7 +35,8 @@ struct GenResult {
   std::vector<int32_t> tokens;  // every generated token, end-of-generation token excluded
   int32_t promptTokens = 0;
   int32_t evaluatedTokens = 0;  // prompt tokens decoded (not reused from the cache)
-  int32_t sequenceTokens = 0;   // tokens of the sequence held in the KV cache afterwards
+  std::vector<int32_t> sequence;  // the tokens held in the sequence's KV cache afterwards
+  int32_t discarded = 0;          // tokens dropped by context shifts during this generation
   double promptMs = 0, generateMs = 0, timeToFirstTokenMs = 0;
 };
 
@@ -48,6 +50,12 @@ struct GenState {
   int32_t seq = 0;
   std::vector<llama_token> tokens;  // the whole sequence: kept prefix + new prompt
   int32_t keep = 0;                 // tokens already in the KV cache that stay
+  // Before anything else: drop `discardCount` cached tokens at `discardAt` and move the later ones back
+  // (a context shift planned by JS for a prompt that would not fit).
+  int32_t discardAt = 0, discardCount = 0;
+  // When the sequence is full: drop half of the tokens after the first `shiftKeep` and go on.
+  bool contextShift = false;
+  int32_t shiftKeep = 0;
   int32_t maxTokens = 0;
   std::vector<std::string> stops;
   llama_sampler* sampler = nullptr;
@@ -64,6 +72,7 @@ struct GenState {
   int32_t iBatch = -1;
   int32_t inBatch = 0;
   int32_t fed = 0;
+  std::vector<llama_token> cache;  // what the sequence holds (prompt, then each token as it is decoded)
   std::string pending;
   std::vector<int32_t> pendingTokens;
   int64_t tStart = 0, tFirst = 0;
@@ -101,6 +110,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
 
   void start();
   void submit(std::shared_ptr<GenState> gen);
+  // Runs `fn` on the engine thread between two steps, in order with the generations submitted before it.
+  // If the engine stops first, `fn` runs on the stopping thread with a null context.
+  void post(std::function<void(llama_context*)> fn);
   void clearSequence(int32_t seq);
   void wake();
   // Stops the loop, ends every generation with stopReason "abort", joins the thread and frees the
@@ -113,14 +125,15 @@ class Engine : public std::enable_shared_from_this<Engine> {
 
  private:
   struct Command {
-    enum Kind { Generate, ClearSequence } kind;
+    enum Kind { Generate, Task } kind;
     std::shared_ptr<GenState> gen;
-    int32_t seq = 0;
+    std::function<void(llama_context*)> task;
   };
 
   void run();
   bool step();  // one engine step; false when stopping
   bool runnable(GenState& g);
+  bool makeRoom(GenState& g);  // context shift for a full sequence; false when it is not possible
   void startGeneration(const std::shared_ptr<GenState>& g);
   void handleToken(GenState& g, llama_token t);
   void push(GenState& g, Chunk&& c);
@@ -132,6 +145,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   llama_batch batch_{};
   int32_t nBatch_ = 0;
   int32_t nCtxSeq_ = 0;
+  bool canShift_ = false;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

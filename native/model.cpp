@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "addon_data.h"
+#include "chat_template.h"
 #include "context.h"
 #include "errors.h"
 #include "guard.h"
@@ -184,6 +185,7 @@ void Model::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod<&Model::IsEndOfGeneration>("isEndOfGeneration"),
                                         InstanceMethod<&Model::Dispose>("dispose"),
                                         InstanceMethod<&Model::CreateContext>("createContext"),
+                                        InstanceMethod<&Model::ChatTemplate>("chatTemplate"),
                                     });
   addonData(env)->modelCtor = Napi::Persistent(ctor);
   exports.Set("NativeModel", ctor);
@@ -259,6 +261,10 @@ Napi::Value Model::IsEndOfGeneration(const Napi::CallbackInfo& info) {
   double d = info[0].As<Napi::Number>().DoubleValue();
   if (d < 0 || d >= llama_vocab_n_tokens(h->vocab) || d != std::floor(d)) return Napi::Boolean::New(env, false);
   return Napi::Boolean::New(env, llama_vocab_is_eog(h->vocab, (llama_token)d));
+}
+
+Napi::Value Model::ChatTemplate(const Napi::CallbackInfo& info) {
+  return la::ChatTemplate::Create(info, handleOrThrow(info.Env()));
 }
 
 Napi::Value Model::Info(const Napi::CallbackInfo& info) {

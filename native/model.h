@@ -49,6 +49,7 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value IsEndOfGeneration(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value CreateContext(const Napi::CallbackInfo& info);
+  Napi::Value ChatTemplate(const Napi::CallbackInfo& info);
 
   std::shared_ptr<ModelHandle> handle_;
 };

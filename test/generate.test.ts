@@ -118,7 +118,7 @@ describeShared('generating text (stories260k)', () => {
     const prompt = 'Once upon a time' + first.text + ' She';
     const cached = await s.complete(prompt, { maxTokens: 20, temperature: 0 });
     expect(cached.usage.cachedTokens).toBeGreaterThan(5);
-    using fresh = ctx.createSession();
+    using fresh = ctx.createSession({ sharePrefix: false });
     const scratch = await fresh.complete(prompt, { maxTokens: 20, temperature: 0 });
     expect(scratch.usage.cachedTokens).toBe(0);
     expect(cached.text).toBe(scratch.text);

@@ -1,0 +1,88 @@
+import type { NativeGenerateOptions } from './native.js';
+import { checkOptions, invalid, optInteger, optNumber, optSignal } from './validate.js';
+
+/** Options of {@link LlamaSession.generate}. */
+export interface GenerateOptions {
+  /** Most tokens to generate (default: until the model ends or the context is full). */
+  maxTokens?: number;
+  /** Sampling temperature; 0 is greedy (always the most likely token). Default 0.8. */
+  temperature?: number;
+  /** Keep only the K most likely tokens (default 40; 0 disables). */
+  topK?: number;
+  /** Nucleus sampling: keep the most likely tokens up to this total probability (default 0.95; 1 disables). */
+  topP?: number;
+  /** Drop tokens less likely than this fraction of the most likely one (default 0.05; 0 disables). */
+  minP?: number;
+  /** Locally typical sampling (default 1, disabled). */
+  typicalP?: number;
+  /** Random seed; the same seed, prompt and options give the same text (default: random). */
+  seed?: number;
+  /** Penalty for repeating recent tokens (default 1, disabled). */
+  repeatPenalty?: number;
+  /** Penalty for tokens that appeared at all (default 0). */
+  presencePenalty?: number;
+  /** Penalty growing with how often a token appeared (default 0). */
+  frequencyPenalty?: number;
+  /** How many recent tokens the penalties look at (default 64; -1: the whole context). */
+  penaltyLastN?: number;
+  /** Bias added to the logits of tokens, by token id; `-Infinity` bans a token. */
+  logitBias?: Readonly<Record<number, number>> | ReadonlyMap<number, number>;
+  /** Stop when one of these strings appears; it is not part of the output. */
+  stop?: string | readonly string[];
+  /** Aborts the generation: the stream ends normally with `stopReason: 'abort'`. */
+  signal?: AbortSignal;
+  /**
+   * Most generated tokens held for a consumer that has not read them yet (default 32); when they are
+   * reached, the engine pauses this generation. Output produced between two reads is handed over as one
+   * chunk, so `queueSize: 1` gives one chunk per token (text held back for UTF-8 or stop strings joins the
+   * next chunk).
+   */
+  queueSize?: number;
+}
+
+const generateKeys = [
+  'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'typicalP', 'seed', 'repeatPenalty', 'presencePenalty',
+  'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal', 'queueSize',
+] as const;
+
+export function parseGenerateOptions(options: GenerateOptions | undefined, vocabSize: number, caller: Function) {
+  const o = checkOptions('generate', options, generateKeys, caller);
+  const out: NativeGenerateOptions = {};
+  const maxTokens = optInteger(o, 'maxTokens', 1, 2 ** 31 - 1, caller);
+  if (maxTokens !== undefined) out.maxTokens = maxTokens;
+  const nums: Array<[keyof NativeGenerateOptions, number, number, boolean]> = [
+    ['temperature', 0, 100, false], ['topK', 0, 2 ** 31 - 1, true], ['topP', 0, 1, false], ['minP', 0, 1, false],
+    ['typicalP', 0, 1, false], ['seed', 0, 2 ** 32 - 1, true], ['repeatPenalty', 0, 100, false],
+    ['presencePenalty', -100, 100, false], ['frequencyPenalty', -100, 100, false], ['penaltyLastN', -1, 2 ** 31 - 1, true],
+    ['queueSize', 1, 1_000_000, true],
+  ];
+  for (const [name, min, max, integer] of nums) {
+    const v = integer ? optInteger(o, name, min, max, caller) : optNumber(o, name, min, max, caller);
+    if (v !== undefined) (out as Record<string, number>)[name] = v;
+  }
+  if (o.stop !== undefined) {
+    const stop = typeof o.stop === 'string' ? [o.stop] : o.stop;
+    if (!Array.isArray(stop) || !stop.every((s) => typeof s === 'string' && s.length > 0)) {
+      throw invalid('stop', 'a non-empty string or an array of non-empty strings', o.stop, caller);
+    }
+    out.stop = [...stop];
+  }
+  if (o.logitBias !== undefined) {
+    const lb = o.logitBias;
+    if (lb === null || typeof lb !== 'object') throw invalid('logitBias', 'an object or Map of token id to bias', lb, caller);
+    const entries = lb instanceof Map ? [...lb.entries()] : Object.entries(lb);
+    out.logitBias = entries.map(([k, v]) => {
+      const token = Number(k);
+      if (!Number.isInteger(token) || token < 0 || token >= vocabSize) {
+        throw invalid('logitBias', `token ids from 0 to ${vocabSize - 1}`, k, caller);
+      }
+      if (typeof v !== 'number' || Number.isNaN(v) || v === Infinity) {
+        throw invalid('logitBias', 'finite biases or -Infinity', v, caller);
+      }
+      return [token, v] as [number, number];
+    });
+  }
+  const signal = optSignal(o, 'signal', caller);
+  return { native: out, signal };
+}
+

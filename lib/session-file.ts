@@ -1,0 +1,114 @@
+// The file a session is saved to:
+//   8 bytes  magic "LLADSEQ\0"
+//   u32 LE   format version
+//   u32 LE   length of the JSON header
+//   JSON     SessionFileHeader
+//   i32 LE   cache tokens, then history tokens
+//   bytes    llama.cpp's sequence state
+import { createHash } from 'node:crypto';
+import { open, readFile, rename, unlink } from 'node:fs/promises';
+import { LlamaError } from './errors.js';
+
+const MAGIC = Buffer.from('LLADSEQ\0', 'latin1');
+const VERSION = 1;
+
+export interface SessionFileHeader {
+  model: { fingerprint: string; name: string; vocabSize: number };
+  /** Streams (sequences) of the context the state was saved from; 1 when it loads into any context. */
+  streams: number;
+  cacheTokens: number;
+  historyTokens: number;
+  dropped: number;
+  shiftKeep: number;
+  stateBytes: number;
+  stateSha256: string;
+  savedAt: string;
+}
+
+export interface SessionFile {
+  header: SessionFileHeader;
+  cache: number[];
+  history: number[];
+  state: Uint8Array;
+}
+
+function invalidState(message: string): LlamaError {
+  return new LlamaError('ERR_INVALID_STATE', message);
+}
+
+/** Writes the file atomically: to a temporary name first, then renamed over `path`. */
+export async function writeSessionFile(path: string, f: Omit<SessionFile, 'header'> & { header: Omit<SessionFileHeader, 'stateBytes' | 'stateSha256' | 'cacheTokens' | 'historyTokens'> }): Promise<void> {
+  const header: SessionFileHeader = {
+    ...f.header,
+    cacheTokens: f.cache.length,
+    historyTokens: f.history.length,
+    stateBytes: f.state.length,
+    stateSha256: createHash('sha256').update(f.state).digest('hex'),
+  };
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  const head = Buffer.alloc(16);
+  MAGIC.copy(head, 0);
+  head.writeUInt32LE(VERSION, 8);
+  head.writeUInt32LE(json.length, 12);
+  const tokens = Buffer.from(Int32Array.from([...f.cache, ...f.history]).buffer);
+  const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
+  const fh = await open(tmp, 'w');
+  try {
+    await fh.writev([head, json, tokens, f.state]);
+    await fh.sync();
+  } catch (e) {
+    await fh.close();
+    await unlink(tmp).catch(() => {});
+    throw e;
+  }
+  await fh.close();
+  await rename(tmp, path);
+}
+
+/** Reads and checks a session file; every defect is `ERR_INVALID_STATE` naming what is wrong. */
+export async function readSessionFile(path: string): Promise<SessionFile> {
+  let buf: Buffer;
+  try {
+    buf = await readFile(path);
+  } catch (e) {
+    throw new LlamaError('ERR_INVALID_STATE', `The session file ${path} could not be read: ${(e as Error).message}`, { cause: e });
+  }
+  if (buf.length < 16 || !buf.subarray(0, 8).equals(MAGIC)) {
+    throw invalidState(`${path} is not a llama-addon session file (expected it to start with "LLADSEQ")`);
+  }
+  const version = buf.readUInt32LE(8);
+  if (version !== VERSION) throw invalidState(`${path} has session format version ${version}; this version reads ${VERSION}`);
+  const jsonLength = buf.readUInt32LE(12);
+  if (16 + jsonLength > buf.length) throw invalidState(`${path} is truncated: its header needs ${16 + jsonLength} bytes, the file has ${buf.length}`);
+  let header: SessionFileHeader;
+  try {
+    header = JSON.parse(buf.subarray(16, 16 + jsonLength).toString('utf8')) as SessionFileHeader;
+  } catch (e) {
+    throw new LlamaError('ERR_INVALID_STATE', `${path} has a corrupt header: ${(e as Error).message}`, { cause: e });
+  }
+  const ints = ['streams', 'cacheTokens', 'historyTokens', 'dropped', 'shiftKeep', 'stateBytes'] as const;
+  if (
+    typeof header !== 'object' || header === null ||
+    typeof header.model?.fingerprint !== 'string' || typeof header.stateSha256 !== 'string' ||
+    !ints.every((k) => Number.isSafeInteger(header[k]) && header[k] >= 0)
+  ) {
+    throw invalidState(`${path} has a corrupt header`);
+  }
+  const tokensAt = 16 + jsonLength;
+  const stateAt = tokensAt + 4 * (header.cacheTokens + header.historyTokens);
+  const expected = stateAt + header.stateBytes;
+  if (buf.length !== expected) {
+    throw invalidState(`${path} is ${buf.length < expected ? 'truncated' : 'too long'}: expected ${expected} bytes, found ${buf.length}`);
+  }
+  const tokens = new Int32Array(buf.buffer.slice(buf.byteOffset + tokensAt, buf.byteOffset + stateAt));
+  const state = buf.subarray(stateAt);
+  if (createHash('sha256').update(state).digest('hex') !== header.stateSha256) {
+    throw invalidState(`${path} is corrupt: its state does not match its checksum`);
+  }
+  return {
+    header,
+    cache: Array.from(tokens.subarray(0, header.cacheTokens)),
+    history: Array.from(tokens.subarray(header.cacheTokens)),
+    state,
+  };
+}
