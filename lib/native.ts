@@ -77,6 +77,8 @@ export interface NativeContextInfo {
 export interface NativeGenerateOptions {
   maxTokens?: number;
   queueSize?: number;
+  /** Start aborted (the signal was aborted before the call). */
+  aborted?: boolean;
   /** false: no chunks are queued and JS is notified only at the end. */
   stream?: boolean;
   stop?: string[];

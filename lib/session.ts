@@ -161,6 +161,8 @@ export class LlamaSession {
     const model = ctx.model;
     const { native: nativeOptions, signal } = parseGenerateOptions(options, model.vocab.size, caller);
     if (!stream) nativeOptions.stream = false;
+    // Already aborted: the engine must not decode anything.
+    if (signal?.aborted) nativeOptions.aborted = true;
     let prompt: number[];
     if (typeof input === 'string') prompt = Array.from(model.tokenize(input));
     else if (input instanceof Int32Array) prompt = Array.from(input);

@@ -246,6 +246,8 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   g->shiftKeep = (int32_t)std::max(0.0, std::min(num("shiftKeep", 0), (double)cap));
   g->discardAt = (int32_t)std::max(0.0, std::min(num("discardAt", 0), (double)cap));
   g->discardCount = (int32_t)std::max(0.0, std::min(num("discardCount", 0), (double)cap));
+  Napi::Value preAborted = opt(o, "aborted");
+  if (preAborted.IsBoolean() && preAborted.As<Napi::Boolean>().Value()) g->aborted.store(true);
   Napi::Value stream = opt(o, "stream");
   if (stream.IsBoolean()) g->stream = stream.As<Napi::Boolean>().Value();
 
