@@ -1,12 +1,47 @@
-import { chatTemplateKey, checkMessage, checkMessages, type ChatMessage } from './chat-template.js';
+import { randomBytes } from 'node:crypto';
+import {
+  chatTemplateKey, checkMessage, checkMessages, parseArguments, publicMessage, type ChatMessage, type ToolCall,
+} from './chat-template.js';
 import type { LlamaContext } from './context.js';
 import { LlamaError, callNative } from './errors.js';
 import type { GenerateOptions } from './generate-options.js';
 import type { Generation, GenerationResult } from './generation.js';
+import type { JsonSchema } from './json-schema.js';
 import type { LlamaModel } from './model.js';
-import type { NativeChatMessage, NativeChatTemplate } from './native.js';
+import type { NativeChatApplied, NativeChatApplyOptions, NativeChatMessage, NativeChatTemplate, NativeGenerateOptions } from './native.js';
 import type { LlamaSession } from './session.js';
-import { checkOptions, invalid } from './validate.js';
+import { checkOptions, invalid, optBoolean } from './validate.js';
+
+/** A tool (function) the model may call. */
+export interface ChatTool {
+  /** The name the model calls it by. */
+  name: string;
+  /** What it does, for the model. */
+  description?: string;
+  /** A JSON schema of its arguments (an object schema); the model's arguments are constrained to it. */
+  parameters?: JsonSchema;
+}
+
+/** Whether and which tools the model may call: `'auto'` (it decides), `'none'`, `'required'`, or one by name. */
+export type ToolChoice = 'auto' | 'none' | 'required' | { name: string };
+
+/** Options of {@link LlamaChat.send}: generation options, plus tool choice for this turn. */
+export interface ChatSendOptions extends GenerateOptions {
+  /** Overrides the chat's `toolChoice` for this reply. */
+  toolChoice?: ToolChoice;
+  /** Overrides the chat's `parallelToolCalls` for this reply. */
+  parallelToolCalls?: boolean;
+}
+
+/** The result of {@link LlamaChat.send}. `text` is the raw output; `content` is the reply without tool-call markup. */
+export interface ChatResult extends GenerationResult {
+  /** The reply's text, without tool calls or reasoning. */
+  content: string;
+  /** The reply's reasoning (thinking), for templates that mark it. */
+  reasoning?: string;
+  /** Tool calls the model made: answer each with {@link LlamaChat.addToolResult}, then `send()` again. */
+  toolCalls: ToolCall[];
+}
 
 /** Options of {@link LlamaContext.createChat}. */
 export interface ChatOptions {
@@ -25,9 +60,55 @@ export interface ChatOptions {
   contextShift?: 'auto' | false;
   /** Earlier messages to continue from (after the system prompt, if one is given). */
   messages?: readonly ChatMessage[];
+  /**
+   * Tools the model may call. Their calls are formatted and parsed by llama.cpp's chat support for the
+   * template (as llama-server does), with arguments constrained to each tool's `parameters` schema.
+   */
+  tools?: readonly ChatTool[];
+  /** Default `'auto'`. */
+  toolChoice?: ToolChoice;
+  /** Let the model call several tools in one reply, where the template supports it (default false). */
+  parallelToolCalls?: boolean;
 }
 
-const chatKeys = ['systemPrompt', 'template', 'contextShift', 'messages'] as const;
+const chatKeys = ['systemPrompt', 'template', 'contextShift', 'messages', 'tools', 'toolChoice', 'parallelToolCalls'] as const;
+
+function checkToolChoice(v: unknown, tools: readonly NativeTool[], caller: Function): ToolChoice | undefined {
+  if (v === undefined) return undefined;
+  if (v === 'auto' || v === 'none' || v === 'required') return v;
+  if (v !== null && typeof v === 'object' && typeof (v as { name?: unknown }).name === 'string') {
+    const name = (v as { name: string }).name;
+    if (!tools.some((t) => t.name === name)) throw invalid('toolChoice', `the name of one of the chat's tools (${tools.map((t) => t.name).join(', ') || 'none'})`, name, caller);
+    return { name };
+  }
+  throw invalid('toolChoice', '"auto", "none", "required" or { name }', v, caller);
+}
+
+type NativeTool = NonNullable<NativeChatApplyOptions['tools']>[number];
+
+function checkTools(v: unknown, caller: Function): NativeTool[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw invalid('tools', 'an array of { name, description?, parameters? }', v, caller);
+  const names = new Set<string>();
+  return v.map((t: unknown) => {
+    const tool = t as Partial<ChatTool> | null;
+    if (tool === null || typeof tool !== 'object' || typeof tool.name !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(tool.name)) {
+      throw invalid('tools', 'tools with a name of letters, digits, "_", "." or "-"', t, caller);
+    }
+    if (names.has(tool.name)) throw invalid('tools', 'tools with distinct names', tool.name, caller);
+    names.add(tool.name);
+    if (tool.description !== undefined && typeof tool.description !== 'string') throw invalid('tools', 'a string description', tool.description, caller);
+    const parameters = tool.parameters ?? { type: 'object', properties: {} };
+    if (parameters === null || typeof parameters !== 'object' || Array.isArray(parameters)) {
+      throw invalid('tools', 'parameters as a JSON schema object', parameters, caller);
+    }
+    return { name: tool.name, description: tool.description ?? '', parameters: JSON.stringify(parameters) };
+  });
+}
+
+function callId(): string {
+  return `call_${randomBytes(9).toString('base64url')}`;
+}
 
 function commonPrefix(a: ArrayLike<number>, b: ArrayLike<number>): number {
   const n = Math.min(a.length, b.length);
@@ -61,12 +142,24 @@ export function tokenizeConversation(model: LlamaModel, rendered: string, messag
   let pos = 0;
   for (const m of messages) {
     if (m.content.length === 0) continue;
-    const at = rendered.indexOf(m.content, pos);
-    if (at < 0) continue;
     const plain = m.role === 'user' || m.role === 'tool';
+    // Templates may trim a message; its text must still be found, or it could not be kept plain.
+    let text = m.content;
+    let at = rendered.indexOf(text, pos);
+    if (at < 0 && text.trim().length > 0) {
+      text = text.trim();
+      at = rendered.indexOf(text, pos);
+    }
+    if (at < 0) {
+      if (!plain) continue;
+      throw new LlamaError(
+        'ERR_INVALID_MESSAGE',
+        `A ${m.role} message contains the text of a special token, and the chat template changes the message so that it cannot be kept as plain text`,
+      );
+    }
     push(rendered.slice(pos, at), true);
-    push(m.content, !plain);
-    pos = at + m.content.length;
+    push(text, !plain);
+    pos = at + text.length;
   }
   push(rendered.slice(pos), true);
   return out;
@@ -83,14 +176,29 @@ export class LlamaChat {
   #templateKey: string | null;
   #system: NativeChatMessage | null;
   #messages: NativeChatMessage[];
+  #tools: NativeTool[];
+  #toolChoice: ToolChoice;
+  #parallel: boolean;
   #keep: { system: string; tokens: number[] } | null = null;
 
-  private constructor(session: LlamaSession, template: NativeChatTemplate, key: string | null, system: NativeChatMessage | null, messages: NativeChatMessage[]) {
+  private constructor(
+    session: LlamaSession,
+    template: NativeChatTemplate,
+    key: string | null,
+    system: NativeChatMessage | null,
+    messages: NativeChatMessage[],
+    tools: NativeTool[],
+    toolChoice: ToolChoice,
+    parallel: boolean,
+  ) {
     this.#session = session;
     this.#template = template;
     this.#templateKey = key;
     this.#system = system;
     this.#messages = messages;
+    this.#tools = tools;
+    this.#toolChoice = toolChoice;
+    this.#parallel = parallel;
   }
 
   /** @internal use {@link LlamaContext.createChat} */
@@ -102,15 +210,18 @@ export class LlamaChat {
       throw invalid('contextShift', '"auto" or false', o.contextShift, caller);
     }
     const earlier = o.messages === undefined ? [] : checkMessages(o.messages, caller);
+    const tools = checkTools(o.tools, caller);
+    const toolChoice = checkToolChoice(o.toolChoice, tools, caller) ?? 'auto';
+    const parallel = optBoolean(o, 'parallelToolCalls', caller) ?? false;
     const template = ctx.model.chatTemplate(key, caller);
-    const system = o.systemPrompt !== undefined ? { role: 'system', content: o.systemPrompt } : null;
+    const system: NativeChatMessage | null = o.systemPrompt !== undefined ? { role: 'system', content: o.systemPrompt } : null;
     const session = ctx.createSession({ contextShift: (o.contextShift as 'auto' | false | undefined) ?? 'auto' });
-    return new LlamaChat(session, template, key, system, [...(system ? [system] : []), ...earlier]);
+    return new LlamaChat(session, template, key, system, [...(system ? [system] : []), ...earlier], tools, toolChoice, parallel);
   }
 
   /** The conversation so far (copies). */
   get messages(): ChatMessage[] {
-    return this.#messages.map((m) => ({ ...m }) as ChatMessage);
+    return this.#messages.map(publicMessage);
   }
 
   /** The session that holds the conversation's KV cache. */
@@ -128,18 +239,18 @@ export class LlamaChat {
     return this.#session.disposed;
   }
 
-  /** The prompt tokens for `messages`, and what context shift keeps (the system prompt). */
-  #render(messages: NativeChatMessage[], caller: Function): { tokens: number[]; stops: string[] } {
+  /** The rendered conversation, its tokens, and what context shift keeps (the system prompt). */
+  #render(messages: NativeChatMessage[], applyOptions: NativeChatApplyOptions, caller: Function): { applied: NativeChatApplied; tokens: number[] } {
     const model = this.#session.context.model;
-    const { prompt, stops } = callNative(caller, () => this.#template.apply(messages, true));
-    const tokens = tokenizeConversation(model, prompt, messages);
+    const applied = callNative(caller, () => this.#template.apply(messages, true, applyOptions));
+    const tokens = tokenizeConversation(model, applied.prompt, messages);
     let keep = model.vocab.bos !== null && tokens[0] === model.vocab.bos ? 1 : 0;
     const first = messages[0];
     if (first?.role === 'system') {
       if (this.#keep?.system !== first.content) {
         let sys: number[] = [];
         try {
-          sys = tokenizeConversation(model, this.#template.apply([first], false).prompt, [first]);
+          sys = tokenizeConversation(model, this.#template.apply([first], false, applyOptions).prompt, [first]);
         } catch {
           // a template that cannot render a lone system message keeps only the BOS token
         }
@@ -148,13 +259,14 @@ export class LlamaChat {
       keep = Math.max(keep, commonPrefix(tokens, this.#keep.tokens));
     }
     this.#session.setAutoKeep(keep);
-    return { tokens, stops };
+    return { applied, tokens };
   }
 
   /**
    * Adds `message` (text is a user message) to the conversation and generates the assistant's reply,
-   * which is added when it ends. Without a message, the model replies to the conversation as it is (for
-   * example after a tool result). Returns at once, like {@link LlamaSession.generate}.
+   * which is added when it ends. Without a message, the model replies to the conversation as it is (after
+   * tool results, say). Returns at once, like {@link LlamaSession.generate}; the result also has the reply's
+   * `content` and `toolCalls`. With `jsonSchema`, the reply follows the schema and `json` holds it.
    *
    * A reply that ends with an error is not added, nor is the message that asked for it; an aborted reply
    * is added with the text generated so far (nothing, and the message is withdrawn, when there is none).
@@ -162,7 +274,7 @@ export class LlamaChat {
    * @throws LlamaError `ERR_INVALID_MESSAGE` for a bad message, `ERR_INVALID_TEMPLATE` when the template
    * fails to render, `ERR_BUSY` while a reply is being generated; the chat is unchanged by a failed call.
    */
-  send(message?: string | ChatMessage, options?: GenerateOptions): Generation {
+  send(message?: string | ChatMessage, options?: ChatSendOptions): Generation<ChatResult> {
     if (this.#session.disposed) {
       const err = new LlamaError('ERR_DISPOSED', 'The chat has been disposed');
       Error.captureStackTrace(err, this.send);
@@ -173,28 +285,105 @@ export class LlamaChat {
     if (message === undefined && this.#messages.every((m) => m.role === 'system')) {
       throw invalid('message', 'a message (the conversation has none to reply to)', message, this.send);
     }
-    const messages = [...this.#messages, ...added];
-    const { tokens, stops } = this.#render(messages, this.send);
-    let opts = options;
-    if (stops.length > 0) {
-      const own = options?.stop === undefined ? [] : typeof options.stop === 'string' ? [options.stop] : [...options.stop];
-      opts = { ...options, stop: [...own, ...stops] };
+    const { toolChoice: choiceOpt, parallelToolCalls, jsonSchema, ...generateOptions } = options ?? {};
+    const choice = checkToolChoice(choiceOpt, this.#tools, this.send) ?? this.#toolChoice;
+    const parallel = parallelToolCalls === undefined ? this.#parallel : parallelToolCalls;
+    if (typeof parallel !== 'boolean') throw invalid('parallelToolCalls', 'a boolean', parallel, this.send);
+    const applyOptions: NativeChatApplyOptions = {};
+    if (this.#tools.length > 0) {
+      applyOptions.tools = typeof choice === 'object' ? this.#tools.filter((t) => t.name === choice.name) : this.#tools;
+      applyOptions.toolChoice = typeof choice === 'object' ? 'required' : choice;
+      applyOptions.parallelToolCalls = parallel;
     }
-    const gen = this.#session.start(tokens, opts, true, this.send, (r) => this.#replied(added, r));
+    if (jsonSchema !== undefined) {
+      if (jsonSchema === null || (typeof jsonSchema !== 'object' && typeof jsonSchema !== 'boolean')) {
+        throw invalid('jsonSchema', 'a JSON schema object', jsonSchema, this.send);
+      }
+      applyOptions.jsonSchema = JSON.stringify(jsonSchema);
+    }
+    const messages = [...this.#messages, ...added];
+    const { applied, tokens } = this.#render(messages, applyOptions, this.send);
+    let opts: GenerateOptions = generateOptions;
+    if (applied.stops.length > 0) {
+      const own = opts.stop === undefined ? [] : typeof opts.stop === 'string' ? [opts.stop] : [...opts.stop];
+      opts = { ...opts, stop: [...own, ...applied.stops] };
+    }
+    const extra: Partial<NativeGenerateOptions> = {};
+    if (applied.grammar) {
+      if (opts.grammar !== undefined) throw invalid('grammar', 'no grammar of your own when the chat has tools or a jsonSchema', opts.grammar, this.send);
+      Object.assign(extra, {
+        grammar: applied.grammar,
+        grammarType: applyOptions.tools ? 'tools' : 'output',
+        grammarLazy: applied.grammarLazy,
+        grammarTriggers: applied.grammarTriggers,
+        generationPrompt: applied.generationPrompt,
+      });
+    } else if (jsonSchema !== undefined) {
+      opts = { ...opts, jsonSchema };
+    }
+    if (applied.preservedTokens.length > 0) extra.preservedTokens = applied.preservedTokens;
+    const gen = this.#session.start<ChatResult>(tokens, opts, true, this.send, (r) => this.#replied(added, applied, jsonSchema !== undefined, r), extra);
     this.#messages = messages;
     return gen;
   }
 
-  #replied(added: NativeChatMessage[], r: GenerationResult | LlamaError): void {
+  #replied(added: NativeChatMessage[], applied: NativeChatApplied, wantJson: boolean, r: GenerationResult | LlamaError): ChatResult | LlamaError {
     const withdraw = r instanceof LlamaError || (r.stopReason === 'abort' && r.text.length === 0);
     if (withdraw) {
-      for (const m of added.reverse()) {
+      for (const m of [...added].reverse()) {
         const i = this.#messages.lastIndexOf(m);
         if (i >= 0) this.#messages.splice(i, 1);
       }
-      return;
+      if (r instanceof LlamaError) return r;
+      return { ...r, content: '', toolCalls: [] };
     }
-    this.#messages.push({ role: 'assistant', content: r.text });
+    let parsed: ReturnType<NativeChatTemplate['parse']>;
+    try {
+      parsed = this.#template.parse(r.text, {
+        parser: applied.parser,
+        format: applied.format,
+        generationPrompt: applied.generationPrompt,
+        partial: r.stopReason !== 'eog' && r.stopReason !== 'stop',
+      });
+    } catch {
+      parsed = { content: r.text, reasoning: '', toolCalls: [] };
+    }
+    const calls = parsed.toolCalls.map((c) => ({ id: c.id || callId(), name: c.name, arguments: c.arguments }));
+    const message: NativeChatMessage = { role: 'assistant', content: parsed.content };
+    if (calls.length > 0) message.toolCalls = calls;
+    if (parsed.reasoning) message.reasoning = parsed.reasoning;
+    this.#messages.push(message);
+    const result: ChatResult = {
+      ...r,
+      content: parsed.content,
+      toolCalls: calls.map((c) => ({ id: c.id, name: c.name, arguments: parseArguments(c.arguments) })),
+      ...(parsed.reasoning ? { reasoning: parsed.reasoning } : {}),
+    };
+    if (wantJson && result.json === undefined) {
+      try {
+        result.json = JSON.parse(parsed.content) as unknown;
+      } catch {
+        return new LlamaError('ERR_INCOMPLETE_OUTPUT', `The reply is not complete JSON (stopReason "${r.stopReason}")`);
+      }
+    }
+    return result;
+  }
+
+  /**
+   * Adds a tool's result to the conversation, answering the tool call `id` of the last reply; then
+   * `send()` (without a message) lets the model go on. Objects are sent as JSON.
+   * @throws LlamaError `ERR_INVALID_ARGUMENT` when no call of the conversation has this id.
+   */
+  addToolResult(id: string, result: unknown): void {
+    const call = this.#messages.flatMap((m) => m.toolCalls ?? []).find((c) => c.id === id);
+    if (!call) throw invalid('id', 'the id of a tool call in this conversation', id, this.addToolResult);
+    if (this.#session.busy) {
+      const err = new LlamaError('ERR_BUSY', 'Cannot add a tool result while the chat generates');
+      Error.captureStackTrace(err, this.addToolResult);
+      throw err;
+    }
+    const content = typeof result === 'string' ? result : JSON.stringify(result ?? null);
+    this.#messages.push({ role: 'tool', content, toolCallId: id, toolName: call.name });
   }
 
   /** Starts the conversation over from the system prompt (the cached system prompt is reused). */
@@ -213,7 +402,8 @@ export class LlamaChat {
    */
   fork(): LlamaChat {
     const session = this.#session.fork();
-    const chat = new LlamaChat(session, this.#template, this.#templateKey, this.#system, this.#messages.map((m) => ({ ...m })));
+    const copy = (m: NativeChatMessage): NativeChatMessage => ({ ...m, ...(m.toolCalls ? { toolCalls: m.toolCalls.map((c) => ({ ...c })) } : {}) });
+    const chat = new LlamaChat(session, this.#template, this.#templateKey, this.#system, this.#messages.map(copy), this.#tools, this.#toolChoice, this.#parallel);
     chat.#keep = this.#keep;
     return chat;
   }

@@ -50,6 +50,8 @@ export class LlamaContext implements AsyncDisposable {
   readonly threads: number;
   /** Whether the KV cache can move tokens, which context shift needs (true for most models). */
   readonly canShift: boolean;
+  /** The model uses sliding-window attention (sessions then do not share cache cells). */
+  readonly slidingWindow: boolean;
 
   private constructor(model: LlamaModel, nativeContext: NativeContext) {
     this.model = model;
@@ -60,6 +62,7 @@ export class LlamaContext implements AsyncDisposable {
     this.batchSize = info.batchSize;
     this.threads = info.threads;
     this.canShift = info.canShift;
+    this.slidingWindow = info.slidingWindow;
     this.#free = Array.from({ length: info.sequences }, (_, i) => i);
   }
 
@@ -151,6 +154,7 @@ export class LlamaContext implements AsyncDisposable {
         signal?.addEventListener('abort', onAbort, { once: true });
         this.#waiters.push(waiter);
       });
+      if (this.disposed) throw new LlamaError('ERR_DISPOSED', 'The context was disposed while waiting for a session');
     }
     return this.#newSession(rest, this.acquireSession, seq);
   }

@@ -15,7 +15,10 @@ export type LlamaErrorCode =
   | 'ERR_DECODE'
   | 'ERR_NATIVE_LOAD'
   | 'ERR_INVALID_TEMPLATE'
-  | 'ERR_INVALID_MESSAGE';
+  | 'ERR_INVALID_MESSAGE'
+  | 'ERR_INVALID_GRAMMAR'
+  | 'ERR_INCOMPLETE_OUTPUT'
+  | 'ERR_IO';
 
 /**
  * The one error class of llama-addon. `code` is stable and meant for programs; `message` says what was
@@ -35,6 +38,9 @@ export class LlamaError extends Error {
 const knownCodes = new Set<string>([
   'ERR_INVALID_TEMPLATE',
   'ERR_INVALID_MESSAGE',
+  'ERR_INVALID_GRAMMAR',
+  'ERR_INCOMPLETE_OUTPUT',
+  'ERR_IO',
   'ERR_MODEL_NOT_FOUND',
   'ERR_INVALID_MODEL',
   'ERR_INVALID_ARGUMENT',

@@ -1,5 +1,17 @@
+import { jsonSchemaToGrammar, type JsonSchema } from './json-schema.js';
 import type { NativeGenerateOptions } from './native.js';
 import { checkOptions, invalid, optInteger, optNumber, optSignal } from './validate.js';
+
+/** Triggers of a lazy grammar: text is free until one appears, and follows the grammar from there on. */
+export interface GrammarTriggers {
+  /** Literal words; the grammar applies from the start of the word (so the grammar should begin with it). */
+  words?: readonly string[];
+  /** Regular expressions (ECMAScript-like, as llama.cpp's std::regex reads them); the grammar applies from the
+   * first capture group, or from the start of the match. */
+  patterns?: readonly string[];
+  /** Token ids that trigger the grammar when generated. */
+  tokens?: readonly number[];
+}
 
 /** Options of {@link LlamaSession.generate}. */
 export interface GenerateOptions {
@@ -38,12 +50,32 @@ export interface GenerateOptions {
    * next chunk).
    */
   queueSize?: number;
+  /**
+   * A GBNF grammar (llama.cpp's format) the output must follow; sampling never picks a token that leaves
+   * it. The grammar's `root` rule is the whole output.
+   */
+  grammar?: string;
+  /**
+   * A JSON schema the output must follow, converted to a grammar by llama.cpp's converter; the result's
+   * `json` holds the parsed value.
+   */
+  jsonSchema?: JsonSchema;
+  /** Makes `grammar` (or `jsonSchema`) lazy: it applies only once one of these triggers is generated. */
+  grammarTriggers?: GrammarTriggers;
 }
 
 const generateKeys = [
   'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'typicalP', 'seed', 'repeatPenalty', 'presencePenalty',
-  'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal', 'queueSize',
+  'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal', 'queueSize', 'grammar', 'jsonSchema',
+  'grammarTriggers',
 ] as const;
+
+function stringList(value: unknown, name: string, caller: Function): string[] {
+  if (!Array.isArray(value) || !value.every((s) => typeof s === 'string' && s.length > 0)) {
+    throw invalid(name, 'an array of non-empty strings', value, caller);
+  }
+  return [...value];
+}
 
 export function parseGenerateOptions(options: GenerateOptions | undefined, vocabSize: number, caller: Function) {
   const o = checkOptions('generate', options, generateKeys, caller);
@@ -82,7 +114,37 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
       return [token, v] as [number, number];
     });
   }
+  if (o.grammar !== undefined && o.jsonSchema !== undefined) {
+    throw invalid('grammar', 'either grammar or jsonSchema, not both', o.grammar, caller);
+  }
+  if (o.grammar !== undefined) {
+    if (typeof o.grammar !== 'string' || o.grammar.trim().length === 0) throw invalid('grammar', 'a GBNF grammar (a non-empty string)', o.grammar, caller);
+    out.grammar = o.grammar;
+    out.grammarType = 'user';
+  }
+  if (o.jsonSchema !== undefined) {
+    out.grammar = jsonSchemaToGrammar(o.jsonSchema as JsonSchema);
+    out.grammarType = 'output';
+  }
+  if (o.grammarTriggers !== undefined) {
+    const t = checkOptions('grammarTriggers', o.grammarTriggers, ['words', 'patterns', 'tokens'], caller);
+    if (out.grammar === undefined) throw invalid('grammarTriggers', 'a grammar or jsonSchema to trigger', o.grammarTriggers, caller);
+    const triggers: NonNullable<NativeGenerateOptions['grammarTriggers']> = [];
+    if (t.words !== undefined) for (const w of stringList(t.words, 'grammarTriggers.words', caller)) triggers.push({ type: 'word', value: w });
+    if (t.patterns !== undefined) {
+      for (const p of stringList(t.patterns, 'grammarTriggers.patterns', caller)) triggers.push({ type: 'pattern', value: p });
+    }
+    if (t.tokens !== undefined) {
+      if (!Array.isArray(t.tokens) || !t.tokens.every((x) => Number.isInteger(x) && x >= 0 && x < vocabSize)) {
+        throw invalid('grammarTriggers.tokens', `token ids from 0 to ${vocabSize - 1}`, t.tokens, caller);
+      }
+      for (const token of t.tokens as number[]) triggers.push({ type: 'token', value: '', token });
+    }
+    if (triggers.length === 0) throw invalid('grammarTriggers', 'at least one word, pattern or token', o.grammarTriggers, caller);
+    out.grammarLazy = true;
+    out.grammarTriggers = triggers;
+  }
   const signal = optSignal(o, 'signal', caller);
-  return { native: out, signal };
+  return { native: out, signal, jsonSchema: o.jsonSchema !== undefined };
 }
 

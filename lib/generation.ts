@@ -41,6 +41,8 @@ export interface GenerationResult {
     /** Decoding speed: tokens generated after the first, per second of `generateMs` (0 for a single token). */
     tokensPerSecond: number;
   };
+  /** With `jsonSchema`: the parsed output. */
+  json?: unknown;
 }
 
 /**
@@ -48,22 +50,22 @@ export interface GenerationResult {
  * Iterating applies backpressure (the engine pauses this generation while its output queue is full);
  * `break` out of the loop ends the generation promptly.
  */
-export class Generation implements AsyncIterable<GenerationChunk> {
+export class Generation<R extends GenerationResult = GenerationResult> implements AsyncIterable<GenerationChunk> {
   #native: NativeGeneration;
   #buffer: GenerationChunk[] = [];
-  #final: GenerationResult | LlamaError | null = null;
+  #final: R | LlamaError | null = null;
   #waiter: (() => void) | null = null;
   #drain = false;
   #keepChunks = true;
-  #result: Promise<GenerationResult> | null = null;
-  #resolve: ((r: GenerationResult) => void) | null = null;
+  #result: Promise<R> | null = null;
+  #resolve: ((r: R) => void) | null = null;
   #reject: ((e: LlamaError) => void) | null = null;
-  #finish: (r: NativeGenerationResult) => GenerationResult | LlamaError;
+  #finish: (r: NativeGenerationResult) => R | LlamaError;
 
   /** @internal use {@link LlamaSession.generate} */
   constructor(
     start: (onNotify: (done: boolean) => void) => NativeGeneration,
-    finish: (r: NativeGenerationResult) => GenerationResult | LlamaError,
+    finish: (r: NativeGenerationResult) => R | LlamaError,
     signal?: AbortSignal,
   ) {
     this.#finish = finish;
@@ -108,10 +110,10 @@ export class Generation implements AsyncIterable<GenerationChunk> {
    * The final result. It resolves whether or not anyone iterates; reading it makes the generation run to
    * the end without waiting for a consumer.
    */
-  get result(): Promise<GenerationResult> {
+  get result(): Promise<R> {
     if (!this.#result) {
       this.#drain = true;
-      this.#result = new Promise<GenerationResult>((resolve, reject) => {
+      this.#result = new Promise<R>((resolve, reject) => {
         this.#resolve = resolve;
         this.#reject = reject;
       });

@@ -192,6 +192,18 @@ export class LlamaModel implements AsyncDisposable {
     return callNative(this.applyChatTemplate, () => t.apply(msgs, addGenerationPrompt)).prompt;
   }
 
+  /**
+   * Whether `text` is a complete sentence of a GBNF `grammar` (its `root` rule), checked with llama.cpp's
+   * own grammar parser: for example, to check output produced elsewhere.
+   * @throws LlamaError `ERR_INVALID_GRAMMAR` when the grammar does not parse.
+   */
+  matchesGrammar(text: string, grammar: string): boolean {
+    const h = this.#handle(this.matchesGrammar);
+    if (typeof text !== 'string') throw invalid('text', 'a string', text, this.matchesGrammar);
+    if (typeof grammar !== 'string') throw invalid('grammar', 'a GBNF grammar (a string)', grammar, this.matchesGrammar);
+    return callNative(this.matchesGrammar, () => h.matchesGrammar(grammar, text));
+  }
+
   /** @internal a parsed chat template, cached per source */
   chatTemplate(source: string | null, caller: Function): NativeChatTemplate {
     const h = this.#handle(caller);
@@ -225,6 +237,7 @@ export class LlamaModel implements AsyncDisposable {
     if (this.#disposing) return this.#disposing;
     const h = this.#native;
     this.#native = null;
+    this.#templates.clear();
     this.#disposing = (async () => {
       await Promise.all([...this.#contexts].map((c) => c.dispose()));
       await h?.dispose();

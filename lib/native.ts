@@ -38,16 +38,45 @@ export interface NativeModel {
   createContext(options: NativeContextOptions): Promise<NativeContext>;
   /** Parses a chat template (Jinja, or a built-in template's name); null: the model's own. */
   chatTemplate(source: string | null): NativeChatTemplate;
+  matchesGrammar(grammar: string, text: string): boolean;
   dispose(): Promise<void>;
 }
 
 export interface NativeChatMessage {
   role: string;
   content: string;
+  toolCalls?: Array<{ id: string; name: string; arguments: string }>;
+  toolCallId?: string;
+  toolName?: string;
+  reasoning?: string;
+}
+
+export interface NativeChatApplyOptions {
+  tools?: Array<{ name: string; description: string; parameters: string }>;
+  toolChoice?: 'auto' | 'required' | 'none';
+  parallelToolCalls?: boolean;
+  /** A JSON schema (text) the reply must follow. */
+  jsonSchema?: string;
+}
+
+export interface NativeChatApplied {
+  prompt: string;
+  stops: string[];
+  grammar: string;
+  grammarLazy: boolean;
+  grammarTriggers: Array<{ type: 'word' | 'pattern' | 'patternFull' | 'token'; value: string; token?: number }>;
+  preservedTokens: string[];
+  generationPrompt: string;
+  parser: string;
+  format: number;
 }
 
 export interface NativeChatTemplate {
-  apply(messages: NativeChatMessage[], addGenerationPrompt: boolean): { prompt: string; stops: string[] };
+  apply(messages: NativeChatMessage[], addGenerationPrompt: boolean, options?: NativeChatApplyOptions): NativeChatApplied;
+  parse(
+    text: string,
+    options: { parser: string; format: number; generationPrompt: string; partial?: boolean },
+  ): { content: string; reasoning: string; toolCalls: Array<{ id: string; name: string; arguments: string }> };
   info(): { source: string; jinja: boolean; name?: string };
 }
 
@@ -72,6 +101,7 @@ export interface NativeContextInfo {
   threadsBatch: number;
   /** The KV cache supports moving tokens (context shift). */
   canShift: boolean;
+  slidingWindow: boolean;
 }
 
 export interface NativeGenerateOptions {
@@ -93,6 +123,15 @@ export interface NativeGenerateOptions {
   penaltyLastN?: number;
   seed?: number;
   logitBias?: Array<[number, number]>;
+  grammar?: string;
+  /** user: a GBNF grammar; output: from a JSON schema; tools: from a chat template's tool calls. */
+  grammarType?: 'user' | 'output' | 'tools';
+  grammarLazy?: boolean;
+  grammarTriggers?: Array<{ type: 'word' | 'pattern' | 'patternFull' | 'token'; value: string; token?: number }>;
+  /** Texts of single tokens that are rendered as text (tool-call markers). */
+  preservedTokens?: string[];
+  /** Text the prompt already ends with, fed to an output or tool-call grammar first. */
+  generationPrompt?: string;
   /** Drop half of the tokens after the first `shiftKeep` when the sequence is full, and go on. */
   contextShift?: boolean;
   shiftKeep?: number;
@@ -117,6 +156,8 @@ export interface NativeGenerationResult {
   sequence: Int32Array;
   /** Tokens dropped by context shifts during the generation. */
   discarded: number;
+  /** False when it ended before the engine touched the sequence. */
+  started: boolean;
   promptMs: number;
   generateMs: number;
   timeToFirstTokenMs: number;
@@ -168,6 +209,7 @@ export interface NativeAddon {
     onProgress?: (progress: number) => void,
   ): { promise: Promise<NativeModel>; abort(): void };
   systemInfo(): NativeSystemInfo;
+  jsonSchemaToGrammar(schema: string): string;
   setLogLevel(level: number): void;
   setLogSink(sink: ((level: string, message: string) => void) | null): void;
   shutdown(): void;

@@ -52,17 +52,19 @@ export async function writeSessionFile(path: string, f: Omit<SessionFile, 'heade
   head.writeUInt32LE(json.length, 12);
   const tokens = Buffer.from(Int32Array.from([...f.cache, ...f.history]).buffer);
   const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
-  const fh = await open(tmp, 'w');
   try {
-    await fh.writev([head, json, tokens, f.state]);
-    await fh.sync();
+    const fh = await open(tmp, 'w');
+    try {
+      await fh.writev([head, json, tokens, f.state]);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, path);
   } catch (e) {
-    await fh.close();
     await unlink(tmp).catch(() => {});
-    throw e;
+    throw new LlamaError('ERR_IO', `The session could not be written to ${path}: ${(e as Error).message}`, { cause: e });
   }
-  await fh.close();
-  await rename(tmp, path);
 }
 
 /** Reads and checks a session file; every defect is `ERR_INVALID_STATE` naming what is wrong. */
@@ -71,7 +73,7 @@ export async function readSessionFile(path: string): Promise<SessionFile> {
   try {
     buf = await readFile(path);
   } catch (e) {
-    throw new LlamaError('ERR_INVALID_STATE', `The session file ${path} could not be read: ${(e as Error).message}`, { cause: e });
+    throw new LlamaError('ERR_IO', `The session file ${path} could not be read: ${(e as Error).message}`, { cause: e });
   }
   if (buf.length < 16 || !buf.subarray(0, 8).equals(MAGIC)) {
     throw invalidState(`${path} is not a llama-addon session file (expected it to start with "LLADSEQ")`);

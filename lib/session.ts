@@ -1,8 +1,9 @@
 import type { LlamaContext } from './context.js';
 import { LlamaError, callNative, toLlamaError } from './errors.js';
 import { parseGenerateOptions, type GenerateOptions } from './generate-options.js';
-import { Generation, type GenerationResult } from './generation.js';
-import type { NativeGenerationResult } from './native.js';
+import type { FromSchema, JsonSchema } from './json-schema.js';
+import { Generation, type GenerationResult, type StopReason } from './generation.js';
+import type { NativeGenerateOptions, NativeGenerationResult } from './native.js';
 import { readSessionFile, writeSessionFile } from './session-file.js';
 import { invalid } from './validate.js';
 
@@ -25,6 +26,18 @@ export interface SessionOptions {
    * prompt, say), copy its cache cells instead of decoding those tokens again (default true).
    */
   sharePrefix?: boolean;
+}
+
+/** With `jsonSchema`: the parsed output, or ERR_INCOMPLETE_OUTPUT when the generation ended before it. */
+function parseJson(r: GenerationResult): GenerationResult | LlamaError {
+  try {
+    return { ...r, json: JSON.parse(r.text) as unknown };
+  } catch {
+    return new LlamaError(
+      'ERR_INCOMPLETE_OUTPUT',
+      `The output is not complete JSON: the generation ended with stopReason "${r.stopReason}" after ${r.usage.completionTokens} tokens (raise maxTokens, or check the context size)`,
+    );
+  }
 }
 
 /** Copying cache cells from another session pays off from this many tokens on. */
@@ -67,7 +80,7 @@ export class LlamaSession {
   #shift: 'auto' | false | { keep: number };
   #autoKeep: number | null = null;
   #sharePrefix: boolean;
-  #running: Generation | null = null;
+  #running: { abort(): void } | null = null;
   /** Tokens that stay in the cache while a generation runs (other sessions may copy them). */
   #stable: number[] = [];
   #busy: string | null = null;
@@ -139,7 +152,15 @@ export class LlamaSession {
     return this.start(input, options, true, this.generate);
   }
 
-  /** Same as `generate(input, options).result`. */
+  /**
+   * Same as `generate(input, options).result`. With `jsonSchema`, the result's `json` is the parsed output,
+   * typed from the schema when it is written as a literal (or made with `defineSchema`).
+   */
+  complete<const S extends JsonSchema>(
+    input: string | Int32Array | readonly number[],
+    options: GenerateOptions & { jsonSchema: S },
+  ): Promise<GenerationResult & { json: FromSchema<S> }>;
+  complete(input: string | Int32Array | readonly number[], options?: GenerateOptions): Promise<GenerationResult>;
   complete(input: string | Int32Array | readonly number[], options?: GenerateOptions): Promise<GenerationResult> {
     try {
       return this.start(input, options, false, this.complete).discardChunks().result;
@@ -149,17 +170,19 @@ export class LlamaSession {
   }
 
   /** @internal */
-  start(
+  start<R extends GenerationResult = GenerationResult>(
     input: string | Int32Array | readonly number[],
     options: GenerateOptions | undefined,
     stream: boolean,
     caller: Function,
-    onResult?: (r: GenerationResult | LlamaError) => void,
-  ): Generation {
+    transform?: (r: GenerationResult | LlamaError) => R | LlamaError,
+    extra?: Partial<NativeGenerateOptions>,
+  ): Generation<R> {
     this.#check(caller);
     const ctx = this.#context;
     const model = ctx.model;
-    const { native: nativeOptions, signal } = parseGenerateOptions(options, model.vocab.size, caller);
+    const { native: nativeOptions, signal, jsonSchema } = parseGenerateOptions(options, model.vocab.size, caller);
+    if (extra) Object.assign(nativeOptions, extra);
     if (!stream) nativeOptions.stream = false;
     // Already aborted: the engine must not decode anything.
     if (signal?.aborted) nativeOptions.aborted = true;
@@ -169,10 +192,16 @@ export class LlamaSession {
     else if (Array.isArray(input) && input.every((t) => Number.isInteger(t))) prompt = input.slice();
     else throw invalid('input', 'a string, an Int32Array or an array of token ids', input, caller);
     if (prompt.length === 0) throw invalid('input', 'a prompt of at least one token', input, caller);
+    const vocabSize = model.vocab.size;
+    const bad = prompt.findIndex((t) => !(t >= 0 && t < vocabSize));
+    if (bad >= 0) throw invalid('input', `token ids from 0 to ${vocabSize - 1}`, prompt[bad], caller);
     this.#checkIdle(caller, 'generate');
     const plan = this.#plan(prompt, caller);
     const handle = ctx.handle(caller);
-    if (plan.shareFrom) handle.copySequence(plan.shareFrom.sequence, this.#seq, plan.keep);
+    if (plan.shareFrom) {
+      handle.copySequence(plan.shareFrom.sequence, this.#seq, plan.keep);
+      this.#setCache(plan.tokens.slice(0, plan.keep));
+    }
     const shift = this.#shift !== false;
     Object.assign(nativeOptions, {
       contextShift: shift,
@@ -180,12 +209,12 @@ export class LlamaSession {
       ...(plan.discardCount > 0 ? { discardAt: plan.shiftKeep, discardCount: plan.discardCount } : {}),
     });
     const tokens = Int32Array.from(plan.tokens);
-    const gen = new Generation(
+    const gen: Generation<R> = new Generation<R>(
       (onNotify) => callNative(caller, () => handle.generate(this.#seq, tokens, plan.keep, nativeOptions, onNotify)),
       (r) => {
-        const out = this.#finished(gen, plan, r);
-        onResult?.(out);
-        return out;
+        let out = this.#finished(gen, plan, r);
+        if (jsonSchema && !(out instanceof LlamaError)) out = parseJson(out);
+        return transform ? transform(out) : (out as R);
       },
       signal,
     );
@@ -218,7 +247,10 @@ export class LlamaSession {
     let dropped = 0;
     let tokens = logical;
     // A conversation that already went through a context shift: the cache lacks the dropped tokens.
-    if (shiftOn && this.#dropped > 0 && this.#shiftKeep === K && commonPrefix(logical, this.#history) >= K + this.#dropped) {
+    if (
+      shiftOn && this.#dropped > 0 && this.#shiftKeep === K && logical.length > cap &&
+      logical.length > K + this.#dropped && commonPrefix(logical, this.#history) >= K + this.#dropped
+    ) {
       dropped = this.#dropped;
       tokens = cut(logical, K, dropped);
     }
@@ -244,7 +276,7 @@ export class LlamaSession {
     }
     let keep = commonPrefix(tokens, cache);
     let shareFrom: LlamaSession | null = null;
-    if (this.#sharePrefix && discardCount === 0 && dropped === 0) {
+    if (this.#sharePrefix && !this.#context.slidingWindow && discardCount === 0 && dropped === 0) {
       // Another session may hold a longer prefix (the same system prompt): copy its cells.
       let best = keep + MIN_SHARED_TOKENS - 1;
       for (const other of this.#context.sessionsForSharing()) {
@@ -266,7 +298,7 @@ export class LlamaSession {
     return this.#running ? this.#stable : this.#cache;
   }
 
-  #finished(gen: Generation, plan: Plan, r: NativeGenerationResult): GenerationResult | LlamaError {
+  #finished(gen: object, plan: Plan, r: NativeGenerationResult): GenerationResult | LlamaError {
     if (this.#running === gen) this.#running = null;
     this.#stable = [];
     const tokens = Array.from(r.tokens);
@@ -275,16 +307,24 @@ export class LlamaSession {
       if (!this.disposed) this.#context.handle(this.generate).clearSequence(this.#seq);
       return new LlamaError('ERR_DECODE', `Generation failed: ${r.error ?? 'llama_decode failed'}`);
     }
+    if (!r.started) {
+      // Ended before the engine touched the sequence: the cache holds what it held (or the shared copy).
+      return this.#result(r, tokens);
+    }
     const cache = Array.from(r.sequence);
     const dropped = plan.dropped + r.discarded;
     this.#cache = cache;
     this.#shiftKeep = plan.shiftKeep;
     this.#dropped = dropped;
     this.#history = dropped > 0 ? plan.logical.concat(tokens).slice(0, dropped + cache.length) : [];
+    return this.#result(r, tokens);
+  }
+
+  #result(r: NativeGenerationResult, tokens: number[]): GenerationResult {
     return {
       text: r.text,
       tokens,
-      stopReason: r.stopReason,
+      stopReason: r.stopReason as StopReason,
       usage: { promptTokens: r.promptTokens, cachedTokens: r.promptTokens - r.evaluatedTokens, completionTokens: tokens.length },
       timings: {
         promptMs: r.promptMs,
@@ -389,6 +429,8 @@ export class LlamaSession {
     this.#busy = 'loads';
     try {
       const f = await readSessionFile(path);
+      // Disposed meanwhile: the sequence may belong to another session by now.
+      this.#check(this.load);
       const h = f.header;
       if (h.model.fingerprint !== model.fingerprint) {
         throw new LlamaError(
@@ -404,6 +446,7 @@ export class LlamaSession {
       }
       this.#setCache([]);
       await handle.loadSequence(this.#seq, f.state, h.streams);
+      this.#check(this.load);
       this.#setCache(f.cache, h.dropped > 0 ? f.history : [], h.dropped, h.shiftKeep);
     } catch (e) {
       throw toLlamaError(e);

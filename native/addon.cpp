@@ -9,6 +9,7 @@
 #include "chat_template.h"
 #include "context.h"
 #include "engine.h"
+#include "grammar.h"
 #include "guard.h"
 #include "log.h"
 #include "model.h"
@@ -65,6 +66,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   la::ChatTemplate::Init(env, exports);
   la::registerLogExports(env, exports);
   exports.Set("loadModel", Napi::Function::New(env, la::LoadModel, "loadModel"));
+  exports.Set("jsonSchemaToGrammar", Napi::Function::New(env, la::JsonSchemaToGrammar, "jsonSchemaToGrammar"));
   exports.Set("systemInfo", Napi::Function::New(env, la::SystemInfo, "systemInfo"));
   // Called from process.on('exit'): stops every engine thread while llama.cpp's statics still exist.
   exports.Set("shutdown", Napi::Function::New(

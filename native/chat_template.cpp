@@ -10,7 +10,6 @@
 namespace la {
 
 struct ChatTemplateState {
-  std::shared_ptr<ModelHandle> model;
   common_chat_templates_ptr jinja;  // null for a built-in template
   std::string builtin;              // the template llama_chat_apply_template renders, when not Jinja
   std::string source;
@@ -61,6 +60,7 @@ void ChatTemplate::Init(Napi::Env env, Napi::Object exports) {
                                     {
                                         InstanceMethod<&ChatTemplate::Apply>("apply"),
                                         InstanceMethod<&ChatTemplate::Info>("info"),
+                                        InstanceMethod<&ChatTemplate::Parse>("parse"),
                                     });
   addonData(env)->chatTemplateCtor = Napi::Persistent(ctor);
   exports.Set("NativeChatTemplate", ctor);
@@ -72,7 +72,6 @@ Napi::Value ChatTemplate::Create(const Napi::CallbackInfo& info, std::shared_ptr
   std::string source = fromModel ? std::string() : argString(info, 0, "template");
   if (!fromModel && source.empty()) throwArg(env, "template", "a non-empty string", info[0]);
   auto st = std::make_shared<ChatTemplateState>();
-  st->model = model;
   if (fromModel) {
     source = model->facts.hasChatTemplate ? model->facts.chatTemplate : std::string();
   }
@@ -113,11 +112,18 @@ Napi::Value ChatTemplate::Create(const Napi::CallbackInfo& info, std::shared_ptr
 ChatTemplate::ChatTemplate(const Napi::CallbackInfo& info)
     : Napi::ObjectWrap<ChatTemplate>(info), state_(takeWrapped<ChatTemplateState>(info, "NativeChatTemplate")) {}
 
-Napi::Value ChatTemplate::Apply(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (!info[0].IsArray()) throwArg(env, "messages", "an array", info[0]);
-  bool addAss = argBool(info, 1, "addGenerationPrompt");
-  Napi::Array arr = info[0].As<Napi::Array>();
+namespace {
+
+std::string strProp(Napi::Env env, const Napi::Object& o, const char* key, const char* what) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined() || v.IsNull()) return std::string();
+  if (!v.IsString()) throwError(env, "ERR_INVALID_MESSAGE", std::string("Invalid ") + what + ": expected " + key + " to be a string, received " + typeName(v));
+  return v.As<Napi::String>().Utf8Value();
+}
+
+std::vector<common_chat_msg> readMessages(Napi::Env env, const Napi::Value& value) {
+  if (!value.IsArray()) throwArg(env, "messages", "an array", value);
+  Napi::Array arr = value.As<Napi::Array>();
   std::vector<common_chat_msg> msgs;
   for (uint32_t i = 0; i < arr.Length(); i++) {
     Napi::Value v = arr.Get(i);
@@ -132,32 +138,148 @@ Napi::Value ChatTemplate::Apply(const Napi::CallbackInfo& info) {
     common_chat_msg m;
     m.role = role.As<Napi::String>().Utf8Value();
     m.content = content.As<Napi::String>().Utf8Value();
+    m.tool_call_id = strProp(env, o, "toolCallId", "message");
+    m.tool_name = strProp(env, o, "toolName", "message");
+    m.reasoning_content = strProp(env, o, "reasoning", "message");
+    Napi::Value calls = o.Get("toolCalls");
+    if (calls.IsArray()) {
+      Napi::Array ca = calls.As<Napi::Array>();
+      for (uint32_t j = 0; j < ca.Length(); j++) {
+        Napi::Value c = ca.Get(j);
+        if (!c.IsObject()) throwError(env, "ERR_INVALID_MESSAGE", "Invalid tool call in message " + std::to_string(i));
+        Napi::Object co = c.As<Napi::Object>();
+        common_chat_tool_call call;
+        call.name = strProp(env, co, "name", "tool call");
+        call.arguments = strProp(env, co, "arguments", "tool call");
+        call.id = strProp(env, co, "id", "tool call");
+        m.tool_calls.push_back(std::move(call));
+      }
+    }
     msgs.push_back(std::move(m));
   }
+  return msgs;
+}
+
+const char* triggerType(common_grammar_trigger_type t) {
+  switch (t) {
+    case COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN: return "token";
+    case COMMON_GRAMMAR_TRIGGER_TYPE_WORD: return "word";
+    case COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN: return "pattern";
+    case COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN_FULL: return "patternFull";
+  }
+  return "word";
+}
+
+}  // namespace
+
+// apply(messages, addGenerationPrompt, options?: { tools?, toolChoice?, parallelToolCalls?, jsonSchema? })
+Napi::Value ChatTemplate::Apply(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<common_chat_msg> msgs = readMessages(env, info[0]);
+  bool addAss = argBool(info, 1, "addGenerationPrompt");
+  common_chat_templates_inputs in;
+  in.messages = msgs;
+  in.add_generation_prompt = addAss;
+  in.use_jinja = true;
+  in.reasoning_format = COMMON_REASONING_FORMAT_AUTO;
+  if (info.Length() > 2 && info[2].IsObject()) {
+    Napi::Object o = info[2].As<Napi::Object>();
+    Napi::Value tools = o.Get("tools");
+    if (tools.IsArray()) {
+      Napi::Array ta = tools.As<Napi::Array>();
+      for (uint32_t i = 0; i < ta.Length(); i++) {
+        Napi::Value t = ta.Get(i);
+        if (!t.IsObject()) throwArg(env, "tools", "objects { name, description, parameters }", t);
+        Napi::Object to = t.As<Napi::Object>();
+        common_chat_tool tool;
+        tool.name = strProp(env, to, "name", "tool");
+        tool.description = strProp(env, to, "description", "tool");
+        tool.parameters = strProp(env, to, "parameters", "tool");
+        in.tools.push_back(std::move(tool));
+      }
+    }
+    std::string choice = strProp(env, o, "toolChoice", "option");
+    in.tool_choice = choice == "required" ? COMMON_CHAT_TOOL_CHOICE_REQUIRED
+                     : choice == "none"   ? COMMON_CHAT_TOOL_CHOICE_NONE
+                                          : COMMON_CHAT_TOOL_CHOICE_AUTO;
+    Napi::Value parallel = o.Get("parallelToolCalls");
+    in.parallel_tool_calls = parallel.IsBoolean() && parallel.As<Napi::Boolean>().Value();
+    in.json_schema = strProp(env, o, "jsonSchema", "option");
+  }
   const ChatTemplateState& st = *state_;
-  std::string prompt;
-  std::vector<std::string> stops;
+  common_chat_params p;
   try {
     AbortGuard guard;
     if (st.jinja) {
-      common_chat_templates_inputs in;
-      in.messages = msgs;
-      in.add_generation_prompt = addAss;
-      in.use_jinja = true;
-      common_chat_params p = common_chat_templates_apply(st.jinja.get(), in);
-      prompt = std::move(p.prompt);
-      stops = std::move(p.additional_stops);
+      p = common_chat_templates_apply(st.jinja.get(), in);
     } else {
-      prompt = applyBuiltin(st.builtin, msgs, addAss);
+      if (!in.tools.empty()) throw std::runtime_error("tools need a Jinja chat template");
+      p.prompt = applyBuiltin(st.builtin, msgs, addAss);
     }
   } catch (const std::exception& e) {
     throwError(env, "ERR_INVALID_TEMPLATE", std::string("The chat template failed to render: ") + e.what());
   }
   Napi::Object out = Napi::Object::New(env);
-  out.Set("prompt", Napi::String::New(env, prompt));
-  Napi::Array s = Napi::Array::New(env, stops.size());
-  for (uint32_t i = 0; i < stops.size(); i++) s.Set(i, stops[i]);
-  out.Set("stops", s);
+  out.Set("prompt", Napi::String::New(env, p.prompt));
+  Napi::Array stops = Napi::Array::New(env, p.additional_stops.size());
+  for (uint32_t i = 0; i < p.additional_stops.size(); i++) stops.Set(i, p.additional_stops[i]);
+  out.Set("stops", stops);
+  out.Set("grammar", p.grammar);
+  out.Set("grammarLazy", p.grammar_lazy);
+  Napi::Array triggers = Napi::Array::New(env, p.grammar_triggers.size());
+  for (uint32_t i = 0; i < p.grammar_triggers.size(); i++) {
+    Napi::Object t = Napi::Object::New(env);
+    t.Set("type", triggerType(p.grammar_triggers[i].type));
+    t.Set("value", p.grammar_triggers[i].value);
+    if (p.grammar_triggers[i].token != LLAMA_TOKEN_NULL) t.Set("token", p.grammar_triggers[i].token);
+    triggers.Set(i, t);
+  }
+  out.Set("grammarTriggers", triggers);
+  Napi::Array preserved = Napi::Array::New(env, p.preserved_tokens.size());
+  for (uint32_t i = 0; i < p.preserved_tokens.size(); i++) preserved.Set(i, p.preserved_tokens[i]);
+  out.Set("preservedTokens", preserved);
+  out.Set("generationPrompt", p.generation_prompt);
+  out.Set("parser", p.parser);
+  out.Set("format", (double)p.format);
+  return out;
+}
+
+// parse(text, { parser, format, generationPrompt, partial }) -> { content, reasoning, toolCalls: [{ id, name, arguments }] }
+Napi::Value ChatTemplate::Parse(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string text = argString(info, 0, "text");
+  if (!info[1].IsObject()) throwArg(env, "options", "an object", info[1]);
+  Napi::Object o = info[1].As<Napi::Object>();
+  common_chat_parser_params pp;
+  pp.reasoning_format = COMMON_REASONING_FORMAT_AUTO;
+  pp.generation_prompt = strProp(env, o, "generationPrompt", "option");
+  Napi::Value format = o.Get("format");
+  if (format.IsNumber()) pp.format = (common_chat_format)format.As<Napi::Number>().Int32Value();
+  Napi::Value partial = o.Get("partial");
+  bool isPartial = partial.IsBoolean() && partial.As<Napi::Boolean>().Value();
+  common_chat_msg msg;
+  try {
+    AbortGuard guard;
+    std::string parser = strProp(env, o, "parser", "option");
+    if (!parser.empty()) pp.parser.load(parser);
+    msg = common_chat_parse(text, isPartial, pp);
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throwError(env, "ERR_INVALID_TEMPLATE", std::string("The reply could not be parsed: ") + e.what());
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("content", msg.content);
+  out.Set("reasoning", msg.reasoning_content);
+  Napi::Array calls = Napi::Array::New(env, msg.tool_calls.size());
+  for (uint32_t i = 0; i < msg.tool_calls.size(); i++) {
+    Napi::Object c = Napi::Object::New(env);
+    c.Set("id", msg.tool_calls[i].id);
+    c.Set("name", msg.tool_calls[i].name);
+    c.Set("arguments", msg.tool_calls[i].arguments);
+    calls.Set(i, c);
+  }
+  out.Set("toolCalls", calls);
   return out;
 }
 

@@ -22,6 +22,7 @@ class ChatTemplate : public Napi::ObjectWrap<ChatTemplate> {
  private:
   // apply(messages: { role, content }[], addGenerationPrompt) -> { prompt, stops: string[] }
   Napi::Value Apply(const Napi::CallbackInfo& info);
+  Napi::Value Parse(const Napi::CallbackInfo& info);
   // info() -> { source, jinja, name }
   Napi::Value Info(const Napi::CallbackInfo& info);
   std::shared_ptr<ChatTemplateState> state_;

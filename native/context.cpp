@@ -9,6 +9,7 @@
 
 #include "addon_data.h"
 #include "common.h"
+#include "grammar.h"
 #include "errors.h"
 #include "guard.h"
 #include "log.h"
@@ -189,6 +190,7 @@ Napi::Value Context::Info(const Napi::CallbackInfo& info) {
   o.Set("threads", threads_);
   o.Set("threadsBatch", threadsBatch_);
   o.Set("canShift", llama_memory_can_shift(llama_get_memory(ctx)));
+  o.Set("slidingWindow", llama_model_n_swa(engine->model()->model) > 0);
   return o;
 }
 
@@ -264,32 +266,39 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
     throwArg(env, "stop", "an array of strings", stops);
   }
 
-  // Sampler chain, in llama.cpp's usual order.
+  // Sampling: llama.cpp common's sampler (the one llama-server uses), for its grammar handling.
+  common_params_sampling sp;
+  sp.no_perf = true;
   double temperature = num("temperature", 0.8);
-  double topK = num("topK", 40);
-  double topP = num("topP", 0.95);
-  double minP = num("minP", 0.05);
-  double typicalP = num("typicalP", 1.0);
-  double repeatPenalty = num("repeatPenalty", 1.0);
-  double presencePenalty = num("presencePenalty", 0.0);
-  double frequencyPenalty = num("frequencyPenalty", 0.0);
+  sp.temp = (float)temperature;
+  sp.top_k = (int32_t)std::max(0.0, std::min(num("topK", 40), (double)INT32_MAX));
+  sp.top_p = (float)num("topP", 0.95);
+  sp.min_p = (float)num("minP", 0.05);
+  sp.typ_p = (float)num("typicalP", 1.0);
+  sp.penalty_repeat = (float)num("repeatPenalty", 1.0);
+  sp.penalty_present = (float)num("presencePenalty", 0.0);
+  sp.penalty_freq = (float)num("frequencyPenalty", 0.0);
   double penaltyLastN = num("penaltyLastN", 64);
-  double seed = num("seed", (double)LLAMA_DEFAULT_SEED);
   if (penaltyLastN < 0) penaltyLastN = engine->seqCapacity();
-  auto clampInt = [](double v) { return (int32_t)std::max(0.0, std::min(v, (double)INT32_MAX)); };
-  penaltyLastN = clampInt(penaltyLastN);
-  topK = clampInt(topK);
-  seed = std::max(0.0, std::min(seed, (double)UINT32_MAX));
-
-  llama_sampler_chain_params cp = llama_sampler_chain_default_params();
-  cp.no_perf = true;
-  llama_sampler* chain = llama_sampler_chain_init(cp);
-  g->sampler = chain;  // owned by the state from here on
+  sp.penalty_last_n = (int32_t)std::max(0.0, std::min(penaltyLastN, (double)INT32_MAX));
+  sp.seed = (uint32_t)std::max(0.0, std::min(num("seed", (double)LLAMA_DEFAULT_SEED), (double)UINT32_MAX));
+  bool penalties = sp.penalty_last_n != 0 && (sp.penalty_repeat != 1.0f || sp.penalty_present != 0.0f || sp.penalty_freq != 0.0f);
+  sp.samplers.clear();
+  if (penalties) sp.samplers.push_back(COMMON_SAMPLER_TYPE_PENALTIES);
+  if (temperature <= 0) {
+    sp.top_k = 1;  // greedy: the most likely token (that the grammar allows)
+    sp.samplers.push_back(COMMON_SAMPLER_TYPE_TOP_K);
+  } else {
+    for (auto t : {COMMON_SAMPLER_TYPE_TOP_K, COMMON_SAMPLER_TYPE_TYPICAL_P, COMMON_SAMPLER_TYPE_TOP_P,
+                   COMMON_SAMPLER_TYPE_MIN_P, COMMON_SAMPLER_TYPE_TEMPERATURE}) {
+      sp.samplers.push_back(t);
+    }
+  }
+  g->acceptPrompt = penalties;
 
   Napi::Value bias = opt(o, "logitBias");
   if (bias.IsArray()) {
     Napi::Array arr = bias.As<Napi::Array>();
-    std::vector<llama_logit_bias> biases;
     for (uint32_t i = 0; i < arr.Length(); i++) {
       Napi::Value pair = arr.Get(i);
       if (!pair.IsArray() || pair.As<Napi::Array>().Length() != 2) throwArg(env, "logitBias", "[token, bias] pairs", pair);
@@ -300,29 +309,12 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
         throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option logitBias: token " + std::to_string(t) +
                                                     " is not in the vocabulary (0 to " + std::to_string(nVocab - 1) + ")");
       }
-      biases.push_back({t, (float)bv.As<Napi::Number>().DoubleValue()});
-    }
-    if (!biases.empty()) {
-      llama_sampler_chain_add(chain, llama_sampler_init_logit_bias(nVocab, (int32_t)biases.size(), biases.data()));
+      sp.logit_bias.push_back({t, (float)bv.As<Napi::Number>().DoubleValue()});
     }
   } else if (!bias.IsEmpty() && !bias.IsUndefined()) {
     throwArg(env, "logitBias", "an array of [token, bias] pairs", bias);
   }
-  if (penaltyLastN != 0 && (repeatPenalty != 1.0 || presencePenalty != 0.0 || frequencyPenalty != 0.0)) {
-    llama_sampler_chain_add(chain, llama_sampler_init_penalties(nVocab, (int32_t)penaltyLastN, (float)repeatPenalty,
-                                                                (float)frequencyPenalty, (float)presencePenalty));
-    g->acceptPrompt = true;
-  }
-  if (temperature <= 0) {
-    llama_sampler_chain_add(chain, llama_sampler_init_greedy());
-  } else {
-    if (topK > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k((int32_t)topK));
-    if (typicalP < 1.0) llama_sampler_chain_add(chain, llama_sampler_init_typical((float)typicalP, 1));
-    if (topP < 1.0) llama_sampler_chain_add(chain, llama_sampler_init_top_p((float)topP, 1));
-    if (minP > 0.0) llama_sampler_chain_add(chain, llama_sampler_init_min_p((float)minP, 1));
-    llama_sampler_chain_add(chain, llama_sampler_init_temp((float)temperature));
-    llama_sampler_chain_add(chain, llama_sampler_init_dist((uint32_t)(uint64_t)seed));
-  }
+  g->sampler = makeSampler(env, model, o, sp, g->preserved);
 
   // Notifications to JS: data available, paused on a full queue, done.
   auto* ctxBox = new std::shared_ptr<GenState>(g);
@@ -360,54 +352,53 @@ Napi::Value Context::ClearSequence(const Napi::CallbackInfo& info) {
 
 namespace {
 
-// Runs work on the engine thread (between two decode steps) from a libuv worker that waits for it, then
-// settles a promise on the JS thread.
-class EngineTaskWorker : public Napi::AsyncWorker {
+// Runs work on the engine thread between two decode steps and settles a promise with the outcome on the
+// JS thread. No libuv worker waits for the engine meanwhile.
+class EngineTask {
  public:
   using Work = std::function<void(llama_context*)>;
   using Done = std::function<Napi::Value(Napi::Env)>;
-  EngineTaskWorker(Napi::Env env, std::shared_ptr<Engine> engine, Work work, Done done)
-      : Napi::AsyncWorker(env, "llama-addon.sequenceState"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        engine_(std::move(engine)),
-        work_(std::move(work)),
-        done_(std::move(done)) {}
 
-  Napi::Promise promise() const { return deferred_.Promise(); }
-
-  void Execute() override {
-    std::promise<void> finished;
-    std::string error;
-    std::string code = "ERR_INVALID_STATE";
-    engine_->post([&](llama_context* ctx) {
+  static Napi::Promise Run(Napi::Env env, const std::shared_ptr<Engine>& engine, Work work, Done done) {
+    auto* task = new EngineTask();
+    task->deferred_ = std::make_unique<Napi::Promise::Deferred>(Napi::Promise::Deferred::New(env));
+    Napi::Promise promise = task->deferred_->Promise();
+    task->work_ = std::move(work);
+    task->done_ = std::move(done);
+    task->tsfn_ = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
+                                                "llama-addon.sequenceState", 0, 1);
+    engine->post([task](llama_context* ctx) {
       try {
         if (ctx == nullptr) {
-          code = "ERR_DISPOSED";
+          task->code_ = "ERR_DISPOSED";
           throw std::runtime_error("The context was disposed before the operation ran");
         }
         AbortGuard guard;
-        work_(ctx);
+        task->work_(ctx);
       } catch (const std::exception& e) {
-        error = e.what();
+        task->error_ = e.what();
+        if (task->code_.empty()) task->code_ = "ERR_INVALID_STATE";
       }
-      finished.set_value();
+      Napi::ThreadSafeFunction tsfn = task->tsfn_;
+      napi_status st = tsfn.BlockingCall(task, [](Napi::Env env, Napi::Function, EngineTask* t) {
+        if (env != nullptr) {
+          if (t->error_.empty()) t->deferred_->Resolve(t->done_(env));
+          else t->deferred_->Reject(makeError(env, t->code_.c_str(), t->error_).Value());
+        }
+        delete t;
+      });
+      if (st != napi_ok) delete task;  // the environment is shutting down
+      tsfn.Release();
     });
-    finished.get_future().wait();
-    engine_.reset();
-    if (!error.empty()) {
-      code_ = code;
-      SetError(error);
-    }
+    return promise;
   }
 
-  void OnOK() override { deferred_.Resolve(done_(Env())); }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(makeError(Env(), code_.c_str(), e.Message()).Value()); }
-
  private:
-  Napi::Promise::Deferred deferred_;
-  std::shared_ptr<Engine> engine_;
+  std::unique_ptr<Napi::Promise::Deferred> deferred_;
+  Napi::ThreadSafeFunction tsfn_;
   Work work_;
   Done done_;
+  std::string error_;
   std::string code_;
 };
 
@@ -509,7 +500,7 @@ Napi::Value Context::SaveSequence(const Napi::CallbackInfo& info) {
   bool portable = portableState(*engine->model());
   auto data = std::make_shared<std::vector<uint8_t>>();
   auto streams = std::make_shared<uint32_t>(nSeq);
-  auto* worker = new EngineTaskWorker(
+  return EngineTask::Run(
       env, engine,
       [=](llama_context* ctx) {
         size_t size = llama_state_seq_get_size(ctx, seq);
@@ -526,8 +517,6 @@ Napi::Value Context::SaveSequence(const Napi::CallbackInfo& info) {
         o.Set("streams", *streams);
         return o;
       });
-  worker->Queue();
-  return worker->promise();
 }
 
 // loadSequence(seq, data: Uint8Array, streams) -> Promise<void>: replaces the sequence's KV state.
@@ -550,7 +539,7 @@ Napi::Value Context::LoadSequence(const Napi::CallbackInfo& info) {
                      std::to_string(nSeq));
     }
   }
-  auto* worker = new EngineTaskWorker(
+  return EngineTask::Run(
       env, engine,
       [=](llama_context* ctx) {
         beginCapture();
@@ -562,8 +551,6 @@ Napi::Value Context::LoadSequence(const Napi::CallbackInfo& info) {
         }
       },
       [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
-  worker->Queue();
-  return worker->promise();
 }
 
 Napi::Value Context::Dispose(const Napi::CallbackInfo& info) {
@@ -629,6 +616,7 @@ static Napi::Object resultObject(Napi::Env env, const GenResult& r) {
   std::copy(r.sequence.begin(), r.sequence.end(), sequence.Data());
   o.Set("sequence", sequence);
   o.Set("discarded", r.discarded);
+  o.Set("started", r.started);
   o.Set("promptMs", r.promptMs);
   o.Set("generateMs", r.generateMs);
   o.Set("timeToFirstTokenMs", r.timeToFirstTokenMs);

@@ -1,6 +1,7 @@
 #include "engine.h"
 
 #include "guard.h"
+#include "sampling.h"  // llama.cpp's common/sampling.h
 
 #include <algorithm>
 #include <chrono>
@@ -47,7 +48,7 @@ void notifyJs(GenState& g) {
 }
 
 GenState::~GenState() {
-  if (sampler != nullptr) llama_sampler_free(sampler);
+  if (sampler != nullptr) common_sampler_free(sampler);
 }
 
 // ------------------------------------------------------------------ text assembly
@@ -86,12 +87,12 @@ size_t utf8Boundary(const std::string& s, size_t cut) {
   return cut;  // not valid UTF-8 anyway: do not hold it back
 }
 
-std::string tokenPiece(const llama_vocab* vocab, llama_token t) {
+std::string tokenPiece(const llama_vocab* vocab, llama_token t, bool special) {
   char buf[256];
-  int32_t n = llama_token_to_piece(vocab, t, buf, sizeof buf, 0, false);
+  int32_t n = llama_token_to_piece(vocab, t, buf, sizeof buf, 0, special);
   if (n >= 0) return std::string(buf, (size_t)n);
   std::string big((size_t)-n, '\0');
-  n = llama_token_to_piece(vocab, t, big.data(), (int32_t)big.size(), 0, false);
+  n = llama_token_to_piece(vocab, t, big.data(), (int32_t)big.size(), 0, special);
   big.resize(n > 0 ? (size_t)n : 0);
   return big;
 }
@@ -104,6 +105,7 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx) : model_(
   nBatch_ = (int32_t)llama_n_batch(ctx_);
   nCtxSeq_ = (int32_t)llama_n_ctx_seq(ctx_);
   canShift_ = llama_memory_can_shift(llama_get_memory(ctx_));
+  nSwa_ = llama_model_n_swa(model_->model);
   batch_ = llama_batch_init(nBatch_, 0, 1);
 }
 
@@ -192,6 +194,7 @@ bool Engine::makeRoom(GenState& g) {
   llama_memory_seq_add(mem, g.seq, keep + discard, g.nPast, -discard);
   g.cache.erase(g.cache.begin() + keep, g.cache.begin() + keep + discard);
   g.nPast -= discard;
+  g.shiftedFrom = keep;
   g.building.discarded += discard;
   return true;
 }
@@ -209,6 +212,7 @@ void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
     if (canShift_ && llama_memory_seq_pos_max(mem, g->seq) + 1 >= g->discardAt + g->discardCount) {
       llama_memory_seq_rm(mem, g->seq, g->discardAt, g->discardAt + g->discardCount);
       llama_memory_seq_add(mem, g->seq, g->discardAt + g->discardCount, -1, -g->discardCount);
+      g->shiftedFrom = g->discardAt;  // moved cells are rotated by the next decode
     } else {
       g->keep = std::min(g->keep, g->discardAt);
     }
@@ -223,6 +227,11 @@ void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
     llama_memory_seq_rm(mem, g->seq, -1, -1);
     g->keep = 0;
   }
+  if (g->keep > 0 && nSwa_ > 0 && llama_memory_seq_pos_min(mem, g->seq) > std::max(0, g->keep - nSwa_)) {
+    // Sliding-window layers no longer hold the cells the kept tokens' successors attend to.
+    llama_memory_seq_rm(mem, g->seq, -1, -1);
+    g->keep = 0;
+  }
   g->cache = g->tokens;
   g->promptPos = (size_t)g->keep;
   g->nPast = g->keep;
@@ -230,7 +239,7 @@ void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
   g->building.promptTokens = n;
   g->building.evaluatedTokens = n - g->keep;
   if (g->acceptPrompt) {
-    for (llama_token t : g->tokens) llama_sampler_accept(g->sampler, t);
+    for (llama_token t : g->tokens) common_sampler_accept(g->sampler, t, false);
   }
   active_.push_back(g);
 }
@@ -308,8 +317,15 @@ void Engine::finish(GenState& g, const char* reason, const std::string& error) {
   int64_t tEnd = nowUs();
   r.stopReason = reason;
   r.error = error;
+  if (g.shiftedFrom >= 0 && ctx_ != nullptr) {
+    // Cells moved by a shift that no decode has applied yet hold keys for their old positions: drop them,
+    // so that nothing saves or copies them.
+    llama_memory_seq_rm(llama_get_memory(ctx_), g.seq, g.shiftedFrom, -1);
+    g.nPast = std::min(g.nPast, g.shiftedFrom);
+  }
   g.cache.resize(std::min(g.cache.size(), (size_t)std::max(0, g.nPast)));
   r.sequence.assign(g.cache.begin(), g.cache.end());
+  r.started = g.tStart != 0;
   if (g.tStart == 0) g.tStart = tEnd;
   int64_t tFirst = g.tFirst != 0 ? g.tFirst : tEnd;
   r.promptMs = (double)(tFirst - g.tStart) / 1000.0;
@@ -331,7 +347,7 @@ void Engine::handleToken(GenState& g, llama_token t) {
   }
   g.building.tokens.push_back(t);
   g.pendingTokens.push_back(t);
-  g.pending += tokenPiece(vocab, t);
+  g.pending += tokenPiece(vocab, t, std::binary_search(g.preserved.begin(), g.preserved.end(), t));
 
   // A stop string anywhere in the held-back text ends the generation; the text before it is emitted.
   size_t stopAt = std::string::npos;
@@ -399,12 +415,21 @@ bool Engine::step() {
       commands.swap(commands_);
     }
     for (auto& c : commands) {
-      if (c.kind == Command::Task) {
-        c.task(ctx_);
-      } else if (c.gen->aborted.load()) {
-        finish(*c.gen, "abort");
-      } else {
-        startGeneration(c.gen);
+      // Each command settles whatever happens, or its caller would wait forever.
+      try {
+        if (c.kind == Command::Task) {
+          c.task(ctx_);
+        } else if (c.gen->aborted.load()) {
+          finish(*c.gen, "abort");
+        } else {
+          startGeneration(c.gen);
+        }
+      } catch (const std::exception& e) {
+        if (c.kind == Command::Generate) {
+          active_.erase(std::remove(active_.begin(), active_.end(), c.gen), active_.end());
+          llama_memory_seq_rm(mem, c.gen->seq, -1, -1);
+          finish(*c.gen, "error", std::string("could not start: ") + e.what());
+        }
       }
     }
 
@@ -489,12 +514,22 @@ bool Engine::step() {
         continue;
       }
       g.nPast += g.inBatch;
+      g.shiftedFrom = -1;
       if (g.hasNext) {
         g.fed++;
         g.hasNext = false;
       }
       if (g.iBatch >= 0) {
-        llama_token t = llama_sampler_sample(g.sampler, ctx_, g.iBatch);
+        llama_token t;
+        try {
+          // A grammar that leaves no token to choose makes llama.cpp assert: end the request instead.
+          AbortGuard guard;
+          t = common_sampler_sample(g.sampler, ctx_, g.iBatch);
+          common_sampler_accept(g.sampler, t, true);
+        } catch (const std::exception& e) {
+          finish(g, "error", std::string("sampling failed: ") + e.what());
+          continue;
+        }
         handleToken(g, t);
       }
     }

@@ -17,6 +17,8 @@
 #include "llama.h"
 #include "model.h"
 
+struct common_sampler;
+
 namespace la {
 
 class Engine;
@@ -37,6 +39,7 @@ struct GenResult {
   int32_t evaluatedTokens = 0;  // prompt tokens decoded (not reused from the cache)
   std::vector<int32_t> sequence;  // the tokens held in the sequence's KV cache afterwards
   int32_t discarded = 0;          // tokens dropped by context shifts during this generation
+  bool started = false;           // false: it ended before the engine touched the sequence
   double promptMs = 0, generateMs = 0, timeToFirstTokenMs = 0;
 };
 
@@ -58,8 +61,9 @@ struct GenState {
   int32_t shiftKeep = 0;
   int32_t maxTokens = 0;
   std::vector<std::string> stops;
-  llama_sampler* sampler = nullptr;
-  bool acceptPrompt = false;  // feed prompt tokens to the sampler (penalties)
+  common_sampler* sampler = nullptr;  // llama.cpp common's sampler: chain, grammar, lazy triggers
+  bool acceptPrompt = false;          // feed prompt tokens to the sampler (penalties)
+  std::vector<llama_token> preserved;  // tokens rendered as text (tool-call markers), sorted
   size_t capacity = 32;       // bounded queue, in tokens: the engine pauses this generation when it is full
   bool stream = true;         // false: no chunks, one notification at the end (complete())
   int64_t tQueued = 0;
@@ -73,6 +77,7 @@ struct GenState {
   int32_t inBatch = 0;
   int32_t fed = 0;
   std::vector<llama_token> cache;  // what the sequence holds (prompt, then each token as it is decoded)
+  int32_t shiftedFrom = -1;        // cells from here on were moved and no decode has rotated them yet
   std::string pending;
   std::vector<int32_t> pendingTokens;
   int64_t tStart = 0, tFirst = 0;
@@ -146,6 +151,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int32_t nBatch_ = 0;
   int32_t nCtxSeq_ = 0;
   bool canShift_ = false;
+  int32_t nSwa_ = 0;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

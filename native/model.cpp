@@ -6,6 +6,7 @@
 
 #include "addon_data.h"
 #include "chat_template.h"
+#include "grammar.h"
 #include "context.h"
 #include "errors.h"
 #include "guard.h"
@@ -186,6 +187,7 @@ void Model::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod<&Model::Dispose>("dispose"),
                                         InstanceMethod<&Model::CreateContext>("createContext"),
                                         InstanceMethod<&Model::ChatTemplate>("chatTemplate"),
+                                        InstanceMethod<&Model::MatchesGrammar>("matchesGrammar"),
                                     });
   addonData(env)->modelCtor = Napi::Persistent(ctor);
   exports.Set("NativeModel", ctor);
@@ -265,6 +267,10 @@ Napi::Value Model::IsEndOfGeneration(const Napi::CallbackInfo& info) {
 
 Napi::Value Model::ChatTemplate(const Napi::CallbackInfo& info) {
   return la::ChatTemplate::Create(info, handleOrThrow(info.Env()));
+}
+
+Napi::Value Model::MatchesGrammar(const Napi::CallbackInfo& info) {
+  return la::MatchesGrammar(info, *handleOrThrow(info.Env()));
 }
 
 Napi::Value Model::Info(const Napi::CallbackInfo& info) {

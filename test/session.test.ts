@@ -136,7 +136,8 @@ describeShared('sessions: cache reuse, fork, save and load, context shift, prefi
     expect((await rejectsWith(s.load(truncated), 'ERR_INVALID_STATE')).message).toMatch(/truncated/);
     expect((await rejectsWith(s.load(corrupt), 'ERR_INVALID_STATE')).message).toMatch(/checksum/);
     expect((await rejectsWith(s.load(garbage), 'ERR_INVALID_STATE')).message).toMatch(/not a llama-addon session file/);
-    await rejectsWith(s.load(join(dir, 'missing.session')), 'ERR_INVALID_STATE');
+    await rejectsWith(s.load(join(dir, 'missing.session')), 'ERR_IO');
+    await rejectsWith(s.save(join(dir, 'no-such-dir', 'x.session')), 'ERR_IO');
     // A rejected file leaves the session as it was.
     expect(Array.from(s.tokens)).toEqual(before);
     const after = await s.complete(before.concat([100]), { maxTokens: 8, ...greedy });
@@ -239,6 +240,19 @@ describeShared('sessions: cache reuse, fork, save and load, context shift, prefi
     await two.dispose();
     await pending;
     expect(a.disposed).toBe(true);
+  });
+
+  it('keeps its cache when a generation is aborted before it starts, and rejects token ids outside the vocabulary', async () => {
+    using s = ctx.createSession({ sharePrefix: false });
+    await s.complete(PROMPT, { maxTokens: 6, ...greedy });
+    const held = Array.from(s.tokens);
+    const r = await s.complete(PROMPT + ' there', { maxTokens: 6, signal: AbortSignal.abort() });
+    expect(r.stopReason).toBe('abort');
+    expect(r.usage.completionTokens).toBe(0);
+    expect(Array.from(s.tokens)).toEqual(held);
+    throwsWith(() => s.generate([1, 2, model.vocab.size]), 'ERR_INVALID_ARGUMENT');
+    throwsWith(() => s.generate([-1]), 'ERR_INVALID_ARGUMENT');
+    expect(Array.from(s.tokens)).toEqual(held);
   });
 
   it('is busy while generating and disposed after dispose()', async () => {
