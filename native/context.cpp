@@ -314,7 +314,7 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   } else if (!bias.IsEmpty() && !bias.IsUndefined()) {
     throwArg(env, "logitBias", "an array of [token, bias] pairs", bias);
   }
-  g->sampler = makeSampler(env, model, o, sp, g->preserved);
+  g->sampler = makeSampler(env, engine->model(), o, sp, g->preserved);
 
   // Notifications to JS: data available, paused on a full queue, done.
   auto* ctxBox = new std::shared_ptr<GenState>(g);

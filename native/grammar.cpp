@@ -11,6 +11,7 @@
 #include "json-schema-to-grammar.h"
 #include "llama-grammar.h"  // llama.cpp's own parser, to check a text against a grammar
 #include "log.h"
+#include "utf8_guard.h"
 
 namespace la {
 
@@ -99,8 +100,9 @@ llama_grammar* parseGrammar(const std::string& gbnf, std::string& reason) {
 
 }  // namespace
 
-common_sampler* makeSampler(Napi::Env env, const ModelHandle& model, const Napi::Object& o, common_params_sampling& sp,
-                            std::vector<llama_token>& preserved) {
+common_sampler* makeSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& modelPtr, const Napi::Object& o,
+                            common_params_sampling& sp, std::vector<llama_token>& preserved) {
+  const ModelHandle& model = *modelPtr;
   const llama_vocab* vocab = model.vocab;
   std::string grammar = stringOption(env, o, "grammar");
   std::string type = stringOption(env, o, "grammarType");
@@ -189,6 +191,8 @@ common_sampler* makeSampler(Napi::Env env, const ModelHandle& model, const Napi:
     }
     throwError(env, "ERR_INVALID_ARGUMENT", "Invalid sampling options: " + (error.empty() ? logged : error));
   }
+  // Output under a grammar is guaranteed to be valid UTF-8 as well.
+  if (!sp.grammar.empty()) prependToChain(common_sampler_get(s), makeUtf8Guard(modelPtr));
   return s;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 #include <napi.h>
 
+#include <memory>
 #include <vector>
 
 #include "model.h"
@@ -13,8 +14,8 @@ namespace la {
 // Creates the sampler for a generation from the grammar options in `o` (grammar, grammarType, grammarLazy,
 // grammarTriggers, preservedTokens, generationPrompt) and the sampling parameters in `sp`. `preserved`
 // receives the tokens to render as text. Throws ERR_INVALID_GRAMMAR with llama.cpp's reason.
-common_sampler* makeSampler(Napi::Env env, const ModelHandle& model, const Napi::Object& o, common_params_sampling& sp,
-                            std::vector<llama_token>& preserved);
+common_sampler* makeSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& model, const Napi::Object& o,
+                            common_params_sampling& sp, std::vector<llama_token>& preserved);
 
 // jsonSchemaToGrammar(schema: string) -> string (GBNF). Throws ERR_INVALID_GRAMMAR.
 Napi::Value JsonSchemaToGrammar(const Napi::CallbackInfo& info);

@@ -4,7 +4,9 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "llama.h"
 
@@ -28,6 +30,11 @@ struct ModelHandle {
   llama_model* model = nullptr;
   const llama_vocab* vocab = nullptr;
   bool vocabOnly = false;
+  // Every token's text, and whether it is valid UTF-8 on its own (or a valid start of a character);
+  // built once, on first use (utf8Pieces()).
+  std::once_flag piecesOnce;
+  std::vector<std::string> pieces;
+  std::vector<uint8_t> piecesCleanOk;
   ~ModelHandle() {
     if (model != nullptr) llama_model_free(model);
   }

@@ -21,6 +21,11 @@ export interface SyntheticLlamaOptions {
   name?: string;
   /** Extra metadata, for example a chat template. */
   metadata?: GgufKv[];
+  /**
+   * Tokens appended to the copied vocabulary, for templates whose markers it lacks (`<tool_call>`):
+   * `control` tokens are special tokens, `user` tokens are added words (GGUF token types 3 and 4).
+   */
+  extraTokens?: ReadonlyArray<{ text: string; type?: 'control' | 'user' }>;
 }
 
 /** A small fast PRNG (xorshift32) so that the same seed gives the same weights everywhere. */
@@ -56,6 +61,18 @@ export async function writeSyntheticLlama(path: string, o: SyntheticLlamaOptions
   const vocab = await readGguf(o.vocabFrom, { maxArrayLength: Infinity });
   const tokens = vocab.metadata['tokenizer.ggml.tokens'];
   if (!Array.isArray(tokens)) throw new Error(`${o.vocabFrom} has no tokenizer.ggml.tokens array`);
+  const extra = o.extraTokens ?? [];
+  if (extra.length > 0) {
+    const types = vocab.metadata['tokenizer.ggml.token_type'];
+    const scores = vocab.metadata['tokenizer.ggml.scores'];
+    const known = new Set(tokens as string[]);
+    for (const t of extra) {
+      if (known.has(t.text)) throw new Error(`${o.vocabFrom} already has the token ${JSON.stringify(t.text)}`);
+      (tokens as string[]).push(t.text);
+      if (Array.isArray(types)) (types as number[]).push(t.type === 'user' ? 4 : 3);
+      if (Array.isArray(scores)) (scores as number[]).push(0);
+    }
+  }
   const nVocab = tokens.length;
   const type = o.type ?? 'f32';
   const headsKv = o.headsKv ?? o.heads;

@@ -1,0 +1,186 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Ajv } from 'ajv';
+import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from 'vitest';
+import { defineSchema, jsonSchemaToGrammar, loadModel, LlamaError, setLogLevel, type LlamaContext, type LlamaModel } from 'llama-addon';
+import { llamaCppDir, tinySynthetic } from './helpers/models.js';
+
+setLogLevel('error');
+
+const grammarsDir = join(llamaCppDir, 'grammars');
+
+async function rejectsWith(p: Promise<unknown>, code: string): Promise<LlamaError> {
+  const e = await p.then(
+    () => null,
+    (err: unknown) => err,
+  );
+  expect(e).toBeInstanceOf(LlamaError);
+  expect((e as LlamaError).code).toBe(code);
+  return e as LlamaError;
+}
+
+// The synthetic model has random weights: whatever it says comes from the grammar alone.
+describe('grammar-constrained sampling (random-weight model)', () => {
+  let model: LlamaModel;
+  let ctx: LlamaContext;
+  beforeAll(async () => {
+    model = await loadModel(await tinySynthetic());
+    ctx = await model.createContext({ contextSize: 1024, sequences: 2 });
+  });
+  afterAll(() => model.dispose());
+
+  const person = defineSchema({
+    type: 'object',
+    properties: {
+      name: { type: 'string', minLength: 1, maxLength: 12 },
+      age: { type: 'integer', minimum: 0, maximum: 150 },
+      email: { type: 'string', pattern: '^[a-z]{1,8}@[a-z]{1,8}\\.(com|org)$' },
+      role: { enum: ['admin', 'user', 'guest'] },
+      active: { type: 'boolean' },
+      tags: { type: 'array', items: { type: 'string', maxLength: 6 }, minItems: 1, maxItems: 3 },
+      address: { $ref: '#/$defs/address' },
+      score: { oneOf: [{ type: 'number' }, { type: 'null' }] },
+      kind: { const: 'person' },
+    },
+    required: ['name', 'age', 'email', 'role', 'tags', 'kind', 'address'],
+    additionalProperties: false,
+    $defs: {
+      address: {
+        type: 'object',
+        properties: { city: { type: 'string', maxLength: 10 }, zip: { type: 'string', pattern: '^[0-9]{5}$' } },
+        required: ['city', 'zip'],
+        additionalProperties: false,
+      },
+    },
+  });
+
+  it('every completion under a JSON schema parses and validates, over many seeds', async () => {
+    const validate = new Ajv({ strict: false }).compile(person);
+    using s = ctx.createSession();
+    for (let seed = 1; seed <= 32; seed++) {
+      s.reset();
+      const r = await s.complete('Describe a person as JSON:', { jsonSchema: person, seed, temperature: 1.5, topK: 0, topP: 1, minP: 0, maxTokens: 600 });
+      expect(r.stopReason, r.text).toBe('eog');
+      expect(validate(r.json), `${JSON.stringify(validate.errors)} in ${r.text}`).toBe(true);
+      expect(JSON.parse(r.text)).toEqual(r.json);
+      // The schema's type flows to the result.
+      expectTypeOf(r.json.role).toEqualTypeOf<'admin' | 'user' | 'guest'>();
+      expectTypeOf(r.json.age).toEqualTypeOf<number>();
+      expectTypeOf(r.json.active).toEqualTypeOf<boolean | undefined>();
+      expect(['admin', 'user', 'guest']).toContain(r.json.role);
+      expect(r.json.kind).toBe('person');
+    }
+  });
+
+  it('streams grammar-constrained output like any other', async () => {
+    using s = ctx.createSession();
+    const gen = s.generate('Pick:', { grammar: 'root ::= ("yes" | "no") "!"', temperature: 1, seed: 9 });
+    let streamed = '';
+    for await (const c of gen) streamed += c.text;
+    const r = await gen.result;
+    expect(['yes!', 'no!']).toContain(r.text);
+    expect(streamed).toBe(r.text);
+  });
+
+  const files = readdirSync(grammarsDir).filter((f) => f.endsWith('.gbnf')).sort();
+  it(`finds the pinned source's grammars (${files.length})`, () => {
+    expect(files.length).toBeGreaterThanOrEqual(8);
+  });
+
+  // Biases steer the random model toward characters that close structures and toward the end, so that
+  // generations finish; the grammar decides what is allowed.
+  function closingBias(): Record<number, number> {
+    const bias: Record<number, number> = { [model.vocab.eos!]: 12 };
+    for (const text of ['"', '}', ']', '\n', '=', ')', ';', '.', '1']) {
+      for (const t of model.tokenize(text, { addBos: false })) bias[t] = (bias[t] ?? 0) + 3;
+    }
+    return bias;
+  }
+
+  describe('every grammar of the pinned source compiles and constrains generation', () => {
+    for (const file of files) {
+      it(file, async () => {
+        const grammar = readFileSync(join(grammarsDir, file), 'utf8');
+        using s = ctx.createSession();
+        let complete = 0;
+        for (let seed = 1; seed <= 3; seed++) {
+          s.reset();
+          const r = await s.complete('Output:', { grammar, seed, temperature: 1, maxTokens: 300, logitBias: closingBias() });
+          if (r.stopReason === 'eog') {
+            complete++;
+            // Checked from scratch by llama.cpp's own grammar parser.
+            expect(model.matchesGrammar(r.text, grammar), r.text).toBe(true);
+            if (file === 'json.gbnf') expect(typeof JSON.parse(r.text)).toBe('object');
+            if (file === 'json_arr.gbnf') expect(Array.isArray(JSON.parse(r.text))).toBe(true);
+            if (file === 'list.gbnf') expect(r.text).toMatch(/^(- [^\r\n]+\n)+$/);
+            if (file === 'chess.gbnf') expect(r.text.startsWith('1. ')).toBe(true);
+          } else {
+            expect(r.stopReason).toBe('maxTokens');
+          }
+        }
+        expect(complete, `${file}: no generation finished`).toBeGreaterThan(0);
+      });
+    }
+  });
+
+  it('checks texts against grammars', () => {
+    const g = 'root ::= "a" [0-9]+ ("." [0-9]+)?';
+    expect(model.matchesGrammar('a12.5', g)).toBe(true);
+    expect(model.matchesGrammar('a12.', g)).toBe(false);
+    expect(model.matchesGrammar('b12', g)).toBe(false);
+    expect(model.matchesGrammar('', g)).toBe(false);
+    const json = readFileSync(join(grammarsDir, 'json.gbnf'), 'utf8');
+    expect(model.matchesGrammar('{"a": [1, 2, {"b": null}]}', json)).toBe(true);
+    expect(model.matchesGrammar('{"a": [1, 2,]}', json)).toBe(false);
+  });
+
+  it('applies a lazy grammar only after its trigger', async () => {
+    const grammar = 'root ::= "CALL(" [0-9] [0-9] ")"';
+    const trigger = model.tokenize('CALL', { addBos: false });
+    using s = ctx.createSession();
+    let triggered = 0;
+    for (let seed = 1; seed <= 6; seed++) {
+      s.reset();
+      const bias: Record<number, number> = { [model.vocab.eos!]: 4 };
+      for (const t of trigger) bias[t] = 6;
+      const r = await s.complete('Go:', { grammar, grammarTriggers: { words: ['CALL'] }, seed, temperature: 1, maxTokens: 40, logitBias: bias });
+      const at = r.text.indexOf('CALL');
+      if (at < 0) continue;
+      triggered++;
+      // Free text before the trigger; from the trigger on, only the grammar.
+      expect(r.text.slice(at), r.text).toMatch(/^CALL\([0-9][0-9]\)$/);
+      expect(r.stopReason).toBe('eog');
+    }
+    expect(triggered).toBeGreaterThan(0);
+  });
+
+  it('reports grammars and schemas that do not parse as ERR_INVALID_GRAMMAR, without harm to the process', async () => {
+    using s = ctx.createSession();
+    const bad = [
+      'root ::= undefined-rule',
+      'root ::= "unterminated',
+      'root ::= [a-',
+      'root ::= ("a" | "b"',
+      'not a grammar at all',
+      'root ::= root "a"',
+      'x ::= "a"',
+    ];
+    for (const g of bad) {
+      const e = await rejectsWith(s.complete('x', { grammar: g }), 'ERR_INVALID_GRAMMAR');
+      expect(e.message).toMatch(/grammar could not be parsed/);
+    }
+    expect((await rejectsWith(s.complete('x', { grammar: 'root ::= foo' }), 'ERR_INVALID_GRAMMAR')).message).toMatch(/Undefined rule identifier 'foo'/);
+    expect(() => jsonSchemaToGrammar({ type: 'object', properties: { a: { $ref: '#/$defs/missing' } } })).toThrowError(/could not be converted/);
+    await rejectsWith(s.complete('x', { jsonSchema: { $ref: 'https://example.com/remote.json' } }), 'ERR_INVALID_GRAMMAR');
+    await rejectsWith(s.complete('x', { grammar: 'root ::= "a"', jsonSchema: { type: 'string' } }), 'ERR_INVALID_ARGUMENT');
+    await rejectsWith(s.complete('x', { grammarTriggers: { words: ['a'] } }), 'ERR_INVALID_ARGUMENT');
+    // The session works afterwards.
+    expect((await s.complete('x', { grammar: 'root ::= "ok"' })).text).toBe('ok');
+  });
+
+  it('gives ERR_INCOMPLETE_OUTPUT when a JSON generation is cut short', async () => {
+    using s = ctx.createSession();
+    const e = await rejectsWith(s.complete('x', { jsonSchema: { type: 'array', items: { type: 'string' }, minItems: 50 }, maxTokens: 5 }), 'ERR_INCOMPLETE_OUTPUT');
+    expect(e.message).toMatch(/maxTokens/);
+  });
+});
