@@ -106,8 +106,10 @@ function checkTools(v: unknown, caller: Function): NativeTool[] {
   });
 }
 
+// Nine letters and digits: the strictest format templates check (Mistral's), accepted by all others.
 function callId(): string {
-  return `call_${randomBytes(9).toString('base64url')}`;
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+  return Array.from(randomBytes(9), (b) => alphabet[b % alphabet.length]).join('');
 }
 
 function commonPrefix(a: ArrayLike<number>, b: ArrayLike<number>): number {
