@@ -1,6 +1,6 @@
 // Measures llama-addon in its own process. Usage: tsx bench/addon-worker.ts '<WorkerArgs JSON>'
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { loadModel, setLogLevel } from '../lib/index.js';
+import { jsonSchemaToGrammar, loadModel, setLogLevel } from '../lib/index.js';
 import { promptTokens, report, type WorkerArgs } from './stats.js';
 
 setLogLevel('error');
@@ -27,6 +27,13 @@ const pp: number[] = [];
 const tg: number[] = [];
 const ttft: number[] = [];
 const p99: number[] = [];
+const json: number[] = [];
+// Generation under llama.cpp's grammar for a JSON schema (an array of strings), with the array left open so
+// that the grammar never ends it: end-of-generation tokens are banned, as in the other runs.
+const grammar = jsonSchemaToGrammar({ type: 'array', items: { type: 'string' } }).replace(
+  /^root ::= .*$/m,
+  'root ::= "[" space string ("," space string)*',
+);
 const session = ctx.createSession();
 // One warm-up run, as llama-bench does.
 await session.complete(tokens.subarray(0, 16), { maxTokens: 4, temperature: 0, logitBias: banned });
@@ -54,9 +61,15 @@ for (let r = 0; r < args.reps; r++) {
     if (monitored) p99.push(histogram.percentile(99) / 1e6);
     else tg.push(result.timings.tokensPerSecond);
   }
+  session.reset();
+  const constrained = session.generate(start, { maxTokens: args.gen, temperature: 0, logitBias: banned, grammar, signal: AbortSignal.timeout(args.budgetSeconds * 1000) });
+  for await (const _ of constrained) {
+    // as above
+  }
+  json.push((await constrained.result).timings.tokensPerSecond);
 }
 session.dispose();
 const threads = ctx.threads;
 await model.dispose();
 
-report('llama-addon', threads, { loadMs, pp, tg, ttft, p99 }, [], args.gpuLayers ?? 0);
+report('llama-addon', threads, { loadMs, pp, tg, ttft, p99, json }, [], args.gpuLayers ?? 0);

@@ -59,7 +59,7 @@ function runWorker(script: string, args: WorkerArgs): Promise<WorkerResult> {
 
 /** Combines single-run results: each figure over the runs' values. */
 function merge(rs: WorkerResult[]): WorkerResult {
-  const over = (k: 'loadMs' | 'promptTokensPerSecond' | 'generateTokensPerSecond' | 'timeToFirstTokenMs' | 'eventLoopP99Ms') =>
+  const over = (k: 'loadMs' | 'promptTokensPerSecond' | 'generateTokensPerSecond' | 'timeToFirstTokenMs' | 'eventLoopP99Ms' | 'jsonSchemaTokensPerSecond') =>
     stat(rs.flatMap((r) => (r[k] ? [r[k]!.median] : [])));
   const rss = rs.flatMap((r) => (r.peakRssMb === null ? [] : [r.peakRssMb]));
   return {
@@ -69,6 +69,7 @@ function merge(rs: WorkerResult[]): WorkerResult {
     generateTokensPerSecond: over('generateTokensPerSecond'),
     timeToFirstTokenMs: over('timeToFirstTokenMs'),
     eventLoopP99Ms: over('eventLoopP99Ms'),
+    ...(rs.some((r) => r.jsonSchemaTokensPerSecond) ? { jsonSchemaTokensPerSecond: over('jsonSchemaTokensPerSecond') } : {}),
     peakRssMb: rss.length ? Math.max(...rss) : null,
     notes: [...new Set(rs.flatMap((r) => r.notes))],
   };
@@ -136,6 +137,7 @@ for (const m of selected) {
       [`tg addon/node-llama-cpp (${threads} threads)`]: ratio(addon?.generateTokensPerSecond, nlc?.generateTokensPerSecond),
       'pp addon/node-llama-cpp (defaults)': ratio(addon?.promptTokensPerSecond, nlcDefault?.promptTokensPerSecond),
       [`pp addon/node-llama-cpp (${threads} threads)`]: ratio(addon?.promptTokensPerSecond, nlc?.promptTokensPerSecond),
+      'tg addon JSON schema/plain': ratio(addon?.jsonSchemaTokensPerSecond, addon?.generateTokensPerSecond),
     },
   });
 }
@@ -176,11 +178,11 @@ if (values.json) {
   const lines: string[] = [];
   lines.push(`Machine: ${machine.cpu}${machine.gpu ? ` + ${machine.gpu}` : ''}, ${machine.physicalCores} cores, ${machine.memoryGiB} GiB, Node ${machine.node}; threads ${threads}; GPU layers ${report.settings.gpuLayers}; pp ${values.prompt} tokens, tg ${values.gen} tokens; median (min–max) of ${values.reps} runs`);
   lines.push('');
-  lines.push('| model | system | threads | load ms | pp tok/s | tg tok/s | TTFT ms | event loop p99 ms | peak RSS MB |');
-  lines.push('|---|---|---|---|---|---|---|---|---|');
+  lines.push('| model | system | threads | load ms | pp tok/s | tg tok/s | tg tok/s, JSON schema | TTFT ms | event loop p99 ms | peak RSS MB |');
+  lines.push('|---|---|---|---|---|---|---|---|---|---|');
   for (const m of all) {
     for (const r of m.results) {
-      lines.push(`| ${m.id} | ${r.system} | ${r.threads ?? '—'} | ${f(r.loadMs, 0)} | ${f(r.promptTokensPerSecond)} | ${f(r.generateTokensPerSecond)} | ${f(r.timeToFirstTokenMs, 0)} | ${f(r.eventLoopP99Ms, 1)} | ${r.peakRssMb?.toFixed(0) ?? '—'} |`);
+      lines.push(`| ${m.id} | ${r.system} | ${r.threads ?? '—'} | ${f(r.loadMs, 0)} | ${f(r.promptTokensPerSecond)} | ${f(r.generateTokensPerSecond)} | ${f(r.jsonSchemaTokensPerSecond)} | ${f(r.timeToFirstTokenMs, 0)} | ${f(r.eventLoopP99Ms, 1)} | ${r.peakRssMb?.toFixed(0) ?? '—'} |`);
     }
   }
   lines.push('');

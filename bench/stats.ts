@@ -24,6 +24,8 @@ export interface WorkerResult {
   generateTokensPerSecond: Stat | null;
   timeToFirstTokenMs: Stat | null;
   eventLoopP99Ms: Stat | null;
+  /** Generation speed under a JSON-schema grammar (llama-addon only). */
+  jsonSchemaTokensPerSecond?: Stat | null;
   peakRssMb: number | null;
   notes: string[];
 }
@@ -61,6 +63,7 @@ export interface WorkerSamples {
   tg: number[];
   ttft: number[];
   p99: number[];
+  json?: number[];
 }
 
 /** Prints a Node worker's result, with its own peak RSS, as the last line of its output. */
@@ -74,6 +77,7 @@ export function report(system: string, threads: number | null, s: WorkerSamples,
     generateTokensPerSecond: stat(s.tg),
     timeToFirstTokenMs: stat(s.ttft),
     eventLoopP99Ms: stat(s.p99),
+    ...(s.json ? { jsonSchemaTokensPerSecond: stat(s.json) } : {}),
     peakRssMb: process.resourceUsage().maxRSS / 1024,
     notes,
   };

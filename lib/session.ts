@@ -305,7 +305,8 @@ export class LlamaSession {
     if (r.stopReason === 'error') {
       this.#setCache([]);
       if (!this.disposed) this.#context.handle(this.generate).clearSequence(this.#seq);
-      return new LlamaError('ERR_DECODE', `Generation failed: ${r.error ?? 'llama_decode failed'}`);
+      const sampling = r.error?.startsWith('sampling failed') ?? false;
+      return new LlamaError(sampling ? 'ERR_INVALID_GRAMMAR' : 'ERR_DECODE', `Generation failed: ${r.error ?? 'llama_decode failed'}`);
     }
     if (!r.started) {
       // Ended before the engine touched the sequence: the cache holds what it held (or the shared copy).

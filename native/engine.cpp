@@ -527,7 +527,8 @@ bool Engine::step() {
           t = common_sampler_sample(g.sampler, ctx_, g.iBatch);
           common_sampler_accept(g.sampler, t, true);
         } catch (const std::exception& e) {
-          finish(g, "error", std::string("sampling failed: ") + e.what());
+          // In practice: a grammar that allows no token that logitBias left (or none at all).
+          finish(g, "error", std::string("sampling failed: no token is allowed here by the grammar and logitBias (") + e.what() + ")");
           continue;
         }
         handleToken(g, t);

@@ -174,6 +174,10 @@ describe('grammar-constrained sampling (random-weight model)', () => {
     await rejectsWith(s.complete('x', { jsonSchema: { $ref: 'https://example.com/remote.json' } }), 'ERR_INVALID_GRAMMAR');
     await rejectsWith(s.complete('x', { grammar: 'root ::= "a"', jsonSchema: { type: 'string' } }), 'ERR_INVALID_ARGUMENT');
     await rejectsWith(s.complete('x', { grammarTriggers: { words: ['a'] } }), 'ERR_INVALID_ARGUMENT');
+    // A grammar that leaves no token once logitBias has banned some: an error, not a crash.
+    const banned: Record<number, number> = {};
+    for (let t = 0; t < model.vocab.size; t++) if (model.vocab.isEndOfGeneration(t)) banned[t] = -Infinity;
+    expect((await rejectsWith(s.complete('x', { grammar: 'root ::= "ok"', logitBias: banned }), 'ERR_INVALID_GRAMMAR')).message).toMatch(/no token is allowed/);
     // The session works afterwards.
     expect((await s.complete('x', { grammar: 'root ::= "ok"' })).text).toBe('ok');
   });
