@@ -1,6 +1,6 @@
 import { LlamaError, callNative, toLlamaError } from './errors.js';
 import type { LlamaModel } from './model.js';
-import type { NativeContext, NativeModel } from './native.js';
+import type { NativeContext, NativeContextInfo, NativeModel } from './native.js';
 import { LlamaChat, type ChatOptions } from './chat.js';
 import { LlamaSession, type SessionOptions } from './session.js';
 import { checkOptions, invalid, optBoolean, optInteger, optSignal } from './validate.js';
@@ -22,11 +22,23 @@ export interface ContextOptions {
   threadsBatch?: number;
   /** Flash attention: `true`, `false`, or `'auto'` (the default: llama.cpp decides). */
   flashAttention?: boolean | 'auto';
-  /** Also compute embeddings (default false). */
+  /** An embedding context: {@link LlamaContext.embed} (and {@link LlamaContext.rank}) instead of generation. */
   embeddings?: boolean;
+  /**
+   * How token vectors become one vector per text in an embedding context (default: the model's own):
+   * `'mean'`, `'cls'` (first token), `'last'`, `'none'` (every token's vector), or `'rank'` (a reranking
+   * model's score, for {@link LlamaContext.rank}).
+   */
+  pooling?: 'mean' | 'cls' | 'last' | 'none' | 'rank';
+  /**
+   * Most prompt tokens decoded in one step while other sessions are generating (default 128, at most
+   * `batchSize`): a long new prompt is split so that it does not stall the running generations for long.
+   * With nothing generating, prompts are decoded `batchSize` tokens at a time.
+   */
+  promptChunkSize?: number;
 }
 
-const contextKeys = ['contextSize', 'batchSize', 'sequences', 'threads', 'threadsBatch', 'flashAttention', 'embeddings'] as const;
+const contextKeys = ['contextSize', 'batchSize', 'sequences', 'threads', 'threadsBatch', 'flashAttention', 'embeddings', 'promptChunkSize', 'pooling'] as const;
 
 /**
  * A context: KV cache and compute buffers for up to `sequences` sessions. One engine thread per context
@@ -52,8 +64,14 @@ export class LlamaContext implements AsyncDisposable {
   readonly canShift: boolean;
   /** The model uses sliding-window attention (sessions then do not share cache cells). */
   readonly slidingWindow: boolean;
+  /** Whether this is an embedding context (`embeddings: true`). */
+  readonly embeddings: boolean;
+  /** The pooling of an embedding context. */
+  readonly pooling: 'none' | 'mean' | 'cls' | 'last' | 'rank';
 
-  private constructor(model: LlamaModel, nativeContext: NativeContext) {
+  #info: NativeContextInfo;
+
+  private constructor(model: LlamaModel, nativeContext: NativeContext, embeddings: boolean) {
     this.model = model;
     this.#native = nativeContext;
     const info = nativeContext.info();
@@ -63,6 +81,9 @@ export class LlamaContext implements AsyncDisposable {
     this.threads = info.threads;
     this.canShift = info.canShift;
     this.slidingWindow = info.slidingWindow;
+    this.#info = info;
+    this.pooling = info.pooling;
+    this.embeddings = embeddings;
     this.#free = Array.from({ length: info.sequences }, (_, i) => i);
   }
 
@@ -77,6 +98,12 @@ export class LlamaContext implements AsyncDisposable {
     const fa = o.flashAttention;
     if (fa !== undefined && fa !== 'auto' && typeof fa !== 'boolean') throw invalid('flashAttention', 'true, false or "auto"', fa, caller);
     const embeddings = optBoolean(o, 'embeddings', caller);
+    const promptChunkSize = optInteger(o, 'promptChunkSize', 1, 1 << 20, caller);
+    const pooling = o.pooling;
+    if (pooling !== undefined && !['mean', 'cls', 'last', 'none', 'rank'].includes(pooling as string)) {
+      throw invalid('pooling', '"mean", "cls", "last", "none" or "rank"', pooling, caller);
+    }
+    if (pooling !== undefined && embeddings !== true) throw invalid('pooling', 'to be given with embeddings: true', pooling, caller);
     const promise = callNative(caller, () =>
       nativeModel.createContext({
         contextSize,
@@ -86,10 +113,12 @@ export class LlamaContext implements AsyncDisposable {
         ...(threadsBatch !== undefined ? { threadsBatch } : {}),
         ...(fa !== undefined ? { flashAttention: fa as boolean | 'auto' } : {}),
         ...(embeddings !== undefined ? { embeddings } : {}),
+        ...(promptChunkSize !== undefined ? { promptChunkSize } : {}),
+        ...(pooling !== undefined ? { pooling: pooling as NonNullable<ContextOptions['pooling']> } : {}),
       }),
     );
     try {
-      return new LlamaContext(model, await promise);
+      return new LlamaContext(model, await promise, embeddings === true);
     } catch (e) {
       throw toLlamaError(e);
     }
@@ -195,6 +224,98 @@ export class LlamaContext implements AsyncDisposable {
       throw e;
     }
     return session;
+  }
+
+  #embedding(caller: Function): NativeContext {
+    const h = this.handle(caller);
+    if (!this.embeddings) {
+      const err = new LlamaError('ERR_INVALID_STATE', 'This context computes no embeddings: create it with embeddings: true');
+      Error.captureStackTrace(err, caller);
+      throw err;
+    }
+    return h;
+  }
+
+  async #embedTokens(inputs: Int32Array[], normalize: boolean, caller: Function): Promise<Float32Array[]> {
+    const h = this.#embedding(caller);
+    if (this.#free.length === 0) {
+      const err = new LlamaError('ERR_NO_SEQUENCE', `All ${this.sequences} sequences of this context are taken by sessions; embedding needs a free one`);
+      Error.captureStackTrace(err, caller);
+      throw err;
+    }
+    const promise = callNative(caller, () => h.embed(inputs, [...this.#free], normalize));
+    try {
+      return await promise;
+    } catch (e) {
+      throw toLlamaError(e);
+    }
+  }
+
+  /**
+   * Embeds texts (or token arrays): one vector per input, of the model's embedding size
+   * (`model.info.embeddingLength`), L2-normalized unless `normalize: false`. With `pooling: 'none'`, each
+   * input's result holds every token's vector, one after another. Many inputs are decoded together (as many
+   * as the context has free sequences and fit in a batch); each vector is the same as when embedded alone.
+   * @throws LlamaError `ERR_INVALID_STATE` for a context without `embeddings: true`, `ERR_CONTEXT_FULL` for an
+   * input longer than the context's `batchSize`.
+   */
+  async embed(texts: string | Int32Array | ReadonlyArray<string | Int32Array>, options?: { normalize?: boolean }): Promise<Float32Array[]> {
+    const o = checkOptions('embed', options, ['normalize'], this.embed);
+    const normalize = optBoolean(o, 'normalize', this.embed) ?? true;
+    this.#embedding(this.embed);
+    const list = typeof texts === 'string' || texts instanceof Int32Array ? [texts] : texts;
+    if (!Array.isArray(list)) throw invalid('texts', 'a string, an Int32Array, or an array of them', texts, this.embed);
+    const inputs = list.map((t) => {
+      if (typeof t === 'string') return this.model.tokenize(t);
+      if (t instanceof Int32Array) return t;
+      throw invalid('texts', 'strings or Int32Arrays', t, this.embed);
+    });
+    if (inputs.length === 0) return [];
+    return this.#embedTokens(inputs, normalize, this.embed);
+  }
+
+  /**
+   * Scores how relevant each document is to the query, with a reranking model (a context created with
+   * `embeddings: true, pooling: 'rank'`): one number per document, higher is more relevant. Query and
+   * document are joined with the model's rerank template when it has one, as llama-server does.
+   * @throws LlamaError `ERR_INVALID_STATE` when the context or the model cannot rank.
+   */
+  async rank(query: string, documents: readonly string[]): Promise<number[]> {
+    if (typeof query !== 'string') throw invalid('query', 'a string', query, this.rank);
+    if (!Array.isArray(documents) || !documents.every((d) => typeof d === 'string')) throw invalid('documents', 'an array of strings', documents, this.rank);
+    this.#embedding(this.rank);
+    if (this.pooling !== 'rank' || !this.model.info.canRank) {
+      const err = new LlamaError(
+        'ERR_INVALID_STATE',
+        !this.model.info.canRank
+          ? `${this.model.info.name} has no classification head, so it cannot rank: use a reranking model`
+          : "This context does not rank: create it with embeddings: true, pooling: 'rank'",
+      );
+      Error.captureStackTrace(err, this.rank);
+      throw err;
+    }
+    const inputs = documents.map((d) => this.#rerankTokens(query, d));
+    const scores = await this.#embedTokens(inputs, false, this.rank);
+    return scores.map((s) => s[0]);
+  }
+
+  #rerankTokens(query: string, doc: string): Int32Array {
+    const m = this.model;
+    const template = m.metadata['tokenizer.chat_template.rerank'];
+    if (typeof template === 'string') {
+      return m.tokenize(template.replaceAll('{query}', query).replaceAll('{document}', doc), { special: true, addBos: false });
+    }
+    const flag = (k: string) => m.metadata[`tokenizer.ggml.${k}`] === true;
+    const sep = typeof m.metadata['tokenizer.ggml.seperator_token_id'] === 'number' ? (m.metadata['tokenizer.ggml.seperator_token_id'] as number) : null;
+    const eos = m.vocab.eos ?? sep;
+    const out: number[] = [];
+    if (flag('add_bos_token') && m.vocab.bos !== null) out.push(m.vocab.bos);
+    out.push(...m.tokenize(query, { addBos: false }));
+    if (flag('add_eos_token') && eos !== null) out.push(eos);
+    if (flag('add_sep_token') && sep !== null) out.push(sep);
+    out.push(...m.tokenize(doc, { addBos: false }));
+    if (flag('add_eos_token') && eos !== null) out.push(eos);
+    return Int32Array.from(out);
   }
 
   /** @internal sessions whose cached tokens another session may copy */

@@ -62,12 +62,22 @@ export interface GenerateOptions {
   jsonSchema?: JsonSchema;
   /** Makes `grammar` (or `jsonSchema`) lazy: it applies only once one of these triggers is generated. */
   grammarTriggers?: GrammarTriggers;
+  /**
+   * Report each generated token's log-probability, with this many most likely alternatives (0 up to the
+   * vocabulary size; 0: the chosen token only). Chunks and the result then carry `logprobs`.
+   */
+  logprobs?: number;
+  /**
+   * When a step of the context's batch cannot take every running generation (its batch is full), higher
+   * priorities go first (default 0); equal priorities take turns.
+   */
+  priority?: number;
 }
 
 const generateKeys = [
   'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'typicalP', 'seed', 'repeatPenalty', 'presencePenalty',
   'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal', 'queueSize', 'grammar', 'jsonSchema',
-  'grammarTriggers',
+  'grammarTriggers', 'logprobs', 'priority',
 ] as const;
 
 function stringList(value: unknown, name: string, caller: Function): string[] {
@@ -87,6 +97,8 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
     ['typicalP', 0, 1, false], ['seed', 0, 2 ** 32 - 1, true], ['repeatPenalty', 0, 100, false],
     ['presencePenalty', -100, 100, false], ['frequencyPenalty', -100, 100, false], ['penaltyLastN', -1, 2 ** 31 - 1, true],
     ['queueSize', 1, 1_000_000, true],
+    ['logprobs', 0, vocabSize, true],
+    ['priority', -1_000_000, 1_000_000, true],
   ];
   for (const [name, min, max, integer] of nums) {
     const v = integer ? optInteger(o, name, min, max, caller) : optNumber(o, name, min, max, caller);

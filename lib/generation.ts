@@ -1,12 +1,25 @@
 import { LlamaError } from './errors.js';
 import type { NativeGeneration, NativeGenerationResult } from './native.js';
 
+/** A generated token's log-probability under the model, with the most likely alternatives. */
+export interface TokenLogprob {
+  token: number;
+  /** The token's text (special tokens render as nothing). */
+  text: string;
+  /** Natural log of the token's probability (softmax of the model's raw logits, before sampling). */
+  logprob: number;
+  /** The `logprobs` most likely tokens at this position, most likely first. */
+  top: Array<{ token: number; text: string; logprob: number }>;
+}
+
 /** One piece of streamed output: everything generated since the consumer last read. */
 export interface GenerationChunk {
   /** New text: whole UTF-8 characters only, never any part of a stop string. */
   text: string;
   /** The tokens that produced it (a token whose text is held back is reported with that text). */
   tokens: number[];
+  /** With the `logprobs` option: one entry per token of `tokens`. */
+  logprobs?: TokenLogprob[];
 }
 
 /** Why a generation ended. */
@@ -43,6 +56,8 @@ export interface GenerationResult {
   };
   /** With `jsonSchema`: the parsed output. */
   json?: unknown;
+  /** With the `logprobs` option: one entry per generated token. */
+  logprobs?: TokenLogprob[];
 }
 
 /**
@@ -88,7 +103,9 @@ export class Generation<R extends GenerationResult = GenerationResult> implement
     if (this.#final) return;
     const t = this.#native.take();
     if (this.#keepChunks) {
-      for (const c of t.chunks) this.#buffer.push({ text: c.text, tokens: Array.from(c.tokens) });
+      for (const c of t.chunks) {
+        this.#buffer.push({ text: c.text, tokens: Array.from(c.tokens), ...(c.logprobs ? { logprobs: c.logprobs } : {}) });
+      }
     }
     if (t.done && t.result) {
       this.#final = this.#finish(t.result);

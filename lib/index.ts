@@ -15,7 +15,7 @@ export { defineSchema, jsonSchemaToGrammar } from './json-schema.js';
 export type { JsonSchema, JsonSchemaObject, FromSchema } from './json-schema.js';
 export type { GrammarTriggers } from './generate-options.js';
 export { Generation } from './generation.js';
-export type { GenerationChunk, GenerationResult, StopReason } from './generation.js';
+export type { GenerationChunk, GenerationResult, StopReason, TokenLogprob } from './generation.js';
 export { LlamaError } from './errors.js';
 export type { LlamaErrorCode } from './errors.js';
 export { setLogLevel, setLogger } from './log.js';

@@ -47,6 +47,8 @@ export interface ModelInfo {
   vocabSize: number;
   /** The Jinja chat template in the model's metadata (`tokenizer.chat_template`), if any. */
   chatTemplate?: string;
+  /** The model has a classification head (`cls.*` tensors): a reranker, for {@link LlamaContext.rank}. */
+  canRank: boolean;
 }
 
 /** The model's vocabulary: size and special tokens. */
@@ -110,7 +112,7 @@ export class LlamaModel implements AsyncDisposable {
   readonly fingerprint: string;
 
   /** @internal use {@link loadModel} */
-  constructor(nativeModel: NativeModel, path: string, metadata: Record<string, GgufValue>, fingerprint: string) {
+  constructor(nativeModel: NativeModel, path: string, metadata: Record<string, GgufValue>, fingerprint: string, canRank: boolean) {
     this.#native = nativeModel;
     this.path = path;
     this.fingerprint = fingerprint;
@@ -127,6 +129,7 @@ export class LlamaModel implements AsyncDisposable {
       layers: ni.layers,
       vocabSize: ni.vocabSize,
       ...(ni.chatTemplate !== undefined ? { chatTemplate: ni.chatTemplate } : {}),
+      canRank,
     });
     const orNull = (t: number) => (t >= 0 ? t : null);
     const self = this;
@@ -291,9 +294,11 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   }
   let metadata: Record<string, GgufValue>;
   let fingerprint: string;
+  let canRank = false;
   try {
     const gguf = await readGguf(path);
     fingerprint = await fingerprintFile(path, gguf.dataOffset, gguf.fileSize);
+    canRank = gguf.tensors.some((t) => t.name.startsWith('cls.') || t.name === 'cls');
     if (!vocabOnly && gguf.tensors.length === 0) {
       throw new GgufFormatError('it has no tensors (a vocabulary-only file: load it with vocabOnly: true)');
     }
@@ -322,7 +327,7 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
     const nativeModel = await task.promise;
-    return new LlamaModel(nativeModel, path, metadata, fingerprint);
+    return new LlamaModel(nativeModel, path, metadata, fingerprint, canRank);
   } catch (e) {
     throw toLlamaError(e);
   } finally {

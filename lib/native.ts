@@ -81,6 +81,7 @@ export interface NativeChatTemplate {
 }
 
 export interface NativeContextOptions {
+  promptChunkSize?: number;
   contextSize?: number;
   batchSize?: number;
   microBatchSize?: number;
@@ -89,6 +90,7 @@ export interface NativeContextOptions {
   threadsBatch?: number;
   flashAttention?: boolean | 'auto';
   embeddings?: boolean;
+  pooling?: 'none' | 'mean' | 'cls' | 'last' | 'rank';
 }
 
 export interface NativeContextInfo {
@@ -102,11 +104,17 @@ export interface NativeContextInfo {
   /** The KV cache supports moving tokens (context shift). */
   canShift: boolean;
   slidingWindow: boolean;
+  pooling: 'none' | 'mean' | 'cls' | 'last' | 'rank';
+  embeddingSize: number;
+  rankOutputs: number;
 }
 
 export interface NativeGenerateOptions {
   maxTokens?: number;
   queueSize?: number;
+  /** >= 0: each token's log-probability and this many alternatives. */
+  logprobs?: number;
+  priority?: number;
   /** Start aborted (the signal was aborted before the call). */
   aborted?: boolean;
   /** false: no chunks are queued and JS is notified only at the end. */
@@ -140,9 +148,17 @@ export interface NativeGenerateOptions {
   discardCount?: number;
 }
 
+export interface NativeTokenLogprob {
+  token: number;
+  text: string;
+  logprob: number;
+  top: Array<{ token: number; text: string; logprob: number }>;
+}
+
 export interface NativeChunk {
   text: string;
   tokens: Int32Array;
+  logprobs?: NativeTokenLogprob[];
 }
 
 export interface NativeGenerationResult {
@@ -158,6 +174,7 @@ export interface NativeGenerationResult {
   discarded: number;
   /** False when it ended before the engine touched the sequence. */
   started: boolean;
+  logprobs?: NativeTokenLogprob[];
   promptMs: number;
   generateMs: number;
   timeToFirstTokenMs: number;
@@ -187,6 +204,7 @@ export interface NativeContext {
   copySequence(src: number, dst: number, length: number): void;
   saveSequence(sequence: number): Promise<{ data: Uint8Array; streams: number }>;
   loadSequence(sequence: number, data: Uint8Array, streams: number): Promise<void>;
+  embed(inputs: Int32Array[], sequences: number[], normalize: boolean): Promise<Float32Array[]>;
   info(): NativeContextInfo;
   dispose(): Promise<void>;
 }

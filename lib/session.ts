@@ -323,6 +323,7 @@ export class LlamaSession {
 
   #result(r: NativeGenerationResult, tokens: number[]): GenerationResult {
     return {
+      ...(r.logprobs ? { logprobs: r.logprobs } : {}),
       text: r.text,
       tokens,
       stopReason: r.stopReason as StopReason,

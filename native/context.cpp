@@ -28,11 +28,12 @@ struct ContextBox {
 
 class CreateWorker : public Napi::AsyncWorker {
  public:
-  CreateWorker(Napi::Env env, std::shared_ptr<ModelHandle> model, llama_context_params params)
+  CreateWorker(Napi::Env env, std::shared_ptr<ModelHandle> model, llama_context_params params, int32_t promptChunk)
       : Napi::AsyncWorker(env, "llama-addon.createContext"),
         deferred_(Napi::Promise::Deferred::New(env)),
         model_(std::move(model)),
-        params_(params) {}
+        params_(params),
+        promptChunk_(promptChunk) {}
 
   Napi::Promise promise() const { return deferred_.Promise(); }
 
@@ -54,7 +55,7 @@ class CreateWorker : public Napi::AsyncWorker {
       return;
     }
     try {
-      engine_ = std::make_shared<Engine>(model_, ctx);
+      engine_ = std::make_shared<Engine>(model_, ctx, promptChunk_);
     } catch (const std::exception& e) {
       llama_free(ctx);
       SetError(std::string("could not start the engine: ") + e.what());
@@ -81,6 +82,7 @@ class CreateWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   std::shared_ptr<ModelHandle> model_;
   llama_context_params params_;
+  int32_t promptChunk_;
   std::shared_ptr<Engine> engine_;
 };
 
@@ -128,8 +130,27 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   Napi::Value emb = opt(o, "embeddings");
   if (emb.IsBoolean()) p.embeddings = emb.As<Napi::Boolean>().Value();
   else if (!emb.IsEmpty() && !emb.IsUndefined()) throwArg(env, "embeddings", "a boolean", emb);
+  Napi::Value pooling = opt(o, "pooling");
+  if (pooling.IsString()) {
+    std::string pt = pooling.As<Napi::String>().Utf8Value();
+    p.pooling_type = pt == "none"   ? LLAMA_POOLING_TYPE_NONE
+                     : pt == "mean" ? LLAMA_POOLING_TYPE_MEAN
+                     : pt == "cls"  ? LLAMA_POOLING_TYPE_CLS
+                     : pt == "last" ? LLAMA_POOLING_TYPE_LAST
+                     : pt == "rank" ? LLAMA_POOLING_TYPE_RANK
+                                    : LLAMA_POOLING_TYPE_UNSPECIFIED;
+    if (p.pooling_type == LLAMA_POOLING_TYPE_UNSPECIFIED) throwArg(env, "pooling", "\"mean\", \"cls\", \"last\", \"none\" or \"rank\"", pooling);
+  }
+  // Embeddings: each text must be pooled from one micro-batch. With one KV stream per sequence llama.cpp
+  // splits a batch of texts of different lengths into equal slices per sequence, and a text spread over
+  // several micro-batches is pooled from its last slice only; one unified stream keeps each text whole.
+  if (p.embeddings) {
+    p.n_ubatch = p.n_batch;
+    p.kv_unified = true;
+  }
 
-  auto* worker = new CreateWorker(env, std::move(model), p);
+  int32_t promptChunk = intOption(env, o, "promptChunkSize", std::min<int32_t>(128, (int32_t)p.n_batch), 1, 1 << 20);
+  auto* worker = new CreateWorker(env, std::move(model), p, promptChunk);
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;
@@ -145,6 +166,7 @@ void Context::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod<&Context::CopySequence>("copySequence"),
                                         InstanceMethod<&Context::SaveSequence>("saveSequence"),
                                         InstanceMethod<&Context::LoadSequence>("loadSequence"),
+                                        InstanceMethod<&Context::Embed>("embed"),
                                         InstanceMethod<&Context::Info>("info"),
                                         InstanceMethod<&Context::Dispose>("dispose"),
                                     });
@@ -191,6 +213,17 @@ Napi::Value Context::Info(const Napi::CallbackInfo& info) {
   o.Set("threadsBatch", threadsBatch_);
   o.Set("canShift", llama_memory_can_shift(llama_get_memory(ctx)));
   o.Set("slidingWindow", llama_model_n_swa(engine->model()->model) > 0);
+  const char* pooling = "none";
+  switch (llama_pooling_type(ctx)) {
+    case LLAMA_POOLING_TYPE_MEAN: pooling = "mean"; break;
+    case LLAMA_POOLING_TYPE_CLS: pooling = "cls"; break;
+    case LLAMA_POOLING_TYPE_LAST: pooling = "last"; break;
+    case LLAMA_POOLING_TYPE_RANK: pooling = "rank"; break;
+    default: break;
+  }
+  o.Set("pooling", pooling);
+  o.Set("embeddingSize", llama_model_n_embd_out(engine->model()->model));
+  o.Set("rankOutputs", (double)llama_model_n_cls_out(engine->model()->model));
   return o;
 }
 
@@ -248,6 +281,8 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   g->shiftKeep = (int32_t)std::max(0.0, std::min(num("shiftKeep", 0), (double)cap));
   g->discardAt = (int32_t)std::max(0.0, std::min(num("discardAt", 0), (double)cap));
   g->discardCount = (int32_t)std::max(0.0, std::min(num("discardCount", 0), (double)cap));
+  g->logprobs = (int32_t)std::max(-1.0, std::min(num("logprobs", -1), (double)nVocab));
+  g->priority = (int32_t)std::max(-1e6, std::min(num("priority", 0), 1e6));
   Napi::Value preAborted = opt(o, "aborted");
   if (preAborted.IsBoolean() && preAborted.As<Napi::Boolean>().Value()) g->aborted.store(true);
   Napi::Value stream = opt(o, "stream");
@@ -553,6 +588,119 @@ Napi::Value Context::LoadSequence(const Napi::CallbackInfo& info) {
       [](Napi::Env env) -> Napi::Value { return env.Undefined(); });
 }
 
+// embed(inputs: Int32Array[], sequences: number[], normalize) -> Promise<Float32Array[]>: one vector per
+// input (pooled), or every token's vectors one after another (pooling none). As many inputs as there are
+// free sequences, and as fit in a batch, are decoded together.
+Napi::Value Context::Embed(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto engine = engineOrThrow(env);
+  llama_context* lctx = engine->ctx();
+  if (!info[0].IsArray()) throwArg(env, "inputs", "an array of Int32Array", info[0]);
+  if (!info[1].IsArray()) throwArg(env, "sequences", "an array of sequence ids", info[1]);
+  bool normalize = argBool(info, 2, "normalize");
+  const ModelHandle& model = *engine->model();
+  auto inputs = std::make_shared<std::vector<std::vector<llama_token>>>();
+  Napi::Array arr = info[0].As<Napi::Array>();
+  uint32_t nBatch = llama_n_batch(lctx);
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Value v = arr.Get(i);
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) throwArg(env, "inputs", "an array of Int32Array", v);
+    Napi::Int32Array t = v.As<Napi::Int32Array>();
+    if (t.ElementLength() == 0) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid input " + std::to_string(i) + ": expected at least one token");
+    if (t.ElementLength() > nBatch || (int64_t)t.ElementLength() > engine->seqCapacity()) {
+      throwError(env, "ERR_CONTEXT_FULL", "Input " + std::to_string(i) + " has " + std::to_string(t.ElementLength()) +
+                                              " tokens; this context embeds at most " +
+                                              std::to_string(std::min<int64_t>(nBatch, engine->seqCapacity())) +
+                                              " (its batchSize and contextSize)");
+    }
+    checkTokens(env, model, t.Data(), t.ElementLength(), "token");
+    inputs->emplace_back(t.Data(), t.Data() + t.ElementLength());
+  }
+  auto seqs = std::make_shared<std::vector<int32_t>>();
+  Napi::Array sa = info[1].As<Napi::Array>();
+  for (uint32_t i = 0; i < sa.Length(); i++) seqs->push_back(sa.Get(i).As<Napi::Number>().Int32Value());
+  if (seqs->empty()) throwError(env, "ERR_NO_SEQUENCE", "No free sequence to embed with");
+  enum llama_pooling_type pooling = llama_pooling_type(lctx);
+  int32_t dim = pooling == LLAMA_POOLING_TYPE_RANK ? (int32_t)llama_model_n_cls_out(model.model) : llama_model_n_embd_out(model.model);
+  bool encoder = llama_model_has_encoder(model.model) && !llama_model_has_decoder(model.model);
+  auto out = std::make_shared<std::vector<std::vector<float>>>(inputs->size());
+  return EngineTask::Run(
+      env, engine,
+      [=](llama_context* ctx) {
+        llama_memory_t mem = llama_get_memory(ctx);
+        llama_batch batch = llama_batch_init((int32_t)nBatch, 0, 1);
+        struct Free {
+          llama_batch& b;
+          ~Free() { llama_batch_free(b); }
+        } freeBatch{batch};
+        size_t next = 0;
+        while (next < inputs->size()) {
+          // Fill one batch: whole inputs, one per free sequence.
+          batch.n_tokens = 0;
+          std::vector<std::pair<size_t, int32_t>> placed;  // input index, sequence
+          while (next < inputs->size() && placed.size() < seqs->size() &&
+                 batch.n_tokens + (int32_t)(*inputs)[next].size() <= (int32_t)nBatch) {
+            int32_t seq = (*seqs)[placed.size()];
+            const auto& toks = (*inputs)[next];
+            for (size_t k = 0; k < toks.size(); k++) {
+              int32_t i = batch.n_tokens++;
+              batch.token[i] = toks[k];
+              batch.pos[i] = (llama_pos)k;
+              batch.n_seq_id[i] = 1;
+              batch.seq_id[i][0] = seq;
+              batch.logits[i] = true;
+            }
+            placed.emplace_back(next, seq);
+            next++;
+          }
+          for (auto& pl : placed) llama_memory_seq_rm(mem, pl.second, -1, -1);
+          int32_t ret = encoder ? llama_encode(ctx, batch) : llama_decode(ctx, batch);
+          if (ret != 0) {
+            for (auto& pl : placed) llama_memory_seq_rm(mem, pl.second, -1, -1);
+            throw std::runtime_error("llama.cpp failed to compute embeddings (status " + std::to_string(ret) + ")");
+          }
+          int32_t row = 0;
+          for (auto& pl : placed) {
+            auto& v = (*out)[pl.first];
+            size_t n = (*inputs)[pl.first].size();
+            if (pooling == LLAMA_POOLING_TYPE_NONE) {
+              v.resize(n * (size_t)dim);
+              for (size_t k = 0; k < n; k++) {
+                const float* e = llama_get_embeddings_ith(ctx, row + (int32_t)k);
+                if (e == nullptr) throw std::runtime_error("llama.cpp returned no token embeddings");
+                std::copy(e, e + dim, v.begin() + (long)(k * dim));
+              }
+            } else {
+              const float* e = llama_get_embeddings_seq(ctx, pl.second);
+              if (e == nullptr) throw std::runtime_error("llama.cpp returned no pooled embedding");
+              v.assign(e, e + dim);
+            }
+            if (normalize && pooling != LLAMA_POOLING_TYPE_RANK) {
+              for (size_t off = 0; off < v.size(); off += (size_t)dim) {
+                double sum = 0;
+                for (int32_t k = 0; k < dim; k++) sum += (double)v[off + k] * v[off + k];
+                double norm = std::sqrt(sum);
+                if (norm > 0) {
+                  for (int32_t k = 0; k < dim; k++) v[off + k] = (float)(v[off + k] / norm);
+                }
+              }
+            }
+            row += (int32_t)n;
+          }
+          for (auto& pl : placed) llama_memory_seq_rm(mem, pl.second, -1, -1);
+        }
+      },
+      [=](Napi::Env env) -> Napi::Value {
+        Napi::Array res = Napi::Array::New(env, out->size());
+        for (uint32_t i = 0; i < out->size(); i++) {
+          Napi::Float32Array f = Napi::Float32Array::New(env, (*out)[i].size());
+          std::copy((*out)[i].begin(), (*out)[i].end(), f.Data());
+          res.Set(i, f);
+        }
+        return res;
+      });
+}
+
 Napi::Value Context::Dispose(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto deferred = Napi::Promise::Deferred::New(env);
@@ -602,6 +750,29 @@ Napi::Object Generation::NewInstance(Napi::Env env, std::shared_ptr<GenState> st
 Generation::Generation(const Napi::CallbackInfo& info)
     : Napi::ObjectWrap<Generation>(info), state_(takeWrapped<GenState>(info, "NativeGeneration")) {}
 
+// [{ token, text, logprob, top: [{ token, text, logprob }] }]
+static Napi::Array probsArray(Napi::Env env, const std::vector<TokenProb>& probs) {
+  Napi::Array arr = Napi::Array::New(env, probs.size());
+  for (uint32_t i = 0; i < probs.size(); i++) {
+    const TokenProb& p = probs[i];
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("token", p.token);
+    o.Set("text", Napi::String::New(env, p.text));
+    o.Set("logprob", p.logprob);
+    Napi::Array top = Napi::Array::New(env, p.top.size());
+    for (uint32_t k = 0; k < p.top.size(); k++) {
+      Napi::Object a = Napi::Object::New(env);
+      a.Set("token", p.top[k].token);
+      a.Set("text", Napi::String::New(env, p.top[k].text));
+      a.Set("logprob", p.top[k].logprob);
+      top.Set(k, a);
+    }
+    o.Set("top", top);
+    arr.Set(i, o);
+  }
+  return arr;
+}
+
 static Napi::Object resultObject(Napi::Env env, const GenResult& r) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("stopReason", r.stopReason);
@@ -616,6 +787,7 @@ static Napi::Object resultObject(Napi::Env env, const GenResult& r) {
   std::copy(r.sequence.begin(), r.sequence.end(), sequence.Data());
   o.Set("sequence", sequence);
   o.Set("discarded", r.discarded);
+  if (!r.probs.empty()) o.Set("logprobs", probsArray(env, r.probs));
   o.Set("started", r.started);
   o.Set("promptMs", r.promptMs);
   o.Set("generateMs", r.generateMs);
@@ -657,6 +829,7 @@ Napi::Value Generation::Take(const Napi::CallbackInfo& info) {
     Napi::Int32Array t = Napi::Int32Array::New(env, c.tokens.size());
     std::copy(c.tokens.begin(), c.tokens.end(), t.Data());
     co.Set("tokens", t);
+    if (!c.probs.empty()) co.Set("logprobs", probsArray(env, c.probs));
     arr.Set(i++, co);
   }
   out.Set("chunks", arr);

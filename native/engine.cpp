@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 namespace la {
 
@@ -87,7 +88,9 @@ size_t utf8Boundary(const std::string& s, size_t cut) {
   return cut;  // not valid UTF-8 anyway: do not hold it back
 }
 
-std::string tokenPiece(const llama_vocab* vocab, llama_token t, bool special) {
+}  // namespace
+
+static std::string tokenPiece(const llama_vocab* vocab, llama_token t, bool special) {
   char buf[256];
   int32_t n = llama_token_to_piece(vocab, t, buf, sizeof buf, 0, special);
   if (n >= 0) return std::string(buf, (size_t)n);
@@ -97,11 +100,11 @@ std::string tokenPiece(const llama_vocab* vocab, llama_token t, bool special) {
   return big;
 }
 
-}  // namespace
 
 // ------------------------------------------------------------------ engine
 
-Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx) : model_(std::move(model)), ctx_(ctx) {
+Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t promptChunk)
+    : model_(std::move(model)), ctx_(ctx), promptChunk_(promptChunk) {
   nBatch_ = (int32_t)llama_n_batch(ctx_);
   nCtxSeq_ = (int32_t)llama_n_ctx_seq(ctx_);
   canShift_ = llama_memory_can_shift(llama_get_memory(ctx_));
@@ -250,6 +253,7 @@ static void enqueue(GenState& g, Chunk&& c) {
   if (!g.queue.empty()) {
     g.queue.back().text += c.text;
     g.queue.back().tokens.insert(g.queue.back().tokens.end(), c.tokens.begin(), c.tokens.end());
+    for (auto& p : c.probs) g.queue.back().probs.push_back(std::move(p));
   } else if (!c.text.empty() || !c.tokens.empty()) {
     g.queue.push_back(std::move(c));
   }
@@ -308,9 +312,10 @@ void Engine::finish(GenState& g, const char* reason, const std::string& error) {
     r.text += g.pending;
   }
   if (!stopped && g.stream && (!g.pending.empty() || !g.pendingTokens.empty())) {
-    Chunk c{std::move(g.pending), std::move(g.pendingTokens)};
+    Chunk c{std::move(g.pending), std::move(g.pendingTokens), std::move(g.pendingProbs)};
     g.pending.clear();
     g.pendingTokens.clear();
+    g.pendingProbs.clear();
     std::lock_guard<std::mutex> lock(g.mu);
     enqueue(g, std::move(c));
   }
@@ -338,7 +343,31 @@ void Engine::finish(GenState& g, const char* reason, const std::string& error) {
   if (!g.tsfnClosed && !g_exiting.load()) g.tsfn.Release();
 }
 
-void Engine::handleToken(GenState& g, llama_token t) {
+// The log-probability of `t` and the `n` most likely tokens, from the raw logits of batch row `i`.
+static TokenProb tokenProb(llama_context* ctx, const llama_vocab* vocab, int32_t i, llama_token t, int32_t n) {
+  int32_t nVocab = llama_vocab_n_tokens(vocab);
+  const float* logits = llama_get_logits_ith(ctx, i);
+  TokenProb p;
+  p.token = t;
+  p.text = tokenPiece(vocab, t, false);
+  if (logits == nullptr) return p;
+  float max = logits[0];
+  for (int32_t k = 1; k < nVocab; k++) max = std::max(max, logits[k]);
+  double sum = 0;
+  for (int32_t k = 0; k < nVocab; k++) sum += std::exp((double)(logits[k] - max));
+  float lse = max + (float)std::log(sum);
+  p.logprob = logits[t] - lse;
+  if (n > 0) {
+    std::vector<int32_t> idx(nVocab);
+    for (int32_t k = 0; k < nVocab; k++) idx[k] = k;
+    int32_t m = std::min(n, nVocab);
+    std::partial_sort(idx.begin(), idx.begin() + m, idx.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+    for (int32_t k = 0; k < m; k++) p.top.push_back(TokenAlt{idx[k], tokenPiece(vocab, idx[k], false), logits[idx[k]] - lse});
+  }
+  return p;
+}
+
+void Engine::handleToken(GenState& g, llama_token t, int32_t iBatch) {
   const llama_vocab* vocab = model_->vocab;
   if (g.tFirst == 0) g.tFirst = nowUs();
   if (llama_vocab_is_eog(vocab, t)) {
@@ -347,6 +376,11 @@ void Engine::handleToken(GenState& g, llama_token t) {
   }
   g.building.tokens.push_back(t);
   g.pendingTokens.push_back(t);
+  if (g.logprobs >= 0) {
+    TokenProb p = tokenProb(ctx_, vocab, iBatch, t, g.logprobs);
+    g.building.probs.push_back(p);
+    g.pendingProbs.push_back(std::move(p));
+  }
   g.pending += tokenPiece(vocab, t, std::binary_search(g.preserved.begin(), g.preserved.end(), t));
 
   // A stop string anywhere in the held-back text ends the generation; the text before it is emitted.
@@ -356,19 +390,21 @@ void Engine::handleToken(GenState& g, llama_token t) {
     if (p < stopAt) stopAt = p;
   }
   if (stopAt != std::string::npos) {
-    Chunk c{g.pending.substr(0, stopAt), std::move(g.pendingTokens)};
+    Chunk c{g.pending.substr(0, stopAt), std::move(g.pendingTokens), std::move(g.pendingProbs)};
     g.building.text += c.text;
     g.pending.clear();
     g.pendingTokens.clear();
+    g.pendingProbs.clear();
     push(g, std::move(c));
     finish(g, "stop");
     return;
   }
   size_t cut = utf8Boundary(g.pending, g.pending.size() - stopPrefixSuffix(g.pending, g.stops));
   if (cut > 0) {
-    Chunk c{g.pending.substr(0, cut), std::move(g.pendingTokens)};
+    Chunk c{g.pending.substr(0, cut), std::move(g.pendingTokens), std::move(g.pendingProbs)};
     g.pending.erase(0, cut);
     g.pendingTokens.clear();
+    g.pendingProbs.clear();
     g.building.text += c.text;
     push(g, std::move(c));
   }
@@ -464,15 +500,21 @@ bool Engine::step() {
       g->inBatch = 0;
       if (runnable(*g)) order.push_back(g);
     }
+    // Higher priority first; equal priorities take turns (the rotation above).
+    std::stable_sort(order.begin(), order.end(), [](const GenState* a, const GenState* b) { return a->priority > b->priority; });
+    bool generating = false;
     for (GenState* g : order) {
       if (g->hasNext && batch_.n_tokens < nBatch_) {
         if (g->nPast >= nCtxSeq_ && !makeRoom(*g)) continue;
         g->cache.push_back(g->next);
         add(*g, g->next, true);
+        generating = true;
       }
     }
+    // New prompts are decoded in chunks while others generate, so that they do not stall them for long.
+    int32_t promptLimit = generating ? std::min(nBatch_, batch_.n_tokens + promptChunk_) : nBatch_;
     for (GenState* g : order) {
-      while (!g->hasNext && g->promptPos < g->tokens.size() && batch_.n_tokens < nBatch_) {
+      while (!g->hasNext && g->promptPos < g->tokens.size() && batch_.n_tokens < promptLimit) {
         bool last = g->promptPos + 1 == g->tokens.size();
         add(*g, g->tokens[g->promptPos], last);
         g->promptPos++;
@@ -531,7 +573,7 @@ bool Engine::step() {
           finish(g, "error", std::string("sampling failed: no token is allowed here by the grammar and logitBias (") + e.what() + ")");
           continue;
         }
-        handleToken(g, t);
+        handleToken(g, t, g.iBatch);
       }
     }
     dropFinished();

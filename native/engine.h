@@ -25,9 +25,24 @@ class Engine;
 
 // A piece of generated output: text that is safe to show (whole UTF-8 characters, no part of a stop
 // string) and the tokens that produced it.
+// Log-probability of a generated token under the model (softmax of its raw logits), and the most likely
+// alternatives at that position.
+struct TokenAlt {
+  int32_t token = 0;
+  std::string text;
+  float logprob = 0;
+};
+struct TokenProb {
+  int32_t token = 0;
+  std::string text;
+  float logprob = 0;
+  std::vector<TokenAlt> top;
+};
+
 struct Chunk {
   std::string text;
   std::vector<int32_t> tokens;
+  std::vector<TokenProb> probs;  // one per token when logprobs were asked for
 };
 
 struct GenResult {
@@ -35,6 +50,7 @@ struct GenResult {
   std::string error;
   std::string text;
   std::vector<int32_t> tokens;  // every generated token, end-of-generation token excluded
+  std::vector<TokenProb> probs;
   int32_t promptTokens = 0;
   int32_t evaluatedTokens = 0;  // prompt tokens decoded (not reused from the cache)
   std::vector<int32_t> sequence;  // the tokens held in the sequence's KV cache afterwards
@@ -65,6 +81,8 @@ struct GenState {
   bool acceptPrompt = false;          // feed prompt tokens to the sampler (penalties)
   std::vector<llama_token> preserved;  // tokens rendered as text (tool-call markers), sorted
   size_t capacity = 32;       // bounded queue, in tokens: the engine pauses this generation when it is full
+  int32_t logprobs = -1;      // >= 0: report each token's log-probability and this many alternatives
+  int32_t priority = 0;       // higher goes first when a step cannot take everyone
   bool stream = true;         // false: no chunks, one notification at the end (complete())
   int64_t tQueued = 0;
 
@@ -80,6 +98,7 @@ struct GenState {
   int32_t shiftedFrom = -1;        // cells from here on were moved and no decode has rotated them yet
   std::string pending;
   std::vector<int32_t> pendingTokens;
+  std::vector<TokenProb> pendingProbs;
   int64_t tStart = 0, tFirst = 0;
   GenResult building;
 
@@ -110,7 +129,8 @@ struct GenState {
 
 class Engine : public std::enable_shared_from_this<Engine> {
  public:
-  Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx);
+  // promptChunk: most prompt tokens per step while other generations are producing tokens.
+  Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t promptChunk);
   ~Engine();
 
   void start();
@@ -140,7 +160,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   bool runnable(GenState& g);
   bool makeRoom(GenState& g);  // context shift for a full sequence; false when it is not possible
   void startGeneration(const std::shared_ptr<GenState>& g);
-  void handleToken(GenState& g, llama_token t);
+  void handleToken(GenState& g, llama_token t, int32_t iBatch);
   void push(GenState& g, Chunk&& c);
   void flushDeferredNotifications();
   void finish(GenState& g, const char* reason, const std::string& error = "");
@@ -152,6 +172,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int32_t nCtxSeq_ = 0;
   bool canShift_ = false;
   int32_t nSwa_ = 0;
+  int32_t promptChunk_ = 0;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

@@ -124,6 +124,46 @@ describeShared('generating text (stories260k)', () => {
     expect(cached.text).toBe(scratch.text);
   });
 
+  it('reports log-probabilities of each token with the most likely alternatives', async () => {
+    using s = ctx.createSession();
+    const gen = s.generate('Once upon a time', { maxTokens: 12, temperature: 0, logprobs: model.vocab.size, queueSize: 1 });
+    const chunks: GenerationChunk[] = [];
+    for await (const c of gen) chunks.push(c);
+    const r = await gen.result;
+    expect(r.logprobs).toHaveLength(r.tokens.length);
+    expect(chunks.flatMap((c) => c.logprobs ?? [])).toEqual(r.logprobs);
+    // Each entry's text is the token's piece of the output.
+    expect(r.logprobs!.map((p) => p.text).join('')).toBe(r.text);
+    for (const [i, p] of r.logprobs!.entries()) {
+      expect(p.token).toBe(r.tokens[i]);
+      // Greedy: the chosen token is the most likely one; the whole distribution sums to 1.
+      expect(p.top[0].token).toBe(p.token);
+      expect(p.top[0].logprob).toBeCloseTo(p.logprob, 6);
+      expect(p.top).toHaveLength(model.vocab.size);
+      expect(p.top.reduce((sum, a) => sum + Math.exp(a.logprob), 0)).toBeCloseTo(1, 4);
+      for (let k = 1; k < p.top.length; k++) expect(p.top[k].logprob).toBeLessThanOrEqual(p.top[k - 1].logprob);
+    }
+    // Sampled tokens carry their own probability, whatever was chosen.
+    s.reset();
+    const sampled = await s.complete('Once upon a time', { maxTokens: 20, temperature: 1.5, seed: 3, logprobs: 0 });
+    expect(sampled.logprobs!.every((p, i) => p.token === sampled.tokens[i] && p.logprob <= 0 && p.top.length === 0)).toBe(true);
+  });
+
+  it('serves higher priorities first when a step cannot take every session', async () => {
+    // Batches of 8 tokens: the four 60-token prompts take turns, unless one has a higher priority.
+    await using small = await model.createContext({ contextSize: 256, sequences: 4, batchSize: 8 });
+    const sessions = [0, 1, 2, 3].map(() => small.createSession());
+    const order: number[] = [];
+    const prompt = 'Once upon a time there was a little girl. '.repeat(6);
+    await Promise.all(
+      sessions.map((s, i) =>
+        s.complete(prompt, { maxTokens: 4, temperature: 0, priority: i === 2 ? 10 : 0 }).then(() => order.push(i)),
+      ),
+    );
+    expect(order[0]).toBe(2);
+    for (const s of sessions) s.dispose();
+  });
+
   it('applies logitBias: -Infinity bans a token', async () => {
     using s = ctx.createSession();
     const plain = await s.complete('Once upon a time', { maxTokens: 8, temperature: 0 });

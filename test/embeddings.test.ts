@@ -1,0 +1,77 @@
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { loadModel, LlamaError, setLogLevel, type LlamaModel } from 'llama-addon';
+import { describeShared, shared } from './helpers/models.js';
+
+setLogLevel('error');
+
+const TEXTS = ['Once upon a time', 'The dog ran', 'Lily loved the park very much', 'x', 'A big red ball rolled down the hill.'];
+
+const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
+const norm = (a: Float32Array) => Math.sqrt(a.reduce((s, v) => s + v * v, 0));
+
+describeShared('embeddings and reranking (stories260k)', () => {
+  let model: LlamaModel;
+  beforeAll(async () => {
+    model = await loadModel(shared('stories260k.gguf'));
+  });
+  afterAll(() => model.dispose());
+
+  for (const pooling of ['mean', 'last', 'cls'] as const) {
+    it(`embeds texts with ${pooling} pooling, the same in a batch as alone`, async () => {
+      await using ctx = await model.createContext({ contextSize: 256, sequences: 4, embeddings: true, pooling });
+      expect(ctx.pooling).toBe(pooling);
+      const batch = await ctx.embed(TEXTS);
+      expect(batch).toHaveLength(TEXTS.length);
+      for (const [i, text] of TEXTS.entries()) {
+        expect(batch[i]).toBeInstanceOf(Float32Array);
+        expect(batch[i]).toHaveLength(model.info.embeddingLength);
+        expect(norm(batch[i])).toBeCloseTo(1, 5);
+        const [alone] = await ctx.embed(text);
+        expect(maxDiff(batch[i], alone), text).toBeLessThan(1e-5);
+      }
+      // Different texts, different vectors; the same text, the same vector. (With a causal model, the first
+      // token sees nothing else: CLS pooling gives every text that starts with BOS the same vector.)
+      if (pooling === 'cls') expect(maxDiff(batch[0], batch[1])).toBeLessThan(1e-6);
+      else expect(maxDiff(batch[0], batch[1])).toBeGreaterThan(1e-3);
+      const again = await ctx.embed([TEXTS[0], TEXTS[0]]);
+      expect(maxDiff(again[0], again[1])).toBeLessThan(1e-6);
+    });
+  }
+
+  it('normalizes only when asked, and returns every token with pooling none', async () => {
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 2, embeddings: true, pooling: 'mean' });
+    const [raw] = await ctx.embed('Once upon a time', { normalize: false });
+    const [unit] = await ctx.embed('Once upon a time');
+    expect(Math.abs(norm(raw) - 1)).toBeGreaterThan(1e-3);
+    expect(maxDiff(unit, raw.map((v) => v / norm(raw)))).toBeLessThan(1e-5);
+    await using tokens = await model.createContext({ contextSize: 256, embeddings: true, pooling: 'none' });
+    const n = model.tokenize('Once upon a time').length;
+    const [all] = await tokens.embed('Once upon a time', { normalize: false });
+    expect(all).toHaveLength(n * model.info.embeddingLength);
+    // Last pooling is the last token's vector.
+    await using last = await model.createContext({ contextSize: 256, embeddings: true, pooling: 'last' });
+    const [l] = await last.embed('Once upon a time', { normalize: false });
+    expect(maxDiff(l, all.subarray((n - 1) * l.length))).toBeLessThan(1e-5);
+  });
+
+  it('reports misuse clearly', async () => {
+    await using gen = await model.createContext({ contextSize: 256 });
+    await expect(gen.embed('x')).rejects.toMatchObject({ code: 'ERR_INVALID_STATE' });
+    await using ctx = await model.createContext({ contextSize: 256, embeddings: true, pooling: 'mean' });
+    expect(model.info.canRank).toBe(false);
+    const e = await ctx.rank('query', ['doc']).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(LlamaError);
+    expect((e as LlamaError).code).toBe('ERR_INVALID_STATE');
+    // A model without a classification head cannot rank, even with pooling 'rank'.
+    const rankCtx = await model.createContext({ contextSize: 256, embeddings: true, pooling: 'rank' }).catch((x: unknown) => x);
+    if (rankCtx instanceof LlamaError) {
+      expect(rankCtx.code).toBe('ERR_CONTEXT_CREATE');
+    } else {
+      await expect((rankCtx as Awaited<ReturnType<LlamaModel['createContext']>>).rank('q', ['d'])).rejects.toThrow(/no classification head/);
+      await (rankCtx as Awaited<ReturnType<LlamaModel['createContext']>>).dispose();
+    }
+    await expect(ctx.embed(model.tokenize('a'.repeat(3000)))).rejects.toMatchObject({ code: 'ERR_CONTEXT_FULL' });
+    await expect(model.createContext({ pooling: 'mean' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    expect(await ctx.embed([])).toEqual([]);
+  });
+});
