@@ -2,6 +2,7 @@ import { LlamaError, callNative, toLlamaError } from './errors.js';
 import type { LlamaModel } from './model.js';
 import type { NativeContext, NativeContextInfo, NativeModel } from './native.js';
 import { LlamaChat, type ChatOptions } from './chat.js';
+import { parseLora, type LoraSpec } from './lora.js';
 import { LlamaSession, type SessionOptions } from './session.js';
 import { checkOptions, invalid, optBoolean, optInteger, optSignal } from './validate.js';
 
@@ -36,9 +37,11 @@ export interface ContextOptions {
    * With nothing generating, prompts are decoded `batchSize` tokens at a time.
    */
   promptChunkSize?: number;
+  /** LoRA adapters every request of this context uses unless it names its own. */
+  lora?: readonly LoraSpec[];
 }
 
-const contextKeys = ['contextSize', 'batchSize', 'sequences', 'threads', 'threadsBatch', 'flashAttention', 'embeddings', 'promptChunkSize', 'pooling'] as const;
+const contextKeys = ['contextSize', 'batchSize', 'sequences', 'threads', 'threadsBatch', 'flashAttention', 'embeddings', 'promptChunkSize', 'pooling', 'lora'] as const;
 
 /**
  * A context: KV cache and compute buffers for up to `sequences` sessions. One engine thread per context
@@ -71,7 +74,11 @@ export class LlamaContext implements AsyncDisposable {
 
   #info: NativeContextInfo;
 
-  private constructor(model: LlamaModel, nativeContext: NativeContext, embeddings: boolean) {
+  /** @internal identifies the context's default LoRA set */
+  readonly loraKey: string;
+
+  private constructor(model: LlamaModel, nativeContext: NativeContext, embeddings: boolean, loraKey: string) {
+    this.loraKey = loraKey;
     this.model = model;
     this.#native = nativeContext;
     const info = nativeContext.info();
@@ -104,6 +111,7 @@ export class LlamaContext implements AsyncDisposable {
       throw invalid('pooling', '"mean", "cls", "last", "none" or "rank"', pooling, caller);
     }
     if (pooling !== undefined && embeddings !== true) throw invalid('pooling', 'to be given with embeddings: true', pooling, caller);
+    const lora = o.lora === undefined ? undefined : parseLora(o.lora, caller);
     const promise = callNative(caller, () =>
       nativeModel.createContext({
         contextSize,
@@ -115,10 +123,11 @@ export class LlamaContext implements AsyncDisposable {
         ...(embeddings !== undefined ? { embeddings } : {}),
         ...(promptChunkSize !== undefined ? { promptChunkSize } : {}),
         ...(pooling !== undefined ? { pooling: pooling as NonNullable<ContextOptions['pooling']> } : {}),
+        ...(lora ? { lora: lora.pairs } : {}),
       }),
     );
     try {
-      return new LlamaContext(model, await promise, embeddings === true);
+      return new LlamaContext(model, await promise, embeddings === true, lora?.key ?? '');
     } catch (e) {
       throw toLlamaError(e);
     }

@@ -18,7 +18,8 @@ export type LlamaErrorCode =
   | 'ERR_INVALID_MESSAGE'
   | 'ERR_INVALID_GRAMMAR'
   | 'ERR_INCOMPLETE_OUTPUT'
-  | 'ERR_IO';
+  | 'ERR_IO'
+  | 'ERR_INVALID_ADAPTER';
 
 /**
  * The one error class of llama-addon. `code` is stable and meant for programs; `message` says what was
@@ -41,6 +42,7 @@ const knownCodes = new Set<string>([
   'ERR_INVALID_GRAMMAR',
   'ERR_INCOMPLETE_OUTPUT',
   'ERR_IO',
+  'ERR_INVALID_ADAPTER',
   'ERR_MODEL_NOT_FOUND',
   'ERR_INVALID_MODEL',
   'ERR_INVALID_ARGUMENT',

@@ -1,4 +1,5 @@
 import { jsonSchemaToGrammar, type JsonSchema } from './json-schema.js';
+import { parseLora, type LoraSpec } from './lora.js';
 import type { NativeGenerateOptions } from './native.js';
 import { checkOptions, invalid, optInteger, optNumber, optSignal } from './validate.js';
 
@@ -72,12 +73,14 @@ export interface GenerateOptions {
    * priorities go first (default 0); equal priorities take turns.
    */
   priority?: number;
+  /** LoRA adapters for this request, instead of the context's (`[]`: none). */
+  lora?: readonly LoraSpec[];
 }
 
 const generateKeys = [
   'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'typicalP', 'seed', 'repeatPenalty', 'presencePenalty',
   'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal', 'queueSize', 'grammar', 'jsonSchema',
-  'grammarTriggers', 'logprobs', 'priority',
+  'grammarTriggers', 'logprobs', 'priority', 'lora',
 ] as const;
 
 function stringList(value: unknown, name: string, caller: Function): string[] {
@@ -156,7 +159,13 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
     out.grammarLazy = true;
     out.grammarTriggers = triggers;
   }
+  let loraKey: string | undefined;
+  if (o.lora !== undefined) {
+    const { pairs, key } = parseLora(o.lora, caller);
+    out.lora = pairs;
+    loraKey = key;
+  }
   const signal = optSignal(o, 'signal', caller);
-  return { native: out, signal, jsonSchema: o.jsonSchema !== undefined };
+  return { native: out, signal, jsonSchema: o.jsonSchema !== undefined, loraKey };
 }
 

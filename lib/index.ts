@@ -9,6 +9,8 @@ export type { ContextOptions } from './context.js';
 export { LlamaSession } from './session.js';
 export type { GenerateOptions, SessionOptions } from './session.js';
 export { LlamaChat } from './chat.js';
+export { LlamaLora } from './lora.js';
+export type { LoraSpec } from './lora.js';
 export type { ChatOptions, ChatSendOptions, ChatResult, ChatTool, ToolChoice } from './chat.js';
 export type { ChatMessage, ChatRole, ApplyChatTemplateOptions, ToolCall } from './chat-template.js';
 export { defineSchema, jsonSchemaToGrammar } from './json-schema.js';

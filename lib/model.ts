@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
 import { chatTemplateKey, checkMessages, type ApplyChatTemplateOptions, type ChatMessage } from './chat-template.js';
 import { LlamaContext, type ContextOptions } from './context.js';
+import { LlamaLora } from './lora.js';
 import { LlamaError, callNative, toLlamaError } from './errors.js';
 import { GgufFormatError, readGguf } from './gguf/reader.js';
 import type { GgufValue } from './gguf/types.js';
@@ -205,6 +206,28 @@ export class LlamaModel implements AsyncDisposable {
     if (typeof text !== 'string') throw invalid('text', 'a string', text, this.matchesGrammar);
     if (typeof grammar !== 'string') throw invalid('grammar', 'a GBNF grammar (a string)', grammar, this.matchesGrammar);
     return callNative(this.matchesGrammar, () => h.matchesGrammar(grammar, text));
+  }
+
+  /**
+   * Loads a LoRA adapter (GGUF) made for this model. Use it with `createContext({ lora: [adapter] })` or
+   * per request, `generate(prompt, { lora: [{ adapter, scale: 0.5 }] })`. It is freed with the model.
+   * @throws LlamaError `ERR_INVALID_ADAPTER` when the file is not a LoRA adapter or was made for another
+   * base model (the message gives llama.cpp's reason).
+   */
+  async loadLora(path: string): Promise<LlamaLora> {
+    const h = this.#handle(this.loadLora);
+    if (typeof path !== 'string' || path.length === 0) throw invalid('path', 'a non-empty string', path, this.loadLora);
+    try {
+      await stat(path);
+    } catch (e) {
+      throw new LlamaError('ERR_INVALID_ADAPTER', `LoRA adapter file not found: ${path}`, { cause: e });
+    }
+    const promise = callNative(this.loadLora, () => h.loadLora(path));
+    try {
+      return new LlamaLora(await promise, path);
+    } catch (e) {
+      throw toLlamaError(e);
+    }
   }
 
   /** @internal a parsed chat template, cached per source */

@@ -39,7 +39,12 @@ export interface NativeModel {
   /** Parses a chat template (Jinja, or a built-in template's name); null: the model's own. */
   chatTemplate(source: string | null): NativeChatTemplate;
   matchesGrammar(grammar: string, text: string): boolean;
+  loadLora(path: string): Promise<NativeLora>;
   dispose(): Promise<void>;
+}
+
+export interface NativeLora {
+  info(): { metadata: Record<string, string> };
 }
 
 export interface NativeChatMessage {
@@ -82,6 +87,7 @@ export interface NativeChatTemplate {
 
 export interface NativeContextOptions {
   promptChunkSize?: number;
+  lora?: Array<[NativeLora, number]>;
   contextSize?: number;
   batchSize?: number;
   microBatchSize?: number;
@@ -115,6 +121,8 @@ export interface NativeGenerateOptions {
   /** >= 0: each token's log-probability and this many alternatives. */
   logprobs?: number;
   priority?: number;
+  /** LoRA adapters and scales for this request (default: the context's). */
+  lora?: Array<[NativeLora, number]>;
   /** Start aborted (the signal was aborted before the call). */
   aborted?: boolean;
   /** false: no chunks are queued and JS is notified only at the end. */

@@ -79,6 +79,8 @@ export class LlamaSession {
   #shiftKeep = 0;
   #shift: 'auto' | false | { keep: number };
   #autoKeep: number | null = null;
+  /** The LoRA set the cache was computed with. */
+  #cacheLora = '';
   #sharePrefix: boolean;
   #running: { abort(): void } | null = null;
   /** Tokens that stay in the cache while a generation runs (other sessions may copy them). */
@@ -181,7 +183,7 @@ export class LlamaSession {
     this.#check(caller);
     const ctx = this.#context;
     const model = ctx.model;
-    const { native: nativeOptions, signal, jsonSchema } = parseGenerateOptions(options, model.vocab.size, caller);
+    const { native: nativeOptions, signal, jsonSchema, loraKey } = parseGenerateOptions(options, model.vocab.size, caller);
     if (extra) Object.assign(nativeOptions, extra);
     if (!stream) nativeOptions.stream = false;
     // Already aborted: the engine must not decode anything.
@@ -196,6 +198,10 @@ export class LlamaSession {
     const bad = prompt.findIndex((t) => !(t >= 0 && t < vocabSize));
     if (bad >= 0) throw invalid('input', `token ids from 0 to ${vocabSize - 1}`, prompt[bad], caller);
     this.#checkIdle(caller, 'generate');
+    // A cache computed with other LoRA adapters is not reused.
+    const lora = loraKey ?? ctx.loraKey;
+    if (lora !== this.#cacheLora) this.#setCache([]);
+    this.#cacheLora = lora;
     const plan = this.#plan(prompt, caller);
     const handle = ctx.handle(caller);
     if (plan.shareFrom) {
@@ -280,7 +286,7 @@ export class LlamaSession {
       // Another session may hold a longer prefix (the same system prompt): copy its cells.
       let best = keep + MIN_SHARED_TOKENS - 1;
       for (const other of this.#context.sessionsForSharing()) {
-        if (other === this) continue;
+        if (other === this || other.#cacheLora !== this.#cacheLora) continue;
         const l = commonPrefix(tokens, other.sharableTokens());
         if (l > best) {
           best = l;
@@ -382,6 +388,7 @@ export class LlamaSession {
   #copyFrom(src: LlamaSession, length: number): void {
     this.#context.handle(this.fork).copySequence(src.#seq, this.#seq, length);
     this.#cache = src.sharableTokens().slice(0, length);
+    this.#cacheLora = src.#cacheLora;
   }
 
   /**

@@ -12,6 +12,7 @@
 #include "grammar.h"
 #include "guard.h"
 #include "log.h"
+#include "lora.h"
 #include "model.h"
 
 namespace la {
@@ -64,6 +65,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   la::Context::Init(env, exports);
   la::Generation::Init(env, exports);
   la::ChatTemplate::Init(env, exports);
+  la::Lora::Init(env, exports);
   la::registerLogExports(env, exports);
   exports.Set("loadModel", Napi::Function::New(env, la::LoadModel, "loadModel"));
   exports.Set("jsonSchemaToGrammar", Napi::Function::New(env, la::JsonSchemaToGrammar, "jsonSchemaToGrammar"));

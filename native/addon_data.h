@@ -15,6 +15,7 @@ struct AddonData {
   Napi::FunctionReference contextCtor;
   Napi::FunctionReference generationCtor;
   Napi::FunctionReference chatTemplateCtor;
+  Napi::FunctionReference loraCtor;
   // Engines still running in this environment; stopped when the environment shuts down.
   std::mutex enginesMutex;
   std::set<std::shared_ptr<Engine>> engines;

@@ -24,16 +24,19 @@ struct ContextBox {
   std::shared_ptr<Engine> engine;
   int32_t threads;
   int32_t threadsBatch;
+  LoraSet lora;
 };
 
 class CreateWorker : public Napi::AsyncWorker {
  public:
-  CreateWorker(Napi::Env env, std::shared_ptr<ModelHandle> model, llama_context_params params, int32_t promptChunk)
+  CreateWorker(Napi::Env env, std::shared_ptr<ModelHandle> model, llama_context_params params, int32_t promptChunk,
+               LoraSet lora)
       : Napi::AsyncWorker(env, "llama-addon.createContext"),
         deferred_(Napi::Promise::Deferred::New(env)),
         model_(std::move(model)),
         params_(params),
-        promptChunk_(promptChunk) {}
+        promptChunk_(promptChunk),
+        lora_(std::move(lora)) {}
 
   Napi::Promise promise() const { return deferred_.Promise(); }
 
@@ -70,7 +73,7 @@ class CreateWorker : public Napi::AsyncWorker {
       std::lock_guard<std::mutex> lock(data->enginesMutex);
       data->engines.insert(engine_);
     }
-    auto box = std::make_shared<ContextBox>(ContextBox{engine_, params_.n_threads, params_.n_threads_batch});
+    auto box = std::make_shared<ContextBox>(ContextBox{engine_, params_.n_threads, params_.n_threads_batch, lora_});
     deferred_.Resolve(newWrapped(env, addonData(env)->contextCtor, std::move(box)));
   }
 
@@ -83,6 +86,7 @@ class CreateWorker : public Napi::AsyncWorker {
   std::shared_ptr<ModelHandle> model_;
   llama_context_params params_;
   int32_t promptChunk_;
+  LoraSet lora_;
   std::shared_ptr<Engine> engine_;
 };
 
@@ -150,7 +154,8 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   }
 
   int32_t promptChunk = intOption(env, o, "promptChunkSize", std::min<int32_t>(128, (int32_t)p.n_batch), 1, 1 << 20);
-  auto* worker = new CreateWorker(env, std::move(model), p, promptChunk);
+  LoraSet lora = readLoraSet(env, opt(o, "lora"), *model);
+  auto* worker = new CreateWorker(env, std::move(model), p, promptChunk, std::move(lora));
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;
@@ -179,6 +184,7 @@ Context::Context(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Context>(inf
   engine_ = std::move(box->engine);
   threads_ = box->threads;
   threadsBatch_ = box->threadsBatch;
+  defaultLora_ = std::move(box->lora);
 }
 
 Context::~Context() {
@@ -283,6 +289,8 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   g->discardCount = (int32_t)std::max(0.0, std::min(num("discardCount", 0), (double)cap));
   g->logprobs = (int32_t)std::max(-1.0, std::min(num("logprobs", -1), (double)nVocab));
   g->priority = (int32_t)std::max(-1e6, std::min(num("priority", 0), 1e6));
+  Napi::Value lora = opt(o, "lora");
+  g->lora = lora.IsEmpty() || lora.IsUndefined() ? defaultLora_ : readLoraSet(env, lora, model);
   Napi::Value preAborted = opt(o, "aborted");
   if (preAborted.IsBoolean() && preAborted.As<Napi::Boolean>().Value()) g->aborted.store(true);
   Napi::Value stream = opt(o, "stream");

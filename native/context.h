@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "engine.h"
+#include "lora.h"
 #include "model.h"
 
 namespace la {
@@ -31,6 +32,7 @@ class Context : public Napi::ObjectWrap<Context> {
   std::shared_ptr<Engine> engine_;
   int32_t threads_ = 0;
   int32_t threadsBatch_ = 0;
+  LoraSet defaultLora_;
 };
 
 class Generation : public Napi::ObjectWrap<Generation> {

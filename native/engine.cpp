@@ -479,6 +479,14 @@ bool Engine::step() {
       }
     }
     if (active_.empty()) return true;
+    auto dropFinishedNow = [&] {
+      active_.erase(std::remove_if(active_.begin(), active_.end(),
+                                   [](const std::shared_ptr<GenState>& g) {
+                                     std::lock_guard<std::mutex> lock(g->mu);
+                                     return g->done;
+                                   }),
+                    active_.end());
+    };
     batch_.n_tokens = 0;
     auto add = [&](GenState& g, llama_token t, bool logits) {
       int32_t i = batch_.n_tokens++;
@@ -502,6 +510,25 @@ bool Engine::step() {
     }
     // Higher priority first; equal priorities take turns (the rotation above).
     std::stable_sort(order.begin(), order.end(), [](const GenState* a, const GenState* b) { return a->priority > b->priority; });
+    // One batch decodes with one set of LoRA adapters: the first request's; the others wait their turn.
+    if (!order.empty()) {
+      const LoraSet set = order.front()->lora;
+      order.erase(std::remove_if(order.begin(), order.end(), [&](const GenState* g) { return g->lora != set; }), order.end());
+      if (set != currentLora_) {
+        std::vector<llama_adapter_lora*> adapters;
+        std::vector<float> scales;
+        for (const auto& [a, sc] : set) {
+          adapters.push_back(a);
+          scales.push_back(sc);
+        }
+        if (llama_set_adapters_lora(ctx_, adapters.data(), adapters.size(), scales.data()) != 0) {
+          for (GenState* g : order) finish(*g, "error", "llama.cpp could not apply the LoRA adapters");
+          dropFinishedNow();
+          return true;
+        }
+        currentLora_ = set;
+      }
+    }
     bool generating = false;
     for (GenState* g : order) {
       if (g->hasNext && batch_.n_tokens < nBatch_) {

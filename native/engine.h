@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "llama.h"
+#include "lora.h"
 #include "model.h"
 
 struct common_sampler;
@@ -83,6 +84,7 @@ struct GenState {
   size_t capacity = 32;       // bounded queue, in tokens: the engine pauses this generation when it is full
   int32_t logprobs = -1;      // >= 0: report each token's log-probability and this many alternatives
   int32_t priority = 0;       // higher goes first when a step cannot take everyone
+  LoraSet lora;               // adapters this request decodes with (a batch holds one set only)
   bool stream = true;         // false: no chunks, one notification at the end (complete())
   int64_t tQueued = 0;
 
@@ -173,6 +175,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   bool canShift_ = false;
   int32_t nSwa_ = 0;
   int32_t promptChunk_ = 0;
+  LoraSet currentLora_;  // adapters set on the context
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;

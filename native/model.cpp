@@ -7,12 +7,16 @@
 #include "addon_data.h"
 #include "chat_template.h"
 #include "grammar.h"
+#include "lora.h"
 #include "context.h"
 #include "errors.h"
 #include "guard.h"
 #include "log.h"
 
 namespace la {
+
+static std::atomic<uint64_t> g_nextModelId{1};
+ModelHandle::ModelHandle() : id(g_nextModelId++) {}
 
 // ---------------------------------------------------------------- loading
 
@@ -188,6 +192,7 @@ void Model::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod<&Model::CreateContext>("createContext"),
                                         InstanceMethod<&Model::ChatTemplate>("chatTemplate"),
                                         InstanceMethod<&Model::MatchesGrammar>("matchesGrammar"),
+                                        InstanceMethod<&Model::LoadLora>("loadLora"),
                                     });
   addonData(env)->modelCtor = Napi::Persistent(ctor);
   exports.Set("NativeModel", ctor);
@@ -271,6 +276,12 @@ Napi::Value Model::ChatTemplate(const Napi::CallbackInfo& info) {
 
 Napi::Value Model::MatchesGrammar(const Napi::CallbackInfo& info) {
   return la::MatchesGrammar(info, *handleOrThrow(info.Env()));
+}
+
+Napi::Value Model::LoadLora(const Napi::CallbackInfo& info) {
+  auto h = handleOrThrow(info.Env());
+  if (h->vocabOnly) throwError(info.Env(), "ERR_INVALID_STATE", "The model was loaded with vocabOnly: true and has no weights to adapt");
+  return la::Lora::Load(info, h);
 }
 
 Napi::Value Model::Info(const Napi::CallbackInfo& info) {

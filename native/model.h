@@ -26,6 +26,8 @@ struct ModelFacts {
 };
 
 struct ModelHandle {
+  ModelHandle();
+  const uint64_t id;  // unique in the process: tells a model from one loaded later at the same address
   ModelFacts facts;
   llama_model* model = nullptr;
   const llama_vocab* vocab = nullptr;
@@ -58,6 +60,7 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value CreateContext(const Napi::CallbackInfo& info);
   Napi::Value ChatTemplate(const Napi::CallbackInfo& info);
   Napi::Value MatchesGrammar(const Napi::CallbackInfo& info);
+  Napi::Value LoadLora(const Napi::CallbackInfo& info);
 
   std::shared_ptr<ModelHandle> handle_;
 };

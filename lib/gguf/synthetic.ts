@@ -137,3 +137,50 @@ export async function writeSyntheticLlama(path: string, o: SyntheticLlamaOptions
   }
   await writeGguf(path, { metadata: all, tensors });
 }
+
+export interface SyntheticLoraOptions {
+  /** The base model's shape (as given to {@link writeSyntheticLlama}). */
+  embeddingLength: number;
+  layers: number;
+  heads: number;
+  headsKv?: number;
+  /** Rank of the adapter (default 4). */
+  rank?: number;
+  /** LoRA alpha (default: the rank, so that the scale is 1). */
+  alpha?: number;
+  /** All-zero weights: an adapter that changes nothing. */
+  zero?: boolean;
+  seed?: number;
+}
+
+/** Writes a LoRA adapter (GGUF) for a synthetic llama model: A and B matrices for every layer's Q and V. */
+export async function writeSyntheticLora(path: string, o: SyntheticLoraOptions): Promise<void> {
+  const rank = o.rank ?? 4;
+  const nEmbd = o.embeddingLength;
+  const nKv = (o.headsKv ?? o.heads) * (nEmbd / o.heads);
+  const random = rng(o.seed ?? 11);
+  const values = (n: number, scale: number) => () => {
+    const v = new Float32Array(n);
+    if (!o.zero) for (let i = 0; i < n; i++) v[i] = (random() * 2 - 1) * scale;
+    return encodeTensor(GGML_TYPE.F32, v);
+  };
+  const metadata: GgufKv[] = [
+    { key: 'general.architecture', type: GgufType.STRING, value: 'llama' },
+    { key: 'general.type', type: GgufType.STRING, value: 'adapter' },
+    { key: 'general.name', type: GgufType.STRING, value: o.zero ? 'synthetic-lora-zero' : 'synthetic-lora' },
+    { key: 'adapter.type', type: GgufType.STRING, value: 'lora' },
+    { key: 'adapter.lora.alpha', type: GgufType.FLOAT32, value: o.alpha ?? rank },
+  ];
+  const tensors: GgufTensorSpec[] = [];
+  for (let i = 0; i < o.layers; i++) {
+    for (const [name, nOut] of [['attn_q', nEmbd], ['attn_v', nKv]] as const) {
+      const base = `blk.${i}.${name}.weight`;
+      // ggml order: A is [n_in, rank], B is [rank, n_out].
+      tensors.push(
+        { name: `${base}.lora_a`, dims: [nEmbd, rank], type: GGML_TYPE.F32, data: values(nEmbd * rank, 1 / Math.sqrt(nEmbd)) },
+        { name: `${base}.lora_b`, dims: [rank, nOut], type: GGML_TYPE.F32, data: values(rank * nOut, 2) },
+      );
+    }
+  }
+  await writeGguf(path, { metadata, tensors });
+}
