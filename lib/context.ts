@@ -39,9 +39,22 @@ export interface ContextOptions {
   promptChunkSize?: number;
   /** LoRA adapters every request of this context uses unless it names its own. */
   lora?: readonly LoraSpec[];
+  /**
+   * Speculative decoding with a draft model: a smaller model with the same vocabulary proposes
+   * `draftTokens` tokens, which this model checks in one batch. The output is the same as without it.
+   */
+  draftModel?: LlamaModel;
+  /**
+   * Speculative decoding by prompt lookup, without a draft model: the continuation of the latest earlier
+   * occurrence of the last `n` tokens (this option's value, 2 to 16) is proposed as the draft. Pays off when
+   * the output repeats the prompt (editing, extraction, code). Ignored with `draftModel`.
+   */
+  lookupNgram?: number;
+  /** Most draft tokens per step (default 8 with a draft model, 10 with prompt lookup). */
+  draftTokens?: number;
 }
 
-const contextKeys = ['contextSize', 'batchSize', 'sequences', 'threads', 'threadsBatch', 'flashAttention', 'embeddings', 'promptChunkSize', 'pooling', 'lora'] as const;
+const contextKeys = ['contextSize', 'batchSize', 'sequences', 'threads', 'threadsBatch', 'flashAttention', 'embeddings', 'promptChunkSize', 'pooling', 'lora', 'draftModel', 'lookupNgram', 'draftTokens'] as const;
 
 /**
  * A context: KV cache and compute buffers for up to `sequences` sessions. One engine thread per context
@@ -112,6 +125,16 @@ export class LlamaContext implements AsyncDisposable {
     }
     if (pooling !== undefined && embeddings !== true) throw invalid('pooling', 'to be given with embeddings: true', pooling, caller);
     const lora = o.lora === undefined ? undefined : parseLora(o.lora, caller);
+    const lookupNgram = optInteger(o, 'lookupNgram', 2, 16, caller);
+    const draftTokens = optInteger(o, 'draftTokens', 1, 64, caller);
+    let draftModel: NativeModel | undefined;
+    if (o.draftModel !== undefined) {
+      const dm = o.draftModel as LlamaModel;
+      if (dm === null || typeof dm !== 'object' || typeof (dm as { nativeHandle?: unknown }).nativeHandle !== 'function') {
+        throw invalid('draftModel', 'a loaded LlamaModel', o.draftModel, caller);
+      }
+      draftModel = dm.nativeHandle(caller);
+    }
     const promise = callNative(caller, () =>
       nativeModel.createContext({
         contextSize,
@@ -124,6 +147,9 @@ export class LlamaContext implements AsyncDisposable {
         ...(promptChunkSize !== undefined ? { promptChunkSize } : {}),
         ...(pooling !== undefined ? { pooling: pooling as NonNullable<ContextOptions['pooling']> } : {}),
         ...(lora ? { lora: lora.pairs } : {}),
+        ...(draftModel ? { draftModel } : {}),
+        ...(lookupNgram !== undefined ? { lookupNgram } : {}),
+        ...(draftTokens !== undefined ? { draftTokens } : {}),
       }),
     );
     try {

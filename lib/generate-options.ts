@@ -75,12 +75,14 @@ export interface GenerateOptions {
   priority?: number;
   /** LoRA adapters for this request, instead of the context's (`[]`: none). */
   lora?: readonly LoraSpec[];
+  /** `false` turns the context's speculative decoding off for this request (default true). */
+  speculative?: boolean;
 }
 
 const generateKeys = [
   'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'typicalP', 'seed', 'repeatPenalty', 'presencePenalty',
   'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal', 'queueSize', 'grammar', 'jsonSchema',
-  'grammarTriggers', 'logprobs', 'priority', 'lora',
+  'grammarTriggers', 'logprobs', 'priority', 'lora', 'speculative',
 ] as const;
 
 function stringList(value: unknown, name: string, caller: Function): string[] {
@@ -158,6 +160,10 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
     if (triggers.length === 0) throw invalid('grammarTriggers', 'at least one word, pattern or token', o.grammarTriggers, caller);
     out.grammarLazy = true;
     out.grammarTriggers = triggers;
+  }
+  if (o.speculative !== undefined) {
+    if (typeof o.speculative !== 'boolean') throw invalid('speculative', 'a boolean', o.speculative, caller);
+    out.speculative = o.speculative;
   }
   let loraKey: string | undefined;
   if (o.lora !== undefined) {

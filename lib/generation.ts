@@ -58,6 +58,8 @@ export interface GenerationResult {
   json?: unknown;
   /** With the `logprobs` option: one entry per generated token. */
   logprobs?: TokenLogprob[];
+  /** With speculative decoding: draft tokens proposed, and how many of them the model kept. */
+  speculative?: { drafted: number; accepted: number; acceptanceRate: number };
 }
 
 /**

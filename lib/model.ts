@@ -230,6 +230,11 @@ export class LlamaModel implements AsyncDisposable {
     }
   }
 
+  /** @internal the native handle, for a context that uses this model as its draft model */
+  nativeHandle(caller: Function): NativeModel {
+    return this.#handle(caller);
+  }
+
   /** @internal a parsed chat template, cached per source */
   chatTemplate(source: string | null, caller: Function): NativeChatTemplate {
     const h = this.#handle(caller);

@@ -86,6 +86,9 @@ export interface NativeChatTemplate {
 }
 
 export interface NativeContextOptions {
+  draftModel?: NativeModel;
+  draftTokens?: number;
+  lookupNgram?: number;
   promptChunkSize?: number;
   lora?: Array<[NativeLora, number]>;
   contextSize?: number;
@@ -121,6 +124,8 @@ export interface NativeGenerateOptions {
   /** >= 0: each token's log-probability and this many alternatives. */
   logprobs?: number;
   priority?: number;
+  /** false: no speculative decoding for this request. */
+  speculative?: boolean;
   /** LoRA adapters and scales for this request (default: the context's). */
   lora?: Array<[NativeLora, number]>;
   /** Start aborted (the signal was aborted before the call). */
@@ -183,6 +188,8 @@ export interface NativeGenerationResult {
   /** False when it ended before the engine touched the sequence. */
   started: boolean;
   logprobs?: NativeTokenLogprob[];
+  drafted: number;
+  accepted: number;
   promptMs: number;
   generateMs: number;
   timeToFirstTokenMs: number;

@@ -330,6 +330,7 @@ export class LlamaSession {
   #result(r: NativeGenerationResult, tokens: number[]): GenerationResult {
     return {
       ...(r.logprobs ? { logprobs: r.logprobs } : {}),
+      ...(r.drafted > 0 ? { speculative: { drafted: r.drafted, accepted: r.accepted, acceptanceRate: r.accepted / r.drafted } } : {}),
       text: r.text,
       tokens,
       stopReason: r.stopReason as StopReason,

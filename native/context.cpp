@@ -9,6 +9,7 @@
 
 #include "addon_data.h"
 #include "common.h"
+#include <cstring>
 #include "grammar.h"
 #include "errors.h"
 #include "guard.h"
@@ -25,18 +26,28 @@ struct ContextBox {
   int32_t threads;
   int32_t threadsBatch;
   LoraSet lora;
+  int32_t draftTokens;
+  int32_t lookupNgram;
+};
+
+// Speculative decoding settings of a context.
+struct DraftConfig {
+  std::shared_ptr<ModelHandle> model;  // draft model, or null
+  int32_t tokens = 0;                  // most draft tokens per step (0: no speculation)
+  int32_t lookupNgram = 0;             // prompt lookup n-gram size (0: off)
 };
 
 class CreateWorker : public Napi::AsyncWorker {
  public:
   CreateWorker(Napi::Env env, std::shared_ptr<ModelHandle> model, llama_context_params params, int32_t promptChunk,
-               LoraSet lora)
+               LoraSet lora, DraftConfig draft)
       : Napi::AsyncWorker(env, "llama-addon.createContext"),
         deferred_(Napi::Promise::Deferred::New(env)),
         model_(std::move(model)),
         params_(params),
         promptChunk_(promptChunk),
-        lora_(std::move(lora)) {}
+        lora_(std::move(lora)),
+        draft_(std::move(draft)) {}
 
   Napi::Promise promise() const { return deferred_.Promise(); }
 
@@ -57,10 +68,31 @@ class CreateWorker : public Napi::AsyncWorker {
       SetError("llama.cpp could not create the context" + (reason.empty() ? std::string() : ": " + reason));
       return;
     }
+    llama_context* draftCtx = nullptr;
+    if (draft_.model) {
+      std::string why;
+      try {
+        AbortGuard guard;
+        beginCapture();
+        llama_context_params dp = params_;
+        dp.embeddings = false;
+        draftCtx = llama_init_from_model(draft_.model->model, dp);
+        why = endCapture();
+      } catch (const std::exception& e) {
+        endCapture();
+        why = e.what();
+      }
+      if (draftCtx == nullptr) {
+        llama_free(ctx);
+        SetError("llama.cpp could not create the draft model's context" + (why.empty() ? std::string() : ": " + why));
+        return;
+      }
+    }
     try {
-      engine_ = std::make_shared<Engine>(model_, ctx, promptChunk_);
+      engine_ = std::make_shared<Engine>(model_, ctx, promptChunk_, draft_.model, draftCtx);
     } catch (const std::exception& e) {
       llama_free(ctx);
+      if (draftCtx != nullptr) llama_free(draftCtx);
       SetError(std::string("could not start the engine: ") + e.what());
     }
   }
@@ -73,7 +105,8 @@ class CreateWorker : public Napi::AsyncWorker {
       std::lock_guard<std::mutex> lock(data->enginesMutex);
       data->engines.insert(engine_);
     }
-    auto box = std::make_shared<ContextBox>(ContextBox{engine_, params_.n_threads, params_.n_threads_batch, lora_});
+    auto box = std::make_shared<ContextBox>(
+        ContextBox{engine_, params_.n_threads, params_.n_threads_batch, lora_, draft_.tokens, draft_.lookupNgram});
     deferred_.Resolve(newWrapped(env, addonData(env)->contextCtor, std::move(box)));
   }
 
@@ -87,6 +120,7 @@ class CreateWorker : public Napi::AsyncWorker {
   llama_context_params params_;
   int32_t promptChunk_;
   LoraSet lora_;
+  DraftConfig draft_;
   std::shared_ptr<Engine> engine_;
 };
 
@@ -155,7 +189,30 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
 
   int32_t promptChunk = intOption(env, o, "promptChunkSize", std::min<int32_t>(128, (int32_t)p.n_batch), 1, 1 << 20);
   LoraSet lora = readLoraSet(env, opt(o, "lora"), *model);
-  auto* worker = new CreateWorker(env, std::move(model), p, promptChunk, std::move(lora));
+  DraftConfig draft;
+  Napi::Value dm = opt(o, "draftModel");
+  if (!dm.IsEmpty() && !dm.IsUndefined()) {
+    if (!dm.IsObject() || !dm.As<Napi::Object>().InstanceOf(addonData(env)->modelCtor.Value())) {
+      throwArg(env, "draftModel", "a loaded model", dm);
+    }
+    draft.model = Model::Unwrap(dm.As<Napi::Object>())->handleOrThrow(env);
+    if (draft.model->vocabOnly) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option draftModel: it was loaded with vocabOnly");
+    // Drafts are proposed as token ids: the vocabularies must be the same.
+    const llama_vocab* a = model->vocab;
+    const llama_vocab* b = draft.model->vocab;
+    int32_t na = llama_vocab_n_tokens(a), nb = llama_vocab_n_tokens(b);
+    bool same = na == nb && llama_vocab_bos(a) == llama_vocab_bos(b) && llama_vocab_eos(a) == llama_vocab_eos(b);
+    for (int32_t t = 0; same && t < na; t++) same = std::strcmp(llama_vocab_get_text(a, t), llama_vocab_get_text(b, t)) == 0;
+    if (!same) {
+      throwError(env, "ERR_INVALID_ARGUMENT",
+                 "Invalid option draftModel: its vocabulary differs from the model's (" + std::to_string(nb) + " tokens against " +
+                     std::to_string(na) + "); a draft model must share the tokenizer");
+    }
+  }
+  int32_t lookup = intOption(env, o, "lookupNgram", 0, 0, 16);
+  draft.lookupNgram = draft.model ? 0 : lookup;
+  draft.tokens = draft.model || lookup > 0 ? intOption(env, o, "draftTokens", draft.model ? 8 : 10, 1, 64) : 0;
+  auto* worker = new CreateWorker(env, std::move(model), p, promptChunk, std::move(lora), std::move(draft));
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;
@@ -185,6 +242,8 @@ Context::Context(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Context>(inf
   threads_ = box->threads;
   threadsBatch_ = box->threadsBatch;
   defaultLora_ = std::move(box->lora);
+  draftTokens_ = box->draftTokens;
+  lookupNgram_ = box->lookupNgram;
 }
 
 Context::~Context() {
@@ -289,6 +348,11 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   g->discardCount = (int32_t)std::max(0.0, std::min(num("discardCount", 0), (double)cap));
   g->logprobs = (int32_t)std::max(-1.0, std::min(num("logprobs", -1), (double)nVocab));
   g->priority = (int32_t)std::max(-1e6, std::min(num("priority", 0), 1e6));
+  Napi::Value spec = opt(o, "speculative");
+  if (!(spec.IsBoolean() && !spec.As<Napi::Boolean>().Value())) {
+    g->draftMax = draftTokens_;
+    g->lookupNgram = lookupNgram_;
+  }
   Napi::Value lora = opt(o, "lora");
   g->lora = lora.IsEmpty() || lora.IsUndefined() ? defaultLora_ : readLoraSet(env, lora, model);
   Napi::Value preAborted = opt(o, "aborted");
@@ -795,6 +859,8 @@ static Napi::Object resultObject(Napi::Env env, const GenResult& r) {
   std::copy(r.sequence.begin(), r.sequence.end(), sequence.Data());
   o.Set("sequence", sequence);
   o.Set("discarded", r.discarded);
+  o.Set("drafted", r.drafted);
+  o.Set("accepted", r.accepted);
   if (!r.probs.empty()) o.Set("logprobs", probsArray(env, r.probs));
   o.Set("started", r.started);
   o.Set("promptMs", r.promptMs);

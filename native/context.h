@@ -33,6 +33,8 @@ class Context : public Napi::ObjectWrap<Context> {
   int32_t threads_ = 0;
   int32_t threadsBatch_ = 0;
   LoraSet defaultLora_;
+  int32_t draftTokens_ = 0;
+  int32_t lookupNgram_ = 0;
 };
 
 class Generation : public Napi::ObjectWrap<Generation> {

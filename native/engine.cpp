@@ -103,8 +103,13 @@ static std::string tokenPiece(const llama_vocab* vocab, llama_token t, bool spec
 
 // ------------------------------------------------------------------ engine
 
-Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t promptChunk)
-    : model_(std::move(model)), ctx_(ctx), promptChunk_(promptChunk) {
+Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t promptChunk,
+               std::shared_ptr<ModelHandle> draftModel, llama_context* draftCtx)
+    : model_(std::move(model)), ctx_(ctx), promptChunk_(promptChunk), draftModel_(std::move(draftModel)), draftCtx_(draftCtx) {
+  if (draftCtx_ != nullptr) {
+    draftBatch_ = llama_batch_init((int32_t)llama_n_batch(draftCtx_), 0, 1);
+    draftSeqs_.resize(llama_n_seq_max(draftCtx_));
+  }
   nBatch_ = (int32_t)llama_n_batch(ctx_);
   nCtxSeq_ = (int32_t)llama_n_ctx_seq(ctx_);
   canShift_ = llama_memory_can_shift(llama_get_memory(ctx_));
@@ -115,6 +120,7 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t p
 Engine::~Engine() {
   stop();
   llama_batch_free(batch_);
+  if (draftBatch_.token != nullptr) llama_batch_free(draftBatch_);
 }
 
 void Engine::start() {
@@ -182,6 +188,10 @@ void Engine::stop() {
     llama_free(ctx_);
     ctx_ = nullptr;
   }
+  if (draftCtx_ != nullptr) {
+    llama_free(draftCtx_);
+    draftCtx_ = nullptr;
+  }
 }
 
 bool Engine::makeRoom(GenState& g) {
@@ -200,6 +210,77 @@ bool Engine::makeRoom(GenState& g) {
   g.shiftedFrom = keep;
   g.building.discarded += discard;
   return true;
+}
+
+void Engine::makeDraft(GenState& g, int32_t room) {
+  // What the target will hold once `next` is decoded.
+  std::vector<llama_token> history(g.cache.begin(), g.cache.begin() + std::min<size_t>(g.cache.size(), (size_t)g.nPast));
+  history.push_back(g.next);
+  if (g.lookupNgram > 0 || draftCtx_ == nullptr) {
+    // Prompt lookup: the continuation of the latest earlier occurrence of the last n tokens.
+    int32_t h = (int32_t)history.size();
+    for (int32_t n = std::max(1, g.lookupNgram); n >= 2 || n == std::max(1, g.lookupNgram); n--) {
+      if (h <= n) continue;
+      for (int32_t start = h - n - 1; start >= 0; start--) {
+        if (!std::equal(history.begin() + start, history.begin() + start + n, history.end() - n)) continue;
+        for (int32_t k = start + n; k < h && (int32_t)g.drafts.size() < room; k++) g.drafts.push_back(history[(size_t)k]);
+        return;
+      }
+      if (n <= 2) break;
+    }
+    return;
+  }
+  // Draft model: bring its sequence up to the history, then decode greedily, one token at a time.
+  const llama_vocab* vocab = draftModel_->vocab;
+  llama_memory_t mem = llama_get_memory(draftCtx_);
+  std::vector<llama_token>& held = draftSeqs_[(size_t)g.seq];
+  size_t lcp = 0;
+  while (lcp < held.size() && lcp < history.size() && held[lcp] == history[lcp]) lcp++;
+  if (lcp == history.size()) lcp--;  // the last token is decoded again for its logits
+  if (!llama_memory_seq_rm(mem, g.seq, (llama_pos)lcp, -1)) {
+    llama_memory_seq_rm(mem, g.seq, -1, -1);
+    lcp = 0;
+  }
+  held.resize(lcp);
+  int32_t cap = (int32_t)llama_n_ctx_seq(draftCtx_);
+  if ((int32_t)history.size() + room > cap) return;
+  int32_t nb = (int32_t)llama_n_batch(draftCtx_);
+  auto decode = [&](const llama_token* toks, size_t n, size_t pos0) {
+    for (size_t off = 0; off < n; off += (size_t)nb) {
+      size_t m = std::min(n - off, (size_t)nb);
+      draftBatch_.n_tokens = 0;
+      for (size_t i = 0; i < m; i++) {
+        int32_t j = draftBatch_.n_tokens++;
+        draftBatch_.token[j] = toks[off + i];
+        draftBatch_.pos[j] = (llama_pos)(pos0 + off + i);
+        draftBatch_.n_seq_id[j] = 1;
+        draftBatch_.seq_id[j][0] = g.seq;
+        draftBatch_.logits[j] = off + i + 1 == n;
+      }
+      if (llama_decode(draftCtx_, draftBatch_) != 0) return false;
+    }
+    return true;
+  };
+  try {
+    AbortGuard guard;
+    if (!decode(history.data() + lcp, history.size() - lcp, lcp)) throw std::runtime_error("draft decode failed");
+    held = history;
+    int32_t nVocab = llama_vocab_n_tokens(vocab);
+    for (int32_t k = 0; k < room; k++) {
+      const float* logits = llama_get_logits_ith(draftCtx_, -1);
+      llama_token best = (llama_token)(std::max_element(logits, logits + nVocab) - logits);
+      if (llama_vocab_is_eog(vocab, best)) break;
+      g.drafts.push_back(best);
+      if (k + 1 == room) break;
+      if (!decode(&best, 1, held.size())) throw std::runtime_error("draft decode failed");
+      held.push_back(best);
+    }
+  } catch (const std::exception&) {
+    // No draft this step; the draft sequence is rebuilt next time.
+    llama_memory_seq_rm(mem, g.seq, -1, -1);
+    held.clear();
+    g.drafts.clear();
+  }
 }
 
 bool Engine::runnable(GenState& g) {
@@ -533,8 +614,19 @@ bool Engine::step() {
     for (GenState* g : order) {
       if (g->hasNext && batch_.n_tokens < nBatch_) {
         if (g->nPast >= nCtxSeq_ && !makeRoom(*g)) continue;
+        g->drafts.clear();
+        if (g->draftMax > 0) {
+          int32_t room = std::min({g->draftMax, nBatch_ - batch_.n_tokens - 1, nCtxSeq_ - g->nPast - 1,
+                                   g->maxTokens - (int32_t)g->building.tokens.size() - 1});
+          if (room > 0) makeDraft(*g, room);
+        }
         g->cache.push_back(g->next);
         add(*g, g->next, true);
+        g->iFirst = g->iBatch;
+        for (llama_token d : g->drafts) {
+          g->cache.push_back(d);
+          add(*g, d, true);
+        }
         generating = true;
       }
     }
@@ -588,7 +680,34 @@ bool Engine::step() {
         g.fed++;
         g.hasNext = false;
       }
-      if (g.iBatch >= 0) {
+      if (!g.drafts.empty()) {
+        // Speculative step: the target samples at `next` and after each draft token, and keeps the drafts
+        // as long as it samples the same tokens (so the output is what it would have been without drafts).
+        size_t k = g.drafts.size();
+        std::vector<int> idxs(k + 1);
+        for (size_t j = 0; j <= k; j++) idxs[j] = g.iFirst + (int)j;
+        std::vector<llama_token> ids;
+        try {
+          AbortGuard guard;
+          ids = common_sampler_sample_and_accept_n(g.sampler, ctx_, idxs, g.drafts);
+        } catch (const std::exception& e) {
+          finish(g, "error", std::string("sampling failed: no token is allowed here by the grammar and logitBias (") + e.what() + ")");
+          continue;
+        }
+        g.building.drafted += (int32_t)k;
+        g.building.accepted += (int32_t)ids.size() - 1;
+        // Only `next` and the accepted drafts stay in the cache.
+        int32_t valid = g.nPast - (int32_t)k + (int32_t)ids.size() - 1;
+        llama_memory_seq_rm(mem, g.seq, valid, -1);
+        g.nPast = valid;
+        g.cache.resize((size_t)valid);
+        g.drafts.clear();
+        for (size_t j = 0; j < ids.size(); j++) {
+          handleToken(g, ids[j], idxs[j]);
+          std::lock_guard<std::mutex> lock(g.mu);
+          if (g.done) break;
+        }
+      } else if (g.iBatch >= 0) {
         llama_token t;
         try {
           // A grammar that leaves no token to choose makes llama.cpp assert: end the request instead.

@@ -56,6 +56,7 @@ struct GenResult {
   int32_t evaluatedTokens = 0;  // prompt tokens decoded (not reused from the cache)
   std::vector<int32_t> sequence;  // the tokens held in the sequence's KV cache afterwards
   int32_t discarded = 0;          // tokens dropped by context shifts during this generation
+  int32_t drafted = 0, accepted = 0;  // speculative decoding: draft tokens proposed and accepted
   bool started = false;           // false: it ended before the engine touched the sequence
   double promptMs = 0, generateMs = 0, timeToFirstTokenMs = 0;
 };
@@ -85,6 +86,8 @@ struct GenState {
   int32_t logprobs = -1;      // >= 0: report each token's log-probability and this many alternatives
   int32_t priority = 0;       // higher goes first when a step cannot take everyone
   LoraSet lora;               // adapters this request decodes with (a batch holds one set only)
+  int32_t draftMax = 0;       // speculative decoding: most draft tokens per step (0: none)
+  int32_t lookupNgram = 0;    // prompt lookup: n-gram size to match (0: use the draft model)
   bool stream = true;         // false: no chunks, one notification at the end (complete())
   int64_t tQueued = 0;
 
@@ -98,6 +101,8 @@ struct GenState {
   int32_t fed = 0;
   std::vector<llama_token> cache;  // what the sequence holds (prompt, then each token as it is decoded)
   int32_t shiftedFrom = -1;        // cells from here on were moved and no decode has rotated them yet
+  std::vector<llama_token> drafts;  // this step's draft tokens, decoded after `next`
+  int32_t iFirst = -1;              // batch row of `next`
   std::string pending;
   std::vector<int32_t> pendingTokens;
   std::vector<TokenProb> pendingProbs;
@@ -131,8 +136,11 @@ struct GenState {
 
 class Engine : public std::enable_shared_from_this<Engine> {
  public:
-  // promptChunk: most prompt tokens per step while other generations are producing tokens.
-  Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t promptChunk);
+  // promptChunk: most prompt tokens per step while other generations are producing tokens. draftCtx: a
+  // context of the draft model for speculative decoding (owned by the engine), or null.
+  Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t promptChunk,
+         std::shared_ptr<ModelHandle> draftModel = nullptr, llama_context* draftCtx = nullptr);
+  bool hasDraftModel() const { return draftCtx_ != nullptr; }
   ~Engine();
 
   void start();
@@ -161,6 +169,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   bool step();  // one engine step; false when stopping
   bool runnable(GenState& g);
   bool makeRoom(GenState& g);  // context shift for a full sequence; false when it is not possible
+  void makeDraft(GenState& g, int32_t room);  // fills g.drafts (draft model or prompt lookup)
   void startGeneration(const std::shared_ptr<GenState>& g);
   void handleToken(GenState& g, llama_token t, int32_t iBatch);
   void push(GenState& g, Chunk&& c);
@@ -176,6 +185,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int32_t nSwa_ = 0;
   int32_t promptChunk_ = 0;
   LoraSet currentLora_;  // adapters set on the context
+  std::shared_ptr<ModelHandle> draftModel_;
+  llama_context* draftCtx_ = nullptr;
+  llama_batch draftBatch_{};
+  std::vector<std::vector<llama_token>> draftSeqs_;  // tokens each sequence of the draft context holds
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;
