@@ -353,6 +353,26 @@ export class LlamaContext implements AsyncDisposable {
     return Int32Array.from(out);
   }
 
+  /** @internal takes free sequences for a while (beam search); give them back with returnSequences */
+  borrowSequences(n: number, caller: Function): number[] {
+    this.handle(caller);
+    if (this.#free.length < n) {
+      const err = new LlamaError(
+        'ERR_NO_SEQUENCE',
+        `This needs ${n} free sequences besides the session's, but the context has ${this.#free.length}: create it with more "sequences"`,
+      );
+      Error.captureStackTrace(err, caller);
+      throw err;
+    }
+    return this.#free.splice(0, n);
+  }
+
+  /** @internal */
+  returnSequences(seqs: number[]): void {
+    if (!this.#native) return;
+    for (const s of seqs) this.#release(s);
+  }
+
   /** @internal sessions whose cached tokens another session may copy */
   sessionsForSharing(): Iterable<LlamaSession> {
     return this.#sessions;

@@ -12,6 +12,18 @@ export interface TokenLogprob {
   top: Array<{ token: number; text: string; logprob: number }>;
 }
 
+/** One hypothesis of a beam search. */
+export interface BeamResult {
+  text: string;
+  tokens: number[];
+  /** Sum of the tokens' log-probabilities (the end token's included when it `finished`). */
+  logprob: number;
+  /** `logprob / length^lengthPenalty`: what beams are ranked by. */
+  score: number;
+  /** It ended with an end-of-generation token (otherwise it reached `maxTokens`). */
+  finished: boolean;
+}
+
 /** One piece of streamed output: everything generated since the consumer last read. */
 export interface GenerationChunk {
   /** New text: whole UTF-8 characters only, never any part of a stop string. */
@@ -58,6 +70,8 @@ export interface GenerationResult {
   json?: unknown;
   /** With the `logprobs` option: one entry per generated token. */
   logprobs?: TokenLogprob[];
+  /** With `beams`: every beam found, best first (the result's text and tokens are the first one's). */
+  beams?: BeamResult[];
   /** With speculative decoding: draft tokens proposed, and how many of them the model kept. */
   speculative?: { drafted: number; accepted: number; acceptanceRate: number };
 }

@@ -7,7 +7,7 @@ export type { LoadModelOptions, ModelInfo, Vocabulary, TokenizeOptions, Detokeni
 export { LlamaContext } from './context.js';
 export type { ContextOptions } from './context.js';
 export { LlamaSession } from './session.js';
-export type { GenerateOptions, SessionOptions } from './session.js';
+export type { GenerateOptions, SessionOptions, BeamOptions } from './session.js';
 export { LlamaChat } from './chat.js';
 export { LlamaLora } from './lora.js';
 export type { LoraSpec } from './lora.js';
@@ -17,7 +17,7 @@ export { defineSchema, jsonSchemaToGrammar } from './json-schema.js';
 export type { JsonSchema, JsonSchemaObject, FromSchema } from './json-schema.js';
 export type { GrammarTriggers } from './generate-options.js';
 export { Generation } from './generation.js';
-export type { GenerationChunk, GenerationResult, StopReason, TokenLogprob } from './generation.js';
+export type { GenerationChunk, GenerationResult, StopReason, TokenLogprob, BeamResult } from './generation.js';
 export { LlamaError } from './errors.js';
 export type { LlamaErrorCode } from './errors.js';
 export { setLogLevel, setLogger } from './log.js';

@@ -220,6 +220,12 @@ export interface NativeContext {
   saveSequence(sequence: number): Promise<{ data: Uint8Array; streams: number }>;
   loadSequence(sequence: number, data: Uint8Array, streams: number): Promise<void>;
   embed(inputs: Int32Array[], sequences: number[], normalize: boolean): Promise<Float32Array[]>;
+  beamSearch(
+    sequences: number[],
+    tokens: Int32Array,
+    keep: number,
+    options: { beams: number; maxTokens?: number; lengthPenalty?: number; logitBias?: Array<[number, number]> },
+  ): Promise<Array<{ tokens: Int32Array; logprob: number; score: number; finished: boolean }>>;
   info(): NativeContextInfo;
   dispose(): Promise<void>;
 }

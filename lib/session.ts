@@ -9,6 +9,19 @@ import { invalid } from './validate.js';
 
 export type { GenerateOptions } from './generate-options.js';
 
+/** Beam search options of {@link LlamaSession.complete}. */
+export interface BeamOptions {
+  /**
+   * Beam search with this many beams instead of sampling: the result is the most likely continuation found
+   * (by `score`), and `beams` lists all of them. It uses `2 × beams − 1` free sequences of the context
+   * besides the session's own, and takes `maxTokens`, `logitBias` and `lengthPenalty` (other sampling
+   * options do not apply).
+   */
+  beams?: number;
+  /** Beams are ranked by `logprob / length^lengthPenalty` (default 1; 0 ranks by log-probability alone). */
+  lengthPenalty?: number;
+}
+
 /** Options of {@link LlamaContext.createSession}. */
 export interface SessionOptions {
   /**
@@ -162,12 +175,62 @@ export class LlamaSession {
     input: string | Int32Array | readonly number[],
     options: GenerateOptions & { jsonSchema: S },
   ): Promise<GenerationResult & { json: FromSchema<S> }>;
-  complete(input: string | Int32Array | readonly number[], options?: GenerateOptions): Promise<GenerationResult>;
-  complete(input: string | Int32Array | readonly number[], options?: GenerateOptions): Promise<GenerationResult> {
+  complete(input: string | Int32Array | readonly number[], options?: GenerateOptions & BeamOptions): Promise<GenerationResult>;
+  complete(input: string | Int32Array | readonly number[], options?: GenerateOptions & BeamOptions): Promise<GenerationResult> {
     try {
+      if (options?.beams !== undefined) return this.#beamSearch(input, options, this.complete);
       return this.start(input, options, false, this.complete).discardChunks().result;
     } catch (e) {
       return Promise.reject(e);
+    }
+  }
+
+  async #beamSearch(input: string | Int32Array | readonly number[], options: GenerateOptions & BeamOptions, caller: Function): Promise<GenerationResult> {
+    const { beams, lengthPenalty, ...rest } = options;
+    const unsupported = Object.keys(rest).filter((k) => !['maxTokens', 'logitBias', 'temperature', 'signal'].includes(k));
+    if (unsupported.length) throw invalid(unsupported[0], `no ${unsupported[0]} with beams (beam search takes maxTokens, logitBias and lengthPenalty)`, (rest as Record<string, unknown>)[unsupported[0]], caller);
+    if (!Number.isInteger(beams) || beams! < 1 || beams! > 64) throw invalid('beams', 'an integer from 1 to 64', beams, caller);
+    if (lengthPenalty !== undefined && (typeof lengthPenalty !== 'number' || !Number.isFinite(lengthPenalty))) {
+      throw invalid('lengthPenalty', 'a finite number', lengthPenalty, caller);
+    }
+    const { native: n } = parseGenerateOptions({ ...(rest.maxTokens !== undefined ? { maxTokens: rest.maxTokens } : {}), ...(rest.logitBias ? { logitBias: rest.logitBias } : {}) }, this.#context.model.vocab.size, caller);
+    this.#checkIdle(caller, 'search');
+    const model = this.#context.model;
+    const prompt = typeof input === 'string' ? Array.from(model.tokenize(input)) : Array.from(input as ArrayLike<number>);
+    if (prompt.length === 0 || !prompt.every((t) => Number.isInteger(t) && t >= 0 && t < model.vocab.size)) {
+      throw invalid('input', 'a prompt of token ids in the vocabulary', input, caller);
+    }
+    if (prompt.length >= this.#context.contextSize) throw new LlamaError('ERR_CONTEXT_FULL', `The prompt has ${prompt.length} tokens; a sequence of this context holds ${this.#context.contextSize}`);
+    const handle = this.#context.handle(caller);
+    const extra = this.#context.borrowSequences(2 * beams! - 1, caller);
+    const keep = this.#dropped > 0 ? 0 : commonPrefix(this.#cache, prompt);
+    this.#busy = 'searches';
+    const t0 = performance.now();
+    try {
+      const found = await handle.beamSearch([this.#seq, ...extra], Int32Array.from(prompt), keep, {
+        beams: beams!,
+        ...(n.maxTokens !== undefined ? { maxTokens: n.maxTokens } : {}),
+        ...(lengthPenalty !== undefined ? { lengthPenalty } : {}),
+        ...(n.logitBias ? { logitBias: n.logitBias } : {}),
+      });
+      this.#setCache(prompt);
+      const all = found.map((h) => ({ text: model.detokenize(h.tokens), tokens: Array.from(h.tokens), logprob: h.logprob, score: h.score, finished: h.finished }));
+      const best = all[0] ?? { text: '', tokens: [], logprob: 0, score: 0, finished: false };
+      const ms = performance.now() - t0;
+      return {
+        text: best.text,
+        tokens: best.tokens,
+        stopReason: best.finished ? 'eog' : 'maxTokens',
+        usage: { promptTokens: prompt.length, cachedTokens: Math.min(keep, prompt.length - 1), completionTokens: best.tokens.length },
+        timings: { promptMs: 0, generateMs: ms, timeToFirstTokenMs: ms, tokensPerSecond: ms > 0 ? (best.tokens.length * 1000) / ms : 0 },
+        beams: all,
+      };
+    } catch (e) {
+      this.#setCache([]);
+      throw toLlamaError(e);
+    } finally {
+      this.#busy = null;
+      this.#context.returnSequences(extra);
     }
   }
 

@@ -1,0 +1,161 @@
+#include "beam.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+namespace la {
+
+namespace {
+
+struct Beam {
+  std::vector<llama_token> tokens;
+  double logprob = 0;
+  llama_seq_id seq = 0;
+  int32_t row = -1;  // batch row holding its last logits
+};
+
+struct Candidate {
+  size_t parent;
+  llama_token token;
+  double logprob;
+};
+
+double scoreOf(double logprob, size_t length, float penalty) {
+  return logprob / std::pow((double)std::max<size_t>(1, length), (double)penalty);
+}
+
+}  // namespace
+
+std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vocab, const BeamParams& p) {
+  const int32_t k = p.beams;
+  const int32_t nVocab = llama_vocab_n_tokens(vocab);
+  const int32_t nBatch = (int32_t)llama_n_batch(ctx);
+  const int32_t cap = (int32_t)llama_n_ctx_seq(ctx);
+  llama_memory_t mem = llama_get_memory(ctx);
+  const llama_seq_id home = p.seqs[0];
+  std::vector<llama_seq_id> setA(p.seqs.begin(), p.seqs.begin() + k), setB(p.seqs.begin() + k, p.seqs.begin() + 2 * k);
+  llama_batch batch = llama_batch_init(std::max(nBatch, k), 0, 1);
+  struct Free {
+    llama_batch& b;
+    ~Free() { llama_batch_free(b); }
+  } freeBatch{batch};
+  std::vector<float> bias((size_t)nVocab, 0.0f);
+  for (const auto& [t, b] : p.logitBias) bias[(size_t)t] += b;
+
+  auto clearOthers = [&] {
+    for (llama_seq_id s : p.seqs) {
+      if (s != home) llama_memory_seq_rm(mem, s, -1, -1);
+    }
+  };
+  const int32_t n = (int32_t)p.prompt.size();
+  try {
+    // The prompt, into the home sequence (its cached prefix stays).
+    llama_memory_seq_rm(mem, home, p.keep, -1);
+    int32_t pos = p.keep;
+    int32_t lastRow = -1;
+    while (pos < n) {
+      batch.n_tokens = 0;
+      while (pos < n && batch.n_tokens < nBatch) {
+        int32_t i = batch.n_tokens++;
+        batch.token[i] = p.prompt[(size_t)pos];
+        batch.pos[i] = pos;
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = home;
+        batch.logits[i] = pos + 1 == n;
+        if (pos + 1 == n) lastRow = i;
+        pos++;
+      }
+      if (llama_decode(ctx, batch) != 0) throw std::runtime_error("llama_decode failed on the prompt");
+    }
+
+    std::vector<Beam> alive{Beam{{}, 0.0, home, lastRow}};
+    std::vector<BeamHypothesis> finished;
+    std::vector<float> lp((size_t)nVocab);
+    for (int32_t step = 0; step < p.maxTokens && !alive.empty() && n + step < cap; step++) {
+      // Expand every beam by its 2k most likely tokens (log-softmax of the biased logits).
+      std::vector<Candidate> cands;
+      for (size_t b = 0; b < alive.size(); b++) {
+        const float* logits = llama_get_logits_ith(ctx, alive[b].row);
+        if (logits == nullptr) throw std::runtime_error("no logits for a beam");
+        float max = -INFINITY;
+        for (int32_t t = 0; t < nVocab; t++) {
+          lp[(size_t)t] = logits[t] + bias[(size_t)t];
+          max = std::max(max, lp[(size_t)t]);
+        }
+        double sum = 0;
+        for (int32_t t = 0; t < nVocab; t++) sum += std::exp((double)(lp[(size_t)t] - max));
+        double lse = max + std::log(sum);
+        std::vector<int32_t> idx((size_t)nVocab);
+        for (int32_t t = 0; t < nVocab; t++) idx[(size_t)t] = t;
+        int32_t m = std::min(nVocab, 2 * k);
+        std::partial_sort(idx.begin(), idx.begin() + m, idx.end(), [&](int32_t a, int32_t c) {
+          return lp[(size_t)a] > lp[(size_t)c] || (lp[(size_t)a] == lp[(size_t)c] && a < c);
+        });
+        for (int32_t j = 0; j < m; j++) {
+          int32_t t = idx[(size_t)j];
+          if (std::isinf(lp[(size_t)t])) continue;  // banned
+          cands.push_back({b, t, alive[b].logprob + (double)lp[(size_t)t] - lse});
+        }
+      }
+      std::stable_sort(cands.begin(), cands.end(), [](const Candidate& a, const Candidate& c) { return a.logprob > c.logprob; });
+      std::vector<Beam> next;
+      std::vector<size_t> parents;
+      for (const auto& c : cands) {
+        if ((int32_t)next.size() >= k) break;
+        if (llama_vocab_is_eog(vocab, c.token)) {
+          BeamHypothesis h{alive[c.parent].tokens, c.logprob, scoreOf(c.logprob, alive[c.parent].tokens.size() + 1, p.lengthPenalty), true};
+          finished.push_back(std::move(h));
+          continue;
+        }
+        Beam nb{alive[c.parent].tokens, c.logprob, setB[next.size()], -1};
+        nb.tokens.push_back(c.token);
+        next.push_back(std::move(nb));
+        parents.push_back(c.parent);
+      }
+      // Early stop: k hypotheses have ended.
+      if ((int32_t)finished.size() >= k || next.empty()) {
+        alive.clear();
+        break;
+      }
+      // Each child's sequence becomes a copy of its parent's (llama.cpp copies the cells at the next decode,
+      // which follows at once).
+      for (size_t j = 0; j < next.size(); j++) {
+        llama_memory_seq_rm(mem, next[j].seq, -1, -1);
+        llama_memory_seq_cp(mem, alive[parents[j]].seq, next[j].seq, -1, -1);
+      }
+      // Decode each new beam's token in its own sequence, all in one batch.
+      batch.n_tokens = 0;
+      for (auto& b : next) {
+        int32_t i = batch.n_tokens++;
+        batch.token[i] = b.tokens.back();
+        batch.pos[i] = n + (llama_pos)b.tokens.size() - 1;
+        batch.n_seq_id[i] = 1;
+        batch.seq_id[i][0] = b.seq;
+        batch.logits[i] = true;
+        b.row = i;
+      }
+      if (llama_decode(ctx, batch) != 0) throw std::runtime_error("llama_decode failed during beam search");
+      // The beams that did not continue free their sequences; the sets swap roles.
+      for (llama_seq_id s : setA) {
+        if (s != home) llama_memory_seq_rm(mem, s, -1, -1);
+      }
+      if (std::find(setA.begin(), setA.end(), home) != setA.end()) llama_memory_seq_rm(mem, home, n, -1);
+      std::swap(setA, setB);
+      alive = std::move(next);
+    }
+    for (auto& b : alive) finished.push_back({b.tokens, b.logprob, scoreOf(b.logprob, b.tokens.size(), p.lengthPenalty), false});
+    std::stable_sort(finished.begin(), finished.end(), [](const BeamHypothesis& a, const BeamHypothesis& c) { return a.score > c.score; });
+    if ((int32_t)finished.size() > k) finished.resize((size_t)k);
+    // The home sequence keeps the prompt: whichever beam used it last, its first n cells are the prompt's.
+    llama_memory_seq_rm(mem, home, n, -1);
+    clearOthers();
+    return finished;
+  } catch (...) {
+    llama_memory_seq_rm(mem, home, -1, -1);
+    clearOthers();
+    throw;
+  }
+}
+
+}  // namespace la

@@ -1,0 +1,104 @@
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { loadModel, setLogLevel, type LlamaContext, type LlamaModel } from 'llama-addon';
+import { describeShared, shared } from './helpers/models.js';
+
+setLogLevel('error');
+
+const PROMPT = 'Once upon a time';
+const LENGTH = 3;
+
+describeShared('beam search (stories260k, checked against exhaustive search)', () => {
+  let model: LlamaModel;
+  let ctx: LlamaContext;
+  let allowed: number[];
+  let bias: Record<number, number>;
+  // log P(token | prompt + prefix), over the allowed tokens only, for every prefix shorter than LENGTH.
+  const table = new Map<string, Map<number, number>>();
+
+  beforeAll(async () => {
+    model = await loadModel(shared('stories260k.gguf'));
+    ctx = await model.createContext({ contextSize: 256, sequences: 34 });
+    allowed = [...new Set([' there', ' a', ' girl', ' dog'].map((w) => model.tokenize(w, { addBos: false })[0]))];
+    bias = {};
+    for (let t = 0; t < model.vocab.size; t++) if (!allowed.includes(t)) bias[t] = -Infinity;
+    const prompt = Array.from(model.tokenize(PROMPT));
+    using s = ctx.createSession({ sharePrefix: false });
+    const prefixes: number[][] = [[]];
+    for (let len = 0; len < LENGTH; len++) {
+      for (const p of prefixes.filter((x) => x.length === len)) {
+        const r = await s.complete([...prompt, ...p], { maxTokens: 1, temperature: 0, logprobs: model.vocab.size });
+        const lp = new Map(r.logprobs![0].top.map((a) => [a.token, a.logprob]));
+        const z = Math.log(allowed.reduce((sum, t) => sum + Math.exp(lp.get(t)!), 0));
+        table.set(p.join(','), new Map(allowed.map((t) => [t, lp.get(t)! - z])));
+        if (len + 1 < LENGTH) for (const t of allowed) prefixes.push([...p, t]);
+      }
+    }
+  });
+  afterAll(() => model.dispose());
+
+  const logprobOf = (seq: number[]) => seq.reduce((sum, t, i) => sum + table.get(seq.slice(0, i).join(','))!.get(t)!, 0);
+
+  function referenceBeams(k: number): number[][] {
+    let beams: Array<{ seq: number[]; lp: number }> = [{ seq: [], lp: 0 }];
+    for (let step = 0; step < LENGTH; step++) {
+      const cands = beams.flatMap((b) =>
+        [...table.get(b.seq.join(','))!.entries()]
+          .sort((x, y) => y[1] - x[1] || x[0] - y[0])
+          .slice(0, 2 * k)
+          .map(([t, lp]) => ({ seq: [...b.seq, t], lp: b.lp + lp })),
+      );
+      cands.sort((x, y) => y.lp - x.lp);
+      beams = cands.slice(0, k);
+    }
+    return beams.map((b) => b.seq);
+  }
+
+  it('finds the most likely sequence, as exhaustive search does, when the beams hold every branch', async () => {
+    const all: number[][] = [];
+    const walk = (seq: number[]) => (seq.length === LENGTH ? all.push(seq) : allowed.forEach((t) => walk([...seq, t])));
+    walk([]);
+    all.sort((a, b) => logprobOf(b) - logprobOf(a));
+    const k = allowed.length ** (LENGTH - 1);
+    using s = ctx.createSession();
+    const r = await s.complete(PROMPT, { beams: k, maxTokens: LENGTH, logitBias: bias, lengthPenalty: 0 });
+    expect(r.tokens).toEqual(all[0]);
+    expect(r.beams!.map((b) => b.tokens)).toEqual(all.slice(0, k));
+    for (const b of r.beams!) {
+      expect(b.logprob).toBeCloseTo(logprobOf(b.tokens), 3);
+      expect(b.finished).toBe(false);
+      expect(b.text).toBe(model.detokenize(b.tokens));
+    }
+    expect(r.text).toBe(r.beams![0].text);
+  });
+
+  it('with few beams, keeps exactly the beams a reference implementation keeps', async () => {
+    for (const k of [1, 2, 3]) {
+      using s = ctx.createSession();
+      const r = await s.complete(PROMPT, { beams: k, maxTokens: LENGTH, logitBias: bias, lengthPenalty: 0 });
+      expect(r.beams!.map((b) => b.tokens), `k=${k}`).toEqual(referenceBeams(k));
+    }
+    // One beam is greedy decoding.
+    using g = ctx.createSession();
+    const greedy = await g.complete(PROMPT, { maxTokens: LENGTH, temperature: 0, logitBias: bias });
+    using b = ctx.createSession();
+    expect((await b.complete(PROMPT, { beams: 1, maxTokens: LENGTH, logitBias: bias })).tokens).toEqual(greedy.tokens);
+  });
+
+  it('ranks by length-penalized score, ends beams at the end token, and leaves the session and context usable', async () => {
+    using s = ctx.createSession();
+    const r = await s.complete(PROMPT, { beams: 3, maxTokens: 40, lengthPenalty: 1 });
+    expect(r.beams!.length).toBeGreaterThan(0);
+    for (let i = 1; i < r.beams!.length; i++) expect(r.beams![i].score).toBeLessThanOrEqual(r.beams![i - 1].score);
+    for (const b of r.beams!) {
+      const length = b.tokens.length + (b.finished ? 1 : 0);
+      expect(b.score).toBeCloseTo(b.logprob / length, 6);
+    }
+    // The session holds the prompt afterwards, and the borrowed sequences are free again.
+    expect(Array.from(s.tokens)).toEqual(Array.from(model.tokenize(PROMPT)));
+    expect(ctx.freeSequences).toBe(33);
+    const next = await s.complete(PROMPT + ' there', { maxTokens: 5, temperature: 0 });
+    expect(next.usage.cachedTokens).toBe(model.tokenize(PROMPT).length);
+    await expect(s.complete(PROMPT, { beams: 40 })).rejects.toMatchObject({ code: 'ERR_NO_SEQUENCE' });
+    await expect(s.complete(PROMPT, { beams: 2, topK: 3 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+  });
+});
