@@ -8,7 +8,7 @@ import { syntheticParameterCount, writeSyntheticLlama, type SyntheticLlamaOption
 export const benchRoot = dirname(fileURLToPath(import.meta.url));
 export const repoRoot = resolve(benchRoot, '..');
 const modelDir = process.env.BENCH_MODELS_DIR ? resolve(process.env.BENCH_MODELS_DIR) : join(benchRoot, 'models');
-const sharedDir = process.env.BENCH_SHARED_MODELS ? resolve(process.env.BENCH_SHARED_MODELS) : resolve(repoRoot, '..', 'shared', 'models');
+export const sharedDir = process.env.BENCH_SHARED_MODELS ? resolve(process.env.BENCH_SHARED_MODELS) : resolve(repoRoot, '..', 'shared', 'models');
 const llamaCppDir = process.env.LLAMA_CPP_DIR ? resolve(process.env.LLAMA_CPP_DIR) : join(repoRoot, 'deps', 'llama.cpp');
 
 export interface BenchModel {

@@ -10,6 +10,7 @@ import { parseArgs } from 'node:util';
 import { readGguf } from '../lib/gguf/index.js';
 import { getSystemInfo } from '../lib/index.js';
 import { runLlamaBench } from './llama-bench.js';
+import { batchedScenario, speculativeScenario, type BatchedResult, type SpeculativeResult } from './scenarios.js';
 import { benchRoot, models, repoRoot } from './models.js';
 import { stat, type Stat, type WorkerArgs, type WorkerResult } from './stats.js';
 
@@ -25,8 +26,10 @@ const { values } = parseArgs({
     systems: { type: 'string', default: 'llama-bench,node-llama-cpp-defaults,node-llama-cpp,llama-addon' },
     json: { type: 'boolean', default: false },
     'results-dir': { type: 'string' },
+    scenario: { type: 'string', default: 'models,batched,speculative' },
   },
 });
+const scenarios = values.scenario!.split(',');
 
 const log = (m: string) => console.error(`[bench] ${m}`);
 const sys = getSystemInfo();
@@ -83,7 +86,7 @@ interface ModelResult {
 }
 
 const all: ModelResult[] = [];
-for (const m of selected) {
+for (const m of scenarios.includes('models') ? selected : []) {
   const path = await m.path();
   const header = await readGguf(path);
   const tokens = header.metadata['tokenizer.ggml.tokens'] as { length: number } | unknown[];
@@ -158,11 +161,30 @@ const machine = {
   llamaCpp: sys.llamaCppVersion,
   cpuFeatures: sys.cpuFeatures.trim(),
 };
+let batched: BatchedResult | null = null;
+let speculative: SpeculativeResult | null = null;
+if (scenarios.includes('batched')) {
+  try {
+    batched = await batchedScenario({ threads, reps: Number(values.reps), parallel: [1, 8], prompt: 128, gen: 128 });
+  } catch (e) {
+    log(`batched scenario failed: ${(e as Error).message}`);
+  }
+}
+if (scenarios.includes('speculative')) {
+  try {
+    speculative = await speculativeScenario({ threads, reps: Number(values.reps), gen: 256 });
+  } catch (e) {
+    log(`speculative scenario failed: ${(e as Error).message}`);
+  }
+}
+
 const report = {
   date: new Date().toISOString(),
   machine,
   settings: { threads, gpuLayers: values['gpu-layers'] !== undefined ? Number(values['gpu-layers']) : 0, prompt: Number(values.prompt), gen: Number(values.gen), reps: Number(values.reps) },
   models: all,
+  batched,
+  speculative,
 };
 const resultsDir = values['results-dir'] ?? join(benchRoot, 'results');
 mkdirSync(resultsDir, { recursive: true });
@@ -177,18 +199,30 @@ if (values.json) {
     s ? `${s.median.toFixed(digits)} (${s.min.toFixed(digits)}–${s.max.toFixed(digits)})` : '—';
   const lines: string[] = [];
   lines.push(`Machine: ${machine.cpu}${machine.gpu ? ` + ${machine.gpu}` : ''}, ${machine.physicalCores} cores, ${machine.memoryGiB} GiB, Node ${machine.node}; threads ${threads}; GPU layers ${report.settings.gpuLayers}; pp ${values.prompt} tokens, tg ${values.gen} tokens; median (min–max) of ${values.reps} runs`);
-  lines.push('');
-  lines.push('| model | system | threads | load ms | pp tok/s | tg tok/s | tg tok/s, JSON schema | TTFT ms | event loop p99 ms | peak RSS MB |');
-  lines.push('|---|---|---|---|---|---|---|---|---|---|');
-  for (const m of all) {
-    for (const r of m.results) {
-      lines.push(`| ${m.id} | ${r.system} | ${r.threads ?? '—'} | ${f(r.loadMs, 0)} | ${f(r.promptTokensPerSecond)} | ${f(r.generateTokensPerSecond)} | ${f(r.jsonSchemaTokensPerSecond)} | ${f(r.timeToFirstTokenMs, 0)} | ${f(r.eventLoopP99Ms, 1)} | ${r.peakRssMb?.toFixed(0) ?? '—'} |`);
+  if (all.length) {
+    lines.push('');
+    lines.push('| model | system | threads | load ms | pp tok/s | tg tok/s | tg tok/s, JSON schema | TTFT ms | event loop p99 ms | peak RSS MB |');
+    lines.push('|---|---|---|---|---|---|---|---|---|---|');
+    for (const m of all) {
+      for (const r of m.results) {
+        lines.push(`| ${m.id} | ${r.system} | ${r.threads ?? '—'} | ${f(r.loadMs, 0)} | ${f(r.promptTokensPerSecond)} | ${f(r.generateTokensPerSecond)} | ${f(r.jsonSchemaTokensPerSecond)} | ${f(r.timeToFirstTokenMs, 0)} | ${f(r.eventLoopP99Ms, 1)} | ${r.peakRssMb?.toFixed(0) ?? '—'} |`);
+      }
     }
+    lines.push('');
+    lines.push('| model | ' + Object.keys(all[0]?.ratios ?? {}).join(' | ') + ' |');
+    lines.push('|---|' + Object.keys(all[0]?.ratios ?? {}).map(() => '---').join('|') + '|');
+    for (const m of all) lines.push(`| ${m.id} | ` + Object.values(m.ratios).map((v) => (v === null ? '—' : v.toFixed(3))).join(' | ') + ' |');
   }
-  lines.push('');
-  lines.push('| model | ' + Object.keys(all[0]?.ratios ?? {}).join(' | ') + ' |');
-  lines.push('|---|' + Object.keys(all[0]?.ratios ?? {}).map(() => '---').join('|') + '|');
-  for (const m of all) lines.push(`| ${m.id} | ` + Object.values(m.ratios).map((v) => (v === null ? '—' : v.toFixed(3))).join(' | ') + ' |');
+  if (batched) {
+    lines.push('', `Continuous batching: ${batched.model}, ${batched.prompt}-token prompts, ${batched.gen} tokens generated per sequence; aggregate generation tok/s (llama-batched-bench's S_TG)`, '');
+    lines.push('| sequences | llama-batched-bench | llama-addon | addon/llama-batched-bench |', '|---|---|---|---|');
+    for (const r of batched.rows) lines.push(`| ${r.sequences} | ${f(r.reference)} | ${f(r.addon)} | ${r.ratio?.toFixed(3) ?? '—'} |`);
+  }
+  if (speculative) {
+    lines.push('', `Speculative decoding: ${speculative.target} (target) with ${speculative.draft} (draft), greedy, ${speculative.gen} tokens`, '');
+    lines.push('| mode | tg tok/s | speed-up | acceptance rate |', '|---|---|---|---|');
+    for (const r of speculative.rows) lines.push(`| ${r.mode} | ${f(r.tokensPerSecond)} | ${r.speedup?.toFixed(3) ?? '—'} | ${r.acceptance ? f(r.acceptance, 3) : '—'} |`);
+  }
   const notes = all.flatMap((m) => m.results.flatMap((r) => r.notes.map((n) => `${m.id} / ${r.system}: ${n}`)));
   if (notes.length) lines.push('', 'Notes:', ...[...new Set(notes)].map((n) => `- ${n}`));
   console.log(lines.join('\n'));

@@ -611,8 +611,16 @@ bool Engine::step() {
       }
     }
     bool generating = false;
+    // The next tokens of running generations: who gets a place follows the order above; within the batch
+    // they go by sequence id, since llama.cpp splits a batch whose sequences come out of order (one KV stream
+    // per sequence) into several micro-batches, each a pass over the weights.
+    std::vector<GenState*> next;
     for (GenState* g : order) {
-      if (g->hasNext && batch_.n_tokens < nBatch_) {
+      if (g->hasNext && (int32_t)next.size() < nBatch_) next.push_back(g);
+    }
+    std::sort(next.begin(), next.end(), [](const GenState* a, const GenState* b) { return a->seq < b->seq; });
+    for (GenState* g : next) {
+      if (batch_.n_tokens < nBatch_) {
         if (g->nPast >= nCtxSeq_ && !makeRoom(*g)) continue;
         g->drafts.clear();
         if (g->draftMax > 0) {

@@ -1,0 +1,76 @@
+// Measures llama-addon in scenarios beyond one session. Usage: tsx bench/scenario-worker.ts '<ScenarioArgs JSON>'
+//   batched:     N sessions of one context generating at once (as llama-batched-bench does it)
+//   speculative: a target model alone, with a draft model, and with prompt lookup
+import { loadModel, setLogLevel } from '../lib/index.js';
+import { promptTokens } from './stats.js';
+
+setLogLevel('error');
+
+export interface ScenarioArgs {
+  scenario: 'batched' | 'speculative';
+  model: string;
+  draft?: string;
+  threads?: number;
+  prompt: number;
+  gen: number;
+  parallel: number[];
+  reps: number;
+  vocabSize: number;
+  bos: number | null;
+}
+
+const args = JSON.parse(process.argv[2]) as ScenarioArgs;
+const model = await loadModel(args.model, { gpuLayers: 0 });
+const banned: Record<number, number> = {};
+for (let t = 0; t < model.vocab.size; t++) if (model.vocab.isEndOfGeneration(t)) banned[t] = -Infinity;
+const out: Record<string, number[]> = {};
+const push = (k: string, v: number) => (out[k] ??= []).push(v);
+
+if (args.scenario === 'batched') {
+  const maxPl = Math.max(...args.parallel);
+  const ctx = await model.createContext({
+    contextSize: args.prompt + args.gen + 16,
+    sequences: maxPl,
+    ...(args.threads ? { threads: args.threads } : {}),
+  });
+  // Different prompts per session, as llama-batched-bench uses (no shared prefix).
+  const prompts = Array.from({ length: maxPl }, (_, i) => promptTokens(args.prompt + i + 1, args.vocabSize, args.bos).slice(i + 1));
+  if (args.bos !== null) prompts.forEach((p) => (p[0] = args.bos!));
+  const sessions = Array.from({ length: maxPl }, () => ctx.createSession({ sharePrefix: false }));
+  await sessions[0].complete(prompts[0].slice(0, 16), { maxTokens: 2, temperature: 0, logitBias: banned }); // warm-up
+  for (let r = 0; r < args.reps; r++) {
+    for (const pl of args.parallel) {
+      const active = sessions.slice(0, pl);
+      active.forEach((s) => s.reset());
+      // Prompts first (decoded together), then the timed generation phase, as the reference measures it.
+      await Promise.all(active.map((s, i) => s.complete(prompts[i], { maxTokens: 1, temperature: 0, logitBias: banned })));
+      const t0 = performance.now();
+      const results = await Promise.all(
+        active.map((s, i) => s.complete(prompts[i], { maxTokens: args.gen, temperature: 0, logitBias: banned })),
+      );
+      const seconds = (performance.now() - t0) / 1000;
+      push(`tg${pl}`, results.reduce((n, x) => n + x.usage.completionTokens, 0) / seconds);
+    }
+  }
+} else {
+  const draft = await loadModel(args.draft!, { gpuLayers: 0 });
+  const base = { contextSize: args.prompt + args.gen + 64, ...(args.threads ? { threads: args.threads } : {}) };
+  const contexts = {
+    plain: await model.createContext(base),
+    draft: await model.createContext({ ...base, draftModel: draft }),
+    lookup: await model.createContext({ ...base, lookupNgram: 3 }),
+  };
+  const prompt = '<|start_story|>Once upon a time';
+  for (let r = 0; r < args.reps; r++) {
+    for (const [name, ctx] of Object.entries(contexts)) {
+      const s = ctx.createSession({ sharePrefix: false });
+      const res = await s.complete(prompt, { maxTokens: args.gen, temperature: 0 });
+      push(`${name}.tps`, res.timings.tokensPerSecond);
+      if (res.speculative) push(`${name}.acceptance`, res.speculative.acceptanceRate);
+      s.dispose();
+    }
+  }
+  await draft.dispose();
+}
+await model.dispose();
+console.log(JSON.stringify(out));

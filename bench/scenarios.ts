@@ -1,0 +1,112 @@
+// Bench scenarios beyond one session: continuous batching against llama-batched-bench, and speculative
+// decoding (a draft model, prompt lookup) against the target model alone.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { readGguf } from '../lib/gguf/index.js';
+import { benchRoot, models, repoRoot, sharedDir } from './models.js';
+import { stat, type Stat } from './stats.js';
+import type { ScenarioArgs } from './scenario-worker.js';
+
+const buildDir = join(repoRoot, 'build');
+const log = (m: string) => console.error(`[bench] ${m}`);
+
+function batchedBenchPath(): string {
+  if (process.env.LLAMA_BATCHED_BENCH_BIN) return process.env.LLAMA_BATCHED_BENCH_BIN;
+  for (const p of [join(buildDir, 'bin', 'llama-batched-bench'), join(buildDir, 'tools', 'batched-bench', 'llama-batched-bench')]) {
+    if (existsSync(p)) return p;
+  }
+  log('building llama-batched-bench from the addon build tree (first use only)');
+  const r = spawnSync('cmake', ['--build', buildDir, '--target', 'llama-batched-bench', '--parallel'], { stdio: ['ignore', 2, 2] });
+  if (r.status !== 0) throw new Error('building llama-batched-bench failed');
+  return batchedBenchPath();
+}
+
+function run(cmd: string, argv: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, argv, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
+    child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} failed (${code}): ${err.slice(-1500)}`))));
+  });
+}
+
+async function scenarioWorker(args: ScenarioArgs): Promise<Record<string, number[]>> {
+  const bundled = join(benchRoot, 'scenario-worker.mjs');
+  const entry = existsSync(bundled) ? [bundled] : ['--import', 'tsx', join(benchRoot, 'scenario-worker.ts')];
+  const out = await run(process.execPath, [...entry, JSON.stringify(args)]);
+  return JSON.parse(out.trim().split('\n').pop()!) as Record<string, number[]>;
+}
+
+export interface BatchedResult {
+  model: string;
+  prompt: number;
+  gen: number;
+  rows: Array<{ sequences: number; reference: Stat | null; addon: Stat | null; ratio: number | null }>;
+}
+
+export async function batchedScenario(o: { threads: number; reps: number; parallel: number[]; prompt: number; gen: number }): Promise<BatchedResult> {
+  const m = models.find((x) => x.id === 'llama-415m-q8_0')!;
+  const path = await m.path();
+  const header = await readGguf(path);
+  const bos = header.metadata['tokenizer.ggml.bos_token_id'];
+  const vocabSize = (header.metadata['tokenizer.ggml.tokens'] as unknown as { length: number }).length;
+  const maxPl = Math.max(...o.parallel);
+  const ref: Record<number, number[]> = {};
+  const addon: Record<number, number[]> = {};
+  for (let r = 0; r < o.reps; r++) {
+    log(`batched: llama-batched-bench (round ${r + 1} of ${o.reps})`);
+    const out = await run(batchedBenchPath(), [
+      '-m', path, '-c', String(maxPl * (o.prompt + o.gen) + 256), '-b', '2048', '-ub', '512',
+      '-npp', String(o.prompt), '-ntg', String(o.gen), '-npl', o.parallel.join(','), '-t', String(o.threads),
+      '--output-format', 'jsonl',
+    ]);
+    for (const line of out.split('\n').filter((l) => l.startsWith('{'))) {
+      const row = JSON.parse(line) as { pl: number; speed_tg: number };
+      (ref[row.pl] ??= []).push(row.speed_tg);
+    }
+    log(`batched: llama-addon (round ${r + 1} of ${o.reps})`);
+    const res = await scenarioWorker({
+      scenario: 'batched', model: path, threads: o.threads, prompt: o.prompt, gen: o.gen, parallel: o.parallel, reps: 1,
+      vocabSize, bos: typeof bos === 'number' ? bos : null,
+    });
+    for (const pl of o.parallel) (addon[pl] ??= []).push(...(res[`tg${pl}`] ?? []));
+  }
+  return {
+    model: m.id,
+    prompt: o.prompt,
+    gen: o.gen,
+    rows: o.parallel.map((pl) => {
+      const a = stat(addon[pl] ?? []);
+      const b = stat(ref[pl] ?? []);
+      return { sequences: pl, reference: b, addon: a, ratio: a && b ? a.median / b.median : null };
+    }),
+  };
+}
+
+export interface SpeculativeResult {
+  target: string;
+  draft: string;
+  gen: number;
+  rows: Array<{ mode: string; tokensPerSecond: Stat | null; speedup: number | null; acceptance: Stat | null }>;
+}
+
+export async function speculativeScenario(o: { threads: number; reps: number; gen: number }): Promise<SpeculativeResult> {
+  const target = join(sharedDir, 'tinystories-656k-f16.gguf');
+  const draft = join(sharedDir, 'tinystories-656k-q8_0.gguf');
+  if (!existsSync(target) || !existsSync(draft)) throw new Error('the speculative scenario needs ../shared/models (tinystories-656k F16 and Q8_0)');
+  log('speculative: llama-addon');
+  const res = await scenarioWorker({ scenario: 'speculative', model: target, draft, threads: o.threads, prompt: 16, gen: o.gen, parallel: [], reps: o.reps, vocabSize: 0, bos: null });
+  const plain = stat(res['plain.tps'] ?? []);
+  return {
+    target: 'tinystories-656k-f16',
+    draft: 'tinystories-656k-q8_0',
+    gen: o.gen,
+    rows: ['plain', 'draft', 'lookup'].map((mode) => {
+      const tps = stat(res[`${mode}.tps`] ?? []);
+      return { mode, tokensPerSecond: tps, speedup: tps && plain ? tps.median / plain.median : null, acceptance: stat(res[`${mode}.acceptance`] ?? []) };
+    }),
+  };
+}
