@@ -69,9 +69,15 @@ export interface ChatOptions {
   toolChoice?: ToolChoice;
   /** Let the model call several tools in one reply, where the template supports it (default false). */
   parallelToolCalls?: boolean;
+  /**
+   * Hold the conversation in this session (of the same context) instead of a new one; disposing the chat
+   * then leaves the session alone. A server keeps a pool of sessions this way, so that a conversation's
+   * next request reuses what its session already decoded.
+   */
+  session?: LlamaSession;
 }
 
-const chatKeys = ['systemPrompt', 'template', 'contextShift', 'messages', 'tools', 'toolChoice', 'parallelToolCalls'] as const;
+const chatKeys = ['systemPrompt', 'template', 'contextShift', 'messages', 'tools', 'toolChoice', 'parallelToolCalls', 'session'] as const;
 
 function checkToolChoice(v: unknown, tools: readonly NativeTool[], caller: Function): ToolChoice | undefined {
   if (v === undefined) return undefined;
@@ -182,6 +188,7 @@ export class LlamaChat {
   #toolChoice: ToolChoice;
   #parallel: boolean;
   #keep: { system: string; tokens: number[] } | null = null;
+  #owned = true;
 
   private constructor(
     session: LlamaSession,
@@ -217,8 +224,21 @@ export class LlamaChat {
     const parallel = optBoolean(o, 'parallelToolCalls', caller) ?? false;
     const template = ctx.model.chatTemplate(key, caller);
     const system: NativeChatMessage | null = o.systemPrompt !== undefined ? { role: 'system', content: o.systemPrompt } : null;
-    const session = ctx.createSession({ contextShift: (o.contextShift as 'auto' | false | undefined) ?? 'auto' });
-    return new LlamaChat(session, template, key, system, [...(system ? [system] : []), ...earlier], tools, toolChoice, parallel);
+    let session: LlamaSession;
+    let owned = true;
+    if (o.session !== undefined) {
+      const given = o.session as LlamaSession;
+      if (given === null || typeof given !== 'object' || given.context !== ctx || given.disposed) {
+        throw invalid('session', 'a live session of this context', o.session, caller);
+      }
+      session = given;
+      owned = false;
+    } else {
+      session = ctx.createSession({ contextShift: (o.contextShift as 'auto' | false | undefined) ?? 'auto' });
+    }
+    const chat = new LlamaChat(session, template, key, system, [...(system ? [system] : []), ...earlier], tools, toolChoice, parallel);
+    chat.#owned = owned;
+    return chat;
   }
 
   /** The conversation so far (copies). */
@@ -410,9 +430,12 @@ export class LlamaChat {
     return chat;
   }
 
-  /** Frees the chat's session (a reply being generated ends with `stopReason: 'abort'`). */
+  /**
+   * Frees the chat's session (a reply being generated ends with `stopReason: 'abort'`); a session given
+   * with the `session` option is left to its owner.
+   */
   dispose(): void {
-    this.#session.dispose();
+    if (this.#owned) this.#session.dispose();
   }
 
   /** Same as {@link dispose}, for `using`. */

@@ -250,6 +250,9 @@ export class LlamaContext implements AsyncDisposable {
   #newSession(options: SessionOptions | undefined, caller: Function, seq: number): LlamaSession {
     let session: LlamaSession;
     try {
+      if (this.embeddings) {
+        throw new LlamaError('ERR_INVALID_STATE', 'An embedding context does not generate: create another context (without embeddings) for sessions');
+      }
       const o = checkSessionOptions(options, caller);
       session = new LlamaSession(this, seq, o.contextShift, o.sharePrefix);
       this.#sessions.add(session);

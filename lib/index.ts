@@ -24,3 +24,5 @@ export { setLogLevel, setLogger } from './log.js';
 export type { LogLevel, Logger } from './log.js';
 export { getSystemInfo } from './system.js';
 export type { SystemInfo } from './system.js';
+export { startServer } from './server/server.js';
+export type { LlamaServer, ServerOptions, ServerModel } from './server/server.js';

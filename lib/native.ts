@@ -224,7 +224,7 @@ export interface NativeContext {
     sequences: number[],
     tokens: Int32Array,
     keep: number,
-    options: { beams: number; maxTokens?: number; lengthPenalty?: number; logitBias?: Array<[number, number]> },
+    options: { beams: number; maxTokens?: number; lengthPenalty?: number; logitBias?: Array<[number, number]>; lora?: Array<[NativeLora, number]> },
   ): Promise<Array<{ tokens: Int32Array; logprob: number; score: number; finished: boolean }>>;
   info(): NativeContextInfo;
   dispose(): Promise<void>;

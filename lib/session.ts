@@ -187,13 +187,23 @@ export class LlamaSession {
 
   async #beamSearch(input: string | Int32Array | readonly number[], options: GenerateOptions & BeamOptions, caller: Function): Promise<GenerationResult> {
     const { beams, lengthPenalty, ...rest } = options;
-    const unsupported = Object.keys(rest).filter((k) => !['maxTokens', 'logitBias', 'temperature', 'signal'].includes(k));
+    const unsupported = Object.keys(rest).filter((k) => !['maxTokens', 'logitBias', 'temperature', 'lora'].includes(k));
     if (unsupported.length) throw invalid(unsupported[0], `no ${unsupported[0]} with beams (beam search takes maxTokens, logitBias and lengthPenalty)`, (rest as Record<string, unknown>)[unsupported[0]], caller);
-    if (!Number.isInteger(beams) || beams! < 1 || beams! > 64) throw invalid('beams', 'an integer from 1 to 64', beams, caller);
+    if (!Number.isInteger(beams) || beams! < 1 || beams! > Math.min(64, this.#context.batchSize)) {
+      throw invalid('beams', `an integer from 1 to ${Math.min(64, this.#context.batchSize)} (the context's batchSize)`, beams, caller);
+    }
+    if (this.#context.slidingWindow || !this.#context.canShift) {
+      throw new LlamaError('ERR_INVALID_STATE', 'Beam search copies and trims KV caches, which this model (sliding-window attention or recurrent state) does not allow');
+    }
     if (lengthPenalty !== undefined && (typeof lengthPenalty !== 'number' || !Number.isFinite(lengthPenalty))) {
       throw invalid('lengthPenalty', 'a finite number', lengthPenalty, caller);
     }
-    const { native: n } = parseGenerateOptions({ ...(rest.maxTokens !== undefined ? { maxTokens: rest.maxTokens } : {}), ...(rest.logitBias ? { logitBias: rest.logitBias } : {}) }, this.#context.model.vocab.size, caller);
+    const { native: n, loraKey } = parseGenerateOptions(
+      { ...(rest.maxTokens !== undefined ? { maxTokens: rest.maxTokens } : {}), ...(rest.logitBias ? { logitBias: rest.logitBias } : {}), ...(rest.lora ? { lora: rest.lora } : {}) },
+      this.#context.model.vocab.size,
+      caller,
+    );
+    const lora = loraKey ?? this.#context.loraKey;
     this.#checkIdle(caller, 'search');
     const model = this.#context.model;
     const prompt = typeof input === 'string' ? Array.from(model.tokenize(input)) : Array.from(input as ArrayLike<number>);
@@ -203,8 +213,10 @@ export class LlamaSession {
     if (prompt.length >= this.#context.contextSize) throw new LlamaError('ERR_CONTEXT_FULL', `The prompt has ${prompt.length} tokens; a sequence of this context holds ${this.#context.contextSize}`);
     const handle = this.#context.handle(caller);
     const extra = this.#context.borrowSequences(2 * beams! - 1, caller);
-    const keep = this.#dropped > 0 ? 0 : commonPrefix(this.#cache, prompt);
+    const keep = this.#dropped > 0 || lora !== this.#cacheLora ? 0 : commonPrefix(this.#cache, prompt);
     this.#busy = 'searches';
+    this.#setCache(prompt.slice(0, keep));
+    this.#cacheLora = lora;
     const t0 = performance.now();
     try {
       const found = await handle.beamSearch([this.#seq, ...extra], Int32Array.from(prompt), keep, {
@@ -212,6 +224,7 @@ export class LlamaSession {
         ...(n.maxTokens !== undefined ? { maxTokens: n.maxTokens } : {}),
         ...(lengthPenalty !== undefined ? { lengthPenalty } : {}),
         ...(n.logitBias ? { logitBias: n.logitBias } : {}),
+        ...(n.lora ? { lora: n.lora } : {}),
       });
       this.#setCache(prompt);
       const all = found.map((h) => ({ text: model.detokenize(h.tokens), tokens: Array.from(h.tokens), logprob: h.logprob, score: h.score, finished: h.finished }));
@@ -374,7 +387,7 @@ export class LlamaSession {
     if (r.stopReason === 'error') {
       this.#setCache([]);
       if (!this.disposed) this.#context.handle(this.generate).clearSequence(this.#seq);
-      const sampling = r.error?.startsWith('sampling failed') ?? false;
+      const sampling = r.error?.startsWith('grammar:') ?? false;
       return new LlamaError(sampling ? 'ERR_INVALID_GRAMMAR' : 'ERR_DECODE', `Generation failed: ${r.error ?? 'llama_decode failed'}`);
     }
     if (!r.started) {

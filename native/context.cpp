@@ -58,6 +58,7 @@ class CreateWorker : public Napi::AsyncWorker {
     std::string reason;
     try {
       AbortGuard guard;
+      std::shared_lock<std::shared_mutex> lock(model_->adaptersMu);
       ctx = llama_init_from_model(model_->model, params_);
     } catch (const std::exception& e) {
       ctx = nullptr;
@@ -211,6 +212,10 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
     }
   }
   int32_t lookup = intOption(env, o, "lookupNgram", 0, 0, 16);
+  if ((draft.model || lookup > 0) && (llama_model_is_recurrent(model->model) || llama_model_is_hybrid(model->model))) {
+    // Rejected drafts are taken back out of the cache, which recurrent state cannot do.
+    throwError(env, "ERR_INVALID_ARGUMENT", "Speculative decoding needs a model whose cache can drop tokens; this model keeps recurrent state");
+  }
   draft.lookupNgram = draft.model ? 0 : lookup;
   draft.tokens = draft.model || lookup > 0 ? intOption(env, o, "draftTokens", draft.model ? 8 : 10, 1, 64) : 0;
   auto* worker = new CreateWorker(env, std::move(model), p, promptChunk, std::move(lora), std::move(draft));
@@ -424,6 +429,7 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
     throwArg(env, "logitBias", "an array of [token, bias] pairs", bias);
   }
   g->sampler = makeSampler(env, engine->model(), o, sp, g->preserved);
+  g->hasGrammar = !sp.grammar.empty();
 
   // Notifications to JS: data available, paused on a full queue, done.
   auto* ctxBox = new std::shared_ptr<GenState>(g);
@@ -698,9 +704,12 @@ Napi::Value Context::Embed(const Napi::CallbackInfo& info) {
   int32_t dim = pooling == LLAMA_POOLING_TYPE_RANK ? (int32_t)llama_model_n_cls_out(model.model) : llama_model_n_embd_out(model.model);
   bool encoder = llama_model_has_encoder(model.model) && !llama_model_has_decoder(model.model);
   auto out = std::make_shared<std::vector<std::vector<float>>>(inputs->size());
+  Engine* eng = engine.get();
+  LoraSet lora = defaultLora_;
   return EngineTask::Run(
       env, engine,
       [=](llama_context* ctx) {
+        eng->applyLora(lora);
         llama_memory_t mem = llama_get_memory(ctx);
         llama_batch batch = llama_batch_init((int32_t)nBatch, 0, 1);
         struct Free {
@@ -814,12 +823,18 @@ Napi::Value Context::BeamSearch(const Napi::CallbackInfo& info) {
       bp.logitBias.emplace_back(t, (float)pair.Get(1u).As<Napi::Number>().DoubleValue());
     }
   }
+  Napi::Value lora = opt(o, "lora");
+  LoraSet set = lora.IsEmpty() || lora.IsUndefined() ? defaultLora_ : readLoraSet(env, lora, model);
   auto params = std::make_shared<BeamParams>(std::move(bp));
+  Engine* eng = engine.get();
   auto out = std::make_shared<std::vector<BeamHypothesis>>();
   const llama_vocab* vocab = model.vocab;
   return EngineTask::Run(
       env, engine,
-      [=](llama_context* ctx) { *out = beamSearch(ctx, vocab, *params); },
+      [=](llama_context* ctx) {
+        eng->applyLora(set);
+        *out = beamSearch(ctx, vocab, *params);
+      },
       [=](Napi::Env env) -> Napi::Value {
         Napi::Array res = Napi::Array::New(env, out->size());
         for (uint32_t i = 0; i < out->size(); i++) {

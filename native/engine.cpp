@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <shared_mutex>
 
 namespace la {
 
@@ -212,6 +213,12 @@ bool Engine::makeRoom(GenState& g) {
   return true;
 }
 
+// With a grammar, a failure to sample means the grammar left no token (after logitBias, say).
+static std::string samplingError(const GenState& g, const std::exception& e) {
+  if (g.hasGrammar) return std::string("grammar: no token is allowed here by the grammar and logitBias (") + e.what() + ")";
+  return std::string("sampling failed: ") + e.what();
+}
+
 void Engine::makeDraft(GenState& g, int32_t room) {
   // What the target will hold once `next` is decoded.
   std::vector<llama_token> history(g.cache.begin(), g.cache.begin() + std::min<size_t>(g.cache.size(), (size_t)g.nPast));
@@ -281,6 +288,20 @@ void Engine::makeDraft(GenState& g, int32_t room) {
     held.clear();
     g.drafts.clear();
   }
+}
+
+void Engine::applyLora(const LoraSet& set) {
+  if (set == currentLora_) return;
+  std::vector<llama_adapter_lora*> adapters;
+  std::vector<float> scales;
+  for (const auto& [a, sc] : set) {
+    adapters.push_back(a);
+    scales.push_back(sc);
+  }
+  if (llama_set_adapters_lora(ctx_, adapters.data(), adapters.size(), scales.data()) != 0) {
+    throw std::runtime_error("llama.cpp could not apply the LoRA adapters");
+  }
+  currentLora_ = set;
 }
 
 bool Engine::runnable(GenState& g) {
@@ -517,6 +538,7 @@ void Engine::run() {
 
 bool Engine::step() {
   llama_memory_t mem = llama_get_memory(ctx_);
+  std::shared_lock<std::shared_mutex> adapters(model_->adaptersMu, std::defer_lock);
   {
     std::deque<Command> commands;
     {
@@ -531,6 +553,7 @@ bool Engine::step() {
       if (stopping_) return false;
       commands.swap(commands_);
     }
+    adapters.lock();  // not while waiting: an adapter may load meanwhile
     for (auto& c : commands) {
       // Each command settles whatever happens, or its caller would wait forever.
       try {
@@ -591,23 +614,20 @@ bool Engine::step() {
     }
     // Higher priority first; equal priorities take turns (the rotation above).
     std::stable_sort(order.begin(), order.end(), [](const GenState* a, const GenState* b) { return a->priority > b->priority; });
-    // One batch decodes with one set of LoRA adapters: the first request's; the others wait their turn.
+    // One batch decodes with one set of LoRA adapters: the first request's, and the others wait their turn.
+    // Switching sets costs llama.cpp a new reservation, so the current set runs a few steps in a row first.
     if (!order.empty()) {
-      const LoraSet set = order.front()->lora;
+      LoraSet set = order.front()->lora;
+      bool currentWaits = std::any_of(order.begin(), order.end(), [&](const GenState* g) { return g->lora == currentLora_; });
+      if (set != currentLora_ && currentWaits && loraRun_ < 16) set = currentLora_;
+      loraRun_ = set == currentLora_ ? loraRun_ + 1 : 0;
       order.erase(std::remove_if(order.begin(), order.end(), [&](const GenState* g) { return g->lora != set; }), order.end());
-      if (set != currentLora_) {
-        std::vector<llama_adapter_lora*> adapters;
-        std::vector<float> scales;
-        for (const auto& [a, sc] : set) {
-          adapters.push_back(a);
-          scales.push_back(sc);
-        }
-        if (llama_set_adapters_lora(ctx_, adapters.data(), adapters.size(), scales.data()) != 0) {
-          for (GenState* g : order) finish(*g, "error", "llama.cpp could not apply the LoRA adapters");
-          dropFinishedNow();
-          return true;
-        }
-        currentLora_ = set;
+      try {
+        applyLora(set);
+      } catch (const std::exception& e) {
+        for (GenState* g : order) finish(*g, "error", e.what());
+        dropFinishedNow();
+        return true;
       }
     }
     bool generating = false;
@@ -619,12 +639,15 @@ bool Engine::step() {
       if (g->hasNext && (int32_t)next.size() < nBatch_) next.push_back(g);
     }
     std::sort(next.begin(), next.end(), [](const GenState* a, const GenState* b) { return a->seq < b->seq; });
-    for (GenState* g : next) {
+    for (size_t gi = 0; gi < next.size(); gi++) {
+      GenState* g = next[gi];
       if (batch_.n_tokens < nBatch_) {
         if (g->nPast >= nCtxSeq_ && !makeRoom(*g)) continue;
         g->drafts.clear();
         if (g->draftMax > 0) {
-          int32_t room = std::min({g->draftMax, nBatch_ - batch_.n_tokens - 1, nCtxSeq_ - g->nPast - 1,
+          // Leave a place for every generation still to come in this step.
+          int32_t waiting = (int32_t)(next.size() - gi - 1);
+          int32_t room = std::min({g->draftMax, nBatch_ - batch_.n_tokens - 1 - waiting, nCtxSeq_ - g->nPast - 1,
                                    g->maxTokens - (int32_t)g->building.tokens.size() - 1});
           if (room > 0) makeDraft(*g, room);
         }
@@ -699,21 +722,34 @@ bool Engine::step() {
           AbortGuard guard;
           ids = common_sampler_sample_and_accept_n(g.sampler, ctx_, idxs, g.drafts);
         } catch (const std::exception& e) {
-          finish(g, "error", std::string("sampling failed: no token is allowed here by the grammar and logitBias (") + e.what() + ")");
+          finish(g, "error", samplingError(g, e));
           continue;
         }
         g.building.drafted += (int32_t)k;
         g.building.accepted += (int32_t)ids.size() - 1;
-        // Only `next` and the accepted drafts stay in the cache.
+        // Only `next` and the accepted drafts stay in the cache: drop the rest, then take the sampled tokens
+        // one by one, as if they had come one step at a time (a token that ends the generation is not in
+        // the cache, and neither is anything after it).
         int32_t valid = g.nPast - (int32_t)k + (int32_t)ids.size() - 1;
         llama_memory_seq_rm(mem, g.seq, valid, -1);
-        g.nPast = valid;
-        g.cache.resize((size_t)valid);
+        g.nPast = valid - ((int32_t)ids.size() - 1);
+        g.cache.resize((size_t)g.nPast);
         g.drafts.clear();
         for (size_t j = 0; j < ids.size(); j++) {
           handleToken(g, ids[j], idxs[j]);
-          std::lock_guard<std::mutex> lock(g.mu);
-          if (g.done) break;
+          bool done;
+          {
+            std::lock_guard<std::mutex> lock(g.mu);
+            done = g.done;
+          }
+          if (done) {
+            llama_memory_seq_rm(mem, g.seq, g.nPast, -1);
+            break;
+          }
+          if (j + 1 < ids.size()) {  // an accepted draft: decoded already
+            g.cache.push_back(ids[j]);
+            g.nPast++;
+          }
         }
       } else if (g.iBatch >= 0) {
         llama_token t;
@@ -724,7 +760,7 @@ bool Engine::step() {
           common_sampler_accept(g.sampler, t, true);
         } catch (const std::exception& e) {
           // In practice: a grammar that allows no token that logitBias left (or none at all).
-          finish(g, "error", std::string("sampling failed: no token is allowed here by the grammar and logitBias (") + e.what() + ")");
+          finish(g, "error", samplingError(g, e));
           continue;
         }
         handleToken(g, t, g.iBatch);

@@ -87,6 +87,7 @@ struct GenState {
   int32_t priority = 0;       // higher goes first when a step cannot take everyone
   LoraSet lora;               // adapters this request decodes with (a batch holds one set only)
   int32_t draftMax = 0;       // speculative decoding: most draft tokens per step (0: none)
+  bool hasGrammar = false;
   int32_t lookupNgram = 0;    // prompt lookup: n-gram size to match (0: use the draft model)
   bool stream = true;         // false: no chunks, one notification at the end (complete())
   int64_t tQueued = 0;
@@ -141,6 +142,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t promptChunk,
          std::shared_ptr<ModelHandle> draftModel = nullptr, llama_context* draftCtx = nullptr);
   bool hasDraftModel() const { return draftCtx_ != nullptr; }
+  // Engine thread only (tasks): sets the context's LoRA adapters, if they differ. Throws on failure.
+  void applyLora(const LoraSet& set);
   ~Engine();
 
   void start();
@@ -185,6 +188,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int32_t nSwa_ = 0;
   int32_t promptChunk_ = 0;
   LoraSet currentLora_;  // adapters set on the context
+  int32_t loraRun_ = 0;  // steps decoded with currentLora_ in a row while other sets waited
   std::shared_ptr<ModelHandle> draftModel_;
   llama_context* draftCtx_ = nullptr;
   llama_batch draftBatch_{};

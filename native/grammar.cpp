@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <mutex>
 #ifndef _WIN32
 #include <unistd.h>
 #endif
@@ -77,13 +78,17 @@ class StderrCapture {
   int saved_ = -1;
 };
 
-// Parses a grammar with llama.cpp's parser; null and the reason when it does not parse.
-llama_grammar* parseGrammar(const std::string& gbnf, std::string& reason) {
+std::mutex g_stderrMu;  // one capture at a time in the process (worker threads included)
+
+// Parses a grammar with llama.cpp's parser; null and the reason when it does not parse. stderr is caught
+// for the few microseconds of the parse only, one parse at a time in the process.
+llama_grammar* parseGrammar(const llama_vocab* vocab, const std::string& gbnf, std::string& reason) {
+  std::lock_guard<std::mutex> lock(g_stderrMu);
   StderrCapture capture;
   llama_grammar* g = nullptr;
   try {
     AbortGuard guard;
-    g = llama_grammar_init_impl(nullptr, gbnf.c_str(), "root", false, nullptr, 0, nullptr, 0);
+    g = llama_grammar_init_impl(vocab, gbnf.c_str(), "root", false, nullptr, 0, nullptr, 0);
   } catch (const std::exception& e) {
     reason = e.what();
   }
@@ -168,7 +173,7 @@ common_sampler* makeSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& m
   }
   if (!grammar.empty()) {
     std::string reason;
-    llama_grammar* parsed = parseGrammar(grammar, reason);
+    llama_grammar* parsed = parseGrammar(vocab, grammar, reason);
     if (parsed == nullptr) grammarError(env, "The grammar could not be parsed", reason);
     llama_grammar_free_impl(parsed);
   }
@@ -215,9 +220,8 @@ Napi::Value MatchesGrammar(const Napi::CallbackInfo& info, const ModelHandle& mo
   Napi::Env env = info.Env();
   std::string gbnf = argString(info, 0, "grammar");
   std::string text = argString(info, 1, "text");
-  (void)model;
   std::string reason;
-  llama_grammar* g = parseGrammar(gbnf, reason);
+  llama_grammar* g = parseGrammar(model.vocab, gbnf, reason);
   if (g == nullptr) grammarError(env, "The grammar could not be parsed", reason);
   bool complete = false;
   try {

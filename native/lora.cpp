@@ -26,6 +26,7 @@ class LoadLoraWorker : public Napi::AsyncWorker {
     std::string reason;
     try {
       AbortGuard guard;
+      std::unique_lock<std::shared_mutex> lock(model_->adaptersMu);
       adapter_ = llama_adapter_lora_init(model_->model, path_.c_str());
     } catch (const std::exception& e) {
       adapter_ = nullptr;

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,9 @@ struct ModelHandle {
   bool vocabOnly = false;
   // Every token's text, and whether it is valid UTF-8 on its own (or a valid start of a character);
   // built once, on first use (utf8Pieces()).
+  // llama.cpp reads the model's list of LoRA adapters while it builds graphs: decoding and context creation
+  // hold this shared, loading an adapter holds it exclusively.
+  std::shared_mutex adaptersMu;
   std::once_flag piecesOnce;
   std::vector<std::string> pieces;
   std::vector<uint8_t> piecesCleanOk;

@@ -1,6 +1,7 @@
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, LlamaError, setLogLevel, type LlamaModel } from 'llama-addon';
-import { describeShared, shared } from './helpers/models.js';
+import { GgufType } from '../lib/gguf/index.js';
+import { describeShared, shared, synthetic } from './helpers/models.js';
 
 setLogLevel('error');
 
@@ -73,5 +74,34 @@ describeShared('embeddings and reranking (stories260k)', () => {
     await expect(ctx.embed(model.tokenize('a'.repeat(3000)))).rejects.toMatchObject({ code: 'ERR_CONTEXT_FULL' });
     await expect(model.createContext({ pooling: 'mean' })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     expect(await ctx.embed([])).toEqual([]);
+  });
+});
+
+describe('reranking (synthetic Qwen3-architecture model with a classification head)', () => {
+  it('scores documents with the head, the same in a batch as alone', async () => {
+    const yes = Float32Array.from({ length: 64 }, (_, i) => Math.sin(i * 0.7));
+    const no = Float32Array.from({ length: 64 }, (_, i) => Math.cos(i * 0.3) * 0.5);
+    const path = await synthetic('qwen3-reranker-2', {
+      architecture: 'qwen3', rankHead: [yes, no], vocab: 'qwen2', embeddingLength: 64, layers: 2, heads: 4, headsKv: 2, feedForwardLength: 128, type: 'f32', seed: 9,
+      metadata: [{ key: 'tokenizer.chat_template.rerank', type: GgufType.STRING, value: 'Query: {query}\nDocument: {document}\nRelevant:' }],
+    });
+    await using model = await loadModel(path);
+    expect(model.info.canRank).toBe(true);
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 4, embeddings: true, pooling: 'rank' });
+    const docs = ['The cat sat on the mat.', 'Paris is the capital of France.', 'Stock prices fell today.'];
+    const scores = await ctx.rank('Where is Paris?', docs);
+    expect(scores).toHaveLength(3);
+    for (const s of scores) expect(Number.isFinite(s)).toBe(true);
+    expect(new Set(scores.map((s) => s.toFixed(6))).size).toBe(3);
+    for (const [i, d] of docs.entries()) expect((await ctx.rank('Where is Paris?', [d]))[0]).toBeCloseTo(scores[i], 5);
+    // The score is llama.cpp's softmax of the head applied to the last token's hidden state (an embedding
+    // context gives that state): P("yes") = sigmoid(h·yes − h·no).
+    await using last = await model.createContext({ contextSize: 256, embeddings: true, pooling: 'last' });
+    for (const [i, d] of docs.entries()) {
+      const tokens = model.tokenize(`Query: Where is Paris?\nDocument: ${d}\nRelevant:`, { special: true, addBos: false });
+      const [h] = await last.embed(tokens, { normalize: false });
+      const logit = h.reduce((sum, v, k) => sum + v * (yes[k] - no[k]), 0);
+      expect(1 / (1 + Math.exp(-logit))).toBeCloseTo(scores[i], 4);
+    }
   });
 });

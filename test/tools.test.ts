@@ -50,9 +50,11 @@ const cases: Case[] = [
 
 function steering(model: LlamaModel, c: Case): Record<number, number> {
   const tok = (s: string) => model.tokenize(s, { special: true, addBos: false })[0];
-  const bias: Record<number, number> = { [tok(c.open)]: 10, [tok(c.next)]: 9, [model.vocab.eos!]: 20 };
-  if (c.close) bias[tok(c.close)] = 9.5;
-  if (model.vocab.eot !== null) bias[model.vocab.eot] = 20;
+  // Margins well above the random logits' spread: the opening marker first, then (once the marker is
+  // penalized as the last token) its next character, the closing marker after that, and the end above all.
+  const bias: Record<number, number> = { [tok(c.open)]: 20, [tok(c.next)]: 15, [model.vocab.eos!]: 30 };
+  if (c.close) bias[tok(c.close)] = 10;
+  if (model.vocab.eot !== null) bias[model.vocab.eot] = 30;
   return bias;
 }
 

@@ -26,6 +26,13 @@ export interface SyntheticLlamaOptions {
    * `control` tokens are special tokens, `user` tokens are added words (GGUF token types 3 and 4).
    */
   extraTokens?: ReadonlyArray<{ text: string; type?: 'control' | 'user' }>;
+  /** `qwen3` adds per-head Q/K norms (default `llama`). */
+  architecture?: 'llama' | 'qwen3';
+  /**
+   * A reranking head (`cls.output.weight`, qwen3 only): one row of `embeddingLength` weights per label
+   * (Qwen3 rerankers have two, "yes" and "no"; llama.cpp returns their softmax).
+   */
+  rankHead?: Float32Array[];
 }
 
 /** A small fast PRNG (xorshift32) so that the same seed gives the same weights everywhere. */
@@ -81,19 +88,20 @@ export async function writeSyntheticLlama(path: string, o: SyntheticLlamaOptions
   const nEmbd = o.embeddingLength;
   const nKv = headsKv * headDim;
 
+  const arch = o.architecture ?? 'llama';
   const metadata: GgufKv[] = [
-    { key: 'general.architecture', type: GgufType.STRING, value: 'llama' },
-    { key: 'general.name', type: GgufType.STRING, value: o.name ?? 'synthetic-llama' },
+    { key: 'general.architecture', type: GgufType.STRING, value: arch },
+    { key: 'general.name', type: GgufType.STRING, value: o.name ?? `synthetic-${arch}` },
     { key: 'general.file_type', type: GgufType.UINT32, value: fileTypes[type] },
-    { key: 'llama.context_length', type: GgufType.UINT32, value: o.contextLength ?? 2048 },
-    { key: 'llama.embedding_length', type: GgufType.UINT32, value: nEmbd },
-    { key: 'llama.block_count', type: GgufType.UINT32, value: o.layers },
-    { key: 'llama.feed_forward_length', type: GgufType.UINT32, value: o.feedForwardLength },
-    { key: 'llama.attention.head_count', type: GgufType.UINT32, value: o.heads },
-    { key: 'llama.attention.head_count_kv', type: GgufType.UINT32, value: headsKv },
-    { key: 'llama.rope.dimension_count', type: GgufType.UINT32, value: headDim },
-    { key: 'llama.rope.freq_base', type: GgufType.FLOAT32, value: 10000 },
-    { key: 'llama.attention.layer_norm_rms_epsilon', type: GgufType.FLOAT32, value: 1e-5 },
+    { key: `${arch}.context_length`, type: GgufType.UINT32, value: o.contextLength ?? 2048 },
+    { key: `${arch}.embedding_length`, type: GgufType.UINT32, value: nEmbd },
+    { key: `${arch}.block_count`, type: GgufType.UINT32, value: o.layers },
+    { key: `${arch}.feed_forward_length`, type: GgufType.UINT32, value: o.feedForwardLength },
+    { key: `${arch}.attention.head_count`, type: GgufType.UINT32, value: o.heads },
+    { key: `${arch}.attention.head_count_kv`, type: GgufType.UINT32, value: headsKv },
+    { key: `${arch}.rope.dimension_count`, type: GgufType.UINT32, value: headDim },
+    { key: `${arch}.rope.freq_base`, type: GgufType.FLOAT32, value: 10000 },
+    { key: `${arch}.attention.layer_norm_rms_epsilon`, type: GgufType.FLOAT32, value: 1e-5 },
   ];
   for (const [key, value] of Object.entries(vocab.metadata)) {
     if (!key.startsWith('tokenizer.')) continue;
@@ -121,8 +129,22 @@ export async function writeSyntheticLlama(path: string, o: SyntheticLlamaOptions
     { name: 'output_norm.weight', dims: [nEmbd], type: GGML_TYPE.F32, data: ones(nEmbd) },
     { name: 'output.weight', dims: [nEmbd, nVocab], type: wt, data: matrix(nEmbd, nVocab, wt) },
   ];
+  if (o.rankHead) {
+    const rows = o.rankHead;
+    if (arch !== 'qwen3' || rows.length === 0 || rows.some((r) => r.length !== nEmbd)) throw new Error('rankHead needs architecture qwen3 and rows of embeddingLength values');
+    const flat = new Float32Array(rows.length * nEmbd);
+    rows.forEach((r, i) => flat.set(r, i * nEmbd));
+    tensors.push({ name: 'cls.output.weight', dims: [nEmbd, rows.length], type: GGML_TYPE.F32, data: () => encodeTensor(GGML_TYPE.F32, flat) });
+    all.push({ key: `${arch}.classifier.output_labels`, type: GgufType.ARRAY, itemType: GgufType.STRING, value: rows.map((_, i) => (i === 0 ? 'yes' : i === 1 ? 'no' : `label${i}`)) });
+  }
   for (let i = 0; i < o.layers; i++) {
     const p = `blk.${i}.`;
+    if (arch === 'qwen3') {
+      tensors.push(
+        { name: p + 'attn_q_norm.weight', dims: [headDim], type: GGML_TYPE.F32, data: ones(headDim) },
+        { name: p + 'attn_k_norm.weight', dims: [headDim], type: GGML_TYPE.F32, data: ones(headDim) },
+      );
+    }
     tensors.push(
       { name: p + 'attn_norm.weight', dims: [nEmbd], type: GGML_TYPE.F32, data: ones(nEmbd) },
       { name: p + 'attn_q.weight', dims: [nEmbd, nEmbd], type: wt, data: matrix(nEmbd, nEmbd, wt) },

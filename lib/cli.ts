@@ -1,0 +1,171 @@
+#!/usr/bin/env node
+// npx llama-addon <command>: serve (an OpenAI-compatible server), complete, tokenize, inspect.
+import { basename } from 'node:path';
+import { parseArgs } from 'node:util';
+import { readGguf } from './gguf/reader.js';
+import { setLogLevel } from './log.js';
+import { loadModel } from './model.js';
+import { startServer, type ServerModel } from './server/server.js';
+
+const usage = `Usage: llama-addon <command> [options]
+
+Commands:
+  serve --model [alias=]file.gguf ...   an OpenAI-compatible server (repeat --model for several models)
+        [--port 8080] [--host 127.0.0.1] [--parallel 4] [--ctx-size N] [--api-key KEY]
+        [--max-queue 64] [--max-tokens 4096] [--body-limit BYTES] [--gpu-layers N|auto|max] [--log]
+  complete --model file.gguf "prompt"   print a completion
+        [--max-tokens 256] [--temperature 0.8] [--top-p 0.95] [--seed N] [--json]
+  tokenize --model file.gguf "text"     print the token ids [--json]
+  inspect file.gguf                     architecture, size, context length, chat template [--all] [--json]
+`;
+
+function fail(message: string, code = 2): never {
+  process.stderr.write(`llama-addon: ${message}\n`);
+  process.exit(code);
+}
+
+function parseModels(values: string[] | undefined): ServerModel[] {
+  if (!values?.length) fail('serve needs at least one --model file.gguf (or alias=file.gguf)');
+  return values.map((v) => {
+    const eq = v.indexOf('=');
+    if (eq > 0 && !v.slice(0, eq).includes('/')) return { alias: v.slice(0, eq), path: v.slice(eq + 1) };
+    return { alias: basename(v).replace(/\.gguf$/i, ''), path: v };
+  });
+}
+
+const gpuLayers = (v: string | undefined) => (v === undefined ? 'auto' : v === 'auto' || v === 'max' ? v : Number(v));
+
+async function serve(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      model: { type: 'string', multiple: true },
+      port: { type: 'string', default: '8080' },
+      host: { type: 'string', default: '127.0.0.1' },
+      parallel: { type: 'string', default: '4' },
+      'ctx-size': { type: 'string' },
+      'api-key': { type: 'string' },
+      'max-queue': { type: 'string', default: '64' },
+      'max-tokens': { type: 'string', default: '4096' },
+      'body-limit': { type: 'string' },
+      'gpu-layers': { type: 'string' },
+      log: { type: 'boolean', default: false },
+    },
+  });
+  setLogLevel('error');
+  const server = await startServer({
+    models: parseModels(values.model),
+    host: values.host!,
+    port: Number(values.port),
+    parallel: Number(values.parallel),
+    maxQueue: Number(values['max-queue']),
+    maxTokensLimit: Number(values['max-tokens']),
+    gpuLayers: gpuLayers(values['gpu-layers']),
+    log: values.log!,
+    ...(values['ctx-size'] ? { contextSize: Number(values['ctx-size']) } : {}),
+    ...(values['api-key'] ? { apiKey: values['api-key'] } : {}),
+    ...(values['body-limit'] ? { bodyLimit: Number(values['body-limit']) } : {}),
+  });
+  process.stderr.write(`llama-addon: listening on ${server.url} (models load in the background; GET /health)\n`);
+  server.ready.then(
+    () => process.stderr.write('llama-addon: models loaded\n'),
+    (e: Error) => process.stderr.write(`llama-addon: a model failed to load: ${e.message}\n`),
+  );
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) process.exit(1);
+    stopping = true;
+    process.stderr.write(`llama-addon: ${signal}: finishing running requests (10 s at most)\n`);
+    void server.close(10_000).then(() => process.exit(0));
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+async function complete(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      model: { type: 'string' },
+      'max-tokens': { type: 'string', default: '256' },
+      temperature: { type: 'string' },
+      'top-p': { type: 'string' },
+      seed: { type: 'string' },
+      json: { type: 'boolean', default: false },
+    },
+  });
+  if (!values.model) fail('complete needs --model file.gguf');
+  if (positionals.length !== 1) fail('complete needs one prompt argument');
+  setLogLevel('error');
+  await using model = await loadModel(values.model);
+  await using ctx = await model.createContext();
+  using session = ctx.createSession();
+  const gen = session.generate(positionals[0], {
+    maxTokens: Number(values['max-tokens']),
+    ...(values.temperature ? { temperature: Number(values.temperature) } : {}),
+    ...(values['top-p'] ? { topP: Number(values['top-p']) } : {}),
+    ...(values.seed ? { seed: Number(values.seed) } : {}),
+  });
+  if (values.json) {
+    const r = await gen.result;
+    process.stdout.write(JSON.stringify({ text: r.text, stopReason: r.stopReason, usage: r.usage, timings: r.timings }) + '\n');
+    return;
+  }
+  for await (const c of gen) process.stdout.write(c.text);
+  process.stdout.write('\n');
+}
+
+async function tokenize(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { model: { type: 'string' }, json: { type: 'boolean', default: false } } });
+  if (!values.model) fail('tokenize needs --model file.gguf');
+  if (positionals.length !== 1) fail('tokenize needs one text argument');
+  setLogLevel('error');
+  await using model = await loadModel(values.model, { vocabOnly: true });
+  const tokens = Array.from(model.tokenize(positionals[0]));
+  if (values.json) process.stdout.write(JSON.stringify(tokens.map((id) => ({ id, text: model.detokenize([id], { special: true }) }))) + '\n');
+  else process.stdout.write(tokens.join(' ') + '\n');
+}
+
+async function inspect(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { all: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } });
+  if (positionals.length !== 1) fail('inspect needs one file.gguf');
+  const g = await readGguf(positionals[0]);
+  const m = g.metadata;
+  const arch = String(m['general.architecture'] ?? 'unknown');
+  const count = g.tensors.reduce((n, t) => n + t.dims.reduce((a, b) => a * Number(b), 1), 0);
+  const summary = {
+    file: positionals[0],
+    name: m['general.name'] ?? null,
+    architecture: arch,
+    sizeBytes: g.fileSize,
+    parameters: count,
+    fileType: m['general.file_type'] ?? null,
+    contextLength: m[`${arch}.context_length`] ?? null,
+    embeddingLength: m[`${arch}.embedding_length`] ?? null,
+    layers: m[`${arch}.block_count`] ?? null,
+    tensors: g.tensors.length,
+    chatTemplate: m['tokenizer.chat_template'] ?? null,
+    ...(values.all ? { metadata: m } : {}),
+  };
+  if (values.json) {
+    process.stdout.write(JSON.stringify(summary, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n');
+    return;
+  }
+  for (const [k, v] of Object.entries(summary)) {
+    if (k === 'metadata' || k === 'chatTemplate') continue;
+    process.stdout.write(`${k.padEnd(16)} ${String(v)}\n`);
+  }
+  process.stdout.write(`chatTemplate     ${summary.chatTemplate ? 'yes' : 'none'}\n`);
+  if (values.all) for (const [k, v] of Object.entries(m)) process.stdout.write(`  ${k} = ${typeof v === 'object' ? JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x)) : String(v)}\n`);
+}
+
+const [command, ...rest] = process.argv.slice(2);
+const commands: Record<string, (argv: string[]) => Promise<void>> = { serve, complete, tokenize, inspect };
+if (!command || command === '--help' || command === '-h' || command === 'help') {
+  process.stdout.write(usage);
+} else if (!commands[command]) {
+  fail(`unknown command '${command}'\n\n${usage}`);
+} else {
+  commands[command](rest).catch((e: Error & { code?: string }) => fail(`${e.code ? `${e.code}: ` : ''}${e.message}`, 1));
+}

@@ -1,0 +1,571 @@
+// An OpenAI-compatible HTTP server over llama-addon: chat completions (streaming, JSON schema, tools,
+// log-probabilities), completions, embeddings, models, health and Prometheus metrics.
+import { createHash } from 'node:crypto';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { ChatResult, ChatTool, ToolChoice } from '../chat.js';
+import type { ChatMessage } from '../chat-template.js';
+import type { LlamaContext } from '../context.js';
+import { LlamaError } from '../errors.js';
+import type { GenerateOptions } from '../generate-options.js';
+import type { Generation, GenerationResult, TokenLogprob } from '../generation.js';
+import type { JsonSchema } from '../json-schema.js';
+import { loadModel, type LlamaModel } from '../model.js';
+import type { LlamaSession } from '../session.js';
+import { ApiError, chatCompletionSchema, completionSchema, embeddingSchema } from './openai.js';
+
+/** A model the server serves, under an alias that requests name in `model`. */
+export interface ServerModel {
+  alias: string;
+  path: string;
+}
+
+/** Options of {@link startServer}. */
+export interface ServerOptions {
+  /** The models; the first is used when a request names none. */
+  models: ServerModel[];
+  /** Default 127.0.0.1: only this machine can connect. */
+  host?: string;
+  /** Default 8080; 0 picks a free port. */
+  port?: number;
+  /** Requests generated at once per model (sessions of its context; default 4). */
+  parallel?: number;
+  /** Tokens each of those sessions holds (default: the model's training context, at most 4096). */
+  contextSize?: number;
+  /** With a key, every endpoint but /health needs `Authorization: Bearer <key>`. */
+  apiKey?: string;
+  /** Requests that may wait for a free session per model before the server answers 429 (default 64). */
+  maxQueue?: number;
+  /** Largest request body in bytes (default 1 MiB). */
+  bodyLimit?: number;
+  /** Largest `max_tokens` a request may ask for, and the default (default 4096). */
+  maxTokensLimit?: number;
+  /** GPU layers for the models (default 'auto'). */
+  gpuLayers?: number | 'auto' | 'max';
+  /** Print each request (default false). */
+  log?: boolean;
+}
+
+interface Entry {
+  alias: string;
+  path: string;
+  state: 'loading' | 'ready' | 'error';
+  error?: string;
+  created: number;
+  model?: LlamaModel;
+  ctx?: LlamaContext;
+  embedCtx?: Promise<LlamaContext>;
+  idle: LlamaSession[];
+  sessions: LlamaSession[];
+  keys: Map<LlamaSession, string>;
+  waiters: Array<{ grant: (s: LlamaSession) => void; fail: (e: Error) => void }>;
+}
+
+/** A running server. */
+export interface LlamaServer {
+  /** Where it listens, for example `http://127.0.0.1:8080`. */
+  readonly url: string;
+  /** Resolves when every model has loaded (rejects if one failed). */
+  readonly ready: Promise<void>;
+  /**
+   * Stops accepting requests, lets running ones finish for up to `deadlineMs` (default 10 s), aborts the
+   * rest, and frees the models.
+   */
+  close(deadlineMs?: number): Promise<void>;
+}
+
+const conversationKey = (messages: ReadonlyArray<{ role: string; content: string }>) =>
+  createHash('sha256').update(JSON.stringify(messages.map((m) => [m.role, m.content]))).digest('hex');
+
+function textOf(content: unknown): string {
+  if (typeof content === 'string') return content;
+  if (Array.isArray(content)) return content.map((p: { text?: string }) => p.text ?? '').join('');
+  return '';
+}
+
+/** Starts the server; models load in the background (`/health` answers 503 until they have). */
+export async function startServer(options: ServerOptions): Promise<LlamaServer> {
+  if (!options.models?.length) throw new ApiError(400, 'At least one model is needed', 'invalid_request_error');
+  const parallel = options.parallel ?? 4;
+  const maxQueue = options.maxQueue ?? 64;
+  const maxTokensLimit = options.maxTokensLimit ?? 4096;
+  const entries = new Map<string, Entry>();
+  for (const m of options.models) {
+    entries.set(m.alias, { alias: m.alias, path: m.path, state: 'loading', created: Math.floor(Date.now() / 1000), idle: [], sessions: [], keys: new Map(), waiters: [] });
+  }
+  const defaultAlias = options.models[0].alias;
+
+  // ---------------------------------------------------------------- metrics
+  const registry = new Registry();
+  const requests = new Counter({ name: 'llama_requests_total', help: 'Requests, by endpoint and status', labelNames: ['endpoint', 'status'], registers: [registry] });
+  const promptTokens = new Counter({ name: 'llama_prompt_tokens_total', help: 'Prompt tokens of completed requests', labelNames: ['model'], registers: [registry] });
+  const cachedTokens = new Counter({ name: 'llama_prompt_tokens_cached_total', help: 'Prompt tokens reused from a KV cache', labelNames: ['model'], registers: [registry] });
+  const completionTokens = new Counter({ name: 'llama_completion_tokens_total', help: 'Generated tokens', labelNames: ['model'], registers: [registry] });
+  const ttft = new Histogram({
+    name: 'llama_time_to_first_token_seconds', help: 'Time from request to first generated token', labelNames: ['model'],
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers: [registry],
+  });
+  const tps = new Gauge({ name: 'llama_tokens_per_second', help: 'Generation speed of the last completed request', labelNames: ['model'], registers: [registry] });
+  new Gauge({
+    name: 'llama_queue_length', help: 'Requests waiting for a free session', labelNames: ['model'], registers: [registry],
+    collect() {
+      for (const e of entries.values()) this.set({ model: e.alias }, e.waiters.length);
+    },
+  });
+  new Gauge({
+    name: 'llama_kv_cache_usage_ratio', help: 'Share of the KV cache the sessions hold', labelNames: ['model'], registers: [registry],
+    collect() {
+      for (const e of entries.values()) {
+        if (!e.ctx) continue;
+        const held = e.sessions.reduce((n, s) => n + (s.disposed ? 0 : s.tokens.length), 0);
+        this.set({ model: e.alias }, held / (e.ctx.contextSize * e.ctx.sequences));
+      }
+    },
+  });
+  new Gauge({
+    name: 'llama_requests_running', help: 'Requests generating now', labelNames: ['model'], registers: [registry],
+    collect() {
+      for (const e of entries.values()) this.set({ model: e.alias }, e.sessions.length - e.idle.length);
+    },
+  });
+
+  // ---------------------------------------------------------------- models
+  const loading = [...entries.values()].map(async (e) => {
+    try {
+      e.model = await loadModel(e.path, { gpuLayers: options.gpuLayers ?? 'auto' });
+      const contextSize = options.contextSize ?? Math.min(e.model.info.contextLength || 4096, 4096);
+      e.ctx = await e.model.createContext({ contextSize, sequences: parallel });
+      for (let i = 0; i < parallel; i++) e.sessions.push(e.ctx.createSession({ contextShift: 'auto' }));
+      e.idle = [...e.sessions];
+      e.state = 'ready';
+    } catch (err) {
+      e.state = 'error';
+      e.error = (err as Error).message;
+      throw err;
+    }
+  });
+  const ready = Promise.all(loading).then(() => undefined);
+  ready.catch(() => {});
+
+  function entryFor(model: string | undefined): Entry {
+    const e = entries.get(model ?? defaultAlias);
+    if (!e) {
+      throw new ApiError(404, `The model '${model}' does not exist: this server serves ${[...entries.keys()].join(', ')}`, 'invalid_request_error', 'model', 'model_not_found');
+    }
+    if (e.state === 'loading') throw new ApiError(503, `The model '${e.alias}' is still loading`, 'server_error', null, 'model_loading');
+    if (e.state === 'error') throw new ApiError(500, `The model '${e.alias}' failed to load: ${e.error}`, 'server_error', null, 'model_error');
+    return e;
+  }
+
+  function acquire(e: Entry, key: string | null, signal: AbortSignal): Promise<LlamaSession> {
+    if (e.idle.length > 0) {
+      // The session that served this conversation's previous turn holds its tokens; otherwise the least
+      // recently used one (others' cached prefixes are still shared by copying cells).
+      let i = key === null ? -1 : e.idle.findIndex((s) => e.keys.get(s) === key);
+      if (i < 0) i = 0;
+      return Promise.resolve(e.idle.splice(i, 1)[0]);
+    }
+    if (e.waiters.length >= maxQueue) {
+      return Promise.reject(new ApiError(429, `Too many requests are waiting for '${e.alias}'; retry shortly`, 'rate_limit_error', null, 'queue_full'));
+    }
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        grant: (s: LlamaSession) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(s);
+        },
+        fail: (err: Error) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(err);
+        },
+      };
+      const onAbort = () => {
+        e.waiters = e.waiters.filter((w) => w !== waiter);
+        reject(new ApiError(499, 'The client went away', 'invalid_request_error'));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      e.waiters.push(waiter);
+    });
+  }
+
+  function release(e: Entry, s: LlamaSession): void {
+    if (s.disposed) return;
+    const w = e.waiters.shift();
+    if (w) w.grant(s);
+    else e.idle.push(s);
+  }
+
+  // ---------------------------------------------------------------- HTTP
+  const app: FastifyInstance = Fastify({
+    logger: options.log ? { level: 'info' } : false,
+    bodyLimit: options.bodyLimit ?? 1 << 20,
+    forceCloseConnections: 'idle',
+    ajv: { customOptions: { allErrors: false, coerceTypes: false, removeAdditional: false } },
+  });
+  const running = new Set<AbortController>();
+  let closing = false;
+
+  app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {
+    let api: ApiError;
+    const e = err as { validation?: Array<{ instancePath: string; params?: { missingProperty?: string }; message?: string }>; statusCode?: number; code?: string; message: string };
+    if (err instanceof ApiError) api = err;
+    else if (e.validation) {
+      const v = e.validation[0];
+      const param = (v.instancePath.replace(/^\//, '').replace(/\//g, '.') || v.params?.missingProperty) ?? null;
+      api = new ApiError(400, `Invalid request: ${param ?? 'body'} ${v.message ?? 'is invalid'}`, 'invalid_request_error', param);
+    } else if (e.statusCode === 413 || e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      api = new ApiError(413, 'The request body is too large', 'invalid_request_error');
+    } else if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
+      api = new ApiError(e.statusCode, e.message, 'invalid_request_error');
+    } else if (err instanceof LlamaError) {
+      const status = ['ERR_INVALID_ARGUMENT', 'ERR_INVALID_MESSAGE', 'ERR_INVALID_TEMPLATE', 'ERR_INVALID_GRAMMAR', 'ERR_CONTEXT_FULL', 'ERR_INCOMPLETE_OUTPUT'].includes(err.code) ? 400 : 500;
+      api = new ApiError(status, err.message, status === 400 ? 'invalid_request_error' : 'server_error', null, err.code);
+    } else {
+      api = new ApiError(500, e.message, 'server_error');
+    }
+    requests.inc({ endpoint: req.routeOptions?.url ?? req.url, status: String(api.status) });
+    if (api.status === 429) void reply.header('Retry-After', '1');
+    if (reply.sent || reply.raw.headersSent) return;
+    void reply.status(api.status === 499 ? 400 : api.status).send(api.body());
+  });
+
+  app.addHook('onRequest', async (req) => {
+    if (closing) throw new ApiError(503, 'The server is shutting down', 'server_error');
+    if (!options.apiKey || req.url === '/health') return;
+    if (req.headers.authorization !== `Bearer ${options.apiKey}`) {
+      throw new ApiError(401, 'Missing or wrong API key: send Authorization: Bearer <key>', 'authentication_error', null, 'invalid_api_key');
+    }
+  });
+
+  app.get('/health', async (_req, reply) => {
+    const states = [...entries.values()].map((e) => e.state);
+    if (states.includes('error')) return reply.status(500).send({ status: 'error', models: Object.fromEntries([...entries.values()].map((e) => [e.alias, e.state])) });
+    if (states.includes('loading')) return reply.status(503).send({ status: 'loading' });
+    return { status: 'ok' };
+  });
+
+  app.get('/metrics', async (_req, reply) => {
+    void reply.header('Content-Type', registry.contentType);
+    return registry.metrics();
+  });
+
+  app.get('/v1/models', async () => ({
+    object: 'list',
+    data: [...entries.values()].map((e) => ({
+      id: e.alias,
+      object: 'model',
+      created: e.created,
+      owned_by: 'llama-addon',
+      path: e.path,
+      state: e.state,
+      ...(e.model ? { fingerprint: e.model.fingerprint } : {}),
+    })),
+  }));
+
+  /** Runs a generation for a request: aborts it when the client goes away or the server closes. */
+  async function withRequest<T>(req: FastifyRequest, reply: FastifyReply, e: Entry, key: string | null, fn: (s: LlamaSession, signal: AbortSignal) => Promise<T>): Promise<T> {
+    const controller = new AbortController();
+    const onClose = () => {
+      if (!reply.raw.writableFinished) controller.abort();
+    };
+    reply.raw.on('close', onClose);
+    running.add(controller);
+    const session = await acquire(e, key, controller.signal);
+    try {
+      return await fn(session, controller.signal);
+    } finally {
+      running.delete(controller);
+      reply.raw.off('close', onClose);
+      release(e, session);
+    }
+  }
+
+  function account(e: Entry, r: GenerationResult, started: number): void {
+    promptTokens.inc({ model: e.alias }, r.usage.promptTokens);
+    cachedTokens.inc({ model: e.alias }, r.usage.cachedTokens);
+    completionTokens.inc({ model: e.alias }, r.usage.completionTokens);
+    if (r.usage.completionTokens > 0) ttft.observe({ model: e.alias }, r.timings.timeToFirstTokenMs / 1000);
+    if (r.timings.tokensPerSecond > 0) tps.set({ model: e.alias }, r.timings.tokensPerSecond);
+    void started;
+  }
+
+  function sampling(body: Record<string, unknown>, signal: AbortSignal): GenerateOptions {
+    const maxTokens = Math.min((body.max_completion_tokens ?? body.max_tokens ?? maxTokensLimit) as number, maxTokensLimit);
+    const requested = (body.max_completion_tokens ?? body.max_tokens) as number | undefined;
+    if (requested !== undefined && requested > maxTokensLimit) {
+      throw new ApiError(400, `max_tokens may be at most ${maxTokensLimit} on this server`, 'invalid_request_error', body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens');
+    }
+    const o: GenerateOptions = { maxTokens, signal };
+    if (body.temperature !== undefined) o.temperature = body.temperature as number;
+    if (body.top_p !== undefined) o.topP = body.top_p as number;
+    if (body.seed !== undefined) o.seed = body.seed as number;
+    if (body.presence_penalty !== undefined) o.presencePenalty = body.presence_penalty as number;
+    if (body.frequency_penalty !== undefined) o.frequencyPenalty = body.frequency_penalty as number;
+    if (body.top_k !== undefined) o.topK = body.top_k as number;
+    if (body.min_p !== undefined) o.minP = body.min_p as number;
+    if (body.repeat_penalty !== undefined) o.repeatPenalty = body.repeat_penalty as number;
+    if (body.repeat_last_n !== undefined) o.penaltyLastN = body.repeat_last_n as number;
+    if (body.stop !== undefined && body.stop !== null) {
+      const stops = (typeof body.stop === 'string' ? [body.stop] : (body.stop as string[])).filter((x) => x.length > 0);
+      if (stops.length) o.stop = stops;
+    }
+    if (body.logit_bias) {
+      const lb: Record<number, number> = {};
+      for (const [k, v] of Object.entries(body.logit_bias as Record<string, number>)) {
+        if (!/^\d+$/.test(k)) throw new ApiError(400, `logit_bias keys must be token ids, received '${k}'`, 'invalid_request_error', 'logit_bias');
+        lb[Number(k)] = v === -100 ? -Infinity : v;
+      }
+      o.logitBias = lb;
+    }
+    return o;
+  }
+
+  const finishReason = (r: GenerationResult, toolCalls = 0) =>
+    toolCalls > 0 ? 'tool_calls' : r.stopReason === 'maxTokens' || r.stopReason === 'contextFull' ? 'length' : 'stop';
+
+  const openaiLogprobs = (lp: TokenLogprob[] | undefined) =>
+    lp?.map((p) => ({
+      token: p.text,
+      logprob: p.logprob,
+      bytes: [...Buffer.from(p.text)],
+      top_logprobs: p.top.map((a) => ({ token: a.text, logprob: a.logprob, bytes: [...Buffer.from(a.text)] })),
+    }));
+
+  function usage(r: GenerationResult) {
+    return {
+      prompt_tokens: r.usage.promptTokens,
+      completion_tokens: r.usage.completionTokens,
+      total_tokens: r.usage.promptTokens + r.usage.completionTokens,
+      prompt_tokens_details: { cached_tokens: r.usage.cachedTokens },
+    };
+  }
+
+  function sse(reply: FastifyReply): (data: unknown) => void {
+    reply.hijack();
+    reply.raw.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
+    return (data) => {
+      if (!reply.raw.writableEnded) reply.raw.write(`data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`);
+    };
+  }
+
+  app.post('/v1/chat/completions', { schema: { body: chatCompletionSchema } }, async (req, reply) => {
+    const body = req.body as Record<string, unknown> & { messages: Array<Record<string, unknown>> };
+    const e = entryFor(body.model as string | undefined);
+    const id = `chatcmpl-${createHash('sha1').update(`${Date.now()}${Math.random()}`).digest('hex').slice(0, 24)}`;
+    const created = Math.floor(Date.now() / 1000);
+    const messages: ChatMessage[] = body.messages.map((m) => {
+      const role = m.role === 'developer' ? 'system' : (m.role as ChatMessage['role']);
+      const out: ChatMessage = { role, content: textOf(m.content) };
+      if (Array.isArray(m.tool_calls)) {
+        out.toolCalls = (m.tool_calls as Array<{ id: string; function: { name: string; arguments: string } }>).map((c) => {
+          let args: Record<string, unknown>;
+          try {
+            args = JSON.parse(c.function.arguments) as Record<string, unknown>;
+          } catch {
+            throw new ApiError(400, `messages: the arguments of tool call ${c.id} are not JSON`, 'invalid_request_error', 'messages');
+          }
+          return { id: c.id, name: c.function.name, arguments: args };
+        });
+      }
+      if (typeof m.tool_call_id === 'string') out.toolCallId = m.tool_call_id;
+      if (role === 'tool' && typeof m.name === 'string') out.name = m.name;
+      return out;
+    });
+    const last = messages[messages.length - 1];
+    const history = last.role === 'user' ? messages.slice(0, -1) : messages;
+    const tools: ChatTool[] | undefined = (body.tools as Array<{ function: { name: string; description?: string; parameters?: JsonSchema } }> | undefined)?.map((t) => ({
+      name: t.function.name,
+      ...(t.function.description !== undefined ? { description: t.function.description } : {}),
+      ...(t.function.parameters !== undefined ? { parameters: t.function.parameters } : {}),
+    }));
+    const tc = body.tool_choice as string | { function: { name: string } } | undefined;
+    const toolChoice: ToolChoice | undefined = tc === undefined ? undefined : typeof tc === 'string' ? (tc as ToolChoice) : { name: tc.function.name };
+    const rf = body.response_format as { type: string; json_schema?: { schema: JsonSchema } } | undefined;
+    const jsonSchema: JsonSchema | undefined = rf?.type === 'json_schema' ? rf.json_schema?.schema : rf?.type === 'json_object' ? { type: 'object' } : undefined;
+    if (rf?.type === 'json_schema' && !rf.json_schema) throw new ApiError(400, 'response_format.json_schema is required with type json_schema', 'invalid_request_error', 'response_format.json_schema');
+    const wantLogprobs = body.logprobs === true;
+    const stream = body.stream === true;
+    const started = Date.now();
+    // The conversation this request continues: its messages before the new one.
+    const key = history.length > 0 ? conversationKey(history) : null;
+    return withRequest(req, reply, e, key, async (session, signal) => {
+      const chat = e.ctx!.createChat({
+        session,
+        messages: history,
+        ...(tools?.length ? { tools, toolChoice: toolChoice ?? 'auto', parallelToolCalls: body.parallel_tool_calls === true } : {}),
+      });
+      const opts = {
+        ...sampling(body, signal),
+        ...(wantLogprobs ? { logprobs: (body.top_logprobs as number | undefined) ?? 0 } : {}),
+        ...(jsonSchema !== undefined ? { jsonSchema } : {}),
+      };
+      const gen: Generation<ChatResult> = chat.send(last.role === 'user' ? last : undefined, opts);
+      const finish = (r: ChatResult) => {
+        account(e, r, started);
+        const reply = { role: 'assistant' as const, content: r.content };
+        e.keys.set(session, conversationKey([...history, ...(last.role === 'user' ? [last] : []), reply]));
+        requests.inc({ endpoint: '/v1/chat/completions', status: '200' });
+      };
+      if (!stream) {
+        const r = await gen.result;
+        finish(r);
+        const toolCalls = r.toolCalls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: JSON.stringify(c.arguments) } }));
+        return {
+          id,
+          object: 'chat.completion',
+          created,
+          model: e.alias,
+          choices: [
+            {
+              index: 0,
+              message: { role: 'assistant', content: toolCalls.length && !r.content ? null : r.content, ...(toolCalls.length ? { tool_calls: toolCalls } : {}), ...(r.reasoning ? { reasoning_content: r.reasoning } : {}) },
+              logprobs: wantLogprobs ? { content: openaiLogprobs(r.logprobs) ?? [] } : null,
+              finish_reason: finishReason(r, toolCalls.length),
+            },
+          ],
+          usage: usage(r),
+        };
+      }
+      const send = sse(reply);
+      const chunk = (delta: Record<string, unknown>, finish: string | null, extra: Record<string, unknown> = {}) =>
+        send({ id, object: 'chat.completion.chunk', created, model: e.alias, choices: [{ index: 0, delta, logprobs: extra.logprobs ?? null, finish_reason: finish }] });
+      chunk({ role: 'assistant', content: '' }, null);
+      // With tools, the raw text holds the call markup: the parsed reply is sent when it is complete.
+      const live = !tools?.length;
+      try {
+        for await (const c of gen) {
+          if (live && c.text) chunk({ content: c.text }, null, wantLogprobs ? { logprobs: { content: openaiLogprobs(c.logprobs) } } : {});
+        }
+        const r = await gen.result;
+        finish(r);
+        if (!live) {
+          const toolCalls = r.toolCalls.map((c, index) => ({ index, id: c.id, type: 'function', function: { name: c.name, arguments: JSON.stringify(c.arguments) } }));
+          if (r.content) chunk({ content: r.content }, null);
+          if (toolCalls.length) chunk({ tool_calls: toolCalls }, null);
+          chunk({}, finishReason(r, toolCalls.length));
+        } else {
+          chunk({}, finishReason(r));
+        }
+        if ((body.stream_options as { include_usage?: boolean } | undefined)?.include_usage) {
+          send({ id, object: 'chat.completion.chunk', created, model: e.alias, choices: [], usage: usage(r) });
+        }
+      } catch (err) {
+        const api = err instanceof ApiError ? err : new ApiError(500, (err as Error).message, 'server_error', null, (err as LlamaError).code ?? null);
+        send(api.body());
+      }
+      send('[DONE]');
+      reply.raw.end();
+      return reply;
+    });
+  });
+
+  app.post('/v1/completions', { schema: { body: completionSchema } }, async (req, reply) => {
+    const body = req.body as Record<string, unknown>;
+    const e = entryFor(body.model as string | undefined);
+    const prompt = typeof body.prompt === 'string' ? body.prompt : (body.prompt as string[])[0];
+    const id = `cmpl-${createHash('sha1').update(`${Date.now()}${Math.random()}`).digest('hex').slice(0, 24)}`;
+    const created = Math.floor(Date.now() / 1000);
+    const logprobs = typeof body.logprobs === 'number' ? body.logprobs : undefined;
+    const started = Date.now();
+    return withRequest(req, reply, e, null, async (session, signal) => {
+      const gen = session.generate(prompt, { ...sampling(body, signal), ...(logprobs !== undefined ? { logprobs } : {}) });
+      const legacy = (lp: TokenLogprob[] | undefined) =>
+        lp && {
+          tokens: lp.map((p) => p.text),
+          token_logprobs: lp.map((p) => p.logprob),
+          top_logprobs: lp.map((p) => Object.fromEntries(p.top.map((a) => [a.text, a.logprob]))),
+        };
+      if (body.stream !== true) {
+        const r = await gen.result;
+        account(e, r, started);
+        requests.inc({ endpoint: '/v1/completions', status: '200' });
+        return {
+          id, object: 'text_completion', created, model: e.alias,
+          choices: [{ text: r.text, index: 0, logprobs: legacy(r.logprobs) ?? null, finish_reason: finishReason(r) }],
+          usage: usage(r),
+        };
+      }
+      const send = sse(reply);
+      try {
+        for await (const c of gen) {
+          if (c.text) send({ id, object: 'text_completion', created, model: e.alias, choices: [{ text: c.text, index: 0, logprobs: legacy(c.logprobs) ?? null, finish_reason: null }] });
+        }
+        const r = await gen.result;
+        account(e, r, started);
+        requests.inc({ endpoint: '/v1/completions', status: '200' });
+        send({ id, object: 'text_completion', created, model: e.alias, choices: [{ text: '', index: 0, logprobs: null, finish_reason: finishReason(r) }] });
+      } catch (err) {
+        send(new ApiError(500, (err as Error).message, 'server_error').body());
+      }
+      send('[DONE]');
+      reply.raw.end();
+      return reply;
+    });
+  });
+
+  app.post('/v1/embeddings', { schema: { body: embeddingSchema } }, async (req) => {
+    const body = req.body as { model?: string; input: string | string[] | number[] | number[][]; encoding_format?: 'float' | 'base64'; dimensions?: number };
+    const e = entryFor(body.model);
+    // Mean pooling unless the model says otherwise (generative models default to none: one vector per token).
+    e.embedCtx ??= e.model!.createContext({
+      contextSize: Math.min(e.ctx!.contextSize, 2048), sequences: 8, embeddings: true,
+      ...(typeof e.model!.metadata[`${e.model!.info.architecture}.pooling_type`] === 'number' ? {} : { pooling: 'mean' as const }),
+    });
+    const ctx = await e.embedCtx;
+    const inputs: Array<string | Int32Array> =
+      typeof body.input === 'string'
+        ? [body.input]
+        : typeof body.input[0] === 'number'
+          ? [Int32Array.from(body.input as number[])]
+          : (body.input as Array<string | number[]>).map((x) => (typeof x === 'string' ? x : Int32Array.from(x)));
+    const tokens = inputs.map((x) => (typeof x === 'string' ? e.model!.tokenize(x) : x));
+    const bad = tokens.findIndex((t) => t.some((id) => id >= e.model!.vocab.size));
+    if (bad >= 0) throw new ApiError(400, `input ${bad} holds token ids outside the vocabulary`, 'invalid_request_error', 'input');
+    const vectors = await ctx.embed(tokens);
+    if (body.dimensions !== undefined && body.dimensions !== vectors[0]?.length) {
+      throw new ApiError(400, `This model's embeddings have ${vectors[0]?.length} dimensions`, 'invalid_request_error', 'dimensions');
+    }
+    const n = tokens.reduce((s, t) => s + t.length, 0);
+    promptTokens.inc({ model: e.alias }, n);
+    requests.inc({ endpoint: '/v1/embeddings', status: '200' });
+    return {
+      object: 'list',
+      data: vectors.map((v, index) => ({
+        object: 'embedding',
+        index,
+        embedding: body.encoding_format === 'base64' ? Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('base64') : Array.from(v),
+      })),
+      model: e.alias,
+      usage: { prompt_tokens: n, total_tokens: n },
+    };
+  });
+
+  await app.listen({ host: options.host ?? '127.0.0.1', port: options.port ?? 8080 });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : options.port ?? 8080;
+  const host = options.host ?? '127.0.0.1';
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+
+  return {
+    url,
+    ready,
+    async close(deadlineMs = 10_000) {
+      if (closing) return;
+      closing = true;
+      for (const e of entries.values()) for (const w of e.waiters.splice(0)) w.fail(new ApiError(503, 'The server is shutting down', 'server_error'));
+      // Running requests may finish until the deadline; then they are aborted (and end as they are).
+      const timer = setTimeout(() => {
+        for (const c of running) c.abort();
+      }, deadlineMs);
+      await app.close();
+      clearTimeout(timer);
+      await ready.catch(() => {});
+      await Promise.allSettled(
+        [...entries.values()].map(async (e) => {
+          if (e.embedCtx) await (await e.embedCtx).dispose();
+          await e.model?.dispose();
+        }),
+      );
+    },
+  };
+}
