@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, LlamaError, setLogLevel, type ChatMessage, type LlamaContext, type LlamaModel } from 'llama-addon';
 import { describeShared, llamaCppDir, shared, synthetic } from './helpers/models.js';
+import { throwsWith } from './helpers/errors.js';
 
 setLogLevel('error');
 
@@ -21,17 +22,6 @@ const STORY_TEMPLATE =
   "{% for m in messages %}{{ m.role }}:{% if m.role != 'assistant' %} {% endif %}{{ m.content }}\n{% endfor %}" +
   '{% if add_generation_prompt %}assistant:{% endif %}';
 
-function throwsWith(fn: () => unknown, code: string): LlamaError {
-  let caught: unknown = null;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(LlamaError);
-  expect((caught as LlamaError).code).toBe(code);
-  return caught as LlamaError;
-}
 
 describeShared('chat templates (llama.cpp Jinja engine)', () => {
   let phi3: LlamaModel;

@@ -4,20 +4,12 @@ import { Ajv } from 'ajv';
 import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from 'vitest';
 import { defineSchema, jsonSchemaToGrammar, loadModel, LlamaError, setLogLevel, type LlamaContext, type LlamaModel } from 'llama-addon';
 import { llamaCppDir, tinySynthetic } from './helpers/models.js';
+import { rejectsWith } from './helpers/errors.js';
 
 setLogLevel('error');
 
 const grammarsDir = join(llamaCppDir, 'grammars');
 
-async function rejectsWith(p: Promise<unknown>, code: string): Promise<LlamaError> {
-  const e = await p.then(
-    () => null,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(LlamaError);
-  expect((e as LlamaError).code).toBe(code);
-  return e as LlamaError;
-}
 
 // The synthetic model has random weights: whatever it says comes from the grammar alone.
 describe('grammar-constrained sampling (random-weight model)', () => {

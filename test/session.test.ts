@@ -3,32 +3,14 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadModel, LlamaError, setLogLevel, type LlamaContext, type LlamaModel } from 'llama-addon';
 import { describeShared, fixtures, shared } from './helpers/models.js';
+import { rejectsWith, throwsWith } from './helpers/errors.js';
 
 setLogLevel('error');
 
 const PROMPT = 'Once upon a time';
 const greedy = { temperature: 0 } as const;
 
-async function rejectsWith(p: Promise<unknown>, code: string): Promise<LlamaError> {
-  const e = await p.then(
-    () => null,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(LlamaError);
-  expect((e as LlamaError).code).toBe(code);
-  return e as LlamaError;
-}
 
-function throwsWith(fn: () => unknown, code: string): void {
-  let caught: unknown = null;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(LlamaError);
-  expect((caught as LlamaError).code).toBe(code);
-}
 
 describeShared('sessions: cache reuse, fork, save and load, context shift, prefix sharing', () => {
   let model: LlamaModel;
