@@ -13,6 +13,7 @@ Commands:
   serve --model [alias=]file.gguf ...   an OpenAI-compatible server (repeat --model for several models)
         [--port 8080] [--host 127.0.0.1] [--parallel 4] [--ctx-size N] [--api-key KEY]
         [--max-queue 64] [--max-tokens 4096] [--body-limit BYTES] [--gpu-layers N|auto|max] [--log]
+        [--cache-responses N]; SIGHUP reloads the model files without downtime
   complete --model file.gguf "prompt"   print a completion
         [--max-tokens 256] [--temperature 0.8] [--top-p 0.95] [--seed N] [--json]
   tokenize --model file.gguf "text"     print the token ids [--json]
@@ -50,11 +51,13 @@ async function serve(argv: string[]): Promise<void> {
       'body-limit': { type: 'string' },
       'gpu-layers': { type: 'string' },
       log: { type: 'boolean', default: false },
+      'cache-responses': { type: 'string' },
     },
   });
   setLogLevel('error');
+  const models = parseModels(values.model);
   const server = await startServer({
-    models: parseModels(values.model),
+    models,
     host: values.host!,
     port: Number(values.port),
     parallel: Number(values.parallel),
@@ -65,6 +68,7 @@ async function serve(argv: string[]): Promise<void> {
     ...(values['ctx-size'] ? { contextSize: Number(values['ctx-size']) } : {}),
     ...(values['api-key'] ? { apiKey: values['api-key'] } : {}),
     ...(values['body-limit'] ? { bodyLimit: Number(values['body-limit']) } : {}),
+    ...(values['cache-responses'] ? { cacheResponses: Number(values['cache-responses']) } : {}),
   });
   process.stderr.write(`llama-addon: listening on ${server.url} (models load in the background; GET /health)\n`);
   server.ready.then(
@@ -79,6 +83,15 @@ async function serve(argv: string[]): Promise<void> {
     void server.close(10_000).then(() => process.exit(0));
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGHUP', () => {
+    process.stderr.write('llama-addon: SIGHUP: reloading the model files\n');
+    for (const m of models) {
+      server.reload(m.alias).then(
+        (r) => process.stderr.write(`llama-addon: ${r.model} now serves ${r.path} (version ${r.version})\n`),
+        (e: Error) => process.stderr.write(`llama-addon: reloading ${m.alias} failed, the old model stays: ${e.message}\n`),
+      );
+    }
+  });
   process.on('SIGINT', () => stop('SIGINT'));
 }
 

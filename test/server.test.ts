@@ -285,3 +285,64 @@ describe('server with a model that fails to load', () => {
     }
   });
 });
+
+describeShared('server: response cache and model replacement', () => {
+  it('answers identical deterministic requests from its cache, and counts hits and misses', async () => {
+    const server = await startServer({ models: [{ alias: 'stories', path: shared('stories260k.gguf') }], port: 0, parallel: 2, contextSize: 256, cacheResponses: 8 });
+    try {
+      await server.ready;
+      const body = { model: 'stories', messages: [{ role: 'user', content: 'A story' }], max_tokens: 12, temperature: 0 };
+      const a = await raw(server.url, '/v1/chat/completions', body);
+      const b = await raw(server.url, '/v1/chat/completions', body);
+      expect(a.headers.get('x-cache')).toBeNull();
+      expect(b.headers.get('x-cache')).toBe('hit');
+      expect((b.json as { choices: unknown }).choices).toEqual((a.json as { choices: unknown }).choices);
+      // Sampling with neither temperature 0 nor a seed is never cached.
+      const c1 = await raw(server.url, '/v1/chat/completions', { ...body, temperature: 1 });
+      const c2 = await raw(server.url, '/v1/chat/completions', { ...body, temperature: 1 });
+      expect(c1.headers.get('x-cache')).toBeNull();
+      expect(c2.headers.get('x-cache')).toBeNull();
+      const seeded = { model: 'stories', prompt: 'Once upon a time', max_tokens: 8, temperature: 1, seed: 4 };
+      await raw(server.url, '/v1/completions', seeded);
+      expect((await raw(server.url, '/v1/completions', seeded)).headers.get('x-cache')).toBe('hit');
+      const metrics = (await raw(server.url, '/metrics')).text;
+      expect(metrics).toMatch(/llama_response_cache_hits_total\{model="stories"\} 2/);
+      expect(metrics).toMatch(/llama_response_cache_misses_total\{model="stories"\} 2/);
+    } finally {
+      await server.close(1000);
+    }
+  });
+
+  it('replaces a model without downtime: running requests finish on the old one, later ones use the new one', async () => {
+    const server = await startServer({ models: [{ alias: 'm', path: shared('stories260k.gguf') }], port: 0, parallel: 2, contextSize: 512 });
+    try {
+      await server.ready;
+      const before = (await raw(server.url, '/v1/models')).json as { data: Array<{ path: string; version: number; fingerprint: string }> };
+      expect(before.data[0]).toMatchObject({ version: 1, path: shared('stories260k.gguf') });
+      // A long request on the old model, while the new one loads.
+      const running = raw(server.url, '/v1/completions', { model: 'm', prompt: 'Once upon a time', max_tokens: 200, temperature: 0 });
+      const swapped = await raw(server.url, '/admin/reload', { model: 'm', path: shared('tinystories-656k-q8_0.gguf') });
+      expect(swapped.status).toBe(200);
+      expect(swapped.json).toMatchObject({ model: 'm', version: 2, path: shared('tinystories-656k-q8_0.gguf') });
+      const old = await running;
+      expect(old.status).toBe(200);
+      expect((old.json as { choices: Array<{ text: string }> }).choices[0].text.startsWith(', there was a little girl')).toBe(true);
+      const after = (await raw(server.url, '/v1/models')).json as { data: Array<{ path: string; version: number; fingerprint: string }> };
+      expect(after.data[0]).toMatchObject({ version: 2, path: shared('tinystories-656k-q8_0.gguf') });
+      expect(after.data[0].fingerprint).not.toBe(before.data[0].fingerprint);
+      const fresh = await raw(server.url, '/v1/completions', { model: 'm', prompt: 'Once upon a time', max_tokens: 8, temperature: 0 });
+      await using direct = await loadModel(shared('tinystories-656k-q8_0.gguf'));
+      await using ctx = await direct.createContext({ contextSize: 256 });
+      using s = ctx.createSession();
+      const expected = await s.complete('Once upon a time', { maxTokens: 8, temperature: 0 });
+      expect((fresh.json as { choices: Array<{ text: string }> }).choices[0].text).toBe(expected.text);
+      // A file that does not load leaves the model as it was.
+      const bad = await raw(server.url, '/admin/reload', { model: 'm', path: '/nonexistent.gguf' });
+      expect(bad.status).toBe(400);
+      expect(bad.json.error?.code).toBe('model_load_failed');
+      expect(((await raw(server.url, '/v1/models')).json as { data: Array<{ version: number }> }).data[0].version).toBe(2);
+    } finally {
+      await server.close(1000);
+    }
+  });
+});

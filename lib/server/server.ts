@@ -44,11 +44,20 @@ export interface ServerOptions {
   gpuLayers?: number | 'auto' | 'max';
   /** Print each request (default false). */
   log?: boolean;
+  /**
+   * Remember this many responses of deterministic requests (temperature 0, or a seed) and answer an
+   * identical request from memory, without decoding (default 0: off). Streamed requests are not cached.
+   */
+  cacheResponses?: number;
 }
 
 interface Entry {
   alias: string;
   path: string;
+  /** 1 for the first load, one more for each reload. */
+  version: number;
+  /** Replaced by a reload: it finishes its running requests, then frees its model. */
+  retired?: boolean;
   state: 'loading' | 'ready' | 'error';
   error?: string;
   created: number;
@@ -67,6 +76,12 @@ export interface LlamaServer {
   readonly url: string;
   /** Resolves when every model has loaded (rejects if one failed). */
   readonly ready: Promise<void>;
+  /**
+   * Loads `path` (default: the file it serves now) and, once it is ready, serves it under `alias`: requests
+   * that arrive afterwards use it, running ones finish on the model they started with, which is then freed.
+   * Resolves with what the alias serves afterwards; on failure the old model stays.
+   */
+  reload(alias: string, path?: string): Promise<{ model: string; path: string; version: number; fingerprint: string }>;
   /**
    * Stops accepting requests, lets running ones finish for up to `deadlineMs` (default 10 s), aborts the
    * rest, and frees the models.
@@ -91,9 +106,12 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   const maxTokensLimit = options.maxTokensLimit ?? 4096;
   const entries = new Map<string, Entry>();
   for (const m of options.models) {
-    entries.set(m.alias, { alias: m.alias, path: m.path, state: 'loading', created: Math.floor(Date.now() / 1000), idle: [], sessions: [], keys: new Map(), waiters: [] });
+    entries.set(m.alias, newEntry(m.alias, m.path, 1));
   }
   const defaultAlias = options.models[0].alias;
+  function newEntry(alias: string, path: string, version: number): Entry {
+    return { alias, path, version, state: 'loading', created: Math.floor(Date.now() / 1000), idle: [], sessions: [], keys: new Map(), waiters: [] };
+  }
 
   // ---------------------------------------------------------------- metrics
   const registry = new Registry();
@@ -105,6 +123,8 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     name: 'llama_time_to_first_token_seconds', help: 'Time from request to first generated token', labelNames: ['model'],
     buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers: [registry],
   });
+  const cacheHits = new Counter({ name: 'llama_response_cache_hits_total', help: 'Requests answered from the response cache', labelNames: ['model'], registers: [registry] });
+  const cacheMisses = new Counter({ name: 'llama_response_cache_misses_total', help: 'Cacheable requests that had to be generated', labelNames: ['model'], registers: [registry] });
   const tps = new Gauge({ name: 'llama_tokens_per_second', help: 'Generation speed of the last completed request', labelNames: ['model'], registers: [registry] });
   new Gauge({
     name: 'llama_queue_length', help: 'Requests waiting for a free session', labelNames: ['model'], registers: [registry],
@@ -130,7 +150,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   });
 
   // ---------------------------------------------------------------- models
-  const loading = [...entries.values()].map(async (e) => {
+  async function loadInto(e: Entry): Promise<void> {
     try {
       e.model = await loadModel(e.path, { gpuLayers: options.gpuLayers ?? 'auto' });
       const contextSize = options.contextSize ?? Math.min(e.model.info.contextLength || 4096, 4096);
@@ -141,9 +161,22 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     } catch (err) {
       e.state = 'error';
       e.error = (err as Error).message;
+      await e.model?.dispose();
       throw err;
     }
-  });
+  }
+
+  /** Frees a replaced model once its last request has finished. */
+  function disposeIfRetired(e: Entry): void {
+    if (!e.retired || e.idle.length < e.sessions.length || e.waiters.length > 0) return;
+    e.retired = false;
+    void (async () => {
+      if (e.embedCtx) await (await e.embedCtx.catch(() => null))?.dispose();
+      await e.model?.dispose();
+    })();
+  }
+
+  const loading = [...entries.values()].map((e) => loadInto(e));
   const ready = Promise.all(loading).then(() => undefined);
   ready.catch(() => {});
 
@@ -193,6 +226,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     const w = e.waiters.shift();
     if (w) w.grant(s);
     else e.idle.push(s);
+    disposeIfRetired(e);
   }
 
   // ---------------------------------------------------------------- HTTP
@@ -257,10 +291,61 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
       created: e.created,
       owned_by: 'llama-addon',
       path: e.path,
+      version: e.version,
       state: e.state,
       ...(e.model ? { fingerprint: e.model.fingerprint } : {}),
     })),
   }));
+
+  async function reload(alias: string, path?: string) {
+    const current = entries.get(alias);
+    if (!current) throw new ApiError(404, `The model '${alias}' does not exist`, 'invalid_request_error', 'model', 'model_not_found');
+    const next = newEntry(alias, path ?? current.path, current.version + 1);
+    await loadInto(next);
+    const old = entries.get(alias)!;
+    entries.set(alias, next);
+    old.retired = true;
+    disposeIfRetired(old);
+    return { model: alias, path: next.path, version: next.version, fingerprint: next.model!.fingerprint };
+  }
+
+  app.post('/admin/reload', { schema: { body: { type: 'object', required: ['model'], properties: { model: { type: 'string' }, path: { type: 'string', minLength: 1 } } } } }, async (req) => {
+    const body = req.body as { model: string; path?: string };
+    try {
+      return await reload(body.model, body.path);
+    } catch (err) {
+      if (err instanceof ApiError) throw err;
+      throw new ApiError(400, `The model could not be loaded (the old one stays): ${(err as Error).message}`, 'invalid_request_error', 'path', 'model_load_failed');
+    }
+  });
+
+  // Response cache: deterministic requests, keyed by the model's content and the whole request.
+  const responses = new Map<string, unknown>();
+  const cacheSize = options.cacheResponses ?? 0;
+  function cacheKey(e: Entry, endpoint: string, body: Record<string, unknown>): string | null {
+    if (cacheSize <= 0 || body.stream === true) return null;
+    if (body.temperature !== 0 && body.seed === undefined) return null;
+    const { user: _user, ...rest } = body;
+    return createHash('sha256').update(`${endpoint}\0${e.model!.fingerprint}\0${JSON.stringify(rest)}`).digest('hex');
+  }
+  function cached(e: Entry, key: string | null, reply: FastifyReply): unknown {
+    if (key === null) return undefined;
+    const hit = responses.get(key);
+    if (hit === undefined) {
+      cacheMisses.inc({ model: e.alias });
+      return undefined;
+    }
+    responses.delete(key);
+    responses.set(key, hit);
+    cacheHits.inc({ model: e.alias });
+    void reply.header('x-cache', 'hit');
+    return { ...(hit as object), created: Math.floor(Date.now() / 1000) };
+  }
+  function remember(key: string | null, response: unknown): void {
+    if (key === null) return;
+    responses.set(key, response);
+    while (responses.size > cacheSize) responses.delete(responses.keys().next().value!);
+  }
 
   /** Runs a generation for a request: aborts it when the client goes away or the server closes. */
   async function withRequest<T>(req: FastifyRequest, reply: FastifyReply, e: Entry, key: string | null, fn: (s: LlamaSession, signal: AbortSignal) => Promise<T>): Promise<T> {
@@ -388,6 +473,12 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     const started = Date.now();
     // The conversation this request continues: its messages before the new one.
     const key = history.length > 0 ? conversationKey(history) : null;
+    const rkey = cacheKey(e, 'chat', body);
+    const hit = cached(e, rkey, reply);
+    if (hit !== undefined) {
+      requests.inc({ endpoint: '/v1/chat/completions', status: '200' });
+      return hit;
+    }
     return withRequest(req, reply, e, key, async (session, signal) => {
       const chat = e.ctx!.createChat({
         session,
@@ -410,7 +501,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
         const r = await gen.result;
         finish(r);
         const toolCalls = r.toolCalls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: JSON.stringify(c.arguments) } }));
-        return {
+        const response = {
           id,
           object: 'chat.completion',
           created,
@@ -425,6 +516,8 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
           ],
           usage: usage(r),
         };
+        if (r.stopReason !== 'abort') remember(rkey, response);
+        return response;
       }
       const send = sse(reply);
       const chunk = (delta: Record<string, unknown>, finish: string | null, extra: Record<string, unknown> = {}) =>
@@ -467,6 +560,12 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     const created = Math.floor(Date.now() / 1000);
     const logprobs = typeof body.logprobs === 'number' ? body.logprobs : undefined;
     const started = Date.now();
+    const rkey = cacheKey(e, 'completions', body);
+    const hit = cached(e, rkey, reply);
+    if (hit !== undefined) {
+      requests.inc({ endpoint: '/v1/completions', status: '200' });
+      return hit;
+    }
     return withRequest(req, reply, e, null, async (session, signal) => {
       const gen = session.generate(prompt, { ...sampling(body, signal), ...(logprobs !== undefined ? { logprobs } : {}) });
       const legacy = (lp: TokenLogprob[] | undefined) =>
@@ -479,11 +578,13 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
         const r = await gen.result;
         account(e, r, started);
         requests.inc({ endpoint: '/v1/completions', status: '200' });
-        return {
+        const response = {
           id, object: 'text_completion', created, model: e.alias,
           choices: [{ text: r.text, index: 0, logprobs: legacy(r.logprobs) ?? null, finish_reason: finishReason(r) }],
           usage: usage(r),
         };
+        if (r.stopReason !== 'abort') remember(rkey, response);
+        return response;
       }
       const send = sse(reply);
       try {
@@ -549,6 +650,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   return {
     url,
     ready,
+    reload,
     async close(deadlineMs = 10_000) {
       if (closing) return;
       closing = true;
@@ -562,6 +664,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
       await ready.catch(() => {});
       await Promise.allSettled(
         [...entries.values()].map(async (e) => {
+          e.retired = false;
           if (e.embedCtx) await (await e.embedCtx).dispose();
           await e.model?.dispose();
         }),
