@@ -16,6 +16,9 @@ Commands:
         [--cache-responses N]; SIGHUP reloads the model files without downtime
   complete --model file.gguf "prompt"   print a completion
         [--max-tokens 256] [--temperature 0.8] [--top-p 0.95] [--seed N] [--json]
+  chat --model file.gguf                an interactive chat (streams; a line ending in \\ continues the
+        [--system "..."] [--max-tokens 512]    message; /reset starts over; Ctrl-C stops an answer, Ctrl-D quits)
+  embed --model file.gguf "text" ...     print one embedding per text as JSON [--pooling mean]
   tokenize --model file.gguf "text"     print the token ids [--json]
   inspect file.gguf                     architecture, size, context length, chat template [--all] [--json]
 `;
@@ -129,6 +132,72 @@ async function complete(argv: string[]): Promise<void> {
   process.stdout.write('\n');
 }
 
+async function chat(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { model: { type: 'string' }, system: { type: 'string' }, 'max-tokens': { type: 'string', default: '512' }, temperature: { type: 'string' } },
+  });
+  if (!values.model) fail('chat needs --model file.gguf');
+  setLogLevel('error');
+  const { createInterface } = await import('node:readline');
+  await using model = await loadModel(values.model);
+  await using ctx = await model.createContext();
+  using conversation = ctx.createChat(values.system ? { systemPrompt: values.system } : {});
+  const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY === true });
+  let answering: AbortController | null = null;
+  // Ctrl-C stops the answer being written; at the prompt it quits.
+  rl.on('SIGINT', () => (answering ? answering.abort() : rl.close()));
+  process.on('SIGINT', () => (answering ? answering.abort() : rl.close()));
+  const lines = rl[Symbol.asyncIterator]();
+  const prompt = (p: string) => {
+    if (process.stdin.isTTY) process.stdout.write(p);
+  };
+  for (;;) {
+    prompt('> ');
+    let text = '';
+    for (;;) {
+      const next = await lines.next();
+      if (next.done) return void process.stdout.write('\n');
+      if (next.value.endsWith('\\')) {
+        text += next.value.slice(0, -1) + '\n';
+        prompt('. ');
+        continue;
+      }
+      text += next.value;
+      break;
+    }
+    if (text.trim() === '') continue;
+    if (text.trim() === '/reset') {
+      conversation.reset();
+      process.stdout.write('(conversation reset)\n');
+      continue;
+    }
+    answering = new AbortController();
+    const gen = conversation.send(text, {
+      maxTokens: Number(values['max-tokens']),
+      signal: answering.signal,
+      ...(values.temperature ? { temperature: Number(values.temperature) } : {}),
+    });
+    for await (const c of gen) process.stdout.write(c.text);
+    const r = await gen.result;
+    answering = null;
+    process.stdout.write(r.stopReason === 'abort' ? ' [stopped]\n' : '\n');
+  }
+}
+
+async function embed(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { model: { type: 'string' }, pooling: { type: 'string' } } });
+  if (!values.model) fail('embed needs --model file.gguf');
+  if (positionals.length === 0) fail('embed needs at least one text');
+  const pooling = (values.pooling ?? 'mean') as 'mean' | 'cls' | 'last';
+  if (!['mean', 'cls', 'last'].includes(pooling)) fail(`--pooling is mean, cls or last, not '${values.pooling}'`);
+  setLogLevel('error');
+  await using model = await loadModel(values.model);
+  await using ctx = await model.createContext({ embeddings: true, pooling, sequences: Math.min(8, positionals.length) });
+  const vectors = await ctx.embed(positionals);
+  process.stdout.write(JSON.stringify(vectors.map((v, i) => ({ text: positionals[i], embedding: Array.from(v) }))) + '\n');
+}
+
 async function tokenize(argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { model: { type: 'string' }, json: { type: 'boolean', default: false } } });
   if (!values.model) fail('tokenize needs --model file.gguf');
@@ -174,7 +243,7 @@ async function inspect(argv: string[]): Promise<void> {
 }
 
 const [command, ...rest] = process.argv.slice(2);
-const commands: Record<string, (argv: string[]) => Promise<void>> = { serve, complete, tokenize, inspect };
+const commands: Record<string, (argv: string[]) => Promise<void>> = { serve, complete, chat, embed, tokenize, inspect };
 if (!command || command === '--help' || command === '-h' || command === 'help') {
   process.stdout.write(usage);
 } else if (!commands[command]) {

@@ -28,6 +28,33 @@ describeShared('llama-addon command line', () => {
     expect(t.stdout.trim().split(' ').length).toBe(5);
   });
 
+  it('embeds texts as JSON', () => {
+    const r = run('embed', '--model', shared('stories260k.gguf'), 'Once upon a time', 'The dog');
+    expect(r.status).toBe(0);
+    const out = JSON.parse(r.stdout) as Array<{ text: string; embedding: number[] }>;
+    expect(out.map((x) => x.text)).toEqual(['Once upon a time', 'The dog']);
+    expect(out[0].embedding).toHaveLength(64);
+  });
+
+  it('chats: multi-line messages, /reset, and Ctrl-C stops an answer without leaving', async () => {
+    const child = spawn(process.execPath, [...cli, 'chat', '--model', shared('stories260k.gguf'), '--max-tokens', '20000', '--temperature', '1'], { cwd: repoRoot });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const waitFor = async (re: RegExp) => {
+      for (let i = 0; i < 400 && !re.test(out); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(out).toMatch(re);
+    };
+    child.stdin.write('Tell me a long story\\\nabout a dog\n');
+    await waitFor(/\S{3}/);
+    child.kill('SIGINT');
+    await waitFor(/\[stopped\]\n/);
+    child.stdin.write('/reset\n');
+    await waitFor(/\(conversation reset\)/);
+    child.stdin.end();
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    expect(code).toBe(0);
+  });
+
   it('says what went wrong, with a non-zero exit code', () => {
     const missing = run('complete', '--model', '/nonexistent.gguf', 'x');
     expect(missing.status).toBe(1);
