@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { readGguf } from './gguf/reader.js';
 import { setLogLevel } from './log.js';
 import { loadModel } from './model.js';
+import { pullModel } from './pull.js';
 import { startServer, type ServerModel } from './server/server.js';
 
 const usage = `Usage: llama-addon <command> [options]
@@ -21,7 +22,34 @@ Commands:
   embed --model file.gguf "text" ...     print one embedding per text as JSON [--pooling mean]
   tokenize --model file.gguf "text"     print the token ids [--json]
   inspect file.gguf                     architecture, size, context length, chat template [--all] [--json]
+  pull hf:owner/repo/file.gguf | URL    download into the cache (resumes; checks size and SHA-256) [--json]
+
+--model also takes hf:owner/repo/file.gguf or a URL: the file is downloaded on first use.
 `;
+
+function progressBar(label: string): (received: number, total: number | null) => void {
+  if (!process.stderr.isTTY) return () => {};
+  const start = Date.now();
+  let last = 0;
+  return (received, total) => {
+    const now = Date.now();
+    if (now - last < 100 && received !== total) return;
+    last = now;
+    const mb = (n: number) => (n / 1e6).toFixed(1);
+    const speed = received / 1e6 / Math.max(0.001, (now - start) / 1000);
+    const width = 30;
+    const bar = total ? '#'.repeat(Math.round((received / total) * width)).padEnd(width, '.') : '';
+    process.stderr.write(`\r${label} [${bar}] ${mb(received)}${total ? `/${mb(total)}` : ''} MB ${speed.toFixed(1)} MB/s`);
+    if (received === total) process.stderr.write('\n');
+  };
+}
+
+/** A local path, or a hf:/URL reference downloaded into the cache first. */
+async function modelPath(ref: string): Promise<string> {
+  if (!ref.startsWith('hf:') && !/^https?:\/\//.test(ref)) return ref;
+  const r = await pullModel(ref, { onProgress: progressBar(`pulling ${ref}`) });
+  return r.path;
+}
 
 function fail(message: string, code = 2): never {
   process.stderr.write(`llama-addon: ${message}\n`);
@@ -58,7 +86,7 @@ async function serve(argv: string[]): Promise<void> {
     },
   });
   setLogLevel('error');
-  const models = parseModels(values.model);
+  const models = await Promise.all(parseModels(values.model).map(async (m) => ({ ...m, path: await modelPath(m.path) })));
   const server = await startServer({
     models,
     host: values.host!,
@@ -114,7 +142,7 @@ async function complete(argv: string[]): Promise<void> {
   if (!values.model) fail('complete needs --model file.gguf');
   if (positionals.length !== 1) fail('complete needs one prompt argument');
   setLogLevel('error');
-  await using model = await loadModel(values.model);
+  await using model = await loadModel(await modelPath(values.model));
   await using ctx = await model.createContext();
   using session = ctx.createSession();
   const gen = session.generate(positionals[0], {
@@ -140,7 +168,7 @@ async function chat(argv: string[]): Promise<void> {
   if (!values.model) fail('chat needs --model file.gguf');
   setLogLevel('error');
   const { createInterface } = await import('node:readline');
-  await using model = await loadModel(values.model);
+  await using model = await loadModel(await modelPath(values.model));
   await using ctx = await model.createContext();
   using conversation = ctx.createChat(values.system ? { systemPrompt: values.system } : {});
   const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY === true });
@@ -192,7 +220,7 @@ async function embed(argv: string[]): Promise<void> {
   const pooling = (values.pooling ?? 'mean') as 'mean' | 'cls' | 'last';
   if (!['mean', 'cls', 'last'].includes(pooling)) fail(`--pooling is mean, cls or last, not '${values.pooling}'`);
   setLogLevel('error');
-  await using model = await loadModel(values.model);
+  await using model = await loadModel(await modelPath(values.model));
   await using ctx = await model.createContext({ embeddings: true, pooling, sequences: Math.min(8, positionals.length) });
   const vectors = await ctx.embed(positionals);
   process.stdout.write(JSON.stringify(vectors.map((v, i) => ({ text: positionals[i], embedding: Array.from(v) }))) + '\n');
@@ -207,6 +235,14 @@ async function tokenize(argv: string[]): Promise<void> {
   const tokens = Array.from(model.tokenize(positionals[0]));
   if (values.json) process.stdout.write(JSON.stringify(tokens.map((id) => ({ id, text: model.detokenize([id], { special: true }) }))) + '\n');
   else process.stdout.write(tokens.join(' ') + '\n');
+}
+
+async function pull(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { json: { type: 'boolean', default: false }, sha256: { type: 'string' } } });
+  if (positionals.length !== 1) fail('pull needs one reference: hf:owner/repo/file.gguf or a URL');
+  const r = await pullModel(positionals[0], { onProgress: progressBar(`pulling ${positionals[0]}`), ...(values.sha256 ? { sha256: values.sha256 } : {}) });
+  if (values.json) process.stdout.write(JSON.stringify(r) + '\n');
+  else process.stdout.write(`${r.path}\n`);
 }
 
 async function inspect(argv: string[]): Promise<void> {
@@ -243,7 +279,7 @@ async function inspect(argv: string[]): Promise<void> {
 }
 
 const [command, ...rest] = process.argv.slice(2);
-const commands: Record<string, (argv: string[]) => Promise<void>> = { serve, complete, chat, embed, tokenize, inspect };
+const commands: Record<string, (argv: string[]) => Promise<void>> = { serve, complete, chat, embed, tokenize, inspect, pull };
 if (!command || command === '--help' || command === '-h' || command === 'help') {
   process.stdout.write(usage);
 } else if (!commands[command]) {

@@ -26,3 +26,5 @@ export { getSystemInfo } from './system.js';
 export type { SystemInfo } from './system.js';
 export { startServer } from './server/server.js';
 export type { LlamaServer, ServerOptions, ServerModel } from './server/server.js';
+export { pullModel, modelCacheDir } from './pull.js';
+export type { PullOptions, PulledModel } from './pull.js';

@@ -1,0 +1,146 @@
+// Downloads model files: Hugging Face references (hf:owner/repo/file.gguf) or URLs, into a cache folder,
+// resuming an interrupted transfer and checking size and SHA-256 where the hub gives them.
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream, existsSync } from 'node:fs';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { LlamaError } from './errors.js';
+
+/** Options of {@link pullModel}. */
+export interface PullOptions {
+  /** Where models go (default: `$LLAMA_ADDON_CACHE`, else `~/.cache/llama-addon/models`). */
+  cacheDir?: string;
+  /** Called as bytes arrive. */
+  onProgress?: (received: number, total: number | null) => void;
+  signal?: AbortSignal;
+  /** Expected SHA-256 (hex), checked after the download (hub references bring their own). */
+  sha256?: string;
+}
+
+/** The downloaded file. */
+export interface PulledModel {
+  path: string;
+  size: number;
+  sha256: string;
+  /** False when the file was already in the cache. */
+  downloaded: boolean;
+}
+
+/** The default cache folder. */
+export function modelCacheDir(): string {
+  return process.env.LLAMA_ADDON_CACHE ?? join(homedir(), '.cache', 'llama-addon', 'models');
+}
+
+function parseRef(ref: string): { url: string; file: string; hub: boolean } {
+  if (ref.startsWith('hf:')) {
+    const parts = ref.slice(3).split('/');
+    if (parts.length < 3 || parts.some((p) => p.length === 0)) {
+      throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid model reference ${JSON.stringify(ref)}: expected hf:owner/repo/path/to/file.gguf`);
+    }
+    const [owner, repo, ...path] = parts;
+    const endpoint = (process.env.HF_ENDPOINT ?? 'https://huggingface.co').replace(/\/$/, '');
+    return { url: `${endpoint}/${owner}/${repo}/resolve/main/${path.join('/')}`, file: join('hf', owner, repo, ...path), hub: true };
+  }
+  let u: URL;
+  try {
+    u = new URL(ref);
+  } catch {
+    throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid model reference ${JSON.stringify(ref)}: expected hf:owner/repo/file.gguf or an http(s) URL`);
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new LlamaError('ERR_INVALID_ARGUMENT', `Only http(s) URLs can be pulled, not ${u.protocol}`);
+  return { url: u.href, file: join('url', u.host, ...u.pathname.split('/').filter(Boolean)), hub: false };
+}
+
+async function sha256Of(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+const fail = (message: string, cause?: unknown) => new LlamaError('ERR_IO', message, cause === undefined ? undefined : { cause });
+
+/**
+ * Downloads a model (`hf:owner/repo/file.gguf` or a URL) into the cache, or finds it there. An interrupted
+ * download resumes where it stopped (HTTP range request); the size and SHA-256 the hub publishes for the
+ * file (its `x-linked-size` and `x-linked-etag` headers) are checked, and a mismatch deletes the file.
+ * @throws LlamaError `ERR_IO` for a failed or corrupt download, `ERR_INVALID_ARGUMENT` for a bad reference.
+ */
+export async function pullModel(ref: string, options: PullOptions = {}): Promise<PulledModel> {
+  const { url, file } = parseRef(ref);
+  const dest = join(options.cacheDir ?? modelCacheDir(), file);
+  const partial = `${dest}.partial`;
+  await mkdir(join(dest, '..'), { recursive: true });
+
+  // What the server says the file is: size and SHA-256 from the hub's headers, where it gives them.
+  let expectedSize: number | null = null;
+  let expectedSha = options.sha256?.toLowerCase() ?? null;
+  try {
+    const head = await fetch(url, { method: 'HEAD', redirect: 'manual', ...(options.signal ? { signal: options.signal } : {}) });
+    const linkedSize = head.headers.get('x-linked-size') ?? (head.status < 300 ? head.headers.get('content-length') : null);
+    if (linkedSize && /^\d+$/.test(linkedSize)) expectedSize = Number(linkedSize);
+    const etag = head.headers.get('x-linked-etag')?.replace(/^W\//, '').replace(/"/g, '');
+    if (!expectedSha && etag && /^[0-9a-f]{64}$/i.test(etag)) expectedSha = etag.toLowerCase();
+    if (head.status === 404) throw fail(`${ref} was not found (404 from ${url})`);
+    if (head.status === 401 || head.status === 403) throw fail(`${ref} needs authorization (${head.status} from ${url})`);
+  } catch (e) {
+    if (e instanceof LlamaError) throw e;
+    throw fail(`Could not reach ${url}: ${(e as Error).message}`, e);
+  }
+
+  if (existsSync(dest)) {
+    const size = (await stat(dest)).size;
+    if (expectedSize === null || size === expectedSize) {
+      const sha = await sha256Of(dest);
+      if (!expectedSha || sha === expectedSha) return { path: dest, size, sha256: sha, downloaded: false };
+    }
+    await rm(dest);
+  }
+
+  let have = existsSync(partial) ? (await stat(partial)).size : 0;
+  if (expectedSize !== null && have > expectedSize) {
+    await rm(partial);
+    have = 0;
+  }
+  const res = await fetch(url, {
+    redirect: 'follow',
+    headers: have > 0 ? { Range: `bytes=${have}-` } : {},
+    ...(options.signal ? { signal: options.signal } : {}),
+  }).catch((e: Error) => {
+    throw fail(`Could not download ${url}: ${e.message}`, e);
+  });
+  if (res.status === 416 && expectedSize !== null && have === expectedSize) {
+    // already complete
+  } else if (!res.ok || !res.body) {
+    throw fail(`Downloading ${url} failed: HTTP ${res.status}`);
+  }
+  if (res.status === 200 && have > 0) have = 0; // the server ignored the range: start over
+  const total = expectedSize ?? (res.headers.get('content-length') ? have + Number(res.headers.get('content-length')) : null);
+  if (res.status !== 416) {
+    const out = createWriteStream(partial, { flags: have > 0 ? 'a' : 'w' });
+    let received = have;
+    try {
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        if (!out.write(chunk)) await new Promise<void>((r) => out.once('drain', () => r()));
+        received += chunk.byteLength;
+        options.onProgress?.(received, total);
+      }
+    } catch (e) {
+      await new Promise<void>((r) => out.end(() => r()));
+      throw fail(`The download of ${url} was interrupted after ${received} bytes; run it again to resume: ${(e as Error).message}`, e);
+    }
+    await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
+  }
+  const size = (await stat(partial)).size;
+  if (expectedSize !== null && size !== expectedSize) {
+    if (size > expectedSize) await rm(partial);
+    throw fail(`The download of ${url} has ${size} bytes, expected ${expectedSize}${size < expectedSize ? '; run it again to resume' : ''}`);
+  }
+  const sha = await sha256Of(partial);
+  if (expectedSha && sha !== expectedSha) {
+    await rm(partial);
+    throw fail(`The download of ${url} is corrupt: its SHA-256 is ${sha}, expected ${expectedSha} (the partial file was deleted)`);
+  }
+  await rename(partial, dest);
+  return { path: dest, size, sha256: sha, downloaded: true };
+}

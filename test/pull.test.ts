@@ -1,0 +1,106 @@
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { pullModel } from 'llama-addon';
+import { describeShared, fixtures, repoRoot, shared } from './helpers/models.js';
+
+// A local stand-in for the hub: serves one model file with range requests and the hub's headers, and can
+// cut a transfer short or lie about the checksum.
+describeShared('pulling models (local HTTP server)', () => {
+  const file = readFileSync(shared('stories260k.gguf'));
+  const sha = createHash('sha256').update(file).digest('hex');
+  const cacheDir = join(fixtures, 'pull-cache');
+  let server: Server;
+  let base = '';
+  let cutAfter = 0;
+  let lieSha = false;
+  const ranges: string[] = [];
+  beforeAll(async () => {
+    rmSync(cacheDir, { recursive: true, force: true });
+    mkdirSync(cacheDir, { recursive: true });
+    server = createServer((req, res) => {
+      if (!req.url?.includes('/resolve/main/stories260k.gguf') && !req.url?.endsWith('/plain.gguf')) {
+        res.writeHead(404).end();
+        return;
+      }
+      const headers: Record<string, string> = { 'x-linked-size': String(file.length), 'x-linked-etag': `"${lieSha ? '0'.repeat(64) : sha}"`, 'accept-ranges': 'bytes' };
+      if (req.method === 'HEAD') {
+        res.writeHead(200, { ...headers, 'content-length': String(file.length) }).end();
+        return;
+      }
+      const range = /bytes=(\d+)-/.exec(req.headers.range ?? '');
+      const start = range ? Number(range[1]) : 0;
+      ranges.push(req.headers.range ?? 'none');
+      res.writeHead(range ? 206 : 200, { ...headers, 'content-length': String(file.length - start) });
+      if (cutAfter > 0) {
+        // send part of the body, then drop the connection
+        res.write(file.subarray(start, start + cutAfter), () => res.destroy());
+        return;
+      }
+      res.end(file.subarray(start));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    process.env.HF_ENDPOINT = base;
+  });
+  afterAll(() => {
+    delete process.env.HF_ENDPOINT;
+    server.close();
+  });
+
+  it('downloads an hf: reference, checks it, and finds it in the cache afterwards', async () => {
+    const seen: number[] = [];
+    const r = await pullModel('hf:ggml-org/models/stories260k.gguf', { cacheDir, onProgress: (n) => seen.push(n) });
+    expect(r.downloaded).toBe(true);
+    expect(r.sha256).toBe(sha);
+    expect(readFileSync(r.path).equals(file)).toBe(true);
+    expect(seen.at(-1)).toBe(file.length);
+    const again = await pullModel('hf:ggml-org/models/stories260k.gguf', { cacheDir });
+    expect(again).toMatchObject({ downloaded: false, path: r.path, sha256: sha });
+  });
+
+  it('resumes an interrupted transfer where it stopped', async () => {
+    const ref = 'hf:owner/other/stories260k.gguf';
+    cutAfter = 300_000;
+    ranges.length = 0;
+    await expect(pullModel(ref, { cacheDir })).rejects.toMatchObject({ code: 'ERR_IO' });
+    const partial = join(cacheDir, 'hf', 'owner', 'other', 'stories260k.gguf.partial');
+    expect(statSync(partial).size).toBe(300_000);
+    cutAfter = 0;
+    const r = await pullModel(ref, { cacheDir });
+    expect(ranges).toEqual(['none', 'bytes=300000-']);
+    expect(readFileSync(r.path).equals(file)).toBe(true);
+    expect(existsSync(partial)).toBe(false);
+  });
+
+  it('deletes a download whose checksum does not match', async () => {
+    lieSha = true;
+    try {
+      const e = await pullModel('hf:owner/third/stories260k.gguf', { cacheDir }).catch((x: unknown) => x);
+      expect((e as { code: string }).code).toBe('ERR_IO');
+      expect((e as Error).message).toMatch(/corrupt: its SHA-256 is/);
+      expect(existsSync(join(cacheDir, 'hf', 'owner', 'third', 'stories260k.gguf'))).toBe(false);
+      expect(existsSync(join(cacheDir, 'hf', 'owner', 'third', 'stories260k.gguf.partial'))).toBe(false);
+    } finally {
+      lieSha = false;
+    }
+    await expect(pullModel(`${base}/nothing-here.gguf`, { cacheDir })).rejects.toThrow(/not found/);
+    await expect(pullModel('hf:only-two/parts', { cacheDir })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+  });
+
+  it('pulls from the command line, and --model takes a reference', async () => {
+    // Asynchronous: the server that answers the child runs in this process.
+    const run = promisify(execFile);
+    const env = { ...process.env, HF_ENDPOINT: base, LLAMA_ADDON_CACHE: cacheDir };
+    const cli = ['--import', 'tsx', join(repoRoot, 'lib', 'cli.ts')];
+    const pulled = await run(process.execPath, [...cli, 'pull', `${base}/plain.gguf`, '--json'], { cwd: repoRoot, env });
+    expect(JSON.parse(pulled.stdout)).toMatchObject({ sha256: sha, size: file.length });
+    const r = await run(process.execPath, [...cli, 'complete', '--model', 'hf:ggml-org/models/stories260k.gguf', '--max-tokens', '6', '--temperature', '0', 'Once upon a time'], { cwd: repoRoot, env });
+    expect(r.stdout.startsWith(', there was a little')).toBe(true);
+  });
+});
