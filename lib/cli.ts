@@ -6,6 +6,7 @@ import { readGguf } from './gguf/reader.js';
 import { setLogLevel } from './log.js';
 import { loadModel } from './model.js';
 import { pullModel } from './pull.js';
+import { quantize, quantizationTypes, type QuantizationType } from './quantize.js';
 import { startServer, type ServerModel } from './server/server.js';
 
 const usage = `Usage: llama-addon <command> [options]
@@ -23,6 +24,8 @@ Commands:
   tokenize --model file.gguf "text"     print the token ids [--json]
   inspect file.gguf                     architecture, size, context length, chat template [--all] [--json]
   pull hf:owner/repo/file.gguf | URL    download into the cache (resumes; checks size and SHA-256) [--json]
+  quantize in.gguf out.gguf Q4_K_M      llama.cpp's quantizer (F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q6_K, ...)
+  bench [options]                       the benchmarks (a checkout of the repository; see its README)
 
 --model also takes hf:owner/repo/file.gguf or a URL: the file is downloaded on first use.
 `;
@@ -245,6 +248,34 @@ async function pull(argv: string[]): Promise<void> {
   else process.stdout.write(`${r.path}\n`);
 }
 
+async function quantizeCommand(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { threads: { type: 'string' } } });
+  if (positionals.length !== 3) fail(`quantize needs: in.gguf out.gguf TYPE (one of ${Object.keys(quantizationTypes).join(', ')})`);
+  const [input, output, type] = positionals;
+  if (!(type in quantizationTypes)) fail(`unknown type '${type}': one of ${Object.keys(quantizationTypes).join(', ')}`);
+  const inSize = (await readGguf(input).catch((e: Error) => fail(e.message, 1))).fileSize;
+  const bar = progressBar(`quantizing to ${type}`);
+  setLogLevel('error');
+  await quantize(input, output, type as QuantizationType, {
+    ...(values.threads ? { threads: Number(values.threads) } : {}),
+    onProgress: (n) => bar(Math.min(n, inSize), inSize),
+  });
+  if (process.stderr.isTTY) process.stderr.write('\n');
+  process.stdout.write(`${output}\n`);
+}
+
+async function bench(argv: string[]): Promise<void> {
+  const { existsSync } = await import('node:fs');
+  const { spawnSync } = await import('node:child_process');
+  const { dirname, join } = await import('node:path');
+  const { fileURLToPath } = await import('node:url');
+  const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+  const runner = join(root, 'bench', 'run.ts');
+  if (!existsSync(runner)) fail('the benchmarks come with a checkout of the repository (bench/ is not in the npm package)', 1);
+  const r = spawnSync(process.execPath, ['--import', 'tsx', runner, ...argv], { cwd: root, stdio: 'inherit' });
+  process.exit(r.status ?? 1);
+}
+
 async function inspect(argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { all: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } });
   if (positionals.length !== 1) fail('inspect needs one file.gguf');
@@ -279,7 +310,9 @@ async function inspect(argv: string[]): Promise<void> {
 }
 
 const [command, ...rest] = process.argv.slice(2);
-const commands: Record<string, (argv: string[]) => Promise<void>> = { serve, complete, chat, embed, tokenize, inspect, pull };
+const commands: Record<string, (argv: string[]) => Promise<void>> = {
+  serve, complete, chat, embed, tokenize, inspect, pull, quantize: quantizeCommand, bench,
+};
 if (!command || command === '--help' || command === '-h' || command === 'help') {
   process.stdout.write(usage);
 } else if (!commands[command]) {

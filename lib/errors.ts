@@ -19,7 +19,8 @@ export type LlamaErrorCode =
   | 'ERR_INVALID_GRAMMAR'
   | 'ERR_INCOMPLETE_OUTPUT'
   | 'ERR_IO'
-  | 'ERR_INVALID_ADAPTER';
+  | 'ERR_INVALID_ADAPTER'
+  | 'ERR_QUANTIZE';
 
 /**
  * The one error class of llama-addon. `code` is stable and meant for programs; `message` says what was
@@ -43,6 +44,7 @@ const knownCodes = new Set<string>([
   'ERR_INCOMPLETE_OUTPUT',
   'ERR_IO',
   'ERR_INVALID_ADAPTER',
+  'ERR_QUANTIZE',
   'ERR_MODEL_NOT_FOUND',
   'ERR_INVALID_MODEL',
   'ERR_INVALID_ARGUMENT',

@@ -28,3 +28,5 @@ export { startServer } from './server/server.js';
 export type { LlamaServer, ServerOptions, ServerModel } from './server/server.js';
 export { pullModel, modelCacheDir } from './pull.js';
 export type { PullOptions, PulledModel } from './pull.js';
+export { quantize, quantizationTypes } from './quantize.js';
+export type { QuantizationType } from './quantize.js';

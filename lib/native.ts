@@ -249,6 +249,7 @@ export interface NativeAddon {
   ): { promise: Promise<NativeModel>; abort(): void };
   systemInfo(): NativeSystemInfo;
   jsonSchemaToGrammar(schema: string): string;
+  quantize(input: string, output: string, ftype: number, threads: number): Promise<void>;
   setLogLevel(level: number): void;
   setLogSink(sink: ((level: string, message: string) => void) | null): void;
   shutdown(): void;

@@ -46,6 +46,10 @@ void Cleanup(Napi::Env, AddonData* data) {
 }  // namespace
 }  // namespace la
 
+namespace la {
+Napi::Value Quantize(const Napi::CallbackInfo& info);  // quantize.cpp
+}
+
 // From llama.cpp's common/log.h (not included: its name clashes with native/log.h).
 void common_log_set_verbosity_thold(int verbosity);
 
@@ -68,6 +72,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   la::Lora::Init(env, exports);
   la::registerLogExports(env, exports);
   exports.Set("loadModel", Napi::Function::New(env, la::LoadModel, "loadModel"));
+  exports.Set("quantize", Napi::Function::New(env, la::Quantize, "quantize"));
   exports.Set("jsonSchemaToGrammar", Napi::Function::New(env, la::JsonSchemaToGrammar, "jsonSchemaToGrammar"));
   exports.Set("systemInfo", Napi::Function::New(env, la::SystemInfo, "systemInfo"));
   // Called from process.on('exit'): stops every engine thread while llama.cpp's statics still exist.

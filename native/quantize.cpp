@@ -1,0 +1,67 @@
+// quantize(input, output, ftype, threads) -> Promise<void>: llama.cpp's quantizer, on a worker thread.
+#include <napi.h>
+
+#include "errors.h"
+#include "guard.h"
+#include "llama.h"
+#include "log.h"
+
+namespace la {
+
+namespace {
+
+class QuantizeWorker : public Napi::AsyncWorker {
+ public:
+  QuantizeWorker(Napi::Env env, std::string in, std::string out, int32_t ftype, int32_t threads)
+      : Napi::AsyncWorker(env, "llama-addon.quantize"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        in_(std::move(in)),
+        out_(std::move(out)),
+        ftype_(ftype),
+        threads_(threads) {}
+
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    llama_model_quantize_params p = llama_model_quantize_default_params();
+    p.ftype = (llama_ftype)ftype_;
+    p.nthread = threads_;
+    beginCapture();
+    uint32_t rc = 1;
+    std::string reason;
+    try {
+      AbortGuard guard;
+      rc = llama_model_quantize(in_.c_str(), out_.c_str(), &p);
+    } catch (const std::exception& e) {
+      reason = e.what();
+    }
+    std::string logged = endCapture();
+    if (rc != 0) {
+      std::string why = logged.empty() ? reason : logged;
+      SetError("llama.cpp could not quantize " + in_ + (why.empty() ? std::string() : ": " + why));
+    }
+  }
+
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(makeError(Env(), "ERR_QUANTIZE", e.Message()).Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::string in_, out_;
+  int32_t ftype_, threads_;
+};
+
+}  // namespace
+
+Napi::Value Quantize(const Napi::CallbackInfo& info) {
+  std::string in = argString(info, 0, "input");
+  std::string out = argString(info, 1, "output");
+  int32_t ftype = (int32_t)argInteger(info, 2, "type", 0, 1000);
+  int32_t threads = (int32_t)argInteger(info, 3, "threads", 0, 1024);
+  auto* w = new QuantizeWorker(info.Env(), std::move(in), std::move(out), ftype, threads);
+  Napi::Promise p = w->promise();
+  w->Queue();
+  return p;
+}
+
+}  // namespace la
