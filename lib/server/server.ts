@@ -13,6 +13,7 @@ import type { JsonSchema } from '../json-schema.js';
 import { loadModel, type LlamaModel } from '../model.js';
 import type { LlamaSession } from '../session.js';
 import { ApiError, chatCompletionSchema, completionSchema, embeddingSchema } from './openai.js';
+import { chatPage } from './page.js';
 
 /** A model the server serves, under an alias that requests name in `model`. */
 export interface ServerModel {
@@ -265,10 +266,16 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
 
   app.addHook('onRequest', async (req) => {
     if (closing) throw new ApiError(503, 'The server is shutting down', 'server_error');
-    if (!options.apiKey || req.url === '/health') return;
+    // The page holds no data; it sends the key (from ?key=) with its own requests.
+    if (!options.apiKey || req.url === '/health' || req.url === '/' || req.url.startsWith('/?')) return;
     if (req.headers.authorization !== `Bearer ${options.apiKey}`) {
       throw new ApiError(401, 'Missing or wrong API key: send Authorization: Bearer <key>', 'authentication_error', null, 'invalid_api_key');
     }
+  });
+
+  app.get('/', async (_req, reply) => {
+    void reply.header('Content-Type', 'text/html; charset=utf-8');
+    return chatPage;
   });
 
   app.get('/health', async (_req, reply) => {
