@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { readGguf } from './gguf/reader.js';
 import { setLogLevel } from './log.js';
 import { loadModel } from './model.js';
+import type { JsonSchema } from './json-schema.js';
 import { pullModel } from './pull.js';
 import { quantize, quantizationTypes, type QuantizationType } from './quantize.js';
 import { startServer, type ServerModel } from './server/server.js';
@@ -18,6 +19,7 @@ Commands:
         [--cache-responses N]; SIGHUP reloads the model files without downtime
   complete --model file.gguf "prompt"   print a completion
         [--max-tokens 256] [--temperature 0.8] [--top-p 0.95] [--seed N] [--json]
+        [--json-schema schema.json] [--grammar file.gbnf]
   chat --model file.gguf                an interactive chat (streams; a line ending in \\ continues the
         [--system "..."] [--max-tokens 512]    message; /reset starts over; Ctrl-C stops an answer, Ctrl-D quits)
   embed --model file.gguf "text" ...     print one embedding per text as JSON [--pooling mean]
@@ -45,6 +47,12 @@ function progressBar(label: string): (received: number, total: number | null) =>
     process.stderr.write(`\r${label} [${bar}] ${mb(received)}${total ? `/${mb(total)}` : ''} MB ${speed.toFixed(1)} MB/s`);
     if (received === total) process.stderr.write('\n');
   };
+}
+
+/** A progress bar for loading a model (on a terminal). */
+function loadingBar(): (p: number) => void {
+  const bar = progressBar('loading');
+  return (p) => bar(Math.round(p * 1000), 1000);
 }
 
 /** A local path, or a hf:/URL reference downloaded into the cache first. */
@@ -140,12 +148,31 @@ async function complete(argv: string[]): Promise<void> {
       'top-p': { type: 'string' },
       seed: { type: 'string' },
       json: { type: 'boolean', default: false },
+      'json-schema': { type: 'string' },
+      grammar: { type: 'string' },
     },
   });
   if (!values.model) fail('complete needs --model file.gguf');
   if (positionals.length !== 1) fail('complete needs one prompt argument');
+  const { readFileSync } = await import('node:fs');
+  const readOr = (path: string, what: string) => {
+    try {
+      return readFileSync(path, 'utf8');
+    } catch (e) {
+      return fail(`cannot read the ${what} file ${path}: ${(e as Error).message}`);
+    }
+  };
+  let jsonSchema: JsonSchema | undefined;
+  if (values['json-schema']) {
+    try {
+      jsonSchema = JSON.parse(readOr(values['json-schema'], 'JSON schema')) as JsonSchema;
+    } catch (e) {
+      fail(`${values['json-schema']} is not JSON: ${(e as Error).message}`);
+    }
+  }
+  const grammar = values.grammar ? readOr(values.grammar, 'grammar') : undefined;
   setLogLevel('error');
-  await using model = await loadModel(await modelPath(values.model));
+  await using model = await loadModel(await modelPath(values.model), { onProgress: loadingBar() });
   await using ctx = await model.createContext();
   using session = ctx.createSession();
   const gen = session.generate(positionals[0], {
@@ -153,6 +180,8 @@ async function complete(argv: string[]): Promise<void> {
     ...(values.temperature ? { temperature: Number(values.temperature) } : {}),
     ...(values['top-p'] ? { topP: Number(values['top-p']) } : {}),
     ...(values.seed ? { seed: Number(values.seed) } : {}),
+    ...(jsonSchema ? { jsonSchema } : {}),
+    ...(grammar ? { grammar } : {}),
   });
   if (values.json) {
     const r = await gen.result;
@@ -171,7 +200,7 @@ async function chat(argv: string[]): Promise<void> {
   if (!values.model) fail('chat needs --model file.gguf');
   setLogLevel('error');
   const { createInterface } = await import('node:readline');
-  await using model = await loadModel(await modelPath(values.model));
+  await using model = await loadModel(await modelPath(values.model), { onProgress: loadingBar() });
   await using ctx = await model.createContext();
   using conversation = ctx.createChat(values.system ? { systemPrompt: values.system } : {});
   const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY === true });
@@ -276,6 +305,10 @@ async function bench(argv: string[]): Promise<void> {
   process.exit(r.status ?? 1);
 }
 
+const fileTypeNames: Record<number, string> = {
+  0: 'F32', 1: 'F16', 32: 'BF16', ...Object.fromEntries(Object.entries(quantizationTypes).map(([name, id]) => [id, name])),
+};
+
 async function inspect(argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { all: { type: 'boolean', default: false }, json: { type: 'boolean', default: false } } });
   if (positionals.length !== 1) fail('inspect needs one file.gguf');
@@ -290,6 +323,7 @@ async function inspect(argv: string[]): Promise<void> {
     sizeBytes: g.fileSize,
     parameters: count,
     fileType: m['general.file_type'] ?? null,
+    quantization: typeof m['general.file_type'] === 'number' ? (fileTypeNames[m['general.file_type'] as number] ?? `type ${m['general.file_type']}`) : 'unknown',
     contextLength: m[`${arch}.context_length`] ?? null,
     embeddingLength: m[`${arch}.embedding_length`] ?? null,
     layers: m[`${arch}.block_count`] ?? null,

@@ -1,7 +1,8 @@
 import { spawn, spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
-import { describeShared, repoRoot, shared } from './helpers/models.js';
+import { describeShared, fixtures, repoRoot, shared } from './helpers/models.js';
 
 const cli = ['--import', 'tsx', join(repoRoot, 'lib', 'cli.ts')];
 const run = (...args: string[]) => spawnSync(process.execPath, [...cli, ...args], { cwd: repoRoot, encoding: 'utf8', timeout: 60_000 });
@@ -12,6 +13,7 @@ describeShared('llama-addon command line', () => {
     expect(r.status).toBe(0);
     const info = JSON.parse(r.stdout) as { architecture: string; tensors: number; chatTemplate: string | null; contextLength: number };
     expect(info).toMatchObject({ architecture: 'phi3', tensors: 0, contextLength: 4096 });
+    expect(JSON.parse(run('inspect', shared('tinystories-656k-q8_0.gguf'), '--json').stdout).quantization).toBe('Q8_0');
     expect(info.chatTemplate).toContain('<|assistant|>');
     const text = run('inspect', shared('stories260k.gguf'), '--all');
     expect(text.stdout).toMatch(/architecture\s+llama/);
@@ -24,6 +26,14 @@ describeShared('llama-addon command line', () => {
     expect(r.stdout.startsWith(', there was a little girl')).toBe(true);
     const j = run('complete', '--model', shared('stories260k.gguf'), '--max-tokens', '5', '--temperature', '0', '--json', 'Once upon a time');
     expect(JSON.parse(j.stdout)).toMatchObject({ stopReason: 'maxTokens', usage: { completionTokens: 5 } });
+    const schema = join(fixtures, 'cli-schema.json');
+    writeFileSync(schema, JSON.stringify({ type: 'object', properties: { ok: { type: 'boolean' } }, required: ['ok'] }));
+    const constrained = run('complete', '--model', shared('stories260k.gguf'), '--max-tokens', '40', '--json-schema', schema, 'Answer:');
+    expect(constrained.status, constrained.stderr).toBe(0);
+    expect(typeof JSON.parse(constrained.stdout).ok).toBe('boolean');
+    const gbnf = join(fixtures, 'cli-yes-no.gbnf');
+    writeFileSync(gbnf, 'root ::= "yes" | "no"');
+    expect(['yes', 'no']).toContain(run('complete', '--model', shared('stories260k.gguf'), '--grammar', gbnf, 'Answer:').stdout.trim());
     const t = run('tokenize', '--model', shared('stories260k.gguf'), 'Once upon a time');
     expect(t.stdout.trim().split(' ').length).toBe(5);
   });
@@ -51,6 +61,26 @@ describeShared('llama-addon command line', () => {
     child.stdin.write('/reset\n');
     await waitFor(/\(conversation reset\)/);
     child.stdin.end();
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    expect(code).toBe(0);
+  });
+
+  it('chats in a terminal (a pseudo-terminal from script(1)): prompt, answer, Ctrl-D quits', async () => {
+    const command = [process.execPath, ...cli, 'chat', '--model', shared('stories260k.gguf'), '--max-tokens', '8', '--temperature', '0']
+      .map((a) => `'${a.replace(/'/g, "'\\''")}'`)
+      .join(' ');
+    const child = spawn('script', ['-qfec', command, '/dev/null'], { cwd: repoRoot });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const waitFor = async (re: RegExp, from = 0) => {
+      for (let i = 0; i < 400 && !re.test(out.slice(from)); i++) await new Promise((r) => setTimeout(r, 25));
+      expect(out.slice(from)).toMatch(re);
+    };
+    await waitFor(/> /);
+    const mark = out.length;
+    child.stdin.write('Hello\r');
+    await waitFor(/\n> /, mark);
+    child.stdin.write('\u0004');
     const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
     expect(code).toBe(0);
   });
