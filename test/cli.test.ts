@@ -95,7 +95,7 @@ describeShared('llama-addon command line', () => {
     expect(run('--help').stdout).toMatch(/Usage: llama-addon <command>/);
   });
 
-  it('serves until SIGTERM, then exits cleanly', async () => {
+  it('serves, reloads on SIGHUP, and exits cleanly on SIGTERM', async () => {
     const child = spawn(process.execPath, [...cli, 'serve', '--model', `stories=${shared('stories260k.gguf')}`, '--port', '0', '--ctx-size', '256'], { cwd: repoRoot });
     let err = '';
     const url = await new Promise<string>((resolve, reject) => {
@@ -112,6 +112,12 @@ describeShared('llama-addon command line', () => {
     }
     const r = await fetch(url + '/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'Once upon a time', max_tokens: 4, temperature: 0 }) });
     expect(r.status).toBe(200);
+    // SIGHUP reloads the model file; requests go on being served.
+    child.kill('SIGHUP');
+    for (let i = 0; i < 200 && !/now serves .* \(version 2\)/.test(err); i++) await new Promise((r) => setTimeout(r, 25));
+    expect(err).toMatch(/stories now serves .* \(version 2\)/);
+    const models = (await (await fetch(url + '/v1/models')).json()) as { data: Array<{ version: number }> };
+    expect(models.data[0].version).toBe(2);
     child.kill('SIGTERM');
     const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
     expect(code).toBe(0);
