@@ -189,6 +189,22 @@ export class LlamaChat {
   #parallel: boolean;
   #keep: { system: string; tokens: number[] } | null = null;
   #owned = true;
+  #lastApplied: NativeChatApplied | null = null;
+
+  /**
+   * @internal Parses the raw text of the reply being generated (or of the finished one) as the template's
+   * parser sees it: content, reasoning and tool calls with their arguments as raw text so far.
+   */
+  parseReply(text: string, partial: boolean): { content: string; reasoning: string; toolCalls: Array<{ name: string; arguments: string }> } {
+    const a = this.#lastApplied;
+    if (!a) return { content: text, reasoning: '', toolCalls: [] };
+    try {
+      const p = this.#template.parse(text, { parser: a.parser, format: a.format, generationPrompt: a.generationPrompt, partial });
+      return { content: p.content, reasoning: p.reasoning, toolCalls: p.toolCalls.map((c) => ({ name: c.name, arguments: c.arguments })) };
+    } catch {
+      return { content: partial ? '' : text, reasoning: '', toolCalls: [] };
+    }
+  }
 
   private constructor(
     session: LlamaSession,
@@ -345,6 +361,7 @@ export class LlamaChat {
     }
     if (applied.preservedTokens.length > 0) extra.preservedTokens = applied.preservedTokens;
     const gen = this.#session.start<ChatResult>(tokens, opts, true, this.send, (r) => this.#replied(added, applied, jsonSchema !== undefined, r), extra);
+    this.#lastApplied = applied;
     this.#messages = messages;
     return gen;
   }

@@ -85,6 +85,13 @@ describeShared('llama-addon command line', () => {
     expect(code).toBe(0);
   });
 
+  it('runs the benchmarks', () => {
+    const r = run('bench', '--scenario', 'speculative', '--reps', '1', '--json', '--results-dir', join(fixtures, 'cli-bench'));
+    expect(r.status, r.stderr.slice(-1000)).toBe(0);
+    const report = JSON.parse(r.stdout) as { speculative: { rows: Array<{ mode: string }> } };
+    expect(report.speculative.rows.map((x) => x.mode)).toEqual(['plain', 'draft', 'lookup']);
+  });
+
   it('says what went wrong, with a non-zero exit code', () => {
     const missing = run('complete', '--model', '/nonexistent.gguf', 'x');
     expect(missing.status).toBe(1);

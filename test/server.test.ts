@@ -150,6 +150,34 @@ describeShared('OpenAI-compatible server', () => {
     expect(calls[0]).toMatchObject({ type: 'function', function: { name: 'get_weather' } });
     expect(JSON.parse((calls[0] as { function: { arguments: string } }).function.arguments)).toEqual({ city: 'Paris' });
     expect(r.choices[0].finish_reason).toBe('tool_calls');
+
+    // Streamed: the call arrives as OpenAI's tool_calls deltas, its arguments piece by piece.
+    const stream = await client.chat.completions.create({
+      model: 'qwen', messages: [{ role: 'user', content: 'Weather in Paris?' }], stream: true,
+      tools: [{ type: 'function', function: { name: 'get_weather', description: 'Weather', parameters: { type: 'object', properties: { city: { const: 'Paris' } }, required: ['city'] } } }],
+      tool_choice: { type: 'function', function: { name: 'get_weather' } },
+      temperature: 0, max_tokens: 120, logit_bias: bias, ...({ repeat_penalty: 100, repeat_last_n: 1 } as object),
+    });
+    const streamed: Array<{ id?: string; name?: string; args: string }> = [];
+    let deltas = 0;
+    let finish: string | null = null;
+    for await (const chunk of stream) {
+      for (const c of chunk.choices) {
+        finish = c.finish_reason ?? finish;
+        for (const t of c.delta.tool_calls ?? []) {
+          deltas++;
+          const call = (streamed[t.index] ??= { args: '' });
+          if (t.id) call.id = t.id;
+          if (t.function?.name) call.name = t.function.name;
+          call.args += t.function?.arguments ?? '';
+        }
+      }
+    }
+    expect(finish).toBe('tool_calls');
+    expect(streamed[0]).toMatchObject({ name: 'get_weather' });
+    expect(streamed[0].id).toMatch(/^[A-Za-z0-9]{9}$/);
+    expect(JSON.parse(streamed[0].args)).toEqual({ city: 'Paris' });
+    expect(deltas).toBeGreaterThan(2);
   });
 
   it('rejects bad requests with OpenAI-shaped errors that name the field', async () => {
@@ -274,6 +302,28 @@ describeShared('server limits and security', () => {
     const r = await running;
     expect(r.status).toBe(200);
     await expect(fetch(server.url + '/health')).rejects.toThrow();
+  });
+});
+
+describeShared('server while its model loads', () => {
+  it('answers 503 on /health and on requests until the model is ready, then serves', async () => {
+    let resolve!: (m: Awaited<ReturnType<typeof loadModel>>) => void;
+    const pending = new Promise<Awaited<ReturnType<typeof loadModel>>>((r) => (resolve = r));
+    const server = await startServer({ models: [{ alias: 'stories', path: shared('stories260k.gguf'), model: pending }], port: 0, parallel: 1, contextSize: 256 });
+    try {
+      const h = await raw(server.url, '/health');
+      expect(h.status).toBe(503);
+      expect(h.json).toEqual({ status: 'loading' });
+      const early = await raw(server.url, '/v1/completions', { prompt: 'x', max_tokens: 2 });
+      expect(early.status).toBe(503);
+      expect(early.json.error?.code).toBe('model_loading');
+      resolve(await loadModel(shared('stories260k.gguf')));
+      await server.ready;
+      expect((await raw(server.url, '/health')).status).toBe(200);
+      expect((await raw(server.url, '/v1/completions', { prompt: 'Once upon a time', max_tokens: 2, temperature: 0 })).status).toBe(200);
+    } finally {
+      await server.close(1000);
+    }
   });
 });
 

@@ -19,6 +19,11 @@ import { chatPage } from './page.js';
 export interface ServerModel {
   alias: string;
   path: string;
+  /**
+   * A model already loaded (or being loaded) to serve instead of loading `path` (which /v1/models still
+   * shows, and a reload loads). The server frees it when it closes.
+   */
+  model?: LlamaModel | Promise<LlamaModel>;
 }
 
 /** Options of {@link startServer}. */
@@ -106,8 +111,10 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   const maxQueue = options.maxQueue ?? 64;
   const maxTokensLimit = options.maxTokensLimit ?? 4096;
   const entries = new Map<string, Entry>();
+  const preloaded = new Map<string, LlamaModel | Promise<LlamaModel>>();
   for (const m of options.models) {
     entries.set(m.alias, newEntry(m.alias, m.path, 1));
+    if (m.model) preloaded.set(m.alias, m.model);
   }
   const defaultAlias = options.models[0].alias;
   function newEntry(alias: string, path: string, version: number): Entry {
@@ -153,7 +160,8 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   // ---------------------------------------------------------------- models
   async function loadInto(e: Entry): Promise<void> {
     try {
-      e.model = await loadModel(e.path, { gpuLayers: options.gpuLayers ?? 'auto' });
+      const given = e.version === 1 ? preloaded.get(e.alias) : undefined;
+      e.model = given ? await given : await loadModel(e.path, { gpuLayers: options.gpuLayers ?? 'auto' });
       const contextSize = options.contextSize ?? Math.min(e.model.info.contextLength || 4096, 4096);
       e.ctx = await e.model.createContext({ contextSize, sequences: parallel });
       for (let i = 0; i < parallel; i++) e.sessions.push(e.ctx.createSession({ contextShift: 'auto' }));
@@ -530,19 +538,45 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
       const chunk = (delta: Record<string, unknown>, finish: string | null, extra: Record<string, unknown> = {}) =>
         send({ id, object: 'chat.completion.chunk', created, model: e.alias, choices: [{ index: 0, delta, logprobs: extra.logprobs ?? null, finish_reason: finish }] });
       chunk({ role: 'assistant', content: '' }, null);
-      // With tools, the raw text holds the call markup: the parsed reply is sent when it is complete.
+      // With tools, the raw text holds the call markup: the template's parser reads what has come so far,
+      // and the differences go out as content and tool-call deltas, as OpenAI streams them.
       const live = !tools?.length;
+      let raw = '';
+      let sentContent = '';
+      const sentCalls: Array<{ id: string; name: string; args: string }> = [];
+      const emitParsed = (partial: boolean) => {
+        const p = chat.parseReply(raw, partial);
+        if (p.content.startsWith(sentContent) && p.content.length > sentContent.length) {
+          chunk({ content: p.content.slice(sentContent.length) }, null);
+          sentContent = p.content;
+        }
+        p.toolCalls.forEach((c, index) => {
+          if (!c.name) return;
+          let sent = sentCalls[index];
+          if (!sent) {
+            sent = { id: `call${createHash('sha1').update(`${id}${index}`).digest('hex').slice(0, 5)}`, name: c.name, args: '' };
+            sentCalls[index] = sent;
+            chunk({ tool_calls: [{ index, id: sent.id, type: 'function', function: { name: c.name, arguments: '' } }] }, null);
+          }
+          if (c.arguments.startsWith(sent.args) && c.arguments.length > sent.args.length) {
+            chunk({ tool_calls: [{ index, function: { arguments: c.arguments.slice(sent.args.length) } }] }, null);
+            sent.args = c.arguments;
+          }
+        });
+      };
       try {
         for await (const c of gen) {
           if (live && c.text) chunk({ content: c.text }, null, wantLogprobs ? { logprobs: { content: openaiLogprobs(c.logprobs) } } : {});
+          if (!live && c.text) {
+            raw += c.text;
+            emitParsed(true);
+          }
         }
         const r = await gen.result;
         finish(r);
         if (!live) {
-          const toolCalls = r.toolCalls.map((c, index) => ({ index, id: c.id, type: 'function', function: { name: c.name, arguments: JSON.stringify(c.arguments) } }));
-          if (r.content) chunk({ content: r.content }, null);
-          if (toolCalls.length) chunk({ tool_calls: toolCalls }, null);
-          chunk({}, finishReason(r, toolCalls.length));
+          emitParsed(false);
+          chunk({}, finishReason(r, sentCalls.length));
         } else {
           chunk({}, finishReason(r));
         }
