@@ -35,7 +35,8 @@ export function modelCacheDir(): string {
 function parseRef(ref: string): { url: string; file: string; hub: boolean } {
   if (ref.startsWith('hf:')) {
     const parts = ref.slice(3).split('/');
-    if (parts.length < 3 || parts.some((p) => p.length === 0)) {
+    // Each part becomes a folder of the cache: no empty, "." or ".." parts, no backslashes.
+    if (parts.length < 3 || parts.some((p) => p.length === 0 || p === '.' || p === '..' || p.includes('\\'))) {
       throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid model reference ${JSON.stringify(ref)}: expected hf:owner/repo/path/to/file.gguf`);
     }
     const [owner, repo, ...path] = parts;
@@ -49,7 +50,11 @@ function parseRef(ref: string): { url: string; file: string; hub: boolean } {
     throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid model reference ${JSON.stringify(ref)}: expected hf:owner/repo/file.gguf or an http(s) URL`);
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new LlamaError('ERR_INVALID_ARGUMENT', `Only http(s) URLs can be pulled, not ${u.protocol}`);
-  return { url: u.href, file: join('url', u.host, ...u.pathname.split('/').filter(Boolean)), hub: false };
+  const segments = u.pathname.split('/').filter(Boolean).map((p) => decodeURIComponent(p));
+  if (segments.length === 0 || segments.some((p) => p === '.' || p === '..' || p.includes('/') || p.includes('\\'))) {
+    throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid model URL ${JSON.stringify(ref)}: its path must name a file`);
+  }
+  return { url: u.href, file: join('url', u.host.replace(/:/g, '_'), ...segments), hub: false };
 }
 
 async function sha256Of(path: string): Promise<string> {

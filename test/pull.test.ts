@@ -91,6 +91,9 @@ describeShared('pulling models (local HTTP server)', () => {
     }
     await expect(pullModel(`${base}/nothing-here.gguf`, { cacheDir })).rejects.toThrow(/not found/);
     await expect(pullModel('hf:only-two/parts', { cacheDir })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    // References never reach outside the cache folder.
+    await expect(pullModel('hf:../../etc/passwd', { cacheDir })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    await expect(pullModel(`${base}/a/%2e%2e%2f%2e%2e%2fescape.gguf`, { cacheDir })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 
   it('pulls from the command line, and --model takes a reference', async () => {
