@@ -16,7 +16,7 @@ Commands:
   serve --model [alias=]file.gguf ...   an OpenAI-compatible server (repeat --model for several models)
         [--port 8080] [--host 127.0.0.1] [--parallel 4] [--ctx-size N] [--api-key KEY]
         [--max-queue 64] [--max-tokens 4096] [--body-limit BYTES] [--gpu-layers N|auto|max] [--log]
-        [--cache-responses N]; SIGHUP reloads the model files without downtime
+        [--cache-responses N] [--admin]; SIGHUP reloads the model files without downtime
   complete --model file.gguf "prompt"   print a completion
         [--max-tokens 256] [--temperature 0.8] [--top-p 0.95] [--seed N] [--json]
         [--json-schema schema.json] [--grammar file.gbnf]
@@ -94,6 +94,7 @@ async function serve(argv: string[]): Promise<void> {
       'gpu-layers': { type: 'string' },
       log: { type: 'boolean', default: false },
       'cache-responses': { type: 'string' },
+      admin: { type: 'boolean', default: false },
     },
   });
   setLogLevel('error');
@@ -111,6 +112,7 @@ async function serve(argv: string[]): Promise<void> {
     ...(values['api-key'] ? { apiKey: values['api-key'] } : {}),
     ...(values['body-limit'] ? { bodyLimit: Number(values['body-limit']) } : {}),
     ...(values['cache-responses'] ? { cacheResponses: Number(values['cache-responses']) } : {}),
+    admin: values.admin!,
   });
   process.stderr.write(`llama-addon: listening on ${server.url} (models load in the background; GET /health)\n`);
   server.ready.then(
@@ -281,7 +283,7 @@ async function quantizeCommand(argv: string[]): Promise<void> {
   const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, options: { threads: { type: 'string' } } });
   if (positionals.length !== 3) fail(`quantize needs: in.gguf out.gguf TYPE (one of ${Object.keys(quantizationTypes).join(', ')})`);
   const [input, output, type] = positionals;
-  if (!(type in quantizationTypes)) fail(`unknown type '${type}': one of ${Object.keys(quantizationTypes).join(', ')}`);
+  if (!Object.hasOwn(quantizationTypes, type)) fail(`unknown type '${type}': one of ${Object.keys(quantizationTypes).join(', ')}`);
   const inSize = (await readGguf(input).catch((e: Error) => fail(e.message, 1))).fileSize;
   const bar = progressBar(`quantizing to ${type}`);
   setLogLevel('error');

@@ -5,6 +5,7 @@ import { createReadStream, createWriteStream, existsSync } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { LlamaError } from './errors.js';
 
 /** Options of {@link pullModel}. */
@@ -90,6 +91,11 @@ export async function pullModel(ref: string, options: PullOptions = {}): Promise
     if (head.status === 401 || head.status === 403) throw fail(`${ref} needs authorization (${head.status} from ${url})`);
   } catch (e) {
     if (e instanceof LlamaError) throw e;
+    // Offline: a file already in the cache is used as it is.
+    if (existsSync(dest)) {
+      const size = (await stat(dest)).size;
+      return { path: dest, size, sha256: await sha256Of(dest), downloaded: false };
+    }
     throw fail(`Could not reach ${url}: ${(e as Error).message}`, e);
   }
 
@@ -116,25 +122,31 @@ export async function pullModel(ref: string, options: PullOptions = {}): Promise
   });
   if (res.status === 416 && expectedSize !== null && have === expectedSize) {
     // already complete
+  } else if (res.status === 416) {
+    await rm(partial, { force: true }); // the partial file does not fit what the server has: start over next time
+    throw fail(`The server refused to resume ${url}; the partial file was deleted, run it again`);
   } else if (!res.ok || !res.body) {
     throw fail(`Downloading ${url} failed: HTTP ${res.status}`);
   }
   if (res.status === 200 && have > 0) have = 0; // the server ignored the range: start over
   const total = expectedSize ?? (res.headers.get('content-length') ? have + Number(res.headers.get('content-length')) : null);
   if (res.status !== 416) {
-    const out = createWriteStream(partial, { flags: have > 0 ? 'a' : 'w' });
     let received = have;
+    const body = res.body as unknown as AsyncIterable<Uint8Array>;
     try {
-      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-        if (!out.write(chunk)) await new Promise<void>((r) => out.once('drain', () => r()));
-        received += chunk.byteLength;
-        options.onProgress?.(received, total);
-      }
+      await pipeline(
+        async function* () {
+          for await (const chunk of body) {
+            received += chunk.byteLength;
+            options.onProgress?.(received, total);
+            yield chunk;
+          }
+        },
+        createWriteStream(partial, { flags: have > 0 ? 'a' : 'w' }),
+      );
     } catch (e) {
-      await new Promise<void>((r) => out.end(() => r()));
       throw fail(`The download of ${url} was interrupted after ${received} bytes; run it again to resume: ${(e as Error).message}`, e);
     }
-    await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
   }
   const size = (await stat(partial)).size;
   if (expectedSize !== null && size !== expectedSize) {

@@ -24,7 +24,7 @@ export async function quantize(
   type: QuantizationType,
   options: { threads?: number; onProgress?: (bytesWritten: number) => void } = {},
 ): Promise<void> {
-  const ftype = quantizationTypes[type as QuantizationType];
+  const ftype = Object.hasOwn(quantizationTypes, type) ? quantizationTypes[type as QuantizationType] : undefined;
   if (ftype === undefined) {
     throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid quantization type ${JSON.stringify(type)}: expected one of ${Object.keys(quantizationTypes).join(', ')}`);
   }

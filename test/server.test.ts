@@ -46,6 +46,12 @@ describeShared('OpenAI-compatible server', () => {
   });
   afterAll(() => server?.close(1000));
 
+  it('keeps its admin endpoint off without a key or admin: true', async () => {
+    const r = await raw(server.url, '/admin/reload', { model: 'stories', path: '/etc/passwd' });
+    expect(r.status).toBe(403);
+    expect(r.json.error?.code).toBe('admin_disabled');
+  });
+
   it('lists its models and reports health', async () => {
     const models = await client.models.list();
     expect(models.data.map((m) => m.id)).toEqual(['stories', 'qwen']);
@@ -275,6 +281,8 @@ describeShared('server limits and security', () => {
       expect(server.url.startsWith('http://127.0.0.1:')).toBe(true);
       await server.ready;
       expect((await raw(server.url, '/health')).status).toBe(200);
+      // The admin endpoint is behind the key too.
+      expect((await raw(server.url, '/admin/reload', { model: 'stories' })).status).toBe(401);
       const denied = await raw(server.url, '/v1/models');
       expect(denied.status).toBe(401);
       expect(denied.json.error?.type).toBe('authentication_error');
@@ -371,7 +379,7 @@ describeShared('server: response cache and model replacement', () => {
   });
 
   it('replaces a model without downtime: running requests finish on the old one, later ones use the new one', async () => {
-    const server = await startServer({ models: [{ alias: 'm', path: shared('stories260k.gguf') }], port: 0, parallel: 2, contextSize: 512 });
+    const server = await startServer({ models: [{ alias: 'm', path: shared('stories260k.gguf') }], port: 0, parallel: 2, contextSize: 512, admin: true });
     try {
       await server.ready;
       const before = (await raw(server.url, '/v1/models')).json as { data: Array<{ path: string; version: number; fingerprint: string }> };

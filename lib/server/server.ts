@@ -50,6 +50,8 @@ export interface ServerOptions {
   gpuLayers?: number | 'auto' | 'max';
   /** Print each request (default false). */
   log?: boolean;
+  /** Allow POST /admin/reload without an API key (with a key it is always on, behind the key). */
+  admin?: boolean;
   /**
    * Remember this many responses of deterministic requests (temperature 0, or a seed) and answer an
    * identical request from memory, without decoding (default 0: off). Streamed requests are not cached.
@@ -64,6 +66,10 @@ interface Entry {
   version: number;
   /** Replaced by a reload: it finishes its running requests, then frees its model. */
   retired?: boolean;
+  /** Its load, settled or not. */
+  loading?: Promise<void>;
+  /** Embedding requests running on it. */
+  embedding: number;
   state: 'loading' | 'ready' | 'error';
   error?: string;
   created: number;
@@ -118,7 +124,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   }
   const defaultAlias = options.models[0].alias;
   function newEntry(alias: string, path: string, version: number): Entry {
-    return { alias, path, version, state: 'loading', created: Math.floor(Date.now() / 1000), idle: [], sessions: [], keys: new Map(), waiters: [] };
+    return { alias, path, version, state: 'loading', created: Math.floor(Date.now() / 1000), idle: [], sessions: [], keys: new Map(), waiters: [], embedding: 0 };
   }
 
   // ---------------------------------------------------------------- metrics
@@ -177,7 +183,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
 
   /** Frees a replaced model once its last request has finished. */
   function disposeIfRetired(e: Entry): void {
-    if (!e.retired || e.idle.length < e.sessions.length || e.waiters.length > 0) return;
+    if (!e.retired || e.idle.length < e.sessions.length || e.waiters.length > 0 || e.embedding > 0) return;
     e.retired = false;
     void (async () => {
       if (e.embedCtx) await (await e.embedCtx.catch(() => null))?.dispose();
@@ -185,7 +191,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     })();
   }
 
-  const loading = [...entries.values()].map((e) => loadInto(e));
+  const loading = [...entries.values()].map((e) => (e.loading = loadInto(e)));
   const ready = Promise.all(loading).then(() => undefined);
   ready.catch(() => {});
 
@@ -266,7 +272,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     } else {
       api = new ApiError(500, e.message, 'server_error');
     }
-    requests.inc({ endpoint: req.routeOptions?.url ?? req.url, status: String(api.status) });
+    requests.inc({ endpoint: req.routeOptions?.url ?? 'unmatched', status: String(api.status) });
     if (api.status === 429) void reply.header('Retry-After', '1');
     if (reply.sent || reply.raw.headersSent) return;
     void reply.status(api.status === 499 ? 400 : api.status).send(api.body());
@@ -316,15 +322,21 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     const current = entries.get(alias);
     if (!current) throw new ApiError(404, `The model '${alias}' does not exist`, 'invalid_request_error', 'model', 'model_not_found');
     const next = newEntry(alias, path ?? current.path, current.version + 1);
-    await loadInto(next);
+    await (next.loading = loadInto(next));
     const old = entries.get(alias)!;
+    await old.loading?.catch(() => {}); // a reload during the first load: let it finish, so that it can be freed
     entries.set(alias, next);
     old.retired = true;
     disposeIfRetired(old);
     return { model: alias, path: next.path, version: next.version, fingerprint: next.model!.fingerprint };
   }
 
-  app.post('/admin/reload', { schema: { body: { type: 'object', required: ['model'], properties: { model: { type: 'string' }, path: { type: 'string', minLength: 1 } } } } }, async (req) => {
+  app.post('/admin/reload', {
+    preHandler: async () => {
+      if (!options.apiKey && !options.admin) {
+        throw new ApiError(403, 'The admin endpoint is off: start the server with an API key, or with admin: true (--admin)', 'invalid_request_error', null, 'admin_disabled');
+      }
+    }, schema: { body: { type: 'object', required: ['model'], properties: { model: { type: 'string' }, path: { type: 'string', minLength: 1 } } } } }, async (req) => {
     const body = req.body as { model: string; path?: string };
     try {
       return await reload(body.model, body.path);
@@ -370,13 +382,14 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     };
     reply.raw.on('close', onClose);
     running.add(controller);
-    const session = await acquire(e, key, controller.signal);
+    let session: LlamaSession | null = null;
     try {
+      session = await acquire(e, key, controller.signal);
       return await fn(session, controller.signal);
     } finally {
       running.delete(controller);
       reply.raw.off('close', onClose);
-      release(e, session);
+      if (session) release(e, session);
     }
   }
 
@@ -461,8 +474,9 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
           let args: Record<string, unknown>;
           try {
             args = JSON.parse(c.function.arguments) as Record<string, unknown>;
+            if (args === null || typeof args !== 'object' || Array.isArray(args)) throw new Error('not an object');
           } catch {
-            throw new ApiError(400, `messages: the arguments of tool call ${c.id} are not JSON`, 'invalid_request_error', 'messages');
+            throw new ApiError(400, `messages: the arguments of tool call ${c.id} are not a JSON object`, 'invalid_request_error', 'messages');
           }
           return { id: c.id, name: c.function.name, arguments: args };
         });
@@ -649,11 +663,25 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     const body = req.body as { model?: string; input: string | string[] | number[] | number[][]; encoding_format?: 'float' | 'base64'; dimensions?: number };
     const e = entryFor(body.model);
     // Mean pooling unless the model says otherwise (generative models default to none: one vector per token).
-    e.embedCtx ??= e.model!.createContext({
-      contextSize: Math.min(e.ctx!.contextSize, 2048), sequences: 8, embeddings: true,
-      ...(typeof e.model!.metadata[`${e.model!.info.architecture}.pooling_type`] === 'number' ? {} : { pooling: 'mean' as const }),
-    });
-    const ctx = await e.embedCtx;
+    e.embedCtx ??= e.model!
+      .createContext({
+        contextSize: Math.min(e.ctx!.contextSize, 2048), sequences: 8, embeddings: true,
+        ...(typeof e.model!.metadata[`${e.model!.info.architecture}.pooling_type`] === 'number' ? {} : { pooling: 'mean' as const }),
+      })
+      .catch((err: unknown) => {
+        e.embedCtx = undefined; // let a later request try again
+        throw err;
+      });
+    e.embedding++;
+    try {
+      return await embedWith(e, await e.embedCtx, body);
+    } finally {
+      e.embedding--;
+      disposeIfRetired(e);
+    }
+  });
+
+  async function embedWith(e: Entry, ctx: LlamaContext, body: { input: string | string[] | number[] | number[][]; encoding_format?: 'float' | 'base64'; dimensions?: number }) {
     const inputs: Array<string | Int32Array> =
       typeof body.input === 'string'
         ? [body.input]
@@ -680,7 +708,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
       model: e.alias,
       usage: { prompt_tokens: n, total_tokens: n },
     };
-  });
+  }
 
   await app.listen({ host: options.host ?? '127.0.0.1', port: options.port ?? 8080 });
   const address = app.server.address();
@@ -706,7 +734,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
       await Promise.allSettled(
         [...entries.values()].map(async (e) => {
           e.retired = false;
-          if (e.embedCtx) await (await e.embedCtx).dispose();
+          if (e.embedCtx) await (await e.embedCtx.catch(() => null))?.dispose();
           await e.model?.dispose();
         }),
       );
