@@ -9,7 +9,7 @@ import type { Generation, GenerationResult } from './generation.js';
 import type { JsonSchema } from './json-schema.js';
 import type { LlamaModel } from './model.js';
 import type { NativeChatApplied, NativeChatApplyOptions, NativeChatMessage, NativeChatTemplate, NativeGenerateOptions } from './native.js';
-import type { LlamaSession } from './session.js';
+import { commonPrefix, type LlamaSession } from './session.js';
 import { checkOptions, invalid, optBoolean } from './validate.js';
 
 /** A tool (function) the model may call. */
@@ -118,12 +118,6 @@ function callId(): string {
   return Array.from(randomBytes(9), (b) => alphabet[b % alphabet.length]).join('');
 }
 
-function commonPrefix(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  const n = Math.min(a.length, b.length);
-  let i = 0;
-  while (i < n && a[i] === b[i]) i++;
-  return i;
-}
 
 function sameTokens(a: Int32Array, b: Int32Array): boolean {
   return a.length === b.length && commonPrefix(a, b) === a.length;

@@ -56,7 +56,8 @@ function parseJson(r: GenerationResult): GenerationResult | LlamaError {
 /** Copying cache cells from another session pays off from this many tokens on. */
 const MIN_SHARED_TOKENS = 8;
 
-function commonPrefix(a: ArrayLike<number>, b: ArrayLike<number>): number {
+/** @internal How many tokens two sequences share at their start. */
+export function commonPrefix(a: ArrayLike<number>, b: ArrayLike<number>): number {
   const n = Math.min(a.length, b.length);
   let i = 0;
   while (i < n && a[i] === b[i]) i++;

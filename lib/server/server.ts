@@ -355,7 +355,8 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     const { user: _user, ...rest } = body;
     return createHash('sha256').update(`${endpoint}\0${e.model!.fingerprint}\0${JSON.stringify(rest)}`).digest('hex');
   }
-  function cached(e: Entry, key: string | null, reply: FastifyReply): unknown {
+  /** A remembered response for this request (counted as a served request), or undefined. */
+  function cached(e: Entry, key: string | null, reply: FastifyReply, endpoint: string): unknown {
     if (key === null) return undefined;
     const hit = responses.get(key);
     if (hit === undefined) {
@@ -365,6 +366,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     responses.delete(key);
     responses.set(key, hit);
     cacheHits.inc({ model: e.alias });
+    requests.inc({ endpoint, status: '200' });
     void reply.header('x-cache', 'hit');
     return { ...(hit as object), created: Math.floor(Date.now() / 1000) };
   }
@@ -393,14 +395,15 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     }
   }
 
-  function account(e: Entry, r: GenerationResult, started: number): void {
+  function account(e: Entry, r: GenerationResult): void {
     promptTokens.inc({ model: e.alias }, r.usage.promptTokens);
     cachedTokens.inc({ model: e.alias }, r.usage.cachedTokens);
     completionTokens.inc({ model: e.alias }, r.usage.completionTokens);
     if (r.usage.completionTokens > 0) ttft.observe({ model: e.alias }, r.timings.timeToFirstTokenMs / 1000);
     if (r.timings.tokensPerSecond > 0) tps.set({ model: e.alias }, r.timings.tokensPerSecond);
-    void started;
   }
+
+  const newId = (prefix: string) => `${prefix}-${createHash('sha1').update(`${Date.now()}${Math.random()}`).digest('hex').slice(0, 24)}`;
 
   function sampling(body: Record<string, unknown>, signal: AbortSignal): GenerateOptions {
     const maxTokens = Math.min((body.max_completion_tokens ?? body.max_tokens ?? maxTokensLimit) as number, maxTokensLimit);
@@ -464,7 +467,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   app.post('/v1/chat/completions', { schema: { body: chatCompletionSchema } }, async (req, reply) => {
     const body = req.body as Record<string, unknown> & { messages: Array<Record<string, unknown>> };
     const e = entryFor(body.model as string | undefined);
-    const id = `chatcmpl-${createHash('sha1').update(`${Date.now()}${Math.random()}`).digest('hex').slice(0, 24)}`;
+    const id = newId('chatcmpl');
     const created = Math.floor(Date.now() / 1000);
     const messages: ChatMessage[] = body.messages.map((m) => {
       const role = m.role === 'developer' ? 'system' : (m.role as ChatMessage['role']);
@@ -499,15 +502,11 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     if (rf?.type === 'json_schema' && !rf.json_schema) throw new ApiError(400, 'response_format.json_schema is required with type json_schema', 'invalid_request_error', 'response_format.json_schema');
     const wantLogprobs = body.logprobs === true;
     const stream = body.stream === true;
-    const started = Date.now();
     // The conversation this request continues: its messages before the new one.
     const key = history.length > 0 ? conversationKey(history) : null;
     const rkey = cacheKey(e, 'chat', body);
-    const hit = cached(e, rkey, reply);
-    if (hit !== undefined) {
-      requests.inc({ endpoint: '/v1/chat/completions', status: '200' });
-      return hit;
-    }
+    const hit = cached(e, rkey, reply, '/v1/chat/completions');
+    if (hit !== undefined) return hit;
     return withRequest(req, reply, e, key, async (session, signal) => {
       const chat = e.ctx!.createChat({
         session,
@@ -521,7 +520,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
       };
       const gen: Generation<ChatResult> = chat.send(last.role === 'user' ? last : undefined, opts);
       const finish = (r: ChatResult) => {
-        account(e, r, started);
+        account(e, r);
         const reply = { role: 'assistant' as const, content: r.content };
         e.keys.set(session, conversationKey([...history, ...(last.role === 'user' ? [last] : []), reply]));
         requests.inc({ endpoint: '/v1/chat/completions', status: '200' });
@@ -611,16 +610,12 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     const body = req.body as Record<string, unknown>;
     const e = entryFor(body.model as string | undefined);
     const prompt = typeof body.prompt === 'string' ? body.prompt : (body.prompt as string[])[0];
-    const id = `cmpl-${createHash('sha1').update(`${Date.now()}${Math.random()}`).digest('hex').slice(0, 24)}`;
+    const id = newId('cmpl');
     const created = Math.floor(Date.now() / 1000);
     const logprobs = typeof body.logprobs === 'number' ? body.logprobs : undefined;
-    const started = Date.now();
     const rkey = cacheKey(e, 'completions', body);
-    const hit = cached(e, rkey, reply);
-    if (hit !== undefined) {
-      requests.inc({ endpoint: '/v1/completions', status: '200' });
-      return hit;
-    }
+    const hit = cached(e, rkey, reply, '/v1/completions');
+    if (hit !== undefined) return hit;
     return withRequest(req, reply, e, null, async (session, signal) => {
       const gen = session.generate(prompt, { ...sampling(body, signal), ...(logprobs !== undefined ? { logprobs } : {}) });
       const legacy = (lp: TokenLogprob[] | undefined) =>
@@ -631,7 +626,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
         };
       if (body.stream !== true) {
         const r = await gen.result;
-        account(e, r, started);
+        account(e, r);
         requests.inc({ endpoint: '/v1/completions', status: '200' });
         const response = {
           id, object: 'text_completion', created, model: e.alias,
@@ -647,7 +642,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
           if (c.text) send({ id, object: 'text_completion', created, model: e.alias, choices: [{ text: c.text, index: 0, logprobs: legacy(c.logprobs) ?? null, finish_reason: null }] });
         }
         const r = await gen.result;
-        account(e, r, started);
+        account(e, r);
         requests.inc({ endpoint: '/v1/completions', status: '200' });
         send({ id, object: 'text_completion', created, model: e.alias, choices: [{ text: '', index: 0, logprobs: null, finish_reason: finishReason(r) }] });
       } catch (err) {
