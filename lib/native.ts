@@ -241,6 +241,22 @@ export interface NativeSystemInfo {
   maxSequences: number;
 }
 
+/** The compute backends compiled into the addon and the devices they found. */
+export interface BackendInfo {
+  /** Backend names, such as `CPU`, `CUDA`, `Metal`, `Vulkan`. */
+  backends: string[];
+  devices: Array<{
+    name: string;
+    description: string;
+    type: 'cpu' | 'gpu' | 'igpu' | 'accel' | 'other';
+    /** The backend the device belongs to. */
+    backend: string;
+    /** Bytes free and in total, as the backend reports them. */
+    memoryFree: number;
+    memoryTotal: number;
+  }>;
+}
+
 export interface NativeAddon {
   loadModel(
     path: string,
@@ -248,6 +264,7 @@ export interface NativeAddon {
     onProgress?: (progress: number) => void,
   ): { promise: Promise<NativeModel>; abort(): void };
   systemInfo(): NativeSystemInfo;
+  backendInfo(): BackendInfo;
   jsonSchemaToGrammar(schema: string): string;
   quantize(input: string, output: string, ftype: number, threads: number): Promise<void>;
   setLogLevel(level: number): void;

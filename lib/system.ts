@@ -1,4 +1,6 @@
-import { native } from './native.js';
+import { native, type BackendInfo } from './native.js';
+
+export type { BackendInfo } from './native.js';
 
 /** Facts about the llama.cpp build and this machine. */
 export interface SystemInfo {
@@ -24,4 +26,12 @@ export function getSystemInfo(): SystemInfo {
     physicalCores: s.physicalCores,
     gpuOffload: s.supportsGpuOffload,
   };
+}
+
+/**
+ * The compute backends compiled into this build and usable here, and their devices with names and free and
+ * total memory (the CPU counts as one device).
+ */
+export function getBackendInfo(): BackendInfo {
+  return native().backendInfo();
 }
