@@ -9,7 +9,7 @@ const buildDir = join(repoRoot, 'build');
 
 export function llamaBenchPath(): string {
   if (process.env.LLAMA_BENCH_BIN) return process.env.LLAMA_BENCH_BIN;
-  for (const p of [join(buildDir, 'bin', 'llama-bench'), join(buildDir, 'tools', 'llama-bench', 'llama-bench')]) {
+  for (const p of [join(buildDir, 'Release', 'llama-bench'), join(buildDir, 'bin', 'llama-bench'), join(buildDir, 'tools', 'llama-bench', 'llama-bench')]) {
     if (existsSync(p)) return p;
   }
   return join(buildDir, 'bin', 'llama-bench');

@@ -13,7 +13,7 @@ const log = (m: string) => console.error(`[bench] ${m}`);
 
 function batchedBenchPath(): string {
   if (process.env.LLAMA_BATCHED_BENCH_BIN) return process.env.LLAMA_BATCHED_BENCH_BIN;
-  for (const p of [join(buildDir, 'bin', 'llama-batched-bench'), join(buildDir, 'tools', 'batched-bench', 'llama-batched-bench')]) {
+  for (const p of [join(buildDir, 'Release', 'llama-batched-bench'), join(buildDir, 'bin', 'llama-batched-bench'), join(buildDir, 'tools', 'batched-bench', 'llama-batched-bench')]) {
     if (existsSync(p)) return p;
   }
   log('building llama-batched-bench from the addon build tree (first use only)');

@@ -4,6 +4,7 @@ import { basename } from 'node:path';
 import { parseArgs } from 'node:util';
 import { readGguf } from './gguf/reader.js';
 import { setLogLevel } from './log.js';
+import type { GpuOption } from './backends.js';
 import { loadModel } from './model.js';
 import type { JsonSchema } from './json-schema.js';
 import { pullModel } from './pull.js';
@@ -16,10 +17,11 @@ Commands:
   serve --model [alias=]file.gguf ...   an OpenAI-compatible server (repeat --model for several models)
         [--port 8080] [--host 127.0.0.1] [--parallel 4] [--ctx-size N] [--api-key KEY]
         [--max-queue 64] [--max-tokens 4096] [--body-limit BYTES] [--gpu-layers N|auto|max] [--log]
-        [--cache-responses N] [--admin]; SIGHUP reloads the model files without downtime
+        [--cache-responses N] [--admin] [--gpu auto|cuda|vulkan|metal|off] [--rpc host:port,...];
+        SIGHUP reloads the model files without downtime
   complete --model file.gguf "prompt"   print a completion
         [--max-tokens 256] [--temperature 0.8] [--top-p 0.95] [--seed N] [--json]
-        [--json-schema schema.json] [--grammar file.gbnf]
+        [--json-schema schema.json] [--grammar file.gbnf] [--gpu ...] [--gpu-layers N] [--rpc host:port,...]
   chat --model file.gguf                an interactive chat (streams; a line ending in \\ continues the
         [--system "..."] [--max-tokens 512]    message; /reset starts over; Ctrl-C stops an answer, Ctrl-D quits)
   embed --model file.gguf "text" ...     print one embedding per text as JSON [--pooling mean]
@@ -27,6 +29,11 @@ Commands:
   inspect file.gguf                     architecture, size, context length, chat template [--all] [--json]
   pull hf:owner/repo/file.gguf | URL    download into the cache (resumes; checks size and SHA-256) [--json]
   quantize in.gguf out.gguf Q4_K_M      llama.cpp's quantizer (F16, Q8_0, Q4_0, Q4_K_M, Q5_K_M, Q6_K, ...)
+  rpc-server [--port 50052] [--host 127.0.0.1] [--threads N] [--cache DIR] [--gpu auto|cuda|vulkan|metal|off]
+                                        llama.cpp's RPC server: lends this machine's CPU (or GPU) to
+                                        models loaded elsewhere with --rpc / rpcServers (no authentication:
+                                        keep it on a trusted network)
+  backends [--json]                     the compute backends and devices usable here
   bench [options]                       the benchmarks (a checkout of the repository; see its README)
 
 --model also takes hf:owner/repo/file.gguf or a URL: the file is downloaded on first use.
@@ -77,6 +84,13 @@ function parseModels(values: string[] | undefined): ServerModel[] {
 }
 
 const gpuLayers = (v: string | undefined) => (v === undefined ? 'auto' : v === 'auto' || v === 'max' ? v : Number(v));
+const gpuOption = (v: string | undefined): GpuOption | undefined => {
+  if (v === undefined) return undefined;
+  if (v === 'off' || v === 'false' || v === 'cpu') return false;
+  if (v === 'auto' || v === 'cuda' || v === 'vulkan' || v === 'metal') return v;
+  fail(`--gpu expects auto, cuda, vulkan, metal or off; received ${JSON.stringify(v)}`);
+};
+const rpcList = (v: string | undefined) => (v ? v.split(',').map((s) => s.trim()).filter(Boolean) : undefined);
 
 async function serve(argv: string[]): Promise<void> {
   const { values } = parseArgs({
@@ -92,6 +106,8 @@ async function serve(argv: string[]): Promise<void> {
       'max-tokens': { type: 'string', default: '4096' },
       'body-limit': { type: 'string' },
       'gpu-layers': { type: 'string' },
+      gpu: { type: 'string' },
+      rpc: { type: 'string' },
       log: { type: 'boolean', default: false },
       'cache-responses': { type: 'string' },
       admin: { type: 'boolean', default: false },
@@ -107,6 +123,8 @@ async function serve(argv: string[]): Promise<void> {
     maxQueue: Number(values['max-queue']),
     maxTokensLimit: Number(values['max-tokens']),
     gpuLayers: gpuLayers(values['gpu-layers']),
+    ...(gpuOption(values.gpu) !== undefined ? { gpu: gpuOption(values.gpu) } : {}),
+    ...(rpcList(values.rpc) ? { rpcServers: rpcList(values.rpc) } : {}),
     log: values.log!,
     ...(values['ctx-size'] ? { contextSize: Number(values['ctx-size']) } : {}),
     ...(values['api-key'] ? { apiKey: values['api-key'] } : {}),
@@ -152,6 +170,9 @@ async function complete(argv: string[]): Promise<void> {
       json: { type: 'boolean', default: false },
       'json-schema': { type: 'string' },
       grammar: { type: 'string' },
+      gpu: { type: 'string' },
+      'gpu-layers': { type: 'string' },
+      rpc: { type: 'string' },
     },
   });
   if (!values.model) fail('complete needs --model file.gguf');
@@ -174,7 +195,14 @@ async function complete(argv: string[]): Promise<void> {
   }
   const grammar = values.grammar ? readOr(values.grammar, 'grammar') : undefined;
   setLogLevel('error');
-  await using model = await loadModel(await modelPath(values.model), { onProgress: loadingBar() });
+  const gpu = gpuOption(values.gpu);
+  const rpcServers = rpcList(values.rpc);
+  await using model = await loadModel(await modelPath(values.model), {
+    onProgress: loadingBar(),
+    gpuLayers: gpuLayers(values['gpu-layers']),
+    ...(gpu !== undefined ? { gpu } : {}),
+    ...(rpcServers ? { rpcServers } : {}),
+  });
   await using ctx = await model.createContext();
   using session = ctx.createSession();
   const gen = session.generate(positionals[0], {
@@ -345,9 +373,55 @@ async function inspect(argv: string[]): Promise<void> {
   if (values.all) for (const [k, v] of Object.entries(m)) process.stdout.write(`  ${k} = ${typeof v === 'object' ? JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x)) : String(v)}\n`);
 }
 
+async function rpcServer(argv: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      port: { type: 'string', default: '50052' },
+      host: { type: 'string', default: '127.0.0.1' },
+      threads: { type: 'string' },
+      cache: { type: 'string' },
+      gpu: { type: 'string', default: 'auto' },
+    },
+  });
+  const port = Number(values.port);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) fail(`--port expects a port number; received ${JSON.stringify(values.port)}`);
+  const { native } = await import('./native.js');
+  const { chooseDevices } = await import('./backends.js');
+  const addon = native();
+  const threads = values.threads ? Number(values.threads) : addon.systemInfo().defaultThreads;
+  if (!Number.isInteger(threads) || threads < 1) fail(`--threads expects a positive integer; received ${JSON.stringify(values.threads)}`);
+  const { devices } = await chooseDevices(gpuOption(values.gpu) ?? 'auto', rpcServer);
+  const served = devices.length ? devices.map((d) => d.name) : [];
+  if (values.host !== '127.0.0.1' && values.host !== 'localhost') {
+    process.stderr.write('llama-addon: warning: the RPC server has no authentication; anyone who can reach this port can use it\n');
+  }
+  process.stderr.write(`llama-addon: rpc-server on ${values.host}:${port} serving ${served.length ? served.join(', ') : 'the CPU'} with ${threads} threads\n`);
+  // Blocks this thread for the life of the process (the server runs here); SIGINT/SIGTERM end it.
+  addon.rpcServe(`${values.host}:${port}`, values.cache ?? null, threads, served);
+}
+
+async function backends(argv: string[]): Promise<void> {
+  const { values } = parseArgs({ args: argv, options: { json: { type: 'boolean', default: false } } });
+  const { getBackendInfo } = await import('./system.js');
+  const info = getBackendInfo();
+  if (values.json) {
+    process.stdout.write(JSON.stringify(info, null, 2) + '\n');
+    return;
+  }
+  process.stdout.write(`backends   ${info.backends.join(', ')}\n`);
+  const cpu = Object.keys(info.cpuFeatures).filter((k) => info.cpuFeatures[k] === '1');
+  if (cpu.length) process.stdout.write(`cpu        ${cpu.join(' ')}\n`);
+  for (const d of info.devices) {
+    const gib = (n: number) => (n / 2 ** 30).toFixed(1);
+    process.stdout.write(`device     ${d.name} (${d.backend}, ${d.type}): ${d.description}, ${gib(d.memoryFree)}/${gib(d.memoryTotal)} GiB free\n`);
+  }
+  for (const m of info.gpuModules) process.stdout.write(`gpu module ${m.backend}: ${m.state}${m.error ? ` (${m.error})` : ''} ${m.path}\n`);
+}
+
 const [command, ...rest] = process.argv.slice(2);
 const commands: Record<string, (argv: string[]) => Promise<void>> = {
-  serve, complete, chat, embed, tokenize, inspect, pull, quantize: quantizeCommand, bench,
+  serve, complete, chat, embed, tokenize, inspect, pull, quantize: quantizeCommand, bench, 'rpc-server': rpcServer, backends,
 };
 if (!command || command === '--help' || command === '-h' || command === 'help') {
   process.stdout.write(usage);

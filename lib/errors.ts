@@ -20,7 +20,8 @@ export type LlamaErrorCode =
   | 'ERR_INCOMPLETE_OUTPUT'
   | 'ERR_IO'
   | 'ERR_INVALID_ADAPTER'
-  | 'ERR_QUANTIZE';
+  | 'ERR_QUANTIZE'
+  | 'ERR_BACKEND_UNAVAILABLE';
 
 /**
  * The one error class of llama-addon. `code` is stable and meant for programs; `message` says what was
@@ -38,6 +39,7 @@ export class LlamaError extends Error {
 }
 
 const knownCodes = new Set<string>([
+  'ERR_BACKEND_UNAVAILABLE',
   'ERR_INVALID_TEMPLATE',
   'ERR_INVALID_MESSAGE',
   'ERR_INVALID_GRAMMAR',

@@ -3,7 +3,7 @@
  * @packageDocumentation
  */
 export { loadModel, LlamaModel } from './model.js';
-export type { LoadModelOptions, ModelInfo, Vocabulary, TokenizeOptions, DetokenizeOptions } from './model.js';
+export type { LoadModelOptions, ModelPlacement, ModelInfo, Vocabulary, TokenizeOptions, DetokenizeOptions } from './model.js';
 export { LlamaContext } from './context.js';
 export type { ContextOptions } from './context.js';
 export { LlamaSession } from './session.js';
@@ -23,7 +23,10 @@ export type { LlamaErrorCode } from './errors.js';
 export { setLogLevel, setLogger } from './log.js';
 export type { LogLevel, Logger } from './log.js';
 export { getSystemInfo, getBackendInfo } from './system.js';
-export type { SystemInfo, BackendInfo } from './system.js';
+export type { SystemInfo, BackendInfo, BackendDevice, GpuModuleInfo, GpuBackendName } from './system.js';
+export type { GpuOption } from './backends.js';
+export { estimateMemory } from './memory.js';
+export type { EstimateMemoryOptions, MemoryEstimate } from './memory.js';
 export { startServer } from './server/server.js';
 export type { LlamaServer, ServerOptions, ServerModel } from './server/server.js';
 export { pullModel, modelCacheDir } from './pull.js';

@@ -4,18 +4,36 @@ import { chatTemplateKey, checkMessages, type ApplyChatTemplateOptions, type Cha
 import { LlamaContext, type ContextOptions } from './context.js';
 import { LlamaLora } from './lora.js';
 import { LlamaError, callNative, toLlamaError } from './errors.js';
+import { connect } from 'node:net';
+import { chooseDevices, type GpuOption } from './backends.js';
 import { GgufFormatError, readGguf } from './gguf/reader.js';
-import type { GgufValue } from './gguf/types.js';
+import type { GgufFile, GgufValue } from './gguf/types.js';
+import { estimateFromGguf } from './memory.js';
+import type { GpuBackendName } from './native.js';
 import { native, type NativeChatTemplate, type NativeModel } from './native.js';
 import { checkOptions, invalid, optBoolean, optFunction, optSignal } from './validate.js';
 
 /** Options of {@link loadModel}. */
 export interface LoadModelOptions {
   /**
-   * Layers to offload to the GPU: a number, `'max'` for all, or `'auto'` (the default): all layers when a
-   * GPU backend is compiled in and usable, none otherwise. Ignored by CPU-only builds.
+   * Which GPU backend to use: `'auto'` (the default) uses the first that loads here (Metal on Apple silicon,
+   * CUDA where the NVIDIA driver loads, Vulkan where a Vulkan driver does) and falls back to the CPU with a
+   * process warning (`LLAMA_ADDON_GPU_FALLBACK`) when an installed one fails; `'cuda'`, `'vulkan'` or `'metal'`
+   * insists (`ERR_BACKEND_UNAVAILABLE` when it is missing or fails); `false` runs on the CPU. Each GPU module
+   * is first probed in a child process, so a broken driver cannot crash this one.
+   */
+  gpu?: GpuOption;
+  /**
+   * Layers to offload: a number, `'max'` for all, or `'auto'` (the default): as many as fit in the free
+   * memory of the GPU devices, estimated from the GGUF header with a KV cache of up to 4096 tokens and a
+   * margin (see {@link estimateMemory}); all with `rpcServers`; none without a GPU.
    */
   gpuLayers?: number | 'auto' | 'max';
+  /**
+   * `host:port` of llama.cpp RPC servers (`npx llama-addon rpc-server`) to split the model across: their
+   * devices take layers first, as in llama.cpp.
+   */
+  rpcServers?: string[];
   /** Memory-map the weights instead of reading them (default: true where supported). */
   useMmap?: boolean;
   /** Lock the weights in RAM so the OS cannot swap them out (default: false). */
@@ -26,6 +44,16 @@ export interface LoadModelOptions {
   onProgress?: (progress: number) => void;
   /** Aborts the load; the promise then rejects with `ERR_ABORTED`. */
   signal?: AbortSignal;
+}
+
+/** Where a model's layers went. */
+export interface ModelPlacement {
+  /** The GPU backend used, or null (CPU, and RPC servers if any). */
+  gpu: GpuBackendName | null;
+  /** Devices holding layers besides the CPU (ggml names: `CUDA0`, ...; RPC servers as `host:port`). */
+  devices: string[];
+  /** Layers offloaded as asked of llama.cpp (`-1`: all). */
+  gpuLayers: number;
 }
 
 /** What a model is, read from its GGUF header and from llama.cpp. */
@@ -113,8 +141,20 @@ export class LlamaModel implements AsyncDisposable {
   readonly fingerprint: string;
 
   /** @internal use {@link loadModel} */
-  constructor(nativeModel: NativeModel, path: string, metadata: Record<string, GgufValue>, fingerprint: string, canRank: boolean) {
+  /** Where the model's layers went: GPU backend, devices, offloaded layers. */
+  readonly placement: Readonly<ModelPlacement>;
+
+  /** @internal */
+  constructor(
+    nativeModel: NativeModel,
+    path: string,
+    metadata: Record<string, GgufValue>,
+    fingerprint: string,
+    canRank: boolean,
+    placement: ModelPlacement = { gpu: null, devices: [], gpuLayers: 0 },
+  ) {
     this.#native = nativeModel;
+    this.placement = Object.freeze({ ...placement, devices: Object.freeze([...placement.devices]) as string[] });
     this.path = path;
     this.fingerprint = fingerprint;
     this.metadata = Object.freeze(metadata);
@@ -282,7 +322,7 @@ export class LlamaModel implements AsyncDisposable {
   }
 }
 
-const loadOptionKeys = ['gpuLayers', 'useMmap', 'useMlock', 'vocabOnly', 'onProgress', 'signal'] as const;
+const loadOptionKeys = ['gpu', 'gpuLayers', 'rpcServers', 'useMmap', 'useMlock', 'vocabOnly', 'onProgress', 'signal'] as const;
 
 /**
  * Loads a GGUF model file. Loading runs on a worker thread; `onProgress` reports progress and `signal`
@@ -300,6 +340,14 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     !(typeof gpuLayersOpt === 'number' && Number.isInteger(gpuLayersOpt) && gpuLayersOpt >= 0)
   ) {
     throw invalid('gpuLayers', 'a non-negative integer, "auto" or "max"', gpuLayersOpt, loadModel);
+  }
+  const gpu = o.gpu ?? 'auto';
+  if (!(gpu === 'auto' || gpu === false || gpu === 'cuda' || gpu === 'vulkan' || gpu === 'metal')) {
+    throw invalid('gpu', '"auto", "cuda", "vulkan", "metal" or false', gpu, loadModel);
+  }
+  const rpcServers = o.rpcServers ?? [];
+  if (!Array.isArray(rpcServers) || rpcServers.some((e) => typeof e !== 'string' || !/^[^\s:]+:\d{1,5}$/.test(e))) {
+    throw invalid('rpcServers', 'an array of "host:port" strings', o.rpcServers, loadModel);
   }
   const useMmap = optBoolean(o, 'useMmap', loadModel);
   const useMlock = optBoolean(o, 'useMlock', loadModel);
@@ -323,8 +371,9 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   let metadata: Record<string, GgufValue>;
   let fingerprint: string;
   let canRank = false;
+  let gguf: GgufFile;
   try {
-    const gguf = await readGguf(path);
+    gguf = await readGguf(path);
     fingerprint = await fingerprintFile(path, gguf.dataOffset, gguf.fileSize);
     canRank = gguf.tensors.some((t) => t.name.startsWith('cls.') || t.name === 'cls');
     if (!vocabOnly && gguf.tensors.length === 0) {
@@ -337,8 +386,23 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   }
   if (signal?.aborted) throw fail('ERR_ABORTED', 'Model load was aborted');
 
+  // Devices: a GPU backend's (probed in a child process first), none for the CPU; RPC servers' come first.
+  const choice = vocabOnly || gpuLayersOpt === 0 ? { devices: [] } : await chooseDevices(gpu as GpuOption, loadModel);
+  await Promise.all(rpcServers.map((e) => checkReachable(e)));
+  const offloadTo = choice.devices.length + rpcServers.length;
   const gpuLayers =
-    gpuLayersOpt === 'max' ? -1 : gpuLayersOpt === 'auto' ? (addon.systemInfo().supportsGpuOffload ? -1 : 0) : gpuLayersOpt;
+    offloadTo === 0
+      ? 0
+      : gpuLayersOpt === 'max' || (gpuLayersOpt === 'auto' && rpcServers.length > 0)
+        ? -1
+        : gpuLayersOpt === 'auto'
+          ? estimateFromGguf(gguf, {}, choice.devices.reduce((sum, d) => sum + d.memoryFree, 0)).gpuLayers
+          : gpuLayersOpt;
+  const placement: ModelPlacement = {
+    gpu: choice.devices.length ? (choice.backend ?? null) : null,
+    devices: [...rpcServers, ...choice.devices.map((d) => d.name)],
+    gpuLayers,
+  };
   const progress = onProgress
     ? (p: number) => {
         try {
@@ -349,13 +413,13 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
       }
     : undefined;
   const task = callNative(loadModel, () =>
-    addon.loadModel(path, { gpuLayers, vocabOnly, ...(useMmap !== undefined ? { useMmap } : {}), ...(useMlock !== undefined ? { useMlock } : {}) }, progress),
+    addon.loadModel(path, { gpuLayers, vocabOnly, devices: choice.devices.map((d) => d.name), rpcServers, ...(useMmap !== undefined ? { useMmap } : {}), ...(useMlock !== undefined ? { useMlock } : {}) }, progress),
   );
   const onAbort = () => task.abort();
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
     const nativeModel = await task.promise;
-    return new LlamaModel(nativeModel, path, metadata, fingerprint, canRank);
+    return new LlamaModel(nativeModel, path, metadata, fingerprint, canRank, placement);
   } catch (e) {
     throw toLlamaError(e);
   } finally {
@@ -387,4 +451,24 @@ async function fingerprintFile(path: string, dataOffset: number, fileSize: numbe
     await f.close();
   }
   return hash.digest('hex');
+}
+
+/** Fails with ERR_BACKEND_UNAVAILABLE unless an RPC server accepts connections at `endpoint` (within 5 s). */
+function checkReachable(endpoint: string): Promise<void> {
+  const i = endpoint.lastIndexOf(':');
+  const host = endpoint.slice(0, i);
+  const port = Number(endpoint.slice(i + 1));
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host, port, timeout: 5000 });
+    const fail = (why: string) => {
+      socket.destroy();
+      reject(new LlamaError('ERR_BACKEND_UNAVAILABLE', `Expected an RPC server at ${endpoint} (rpcServers), but ${why}`));
+    };
+    socket.once('connect', () => {
+      socket.end();
+      resolve();
+    });
+    socket.once('timeout', () => fail('the connection timed out'));
+    socket.once('error', (e) => fail(e.message));
+  });
 }

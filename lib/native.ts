@@ -1,5 +1,5 @@
 // The one hand-written description of the native addon's surface (native/*.cpp), and its loader.
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,6 +25,10 @@ export interface NativeModelInfo {
 
 export interface NativeLoadOptions {
   gpuLayers: number;
+  /** Names of the local devices to use (ggml device names such as `CUDA0`); absent: llama.cpp's choice. */
+  devices?: string[];
+  /** `host:port` of llama.cpp RPC servers whose devices hold part of the model. */
+  rpcServers?: string[];
   useMmap?: boolean;
   useMlock?: boolean;
   vocabOnly: boolean;
@@ -241,21 +245,52 @@ export interface NativeSystemInfo {
   maxSequences: number;
 }
 
-/** The compute backends compiled into the addon and the devices they found. */
-export interface BackendInfo {
-  /** Backend names, such as `CPU`, `CUDA`, `Metal`, `Vulkan`. */
+/** What the native addon reports about loaded backends (lib/backends.ts adds the GPU modules). */
+export interface NativeBackendInfo {
   backends: string[];
-  devices: Array<{
-    name: string;
-    description: string;
-    type: 'cpu' | 'gpu' | 'igpu' | 'accel' | 'other';
-    /** The backend the device belongs to. */
-    backend: string;
-    /** Bytes free and in total, as the backend reports them. */
-    memoryFree: number;
-    memoryTotal: number;
-  }>;
+  cpuFeatures: Record<string, string>;
+  devices: BackendDevice[];
 }
+
+/** A compute device of a loaded backend. */
+export interface BackendDevice {
+  /** ggml's device name, such as `CPU`, `CUDA0`, `Vulkan0`. */
+  name: string;
+  description: string;
+  type: 'cpu' | 'gpu' | 'igpu' | 'accel' | 'other';
+  /** The backend the device belongs to. */
+  backend: string;
+  /** Bytes free and in total, as the backend reports them. */
+  memoryFree: number;
+  memoryTotal: number;
+}
+
+/** The compute backends loaded and usable here, their devices, and the GPU backend modules found. */
+export interface BackendInfo {
+  /** Backend names, such as `CPU`, `RPC`, `CUDA`, `Metal`, `Vulkan`. */
+  backends: string[];
+  /** Instruction-set features of the CPU backend variant that was picked for this CPU (`AVX2: '1'`, ...). */
+  cpuFeatures: Record<string, string>;
+  /**
+   * GPU backend modules found (beside the addon in `gpu/`, in an optional `@llama-addon/<platform>-<arch>-<backend>`
+   * package, or in `LLAMA_ADDON_GPU_MODULES`) and what became of them.
+   */
+  gpuModules: GpuModuleInfo[];
+  devices: BackendDevice[];
+}
+
+/** A GPU backend module and its state in this process. */
+export interface GpuModuleInfo {
+  /** `cuda`, `vulkan` or `metal`. */
+  backend: GpuBackendName;
+  path: string;
+  /** `loaded`: usable; `failed`: its probe or load failed (see `error`); `found`: not tried yet. */
+  state: 'loaded' | 'failed' | 'found';
+  error?: string;
+}
+
+/** GPU backends llama-addon knows how to load. */
+export type GpuBackendName = 'cuda' | 'vulkan' | 'metal';
 
 export interface NativeAddon {
   loadModel(
@@ -264,7 +299,13 @@ export interface NativeAddon {
     onProgress?: (progress: number) => void,
   ): { promise: Promise<NativeModel>; abort(): void };
   systemInfo(): NativeSystemInfo;
-  backendInfo(): BackendInfo;
+  backendInfo(): NativeBackendInfo;
+  /** Loads the CPU module best for this CPU and the other non-GPU modules in `dir`; returns backend names. */
+  initBackends(dir: string): string[];
+  /** Loads one backend module; `error` says why it did not load. */
+  loadBackend(path: string): { backend?: string; error?: string };
+  /** Runs llama.cpp's RPC server on this thread until the process ends. */
+  rpcServe(endpoint: string, cacheDir: string | null, threads: number, devices: string[]): never;
   jsonSchemaToGrammar(schema: string): string;
   quantize(input: string, output: string, ftype: number, threads: number): Promise<void>;
   setLogLevel(level: number): void;
@@ -272,32 +313,87 @@ export interface NativeAddon {
   shutdown(): void;
 }
 
-const packageRoot = join(dirname(fileURLToPath(import.meta.url)), '..');
+/** The package's root folder: the nearest folder above this module with llama-addon's package.json. */
+function findPackageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    try {
+      if ((JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string }).name === 'llama-addon') return dir;
+    } catch {
+      // no package.json here
+    }
+    const up = dirname(dir);
+    if (up === dir) return join(dirname(fileURLToPath(import.meta.url)), '..');
+    dir = up;
+  }
+}
 
-/** Where the loader looks for the addon, in order. */
-export function addonCandidates(): string[] {
-  const list: string[] = [];
-  if (process.env.LLAMA_ADDON_BINARY) list.push(process.env.LLAMA_ADDON_BINARY);
-  list.push(join(packageRoot, 'build', 'Release', 'llama_addon.node'));
-  list.push(join(packageRoot, 'build', 'Debug', 'llama_addon.node'));
+const packageRoot = findPackageRoot();
+
+/** A place the loader looks for the addon. */
+export interface AddonCandidate {
+  file: string;
+  /** `env`: LLAMA_ADDON_BINARY; `build`: a local source build; `prebuilt`: a prebuilt binary in the package. */
+  kind: 'env' | 'build' | 'prebuilt';
+}
+
+/** The C library this Linux process runs on (prebuilt Linux binaries are built for glibc). */
+export function libc(): 'glibc' | 'musl' | null {
+  if (process.platform !== 'linux') return null;
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
+  return report?.header?.glibcVersionRuntime ? 'glibc' : 'musl';
+}
+
+/** Folder of prebuilt binaries for this platform, in prebuildify's layout (`prebuilds/<platform>-<arch>/`). */
+export function prebuiltDir(): string {
+  return join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`);
+}
+
+/** Where the loader looks for the addon, in order: LLAMA_ADDON_BINARY, a local source build, a prebuilt binary. */
+export function addonCandidates(): AddonCandidate[] {
+  const list: AddonCandidate[] = [];
+  if (process.env.LLAMA_ADDON_BINARY) list.push({ file: process.env.LLAMA_ADDON_BINARY, kind: 'env' });
+  list.push({ file: join(packageRoot, 'build', 'Release', 'llama_addon.node'), kind: 'build' });
+  list.push({ file: join(packageRoot, 'build', 'Debug', 'llama_addon.node'), kind: 'build' });
+  const tags = ['napi', libc()].filter(Boolean).join('.');
+  list.push({ file: join(prebuiltDir(), `llama-addon.${tags}.node`), kind: 'prebuilt' });
   return list;
 }
 
+/** What the prebuilds folder holds, for the loader's error message. */
+function prebuiltSummary(): string {
+  const dir = join(packageRoot, 'prebuilds');
+  if (!existsSync(dir)) return 'no prebuilds/ folder in the package';
+  const found: string[] = [];
+  for (const platform of readdirSync(dir)) {
+    for (const f of readdirSync(join(dir, platform))) if (f.endsWith('.node')) found.push(`${platform}/${f}`);
+  }
+  return found.length ? `prebuilt binaries for ${found.join(', ')}` : 'an empty prebuilds/ folder';
+}
+
 let cached: NativeAddon | undefined;
+let cachedFile: string | undefined;
+
+/** The addon file that was loaded (after {@link native} succeeded). */
+export function loadedAddonFile(): string | undefined {
+  return cachedFile;
+}
 
 /** Loads the native addon once; on failure throws one error listing every place tried and why. */
 export function native(): NativeAddon {
   if (cached) return cached;
   const require = createRequire(import.meta.url);
   const failures: string[] = [];
-  for (const file of addonCandidates()) {
+  for (const { file } of addonCandidates()) {
     if (!existsSync(file)) {
       failures.push(`${file}: not found`);
       continue;
     }
     try {
       const addon = require(file) as NativeAddon;
+      addon.initBackends(dirname(file));
       cached = addon;
+      cachedFile = file;
       // Engine threads must stop before C++ static destructors run, or a decode in flight at
       // process.exit() would crash on freed llama.cpp state. Worker threads clean up with their environment.
       if (isMainThread) process.once('exit', () => addon.shutdown());
@@ -306,9 +402,12 @@ export function native(): NativeAddon {
       failures.push(`${file}: ${(e as Error).message}`);
     }
   }
+  const platform = `${process.platform}-${process.arch}${libc() ? ` (${libc()})` : ''}`;
   throw new LlamaError(
     'ERR_NATIVE_LOAD',
-    `llama-addon could not load its native addon. Looked for:\n  ${failures.join('\n  ')}\n` +
-      `Build it with \`npm run build\` in ${packageRoot} (needs cmake and a C++ compiler).`,
+    `llama-addon could not load its native addon for ${platform}. Looked for:\n  ${failures.join('\n  ')}\n` +
+      `Found: ${prebuiltSummary()}.\n` +
+      `Fix: build it from source with \`npm rebuild llama-addon --foreground-scripts\` (needs cmake and a C++ compiler; ` +
+      `in a clone of the repository: \`npm run build\`), or set LLAMA_ADDON_BINARY to a built llama_addon.node.`,
   );
 }

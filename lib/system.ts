@@ -1,6 +1,7 @@
+import { backendInfo } from './backends.js';
 import { native, type BackendInfo } from './native.js';
 
-export type { BackendInfo } from './native.js';
+export type { BackendInfo, BackendDevice, GpuModuleInfo, GpuBackendName } from './native.js';
 
 /** Facts about the llama.cpp build and this machine. */
 export interface SystemInfo {
@@ -12,7 +13,7 @@ export interface SystemInfo {
   defaultThreads: number;
   /** Physical CPU cores. */
   physicalCores: number;
-  /** Whether a GPU backend is compiled in and usable. */
+  /** Whether a GPU backend is loaded here with at least one device (see {@link getBackendInfo}). */
   gpuOffload: boolean;
 }
 
@@ -24,14 +25,17 @@ export function getSystemInfo(): SystemInfo {
     cpuFeatures: s.systemInfo,
     defaultThreads: s.defaultThreads,
     physicalCores: s.physicalCores,
-    gpuOffload: s.supportsGpuOffload,
+    // llama.cpp's own answer counts the RPC module; this one means a GPU device is loaded here.
+    gpuOffload: native().backendInfo().devices.some((d) => (d.type === 'gpu' || d.type === 'igpu') && d.backend !== 'RPC'),
   };
 }
 
 /**
- * The compute backends compiled into this build and usable here, and their devices with names and free and
- * total memory (the CPU counts as one device).
+ * The compute backends usable here (the CPU variant picked for this CPU, RPC, and any GPU backend whose
+ * module is installed and loads), their devices with names and free and total memory (the CPU counts as one
+ * device), and the GPU modules found. The first call probes each installed GPU module in a child process
+ * and blocks while it runs; later calls are quick.
  */
 export function getBackendInfo(): BackendInfo {
-  return native().backendInfo();
+  return backendInfo();
 }

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "addon_data.h"
+#include "backends.h"
 #include "common.h"
 #include "chat_template.h"
 #include "context.h"
@@ -30,39 +31,6 @@ Napi::Value SystemInfo(const Napi::CallbackInfo& info) {
   o.Set("supportsMmap", llama_supports_mmap());
   o.Set("supportsMlock", llama_supports_mlock());
   o.Set("maxSequences", (double)llama_max_parallel_sequences());
-  return o;
-}
-
-// backendInfo() -> { backends: string[], devices: [{ name, description, type, backend, memoryFree, memoryTotal }] }
-Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Napi::Object o = Napi::Object::New(env);
-  Napi::Array backends = Napi::Array::New(env);
-  for (size_t i = 0; i < ggml_backend_reg_count(); i++) backends.Set((uint32_t)i, ggml_backend_reg_name(ggml_backend_reg_get(i)));
-  o.Set("backends", backends);
-  Napi::Array devices = Napi::Array::New(env);
-  for (size_t i = 0; i < ggml_backend_dev_count(); i++) {
-    ggml_backend_dev_t d = ggml_backend_dev_get(i);
-    size_t freeMem = 0, totalMem = 0;
-    ggml_backend_dev_memory(d, &freeMem, &totalMem);
-    const char* type = "other";
-    switch (ggml_backend_dev_type(d)) {
-      case GGML_BACKEND_DEVICE_TYPE_CPU: type = "cpu"; break;
-      case GGML_BACKEND_DEVICE_TYPE_GPU: type = "gpu"; break;
-      case GGML_BACKEND_DEVICE_TYPE_IGPU: type = "igpu"; break;
-      case GGML_BACKEND_DEVICE_TYPE_ACCEL: type = "accel"; break;
-      default: break;
-    }
-    Napi::Object dev = Napi::Object::New(env);
-    dev.Set("name", ggml_backend_dev_name(d));
-    dev.Set("description", ggml_backend_dev_description(d));
-    dev.Set("type", type);
-    dev.Set("backend", ggml_backend_reg_name(ggml_backend_dev_backend_reg(d)));
-    dev.Set("memoryFree", (double)freeMem);
-    dev.Set("memoryTotal", (double)totalMem);
-    devices.Set((uint32_t)i, dev);
-  }
-  o.Set("devices", devices);
   return o;
 }
 
@@ -108,7 +76,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadModel", Napi::Function::New(env, la::LoadModel, "loadModel"));
   exports.Set("quantize", Napi::Function::New(env, la::Quantize, "quantize"));
   exports.Set("jsonSchemaToGrammar", Napi::Function::New(env, la::JsonSchemaToGrammar, "jsonSchemaToGrammar"));
-  exports.Set("backendInfo", Napi::Function::New(env, la::BackendInfo, "backendInfo"));
+  la::registerBackendExports(env, exports);
   exports.Set("systemInfo", Napi::Function::New(env, la::SystemInfo, "systemInfo"));
   // Called from process.on('exit'): stops every engine thread while llama.cpp's statics still exist.
   exports.Set("shutdown", Napi::Function::New(

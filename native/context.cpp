@@ -497,8 +497,12 @@ class EngineTask {
       Napi::ThreadSafeFunction tsfn = task->tsfn_;
       napi_status st = tsfn.BlockingCall(task, [](Napi::Env env, Napi::Function, EngineTask* t) {
         if (env != nullptr) {
-          if (t->error_.empty()) t->deferred_->Resolve(t->done_(env));
-          else t->deferred_->Reject(makeError(env, t->code_.c_str(), t->error_).Value());
+          try {
+            if (t->error_.empty()) t->deferred_->Resolve(t->done_(env));
+            else t->deferred_->Reject(makeError(env, t->code_.c_str(), t->error_).Value());
+          } catch (const Napi::Error&) {
+            // the environment is going away (a worker thread terminated)
+          }
         }
         delete t;
       });

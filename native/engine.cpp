@@ -44,8 +44,12 @@ void notifyJs(GenState& g) {
       std::lock_guard<std::mutex> lock(state->mu);
       done = state->done;
     }
-    fn.Call({Napi::Boolean::New(env, done)});
-    pauseUnref(env, *state);
+    try {
+      fn.Call({Napi::Boolean::New(env, done)});
+      pauseUnref(env, *state);
+    } catch (const Napi::Error&) {
+      // The environment is going away (a worker thread terminated): JS cannot run any more.
+    }
   });
 }
 

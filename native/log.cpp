@@ -63,7 +63,11 @@ void emit(int level, std::string text) {
       auto* msg = new LogMessage{level, std::move(text)};
       napi_status st = g_sink.NonBlockingCall(msg, [](Napi::Env env, Napi::Function fn, LogMessage* m) {
         if (env != nullptr && fn != nullptr) {
-          fn.Call({Napi::String::New(env, levelName(m->level)), Napi::String::New(env, m->text)});
+          try {
+            fn.Call({Napi::String::New(env, levelName(m->level)), Napi::String::New(env, m->text)});
+          } catch (const Napi::Error&) {
+            // the logger threw, or its environment is going away: the line is dropped
+          }
         }
         delete m;
       });

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "addon_data.h"
+#include "backends.h"
 #include "chat_template.h"
 #include "grammar.h"
 #include "lora.h"
@@ -53,12 +54,16 @@ void readFacts(ModelHandle& h) {
 class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
  public:
   LoadWorker(Napi::Env env, std::string path, llama_model_params params, Napi::Function onProgress,
-             std::shared_ptr<std::atomic<bool>> cancelled)
+             std::shared_ptr<std::atomic<bool>> cancelled, std::vector<ggml_backend_dev_t> devices, bool setDevices,
+             std::vector<std::string> rpcServers)
       : Napi::AsyncProgressQueueWorker<float>(env, "llama-addon.loadModel"),
         deferred_(Napi::Promise::Deferred::New(env)),
         path_(std::move(path)),
         params_(params),
-        cancelled_(std::move(cancelled)) {
+        cancelled_(std::move(cancelled)),
+        devices_(std::move(devices)),
+        setDevices_(setDevices),
+        rpcServers_(std::move(rpcServers)) {
     if (!onProgress.IsEmpty()) progress_ = Napi::Persistent(onProgress);
   }
 
@@ -77,6 +82,21 @@ class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
       return true;
     };
     params_.progress_callback_user_data = this;
+    if (!rpcServers_.empty()) {
+      // RPC servers' devices come first, as llama.cpp orders them (fewer transfers over the network).
+      try {
+        std::vector<ggml_backend_dev_t> remote = rpcDevices(rpcServers_);
+        devices_.insert(devices_.begin(), remote.begin(), remote.end());
+      } catch (const std::exception& e) {
+        code_ = "ERR_BACKEND_UNAVAILABLE";
+        SetError(std::string("Could not use the RPC servers: ") + e.what());
+        return;
+      }
+    }
+    if (setDevices_ || !rpcServers_.empty()) {
+      devices_.push_back(nullptr);
+      params_.devices = devices_.data();
+    }
     beginCapture();
     llama_model* model = nullptr;
     try {
@@ -121,7 +141,11 @@ class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
   void OnProgress(const float* data, size_t count) override {
     if (progress_.IsEmpty() || count == 0) return;
     Napi::HandleScope scope(Env());
-    progress_.Call({Napi::Number::New(Env(), data[count - 1])});
+    try {
+      progress_.Call({Napi::Number::New(Env(), data[count - 1])});
+    } catch (const Napi::Error&) {
+      // the environment is going away; the load itself settles through OnOK/OnError
+    }
   }
 
   void OnOK() override { deferred_.Resolve(Model::NewInstance(Env(), std::move(handle_))); }
@@ -141,6 +165,9 @@ class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
   std::shared_ptr<ModelHandle> handle_;
   std::string reason_;
   const char* code_ = "ERR_INVALID_MODEL";
+  std::vector<ggml_backend_dev_t> devices_;  // null-terminated in Execute; params_.devices points here
+  bool setDevices_;
+  std::vector<std::string> rpcServers_;
 };
 
 }  // namespace
@@ -164,8 +191,26 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
                              : (useMlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE);
   params.vocab_only = opt(o, "vocabOnly").IsBoolean() && opt(o, "vocabOnly").As<Napi::Boolean>().Value();
 
+  // devices: names of the local devices to use (absent: llama.cpp's choice); rpcServers: host:port list.
+  auto stringList = [&](const char* key) {
+    std::vector<std::string> out;
+    Napi::Value v = opt(o, key);
+    if (v.IsEmpty() || v.IsUndefined()) return out;
+    if (!v.IsArray()) throwArg(env, key, "an array of strings", v);
+    Napi::Array a = v.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); i++) {
+      if (!a.Get(i).IsString()) throwArg(env, key, "an array of strings", a.Get(i));
+      out.push_back(a.Get(i).As<Napi::String>().Utf8Value());
+    }
+    return out;
+  };
+  Napi::Value devicesOpt = opt(o, "devices");
+  bool setDevices = !devicesOpt.IsEmpty() && !devicesOpt.IsUndefined();
+  std::vector<ggml_backend_dev_t> devices = devicesByName(env, stringList("devices"));
+  std::vector<std::string> rpcServers = stringList("rpcServers");
+
   auto cancelled = std::make_shared<std::atomic<bool>>(false);
-  auto* worker = new LoadWorker(env, path, params, onProgress, cancelled);
+  auto* worker = new LoadWorker(env, path, params, onProgress, cancelled, std::move(devices), setDevices, std::move(rpcServers));
   Napi::Object task = Napi::Object::New(env);
   task.Set("promise", worker->promise());
   task.Set("abort", Napi::Function::New(

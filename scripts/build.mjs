@@ -1,9 +1,13 @@
 #!/usr/bin/env node
 // Builds the native addon with cmake-js against the pinned llama.cpp source.
-//   node scripts/build.mjs [--portable] [--debug] [--if-needed] [--gpu cuda|vulkan|metal]
-// Environment: LLAMA_CPP_DIR (own llama.cpp checkout), LLAMA_ADDON_JOBS (parallel jobs).
+//   node scripts/build.mjs [--portable] [--debug] [--if-needed] [--gpu cuda|vulkan|metal] [--with-ts]
+// --portable: for any CPU of this architecture (every CPU variant of ggml, picked at run time; no
+// -march=native), as prebuilt binaries are. --if-needed: only when no build and no matching prebuilt exist.
+// Environment: LLAMA_CPP_DIR (own llama.cpp checkout), LLAMA_ADDON_JOBS (parallel jobs),
+// LLAMA_ADDON_PORTABLE=1 (same as --portable), LLAMA_ADDON_GPU (same as --gpu),
+// LLAMA_ADDON_CUDA_ARCHITECTURES (CMAKE_CUDA_ARCHITECTURES; default: ggml's list).
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { ensureLlamaSource, root } from './llama-source.mjs';
@@ -16,10 +20,18 @@ const valueOf = (name) => {
 };
 
 const output = join(root, 'build', 'Release', 'llama_addon.node');
-if (flag('--if-needed') && existsSync(output) && !process.env.LLAMA_ADDON_REBUILD) {
-  console.error(`[llama-addon] native addon already built at ${output}; set LLAMA_ADDON_REBUILD=1 to rebuild`);
-  process.exit(0);
+if (flag('--if-needed') && !process.env.LLAMA_ADDON_REBUILD) {
+  if (existsSync(output)) {
+    console.error(`[llama-addon] native addon already built at ${output}; set LLAMA_ADDON_REBUILD=1 to rebuild`);
+    process.exit(0);
+  }
+  const prebuilt = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  if (existsSync(prebuilt) && readdirSync(prebuilt).some((f) => f.endsWith('.node'))) {
+    console.error(`[llama-addon] using the prebuilt binaries in ${prebuilt}; set LLAMA_ADDON_REBUILD=1 to build from source`);
+    process.exit(0);
+  }
 }
+const portable = flag('--portable') || process.env.LLAMA_ADDON_PORTABLE === '1';
 
 let llamaDir;
 try {
@@ -29,7 +41,7 @@ try {
   process.exit(1);
 }
 
-const gpu = valueOf('--gpu');
+const gpu = valueOf('--gpu') ?? (process.env.LLAMA_ADDON_GPU || undefined);
 const gpuFlags = { cuda: 'GGML_CUDA', vulkan: 'GGML_VULKAN', metal: 'GGML_METAL' };
 if (gpu !== undefined && !(gpu in gpuFlags)) {
   console.error(`[llama-addon] --gpu expects one of ${Object.keys(gpuFlags).join(', ')}; received ${JSON.stringify(gpu)}`);
@@ -43,8 +55,13 @@ const cmakeArgs = [
   '--out', join(root, 'build'),
   '--parallel', String(jobs),
   `--CDLLAMA_CPP_DIR=${llamaDir}`,
-  `--CDLLAMA_ADDON_PORTABLE=${flag('--portable') ? 'ON' : 'OFF'}`,
+  `--CDLLAMA_ADDON_PORTABLE=${portable ? 'ON' : 'OFF'}`,
 ];
+if (gpu === 'cuda') {
+  // Without a GPU in the build machine, `native` cannot work: build for the architectures asked for, or ggml's list.
+  if (process.env.LLAMA_ADDON_CUDA_ARCHITECTURES) cmakeArgs.push(`--CDCMAKE_CUDA_ARCHITECTURES=${process.env.LLAMA_ADDON_CUDA_ARCHITECTURES}`);
+  cmakeArgs.push('--CDGGML_CUDA_NCCL=OFF');
+}
 if (gpu) cmakeArgs.push(`--CD${gpuFlags[gpu]}=ON`);
 for (const name of Object.values(gpuFlags)) if (name !== gpuFlags[gpu]) cmakeArgs.push(`--CD${name}=OFF`);
 if (flag('--debug')) cmakeArgs.push('--debug');
@@ -56,4 +73,20 @@ if (r.status !== 0) {
   console.error('[llama-addon] native build failed; see the compiler output above');
   process.exit(r.status ?? 1);
 }
+// What was built, for the prebuild script and the loader's messages.
+writeFileSync(
+  join(root, 'build', flag('--debug') ? 'Debug' : 'Release', 'build-info.json'),
+  JSON.stringify({ portable, gpu: gpu ?? null, debug: flag('--debug'), platform: process.platform, arch: process.arch, builtAt: new Date().toISOString() }, null, 2) + '\n',
+);
 console.error(`[llama-addon] built ${output} in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+
+// `npm run build` (--with-ts): the TypeScript too, ES modules and CommonJS.
+if (flag('--with-ts')) {
+  for (const [cmd, cmdArgs] of [
+    [process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(root, 'tsconfig.json')]],
+    [process.execPath, [join(root, 'scripts', 'build-cjs.mjs')]],
+  ]) {
+    const t = spawnSync(cmd, cmdArgs, { stdio: 'inherit', cwd: root });
+    if (t.status !== 0) process.exit(t.status ?? 1);
+  }
+}

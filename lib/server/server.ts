@@ -10,6 +10,7 @@ import { LlamaError } from '../errors.js';
 import type { GenerateOptions } from '../generate-options.js';
 import type { Generation, GenerationResult, TokenLogprob } from '../generation.js';
 import type { JsonSchema } from '../json-schema.js';
+import type { GpuOption } from '../backends.js';
 import { loadModel, type LlamaModel } from '../model.js';
 import type { LlamaSession } from '../session.js';
 import { ApiError, chatCompletionSchema, completionSchema, embeddingSchema } from './openai.js';
@@ -48,6 +49,10 @@ export interface ServerOptions {
   maxTokensLimit?: number;
   /** GPU layers for the models (default 'auto'). */
   gpuLayers?: number | 'auto' | 'max';
+  /** GPU backend for the models (default 'auto'; see {@link LoadModelOptions.gpu}). */
+  gpu?: GpuOption;
+  /** llama.cpp RPC servers (`host:port`) to split the models across. */
+  rpcServers?: string[];
   /** Print each request (default false). */
   log?: boolean;
   /** Allow POST /admin/reload without an API key (with a key it is always on, behind the key). */
@@ -167,7 +172,11 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   async function loadInto(e: Entry): Promise<void> {
     try {
       const given = e.version === 1 ? preloaded.get(e.alias) : undefined;
-      e.model = given ? await given : await loadModel(e.path, { gpuLayers: options.gpuLayers ?? 'auto' });
+      e.model = given ? await given : await loadModel(e.path, {
+            gpuLayers: options.gpuLayers ?? 'auto',
+            ...(options.gpu !== undefined ? { gpu: options.gpu } : {}),
+            ...(options.rpcServers ? { rpcServers: options.rpcServers } : {}),
+          });
       const contextSize = options.contextSize ?? Math.min(e.model.info.contextLength || 4096, 4096);
       e.ctx = await e.model.createContext({ contextSize, sequences: parallel });
       for (let i = 0; i < parallel; i++) e.sessions.push(e.ctx.createSession({ contextShift: 'auto' }));

@@ -1,0 +1,115 @@
+// The npm package as users get it: `npm pack`, installed into an empty folder with --ignore-scripts (so no
+// compiler step can run), then used from ES modules and CommonJS; its shape checked with publint and
+// arethetypeswrong.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { loadModel } from 'llama-addon';
+import { hasShared, repoRoot, shared } from './helpers/models.js';
+
+const target = `${process.platform}-${process.arch}`;
+const prebuilt = join(repoRoot, 'prebuilds', target);
+const ready = existsSync(prebuilt) && hasShared;
+
+const npm = (args: string[], cwd: string) => execFileSync('npm', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 600_000 });
+
+if (!ready && process.env.CI) {
+  describe('the npm package', () => {
+    it('needs prebuilt binaries and ../shared/models', () => {
+      throw new Error(`CI is set but ${existsSync(prebuilt) ? '../shared/models is' : `${prebuilt} is`} missing: .ci/run makes the portable build and runs \`npm run prebuild\``);
+    });
+  });
+} else if (!ready) {
+  console.warn(`[llama-addon tests] skipping the package tests: ${prebuilt} is missing (run \`npm run prebuild -- --build\`)`);
+}
+
+(ready ? describe : describe.skip)('the npm package', () => {
+  const work = join(tmpdir(), `llama-addon-pack-${process.pid}`);
+  const app = join(work, 'app');
+  let tarball = '';
+  let files: Array<{ path: string; size: number }> = [];
+  let expected = '';
+
+  beforeAll(async () => {
+    rmSync(work, { recursive: true, force: true });
+    mkdirSync(app, { recursive: true });
+    const packed = JSON.parse(npm(['pack', '--json', '--ignore-scripts', '--pack-destination', work], repoRoot)) as Array<{ filename: string; files: Array<{ path: string; size: number }> }>;
+    tarball = join(work, packed[0].filename);
+    files = packed[0].files;
+    writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, version: '1.0.0' }));
+    npm(['install', '--ignore-scripts', '--no-audit', '--no-fund', '--prefer-offline', tarball], app);
+    const model = await loadModel(shared('stories260k.gguf'));
+    const ctx = await model.createContext({ contextSize: 256 });
+    expected = (await ctx.createSession().complete('Once upon a time', { maxTokens: 16, temperature: 0 })).text;
+    await model.dispose();
+  }, 600_000);
+
+  it('holds the prebuilt addon, its libraries and every CPU variant, and no build folder', () => {
+    const paths = files.map((f) => f.path);
+    expect(paths).toContain(`prebuilds/${target}/llama-addon.napi.glibc.node`);
+    for (const lib of ['libllama-addon-llama.so', 'libllama-addon-ggml-base.so', 'libllama-addon-llama-common.so', 'libggml-rpc.so', 'libggml-cpu-x64.so', 'libggml-cpu-haswell.so', 'libggml-cpu-skylakex.so']) {
+      expect(paths).toContain(`prebuilds/${target}/${lib}`);
+    }
+    expect(paths.some((p) => p.startsWith('build/'))).toBe(false);
+    expect(paths).toContain('dist/index.js');
+    expect(paths).toContain('dist/cjs/index.js');
+    const installed = join(app, 'node_modules', 'llama-addon');
+    expect(existsSync(join(installed, 'build'))).toBe(false);
+  });
+
+  const script = (kind: 'esm' | 'cjs') => {
+    const body = `
+      const model = await loadModel(${JSON.stringify(shared('stories260k.gguf'))});
+      const ctx = await model.createContext({ contextSize: 256 });
+      const r = await ctx.createSession().complete('Once upon a time', { maxTokens: 16, temperature: 0 });
+      process.stdout.write(JSON.stringify({ text: r.text, error: typeof LlamaError }));
+      await model.dispose();`;
+    return kind === 'esm'
+      ? `import { loadModel, LlamaError } from 'llama-addon';\n${body}`
+      : `const { loadModel, LlamaError } = require('llama-addon');\n(async () => {${body}})();`;
+  };
+
+  for (const kind of ['esm', 'cjs'] as const) {
+    it(`generates text from ${kind === 'esm' ? 'import' : 'require'} without any build step`, () => {
+      const args = kind === 'esm' ? ['--input-type=module', '-e', script(kind)] : ['-e', script(kind)];
+      const r = spawnSync(process.execPath, args, { cwd: app, encoding: 'utf8', env: { ...process.env, LLAMA_ADDON_BINARY: '' }, timeout: 120_000 });
+      expect(r.status, r.stderr).toBe(0);
+      const out = JSON.parse(r.stdout) as { text: string; error: string };
+      expect(out.text).toBe(expected);
+      expect(out.error).toBe('function');
+    });
+  }
+
+  it('loads the prebuilt binary, and says what it looked for when there is none', () => {
+    const installed = join(app, 'node_modules', 'llama-addon');
+    const which = spawnSync(process.execPath, ['-e', "const l = require('llama-addon'); l.getBackendInfo(); process.stdout.write(require.resolve('llama-addon'))"], { cwd: app, encoding: 'utf8' });
+    expect(which.status, which.stderr).toBe(0);
+    expect(which.stdout).toBe(join(installed, 'dist', 'cjs', 'index.js'));
+    // Without a binary for this platform: one error naming every place tried and the command that fixes it.
+    const moved = join(work, 'moved-prebuilds');
+    execFileSync('mv', [join(installed, 'prebuilds'), moved]);
+    try {
+      const r = spawnSync(process.execPath, ['-e', "try { require('llama-addon').getSystemInfo() } catch (e) { process.stdout.write(JSON.stringify({ code: e.code, message: e.message })) }"], { cwd: app, encoding: 'utf8' });
+      const e = JSON.parse(r.stdout) as { code: string; message: string };
+      expect(e.code).toBe('ERR_NATIVE_LOAD');
+      expect(e.message).toContain(join(installed, 'build', 'Release', 'llama_addon.node'));
+      expect(e.message).toContain(join(installed, 'prebuilds', target, 'llama-addon.napi.glibc.node'));
+      expect(e.message).toContain('no prebuilds/ folder');
+      expect(e.message).toContain('npm rebuild llama-addon');
+    } finally {
+      execFileSync('mv', [moved, join(installed, 'prebuilds')]);
+    }
+  });
+
+  it('passes publint and arethetypeswrong (ESM and CommonJS entry points, with types for both)', () => {
+    const bin = (name: string) => join(repoRoot, 'node_modules', '.bin', name);
+    const publint = spawnSync(bin('publint'), [join(app, 'node_modules', 'llama-addon')], { encoding: 'utf8' });
+    expect(publint.status, publint.stdout + publint.stderr).toBe(0);
+    expect(publint.stdout).not.toMatch(/Errors:/);
+    const attw = spawnSync(bin('attw'), [tarball, '--format', 'json'], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    const report = JSON.parse(attw.stdout) as { analysis: { problems: unknown[] } };
+    expect(report.analysis.problems, attw.stdout.slice(0, 2000)).toEqual([]);
+  });
+});
