@@ -1,9 +1,11 @@
 #!/usr/bin/env node
-// Packs what a GPU machine without Node.js needs to build the addon with CUDA and run the bench there
-// (see `.device/gpu-run.sh`): a compressed Node binary, the pinned llama.cpp sources, the Node-API headers,
-// the bench bundled into plain .mjs files, and the tiny shared models. Output: .device/ (ignored by git).
+// Packs what a GPU machine without Node.js needs to build the addon with CUDA and run the test suite and the
+// bench there (see `.device/gpu-run.sh`): a compressed Node binary, the pinned llama.cpp sources (with the
+// vocabularies, templates and grammars the tests read), the Node-API headers, the bench bundled into plain
+// .mjs files, the packages the tests need (node_modules without node-llama-cpp, TypeScript and the
+// browser driver), and the tiny shared models. Output: .device/ (ignored by git; carry it, under 64 MiB).
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, cpSync, existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { build } from 'esbuild';
 import { ensureLlamaSource, root } from './llama-source.mjs';
@@ -29,7 +31,8 @@ for (const name of ['run', 'addon-worker']) {
 // 2. llama.cpp sources needed for the addon and llama-bench
 const llama = ensureLlamaSource({ quiet: true });
 const keep = ['CMakeLists.txt', 'cmake', 'common', 'ggml', 'include', 'src', 'vendor', 'licenses', 'LICENSE',
-  'tools/CMakeLists.txt', 'tools/llama-bench', 'tools/batched-bench', 'models/ggml-vocab-llama-spm.gguf'];
+  'tools/CMakeLists.txt', 'tools/llama-bench', 'tools/batched-bench', 'models/templates', 'grammars',
+  ...['llama-spm', 'llama-bpe', 'qwen2', 'phi-3'].map((v) => `models/ggml-vocab-${v}.gguf`)];
 execFileSync('sh', ['-c', `git -C "${llama}" archive --format=tar --prefix=llama.cpp/ HEAD ${keep.map((k) => `"${k}"`).join(' ')} | xz -T0 -6 > "${join(out, 'llama-src.tar.xz')}"`], { stdio: 'inherit' });
 
 // 3. Node-API headers
@@ -47,9 +50,11 @@ execFileSync('sh', ['-c', `xz -T0 -6 -c "${process.execPath}" > "${join(out, 'no
 // 5. the tiny real models
 const shared = join(root, '..', 'shared', 'models');
 mkdirSync(join(out, 'models'), { recursive: true });
-for (const f of ['stories260k.gguf', 'tinystories-656k-q8_0.gguf']) {
-  if (existsSync(join(shared, f))) copyFileSync(join(shared, f), join(out, 'models', f));
-}
+for (const f of readdirSync(shared)) copyFileSync(join(shared, f), join(out, 'models', f));
+
+// 6. the packages the test suite needs
+const skip = ['@node-llama-cpp', 'node-llama-cpp', '@typescript', 'typescript', 'playwright-core', '@arethetypeswrong', 'cmake-js', '.cache'];
+execFileSync('sh', ['-c', `tar -cf - ${skip.map((s) => `--exclude='node_modules/${s}'`).join(' ')} node_modules | xz -T0 -6 > "${join(out, 'node_modules.tar.xz')}"`], { cwd: root, stdio: 'inherit' });
 
 copyFileSync(join(root, 'scripts', 'gpu-run.sh'), join(out, 'gpu-run.sh'));
 writeFileSync(join(out, 'README'), 'Made by scripts/device-bundle.mjs; run `bash .device/gpu-run.sh` on the GPU machine.\n');
