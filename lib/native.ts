@@ -349,14 +349,22 @@ export function prebuiltDir(): string {
   return join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`);
 }
 
+/**
+ * In an Electron app packed into app.asar, native files must be unpacked (electron-builder's `asarUnpack`)
+ * and are loaded from app.asar.unpacked, where their neighbouring libraries are real files too.
+ */
+function unpacked(p: string): string {
+  return p.replace(/([\\/])app\.asar([\\/])/, '$1app.asar.unpacked$2');
+}
+
 /** Where the loader looks for the addon, in order: LLAMA_ADDON_BINARY, a local source build, a prebuilt binary. */
 export function addonCandidates(): AddonCandidate[] {
   const list: AddonCandidate[] = [];
   if (process.env.LLAMA_ADDON_BINARY) list.push({ file: process.env.LLAMA_ADDON_BINARY, kind: 'env' });
-  list.push({ file: join(packageRoot, 'build', 'Release', 'llama_addon.node'), kind: 'build' });
-  list.push({ file: join(packageRoot, 'build', 'Debug', 'llama_addon.node'), kind: 'build' });
+  list.push({ file: unpacked(join(packageRoot, 'build', 'Release', 'llama_addon.node')), kind: 'build' });
+  list.push({ file: unpacked(join(packageRoot, 'build', 'Debug', 'llama_addon.node')), kind: 'build' });
   const tags = ['napi', libc()].filter(Boolean).join('.');
-  list.push({ file: join(prebuiltDir(), `llama-addon.${tags}.node`), kind: 'prebuilt' });
+  list.push({ file: unpacked(join(prebuiltDir(), `llama-addon.${tags}.node`)), kind: 'prebuilt' });
   return list;
 }
 

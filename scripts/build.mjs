@@ -7,7 +7,7 @@
 // LLAMA_ADDON_PORTABLE=1 (same as --portable), LLAMA_ADDON_GPU (same as --gpu),
 // LLAMA_ADDON_CUDA_ARCHITECTURES (CMAKE_CUDA_ARCHITECTURES; default: ggml's list).
 import { spawnSync } from 'node:child_process';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { ensureLlamaSource, root } from './llama-source.mjs';
@@ -25,8 +25,10 @@ if (flag('--if-needed') && !process.env.LLAMA_ADDON_REBUILD) {
     console.error(`[llama-addon] native addon already built at ${output}; set LLAMA_ADDON_REBUILD=1 to rebuild`);
     process.exit(0);
   }
+  // The file the loader takes (lib/native.ts): prebuilds/<platform>-<arch>/llama-addon.napi[.<libc>].node
+  const libc = process.platform === 'linux' ? (process.report.getReport().header.glibcVersionRuntime ? 'glibc' : 'musl') : null;
   const prebuilt = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
-  if (existsSync(prebuilt) && readdirSync(prebuilt).some((f) => f.endsWith('.node'))) {
+  if (existsSync(join(prebuilt, `llama-addon.${['napi', libc].filter(Boolean).join('.')}.node`))) {
     console.error(`[llama-addon] using the prebuilt binaries in ${prebuilt}; set LLAMA_ADDON_REBUILD=1 to build from source`);
     process.exit(0);
   }

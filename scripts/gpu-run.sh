@@ -28,8 +28,8 @@ step() { echo "== $1 ($(date +%T))" | tee -a "$OUT/steps.txt"; }
 
 if want build; then
 step build
-nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
-if [ ! -f "$LLAMA_ADDON_BINARY" ] || [ ! -f build-cuda/Release/gpu/libggml-cuda.so ]; then
+nvidia-smi > "$OUT/steps.txt" 2>&1 || true
+if [ ! -f "$LLAMA_ADDON_BINARY" ] || [ ! -f build-cuda/Release/gpu/libggml-cuda.so ] || [ ! -x build-cuda/Release/llama-bench ]; then
   GEN=""; command -v ninja >/dev/null && GEN="-G Ninja"
   start=$(date +%s)
   cmake -S . -B build-cuda $GEN -DCMAKE_BUILD_TYPE=Release -DLLAMA_CPP_DIR="$D/llama.cpp" \
@@ -40,13 +40,12 @@ if [ ! -f "$LLAMA_ADDON_BINARY" ] || [ ! -f build-cuda/Release/gpu/libggml-cuda.
   cmake --build build-cuda --target llama_addon llama-bench -j "$JOBS" > "$OUT/cmake-build.log" 2>&1 || { tail -60 "$OUT/cmake-build.log"; exit 1; }
   echo "build took $(( $(date +%s) - start )) s" | tee "$OUT/build-time.txt"
 fi
-ls -la build-cuda/Release build-cuda/Release/gpu > "$OUT/build-files.txt" 2>&1
-ldd build-cuda/Release/gpu/libggml-cuda.so > "$OUT/ldd-cuda.txt" 2>&1
+{ ls -la build-cuda/Release build-cuda/Release/gpu; ldd build-cuda/Release/gpu/libggml-cuda.so; } > "$OUT/build-files.txt" 2>&1
 fi
 
 if want smoke; then
 step smoke
-node --import tsx lib/cli.ts backends --json > "$OUT/backends.json" 2> "$OUT/backends.err"
+node --import tsx lib/cli.ts backends --json > "$OUT/backends.json" 2>> "$OUT/steps.txt"
 cat "$OUT/backends.json" | head -40
 fi
 
@@ -60,9 +59,9 @@ if want bench; then
 step bench
 BIN=build-cuda/Release/llama-bench
 GGML_BACKEND_PATH="$PWD/build-cuda/Release/gpu/libggml-cuda.so" LLAMA_BENCH_BIN="$BIN" BENCH_SHARED_MODELS="$D/models" BENCH_MODELS_DIR=/tmp/bench-models \
-  timeout "${BENCH_TIMEOUT:-200}" node "$D/bench/run.mjs" --gpu-layers 99 --systems llama-bench,llama-addon --reps "${REPS:-3}" --scenario models ${MODELS:-} > "$OUT/bench.md" 2> "$OUT/bench.err"
+  timeout "${BENCH_TIMEOUT:-200}" node --import tsx bench/run.ts --gpu-layers 99 --systems llama-bench,llama-addon --reps "${REPS:-3}" --scenario models ${MODELS:-} > "$OUT/bench.md" 2> "$OUT/bench-err.txt"
 echo "bench exit $?" | tee -a "$OUT/steps.txt"
-cp "$D"/bench/results/latest.json "$OUT/bench.json" 2>/dev/null || true
+cp bench/results/latest.json "$OUT/bench.json" 2>/dev/null || true
 cat "$OUT/bench.md"
 fi
 

@@ -22,11 +22,13 @@ if (!loaded) console.warn('[llama-addon tests] skipping the GPU tests: no GPU ba
 
   it('offloads every layer by default, and generates what the CPU does at the start', async () => {
     const path = shared('tinystories-656k-q8_0.gguf');
-    const prompt = 'Once upon a time, there was a';
+    const prompt = 'Once upon a time';
     const cpu = await loadModel(path, { gpu: false });
     const cpuCtx = await cpu.createContext({ contextSize: 256 });
-    const onCpu = await cpuCtx.createSession().complete(prompt, { maxTokens: 16, temperature: 0 });
+    const onCpu = await cpuCtx.createSession().complete(prompt, { maxTokens: 16, temperature: 0, logprobs: 2 });
     await cpu.dispose();
+    // The comparison below means something only where the CPU's choice is clear (no near-tie to tip).
+    for (const l of onCpu.logprobs!.slice(0, 2)) expect(l.top[0].logprob - l.top[1].logprob).toBeGreaterThan(0.5);
 
     const lines: string[] = [];
     setLogLevel('info');
@@ -44,7 +46,7 @@ if (!loaded) console.warn('[llama-addon tests] skipping the GPU tests: no GPU ba
     const ctx = await model.createContext({ contextSize: 256 });
     const onGpu = await ctx.createSession().complete(prompt, { maxTokens: 16, temperature: 0 });
     // Kernels differ in rounding; the most likely first tokens do not.
-    expect(onGpu.tokens.slice(0, 4)).toEqual(onCpu.tokens.slice(0, 4));
+    expect(onGpu.tokens.slice(0, 2)).toEqual(onCpu.tokens.slice(0, 2));
     await model.dispose();
   });
 

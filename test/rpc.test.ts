@@ -37,7 +37,7 @@ describeShared('RPC: a model split across rpc-server processes', () => {
   beforeAll(async () => {
     for (let i = 0; i < 2; i++) {
       const port = await freePort();
-      const child = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'lib', 'cli.ts'), 'rpc-server', '--port', String(port), '--threads', '1'], {
+      const child = spawn(process.execPath, ['--import', 'tsx', join(repoRoot, 'lib', 'cli.ts'), 'rpc-server', '--port', String(port), '--threads', '1', '--gpu', 'off'], {
         stdio: ['ignore', 'pipe', 'pipe'],
       });
       child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
@@ -65,7 +65,7 @@ describeShared('RPC: a model split across rpc-server processes', () => {
     setLogger((_l, m) => lines.push(m));
     let remote;
     try {
-      remote = await loadModel(path, { rpcServers: endpoints });
+      remote = await loadModel(path, { rpcServers: endpoints, gpu: false });
     } finally {
       setLogger(null);
       setLogLevel('warn');

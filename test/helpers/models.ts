@@ -5,6 +5,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'vitest';
 import { writeSyntheticLlama, type SyntheticLlamaOptions } from '../../lib/gguf/index.js';
+import { getBackendInfo } from '../../lib/index.js';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const sharedModels = resolve(repoRoot, '..', 'shared', 'models');
@@ -65,4 +66,20 @@ export function synthetic(name: string, options: Omit<SyntheticLlamaOptions, 'vo
 /** The small synthetic model most tests use: llama-shaped, 32000-token SPM vocabulary, random weights. */
 export function tinySynthetic(): Promise<string> {
   return synthetic('tiny-q8', { embeddingLength: 64, layers: 2, heads: 4, headsKv: 2, feedForwardLength: 128, type: 'q8_0', seed: 7 });
+}
+
+/**
+ * Whether models run on a GPU backend here (the CUDA build on the GPU machine). GPU kernels round
+ * differently for different batch shapes, so results that are bit-identical on the CPU (a text embedded in a
+ * batch or alone, tokens verified several at a time by speculative decoding) agree there only closely.
+ */
+export function onGpu(): boolean {
+  return getBackendInfo().gpuModules.some((m) => m.state === 'loaded');
+}
+
+/** Number of leading tokens two outputs share. */
+export function commonPrefix(a: readonly number[], b: readonly number[]): number {
+  let n = 0;
+  while (n < a.length && n < b.length && a[n] === b[n]) n++;
+  return n;
 }
