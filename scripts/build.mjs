@@ -5,7 +5,8 @@
 // -march=native), as prebuilt binaries are. --if-needed: only when no build and no matching prebuilt exist.
 // Environment: LLAMA_CPP_DIR (own llama.cpp checkout), LLAMA_ADDON_JOBS (parallel jobs),
 // LLAMA_ADDON_PORTABLE=1 (same as --portable), LLAMA_ADDON_GPU (same as --gpu),
-// LLAMA_ADDON_CUDA_ARCHITECTURES (CMAKE_CUDA_ARCHITECTURES; default: ggml's list).
+// LLAMA_ADDON_CUDA_ARCHITECTURES (CMAKE_CUDA_ARCHITECTURES; default: ggml's list),
+// LLAMA_ADDON_CMAKE_ARGS (more -DNAME=VALUE definitions, separated by spaces).
 import { spawnSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
@@ -66,6 +67,13 @@ if (gpu === 'cuda') {
 }
 if (gpu) cmakeArgs.push(`--CD${gpuFlags[gpu]}=ON`);
 for (const name of Object.values(gpuFlags)) if (name !== gpuFlags[gpu]) cmakeArgs.push(`--CD${name}=OFF`);
+for (const def of (process.env.LLAMA_ADDON_CMAKE_ARGS ?? '').split(/\s+/).filter(Boolean)) {
+  if (!def.startsWith('-D')) {
+    console.error(`[llama-addon] LLAMA_ADDON_CMAKE_ARGS takes -DNAME=VALUE definitions; received ${JSON.stringify(def)}`);
+    process.exit(1);
+  }
+  cmakeArgs.push(`--CD${def.slice(2)}`);
+}
 if (flag('--debug')) cmakeArgs.push('--debug');
 
 const cmakeJs = join(root, 'node_modules', 'cmake-js', 'bin', 'cmake-js');

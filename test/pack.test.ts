@@ -59,6 +59,14 @@ if (!ready && process.env.CI) {
     expect(existsSync(join(installed, 'build'))).toBe(false);
   });
 
+  it("has an install script that, for users who run scripts, sees the prebuilt binary and builds nothing", () => {
+    const installed = join(app, 'node_modules', 'llama-addon');
+    const r = spawnSync(process.execPath, [join(installed, 'scripts', 'build.mjs'), '--if-needed'], { cwd: installed, encoding: 'utf8', env: { ...process.env, LLAMA_ADDON_REBUILD: '' } });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain('using the prebuilt binaries');
+    expect(existsSync(join(installed, 'build'))).toBe(false);
+  });
+
   const script = (kind: 'esm' | 'cjs') => {
     const body = `
       const model = await loadModel(${JSON.stringify(shared('stories260k.gguf'))});
