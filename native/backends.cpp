@@ -178,6 +178,40 @@ std::vector<ggml_backend_dev_t> rpcDevices(const std::vector<std::string>& endpo
   return out;
 }
 
+namespace {
+using threadpool_new_fn = ggml_threadpool_t (*)(ggml_threadpool_params*);
+using threadpool_free_fn = void (*)(ggml_threadpool_t);
+
+template <typename Fn>
+Fn cpuProc(const char* name) {
+  ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+  if (cpu == nullptr) return nullptr;
+  return (Fn)ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(cpu), name);
+}
+}  // namespace
+
+ThreadPools::ThreadPools(int32_t threads, int32_t threadsBatch) {
+  auto make = cpuProc<threadpool_new_fn>("ggml_threadpool_new");
+  if (make == nullptr) return;  // a CPU module without thread pools: ggml manages its threads itself
+  ggml_threadpool_params p = ggml_threadpool_params_default(threads);
+  tp_ = make(&p);
+  if (threadsBatch != threads) {
+    ggml_threadpool_params pb = ggml_threadpool_params_default(threadsBatch);
+    tpBatch_ = make(&pb);
+  }
+}
+
+ThreadPools::~ThreadPools() {
+  auto release = cpuProc<threadpool_free_fn>("ggml_threadpool_free");
+  if (release == nullptr) return;
+  if (tpBatch_ != nullptr) release(tpBatch_);
+  if (tp_ != nullptr) release(tp_);
+}
+
+void ThreadPools::attach(llama_context* ctx) const {
+  if (tp_ != nullptr) llama_attach_threadpool(ctx, tp_, tpBatch_ != nullptr ? tpBatch_ : tp_);
+}
+
 void registerBackendExports(Napi::Env env, Napi::Object exports) {
   exports.Set("initBackends", Napi::Function::New(env, InitBackends, "initBackends"));
   exports.Set("loadBackend", Napi::Function::New(env, LoadBackend, "loadBackend"));

@@ -91,7 +91,8 @@ class CreateWorker : public Napi::AsyncWorker {
       }
     }
     try {
-      engine_ = std::make_shared<Engine>(model_, ctx, promptChunk_, draft_.model, draftCtx);
+      engine_ = std::make_shared<Engine>(model_, ctx, promptChunk_, draft_.model, draftCtx,
+                                         std::make_unique<ThreadPools>(params_.n_threads, params_.n_threads_batch));
     } catch (const std::exception& e) {
       llama_free(ctx);
       if (draftCtx != nullptr) llama_free(draftCtx);

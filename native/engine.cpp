@@ -109,8 +109,13 @@ static std::string tokenPiece(const llama_vocab* vocab, llama_token t, bool spec
 // ------------------------------------------------------------------ engine
 
 Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t promptChunk,
-               std::shared_ptr<ModelHandle> draftModel, llama_context* draftCtx)
-    : model_(std::move(model)), ctx_(ctx), promptChunk_(promptChunk), draftModel_(std::move(draftModel)), draftCtx_(draftCtx) {
+               std::shared_ptr<ModelHandle> draftModel, llama_context* draftCtx, std::unique_ptr<ThreadPools> pools)
+    : model_(std::move(model)), ctx_(ctx), promptChunk_(promptChunk), draftModel_(std::move(draftModel)), draftCtx_(draftCtx),
+      pools_(std::move(pools)) {
+  if (pools_) {
+    pools_->attach(ctx_);
+    if (draftCtx_ != nullptr) pools_->attach(draftCtx_);
+  }
   if (draftCtx_ != nullptr) {
     draftBatch_ = llama_batch_init((int32_t)llama_n_batch(draftCtx_), 0, 1);
     draftSeqs_.resize(llama_n_seq_max(draftCtx_));
@@ -197,6 +202,7 @@ void Engine::stop() {
     llama_free(draftCtx_);
     draftCtx_ = nullptr;
   }
+  pools_.reset();
 }
 
 bool Engine::makeRoom(GenState& g) {

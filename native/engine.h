@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "llama.h"
+#include "backends.h"
 #include "lora.h"
 #include "model.h"
 
@@ -140,7 +141,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // promptChunk: most prompt tokens per step while other generations are producing tokens. draftCtx: a
   // context of the draft model for speculative decoding (owned by the engine), or null.
   Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t promptChunk,
-         std::shared_ptr<ModelHandle> draftModel = nullptr, llama_context* draftCtx = nullptr);
+         std::shared_ptr<ModelHandle> draftModel = nullptr, llama_context* draftCtx = nullptr,
+         std::unique_ptr<ThreadPools> pools = nullptr);
   bool hasDraftModel() const { return draftCtx_ != nullptr; }
   // Engine thread only (tasks): sets the context's LoRA adapters, if they differ. Throws on failure.
   void applyLora(const LoraSet& set);
@@ -191,6 +193,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int32_t loraRun_ = 0;  // steps decoded with currentLora_ in a row while other sets waited
   std::shared_ptr<ModelHandle> draftModel_;
   llama_context* draftCtx_ = nullptr;
+  std::unique_ptr<ThreadPools> pools_;  // attached to ctx_ and draftCtx_; freed after them
   llama_batch draftBatch_{};
   std::vector<std::vector<llama_token>> draftSeqs_;  // tokens each sequence of the draft context holds
   std::thread thread_;
