@@ -3,7 +3,8 @@
 #   bash .device/gpu-run.sh   CUDA build (build-cuda/, kept between calls), a GPU smoke check, the GPU and
 #                             backend tests, the bench with every layer offloaded, then the whole test suite;
 #                             everything lands in $OUT as it is made, so a cut-off run still reports.
-# Environment: STEPS (default "build smoke gpu-tests bench suite"), REPS (bench rounds, default 3),
+# Environment: STEPS (default "build smoke gpu-tests bench suite"), GPU_TESTS (test files of gpu-tests),
+# EXTRA_CMAKE (more -D flags), BUILD_TARGETS (default "llama_addon llama-bench"), REPS (bench rounds, default 3),
 # MODELS (bench --model flags), BENCH_TIMEOUT and SUITE_TIMEOUT (seconds).
 set -uo pipefail
 D="$PWD/.device"
@@ -29,15 +30,15 @@ step() { echo "== $1 ($(date +%T))" | tee -a "$OUT/steps.txt"; }
 if want build; then
 step build
 nvidia-smi > "$OUT/steps.txt" 2>&1 || true
-if [ ! -f "$LLAMA_ADDON_BINARY" ] || [ ! -f build-cuda/Release/gpu/libggml-cuda.so ] || [ ! -x build-cuda/Release/llama-bench ]; then
+if [ ! -f "$LLAMA_ADDON_BINARY" ] || [ ! -f build-cuda/Release/gpu/libggml-cuda.so ]; then
   GEN=""; command -v ninja >/dev/null && GEN="-G Ninja"
   start=$(date +%s)
   cmake -S . -B build-cuda $GEN -DCMAKE_BUILD_TYPE=Release -DLLAMA_CPP_DIR="$D/llama.cpp" \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90-real -DGGML_CUDA_NCCL=OFF -DLLAMA_ADDON_PORTABLE=OFF \
     -DCMAKE_JS_INC="$D/headers/node-api-headers/include;$D/headers/node-addon-api" \
-    -DCMAKE_CXX_FLAGS=-DBUILDING_NODE_EXTENSION -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/build-cuda/Release" \
+    -DCMAKE_CXX_FLAGS=-DBUILDING_NODE_EXTENSION -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$PWD/build-cuda/Release" ${EXTRA_CMAKE:-} \
     > "$OUT/cmake-configure.log" 2>&1 || { tail -50 "$OUT/cmake-configure.log"; exit 1; }
-  cmake --build build-cuda --target llama_addon llama-bench -j "$JOBS" > "$OUT/cmake-build.log" 2>&1 || { tail -60 "$OUT/cmake-build.log"; exit 1; }
+  cmake --build build-cuda --target ${BUILD_TARGETS:-llama_addon llama-bench} -j "$JOBS" > "$OUT/cmake-build.log" 2>&1 || { tail -60 "$OUT/cmake-build.log"; exit 1; }
   echo "build took $(( $(date +%s) - start )) s" | tee "$OUT/build-time.txt"
 fi
 { ls -la build-cuda/Release build-cuda/Release/gpu; ldd build-cuda/Release/gpu/libggml-cuda.so; } > "$OUT/build-files.txt" 2>&1
@@ -51,7 +52,7 @@ fi
 
 if want gpu-tests; then
 step gpu-tests
-timeout 150 node node_modules/vitest/vitest.mjs run test/gpu.test.ts test/backends.test.ts test/rpc.test.ts test/worker.test.ts > "$OUT/test-gpu.txt" 2>&1
+timeout 150 node node_modules/vitest/vitest.mjs run ${GPU_TESTS:-test/gpu.test.ts test/backends.test.ts test/rpc.test.ts test/worker.test.ts} > "$OUT/test-gpu.txt" 2>&1
 echo "gpu tests exit $?" | tee -a "$OUT/steps.txt"; grep -E "Tests |Test Files|FAIL|×" "$OUT/test-gpu.txt" | head -20
 fi
 
