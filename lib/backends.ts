@@ -5,7 +5,7 @@ import { existsSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { delimiter, dirname, join } from 'node:path';
 import { LlamaError } from './errors.js';
-import { loadedAddonFile, native, type BackendDevice, type BackendInfo, type GpuBackendName, type GpuModuleInfo } from './native.js';
+import { loadedAddonFile, native, unpackedPath, type BackendDevice, type BackendInfo, type GpuBackendName, type GpuModuleInfo } from './native.js';
 
 /** Which GPU backend a model uses: `'auto'` (what loads here, else the CPU), one by name, or `false` (CPU only). */
 export type GpuOption = 'auto' | GpuBackendName | false;
@@ -18,6 +18,7 @@ const moduleFile = (backend: GpuBackendName) => (process.platform === 'win32' ? 
 
 /** Where the module of `backend` may be, in order. */
 export function gpuModuleCandidates(backend: GpuBackendName): string[] {
+  native(); // the addon's folder is the first place to look, and the probe needs the addon
   const list: string[] = [];
   for (const entry of (process.env.LLAMA_ADDON_GPU_MODULES ?? '').split(delimiter).filter(Boolean)) {
     list.push(isDir(entry) ? join(entry, moduleFile(backend)) : entry);
@@ -32,7 +33,8 @@ export function gpuModuleCandidates(backend: GpuBackendName): string[] {
   } catch {
     // not installed
   }
-  return list.filter((p, i) => list.indexOf(p) === i);
+  // In an Electron app, native files are loaded from app.asar.unpacked (see asarUnpack in the README).
+  return list.map(unpackedPath).filter((p, i, all) => all.indexOf(p) === i);
 }
 
 function isDir(p: string): boolean {
@@ -80,13 +82,15 @@ function probeArgs(module: string): [string, string[], { env: NodeJS.ProcessEnv;
 }
 
 function readProbe(status: number | null, signal: NodeJS.Signals | null, stdout: string, stderr: string): ProbeResult {
-  if (signal) return { ok: false, error: `the probe process was killed by ${signal}${stderr ? `: ${lastLines(stderr)}` : ''}` };
+  // An answer counts even if the child crashed afterwards, in exit-time destructors (a known driver fault
+  // that does not affect use).
   try {
     const r = JSON.parse(stdout) as ProbeResult;
     if (typeof r.ok === 'boolean') return r;
   } catch {
     // not JSON: the probe died before it could answer
   }
+  if (signal) return { ok: false, error: `the probe process was killed by ${signal}${stderr ? `: ${lastLines(stderr)}` : ''}` };
   return { ok: false, error: `the probe process exited with code ${status}${stderr ? `: ${lastLines(stderr)}` : ''}` };
 }
 
@@ -124,7 +128,15 @@ async function ensureModule(backend: GpuBackendName): Promise<ModuleState | unde
   let p = pending.get(backend);
   if (!p) {
     p = new Promise<ProbeResult>((resolve) => {
-      const [cmd, args, opts] = probeArgs(path);
+      let cmd: string;
+      let args: string[];
+      let opts: { env: NodeJS.ProcessEnv; timeout: number };
+      try {
+        [cmd, args, opts] = probeArgs(path);
+      } catch (e) {
+        resolve({ ok: false, error: `the probe could not be prepared: ${(e as Error).message}` });
+        return;
+      }
       const child = spawn(cmd, args, { ...opts, stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       let err = '';
@@ -152,10 +164,16 @@ function ensureModuleSync(backend: GpuBackendName): ModuleState | undefined {
 
 const displayName: Record<GpuBackendName, string> = { cuda: 'CUDA', vulkan: 'Vulkan', metal: 'Metal' };
 
+/**
+ * The backend's devices a model should use: its discrete GPUs, or its integrated ones where it has no
+ * discrete one (as llama.cpp chooses by default: an integrated GPU next to a discrete one only slows it).
+ */
 function devicesOf(s: ModuleState): BackendDevice[] {
-  return native()
+  const mine = native()
     .backendInfo()
-    .devices.filter((d) => d.backend === s.backendName && d.type !== 'cpu');
+    .devices.filter((d) => d.backend === s.backendName);
+  const discrete = mine.filter((d) => d.type === 'gpu');
+  return discrete.length ? discrete : mine.filter((d) => d.type === 'igpu');
 }
 
 /** The devices a model loads onto, and why a GPU backend was not used (for the fallback warning). */

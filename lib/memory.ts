@@ -26,7 +26,10 @@ export interface MemoryEstimate {
     total: number;
     /** Each block's tensors (`blk.<i>.*`). */
     perLayer: number[];
-    /** The output layer (`output.weight`, `output_norm.*`), offloaded only with every block. */
+    /**
+     * The output layer (`output.weight`, `output_norm.*`; for a model whose output reuses the token
+     * embeddings, the copy llama.cpp makes of them), offloaded only with every block.
+     */
     output: number;
     /** Everything else (token embeddings and the like), which stays in RAM. */
     other: number;
@@ -82,7 +85,12 @@ export function estimateFromGguf(
   let output = 0;
   let other = 0;
   let total = 0;
+  // Without output.weight the output layer reuses the token embeddings: llama.cpp loads a copy of them
+  // where the output layer goes (on the GPU when everything is offloaded).
+  const tied = !gguf.tensors.some((t) => t.name === 'output.weight');
+  let tiedCopy = 0;
   for (const t of gguf.tensors) {
+    if (tied && t.name === 'token_embd.weight') tiedCopy = t.size ?? 0;
     const size = t.size ?? 0;
     total += size;
     const b = /^blk\.(\d+)\./.exec(t.name);
@@ -96,6 +104,7 @@ export function estimateFromGguf(
   const kvPerLayer = perLayer.map((_, i) => kvLayer(i) * cells);
   const bytesPerToken = perLayer.reduce((s, _, i) => s + kvLayer(i), 0);
   const kvTotal = kvPerLayer.reduce((a, b) => a + b, 0);
+  output += tiedCopy;
   const compute = 4 * ubatch * (vocab + 6 * embd + 2 * ff + Math.min(cells, 4096) * heads);
 
   const margin = deviceFree > 0 ? Math.max(256 * 2 ** 20, Math.floor(deviceFree * 0.05)) : 0;
@@ -107,9 +116,9 @@ export function estimateFromGguf(
   let moved = 0;
   for (let i = 0; i < layers; i++) if (onGpu(i)) moved += perLayer[i] + kvPerLayer[i];
   if (gpuLayers > layers) moved += output;
-  // Each side that computes has its compute buffer.
+  // Each side that computes has its compute buffer; a tied output layer's copy never left RAM's count.
   const gpu = gpuLayers > 0 ? moved + compute : 0;
-  const cpu = total + kvTotal - moved + compute;
+  const cpu = total + kvTotal - moved + (gpuLayers > layers ? tiedCopy : 0) + compute;
   return {
     layers,
     weights: { total, perLayer, output, other },

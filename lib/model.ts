@@ -140,11 +140,10 @@ export class LlamaModel implements AsyncDisposable {
    */
   readonly fingerprint: string;
 
-  /** @internal use {@link loadModel} */
   /** Where the model's layers went: GPU backend, devices, offloaded layers. */
   readonly placement: Readonly<ModelPlacement>;
 
-  /** @internal */
+  /** @internal use {@link loadModel} */
   constructor(
     nativeModel: NativeModel,
     path: string,
@@ -346,8 +345,12 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     throw invalid('gpu', '"auto", "cuda", "vulkan", "metal" or false', gpu, loadModel);
   }
   const rpcServers = o.rpcServers ?? [];
-  if (!Array.isArray(rpcServers) || rpcServers.some((e) => typeof e !== 'string' || !/^[^\s:]+:\d{1,5}$/.test(e))) {
-    throw invalid('rpcServers', 'an array of "host:port" strings', o.rpcServers, loadModel);
+  const validEndpoint = (e: unknown) => {
+    const m = typeof e === 'string' ? /^[^\s:]+:(\d{1,5})$/.exec(e) : null;
+    return m !== null && Number(m[1]) >= 1 && Number(m[1]) <= 65535;
+  };
+  if (!Array.isArray(rpcServers) || !rpcServers.every(validEndpoint)) {
+    throw invalid('rpcServers', 'an array of "host:port" strings (a host name or IPv4 address, a port from 1 to 65535)', o.rpcServers, loadModel);
   }
   const useMmap = optBoolean(o, 'useMmap', loadModel);
   const useMlock = optBoolean(o, 'useMlock', loadModel);

@@ -1,7 +1,7 @@
 // The one hand-written description of the native addon's surface (native/*.cpp), and its loader.
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread } from 'node:worker_threads';
 import { LlamaError } from './errors.js';
@@ -341,7 +341,13 @@ export interface AddonCandidate {
 export function libc(): 'glibc' | 'musl' | null {
   if (process.platform !== 'linux') return null;
   const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
-  return report?.header?.glibcVersionRuntime ? 'glibc' : 'musl';
+  if (report?.header?.glibcVersionRuntime) return 'glibc';
+  // No glibc version reported: musl if its dynamic loader is there (Alpine), else glibc (a static Node).
+  try {
+    return readdirSync('/lib').some((f) => f.startsWith('ld-musl-')) ? 'musl' : 'glibc';
+  } catch {
+    return 'glibc';
+  }
 }
 
 /** Folder of prebuilt binaries for this platform, in prebuildify's layout (`prebuilds/<platform>-<arch>/`). */
@@ -353,18 +359,18 @@ export function prebuiltDir(): string {
  * In an Electron app packed into app.asar, native files must be unpacked (electron-builder's `asarUnpack`)
  * and are loaded from app.asar.unpacked, where their neighbouring libraries are real files too.
  */
-function unpacked(p: string): string {
+export function unpackedPath(p: string): string {
   return p.replace(/([\\/])app\.asar([\\/])/, '$1app.asar.unpacked$2');
 }
 
 /** Where the loader looks for the addon, in order: LLAMA_ADDON_BINARY, a local source build, a prebuilt binary. */
 export function addonCandidates(): AddonCandidate[] {
   const list: AddonCandidate[] = [];
-  if (process.env.LLAMA_ADDON_BINARY) list.push({ file: process.env.LLAMA_ADDON_BINARY, kind: 'env' });
-  list.push({ file: unpacked(join(packageRoot, 'build', 'Release', 'llama_addon.node')), kind: 'build' });
-  list.push({ file: unpacked(join(packageRoot, 'build', 'Debug', 'llama_addon.node')), kind: 'build' });
+  if (process.env.LLAMA_ADDON_BINARY) list.push({ file: resolve(process.env.LLAMA_ADDON_BINARY), kind: 'env' });
+  list.push({ file: unpackedPath(join(packageRoot, 'build', 'Release', 'llama_addon.node')), kind: 'build' });
+  list.push({ file: unpackedPath(join(packageRoot, 'build', 'Debug', 'llama_addon.node')), kind: 'build' });
   const tags = ['napi', libc()].filter(Boolean).join('.');
-  list.push({ file: unpacked(join(prebuiltDir(), `llama-addon.${tags}.node`)), kind: 'prebuilt' });
+  list.push({ file: unpackedPath(join(prebuiltDir(), `llama-addon.${tags}.node`)), kind: 'prebuilt' });
   return list;
 }
 
@@ -373,8 +379,9 @@ function prebuiltSummary(): string {
   const dir = join(packageRoot, 'prebuilds');
   if (!existsSync(dir)) return 'no prebuilds/ folder in the package';
   const found: string[] = [];
-  for (const platform of readdirSync(dir)) {
-    for (const f of readdirSync(join(dir, platform))) if (f.endsWith('.node')) found.push(`${platform}/${f}`);
+  for (const platform of readdirSync(dir, { withFileTypes: true })) {
+    if (!platform.isDirectory()) continue;
+    for (const f of readdirSync(join(dir, platform.name))) if (f.endsWith('.node')) found.push(`${platform.name}/${f}`);
   }
   return found.length ? `prebuilt binaries for ${found.join(', ')}` : 'an empty prebuilds/ folder';
 }
@@ -415,7 +422,8 @@ export function native(): NativeAddon {
     'ERR_NATIVE_LOAD',
     `llama-addon could not load its native addon for ${platform}. Looked for:\n  ${failures.join('\n  ')}\n` +
       `Found: ${prebuiltSummary()}.\n` +
-      `Fix: build it from source with \`npm rebuild llama-addon --foreground-scripts\` (needs cmake and a C++ compiler; ` +
-      `in a clone of the repository: \`npm run build\`), or set LLAMA_ADDON_BINARY to a built llama_addon.node.`,
+      `Fix: build it from source with \`LLAMA_ADDON_REBUILD=1 LLAMA_CPP_DIR=/path/to/llama.cpp npm rebuild llama-addon --foreground-scripts\` ` +
+      `(needs cmake, a C++ compiler and a llama.cpp checkout; in a clone of the repository: \`npm run build\`), ` +
+      `or set LLAMA_ADDON_BINARY to a built llama_addon.node.`,
   );
 }

@@ -11,6 +11,7 @@ namespace la {
 namespace {
 
 std::mutex g_backendsMu;
+std::shared_mutex g_registryMu;
 bool g_initialized = false;
 std::map<std::string, std::string> g_loadedModules;  // module path -> backend name
 
@@ -39,7 +40,9 @@ Napi::Value InitBackends(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string dir = argString(info, 0, "dir");
   std::lock_guard<std::mutex> lock(g_backendsMu);
+  std::shared_lock<std::shared_mutex> reading(g_registryMu, std::defer_lock);
   if (!g_initialized) {
+    std::unique_lock<std::shared_mutex> writing(g_registryMu);
     beginCapture();
     ggml_backend_load_all_from_path(dir.c_str());
     std::string logged = endCapture();
@@ -50,6 +53,7 @@ Napi::Value InitBackends(const Napi::CallbackInfo& info) {
     }
     g_initialized = true;
   }
+  reading.lock();
   Napi::Array names = Napi::Array::New(env);
   for (size_t i = 0; i < ggml_backend_reg_count(); i++) names.Set((uint32_t)i, ggml_backend_reg_name(ggml_backend_reg_get(i)));
   return names;
@@ -72,6 +76,7 @@ Napi::Value LoadBackend(const Napi::CallbackInfo& info) {
   std::string reason;
   try {
     AbortGuard guard;
+    std::unique_lock<std::shared_mutex> writing(g_registryMu);
     reg = ggml_backend_load(path.c_str());
   } catch (const std::exception& e) {
     reason = e.what();
@@ -90,6 +95,7 @@ Napi::Value LoadBackend(const Napi::CallbackInfo& info) {
 // backendInfo() -> { backends: string[], devices: [...], cpuFeatures: {...} }
 Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  std::shared_lock<std::shared_mutex> reading(g_registryMu);
   Napi::Object o = Napi::Object::New(env);
   Napi::Array backends = Napi::Array::New(env);
   Napi::Object features = Napi::Object::New(env);
@@ -136,19 +142,24 @@ Napi::Value RpcServe(const Napi::CallbackInfo& info) {
     names.push_back(arr.Get(i).As<Napi::String>().Utf8Value());
   }
   std::vector<ggml_backend_dev_t> devices = devicesByName(env, names);
+  std::shared_lock<std::shared_mutex> reading(g_registryMu);
   if (devices.empty()) devices.push_back(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU));
   ggml_backend_reg_t rpc = ggml_backend_reg_by_name("RPC");
   if (rpc == nullptr) throwError(env, "ERR_BACKEND_UNAVAILABLE", "Expected llama.cpp's RPC backend module (libggml-rpc.so) beside the addon, but it is not loaded: build with LLAMA_ADDON_RPC=ON");
   using start_fn = void (*)(const char*, const char*, size_t, size_t, ggml_backend_dev_t*);
   auto start = (start_fn)ggml_backend_reg_get_proc_address(rpc, "ggml_backend_rpc_start_server");
   if (start == nullptr) throwError(env, "ERR_BACKEND_UNAVAILABLE", "The RPC backend module has no ggml_backend_rpc_start_server");
+  reading.unlock();  // the server runs for the life of the process
   start(endpoint.c_str(), cacheDir.empty() ? nullptr : cacheDir.c_str(), threads, devices.size(), devices.data());
   throwError(env, "ERR_BACKEND_UNAVAILABLE", "llama.cpp's RPC server stopped (see its output above): could it listen on " + endpoint + "?");
 }
 
 }  // namespace
 
+std::shared_mutex& registryMutex() { return g_registryMu; }
+
 std::vector<ggml_backend_dev_t> devicesByName(Napi::Env env, const std::vector<std::string>& names) {
+  std::shared_lock<std::shared_mutex> reading(g_registryMu);
   std::vector<ggml_backend_dev_t> out;
   for (const auto& n : names) {
     ggml_backend_dev_t d = ggml_backend_dev_by_name(n.c_str());
@@ -161,6 +172,7 @@ std::vector<ggml_backend_dev_t> devicesByName(Napi::Env env, const std::vector<s
 std::vector<ggml_backend_dev_t> rpcDevices(const std::vector<std::string>& endpoints) {
   std::vector<ggml_backend_dev_t> out;
   if (endpoints.empty()) return out;
+  std::shared_lock<std::shared_mutex> reading(g_registryMu);
   ggml_backend_reg_t rpc = ggml_backend_reg_by_name("RPC");
   if (rpc == nullptr) throw std::runtime_error("llama.cpp's RPC backend module (libggml-rpc.so) is not loaded: build with LLAMA_ADDON_RPC=ON");
   using add_fn = ggml_backend_reg_t (*)(const char*);
@@ -184,6 +196,7 @@ using threadpool_free_fn = void (*)(ggml_threadpool_t);
 
 template <typename Fn>
 Fn cpuProc(const char* name) {
+  std::shared_lock<std::shared_mutex> reading(g_registryMu);
   ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
   if (cpu == nullptr) return nullptr;
   return (Fn)ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(cpu), name);

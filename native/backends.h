@@ -2,6 +2,7 @@
 #pragma once
 #include <napi.h>
 
+#include <shared_mutex>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,11 @@
 namespace la {
 
 void registerBackendExports(Napi::Env env, Napi::Object exports);
+
+// ggml's backend registry is a set of global vectors: loading a backend module appends to them while model
+// loads, context creations and thread pools read them on worker threads. Readers hold this shared, loading
+// holds it exclusively (and so waits for the loads in flight, a rare wait: only a GPU module's first load).
+std::shared_mutex& registryMutex();
 
 // The devices a model load asked for, by name (resolved on the JS thread); throws ERR_BACKEND_UNAVAILABLE.
 std::vector<ggml_backend_dev_t> devicesByName(Napi::Env env, const std::vector<std::string>& names);

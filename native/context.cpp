@@ -1,4 +1,5 @@
 #include "context.h"
+#include "backends.h"
 
 #include <algorithm>
 #include <cmath>
@@ -58,6 +59,7 @@ class CreateWorker : public Napi::AsyncWorker {
     std::string reason;
     try {
       AbortGuard guard;
+      std::shared_lock<std::shared_mutex> registry(registryMutex());
       std::shared_lock<std::shared_mutex> lock(model_->adaptersMu);
       ctx = llama_init_from_model(model_->model, params_);
     } catch (const std::exception& e) {
@@ -78,6 +80,7 @@ class CreateWorker : public Napi::AsyncWorker {
         beginCapture();
         llama_context_params dp = params_;
         dp.embeddings = false;
+        std::shared_lock<std::shared_mutex> registry(registryMutex());
         draftCtx = llama_init_from_model(draft_.model->model, dp);
         why = endCapture();
       } catch (const std::exception& e) {

@@ -101,6 +101,7 @@ class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
     llama_model* model = nullptr;
     try {
       AbortGuard guard;
+      std::shared_lock<std::shared_mutex> registry(registryMutex());
       model = llama_model_load_from_file(path_.c_str(), params_);
     } catch (const std::exception& e) {
       model = nullptr;

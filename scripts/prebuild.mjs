@@ -44,7 +44,9 @@ if (process.argv.includes('--build') && needBuild()) {
 const why = needBuild();
 if (why) {
   console.error(`[prebuild] ${why}: run \`npm run prebuild -- --build\` (or LLAMA_ADDON_PORTABLE=1 npm run build:native)`);
-  process.exit(1);
+  // Where the npm hook cannot be told apart from a direct call (no /proc), this may be `npm run build`'s
+  // pre-hook: it must not fail that build. Asked for directly with --build, a failure is a failure.
+  process.exit(process.env.npm_lifecycle_event === 'prebuild' && process.platform !== 'linux' ? 0 : 1);
 }
 const info = JSON.parse(readFileSync(infoFile, 'utf8'));
 
@@ -69,18 +71,24 @@ const copy = (from, to) => {
 files.push({ file: `llama-addon.${tags}.node`, bytes: copy(join(release, 'llama_addon.node'), join(out, `llama-addon.${tags}.node`)) });
 for (const f of readdirSync(release).filter((f) => isLib(f) && /^(lib)?(llama-addon-|ggml-)/.test(f)).sort()) files.push({ file: f, bytes: copy(join(release, f), join(out, f)) });
 
-// The newest glibc symbol version any file needs: the oldest glibc these binaries run on.
+// The newest glibc and libstdc++ symbol versions any file needs: the oldest runtime these binaries run on.
 let glibc = null;
+let glibcxx = null;
+const newer = (a, b) => !a || b.some((x, i) => x !== a[i] && x > a[i] && b.slice(0, i).every((y, j) => y === a[j]));
 if (libc() === 'glibc') {
   for (const { file } of files) {
     try {
       const syms = execFileSync('objdump', ['-T', join(out, file)], { encoding: 'utf8', maxBuffer: 64 << 20 });
-      for (const m of syms.matchAll(/GLIBC_(\d+)\.(\d+)/g)) {
+      for (const m of syms.matchAll(/\bGLIBC_(\d+)\.(\d+)/g)) {
         const v = [Number(m[1]), Number(m[2])];
-        if (!glibc || v[0] > glibc[0] || (v[0] === glibc[0] && v[1] > glibc[1])) glibc = v;
+        if (newer(glibc, v)) glibc = v;
+      }
+      for (const m of syms.matchAll(/\bGLIBCXX_(\d+)\.(\d+)\.(\d+)/g)) {
+        const v = [Number(m[1]), Number(m[2]), Number(m[3])];
+        if (newer(glibcxx, v)) glibcxx = v;
       }
     } catch {
-      // objdump missing: leave it unknown
+      // objdump missing: leave them unknown
     }
   }
 }
@@ -90,13 +98,14 @@ const manifest = {
   target,
   libc: libc(),
   minGlibc: glibc ? glibc.join('.') : null,
+  minGlibcxx: glibcxx ? glibcxx.join('.') : null,
   cpuVariants,
   builtAt: info.builtAt,
   bytes: total,
   files,
 };
 writeFileSync(join(out, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
-console.log(`[prebuild] ${out}: ${files.length} files, ${(total / 2 ** 20).toFixed(1)} MiB; CPU variants: ${cpuVariants.join(', ')}; glibc >= ${manifest.minGlibc ?? '?'}`);
+console.log(`[prebuild] ${out}: ${files.length} files, ${(total / 2 ** 20).toFixed(1)} MiB; CPU variants: ${cpuVariants.join(', ')}; glibc >= ${manifest.minGlibc ?? '?'}, libstdc++ GLIBCXX >= ${manifest.minGlibcxx ?? '?'}`);
 
 // GPU modules: one optional package each (installed beside llama-addon; lib/backends.ts finds it).
 const gpuDir = join(release, 'gpu');

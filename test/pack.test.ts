@@ -14,6 +14,9 @@ const prebuilt = join(repoRoot, 'prebuilds', target);
 const ready = existsSync(prebuilt) && hasShared;
 
 const npm = (args: string[], cwd: string) => execFileSync('npm', args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 600_000 });
+// The installed package must find its own binary: nothing may point it elsewhere.
+const { LLAMA_ADDON_BINARY: _ignored, ...cleanEnv } = process.env;
+const addonFile = `llama-addon.${['napi', process.platform === 'linux' ? 'glibc' : null].filter(Boolean).join('.')}.node`;
 
 if (!ready && process.env.CI) {
   describe('the npm package', () => {
@@ -48,10 +51,12 @@ if (!ready && process.env.CI) {
 
   it('holds the prebuilt addon, its libraries and every CPU variant, and no build folder', () => {
     const paths = files.map((f) => f.path);
-    expect(paths).toContain(`prebuilds/${target}/llama-addon.napi.glibc.node`);
-    for (const lib of ['libllama-addon-llama.so', 'libllama-addon-ggml-base.so', 'libllama-addon-llama-common.so', 'libggml-rpc.so', 'libggml-cpu-x64.so', 'libggml-cpu-haswell.so', 'libggml-cpu-skylakex.so']) {
-      expect(paths).toContain(`prebuilds/${target}/${lib}`);
+    expect(paths).toContain(`prebuilds/${target}/${addonFile}`);
+    for (const lib of ['libllama-addon-llama', 'libllama-addon-ggml-base', 'libllama-addon-llama-common', 'libggml-rpc']) {
+      expect(paths.some((p) => p.startsWith(`prebuilds/${target}/${lib}.`))).toBe(true);
     }
+    // Every CPU variant of the architecture (x86-64 here: baseline, AVX2, AVX-512 among them).
+    if (process.arch === 'x64') for (const v of ['x64', 'haswell', 'skylakex']) expect(paths).toContain(`prebuilds/${target}/libggml-cpu-${v}.so`);
     expect(paths.some((p) => p.startsWith('build/'))).toBe(false);
     expect(paths).toContain('dist/index.js');
     expect(paths).toContain('dist/cjs/index.js');
@@ -61,7 +66,8 @@ if (!ready && process.env.CI) {
 
   it("has an install script that, for users who run scripts, sees the prebuilt binary and builds nothing", () => {
     const installed = join(app, 'node_modules', 'llama-addon');
-    const r = spawnSync(process.execPath, [join(installed, 'scripts', 'build.mjs'), '--if-needed'], { cwd: installed, encoding: 'utf8', env: { ...process.env, LLAMA_ADDON_REBUILD: '' } });
+    const { LLAMA_ADDON_REBUILD: _rebuild, ...env } = cleanEnv;
+    const r = spawnSync(process.execPath, [join(installed, 'scripts', 'build.mjs'), '--if-needed'], { cwd: installed, encoding: 'utf8', env });
     expect(r.status, r.stderr).toBe(0);
     expect(r.stderr).toContain('using the prebuilt binaries');
     expect(existsSync(join(installed, 'build'))).toBe(false);
@@ -82,7 +88,7 @@ if (!ready && process.env.CI) {
   for (const kind of ['esm', 'cjs'] as const) {
     it(`generates text from ${kind === 'esm' ? 'import' : 'require'} without any build step`, () => {
       const args = kind === 'esm' ? ['--input-type=module', '-e', script(kind)] : ['-e', script(kind)];
-      const r = spawnSync(process.execPath, args, { cwd: app, encoding: 'utf8', env: { ...process.env, LLAMA_ADDON_BINARY: '' }, timeout: 120_000 });
+      const r = spawnSync(process.execPath, args, { cwd: app, encoding: 'utf8', env: cleanEnv, timeout: 120_000 });
       expect(r.status, r.stderr).toBe(0);
       const out = JSON.parse(r.stdout) as { text: string; error: string };
       expect(out.text).toBe(expected);
@@ -92,18 +98,25 @@ if (!ready && process.env.CI) {
 
   it('loads the prebuilt binary, and says what it looked for when there is none', () => {
     const installed = join(app, 'node_modules', 'llama-addon');
-    const which = spawnSync(process.execPath, ['-e', "const l = require('llama-addon'); l.getBackendInfo(); process.stdout.write(require.resolve('llama-addon'))"], { cwd: app, encoding: 'utf8' });
+    // Which JS entry and which native file a user's process loads.
+    const which = spawnSync(
+      process.execPath,
+      ['-e', "require('llama-addon').getBackendInfo(); const so = require('fs').readFileSync('/proc/self/maps', 'utf8').split('\\n').find((l) => l.endsWith('.node')); process.stdout.write(JSON.stringify({ js: require.resolve('llama-addon'), so: so ? so.split(/\\s+/).pop() : null }))"],
+      { cwd: app, encoding: 'utf8', env: cleanEnv },
+    );
     expect(which.status, which.stderr).toBe(0);
-    expect(which.stdout).toBe(join(installed, 'dist', 'cjs', 'index.js'));
+    const loaded = JSON.parse(which.stdout) as { js: string; so: string | null };
+    expect(loaded.js).toBe(join(installed, 'dist', 'cjs', 'index.js'));
+    if (process.platform === 'linux') expect(loaded.so).toBe(join(installed, 'prebuilds', target, addonFile));
     // Without a binary for this platform: one error naming every place tried and the command that fixes it.
     const moved = join(work, 'moved-prebuilds');
     execFileSync('mv', [join(installed, 'prebuilds'), moved]);
     try {
-      const r = spawnSync(process.execPath, ['-e', "try { require('llama-addon').getSystemInfo() } catch (e) { process.stdout.write(JSON.stringify({ code: e.code, message: e.message })) }"], { cwd: app, encoding: 'utf8' });
+      const r = spawnSync(process.execPath, ['-e', "try { require('llama-addon').getSystemInfo() } catch (e) { process.stdout.write(JSON.stringify({ code: e.code, message: e.message })) }"], { cwd: app, encoding: 'utf8', env: cleanEnv });
       const e = JSON.parse(r.stdout) as { code: string; message: string };
       expect(e.code).toBe('ERR_NATIVE_LOAD');
       expect(e.message).toContain(join(installed, 'build', 'Release', 'llama_addon.node'));
-      expect(e.message).toContain(join(installed, 'prebuilds', target, 'llama-addon.napi.glibc.node'));
+      expect(e.message).toContain(join(installed, 'prebuilds', target, addonFile));
       expect(e.message).toContain('no prebuilds/ folder');
       expect(e.message).toContain('npm rebuild llama-addon');
     } finally {

@@ -7,7 +7,8 @@ const { model: path, prompt, endless } = workerData as { model: string; prompt: 
 setLogLevel('error');
 const model = await loadModel(path);
 const ctx = await model.createContext({ contextSize: 512 });
-const session = ctx.createSession();
+// Context shift keeps the endless generation going past the end of the context until the thread is ended.
+const session = ctx.createSession({ contextShift: 'auto' });
 if (endless) {
   const gen = session.generate(prompt, { maxTokens: 100_000, temperature: 0.8, seed: 1, logitBias: { [model.vocab.eos!]: -Infinity } });
   let n = 0;
