@@ -19,6 +19,13 @@
 
 namespace la {
 
+// A copy of token ids as a JS Int32Array (llama_token is int32_t).
+static Napi::Int32Array int32Array(Napi::Env env, const std::vector<int32_t>& tokens) {
+  Napi::Int32Array a = Napi::Int32Array::New(env, tokens.size());
+  std::copy(tokens.begin(), tokens.end(), a.Data());
+  return a;
+}
+
 // ------------------------------------------------------------------ creation
 
 namespace {
@@ -848,9 +855,7 @@ Napi::Value Context::BeamSearch(const Napi::CallbackInfo& info) {
         for (uint32_t i = 0; i < out->size(); i++) {
           const BeamHypothesis& h = (*out)[i];
           Napi::Object ho = Napi::Object::New(env);
-          Napi::Int32Array t = Napi::Int32Array::New(env, h.tokens.size());
-          std::copy(h.tokens.begin(), h.tokens.end(), t.Data());
-          ho.Set("tokens", t);
+          ho.Set("tokens", int32Array(env, h.tokens));
           ho.Set("logprob", h.logprob);
           ho.Set("score", h.score);
           ho.Set("finished", h.finished);
@@ -937,14 +942,10 @@ static Napi::Object resultObject(Napi::Env env, const GenResult& r) {
   o.Set("stopReason", r.stopReason);
   if (!r.error.empty()) o.Set("error", r.error);
   o.Set("text", Napi::String::New(env, r.text));
-  Napi::Int32Array tokens = Napi::Int32Array::New(env, r.tokens.size());
-  std::copy(r.tokens.begin(), r.tokens.end(), tokens.Data());
-  o.Set("tokens", tokens);
+  o.Set("tokens", int32Array(env, r.tokens));
   o.Set("promptTokens", r.promptTokens);
   o.Set("evaluatedTokens", r.evaluatedTokens);
-  Napi::Int32Array sequence = Napi::Int32Array::New(env, r.sequence.size());
-  std::copy(r.sequence.begin(), r.sequence.end(), sequence.Data());
-  o.Set("sequence", sequence);
+  o.Set("sequence", int32Array(env, r.sequence));
   o.Set("discarded", r.discarded);
   o.Set("drafted", r.drafted);
   o.Set("accepted", r.accepted);
@@ -987,9 +988,7 @@ Napi::Value Generation::Take(const Napi::CallbackInfo& info) {
   for (auto& c : chunks) {
     Napi::Object co = Napi::Object::New(env);
     co.Set("text", Napi::String::New(env, c.text));
-    Napi::Int32Array t = Napi::Int32Array::New(env, c.tokens.size());
-    std::copy(c.tokens.begin(), c.tokens.end(), t.Data());
-    co.Set("tokens", t);
+    co.Set("tokens", int32Array(env, c.tokens));
     if (!c.probs.empty()) co.Set("logprobs", probsArray(env, c.probs));
     arr.Set(i++, co);
   }

@@ -593,7 +593,7 @@ bool Engine::step() {
       }
     }
     if (active_.empty()) return true;
-    auto dropFinishedNow = [&] {
+    auto dropFinished = [&] {
       active_.erase(std::remove_if(active_.begin(), active_.end(),
                                    [](const std::shared_ptr<GenState>& g) {
                                      std::lock_guard<std::mutex> lock(g->mu);
@@ -636,7 +636,7 @@ bool Engine::step() {
         applyLora(set);
       } catch (const std::exception& e) {
         for (GenState* g : order) finish(*g, "error", e.what());
-        dropFinishedNow();
+        dropFinished();
         return true;
       }
     }
@@ -680,14 +680,6 @@ bool Engine::step() {
         g->promptPos++;
       }
     }
-    auto dropFinished = [&] {
-      active_.erase(std::remove_if(active_.begin(), active_.end(),
-                                   [](const std::shared_ptr<GenState>& g) {
-                                     std::lock_guard<std::mutex> lock(g->mu);
-                                     return g->done;
-                                   }),
-                    active_.end());
-    };
     if (batch_.n_tokens == 0) {
       dropFinished();  // a generation may have ended because its sequence is full
       return true;
