@@ -113,8 +113,8 @@ export class LlamaContext implements AsyncDisposable {
     const contextSize = optInteger(o, 'contextSize', 1, 1 << 24, caller) ?? Math.min(model.info.contextLength || 4096, 4096);
     const batchSize = optInteger(o, 'batchSize', 1, 1 << 20, caller);
     const sequences = optInteger(o, 'sequences', 1, 256, caller);
-    const threads = optInteger(o, 'threads', 1, 1024, caller);
-    const threadsBatch = optInteger(o, 'threadsBatch', 1, 1024, caller);
+    const threads = optInteger(o, 'threads', 1, 512, caller);
+    const threadsBatch = optInteger(o, 'threadsBatch', 1, 512, caller);
     const fa = o.flashAttention;
     if (fa !== undefined && fa !== 'auto' && typeof fa !== 'boolean') throw invalid('flashAttention', 'true, false or "auto"', fa, caller);
     const embeddings = optBoolean(o, 'embeddings', caller);

@@ -21,7 +21,13 @@ export type LlamaErrorCode =
   | 'ERR_IO'
   | 'ERR_INVALID_ADAPTER'
   | 'ERR_QUANTIZE'
-  | 'ERR_BACKEND_UNAVAILABLE';
+  | 'ERR_BACKEND_UNAVAILABLE'
+  | 'ERR_INVALID_SCHEMA'
+  | 'ERR_UNSUPPORTED_SCHEMA'
+  | 'ERR_SCHEMA_MISMATCH'
+  | 'ERR_LIMIT_EXCEEDED'
+  | 'ERR_TOKENIZE'
+  | 'ERR_NATIVE';
 
 /**
  * The one error class of llama-addon. `code` is stable and meant for programs; `message` says what was
@@ -59,6 +65,12 @@ const knownCodes = new Set<string>([
   'ERR_BUSY',
   'ERR_DECODE',
   'ERR_NATIVE_LOAD',
+  'ERR_INVALID_SCHEMA',
+  'ERR_UNSUPPORTED_SCHEMA',
+  'ERR_SCHEMA_MISMATCH',
+  'ERR_LIMIT_EXCEEDED',
+  'ERR_TOKENIZE',
+  'ERR_NATIVE',
 ]);
 
 /**
@@ -68,8 +80,14 @@ const knownCodes = new Set<string>([
 export function toLlamaError(e: unknown, caller?: Function): LlamaError {
   if (e instanceof LlamaError) return e;
   const err = e as { code?: unknown; message?: unknown };
-  const code = typeof err?.code === 'string' && knownCodes.has(err.code) ? (err.code as LlamaErrorCode) : 'ERR_INVALID_STATE';
-  const message = typeof err?.message === 'string' ? err.message : String(e);
+  const code = typeof err?.code === 'string' && knownCodes.has(err.code) ? (err.code as LlamaErrorCode) : 'ERR_NATIVE';
+  let message = typeof err?.message === 'string' ? err.message : String(e);
+  // A C++ exception without a code reached the addon's boundary (lib's own checks come first): say so.
+  if (code === 'ERR_NATIVE') {
+    message = /bad_alloc/.test(message)
+      ? `Out of memory in native code (${message})`
+      : `Unexpected error in native code: ${message}`;
+  }
   const out = new LlamaError(code, message, { cause: e });
   if (caller) Error.captureStackTrace(out, caller);
   return out;

@@ -125,6 +125,7 @@ export class LlamaModel implements AsyncDisposable {
   #native: NativeModel | null;
   #contexts = new Set<LlamaContext>();
   #disposing: Promise<void> | null = null;
+  readonly #mapped: FileIdentity | null;
   #templates = new Map<string | null, NativeChatTemplate>();
   /** The file the model was loaded from. */
   readonly path: string;
@@ -151,8 +152,10 @@ export class LlamaModel implements AsyncDisposable {
     fingerprint: string,
     canRank: boolean,
     placement: ModelPlacement = { gpu: null, devices: [], gpuLayers: 0 },
+    mapped: FileIdentity | null = null,
   ) {
     this.#native = nativeModel;
+    this.#mapped = mapped;
     this.placement = Object.freeze({ ...placement, devices: Object.freeze([...placement.devices]) as string[] });
     this.path = path;
     this.fingerprint = fingerprint;
@@ -237,14 +240,22 @@ export class LlamaModel implements AsyncDisposable {
 
   /**
    * Whether `text` is a complete sentence of a GBNF `grammar` (its `root` rule), checked with llama.cpp's
-   * own grammar parser: for example, to check output produced elsewhere.
-   * @throws LlamaError `ERR_INVALID_GRAMMAR` when the grammar does not parse.
+   * own grammar parser: for example, to check output produced elsewhere. Runs off the JS thread.
+   * Limits (see README, *Errors*): the text at most 1 MiB; an ambiguous grammar that needs more than 4096
+   * parse states at once is refused rather than matched in exponential time.
+   * @throws LlamaError `ERR_INVALID_GRAMMAR` when the grammar does not parse; `ERR_LIMIT_EXCEEDED` past a
+   * limit.
    */
-  matchesGrammar(text: string, grammar: string): boolean {
+  async matchesGrammar(text: string, grammar: string): Promise<boolean> {
     const h = this.#handle(this.matchesGrammar);
     if (typeof text !== 'string') throw invalid('text', 'a string', text, this.matchesGrammar);
     if (typeof grammar !== 'string') throw invalid('grammar', 'a GBNF grammar (a string)', grammar, this.matchesGrammar);
-    return callNative(this.matchesGrammar, () => h.matchesGrammar(grammar, text));
+    const promise = callNative(this.matchesGrammar, () => h.matchesGrammar(grammar, text));
+    try {
+      return await promise;
+    } catch (e) {
+      throw toLlamaError(e);
+    }
   }
 
   /**
@@ -289,9 +300,35 @@ export class LlamaModel implements AsyncDisposable {
   /** Creates a context: the KV cache and compute buffers that generation runs in. */
   async createContext(options?: ContextOptions): Promise<LlamaContext> {
     const h = this.#handle(this.createContext);
+    await this.#checkMapped(this.createContext);
     const ctx = await LlamaContext.create(this, h, options, this.createContext);
     this.#contexts.add(ctx);
     return ctx;
+  }
+
+  /**
+   * A memory-mapped file that is truncated or rewritten in place while in use ends the process with SIGBUS
+   * at the next read of the weights (llama.cpp's own tools die the same way). Replacing the file by
+   * write-then-rename is safe: the mapping keeps the old file. What can be seen is refused before it is used:
+   * the same file (device and inode) with another size or modification time.
+   */
+  async #checkMapped(caller: Function): Promise<void> {
+    const was = this.#mapped;
+    if (was === null) return;
+    let now: FileIdentity;
+    try {
+      now = fileIdentity(await stat(this.path));
+    } catch {
+      return;  // removed: the mapping keeps the unlinked file alive
+    }
+    if (now.dev === was.dev && now.ino === was.ino && (now.size !== was.size || now.mtimeMs !== was.mtimeMs)) {
+      const err = new LlamaError(
+        'ERR_INVALID_MODEL',
+        `The model file ${this.path} was changed in place since it was loaded (${was.size} bytes then, ${now.size} now); its weights are memory-mapped, so using them could crash the process. Load the model again, and replace model files by writing a new file and renaming it over the old one`,
+      );
+      Error.captureStackTrace(err, caller);
+      throw err;
+    }
   }
 
   /** @internal */
@@ -364,9 +401,11 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   if (signal?.aborted) throw fail('ERR_ABORTED', 'Model load was aborted before it started');
 
   const addon = native();
+  let identity: FileIdentity;
   try {
     const s = await stat(path);
     if (!s.isFile()) throw fail('ERR_MODEL_NOT_FOUND', `Expected a GGUF model file at ${path}, but it is not a file`);
+    identity = fileIdentity(s);
   } catch (e) {
     if (e instanceof LlamaError) throw e;
     throw fail('ERR_MODEL_NOT_FOUND', `Model file not found: ${path}`, e);
@@ -422,12 +461,24 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
     const nativeModel = await task.promise;
-    return new LlamaModel(nativeModel, path, metadata, fingerprint, canRank, placement);
+    const mapped = (useMmap ?? true) && !vocabOnly ? identity : null;
+    return new LlamaModel(nativeModel, path, metadata, fingerprint, canRank, placement, mapped);
   } catch (e) {
     throw toLlamaError(e);
   } finally {
     signal?.removeEventListener('abort', onAbort);
   }
+}
+
+interface FileIdentity {
+  dev: number;
+  ino: number;
+  size: number;
+  mtimeMs: number;
+}
+
+function fileIdentity(s: { dev: number; ino: number; size: number; mtimeMs: number }): FileIdentity {
+  return { dev: s.dev, ino: s.ino, size: s.size, mtimeMs: s.mtimeMs };
 }
 
 /** SHA-256 over the file size, the GGUF header and eight 64 KiB samples spread over the weights. */

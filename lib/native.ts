@@ -42,7 +42,7 @@ export interface NativeModel {
   createContext(options: NativeContextOptions): Promise<NativeContext>;
   /** Parses a chat template (Jinja, or a built-in template's name); null: the model's own. */
   chatTemplate(source: string | null): NativeChatTemplate;
-  matchesGrammar(grammar: string, text: string): boolean;
+  matchesGrammar(grammar: string, text: string): Promise<boolean>;
   loadLora(path: string): Promise<NativeLora>;
   dispose(): Promise<void>;
 }
@@ -306,7 +306,8 @@ export interface NativeAddon {
   loadBackend(path: string): { backend?: string; error?: string };
   /** Runs llama.cpp's RPC server on this thread until the process ends. */
   rpcServe(endpoint: string, cacheDir: string | null, threads: number, devices: string[]): never;
-  jsonSchemaToGrammar(schema: string): string;
+  jsonSchemaToGrammar(schema: string, bestEffort?: boolean): string;
+  jsonSchemaToGrammarAsync(schema: string, bestEffort?: boolean): Promise<string>;
   quantize(input: string, output: string, ftype: number, threads: number): Promise<void>;
   setLogLevel(level: number): void;
   setLogSink(sink: ((level: string, message: string) => void) | null): void;

@@ -6,8 +6,11 @@
 //   i32 LE   cache tokens, then history tokens
 //   bytes    llama.cpp's sequence state
 import { createHash } from 'node:crypto';
-import { open, readFile, rename, unlink } from 'node:fs/promises';
+import { constants as bufferConstants } from 'node:buffer';
+import { constants as fsConstants } from 'node:fs';
+import { open, rename, unlink } from 'node:fs/promises';
 import { LlamaError } from './errors.js';
+import { limits } from './limits.js';
 
 const MAGIC = Buffer.from('LLADSEQ\0', 'latin1');
 const VERSION = 1;
@@ -67,14 +70,50 @@ export async function writeSessionFile(path: string, f: Omit<SessionFile, 'heade
   }
 }
 
-/** Reads and checks a session file; every defect is `ERR_INVALID_STATE` naming what is wrong. */
-export async function readSessionFile(path: string): Promise<SessionFile> {
-  let buf: Buffer;
+/** Largest session file `load()` reads (bytes): 16 GiB, or what one Buffer can hold where that is less. */
+export const MAX_SESSION_FILE_BYTES = Math.min(limits.sessionFileBytes, bufferConstants.MAX_LENGTH);
+
+/**
+ * Reads a whole regular file, at most MAX_SESSION_FILE_BYTES. Devices (`/dev/zero`), FIFOs, sockets and
+ * folders are refused before any read: they may never end. The file is opened without blocking (a FIFO
+ * would otherwise wait for a writer) and checked on the open descriptor, so a swap after the check cannot
+ * slip one in.
+ */
+async function readRegularFile(path: string): Promise<Buffer> {
+  let fh;
   try {
-    buf = await readFile(path);
+    fh = await open(path, fsConstants.O_RDONLY | (fsConstants.O_NONBLOCK ?? 0));
   } catch (e) {
     throw new LlamaError('ERR_IO', `The session file ${path} could not be read: ${(e as Error).message}`, { cause: e });
   }
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) {
+      const kind = st.isDirectory() ? 'a folder' : st.isFIFO() ? 'a FIFO' : st.isCharacterDevice() || st.isBlockDevice() ? 'a device' : st.isSocket() ? 'a socket' : 'not a regular file';
+      throw new LlamaError('ERR_IO', `The session file ${path} is ${kind}; expected a regular file`);
+    }
+    if (st.size > MAX_SESSION_FILE_BYTES) {
+      throw new LlamaError('ERR_LIMIT_EXCEEDED', `The session file ${path} is ${st.size} bytes; the limit is ${MAX_SESSION_FILE_BYTES}`);
+    }
+    const buf = Buffer.allocUnsafe(st.size);
+    let off = 0;
+    while (off < st.size) {
+      const { bytesRead } = await fh.read(buf, off, Math.min(st.size - off, 1 << 26), off);
+      if (bytesRead === 0) break;
+      off += bytesRead;
+    }
+    return off === st.size ? buf : buf.subarray(0, off);
+  } catch (e) {
+    if (e instanceof LlamaError) throw e;
+    throw new LlamaError('ERR_IO', `The session file ${path} could not be read: ${(e as Error).message}`, { cause: e });
+  } finally {
+    await fh.close().catch(() => {});
+  }
+}
+
+/** Reads and checks a session file; every defect is `ERR_INVALID_STATE` naming what is wrong. */
+export async function readSessionFile(path: string): Promise<SessionFile> {
+  const buf = await readRegularFile(path);
   if (buf.length < 16 || !buf.subarray(0, 8).equals(MAGIC)) {
     throw invalidState(`${path} is not a llama-addon session file (expected it to start with "LLADSEQ")`);
   }

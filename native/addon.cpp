@@ -76,6 +76,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("loadModel", Napi::Function::New(env, la::LoadModel, "loadModel"));
   exports.Set("quantize", Napi::Function::New(env, la::Quantize, "quantize"));
   exports.Set("jsonSchemaToGrammar", Napi::Function::New(env, la::JsonSchemaToGrammar, "jsonSchemaToGrammar"));
+  exports.Set("jsonSchemaToGrammarAsync", Napi::Function::New(env, la::JsonSchemaToGrammarAsync, "jsonSchemaToGrammarAsync"));
   la::registerBackendExports(env, exports);
   exports.Set("systemInfo", Napi::Function::New(env, la::SystemInfo, "systemInfo"));
   // Called from process.on('exit'): stops every engine thread while llama.cpp's statics still exist.

@@ -6,6 +6,7 @@
 #include "chat.h"  // llama.cpp's common/chat.h
 #include "errors.h"
 #include "guard.h"
+#include "template_limits.h"
 
 namespace la {
 
@@ -81,10 +82,13 @@ Napi::Value ChatTemplate::Create(const Napi::CallbackInfo& info, std::shared_ptr
     st->source = source;
   } else {
     try {
-      AbortGuard guard;
+      checkTemplateSource(source);
+      TemplateBudget budget;  // common renders the template with probe messages to learn what it supports
       // An empty override makes common read the model's template, and use ChatML when it has none.
       st->jinja = common_chat_templates_init(model->model, fromModel ? std::string() : source);
       st->source = common_chat_templates_source(st->jinja.get());
+    } catch (const TemplateLimit& e) {
+      throwError(env, "ERR_LIMIT_EXCEEDED", "The chat template exceeds a limit: " + e.what);
     } catch (const std::exception& e) {
       // A model template that is not valid Jinja: llama.cpp's built-in templates recognize many by content.
       std::vector<common_chat_msg> probe(1);
@@ -209,13 +213,15 @@ Napi::Value ChatTemplate::Apply(const Napi::CallbackInfo& info) {
   const ChatTemplateState& st = *state_;
   common_chat_params p;
   try {
-    AbortGuard guard;
+    TemplateBudget budget;
     if (st.jinja) {
       p = common_chat_templates_apply(st.jinja.get(), in);
     } else {
       if (!in.tools.empty()) throw std::runtime_error("tools need a Jinja chat template");
       p.prompt = applyBuiltin(st.builtin, msgs, addAss);
     }
+  } catch (const TemplateLimit& e) {
+    throwError(env, "ERR_LIMIT_EXCEEDED", "The chat template exceeds a limit while rendering: " + e.what);
   } catch (const std::exception& e) {
     throwError(env, "ERR_INVALID_TEMPLATE", std::string("The chat template failed to render: ") + e.what());
   }

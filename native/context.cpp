@@ -165,9 +165,9 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   p.n_ctx = (uint32_t)contextSize * (uint32_t)sequences;
   p.n_batch = (uint32_t)intOption(env, o, "batchSize", 512, 1, 1 << 20);
   p.n_ubatch = std::min<uint32_t>(p.n_batch, (uint32_t)intOption(env, o, "microBatchSize", 512, 1, 1 << 20));
-  int32_t threads = intOption(env, o, "threads", common_cpu_get_num_math(), 1, 1024);
+  int32_t threads = intOption(env, o, "threads", common_cpu_get_num_math(), 1, GGML_MAX_N_THREADS);
   p.n_threads = threads;
-  p.n_threads_batch = intOption(env, o, "threadsBatch", threads, 1, 1024);
+  p.n_threads_batch = intOption(env, o, "threadsBatch", threads, 1, GGML_MAX_N_THREADS);
   p.kv_unified = false;
   p.no_perf = true;
   Napi::Value fa = opt(o, "flashAttention");
@@ -504,6 +504,9 @@ class EngineTask {
       } catch (const std::exception& e) {
         task->error_ = e.what();
         if (task->code_.empty()) task->code_ = "ERR_INVALID_STATE";
+      } catch (...) {
+        task->error_ = "unknown native error";
+        task->code_ = "ERR_NATIVE";
       }
       Napi::ThreadSafeFunction tsfn = task->tsfn_;
       napi_status st = tsfn.BlockingCall(task, [](Napi::Env env, Napi::Function, EngineTask* t) {
@@ -511,7 +514,12 @@ class EngineTask {
           try {
             if (t->error_.empty()) t->deferred_->Resolve(t->done_(env));
             else t->deferred_->Reject(makeError(env, t->code_.c_str(), t->error_).Value());
-          } catch (const Napi::Error&) {
+          } catch (const std::exception& e) {
+            try {
+              t->deferred_->Reject(makeError(env, "ERR_NATIVE", e.what()).Value());
+            } catch (...) {
+            }
+          } catch (...) {  // nothing may escape a callback from another thread
             // the environment is going away (a worker thread terminated)
           }
         }
@@ -581,6 +589,44 @@ bool toStreams(std::vector<uint8_t>& d, uint32_t s, uint32_t n) {
   out.insert(out.end(), 4ull * (n - s - 1), 0);
   d.swap(out);
   return true;
+}
+
+// Checks the cell section of a plain KV-cache state before llama.cpp reads it: llama.cpp trusts the counts
+// and positions it finds (a cell count of 2^31-1 makes it reserve a batch that size; a position near 2^31
+// breaks every later decode of the context). "" when the state is usable, else the reason.
+std::string checkKvState(const std::vector<uint8_t>& d, uint32_t maxCells, bool cellExt) {
+  if (d.size() < kStateHead) return "it is shorter than a state header";
+  uint32_t streams = readU32(d, 8);
+  if (streams == 0 || streams > 4096) return "it has " + std::to_string(streams) + " KV streams";
+  size_t at = kStateHead;
+  bool seen = false;
+  for (uint32_t s = 0; s < streams; s++) {
+    if (at + 4 > d.size()) return "it is truncated";
+    uint32_t cells = readU32(d, at);
+    at += 4;
+    if (cells == 0) continue;
+    if (seen) return "it holds cells in more than one stream";
+    seen = true;
+    if (cells > maxCells) {
+      return "it holds " + std::to_string(cells) + " cells, but a sequence of this context has room for " + std::to_string(maxCells);
+    }
+    if (cellExt) break;  // cells carry model-specific extras: llama.cpp checks the rest
+    if ((uint64_t)cells * 12 > d.size() - at) return "it is truncated (its cell list is cut off)";
+    int64_t last = -1;
+    for (uint32_t c = 0; c < cells; c++, at += 12) {
+      int32_t pos;
+      std::memcpy(&pos, d.data() + at, 4);
+      uint32_t nSeq = readU32(d, at + 4);
+      if (nSeq != 1) return "cell " + std::to_string(c) + " belongs to " + std::to_string(nSeq) + " sequences (expected 1)";
+      if (pos < 0 || (uint32_t)pos >= maxCells || pos <= last) {
+        return "cell " + std::to_string(c) + " has position " + std::to_string(pos) + " (expected increasing positions from 0 to " +
+               std::to_string(maxCells - 1) + ")";
+      }
+      last = pos;
+    }
+    break;  // the data section follows: llama.cpp checks its sizes against the tensors
+  }
+  return {};
 }
 
 }  // namespace
@@ -668,6 +714,12 @@ Napi::Value Context::LoadSequence(const Napi::CallbackInfo& info) {
                      " sequences; for this model it loads only into a context with as many, but this one has " +
                      std::to_string(nSeq));
     }
+  }
+  if (portableState(*engine->model())) {
+    int32_t rope = llama_model_rope_type(engine->model()->model);
+    bool cellExt = rope == LLAMA_ROPE_TYPE_MROPE || rope == LLAMA_ROPE_TYPE_IMROPE || rope == LLAMA_ROPE_TYPE_VISION;
+    std::string why = checkKvState(*data, llama_n_ctx_seq(engine->ctx()), cellExt);
+    if (!why.empty()) throwError(env, "ERR_INVALID_STATE", "The session state cannot be loaded into this context: " + why);
   }
   return EngineTask::Run(
       env, engine,

@@ -47,7 +47,7 @@ void notifyJs(GenState& g) {
     try {
       fn.Call({Napi::Boolean::New(env, done)});
       pauseUnref(env, *state);
-    } catch (const Napi::Error&) {
+    } catch (...) {  // nothing may escape a callback from another thread
       // The environment is going away (a worker thread terminated): JS cannot run any more.
     }
   });
@@ -539,6 +539,9 @@ void Engine::run() {
       // Nothing may escape the engine thread: end what is running with the error and go on.
       for (auto& g : active_) finish(*g, "error", std::string("engine error: ") + e.what());
       active_.clear();
+    } catch (...) {
+      for (auto& g : active_) finish(*g, "error", "engine error: unknown native error");
+      active_.clear();
     }
   }
   // Stopping: end every generation still running.
@@ -579,6 +582,12 @@ bool Engine::step() {
           active_.erase(std::remove(active_.begin(), active_.end(), c.gen), active_.end());
           llama_memory_seq_rm(mem, c.gen->seq, -1, -1);
           finish(*c.gen, "error", std::string("could not start: ") + e.what());
+        }
+      } catch (...) {
+        if (c.kind == Command::Generate) {
+          active_.erase(std::remove(active_.begin(), active_.end(), c.gen), active_.end());
+          llama_memory_seq_rm(mem, c.gen->seq, -1, -1);
+          finish(*c.gen, "error", "could not start: unknown native error");
         }
       }
     }

@@ -1,6 +1,8 @@
 #include "grammar.h"
 
 #include <algorithm>
+#include <functional>
+#include <type_traits>
 #include <cstdio>
 #include <mutex>
 #ifndef _WIN32
@@ -10,6 +12,7 @@
 #include "errors.h"
 #include "guard.h"
 #include "json-schema-to-grammar.h"
+#include "grammar_check.h"
 #include "llama-grammar.h"  // llama.cpp's own parser, to check a text against a grammar
 #include "log.h"
 #include "utf8_guard.h"
@@ -27,12 +30,16 @@ std::string stringOption(Napi::Env env, const Napi::Object& o, const char* key) 
 
 // A string that is exactly one token (special tokens parsed), or LLAMA_TOKEN_NULL.
 llama_token singleToken(const llama_vocab* vocab, const std::string& text) {
-  std::vector<llama_token> ids = common_tokenize(vocab, text, false, true);
-  return ids.size() == 1 ? ids[0] : LLAMA_TOKEN_NULL;
+  try {
+    std::vector<llama_token> ids = common_tokenize(vocab, text, false, true);
+    return ids.size() == 1 ? ids[0] : LLAMA_TOKEN_NULL;
+  } catch (const std::exception&) {
+    return LLAMA_TOKEN_NULL;  // text the vocabulary cannot represent is not one token either
+  }
 }
 
-// llama.cpp's grammar parser prints its reason to stderr rather than to the log: catch it in a temporary
-// file while the parser runs (on the JS thread, which writes nothing else meanwhile).
+// The JSON-schema converter prints its warnings to stderr: catch them in a temporary file while it runs,
+// one conversion at a time in the process, and put back whatever else other threads wrote meanwhile.
 class StderrCapture {
  public:
   StderrCapture() {
@@ -48,7 +55,7 @@ class StderrCapture {
     }
 #endif
   }
-  // The first line written, without the grammar source llama.cpp echoes after it.
+  // Everything written to stderr meanwhile.
   std::string finish() {
     std::string out;
 #ifndef _WIN32
@@ -58,11 +65,9 @@ class StderrCapture {
       close(saved_);
       saved_ = -1;
       rewind(tmp_);
-      char buf[1024];
-      size_t n = fread(buf, 1, sizeof buf - 1, tmp_);
-      out.assign(buf, n);
-      size_t nl = out.find('\n');
-      if (nl != std::string::npos) out.resize(nl);
+      char buf[4096];
+      size_t n;
+      while ((n = fread(buf, 1, sizeof buf, tmp_)) > 0 && out.size() < (1u << 20)) out.append(buf, n);
     }
     if (tmp_ != nullptr) {
       fclose(tmp_);
@@ -78,24 +83,160 @@ class StderrCapture {
   int saved_ = -1;
 };
 
-std::mutex g_stderrMu;  // one capture at a time in the process (worker threads included)
+std::mutex g_stderrMu;
 
-// Parses a grammar with llama.cpp's parser; null and the reason when it does not parse. stderr is caught
-// for the few microseconds of the parse only, one parse at a time in the process.
-llama_grammar* parseGrammar(const llama_vocab* vocab, const std::string& gbnf, std::string& reason) {
-  std::lock_guard<std::mutex> lock(g_stderrMu);
-  StderrCapture capture;
-  llama_grammar* g = nullptr;
+// A grammar llama.cpp can take safely (grammar_check.h), or a thrown ERR_INVALID_GRAMMAR/ERR_LIMIT_EXCEEDED.
+struct CodedError : std::runtime_error {
+  const char* code;
+  CodedError(const char* c, const std::string& m) : std::runtime_error(m), code(c) {}
+};
+
+void checkGrammarOrThrow(const std::string& gbnf) {
   try {
-    AbortGuard guard;
-    g = llama_grammar_init_impl(vocab, gbnf.c_str(), "root", false, nullptr, 0, nullptr, 0);
-  } catch (const std::exception& e) {
-    reason = e.what();
+    checkGrammar(gbnf);
+  } catch (const GrammarLimitError& e) {
+    throw CodedError("ERR_LIMIT_EXCEEDED", e.what());
+  } catch (const GrammarSyntaxError& e) {
+    throw CodedError("ERR_INVALID_GRAMMAR", std::string("The grammar could not be parsed: ") + e.what());
   }
-  std::string printed = capture.finish();
-  if (g == nullptr && reason.empty()) reason = printed;
+}
+
+llama_grammar* parseGrammar(const llama_vocab* vocab, const std::string& gbnf) {
+  checkGrammarOrThrow(gbnf);
+  llama_grammar* g = llama_grammar_init_impl(vocab, gbnf.c_str(), "root", false, nullptr, 0, nullptr, 0);
+  if (g == nullptr) throw CodedError("ERR_INVALID_GRAMMAR", "The grammar could not be parsed");
   return g;
 }
+
+// Longest nesting of arrays and objects in a JSON text (strings skipped), without parsing it.
+size_t jsonDepth(const std::string& text) {
+  size_t depth = 0, most = 0;
+  bool inString = false;
+  for (size_t i = 0; i < text.size(); i++) {
+    char c = text[i];
+    if (inString) {
+      if (c == '\\') i++;
+      else if (c == '"') inString = false;
+    } else if (c == '"') {
+      inString = true;
+    } else if (c == '{' || c == '[') {
+      most = std::max(most, ++depth);
+    } else if ((c == '}' || c == ']') && depth > 0) {
+      depth--;
+    }
+  }
+  return most;
+}
+
+// Converts with common's converter; warnings (parts it could not enforce) are an ERR_UNSUPPORTED_SCHEMA
+// unless bestEffort, when they go to the log.
+std::string convertSchema(const std::string& schema, bool bestEffort) {
+  if (schema.size() > kSchemaMaxBytes) {
+    throw CodedError("ERR_LIMIT_EXCEEDED", "The JSON schema is " + std::to_string(schema.size()) +
+                                               " bytes; the limit is " + std::to_string(kSchemaMaxBytes));
+  }
+  if (jsonDepth(schema) > kSchemaMaxDepth) {
+    throw CodedError("ERR_LIMIT_EXCEEDED", "The JSON schema nests objects and arrays more than " +
+                                               std::to_string(kSchemaMaxDepth) + " deep");
+  }
+  std::string grammar, error, printed;
+  {
+    std::lock_guard<std::mutex> lock(g_stderrMu);
+    StderrCapture capture;
+    try {
+      grammar = json_schema_to_grammar(common_json::parse(schema));
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    printed = capture.finish();
+  }
+  std::string warning;
+  const std::string marker = "WARNING: JSON schema conversion was incomplete: ";
+  size_t at = printed.find(marker);
+  if (at != std::string::npos) {
+    size_t end = printed.find('\n', at);
+    warning = printed.substr(at + marker.size(), end == std::string::npos ? std::string::npos : end - at - marker.size());
+    printed.erase(at, end == std::string::npos ? std::string::npos : end - at + 1);
+  }
+  if (!printed.empty()) std::fwrite(printed.data(), 1, printed.size(), stderr);  // other threads' output
+  if (!error.empty()) throw CodedError("ERR_INVALID_GRAMMAR", "The JSON schema could not be converted to a grammar: " + error);
+  if (!warning.empty()) {
+    if (!bestEffort) {
+      throw CodedError("ERR_UNSUPPORTED_SCHEMA", "The JSON schema uses what the grammar cannot enforce: " + warning);
+    }
+    logLine(LogLevel::Warn, "JSON schema conversion was incomplete (best effort): " + warning);
+  }
+  checkGrammarOrThrow(grammar);
+  return grammar;
+}
+
+// Whether `text` is a complete sentence of the grammar. Each character is accepted in turn; the parse
+// states are bounded (kGrammarMaxStacks), so an ambiguous grammar is an error rather than exponential time.
+bool matchGrammar(const llama_vocab* vocab, const std::string& gbnf, const std::string& text) {
+  llama_grammar* g = parseGrammar(vocab, gbnf);
+  bool complete = false;
+  std::string limit;
+  try {
+    size_t i = 0;
+    while (i < text.size()) {
+      unsigned char c = (unsigned char)text[i];
+      size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
+      len = std::min(len, text.size() - i);
+      llama_grammar_accept_str(*g, text.substr(i, len));
+      i += len;
+      if (g->stacks.size() > kGrammarMaxStacks) {
+        limit = "The grammar is too ambiguous to match this text: more than " + std::to_string(kGrammarMaxStacks) +
+                " parse states after " + std::to_string(i) + " bytes";
+        break;
+      }
+    }
+    if (limit.empty() && g->partial_utf8.n_remain <= 0) {
+      for (const auto& stack : g->stacks) complete = complete || stack.empty();
+    }
+  } catch (const std::bad_alloc&) {
+    llama_grammar_free_impl(g);
+    throw;
+  } catch (const std::exception&) {
+    complete = false;  // the text leaves the grammar
+  }
+  llama_grammar_free_impl(g);
+  if (!limit.empty()) throw CodedError("ERR_LIMIT_EXCEEDED", limit);
+  return complete;
+}
+
+// Runs `work` on a libuv worker thread and settles a promise with its string or boolean result.
+template <typename T>
+class PromiseWorker : public Napi::AsyncWorker {
+ public:
+  PromiseWorker(Napi::Env env, const char* name, std::function<T()> work)
+      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {}
+  Napi::Promise promise() const { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      result_ = work_();
+    } catch (const CodedError& e) {
+      code_ = e.code;
+      SetError(e.what());
+    } catch (const std::bad_alloc&) {
+      code_ = "ERR_LIMIT_EXCEEDED";
+      SetError("Out of memory");
+    } catch (const std::exception& e) {
+      code_ = "ERR_NATIVE";
+      SetError(e.what());
+    }
+  }
+  void OnOK() override {
+    if constexpr (std::is_same_v<T, bool>) deferred_.Resolve(Napi::Boolean::New(Env(), result_));
+    else deferred_.Resolve(Napi::String::New(Env(), result_));
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(makeError(Env(), code_, e.Message()).Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<T()> work_;
+  T result_{};
+  const char* code_ = "ERR_NATIVE";
+};
 
 [[noreturn]] void grammarError(Napi::Env env, const std::string& what, const std::string& logged) {
   std::string reason = logged;
@@ -172,10 +313,11 @@ common_sampler* makeSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& m
     throwError(env, "ERR_INVALID_GRAMMAR", "A lazy grammar needs at least one trigger");
   }
   if (!grammar.empty()) {
-    std::string reason;
-    llama_grammar* parsed = parseGrammar(vocab, grammar, reason);
-    if (parsed == nullptr) grammarError(env, "The grammar could not be parsed", reason);
-    llama_grammar_free_impl(parsed);
+    try {
+      checkGrammarOrThrow(grammar);
+    } catch (const CodedError& e) {
+      throwError(env, e.code, e.what());
+    }
   }
   preserved.assign(sp.preserved_tokens.begin(), sp.preserved_tokens.end());
   std::sort(preserved.begin(), preserved.end());
@@ -201,40 +343,44 @@ common_sampler* makeSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& m
   return s;
 }
 
+// jsonSchemaToGrammar(schema: string, bestEffort?: boolean) -> string
 Napi::Value JsonSchemaToGrammar(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string schema = argString(info, 0, "schema");
-  std::string grammar;
-  std::string error;
+  bool bestEffort = info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
   try {
-    AbortGuard guard;
-    grammar = json_schema_to_grammar(common_json::parse(schema));
-  } catch (const std::exception& e) {
-    error = e.what();
+    return Napi::String::New(env, convertSchema(schema, bestEffort));
+  } catch (const CodedError& e) {
+    throwError(env, e.code, e.what());
   }
-  if (!error.empty()) grammarError(env, "The JSON schema could not be converted to a grammar", error);
-  return Napi::String::New(env, grammar);
 }
 
-Napi::Value MatchesGrammar(const Napi::CallbackInfo& info, const ModelHandle& model) {
+// jsonSchemaToGrammarAsync(schema: string, bestEffort?: boolean) -> Promise<string>, off the JS thread.
+Napi::Value JsonSchemaToGrammarAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string schema = argString(info, 0, "schema");
+  bool bestEffort = info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+  auto* worker = new PromiseWorker<std::string>(env, "llama-addon.jsonSchemaToGrammar",
+                                                [schema, bestEffort] { return convertSchema(schema, bestEffort); });
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
+}
+
+// matchesGrammar(grammar, text) -> Promise<boolean>, off the JS thread.
+Napi::Value MatchesGrammar(const Napi::CallbackInfo& info, std::shared_ptr<ModelHandle> model) {
   Napi::Env env = info.Env();
   std::string gbnf = argString(info, 0, "grammar");
   std::string text = argString(info, 1, "text");
-  std::string reason;
-  llama_grammar* g = parseGrammar(model.vocab, gbnf, reason);
-  if (g == nullptr) grammarError(env, "The grammar could not be parsed", reason);
-  bool complete = false;
-  try {
-    AbortGuard guard;
-    llama_grammar_accept_str(*g, text);
-    if (g->partial_utf8.n_remain <= 0) {
-      for (const auto& stack : g->stacks) complete = complete || stack.empty();
-    }
-  } catch (const std::exception&) {
-    complete = false;  // the text leaves the grammar
+  if (text.size() > kMatchMaxBytes) {
+    throwError(env, "ERR_LIMIT_EXCEEDED", "The text is " + std::to_string(text.size()) + " bytes; matchesGrammar takes at most " +
+                                              std::to_string(kMatchMaxBytes));
   }
-  llama_grammar_free_impl(g);
-  return Napi::Boolean::New(env, complete);
+  auto* worker = new PromiseWorker<bool>(env, "llama-addon.matchesGrammar",
+                                         [model, gbnf, text] { return matchGrammar(model->vocab, gbnf, text); });
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
 }
 
 }  // namespace la

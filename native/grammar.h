@@ -3,6 +3,7 @@
 #pragma once
 #include <napi.h>
 
+#include <cstddef>
 #include <memory>
 #include <vector>
 
@@ -17,10 +18,19 @@ namespace la {
 common_sampler* makeSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& model, const Napi::Object& o,
                             common_params_sampling& sp, std::vector<llama_token>& preserved);
 
-// jsonSchemaToGrammar(schema: string) -> string (GBNF). Throws ERR_INVALID_GRAMMAR.
-Napi::Value JsonSchemaToGrammar(const Napi::CallbackInfo& info);
+// Limits on JSON schemas given to the converter (lib/limits.ts documents them).
+constexpr size_t kSchemaMaxBytes = 1u << 20;  // schema text, bytes
+constexpr size_t kSchemaMaxDepth = 128;       // nested objects and arrays in the schema text
+constexpr size_t kMatchMaxBytes = 1u << 20;   // text given to matchesGrammar, bytes
 
-// model.matchesGrammar(grammar, text) -> boolean: the whole text is a complete sentence of the grammar.
-Napi::Value MatchesGrammar(const Napi::CallbackInfo& info, const ModelHandle& model);
+// jsonSchemaToGrammar(schema: string, bestEffort?: boolean) -> string (GBNF). Throws ERR_INVALID_GRAMMAR,
+// ERR_UNSUPPORTED_SCHEMA (a part the grammar cannot enforce, unless bestEffort) or ERR_LIMIT_EXCEEDED.
+Napi::Value JsonSchemaToGrammar(const Napi::CallbackInfo& info);
+// jsonSchemaToGrammarAsync(schema, bestEffort?) -> Promise<string>: the same, off the JS thread.
+Napi::Value JsonSchemaToGrammarAsync(const Napi::CallbackInfo& info);
+
+// model.matchesGrammar(grammar, text) -> Promise<boolean>: the whole text is a complete sentence of the
+// grammar. Runs off the JS thread; ERR_INVALID_GRAMMAR, ERR_LIMIT_EXCEEDED.
+Napi::Value MatchesGrammar(const Napi::CallbackInfo& info, std::shared_ptr<ModelHandle> model);
 
 }  // namespace la

@@ -1,5 +1,11 @@
-// Turns ggml's fatal errors (GGML_ASSERT, GGML_ABORT) into C++ exceptions on threads that opted in,
-// so that a corrupt model file makes loading fail instead of aborting the process.
+// Turns ggml's fatal errors (GGML_ASSERT, GGML_ABORT) into C++ exceptions, on every thread, so that they
+// unwind to the nearest catch at the thread's boundary instead of aborting the process:
+//  - methods and functions called from JS: node-addon-api's wrapper (NODE_ADDON_API_CPP_EXCEPTIONS_ALL)
+//    turns any C++ exception into a JS error, which lib/errors.ts turns into a LlamaError;
+//  - async workers: AsyncWorker::OnExecute catches it and rejects the promise;
+//  - the engine thread and its tasks: Engine::run and EngineTask catch it and end the work with an error.
+// A thread with no catch at all (ggml's own compute workers) still ends the process, as abort() would:
+// what reaches them must be valid, which model_check.cpp makes sure of at load.
 #pragma once
 #include <stdexcept>
 
@@ -9,16 +15,12 @@ struct GgmlAbort : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// While one of these lives on a thread, a ggml abort on that thread throws GgmlAbort instead.
+// Kept for readability at the places that call into llama.cpp: aborts throw on every thread now.
 class AbortGuard {
  public:
-  AbortGuard();
-  ~AbortGuard();
+  AbortGuard() = default;
   AbortGuard(const AbortGuard&) = delete;
   AbortGuard& operator=(const AbortGuard&) = delete;
-
- private:
-  bool previous_;
 };
 
 void installAbortHandler();

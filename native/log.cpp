@@ -65,7 +65,7 @@ void emit(int level, std::string text) {
         if (env != nullptr && fn != nullptr) {
           try {
             fn.Call({Napi::String::New(env, levelName(m->level)), Napi::String::New(env, m->text)});
-          } catch (const Napi::Error&) {
+          } catch (...) {  // nothing may escape a callback from another thread
             // the logger threw, or its environment is going away: the line is dropped
           }
         }
@@ -119,6 +119,8 @@ Napi::Value SetLogSink(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+void logLine(LogLevel level, const std::string& text) { emit((int)level, text); }
 
 void installLogger() { llama_log_set(onLog, nullptr); }
 

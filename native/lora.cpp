@@ -6,6 +6,7 @@
 #include "errors.h"
 #include "guard.h"
 #include "log.h"
+#include "model_check.h"
 
 namespace la {
 
@@ -25,7 +26,12 @@ class LoadLoraWorker : public Napi::AsyncWorker {
     beginCapture();
     std::string reason;
     try {
-      AbortGuard guard;
+      std::string unusable = checkAdapterFile(path_);
+      if (!unusable.empty()) {
+        endCapture();
+        SetError("The LoRA adapter " + path_ + " cannot be used: " + unusable);
+        return;
+      }
       std::unique_lock<std::shared_mutex> lock(model_->adaptersMu);
       adapter_ = llama_adapter_lora_init(model_->model, path_.c_str());
     } catch (const std::exception& e) {

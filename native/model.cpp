@@ -13,6 +13,7 @@
 #include "errors.h"
 #include "guard.h"
 #include "log.h"
+#include "model_check.h"
 
 namespace la {
 
@@ -99,6 +100,18 @@ class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
     }
     beginCapture();
     llama_model* model = nullptr;
+    std::string unusable;
+    try {
+      unusable = checkModelFile(path_, params_.vocab_only);
+    } catch (const std::exception& e) {
+      unusable = e.what();
+    }
+    if (!unusable.empty()) {
+      endCapture();
+      code_ = "ERR_INVALID_MODEL";
+      SetError("llama-addon cannot use " + path_ + ": " + unusable);
+      return;
+    }
     try {
       AbortGuard guard;
       std::shared_lock<std::shared_mutex> registry(registryMutex());
@@ -144,7 +157,7 @@ class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
     Napi::HandleScope scope(Env());
     try {
       progress_.Call({Napi::Number::New(Env(), data[count - 1])});
-    } catch (const Napi::Error&) {
+    } catch (...) {  // nothing may escape a callback from another thread
       // the environment is going away; the load itself settles through OnOK/OnError
     }
   }
@@ -256,24 +269,90 @@ std::shared_ptr<ModelHandle> Model::handleOrThrow(Napi::Env env) const {
   return handle_;
 }
 
+namespace {
+
+// Decodes one UTF-8 character at s[i] (advancing i); U+FFFD for a malformed byte.
+uint32_t nextCodepoint(const std::string& s, size_t& i) {
+  unsigned char c = (unsigned char)s[i];
+  size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
+  if (i + len > s.size()) len = 1;
+  uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
+  for (size_t k = 1; k < len; k++) cp = (cp << 6) | ((unsigned char)s[i + k] & 0x3F);
+  i += len;
+  return cp;
+}
+
+int32_t tokenizeInto(const llama_vocab* vocab, const std::string& text, std::vector<llama_token>& tokens, bool addSpecial,
+                     bool parseSpecial) {
+  int32_t n = llama_tokenize(vocab, text.data(), (int32_t)text.size(), tokens.data(), (int32_t)tokens.size(), addSpecial,
+                             parseSpecial);
+  if (n < 0 && n != INT32_MIN) {
+    tokens.resize((size_t)-n);
+    n = llama_tokenize(vocab, text.data(), (int32_t)text.size(), tokens.data(), (int32_t)tokens.size(), addSpecial,
+                       parseSpecial);
+  }
+  return n;
+}
+
+// llama.cpp throws (std::out_of_range) when a vocabulary has neither a token nor byte tokens for a
+// character. Names the first character that fails on its own, for the error message.
+std::string unrepresentable(const llama_vocab* vocab, const std::string& text) {
+  std::vector<llama_token> scratch(16);
+  size_t index = 0;
+  for (size_t i = 0; i < text.size() && index < (1u << 20); index++) {
+    size_t start = i;
+    uint32_t cp = nextCodepoint(text, i);
+    std::string ch = text.substr(start, i - start);
+    try {
+      tokenizeInto(vocab, ch, scratch, false, false);
+    } catch (const std::exception&) {
+      char code[16];
+      std::snprintf(code, sizeof code, "U+%04X", (unsigned)cp);
+      std::string shown = cp < 0x20 || cp == 0x7F ? std::string() : " \"" + ch + "\"";
+      return std::string("the character ") + code + shown + " (character " + std::to_string(index) + " of the text)";
+    }
+  }
+  return "a character of the text";
+}
+
+}  // namespace
+
+std::vector<llama_token> tokenizeText(const ModelHandle& h, const std::string& text, bool addSpecial, bool parseSpecial) {
+  if (text.size() > kMaxTokenizeBytes) {
+    throw LimitError("Text of " + std::to_string(text.size()) + " bytes is too long to tokenize at once: the limit is " +
+                     std::to_string(kMaxTokenizeBytes) + " bytes (UTF-8); split it");
+  }
+  std::vector<llama_token> tokens(std::min<size_t>(text.size() + 4, 1u << 16));
+  int32_t n;
+  try {
+    n = tokenizeInto(h.vocab, text, tokens, addSpecial, parseSpecial);
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw TokenizeError("The model's vocabulary cannot represent " + unrepresentable(h.vocab, text) +
+                        ": it has no token for it and no byte tokens to spell it (" + e.what() + ")");
+  }
+  if (n < 0) throw TokenizeError("llama.cpp could not tokenize the text (" + std::to_string(n) + ")");
+  tokens.resize((size_t)n);
+  return tokens;
+}
+
 Napi::Value Model::Tokenize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto h = handleOrThrow(env);
   std::string text = argString(info, 0, "text");
   bool addSpecial = argBool(info, 1, "addBos");
   bool parseSpecial = argBool(info, 2, "special");
-  if (text.size() > (size_t)INT32_MAX / 2) throwError(env, "ERR_INVALID_ARGUMENT", "Text is too long to tokenize");
-  std::vector<llama_token> tokens(text.size() + 4);
-  int32_t n = llama_tokenize(h->vocab, text.data(), (int32_t)text.size(), tokens.data(), (int32_t)tokens.size(),
-                             addSpecial, parseSpecial);
-  if (n < 0 && n != INT32_MIN) {
-    tokens.resize((size_t)-n);
-    n = llama_tokenize(h->vocab, text.data(), (int32_t)text.size(), tokens.data(), (int32_t)tokens.size(), addSpecial,
-                       parseSpecial);
+  std::vector<llama_token> tokens;
+  try {
+    tokens = tokenizeText(*h, text, addSpecial, parseSpecial);
+  } catch (const TokenizeError& e) {
+    throwError(env, "ERR_TOKENIZE", e.what());
+  } catch (const LimitError& e) {
+    throwError(env, "ERR_LIMIT_EXCEEDED", e.what());
   }
-  if (n < 0) throwError(env, "ERR_INVALID_ARGUMENT", "Tokenization failed");
-  Napi::Int32Array out = Napi::Int32Array::New(env, (size_t)n);
-  std::copy(tokens.begin(), tokens.begin() + n, out.Data());
+  Napi::Int32Array out = Napi::Int32Array::New(env, tokens.size());
+  std::copy(tokens.begin(), tokens.end(), out.Data());
   return out;
 }
 
@@ -321,7 +400,7 @@ Napi::Value Model::ChatTemplate(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Model::MatchesGrammar(const Napi::CallbackInfo& info) {
-  return la::MatchesGrammar(info, *handleOrThrow(info.Env()));
+  return la::MatchesGrammar(info, handleOrThrow(info.Env()));
 }
 
 Napi::Value Model::LoadLora(const Napi::CallbackInfo& info) {

@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,18 @@ class Model : public Napi::ObjectWrap<Model> {
 
   std::shared_ptr<ModelHandle> handle_;
 };
+
+// Most UTF-8 bytes one tokenize call takes (documented in lib/limits.ts).
+constexpr size_t kMaxTokenizeBytes = 16u << 20;
+struct TokenizeError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct LimitError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// Tokenizes text; TokenizeError names a character the vocabulary cannot represent, LimitError a text
+// longer than kMaxTokenizeBytes.
+std::vector<llama_token> tokenizeText(const ModelHandle& h, const std::string& text, bool addSpecial, bool parseSpecial);
 
 // Throws ERR_INVALID_ARGUMENT naming the first id outside the model's vocabulary (`what`: "token", ...).
 void checkTokens(Napi::Env env, const ModelHandle& h, const int32_t* data, size_t n, const char* what);

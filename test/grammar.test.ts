@@ -101,7 +101,7 @@ describe('grammar-constrained sampling (random-weight model)', () => {
           if (r.stopReason === 'eog') {
             complete++;
             // Checked from scratch by llama.cpp's own grammar parser.
-            expect(model.matchesGrammar(r.text, grammar), r.text).toBe(true);
+            expect(await model.matchesGrammar(r.text, grammar), r.text).toBe(true);
             if (file === 'json.gbnf') expect(typeof JSON.parse(r.text)).toBe('object');
             if (file === 'json_arr.gbnf') expect(Array.isArray(JSON.parse(r.text))).toBe(true);
             if (file === 'list.gbnf') expect(r.text).toMatch(/^(- [^\r\n]+\n)+$/);
@@ -115,15 +115,15 @@ describe('grammar-constrained sampling (random-weight model)', () => {
     }
   });
 
-  it('checks texts against grammars', () => {
+  it('checks texts against grammars', async () => {
     const g = 'root ::= "a" [0-9]+ ("." [0-9]+)?';
-    expect(model.matchesGrammar('a12.5', g)).toBe(true);
-    expect(model.matchesGrammar('a12.', g)).toBe(false);
-    expect(model.matchesGrammar('b12', g)).toBe(false);
-    expect(model.matchesGrammar('', g)).toBe(false);
+    expect(await model.matchesGrammar('a12.5', g)).toBe(true);
+    expect(await model.matchesGrammar('a12.', g)).toBe(false);
+    expect(await model.matchesGrammar('b12', g)).toBe(false);
+    expect(await model.matchesGrammar('', g)).toBe(false);
     const json = readFileSync(join(grammarsDir, 'json.gbnf'), 'utf8');
-    expect(model.matchesGrammar('{"a": [1, 2, {"b": null}]}', json)).toBe(true);
-    expect(model.matchesGrammar('{"a": [1, 2,]}', json)).toBe(false);
+    expect(await model.matchesGrammar('{"a": [1, 2, {"b": null}]}', json)).toBe(true);
+    expect(await model.matchesGrammar('{"a": [1, 2,]}', json)).toBe(false);
   });
 
   it('applies a lazy grammar only after its trigger', async () => {

@@ -1,0 +1,48 @@
+// The documented limits on untrusted input: every parser and interpreter that a caller's (or an attacker's)
+// input reaches has a bound on size, nesting, iterations or time, checked before or while llama.cpp runs.
+// The native side enforces the same numbers (native/*.h); exceeding one is a LlamaError ERR_LIMIT_EXCEEDED.
+
+/** Limits on input, in bytes (UTF-8), levels or counts. The same values are enforced in C++. */
+export const limits = Object.freeze({
+  /** Text given to one `tokenize` call (and so one prompt or message), bytes: 16 MiB. */
+  tokenizeBytes: 16 * 2 ** 20,
+  /** A GBNF grammar's text, bytes: 4 MiB. */
+  grammarBytes: 4 * 2 ** 20,
+  /** Groups `( ... )` nested in a grammar. */
+  grammarNesting: 256,
+  /** Rules of a parsed grammar (each group and repetition becomes one). */
+  grammarRules: 65536,
+  /** Rules that start with a rule that starts with a rule ... (llama.cpp follows these recursively). */
+  grammarChain: 1000,
+  /** Ways one rule can start (llama.cpp walks each when it checks for left recursion). */
+  grammarPaths: 1_000_000,
+  /** Repetition counts `{m,n}` in a grammar (llama.cpp's own limit; larger maxima mean "unbounded"). */
+  grammarRepetition: 2000,
+  /** Text given to `matchesGrammar`, bytes: 1 MiB. */
+  matchBytes: 2 ** 20,
+  /** Parse states `matchesGrammar` keeps at once (an ambiguous grammar needs many). */
+  matchStates: 4096,
+  /** A JSON schema's text, bytes: 1 MiB. */
+  schemaBytes: 2 ** 20,
+  /** Objects and arrays nested in a JSON schema. */
+  schemaDepth: 128,
+  /** A Jinja chat template's source, bytes: 1 MiB. */
+  templateBytes: 2 ** 20,
+  /** Brackets within one tag, and blocks, nested in a template's source. */
+  templateNesting: 100,
+  /** Nodes nested while rendering (macro calls included: a recursive macro stops here). */
+  templateDepth: 300,
+  /** Nodes evaluated per render. */
+  templateSteps: 300_000,
+  /** Bytes of strings built per render: 64 MiB. */
+  templateStringBytes: 64 * 2 ** 20,
+  /** Values one `range()` call makes in a template. */
+  templateRange: 1_000_000,
+  /** A session file `session.load` reads, bytes: 16 GiB (less where one Buffer cannot hold that). */
+  sessionFileBytes: 16 * 2 ** 30,
+  /** CPU threads of a context (`threads`, `threadsBatch`): ggml's maximum. */
+  threads: 512,
+});
+
+/** The names of {@link limits}. */
+export type LimitName = keyof typeof limits;

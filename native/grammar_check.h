@@ -1,0 +1,30 @@
+// Limits on GBNF grammars, checked before llama.cpp's grammar code (recursive, and unbounded in time on
+// some inputs) sees a grammar: size, group nesting, rule count, chains of leading rules and their number,
+// ordered repetition bounds. The limits are documented in lib/limits.ts and README's Errors section.
+#pragma once
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+
+namespace la {
+
+constexpr size_t kGrammarMaxBytes = 4u << 20;   // grammar text, UTF-8 bytes
+constexpr size_t kGrammarMaxNesting = 256;      // nested groups ( ... )
+constexpr size_t kGrammarMaxRules = 65536;      // rules after parsing (groups and repetitions become rules)
+constexpr size_t kGrammarMaxChain = 1000;       // rules starting with rules starting with rules ...
+constexpr double kGrammarMaxPaths = 1e6;        // ways a rule can start (llama.cpp walks each)
+constexpr size_t kGrammarMaxStacks = 4096;      // parse states while matching a text (matchesGrammar)
+
+// The grammar does not parse, or is left-recursive, or has a repetition {m,n} with m > n.
+struct GrammarSyntaxError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// The grammar parses but exceeds one of the limits above.
+struct GrammarLimitError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Throws GrammarSyntaxError or GrammarLimitError; returns when llama.cpp can take the grammar safely.
+void checkGrammar(const std::string& gbnf);
+
+}  // namespace la

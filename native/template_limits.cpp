@@ -1,0 +1,174 @@
+// Limits on llama.cpp's Jinja interpreter (common/jinja): nesting depth, steps, string bytes and range()
+// sizes per render. The interpreter has no limits of its own: a recursive macro overflows the stack and
+// `range(10**9)` or `"x" * 10**9` allocate until memory runs out.
+//
+// Every node of a template runs through jinja::statement::execute, and every string it builds through
+// jinja::string::append. Both are exported functions of llama.cpp's common library, which calls them
+// through its PLT; the addon defines them too (same behaviour, plus the checks), and the dynamic linker binds
+// the library's calls to the addon's definitions, because the addon comes first in the lookup scope of the
+// libraries it loads. test/template-limits.test.ts proves the limits apply (a recursive macro is an error,
+// not a crash), so a toolchain that bound the calls locally instead would fail the suite, not pass silently.
+#include "template_limits.h"
+
+#include <cctype>
+#include <sstream>
+
+#include "jinja/runtime.h"
+#include "jinja/string.h"
+#include "jinja/value.h"
+
+namespace la {
+
+namespace {
+
+thread_local size_t t_depth = 0;
+thread_local uint64_t t_steps = 0;
+thread_local uint64_t t_bytes = 0;
+thread_local int t_budgets = 0;  // TemplateBudget scopes open on this thread
+
+[[noreturn]] void exceeded(const std::string& what) { throw TemplateLimit{what}; }
+
+// range(a), range(a, b), range(a, b, c): how many values it makes, from its evaluated arguments.
+void checkRange(const jinja::call_expression& call, jinja::context& ctx) {
+  auto* callee = dynamic_cast<const jinja::identifier*>(call.callee.get());
+  if (callee == nullptr || callee->val != "range" || call.args.empty() || call.args.size() > 3) return;
+  int64_t v[3] = {0, 0, 1};
+  for (size_t i = 0; i < call.args.size(); i++) {
+    jinja::value a = call.args[i]->execute(ctx);
+    if (!jinja::is_val<jinja::value_int>(a)) return;  // the interpreter reports the type error itself
+    v[i] = a->as_int();
+  }
+  int64_t start = call.args.size() == 1 ? 0 : v[0];
+  int64_t stop = call.args.size() == 1 ? v[0] : v[1];
+  int64_t step = call.args.size() == 3 ? v[2] : 1;
+  if (step == 0) return;
+  long double count = ((long double)stop - (long double)start) / (long double)step;
+  if (count > (long double)kTemplateMaxRange) {
+    exceeded("range() of " + std::to_string((long long)count) + " values; the limit is " + std::to_string(kTemplateMaxRange));
+  }
+}
+
+struct Depth {
+  Depth() { ++t_depth; }
+  ~Depth() { --t_depth; }
+};
+
+}  // namespace
+
+TemplateBudget::TemplateBudget() {
+  if (t_budgets++ == 0) {
+    t_steps = 0;
+    t_bytes = 0;
+  }
+}
+
+TemplateBudget::~TemplateBudget() { --t_budgets; }
+
+void checkTemplateSource(const std::string& src) {
+  if (src.size() > kTemplateMaxSource) {
+    exceeded("the template is " + std::to_string(src.size()) + " bytes; the limit is " + std::to_string(kTemplateMaxSource));
+  }
+  // The parser is recursive: bound the nesting of brackets inside tags and of blocks.
+  size_t blocks = 0;
+  for (size_t i = 0; i + 1 < src.size(); i++) {
+    if (src[i] != '{' || (src[i + 1] != '{' && src[i + 1] != '%')) continue;
+    bool statement = src[i + 1] == '%';
+    size_t j = i + 2;
+    if (j < src.size() && (src[j] == '-' || src[j] == '+')) j++;
+    while (j < src.size() && (src[j] == ' ' || src[j] == '\t' || src[j] == '\n' || src[j] == '\r')) j++;
+    size_t w = j;
+    while (w < src.size() && (std::isalnum((unsigned char)src[w]) || src[w] == '_')) w++;
+    std::string word = src.substr(j, w - j);
+    size_t depth = 0;
+    bool hasAssign = false;
+    char quote = 0;
+    size_t k = j;
+    for (; k + 1 < src.size(); k++) {
+      char c = src[k];
+      if (quote != 0) {
+        if (c == '\\') k++;
+        else if (c == quote) quote = 0;
+        continue;
+      }
+      if (c == '\'' || c == '"') quote = c;
+      else if (c == '(' || c == '[' || c == '{') {
+        if (++depth > kTemplateMaxNesting) {
+          exceeded("the template nests brackets more than " + std::to_string(kTemplateMaxNesting) + " deep (at byte " +
+                   std::to_string(k) + ")");
+        }
+      } else if (c == ')' || c == ']' || c == '}') {
+        if (depth == 0 && src[k + 1] == '}') break;
+        if (depth > 0) depth--;
+      } else if ((c == '%' || c == '-' || c == '+') && src[k + 1] == '}' && depth == 0) {
+        break;
+      } else if (c == '=' && src[k + 1] != '=' && k > 0 && src[k - 1] != '=' && src[k - 1] != '!' && src[k - 1] != '<' &&
+                 src[k - 1] != '>') {
+        hasAssign = true;
+      }
+    }
+    if (statement) {
+      bool opens = word == "if" || word == "for" || word == "macro" || word == "call" || word == "filter" ||
+                   word == "generation" || (word == "set" && !hasAssign);
+      if (opens && ++blocks > kTemplateMaxNesting) {
+        exceeded("the template nests blocks more than " + std::to_string(kTemplateMaxNesting) + " deep (at byte " +
+                 std::to_string(i) + ")");
+      }
+      if (word.rfind("end", 0) == 0 && blocks > 0) blocks--;
+    }
+    i = k;
+  }
+}
+
+static void enterNode() {
+  // Outside any TemplateBudget (common's own renders): each top-level statement starts a new budget.
+  if (t_budgets == 0 && t_depth == 0) {
+    t_steps = 0;
+    t_bytes = 0;
+  }
+  if (t_depth >= kTemplateMaxDepth) {
+    exceeded("the template nests more than " + std::to_string(kTemplateMaxDepth) +
+             " deep while rendering (a recursive macro?)");
+  }
+  if (++t_steps > kTemplateMaxSteps) {
+    exceeded("rendering took more than " + std::to_string(kTemplateMaxSteps) + " steps (a loop too long?)");
+  }
+}
+
+}  // namespace la
+
+namespace jinja {
+
+__attribute__((visibility("default"))) value statement::execute(context& ctx) const {
+  la::enterNode();
+  la::Depth depth;
+  try {
+    if (auto* call = dynamic_cast<const call_expression*>(this)) la::checkRange(*call, ctx);
+    return execute_impl(ctx);
+  } catch (const continue_statement::signal&) {
+    throw;
+  } catch (const break_statement::signal&) {
+    throw;
+  } catch (const rethrown_exception&) {
+    throw;
+  } catch (const not_implemented_exception&) {
+    throw;
+  } catch (const std::exception& e) {
+    // Where the error happened, once (the outer nodes pass a rethrown_exception on unchanged).
+    std::ostringstream out;
+    out << "\nError in " << type() << " at byte " << pos << " of the template: " << e.what();
+    throw rethrown_exception(out.str());
+  }
+}
+
+__attribute__((visibility("default"))) string& string::append(const string& other) {
+  for (const auto& part : other.parts) {
+    la::t_bytes += part.val.size() + 16;
+    if (la::t_bytes > la::kTemplateMaxBytes) {
+      la::exceeded("rendering built more than " + std::to_string(la::kTemplateMaxBytes) + " bytes of strings");
+    }
+    parts.push_back(part);
+  }
+  return *this;
+}
+
+}  // namespace jinja

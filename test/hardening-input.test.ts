@@ -1,0 +1,226 @@
+// No input ends the process: text a vocabulary cannot represent, oversized input, impossible thread counts,
+// session files that lie, files that are not files. Each kind is swept, not only the example that found it.
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, readdirSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { limits, loadModel, LlamaError, setLogLevel, type LlamaModel } from 'llama-addon';
+import { rejectsWith, throwsWith } from './helpers/errors.js';
+import { describeShared, fixtures, repoRoot, shared, vocabDir } from './helpers/models.js';
+
+setLogLevel('error');
+
+/** A seeded sample of code points from every plane and category: ASCII, Latin, CJK, emoji, combining, controls. */
+function sampleStrings(seed: number, n: number): string[] {
+  let s = seed >>> 0 || 1;
+  const rand = () => ((s = (s * 1103515245 + 12345) >>> 0) / 0x100000000);
+  const ranges: Array<[number, number]> = [
+    [0x20, 0x7e], [0x00, 0x1f], [0xa0, 0x24f], [0x370, 0x52f], [0x590, 0x6ff], [0x900, 0xdff], [0x3040, 0x30ff],
+    [0x4e00, 0x9fff], [0xac00, 0xd7a3], [0x300, 0x36f], [0x1f300, 0x1faff], [0x10000, 0x1000f], [0xe000, 0xe0ff],
+    [0xfff0, 0xfffd], [0x20000, 0x2000f], [0xe0000, 0xe007f], [0x10fff0, 0x10ffff],
+  ];
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    let str = '';
+    const len = 1 + Math.floor(rand() * 12);
+    for (let k = 0; k < len; k++) {
+      const [lo, hi] = ranges[Math.floor(rand() * ranges.length)];
+      str += String.fromCodePoint(lo + Math.floor(rand() * (hi - lo + 1)));
+    }
+    out.push(str);
+  }
+  return out;
+}
+
+describeShared('text a vocabulary cannot represent', () => {
+  let model: LlamaModel;
+  beforeAll(async () => {
+    model = await loadModel(shared('tinystories-656k-q8_0.gguf'));
+  });
+  afterAll(() => model.dispose());
+
+  it('is ERR_TOKENIZE naming the character, for the examples from the issue', () => {
+    for (const [text, code] of [['é', 'U+00E9'], ['{', 'U+007B'], ['~', 'U+007E'], ['un café', 'U+00E9']] as const) {
+      const e = throwsWith(() => model.tokenize(text), 'ERR_TOKENIZE');
+      expect(e.message).toContain(code);
+    }
+    // The model still works afterwards.
+    expect(model.tokenize('Once upon a time').length).toBeGreaterThan(0);
+  });
+
+  it('reaches a chat and a session as an error, not a crash', async () => {
+    await using ctx = await model.createContext({ contextSize: 256 });
+    using s = ctx.createSession();
+    await rejectsWith(s.complete('Un café, ¿por qué?', { maxTokens: 4 }), 'ERR_TOKENIZE');
+    const r = await s.complete('Once upon a time', { maxTokens: 4, temperature: 0 });
+    expect(r.tokens.length).toBeGreaterThan(0);
+  });
+
+  it('sweep: 3000 strings from every Unicode plane on every vocabulary give tokens or ERR_TOKENIZE', async () => {
+    const files = [
+      ...readdirSync(vocabDir).filter((f) => f.startsWith('ggml-vocab-') && f.endsWith('.gguf')).map((f) => join(vocabDir, f)),
+      shared('tinystories-656k-q8_0.gguf'), shared('stories260k.gguf'), shared('llama-2-tiny-random.gguf'), shared('vocab-phi-3.gguf'),
+    ];
+    const strings = sampleStrings(42, 150);
+    let errors = 0;
+    let ok = 0;
+    for (const f of files) {
+      const m = await loadModel(f, { vocabOnly: true });
+      try {
+        for (const text of strings) {
+          try {
+            const t = m.tokenize(text, { special: true });
+            expect(t).toBeInstanceOf(Int32Array);
+            m.detokenize(t);
+            ok++;
+          } catch (e) {
+            expect(e).toBeInstanceOf(LlamaError);
+            expect((e as LlamaError).code, `${f}: ${JSON.stringify(text)}: ${(e as Error).message}`).toBe('ERR_TOKENIZE');
+            errors++;
+          }
+        }
+      } finally {
+        await m.dispose();
+      }
+    }
+    expect(files.length).toBeGreaterThan(15);
+    expect(ok).toBeGreaterThan(0);
+    // The 656K vocabulary has no byte tokens: some strings must have been refused.
+    expect(errors).toBeGreaterThan(0);
+  }, 120_000);
+});
+
+describeShared('input sizes', () => {
+  let model: LlamaModel;
+  beforeAll(async () => {
+    model = await loadModel(shared('stories260k.gguf'));
+  });
+  afterAll(() => model.dispose());
+
+  it('tokenize takes at most limits.tokenizeBytes, at once and without blocking for long', () => {
+    const t0 = Date.now();
+    const e = throwsWith(() => model.tokenize('ab'.repeat(50e6)), 'ERR_LIMIT_EXCEEDED');
+    expect(e.message).toContain(String(limits.tokenizeBytes));
+    expect(Date.now() - t0).toBeLessThan(5_000);
+    // A text just under the limit is not refused for its size.
+    expect(model.tokenize('a'.repeat(1 << 16)).length).toBeGreaterThan(0);
+  });
+
+  it('threads beyond ggml\'s maximum are an argument error', async () => {
+    await rejectsWith(model.createContext({ threads: 1000 }), 'ERR_INVALID_ARGUMENT');
+    await rejectsWith(model.createContext({ threadsBatch: limits.threads + 1 }), 'ERR_INVALID_ARGUMENT');
+  });
+
+  it('a context whose threads cannot be created (address-space limit) is an error, not an exit', () => {
+    const prlimit = spawnSync('prlimit', ['--version'], { encoding: 'utf8' });
+    if (prlimit.status !== 0) return; // util-linux missing: nothing to limit with
+    // Plain ESM on the built package (dist/): tsx's WebAssembly needs more address space than the limit leaves.
+    const script = `
+      import { loadModel, setLogLevel } from ${JSON.stringify(join(repoRoot, 'dist', 'index.js'))};
+      setLogLevel('silent');
+      const m = await loadModel(${JSON.stringify(shared('stories260k.gguf'))});
+      console.log('LOADED');
+      try { await m.createContext({ threads: 512, contextSize: 128 }); console.log('RESULT created'); }
+      catch (e) { console.log('RESULT ' + e.code); }
+      const ctx = await m.createContext({ threads: 1, contextSize: 128 });
+      const r = await ctx.createSession().complete('Once', { maxTokens: 2, temperature: 0 });
+      console.log('AFTER ' + r.tokens.length);
+      process.exit(0);`;
+    const file = join(fixtures, 'threads-child.mjs');
+    mkdirSync(fixtures, { recursive: true });
+    writeFileSync(file, script);
+    // 512 threads with 8 MiB stacks need 4 GiB of address space on their own: the smallest limit that lets
+    // Node itself start leaves too little for them.
+    let out = '';
+    for (const gib of [4, 5, 6]) {
+      const r = spawnSync('prlimit', [`--as=${gib * 2 ** 30}`, process.execPath, file], { cwd: repoRoot, encoding: 'utf8', timeout: 120_000 });
+      if (!r.stdout.includes('LOADED')) continue;
+      expect(r.signal, r.stderr).toBeNull();
+      out = r.stdout;
+      break;
+    }
+    expect(out, 'Node could not start under any of the address-space limits tried').toContain('LOADED');
+    expect(out).toMatch(/RESULT (created|ERR_CONTEXT_CREATE)/);
+    expect(out).toContain('AFTER 2');
+  }, 150_000);
+});
+
+describeShared('session files that lie', () => {
+  let model: LlamaModel;
+  const dir = join(fixtures, 'session-hardening');
+  beforeAll(async () => {
+    model = await loadModel(shared('stories260k.gguf'));
+    mkdirSync(dir, { recursive: true });
+  });
+  afterAll(async () => {
+    await model.dispose();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** Rewrites a saved file's state with `edit`, keeping the checksum valid. */
+  function craft(from: string, to: string, edit: (state: Buffer, header: Record<string, unknown>) => void): void {
+    const buf = readFileSync(from);
+    const jsonLength = buf.readUInt32LE(12);
+    const header = JSON.parse(buf.subarray(16, 16 + jsonLength).toString('utf8'));
+    const stateAt = 16 + jsonLength + 4 * (header.cacheTokens + header.historyTokens);
+    const state = Buffer.from(buf.subarray(stateAt));
+    edit(state, header);
+    header.stateSha256 = createHash('sha256').update(state).digest('hex');
+    header.stateBytes = state.length;
+    const json = Buffer.from(JSON.stringify(header), 'utf8');
+    const head = Buffer.from(buf.subarray(0, 16));
+    head.writeUInt32LE(json.length, 12);
+    writeFileSync(to, Buffer.concat([head, json, buf.subarray(16 + jsonLength, stateAt), state]));
+  }
+
+  it('a valid checksum over a crafted cell count or cell position is ERR_INVALID_STATE, and the context keeps working', async () => {
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 2 });
+    using s = ctx.createSession();
+    const first = await s.complete('Once upon a time', { maxTokens: 8, temperature: 0 });
+    const saved = join(dir, 'good.session');
+    await s.save(saved);
+    // Layout: magic u32, sequence i32, streams u32, then the stream's cell count and cells (pos i32, n_seq u32, seq i32).
+    const cellCountAt = 12;
+    const cases: Array<[string, (st: Buffer) => void]> = [
+      ['count-2^31-1', (st) => st.writeUInt32LE(2 ** 31 - 1, cellCountAt)],
+      ['count-2^32-1', (st) => st.writeUInt32LE(2 ** 32 - 1, cellCountAt)],
+      ['count-context+1', (st) => st.writeUInt32LE(257, cellCountAt)],
+      ['pos-2^31-1', (st) => st.writeInt32LE(2 ** 31 - 1, cellCountAt + 4)],
+      ['pos-negative', (st) => st.writeInt32LE(-5, cellCountAt + 4)],
+      ['pos-last-huge', (st) => st.writeInt32LE(2 ** 31 - 1, cellCountAt + 4 + 12 * (st.readUInt32LE(cellCountAt) - 1))],
+      ['pos-repeated', (st) => st.writeInt32LE(0, cellCountAt + 4 + 12)],
+      ['n-seq-2', (st) => st.writeUInt32LE(2, cellCountAt + 8)],
+      ['streams-0', (st) => st.writeUInt32LE(0, 8)],
+    ];
+    for (const [name, edit] of cases) {
+      const path = join(dir, `${name}.session`);
+      craft(saved, path, edit);
+      using other = ctx.createSession();
+      const t0 = Date.now();
+      const e = await other.load(path).then(() => null, (err: unknown) => err);
+      expect(e, name).toBeInstanceOf(LlamaError);
+      expect(['ERR_INVALID_STATE'], `${name}: ${(e as Error).message}`).toContain((e as LlamaError).code);
+      expect(Date.now() - t0, name).toBeLessThan(10_000);
+      // The context still generates what it did before.
+      other.reset();
+      const again = await other.complete('Once upon a time', { maxTokens: 8, temperature: 0 });
+      expect(again.tokens, name).toEqual(first.tokens);
+    }
+  }, 120_000);
+
+  it('a device, a FIFO or a folder is refused at once with ERR_IO', async () => {
+    await using ctx = await model.createContext({ contextSize: 256 });
+    using s = ctx.createSession();
+    const fifo = join(dir, 'fifo');
+    spawnSync('mkfifo', [fifo]);
+    for (const path of ['/dev/zero', '/dev/urandom', fifo, dir]) {
+      const t0 = Date.now();
+      const e = await rejectsWith(s.load(path), 'ERR_IO');
+      expect(e.message).toContain(path);
+      expect(Date.now() - t0).toBeLessThan(5_000);
+    }
+    const r = await s.complete('Once upon a time', { maxTokens: 2 });
+    expect(r.tokens.length).toBe(2);
+  });
+});

@@ -1,0 +1,166 @@
+// Nested or repeated input cannot exhaust the stack or loop forever: GBNF grammars and Jinja templates, from
+// the caller or from a GGUF file's metadata, each limit of lib/limits.ts swept past its bound.
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { limits, loadModel, LlamaError, setLogLevel, type LlamaContext, type LlamaModel } from 'llama-addon';
+import { writeSyntheticLlama } from '../lib/gguf/index.js';
+import { GgufType } from '../lib/gguf/types.js';
+import { rejectsWith } from './helpers/errors.js';
+import { describeShared, fixtures, shared, vocab } from './helpers/models.js';
+
+setLogLevel('error');
+
+/** Expects `p` to settle within `ms` with a value or a LlamaError of one of `codes`; returns the outcome. */
+async function settles(p: Promise<unknown>, codes: string[], ms = 10_000): Promise<unknown> {
+  const t0 = Date.now();
+  const out = await p.then((v) => ({ ok: v }), (e: unknown) => ({ error: e }));
+  expect(Date.now() - t0).toBeLessThan(ms);
+  if ('error' in out) {
+    expect(out.error).toBeInstanceOf(LlamaError);
+    expect(codes, (out.error as Error).message).toContain((out.error as LlamaError).code);
+  }
+  return out;
+}
+
+const nested = (depth: number) => `root ::= ${'('.repeat(depth)}"a"${')'.repeat(depth)}`;
+const chain = (n: number) => Array.from({ length: n }, (_, i) => `r${i} ::= ${i + 1 < n ? `r${i + 1}` : '"a"'}`).join('\n').replace(/^r0 /, 'root ');
+// Each rule can start with either of two copies of the next: 2^n ways to start.
+const wide = (n: number) =>
+  Array.from({ length: n }, (_, i) => `r${i} ::= ${i + 1 < n ? `r${i + 1} "x" | r${i + 1} "y"` : '"a"'}`).join('\n').replace(/^r0 /, 'root ');
+
+describeShared('grammars', () => {
+  let model: LlamaModel;
+  let ctx: LlamaContext;
+  beforeAll(async () => {
+    model = await loadModel(shared('stories260k.gguf'));
+    ctx = await model.createContext({ contextSize: 256 });
+  });
+  afterAll(() => model.dispose());
+
+  it('a grammar nested 30000 deep is ERR_LIMIT_EXCEEDED through complete and matchesGrammar', async () => {
+    using s = ctx.createSession();
+    await rejectsWith(s.complete('x', { grammar: nested(30000), maxTokens: 4 }), 'ERR_LIMIT_EXCEEDED');
+    await rejectsWith(model.matchesGrammar('a', nested(30000)), 'ERR_LIMIT_EXCEEDED');
+    // Right at the limit it still works.
+    expect(await model.matchesGrammar('a', nested(limits.grammarNesting))).toBe(true);
+    await rejectsWith(model.matchesGrammar('a', nested(limits.grammarNesting + 1)), 'ERR_LIMIT_EXCEEDED');
+  });
+
+  it('contradictory repetition bounds are ERR_INVALID_GRAMMAR, for every form', async () => {
+    for (const g of ['root ::= "a"{3,2}', 'root ::= [a-z]{10,1}', 'root ::= ("a" | "b"){5, 4}', 'root ::= x\nx ::= "a"{2000,0}']) {
+      await settles(model.matchesGrammar('aaa', g), ['ERR_INVALID_GRAMMAR']);
+      using s = ctx.createSession();
+      await rejectsWith(s.complete('x', { grammar: g, maxTokens: 4 }), 'ERR_INVALID_GRAMMAR');
+    }
+    expect(await model.matchesGrammar('aaa', 'root ::= "a"{2,3}')).toBe(true);
+  });
+
+  it('chains of rules and ambiguous grammars are refused before llama.cpp recurses into them', async () => {
+    await rejectsWith(model.matchesGrammar('a', chain(30000)), 'ERR_LIMIT_EXCEEDED');
+    expect(await model.matchesGrammar('a', chain(500))).toBe(true);
+    await rejectsWith(model.matchesGrammar('axy', wide(40)), 'ERR_LIMIT_EXCEEDED');
+    using s = ctx.createSession();
+    await rejectsWith(s.complete('x', { grammar: chain(30000), maxTokens: 4 }), 'ERR_LIMIT_EXCEEDED');
+    await rejectsWith(model.matchesGrammar('a', 'root ::= root "a" | "a"'), 'ERR_INVALID_GRAMMAR');
+  });
+
+  it('matching an ambiguous grammar against a long text stays bounded', async () => {
+    // Every split of the text into words is a parse: exponentially many without the bound.
+    const g = 'root ::= w+\nw ::= [a-z]+ | [a-z]+ w';
+    for (const n of [10, 14, 20, 200]) await settles(model.matchesGrammar('a'.repeat(n), g), ['ERR_LIMIT_EXCEEDED'], 5_000);
+  });
+
+  it('sweep: 300 random grammars settle within seconds, with a result or a grammar error', async () => {
+    let seed = 7;
+    const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n);
+    const atoms = ['"a"', '"b"', '[a-c]', '[^x]', '.', 'r1', 'r2', 'root'];
+    const expr = (d: number): string => {
+      if (d > 6 || rand(3) === 0) return atoms[rand(atoms.length)];
+      const kind = rand(5);
+      if (kind === 0) return `(${expr(d + 1)} | ${expr(d + 1)})`;
+      if (kind === 1) return `${expr(d + 1)} ${expr(d + 1)}`;
+      if (kind === 2) return `(${expr(d + 1)})${['*', '+', '?', `{${rand(4)},${rand(4)}}`, `{${rand(3)}}`][rand(5)]}`;
+      if (kind === 3) return '('.repeat(rand(400)) + '"a"' + ')'.repeat(rand(400));
+      return expr(d + 1);
+    };
+    for (let i = 0; i < 300; i++) {
+      const g = `root ::= ${expr(0)}\nr1 ::= ${expr(0)}\nr2 ::= ${expr(0)} | "z"`;
+      await settles(model.matchesGrammar('abca'.slice(0, rand(5)), g), ['ERR_INVALID_GRAMMAR', 'ERR_LIMIT_EXCEEDED'], 5_000);
+    }
+  }, 120_000);
+});
+
+const recursive = '{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}';
+const templates: Array<[string, string]> = [
+  ['recursive macro', recursive],
+  ['mutual recursion', '{% macro f(n) %}{{ g(n) }}{% endmacro %}{% macro g(n) %}{{ f(n) }}{% endmacro %}{{ f(0) }}'],
+  ['huge range', '{% for i in range(100000000) %}x{% endfor %}'],
+  ['computed range', '{% set n = 100000 * 100000 %}{% for i in range(n) %}x{% endfor %}'],
+  ['string repetition', '{{ "x" * 100000000 }}'],
+  ['string doubling', '{% set ns = namespace(s="x") %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}'],
+  ['nested loops', '{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}x{% endfor %}{% endfor %}{% endfor %}'],
+  ['deep brackets', '{{ ' + '('.repeat(20000) + '1' + ')'.repeat(20000) + ' }}'],
+  ['deep blocks', '{% if true %}'.repeat(5000) + 'x' + '{% endif %}'.repeat(5000)],
+];
+
+describeShared('chat templates', () => {
+  let model: LlamaModel;
+  beforeAll(async () => {
+    model = await loadModel(shared('stories260k.gguf'));
+  });
+  afterAll(() => model.dispose());
+
+  for (const [name, template] of templates) {
+    it(`${name}: ERR_LIMIT_EXCEEDED, not a crash or a hang`, async () => {
+      const t0 = Date.now();
+      let err: unknown = null;
+      try {
+        model.applyChatTemplate([{ role: 'user', content: 'hi' }], { template });
+      } catch (e) {
+        err = e;
+      }
+      expect(Date.now() - t0).toBeLessThan(20_000);
+      expect(err).toBeInstanceOf(LlamaError);
+      expect((err as LlamaError).code, (err as Error).message).toBe('ERR_LIMIT_EXCEEDED');
+    }, 60_000);
+  }
+
+  it('a template that stays within the limits renders', () => {
+    const out = model.applyChatTemplate([{ role: 'user', content: 'hi' }], {
+      template: '{% for i in range(1000) %}.{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}',
+    });
+    expect(out).toBe('.'.repeat(1000) + 'hi');
+  });
+
+  it('a recursive template read from a GGUF file\'s metadata is refused when a chat starts, and the model keeps working', async () => {
+    const path = join(fixtures, 'recursive-template.gguf');
+    await writeSyntheticLlama(path, {
+      vocabFrom: vocab('llama-spm'), embeddingLength: 64, layers: 1, heads: 4, feedForwardLength: 128, seed: 2,
+      metadata: [{ key: 'tokenizer.chat_template', type: GgufType.STRING, value: recursive }],
+    });
+    const m = await loadModel(path);
+    try {
+      await using ctx = await m.createContext({ contextSize: 128 });
+      let err: unknown = null;
+      try {
+        const chat = ctx.createChat();
+        await chat.send('hi', { maxTokens: 2 });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(LlamaError);
+      expect((err as LlamaError).code).toBe('ERR_LIMIT_EXCEEDED');
+      using s = ctx.createSession();
+      expect((await s.complete('Once', { maxTokens: 2 })).tokens.length).toBe(2);
+    } finally {
+      await m.dispose();
+    }
+  });
+});
+
+describe('limits', () => {
+  it('are documented numbers', () => {
+    for (const [k, v] of Object.entries(limits)) expect(Number.isInteger(v) && v > 0, k).toBe(true);
+    expect(Object.isFrozen(limits)).toBe(true);
+  });
+});
