@@ -6,7 +6,7 @@ import type { LlamaContext } from './context.js';
 import { LlamaError, callNative } from './errors.js';
 import type { GenerateOptions } from './generate-options.js';
 import type { Generation, GenerationResult } from './generation.js';
-import type { JsonSchema } from './json-schema.js';
+import { prepareJsonSchema, type JsonSchema, type PreparedSchema } from './json-schema.js';
 import type { LlamaModel } from './model.js';
 import type { NativeChatApplied, NativeChatApplyOptions, NativeChatMessage, NativeChatTemplate, NativeGenerateOptions } from './native.js';
 import { commonPrefix, type LlamaSession } from './session.js';
@@ -31,6 +31,16 @@ export interface ChatSendOptions extends GenerateOptions {
   toolChoice?: ToolChoice;
   /** Overrides the chat's `parallelToolCalls` for this reply. */
   parallelToolCalls?: boolean;
+}
+
+/** The template's grammar with the checked schema's value rules put in. */
+function spliceGrammar(schema: PreparedSchema, grammar: string, caller: Function): string {
+  try {
+    return schema.splice(grammar);
+  } catch (e) {
+    Error.captureStackTrace(e as Error, caller);
+    throw e;
+  }
 }
 
 /** The result of {@link LlamaChat.send}. `text` is the raw output; `content` is the reply without tool-call markup. */
@@ -317,7 +327,7 @@ export class LlamaChat {
     if (message === undefined && this.#messages.every((m) => m.role === 'system')) {
       throw invalid('message', 'a message (the conversation has none to reply to)', message, this.send);
     }
-    const { toolChoice: choiceOpt, parallelToolCalls, jsonSchema, ...generateOptions } = options ?? {};
+    const { toolChoice: choiceOpt, parallelToolCalls, jsonSchema, schemaMode, ...generateOptions } = options ?? {};
     const choice = checkToolChoice(choiceOpt, this.#tools, this.send) ?? this.#toolChoice;
     const parallel = parallelToolCalls === undefined ? this.#parallel : parallelToolCalls;
     if (typeof parallel !== 'boolean') throw invalid('parallelToolCalls', 'a boolean', parallel, this.send);
@@ -327,11 +337,19 @@ export class LlamaChat {
       applyOptions.toolChoice = typeof choice === 'object' ? 'required' : choice;
       applyOptions.parallelToolCalls = parallel;
     }
+    // The schema is checked before the template sees it; the template's converter gets it rewritten, and
+    // the grammar it makes gets the values' rules (as in jsonSchemaToGrammar).
+    let schema: PreparedSchema | undefined;
     if (jsonSchema !== undefined) {
       if (jsonSchema === null || (typeof jsonSchema !== 'object' && typeof jsonSchema !== 'boolean')) {
         throw invalid('jsonSchema', 'a JSON schema object', jsonSchema, this.send);
       }
-      applyOptions.jsonSchema = JSON.stringify(jsonSchema);
+      if (schemaMode !== undefined && schemaMode !== 'strict' && schemaMode !== 'best-effort') {
+        throw invalid('schemaMode', "'strict' or 'best-effort'", schemaMode, this.send);
+      }
+      schema = prepareJsonSchema(jsonSchema, schemaMode ?? 'strict', this.send);
+      applyOptions.jsonSchema = schema.converterText;
+      schema.warm();
     }
     const messages = [...this.#messages, ...added];
     const { applied, tokens } = this.#render(messages, applyOptions, this.send);
@@ -344,23 +362,23 @@ export class LlamaChat {
     if (applied.grammar) {
       if (opts.grammar !== undefined) throw invalid('grammar', 'no grammar of your own when the chat has tools or a jsonSchema', opts.grammar, this.send);
       Object.assign(extra, {
-        grammar: applied.grammar,
+        grammar: schema && applyOptions.jsonSchema !== undefined ? spliceGrammar(schema, applied.grammar, this.send) : applied.grammar,
         grammarType: applyOptions.tools ? 'tools' : 'output',
         grammarLazy: applied.grammarLazy,
         grammarTriggers: applied.grammarTriggers,
         generationPrompt: applied.generationPrompt,
       });
     } else if (jsonSchema !== undefined) {
-      opts = { ...opts, jsonSchema };
+      opts = { ...opts, jsonSchema, ...(schemaMode !== undefined ? { schemaMode } : {}) };
     }
     if (applied.preservedTokens.length > 0) extra.preservedTokens = applied.preservedTokens;
-    const gen = this.#session.start<ChatResult>(tokens, opts, true, this.send, (r) => this.#replied(added, applied, jsonSchema !== undefined, r), extra);
+    const gen = this.#session.start<ChatResult>(tokens, opts, true, this.send, (r) => this.#replied(added, applied, schema, r), extra);
     this.#lastApplied = applied;
     this.#messages = messages;
     return gen;
   }
 
-  #replied(added: NativeChatMessage[], applied: NativeChatApplied, wantJson: boolean, r: GenerationResult | LlamaError): ChatResult | LlamaError {
+  #replied(added: NativeChatMessage[], applied: NativeChatApplied, schema: PreparedSchema | undefined, r: GenerationResult | LlamaError): ChatResult | LlamaError {
     const withdraw = r instanceof LlamaError || (r.stopReason === 'abort' && r.text.length === 0);
     if (withdraw) {
       for (const m of [...added].reverse()) {
@@ -392,12 +410,15 @@ export class LlamaChat {
       toolCalls: calls.map((c) => ({ id: c.id, name: c.name, arguments: parseArguments(c.arguments) })),
       ...(parsed.reasoning ? { reasoning: parsed.reasoning } : {}),
     };
-    if (wantJson && result.json === undefined) {
+    if (schema && result.json === undefined) {
       try {
         result.json = JSON.parse(parsed.content) as unknown;
       } catch {
         return new LlamaError('ERR_INCOMPLETE_OUTPUT', `The reply is not complete JSON (stopReason "${r.stopReason}")`);
       }
+      // Every json handed back has been validated against its schema.
+      const mismatch = schema.check(result.json);
+      if (mismatch) return mismatch;
     }
     return result;
   }

@@ -1,4 +1,4 @@
-import { jsonSchemaToGrammar, type JsonSchema } from './json-schema.js';
+import { prepareJsonSchema, preparedGrammar, type JsonSchema, type PreparedSchema, type SchemaMode } from './json-schema.js';
 import { parseLora, type LoraSpec } from './lora.js';
 import type { NativeGenerateOptions } from './native.js';
 import { checkOptions, invalid, optInteger, optNumber, optSignal } from './validate.js';
@@ -57,10 +57,17 @@ export interface GenerateOptions {
    */
   grammar?: string;
   /**
-   * A JSON schema the output must follow, converted to a grammar by llama.cpp's converter; the result's
-   * `json` holds the parsed value.
+   * A JSON schema the output must follow: checked, converted to a grammar by llama.cpp's converter, and the
+   * output validated against it; the result's `json` holds the parsed value (see the README's "Grammars and
+   * JSON schemas" for what is enforced).
    */
   jsonSchema?: JsonSchema;
+  /**
+   * With `jsonSchema`: `'strict'` (default) rejects keywords the grammar cannot enforce with
+   * `ERR_UNSUPPORTED_SCHEMA`; `'best-effort'` accepts them, and an output that does not match the schema
+   * is `ERR_SCHEMA_MISMATCH`.
+   */
+  schemaMode?: SchemaMode;
   /** Makes `grammar` (or `jsonSchema`) lazy: it applies only once one of these triggers is generated. */
   grammarTriggers?: GrammarTriggers;
   /**
@@ -81,7 +88,7 @@ export interface GenerateOptions {
 
 const generateKeys = [
   'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'typicalP', 'seed', 'repeatPenalty', 'presencePenalty',
-  'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal', 'queueSize', 'grammar', 'jsonSchema',
+  'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal', 'queueSize', 'grammar', 'jsonSchema', 'schemaMode',
   'grammarTriggers', 'logprobs', 'priority', 'lora', 'speculative',
 ] as const;
 
@@ -139,9 +146,15 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
     out.grammar = o.grammar;
     out.grammarType = 'user';
   }
+  if (o.schemaMode !== undefined && o.schemaMode !== 'strict' && o.schemaMode !== 'best-effort') {
+    throw invalid('schemaMode', "'strict' or 'best-effort'", o.schemaMode, caller);
+  }
+  let schema: PreparedSchema | undefined;
   if (o.jsonSchema !== undefined) {
-    out.grammar = jsonSchemaToGrammar(o.jsonSchema as JsonSchema);
+    schema = prepareJsonSchema(o.jsonSchema, (o.schemaMode as SchemaMode | undefined) ?? 'strict', caller);
+    out.grammar = preparedGrammar(schema, caller);
     out.grammarType = 'output';
+    schema.warm();
   }
   if (o.grammarTriggers !== undefined) {
     const t = checkOptions('grammarTriggers', o.grammarTriggers, ['words', 'patterns', 'tokens'], caller);
@@ -172,6 +185,6 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
     loraKey = key;
   }
   const signal = optSignal(o, 'signal', caller);
-  return { native: out, signal, jsonSchema: o.jsonSchema !== undefined, loraKey };
+  return { native: out, signal, jsonSchema: o.jsonSchema !== undefined, schema, loraKey };
 }
 

@@ -1,8 +1,19 @@
 // JSON schemas for constrained generation, and the TypeScript type of the values they describe.
-import { LlamaError } from './errors.js';
+//
+// A schema goes through a checking pass (lib/schema/) before llama.cpp's converter: structural limits,
+// the draft's meta-schema, then a rewrite into what the converter enforces exactly, where every keyword is
+// enforced, or an error (see README, "Grammars and JSON schemas"). Every value handed back as `json` is then
+// validated against the schema with ajv.
+import { LlamaError, toLlamaError } from './errors.js';
 import { native } from './native.js';
+import { compile, draftOf, firstFailure, metaCheck, type Draft, type Validator } from './schema/ajv.js';
+import { SCHEMA_LIMITS } from './schema/limits.js';
+import { isObj, normalizeSchema, overLimit, schemaError, type Json, type SchemaMode, type SchemaNote } from './schema/normalize.js';
 
-/** A JSON schema (the subset llama.cpp's converter supports; unknown keywords are ignored). */
+export type { SchemaErrorDetails, SchemaMode, SchemaNote } from './schema/normalize.js';
+export { SCHEMA_LIMITS } from './schema/limits.js';
+
+/** A JSON schema (draft 2020-12, 2019-09 or draft-07; see the README for what the grammar enforces). */
 export type JsonSchema = boolean | JsonSchemaObject;
 
 /** A JSON schema object. */
@@ -11,8 +22,15 @@ export interface JsonSchemaObject {
   properties?: { readonly [name: string]: JsonSchema };
   required?: readonly string[];
   additionalProperties?: JsonSchema;
-  items?: JsonSchema;
+  patternProperties?: { readonly [pattern: string]: JsonSchema };
+  propertyNames?: JsonSchema;
+  minProperties?: number;
+  maxProperties?: number;
+  dependentRequired?: { readonly [name: string]: readonly string[] };
+  /** A schema for every item, or (draft-07) the schemas of the first items. */
+  items?: JsonSchema | readonly JsonSchema[];
   prefixItems?: readonly JsonSchema[];
+  uniqueItems?: boolean;
   minItems?: number;
   maxItems?: number;
   minLength?: number;
@@ -21,6 +39,7 @@ export interface JsonSchemaObject {
   maximum?: number;
   exclusiveMinimum?: number;
   exclusiveMaximum?: number;
+  multipleOf?: number;
   pattern?: string;
   format?: string;
   enum?: readonly unknown[];
@@ -31,6 +50,7 @@ export interface JsonSchemaObject {
   $ref?: string;
   $defs?: { readonly [name: string]: JsonSchema };
   definitions?: { readonly [name: string]: JsonSchema };
+  $schema?: string;
   description?: string;
   title?: string;
   [keyword: string]: unknown;
@@ -99,35 +119,235 @@ export function defineSchema<const S extends JsonSchema>(schema: S): S {
   return schema;
 }
 
+/** Options of {@link jsonSchemaToGrammar} (and, as `schemaMode`, of generation options with `jsonSchema`). */
+export interface JsonSchemaOptions {
+  /**
+   * `'strict'` (the default): a keyword the grammar cannot enforce is `ERR_UNSUPPORTED_SCHEMA`.
+   * `'best-effort'`: the grammar enforces what it can and the rest is left to the validation of the output
+   * (a result that does not match is `ERR_SCHEMA_MISMATCH`); {@link checkJsonSchema} lists what is left.
+   */
+  schemaMode?: SchemaMode;
+}
+
+/** A schema checked and rewritten for the converter, with its validator. @internal */
+export interface PreparedSchema {
+  readonly mode: SchemaMode;
+  /** The schema given to llama.cpp's converter. */
+  readonly converterText: string;
+  /** Keywords the grammar does not enforce (best-effort mode only). */
+  readonly notes: readonly SchemaNote[];
+  /** The converter's grammar with the values' rules put in. */
+  splice(grammar: string): string;
+  /** Compiles the validator soon, off the caller's path. */
+  warm(): void;
+  /** null, or the ERR_SCHEMA_MISMATCH error for a value that does not match the schema. */
+  check(value: unknown): LlamaError | null;
+}
+
+const CACHE_SIZE = 64;
+const prepared = new Map<string, PreparedSchema>();
 const grammars = new Map<string, string>();
 
+function remember<V>(map: Map<string, V>, key: string, value: V): V {
+  map.delete(key);
+  if (map.size >= CACHE_SIZE) map.delete(map.keys().next().value!);
+  map.set(key, value);
+  return value;
+}
+
+function withStack<E extends Error>(err: E, caller: Function): E {
+  Error.captureStackTrace(err, caller);
+  return err;
+}
+
 /**
- * Converts a JSON schema to a GBNF grammar with llama.cpp's own converter (the one llama-server uses).
- * @throws LlamaError `ERR_INVALID_GRAMMAR` when the schema cannot be converted.
+ * The schema as JSON text, after the limits on depth and size, by an iterative walk (no recursion: a
+ * schema nested 20000 deep is an error, not a stack overflow).
  */
-export function jsonSchemaToGrammar(schema: JsonSchema): string {
-  let text: string | undefined;
-  try {
-    text = JSON.stringify(schema);
-  } catch {
-    text = undefined;
+function schemaText(schema: unknown): string {
+  if (typeof schema !== 'boolean' && !isObj(schema)) {
+    throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid option "jsonSchema": expected a JSON schema object, received ${Array.isArray(schema) ? 'an array' : schema === null ? 'null' : typeof schema}`);
   }
-  if (typeof text !== 'string' || (typeof schema !== 'boolean' && (typeof schema !== 'object' || schema === null || Array.isArray(schema)))) {
-    const err = new LlamaError('ERR_INVALID_ARGUMENT', `Invalid option "jsonSchema": expected a JSON schema object, received ${Array.isArray(schema) ? 'an array' : typeof schema}`);
-    Error.captureStackTrace(err, jsonSchemaToGrammar);
-    throw err;
-  }
-  let grammar = grammars.get(text);
-  if (grammar === undefined) {
-    try {
-      grammar = native().jsonSchemaToGrammar(text);
-    } catch (e) {
-      const err = new LlamaError('ERR_INVALID_GRAMMAR', (e as Error).message);
-      Error.captureStackTrace(err, jsonSchemaToGrammar);
-      throw err;
+  const { maxDepth, maxBytes } = SCHEMA_LIMITS;
+  let bytes = 0;
+  const onPath = new Set<object>();
+  const stack: Array<[unknown, number, boolean]> = [[schema, 1, false]];
+  while (stack.length > 0) {
+    const [v, depth, exit] = stack.pop()!;
+    if (exit) {
+      onPath.delete(v as object);
+      continue;
     }
-    if (grammars.size >= 64) grammars.delete(grammars.keys().next().value!);
-    grammars.set(text, grammar);
+    if (typeof v === 'string') bytes += v.length + 2;
+    else if (typeof v === 'number' || typeof v === 'boolean') bytes += 8;
+    else if (typeof v === 'bigint') throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it holds a BigInt, which JSON cannot', '#', '');
+    else if (v !== null && typeof v === 'object') {
+      if (onPath.has(v)) throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it contains itself (a cycle of objects), which JSON cannot', '#', '');
+      if (depth > maxDepth) overLimit(`objects and arrays nested more than ${maxDepth} deep`);
+      onPath.add(v);
+      stack.push([v, depth, true]);
+      const entries = Array.isArray(v) ? v : Object.entries(v).flat();
+      bytes += 2 + entries.length;
+      for (const x of entries) stack.push([x, depth + 1, false]);
+    }
+    if (bytes > maxBytes) overLimit(`more than ${maxBytes} bytes of JSON`);
   }
-  return grammar;
+  const text = JSON.stringify(schema);
+  const size = Buffer.byteLength(text);
+  if (size > maxBytes) overLimit(`${size} bytes of JSON (at most ${maxBytes})`);
+  return text;
+}
+
+/** The draft of a schema: its $schema, or 2020-12 unless it uses draft-07's array form of items. */
+function draftFor(root: Json): Draft {
+  if (isObj(root) && root.$schema !== undefined) {
+    const uri = root.$schema;
+    const d = typeof uri === 'string' ? draftOf(uri) : undefined;
+    if (d === undefined) {
+      throw schemaError(
+        'ERR_UNSUPPORTED_SCHEMA',
+        `The JSON schema's $schema at #/$schema, ${JSON.stringify(uri)}, is not a draft this library checks (2020-12, 2019-09, draft-07)`,
+        '#/$schema',
+        '$schema',
+      );
+    }
+    return d;
+  }
+  const stack: Json[] = [root];
+  while (stack.length > 0) {
+    const v = stack.pop()!;
+    if (Array.isArray(v)) stack.push(...v);
+    else if (isObj(v)) {
+      if (Array.isArray(v.items) || 'additionalItems' in v) return 'draft-07';
+      for (const [k, x] of Object.entries(v)) if (k !== 'enum' && k !== 'const' && k !== 'default' && k !== 'examples') stack.push(x);
+    }
+  }
+  return '2020-12';
+}
+
+/** A prefix for the rules of the checking pass that the schema's text does not contain. */
+function prefixFor(text: string): string {
+  for (let i = 0; ; i++) if (!text.includes(`xla${i}-`)) return `xla${i}`;
+}
+
+/**
+ * Checks a schema and prepares it for the converter (cached by its text and mode). @internal
+ * @throws LlamaError ERR_INVALID_SCHEMA, ERR_UNSUPPORTED_SCHEMA, ERR_LIMIT_EXCEEDED, ERR_INVALID_ARGUMENT.
+ */
+export function prepareJsonSchema(schema: unknown, mode: SchemaMode, caller: Function): PreparedSchema {
+  try {
+    const text = schemaText(schema);
+    const key = `${mode}\0${text}`;
+    const known = prepared.get(key);
+    if (known) return remember(prepared, key, known);
+    const root = JSON.parse(text) as Json;
+    const draft = draftFor(root);
+    const problem = metaCheck(root, draft);
+    if (problem) {
+      throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${problem.pointer}: "${problem.keyword}": ${problem.message}`, problem.pointer, problem.keyword);
+    }
+    const prefix = prefixFor(text);
+    const n = normalizeSchema(root, draft, mode, prefix);
+    // ajv takes about 30 ms per KB of schema to compile, so it compiles on first use, or in the background
+    // once a generation has started (warm), while the model generates on its own threads.
+    let validator: Validator | LlamaError | undefined;
+    const validatorOf = (): Validator | LlamaError => {
+      if (validator === undefined) {
+        try {
+          validator = compile(root, draft);
+        } catch (e) {
+          validator = schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: ajv cannot compile it: ${(e as Error).message}`, '#', '');
+        }
+      }
+      return validator;
+    };
+    const literals = n.placeholders.map((name) => [`"\\"${name}\\""`, name] as const);
+    const p: PreparedSchema = {
+      mode,
+      converterText: JSON.stringify(n.doc),
+      notes: n.notes,
+      splice(grammar: string): string {
+        let out = grammar;
+        for (const [literal, name] of literals) {
+          if (!out.includes(literal)) throw new LlamaError('ERR_INVALID_GRAMMAR', `The converter's grammar lacks the value ${name} the checking pass put in the schema`);
+          out = out.split(literal).join(name);
+        }
+        return out + n.rules;
+      },
+      warm(): void {
+        if (validator === undefined) setImmediate(validatorOf).unref();
+      },
+      check(value: unknown): LlamaError | null {
+        const v = validatorOf();
+        if (v instanceof LlamaError) return v;
+        if (v(value)) return null;
+        const f = firstFailure(v);
+        return Object.assign(
+          schemaError('ERR_SCHEMA_MISMATCH', `The output does not match the JSON schema at ${f.pointer || '/'}: "${f.keyword}": ${f.message}`, f.pointer, f.keyword),
+          { value },
+        );
+      },
+    };
+    return remember(prepared, key, p);
+  } catch (e) {
+    throw withStack(toLlamaError(e), caller);
+  }
+}
+
+/** The grammar of a prepared schema, with llama.cpp's converter on this thread (cached). @internal */
+export function preparedGrammar(p: PreparedSchema, caller: Function): string {
+  const known = grammars.get(p.converterText);
+  if (known !== undefined) return remember(grammars, p.converterText, known);
+  let converted: string;
+  try {
+    converted = native().jsonSchemaToGrammar(p.converterText, p.mode === 'best-effort');
+  } catch (e) {
+    throw withStack(toLlamaError(e), caller);
+  }
+  return remember(grammars, p.converterText, p.splice(converted));
+}
+
+function mode(options: JsonSchemaOptions | undefined, caller: Function): SchemaMode {
+  const m = options?.schemaMode ?? 'strict';
+  if (m !== 'strict' && m !== 'best-effort') {
+    throw withStack(new LlamaError('ERR_INVALID_ARGUMENT', `Invalid option "schemaMode": expected 'strict' or 'best-effort', received ${JSON.stringify(m)}`), caller);
+  }
+  return m;
+}
+
+/**
+ * Converts a JSON schema to a GBNF grammar: the checking pass, then llama.cpp's own converter (the one
+ * llama-server uses) on this thread; see {@link jsonSchemaToGrammarAsync} to keep the thread free.
+ * @throws LlamaError `ERR_INVALID_SCHEMA`, `ERR_UNSUPPORTED_SCHEMA`, `ERR_LIMIT_EXCEEDED`, `ERR_INVALID_GRAMMAR`.
+ */
+export function jsonSchemaToGrammar(schema: JsonSchema, options?: JsonSchemaOptions): string {
+  return preparedGrammar(prepareJsonSchema(schema, mode(options, jsonSchemaToGrammar), jsonSchemaToGrammar), jsonSchemaToGrammar);
+}
+
+/**
+ * {@link jsonSchemaToGrammar} with llama.cpp's converter off the JS thread. The grammar is cached: a
+ * generation with the same `jsonSchema` afterwards does not convert it again.
+ */
+export async function jsonSchemaToGrammarAsync(schema: JsonSchema, options?: JsonSchemaOptions): Promise<string> {
+  const p = prepareJsonSchema(schema, mode(options, jsonSchemaToGrammarAsync), jsonSchemaToGrammarAsync);
+  const known = grammars.get(p.converterText);
+  if (known !== undefined) return known;
+  const addon = native();
+  if (typeof addon.jsonSchemaToGrammarAsync !== 'function') return preparedGrammar(p, jsonSchemaToGrammarAsync);
+  let converted: string;
+  try {
+    converted = await addon.jsonSchemaToGrammarAsync(p.converterText, p.mode === 'best-effort');
+  } catch (e) {
+    throw toLlamaError(e);
+  }
+  return remember(grammars, p.converterText, p.splice(converted));
+}
+
+/**
+ * Runs the checking pass alone (no conversion): throws what a generation with this schema would throw
+ * before generating, and lists the keywords best-effort mode leaves to validation.
+ */
+export function checkJsonSchema(schema: JsonSchema, options?: JsonSchemaOptions): { notes: readonly SchemaNote[] } {
+  const p = prepareJsonSchema(schema, mode(options, checkJsonSchema), checkJsonSchema);
+  return { notes: p.notes };
 }

@@ -1,7 +1,7 @@
 import type { LlamaContext } from './context.js';
 import { LlamaError, callNative, toLlamaError } from './errors.js';
 import { parseGenerateOptions, type GenerateOptions } from './generate-options.js';
-import type { FromSchema, JsonSchema } from './json-schema.js';
+import type { FromSchema, JsonSchema, PreparedSchema } from './json-schema.js';
 import { Generation, type GenerationResult, type StopReason } from './generation.js';
 import type { NativeGenerateOptions, NativeGenerationResult } from './native.js';
 import { readSessionFile, writeSessionFile } from './session-file.js';
@@ -41,16 +41,21 @@ export interface SessionOptions {
   sharePrefix?: boolean;
 }
 
-/** With `jsonSchema`: the parsed output, or ERR_INCOMPLETE_OUTPUT when the generation ended before it. */
-function parseJson(r: GenerationResult): GenerationResult | LlamaError {
+/**
+ * With `jsonSchema`: the parsed output, validated against the schema (ERR_SCHEMA_MISMATCH), or
+ * ERR_INCOMPLETE_OUTPUT when the generation ended before it.
+ */
+function parseJson(r: GenerationResult, schema: PreparedSchema | undefined): GenerationResult | LlamaError {
+  let json: unknown;
   try {
-    return { ...r, json: JSON.parse(r.text) as unknown };
+    json = JSON.parse(r.text) as unknown;
   } catch {
     return new LlamaError(
       'ERR_INCOMPLETE_OUTPUT',
       `The output is not complete JSON: the generation ended with stopReason "${r.stopReason}" after ${r.usage.completionTokens} tokens (raise maxTokens, or check the context size)`,
     );
   }
+  return schema?.check(json) ?? { ...r, json };
 }
 
 /** Copying cache cells from another session pays off from this many tokens on. */
@@ -260,7 +265,7 @@ export class LlamaSession {
     this.#check(caller);
     const ctx = this.#context;
     const model = ctx.model;
-    const { native: nativeOptions, signal, jsonSchema, loraKey } = parseGenerateOptions(options, model.vocab.size, caller);
+    const { native: nativeOptions, signal, jsonSchema, schema, loraKey } = parseGenerateOptions(options, model.vocab.size, caller);
     if (extra) Object.assign(nativeOptions, extra);
     if (!stream) nativeOptions.stream = false;
     // Already aborted: the engine must not decode anything.
@@ -296,7 +301,7 @@ export class LlamaSession {
       (onNotify) => callNative(caller, () => handle.generate(this.#seq, tokens, plan.keep, nativeOptions, onNotify)),
       (r) => {
         let out = this.#finished(gen, plan, r);
-        if (jsonSchema && !(out instanceof LlamaError)) out = parseJson(out);
+        if (jsonSchema && !(out instanceof LlamaError)) out = parseJson(out, schema);
         return transform ? transform(out) : (out as R);
       },
       signal,

@@ -1,0 +1,118 @@
+// ajv: the meta-schema check of a schema, and the validation of every `json` result against its schema.
+import { Ajv, type AnySchema, type ErrorObject, type ValidateFunction } from 'ajv';
+import { Ajv2019 } from 'ajv/dist/2019.js';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import { AJV_FORMATS } from './formats.js';
+
+export type Draft = '2020-12' | '2019-09' | 'draft-07';
+
+const DRAFT_URIS: ReadonlyArray<[RegExp, Draft]> = [
+  [/^https?:\/\/json-schema\.org\/draft\/2020-12\/schema#?$/, '2020-12'],
+  [/^https?:\/\/json-schema\.org\/draft\/2019-09\/schema#?$/, '2019-09'],
+  [/^https?:\/\/json-schema\.org\/draft-07\/schema#?$/, 'draft-07'],
+];
+
+/** The draft a `$schema` names, or undefined when it names another one. */
+export function draftOf(uri: string): Draft | undefined {
+  return DRAFT_URIS.find(([re]) => re.test(uri))?.[1];
+}
+
+type AnyAjv = InstanceType<typeof Ajv>;
+const instances = new Map<Draft, AnyAjv>();
+
+function ajvFor(draft: Draft): AnyAjv {
+  let a = instances.get(draft);
+  if (!a) {
+    const options = {
+      // Unknown keywords are the checking pass's business; ajv checks what it knows.
+      strict: false,
+      logger: false as const,
+      // Inlining references can grow the code exponentially with chains of $defs.
+      inlineRefs: false,
+      allErrors: false,
+      formats: AJV_FORMATS,
+    };
+    a = draft === '2020-12' ? new Ajv2020(options) : draft === '2019-09' ? new Ajv2019(options) : new Ajv(options);
+    instances.set(draft, a);
+  }
+  return a;
+}
+
+function withoutSchemaUri(schema: unknown): AnySchema {
+  if (schema === null || typeof schema !== 'object') return schema as AnySchema;
+  const copy = { ...(schema as Record<string, unknown>) };
+  delete copy.$schema;
+  return copy as AnySchema;
+}
+
+/** The error the checking pass reports for a meta-schema failure: the deepest one, an `enum` first. */
+function pickError(errors: readonly ErrorObject[]): ErrorObject {
+  let best = errors[0];
+  for (const e of errors) {
+    const d = e.instancePath.split('/').length;
+    const bd = best.instancePath.split('/').length;
+    if (d > bd || (d === bd && best.keyword === 'anyOf' && e.keyword !== 'anyOf')) best = e;
+  }
+  return best;
+}
+
+export interface SchemaProblem {
+  /** JSON pointer of the offending value in the schema. */
+  pointer: string;
+  /** The schema keyword at fault. */
+  keyword: string;
+  message: string;
+}
+
+function describe(e: ErrorObject): string {
+  const p = e.params as Record<string, unknown>;
+  if (e.keyword === 'enum' && Array.isArray(p.allowedValues)) return `must be one of ${p.allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
+  return e.message ?? e.keyword;
+}
+
+/** Checks the schema against its draft's meta-schema. */
+export function metaCheck(schema: unknown, draft: Draft): SchemaProblem | null {
+  const a = ajvFor(draft);
+  // The instance's own meta-schema is the draft's ($schema may spell its URI differently).
+  const copy = withoutSchemaUri(schema);
+  if (a.validateSchema(copy)) return null;
+  const e = pickError(a.errors ?? []);
+  const parts = e.instancePath.split('/').slice(1);
+  // The keyword is the last part that is not an index or a property name of the schema's maps.
+  let keyword = parts[parts.length - 1] ?? e.keyword;
+  if (/^\d+$/.test(keyword) && parts.length > 1) keyword = parts[parts.length - 2];
+  return { pointer: `#${e.instancePath}`, keyword, message: describe(e) };
+}
+
+/** A compiled validator of a schema. */
+export interface Validator {
+  (value: unknown): boolean;
+  errors?: ErrorObject[] | null;
+}
+
+/** Compiles the schema; throws ajv's error (a message) when it cannot. */
+export function compile(schema: unknown, draft: Draft): Validator {
+  const a = ajvFor(draft);
+  const s = withoutSchemaUri(schema);
+  let v: ValidateFunction;
+  try {
+    v = a.compile(s);
+  } finally {
+    // ajv keeps every compiled schema (and its $id) for later references: drop it, the function stays.
+    a.removeSchema(s);
+  }
+  return v;
+}
+
+/** The first failure of a validation, for an error message. */
+export function firstFailure(v: Validator): { pointer: string; keyword: string; message: string } {
+  const e = v.errors?.[0];
+  if (!e) return { pointer: '', keyword: '', message: 'does not match' };
+  let pointer = e.instancePath;
+  const p = e.params as Record<string, unknown>;
+  if (e.keyword === 'required' && typeof p.missingProperty === 'string') pointer += `/${p.missingProperty.replace(/~/g, '~0').replace(/\//g, '~1')}`;
+  if (e.keyword === 'additionalProperties' && typeof p.additionalProperty === 'string') {
+    pointer += `/${p.additionalProperty.replace(/~/g, '~0').replace(/\//g, '~1')}`;
+  }
+  return { pointer, keyword: e.keyword, message: describe(e) };
+}
