@@ -11,6 +11,11 @@ export interface CorpusEntry {
   /** What the input is and what it must do (named regression files). */
   description?: string;
   input: unknown;
+  /**
+   * Inputs to run first, in the same worker, for a finding that shows only after them (state that one
+   * case leaves behind for the next).
+   */
+  before?: unknown[];
   /** How the input was found, and what it did then. */
   found?: {
     outcome: string;

@@ -237,3 +237,21 @@ export function signature(target: string, v: Verdict): string {
 export function shortHash(s: string): string {
   return createHash('sha256').update(s).digest('hex').slice(0, 10);
 }
+
+/**
+ * Runs `input` in a fresh worker after `before` (inputs that ran first in the worker where a finding showed,
+ * for findings that depend on what came before). A before-case that kills the worker ends the replay with
+ * its verdict. The worker is killed afterwards.
+ */
+export async function replay(target: string, input: unknown, before: readonly unknown[], timeoutMs: number, options: WorkerOptions = {}): Promise<Verdict> {
+  const w = await FuzzWorker.start(options);
+  try {
+    for (const b of before) {
+      const v = await w.run(target, b, timeoutMs);
+      if (!w.alive) return { ...v, detail: `a case before it: ${v.detail}` };
+    }
+    return await w.run(target, input, timeoutMs);
+  } finally {
+    await w.kill();
+  }
+}

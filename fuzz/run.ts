@@ -6,7 +6,7 @@
 // easy), where test/fuzz-regressions.test.ts replays them. The time is split evenly over the targets. The
 // exit code is 1 when anything was found.
 import { hasShared, genModel, smallLora, smallModel } from './fixtures.js';
-import { FINDINGS, FuzzWorker, shortHash, signature, type Outcome, type Verdict } from './harness.js';
+import { FINDINGS, FuzzWorker, replay, shortHash, signature, type Outcome, type Verdict } from './harness.js';
 import { foundFrom, saveFinding } from './corpus.js';
 import { Rng } from './prng.js';
 import { targets, getTarget } from './targets/index.js';
@@ -82,10 +82,13 @@ interface Finding {
   detail: string;
   count: number;
   files: string[];
+  unreproduced?: boolean;
 }
 
 const args = parseArgs(process.argv.slice(2));
 let worker: FuzzWorker | null = null;
+/** The inputs the current worker has run, oldest first. */
+let history: unknown[] = [];
 const cleanup = () => worker?.killSync();
 process.on('exit', cleanup);
 for (const sig of ['SIGINT', 'SIGTERM'] as const) {
@@ -100,18 +103,20 @@ const rel = (p: string) => relative(repoRoot, p);
 
 /** A case's timeout: more for the first case of a fresh worker (it loads models). */
 function timeoutFor(t: Target, w: FuzzWorker): number {
-  return w.cases === 0 ? t.timeoutMs + 30_000 : t.timeoutMs;
+  return w.cases === 0 ? t.timeoutMs + 15_000 : t.timeoutMs;
 }
 
 async function getWorker(): Promise<FuzzWorker> {
   if (worker && worker.alive && worker.cases < 150 && worker.rssMb() < Math.min(args.maxRssMb / 2, 2048)) return worker;
   if (worker) await worker.kill();
   worker = await FuzzWorker.start({ maxRssMb: args.maxRssMb });
+  history = [];
   return worker;
 }
 
 async function runCase(t: Target, input: unknown): Promise<Verdict> {
   const w = await getWorker();
+  history.push(input);
   const v = await w.run(t.name, input, timeoutFor(t, w));
   if (!w.alive) {
     await w.kill();
@@ -150,6 +155,34 @@ async function minimize(t: Target, input: unknown, sig: string, deadline: number
   return { input: best, steps };
 }
 
+/**
+ * For a finding that does not show alone: the fewest earlier cases of its worker after which it shows
+ * (the last 1, 2, 4, ... of them, then single ones dropped). Empty when none reproduces it.
+ */
+async function findBefore(t: Target, input: unknown, earlier: unknown[], same: (v: Verdict) => boolean, deadline: number): Promise<unknown[]> {
+  if (worker) await worker.kill();
+  worker = null;
+  const timeout = t.timeoutMs + 15_000;
+  const tries = async (before: unknown[]) => Date.now() < deadline && same(await replay(t.name, input, before, timeout, { maxRssMb: args.maxRssMb }));
+  const sizes: number[] = [];
+  for (let n = 1; n < Math.min(earlier.length, 64); n *= 2) sizes.push(n);
+  sizes.push(Math.min(earlier.length, 64));
+  let found: unknown[] = [];
+  for (const n of new Set(sizes)) {
+    if (n === 0) continue;
+    const suffix = earlier.slice(-n);
+    if (await tries(suffix)) {
+      found = suffix;
+      break;
+    }
+  }
+  for (let i = found.length - 1; i >= 0 && found.length > 1 && found.length <= 16; i--) {
+    const without: unknown[] = found.filter((_, j) => j !== i);
+    if (await tries(without)) found = without;
+  }
+  return found;
+}
+
 async function fuzzTarget(t: Target, budgetMs: number, stats: Stats, findings: Map<string, Finding>): Promise<void> {
   const started = Date.now();
   const deadline = started + budgetMs;
@@ -159,12 +192,12 @@ async function fuzzTarget(t: Target, budgetMs: number, stats: Stats, findings: M
     const input = t.generate(rng);
     n++;
     const fresh = !worker || !worker.alive || worker.cases === 0;
-    let v = await runCase(t, input);
+    const v = await runCase(t, input);
     stats.cases++;
     stats[v.outcome]++;
     if (args.verbose) console.log(`[fuzz] ${t.name} #${n} ${v.outcome} ${Math.round(v.ms)} ms ${v.detail.split('\n')[0].slice(0, 160)} <- ${JSON.stringify(input).slice(0, 160)}`);
     if (!FINDINGS.has(v.outcome)) continue;
-    let sig = signature(t.name, v);
+    const sig = signature(t.name, v);
     const f = findings.get(sig) ?? { target: t.name, signature: sig, outcome: v.outcome, detail: v.detail, count: 0, files: [] };
     f.count++;
     findings.set(sig, f);
@@ -174,13 +207,30 @@ async function fuzzTarget(t: Target, budgetMs: number, stats: Stats, findings: M
     // Confirm it alone (a case may fail only after others ran in the same worker), then shrink it.
     let reproducedAlone = true;
     let saved = input;
+    let before: unknown[] = [];
     let minimized = false;
+    const earlier = history.slice(0, -1);
+    const same = (x: Verdict) =>
+      FINDINGS.has(x.outcome) &&
+      // A hang and runaway memory are the same finding (which comes first depends on the machine).
+      (signature(t.name, x) === sig || ((v.outcome === 'hang' || v.outcome === 'oom') && (x.outcome === 'hang' || x.outcome === 'oom') && x.op === v.op));
     if (!fresh && Date.now() < deadline) {
       const again = await runAlone(t, input);
-      reproducedAlone = FINDINGS.has(again.outcome) && signature(t.name, again) === sig;
-      if (!reproducedAlone) console.log(`[fuzz]   not reproduced alone (${again.outcome}: ${again.detail.slice(0, 120)})`);
+      reproducedAlone = same(again);
+      if (!reproducedAlone) {
+        console.log(`[fuzz]   not reproduced alone (${again.outcome}: ${again.detail.slice(0, 120)})`);
+        // A slow case that finishes when it runs alone (with a fresh worker's extra time) is not kept.
+        if (v.outcome === 'hang' || v.outcome === 'oom') continue;
+        before = await findBefore(t, input, earlier, same, Math.min(deadline, Date.now() + Math.max(15_000, budgetMs / 4)));
+        if (before.length) console.log(`[fuzz]   reproduced after ${before.length} earlier case(s) in the same worker`);
+        else {
+          console.log('[fuzz]   not reproduced after the earlier cases either: not saved');
+          f.unreproduced = true;
+          continue;
+        }
+      }
     }
-    if (args.minimize && reproducedAlone && (v.outcome === 'crash' || v.outcome === 'wrong') && t.shrink) {
+    if (args.minimize && reproducedAlone && before.length === 0 && (v.outcome === 'crash' || v.outcome === 'wrong') && t.shrink) {
       const m = await minimize(t, input, sig, Math.min(deadline, Date.now() + Math.max(10_000, budgetMs / 4)));
       saved = m.input;
       minimized = m.steps > 0;
@@ -190,6 +240,7 @@ async function fuzzTarget(t: Target, budgetMs: number, stats: Stats, findings: M
     const { path, created } = saveFinding(t.name, file, {
       target: t.name,
       input: saved,
+      ...(before.length ? { before } : {}),
       found: foundFrom(v, sig, { seed: args.seed, case: n, reproducedAlone, minimized }),
     });
     f.files.push(rel(path));
@@ -224,7 +275,7 @@ async function main(): Promise<number> {
   if (findings.size) {
     console.log(`\n[fuzz] ${findings.size} distinct finding(s):`);
     for (const f of findings.values()) {
-      console.log(`  ${f.outcome.toUpperCase().padEnd(5)} ${f.target.padEnd(9)} x${f.count}  ${f.detail.split('\n')[0].slice(0, 160)}`);
+      console.log(`  ${f.outcome.toUpperCase().padEnd(5)} ${f.target.padEnd(9)} x${f.count}  ${f.detail.split('\n')[0].slice(0, 160)}${f.unreproduced && !f.files.length ? ' (did not reproduce: not saved)' : ''}`);
       for (const file of f.files) console.log(`        ${file}`);
     }
     console.log('\n[fuzz] saved inputs are replayed by test/fuzz-regressions.test.ts (npx vitest run test/fuzz-regressions.test.ts)');

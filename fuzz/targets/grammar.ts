@@ -48,13 +48,17 @@ function charClass(r: Rng): string {
 function repetition(r: Rng): string {
   const big = () => r.pick([0, 1, 2, 3, 10, 100, 1000, 100_000, 2_147_483_647, 4_294_967_296, 1e20]).toLocaleString('en-US', { useGrouping: false });
   return r.weighted<() => string>([
-    [3, () => r.pick(['*', '+', '?'])],
+    [6, () => r.pick(['*', '+', '?'])],
     [2, () => `{${r.int(0, 5)}}`],
     [2, () => `{${r.int(0, 5)},}`],
-    [3, () => `{${r.int(0, 5)},${r.int(0, 5)}}`], // m > n about half the time
-    [2, () => `{${big()},${big()}}`],
-    [1, () => `{,${big()}}`],
-    [1, () => r.pick(['{', '{}', '{,}', '{-1}', '{a}', '{3,2', '**', '+?', '{1,2}{3}'])],
+    [3, () => {
+      const m = r.int(0, 5);
+      return `{${m},${m + r.int(0, 4)}}`;
+    }],
+    [0.4, () => `{${r.int(2, 5)},${r.int(0, 1)}}`], // minimum above maximum
+    [0.6, () => `{${big()},${big()}}`],
+    [0.2, () => `{,${big()}}`],
+    [0.3, () => r.pick(['{', '{}', '{,}', '{-1}', '{a}', '{3,2', '**', '+?', '{1,2}{3}'])],
   ])();
 }
 
@@ -63,11 +67,11 @@ function element(r: Rng, rules: string[], depth: number): string {
     [5, () => literal(r)],
     [3, () => charClass(r)],
     [1, () => '.'],
-    [3, () => (r.chance(0.9) ? r.pick(rules) : r.pick(['undefined-rule', 'Root', 'r99']))],
+    [2, () => (r.chance(0.95) ? r.pick(rules) : r.pick(['undefined-rule', 'Root', 'r99']))],
     [depth < 4 ? 2 : 0, () => `(${alternatives(r, rules, depth + 1)})`],
     [0.5, () => r.pick(['<[0]>', '<[1]>', '!<[2]>', `<[${r.int(0, 40000)}]>`, '<[-1]>', '<s>', '</s>', '<[99999999999]>'])],
   ])();
-  if (r.chance(0.3)) e += repetition(r);
+  if (r.chance(0.25)) e += repetition(r);
   return e;
 }
 

@@ -10,6 +10,8 @@ import { freshSession, loadGen } from './gen-model.js';
 
 interface Input {
   schema: unknown;
+  /** The library's schemaMode (default strict: what the grammar cannot enforce is refused up front). */
+  schemaMode?: 'strict' | 'best-effort';
   /** Seeds of the generations tried (a schema's bug may show for some samples only). */
   seeds: number[];
   temperature: number;
@@ -109,7 +111,7 @@ export const schema: Target<Input> = {
   description: 'random JSON schemas through session.complete({ jsonSchema, maxTokens: 64 }); results validated with ajv',
   timeoutMs: 20_000,
   generate(r: Rng): Input {
-    return { schema: randomSchema(r), seeds: [r.int(0, 100_000)], temperature: r.pick([0, 0.8, 1.5]) };
+    return { schema: randomSchema(r), seeds: [r.int(0, 100_000)], temperature: r.pick([0, 0.8, 1.5]), ...(r.chance(0.25) ? { schemaMode: 'best-effort' as const } : {}) };
   },
   run(input: Input, env: Env) {
     return runSteps('complete', async () => {
@@ -118,9 +120,15 @@ export const schema: Target<Input> = {
       const validate = validator(jsonSchema);
       for (const seed of input.seeds) {
         const s = freshSession(env, gen);
-        const r = await step('complete', input.mustFail ? REJECTED : ALLOWED, () =>
-          s.complete('Answer in JSON:', { jsonSchema: jsonSchema as never, maxTokens: 64, temperature: input.temperature, seed }),
-        );
+        const bestEffort = input.schemaMode === 'best-effort';
+        const r = await step('complete', input.mustFail ? REJECTED : bestEffort ? [...ALLOWED, 'ERR_SCHEMA_MISMATCH'] : ALLOWED, () =>
+          s.complete('Answer in JSON:', { jsonSchema: jsonSchema as never, maxTokens: 64, temperature: input.temperature, seed, ...(input.schemaMode ? { schemaMode: input.schemaMode } : {}) } as never),
+        ).catch((e) => {
+          // Strict mode promises that the grammar enforces the schema: output that does not match is a wrong result.
+          const res = (e as { result?: { code?: string; message?: string } }).result;
+          if (res?.code === 'ERR_SCHEMA_MISMATCH' && !input.mustFail && !bestEffort) wrong('complete', `strict mode, yet the output does not match the schema: ${res.message}`);
+          throw e;
+        });
         if (input.mustFail) wrong('complete', `no value satisfies this schema, yet it produced ${JSON.stringify(r.json)?.slice(0, 200)} (expected an error)`);
         // Output cut off by maxTokens may parse (a number, say) without being the value the grammar was heading for.
         if (validate && (r.stopReason !== 'maxTokens' || input.validateTruncated) && !validate(r.json)) {
