@@ -20,8 +20,8 @@ export const limits = Object.freeze({
   grammarRepetition: 2000,
   /** Text given to `matchesGrammar`, bytes: 1 MiB. */
   matchBytes: 2 ** 20,
-  /** Parse states `matchesGrammar` keeps at once (an ambiguous grammar needs many). */
-  matchStates: 4096,
+  /** Parse states a grammar keeps at once, while generating or in `matchesGrammar` (an ambiguous grammar needs many). */
+  grammarStates: 1024,
   /** A JSON schema's text, bytes: 1 MiB. */
   schemaBytes: 2 ** 20,
   /** Objects and arrays nested in a JSON schema. */

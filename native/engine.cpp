@@ -1,5 +1,6 @@
 #include "engine.h"
 
+#include "grammar_check.h"
 #include "guard.h"
 #include "sampling.h"  // llama.cpp's common/sampling.h
 
@@ -225,6 +226,7 @@ bool Engine::makeRoom(GenState& g) {
 
 // With a grammar, a failure to sample means the grammar left no token (after logitBias, say).
 static std::string samplingError(const GenState& g, const std::exception& e) {
+  if (dynamic_cast<const GrammarStatesError*>(&e) != nullptr) return std::string("limit: ") + e.what();
   if (g.hasGrammar) return std::string("grammar: no token is allowed here by the grammar and logitBias (") + e.what() + ")";
   return std::string("sampling failed: ") + e.what();
 }

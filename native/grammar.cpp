@@ -193,6 +193,9 @@ bool matchGrammar(const llama_vocab* vocab, const std::string& gbnf, const std::
     if (limit.empty() && g->partial_utf8.n_remain <= 0) {
       for (const auto& stack : g->stacks) complete = complete || stack.empty();
     }
+  } catch (const GrammarStatesError&) {
+    limit = "The grammar is too ambiguous to match this text: more than " + std::to_string(kGrammarMaxStacks) +
+            " parse states at once";
   } catch (const std::bad_alloc&) {
     llama_grammar_free_impl(g);
     throw;

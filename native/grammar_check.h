@@ -13,7 +13,7 @@ constexpr size_t kGrammarMaxNesting = 256;      // nested groups ( ... )
 constexpr size_t kGrammarMaxRules = 65536;      // rules after parsing (groups and repetitions become rules)
 constexpr size_t kGrammarMaxChain = 1000;       // rules starting with rules starting with rules ...
 constexpr double kGrammarMaxPaths = 1e6;        // ways a rule can start (llama.cpp walks each)
-constexpr size_t kGrammarMaxStacks = 4096;      // parse states while matching a text (matchesGrammar)
+constexpr size_t kGrammarMaxStacks = 1024;      // parse states at once, while generating or matching
 
 // The grammar does not parse, or is left-recursive, or has a repetition {m,n} with m > n.
 struct GrammarSyntaxError : std::runtime_error {
@@ -21,6 +21,12 @@ struct GrammarSyntaxError : std::runtime_error {
 };
 // The grammar parses but exceeds one of the limits above.
 struct GrammarLimitError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A grammar in use (generation or matchesGrammar) holds more than kGrammarMaxStacks parse states: an
+// ambiguous grammar would otherwise take time exponential in the length of the text.
+struct GrammarStatesError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 

@@ -224,3 +224,38 @@ describeShared('session files that lie', () => {
     expect(r.tokens.length).toBe(2);
   });
 });
+
+describeShared('a memory-mapped model file changed while in use', () => {
+  it('is refused before a context uses it when rewritten in place; a write-then-rename replacement is safe', async () => {
+    const { copyFileSync, appendFileSync, renameSync } = await import('node:fs');
+    const dir = join(fixtures, 'mmap-change');
+    mkdirSync(dir, { recursive: true });
+    const path = join(dir, 'model.gguf');
+    copyFileSync(shared('stories260k.gguf'), path);
+    const model = await loadModel(path);
+    try {
+      // Replaced by rename: the mapping keeps the old file; contexts still work.
+      copyFileSync(shared('stories260k.gguf'), path + '.new');
+      renameSync(path + '.new', path);
+      const ctx = await model.createContext({ contextSize: 128 });
+      await ctx.dispose();
+      // The same file changed in place (here: grown), as a copy tool overwriting it would: refused.
+      const inPlace = await loadModel(path);
+      try {
+        appendFileSync(path, Buffer.alloc(4096));
+        const e = await rejectsWith(inPlace.createContext({ contextSize: 128 }), 'ERR_INVALID_MODEL');
+        expect(e.message).toContain('changed in place');
+      } finally {
+        await inPlace.dispose();
+      }
+      // With useMmap: false the weights are in memory: nothing to refuse.
+      const inMemory = await loadModel(path, { useMmap: false });
+      appendFileSync(path, Buffer.alloc(4096));
+      await (await inMemory.createContext({ contextSize: 128 })).dispose();
+      await inMemory.dispose();
+    } finally {
+      await model.dispose();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

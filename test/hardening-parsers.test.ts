@@ -70,6 +70,21 @@ describeShared('grammars', () => {
     for (const n of [10, 14, 20, 200]) await settles(model.matchesGrammar('a'.repeat(n), g), ['ERR_LIMIT_EXCEEDED'], 5_000);
   });
 
+  it('an exponentially ambiguous grammar ends a generation with ERR_LIMIT_EXCEEDED instead of freezing the context', async () => {
+    // After n letters "a", 2^n parse states: each "a" may close with x or with y.
+    const g = 'root ::= s\ns ::= "a" s x | "a" s y | "b"\nx ::= "a"\ny ::= "a"';
+    const noB: Record<number, number> = {};
+    for (let t = 0; t < model.vocab.size; t++) if (model.detokenize(new Int32Array([t])).includes('b')) noB[t] = -Infinity;
+    using s = ctx.createSession();
+    const t0 = Date.now();
+    const e = await rejectsWith(s.complete('Once', { grammar: g, maxTokens: 60, temperature: 0, logitBias: noB }), 'ERR_LIMIT_EXCEEDED');
+    expect(e.message).toContain(String(limits.grammarStates));
+    expect(Date.now() - t0).toBeLessThan(30_000);
+    // The context goes on: the next generation runs.
+    s.reset();
+    expect((await s.complete('Once', { maxTokens: 3 })).tokens.length).toBe(3);
+  }, 60_000);
+
   it('sweep: 300 random grammars settle within seconds, with a result or a grammar error', async () => {
     let seed = 7;
     const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n);
