@@ -20,6 +20,8 @@ export { Generation } from './generation.js';
 export type { GenerationChunk, GenerationResult, StopReason, TokenLogprob, BeamResult } from './generation.js';
 export { LlamaError } from './errors.js';
 export type { LlamaErrorCode } from './errors.js';
+export { limits } from './limits.js';
+export type { LimitName } from './limits.js';
 export { setLogLevel, setLogger } from './log.js';
 export type { LogLevel, Logger } from './log.js';
 export { getSystemInfo, getBackendInfo } from './system.js';

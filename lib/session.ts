@@ -394,7 +394,8 @@ export class LlamaSession {
       this.#setCache([]);
       if (!this.disposed) this.#context.handle(this.generate).clearSequence(this.#seq);
       const sampling = r.error?.startsWith('grammar:') ?? false;
-      return new LlamaError(sampling ? 'ERR_INVALID_GRAMMAR' : 'ERR_DECODE', `Generation failed: ${r.error ?? 'llama_decode failed'}`);
+      const limit = r.error?.startsWith('limit:') ?? false;
+      return new LlamaError(limit ? 'ERR_LIMIT_EXCEEDED' : sampling ? 'ERR_INVALID_GRAMMAR' : 'ERR_DECODE', `Generation failed: ${r.error ?? 'llama_decode failed'}`);
     }
     if (!r.started) {
       // Ended before the engine touched the sequence: the cache holds what it held (or the shared copy).
