@@ -1,4 +1,6 @@
-// The OpenAI request bodies the server accepts, as JSON schemas (fastify validates them), and the error body.
+// The OpenAI request bodies the server accepts, as JSON schemas (fastify validates them), the error body,
+// and the one mapping from whatever a request's processing throws to an HTTP status and that body.
+import { LlamaError } from '../errors.js';
 
 const message = {
   type: 'object',
@@ -156,4 +158,57 @@ export class ApiError extends Error {
   body(): { error: { message: string; type: string; param: string | null; code: string | null } } {
     return { error: { message: this.message, type: this.type, param: this.param, code: this.code } };
   }
+}
+
+/**
+ * LlamaError codes that mean the request's content is at fault (its messages, schema, grammar, options,
+ * prompt length): a 400. Every other LlamaError is the server's (500).
+ */
+const requestErrorCodes = new Set<string>([
+  'ERR_INVALID_ARGUMENT',
+  'ERR_INVALID_MESSAGE',
+  'ERR_INVALID_TEMPLATE',
+  'ERR_INVALID_GRAMMAR',
+  'ERR_INVALID_SCHEMA',
+  'ERR_UNSUPPORTED_SCHEMA',
+  'ERR_SCHEMA_MISMATCH',
+  'ERR_LIMIT_EXCEEDED',
+  'ERR_TOKENIZE',
+  'ERR_CONTEXT_FULL',
+  'ERR_INCOMPLETE_OUTPUT',
+]);
+
+/** The param a request-content error is about, where its code says. */
+const paramOf: Record<string, string> = { ERR_INVALID_MESSAGE: 'messages' };
+
+/**
+ * What any thrown value becomes in a response: an ApiError as it is; fastify's validation errors a 400 that
+ * names the field; its other 4xx errors (bad JSON, body too large, media type) their status; a LlamaError a
+ * 400 when the request's content caused it ({@link requestErrorCodes}), else a 500; anything else a 500.
+ */
+export function toApiError(err: unknown): ApiError {
+  if (err instanceof ApiError) return err;
+  const e = (typeof err === 'object' && err !== null ? err : {}) as {
+    validation?: Array<{ instancePath: string; params?: { missingProperty?: string }; message?: string }>;
+    statusCode?: number;
+    code?: string;
+    message?: string;
+  };
+  const message = typeof e.message === 'string' && e.message ? e.message : String(err);
+  if (Array.isArray(e.validation) && e.validation.length > 0) {
+    const v = e.validation[0];
+    const param = (v.instancePath.replace(/^\//, '').replace(/\//g, '.') || v.params?.missingProperty) ?? null;
+    return new ApiError(400, `Invalid request: ${param ?? 'body'} ${v.message ?? 'is invalid'}`, 'invalid_request_error', param);
+  }
+  if (e.statusCode === 413 || e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+    return new ApiError(413, 'The request body is too large', 'invalid_request_error', null, 'body_too_large');
+  }
+  if (err instanceof LlamaError) {
+    if (requestErrorCodes.has(err.code)) return new ApiError(400, err.message, 'invalid_request_error', paramOf[err.code] ?? null, err.code);
+    return new ApiError(500, err.message, 'server_error', null, err.code);
+  }
+  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    return new ApiError(e.statusCode, message, 'invalid_request_error', null, typeof e.code === 'string' ? e.code : null);
+  }
+  return new ApiError(500, message, 'server_error');
 }

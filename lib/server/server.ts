@@ -1,19 +1,19 @@
 // An OpenAI-compatible HTTP server over llama-addon: chat completions (streaming, JSON schema, tools,
 // log-probabilities), completions, embeddings, models, health and Prometheus metrics.
-import { createHash } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { ChatResult, ChatTool, ToolChoice } from '../chat.js';
 import type { ChatMessage } from '../chat-template.js';
 import type { LlamaContext } from '../context.js';
-import { LlamaError } from '../errors.js';
 import type { GenerateOptions } from '../generate-options.js';
 import type { Generation, GenerationResult, TokenLogprob } from '../generation.js';
 import type { JsonSchema } from '../json-schema.js';
 import type { GpuOption } from '../backends.js';
 import { loadModel, type LlamaModel } from '../model.js';
 import type { LlamaSession } from '../session.js';
-import { ApiError, chatCompletionSchema, completionSchema, embeddingSchema } from './openai.js';
+import { jsonDepth } from './limits.js';
+import { ApiError, chatCompletionSchema, completionSchema, embeddingSchema, toApiError } from './openai.js';
 import { chatPage } from './page.js';
 
 /** A model the server serves, under an alias that requests name in `model`. */
@@ -43,8 +43,13 @@ export interface ServerOptions {
   apiKey?: string;
   /** Requests that may wait for a free session per model before the server answers 429 (default 64). */
   maxQueue?: number;
-  /** Largest request body in bytes (default 1 MiB). */
+  /** Largest request body in bytes (default 1 MiB); a larger one is a 413. */
   bodyLimit?: number;
+  /**
+   * How deeply a JSON request body (and a tool call's `arguments` in it) may nest arrays and objects
+   * (default 128); a deeper one is a 400 before anything else reads it.
+   */
+  maxBodyDepth?: number;
   /** Largest `max_tokens` a request may ask for, and the default (default 4096). */
   maxTokensLimit?: number;
   /** GPU layers for the models (default 'auto'). */
@@ -121,6 +126,12 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   const parallel = options.parallel ?? 4;
   const maxQueue = options.maxQueue ?? 64;
   const maxTokensLimit = options.maxTokensLimit ?? 4096;
+  const maxBodyDepth = options.maxBodyDepth ?? 128;
+  // The key is compared as SHA-256 digests with timingSafeEqual: the time taken says nothing about the key,
+  // its length included.
+  const keyDigest = options.apiKey ? createHash('sha256').update(`Bearer ${options.apiKey}`).digest() : null;
+  const authorized = (header: string | undefined) =>
+    keyDigest === null || timingSafeEqual(createHash('sha256').update(header ?? '').digest(), keyDigest);
   const entries = new Map<string, Entry>();
   const preloaded = new Map<string, LlamaModel | Promise<LlamaModel>>();
   for (const m of options.models) {
@@ -128,6 +139,8 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     if (m.model) preloaded.set(m.alias, m.model);
   }
   const defaultAlias = options.models[0].alias;
+  /** Every entry that holds a model: the one each alias serves, and replaced ones finishing their requests. */
+  const live = new Set<Entry>();
   function newEntry(alias: string, path: string, version: number): Entry {
     return { alias, path, version, state: 'loading', created: Math.floor(Date.now() / 1000), idle: [], sessions: [], keys: new Map(), waiters: [], embedding: 0 };
   }
@@ -162,6 +175,14 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     },
   });
   new Gauge({
+    name: 'llama_models_loaded', help: 'Models in memory: the one served, and replaced ones finishing their requests', labelNames: ['model'], registers: [registry],
+    collect() {
+      this.reset();
+      for (const e of entries.values()) this.set({ model: e.alias }, 0);
+      for (const e of live) this.inc({ model: e.alias });
+    },
+  });
+  new Gauge({
     name: 'llama_requests_running', help: 'Requests generating now', labelNames: ['model'], registers: [registry],
     collect() {
       for (const e of entries.values()) this.set({ model: e.alias }, e.sessions.length - e.idle.length);
@@ -171,12 +192,15 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   // ---------------------------------------------------------------- models
   async function loadInto(e: Entry): Promise<void> {
     try {
-      const given = e.version === 1 ? preloaded.get(e.alias) : undefined;
+      // A model given to startServer is served once; a reload loads the file.
+      const given = preloaded.get(e.alias);
+      preloaded.delete(e.alias);
       e.model = given ? await given : await loadModel(e.path, {
             gpuLayers: options.gpuLayers ?? 'auto',
             ...(options.gpu !== undefined ? { gpu: options.gpu } : {}),
             ...(options.rpcServers ? { rpcServers: options.rpcServers } : {}),
           });
+      live.add(e);
       const contextSize = options.contextSize ?? Math.min(e.model.info.contextLength || 4096, 4096);
       e.ctx = await e.model.createContext({ contextSize, sequences: parallel });
       for (let i = 0; i < parallel; i++) e.sessions.push(e.ctx.createSession({ contextShift: 'auto' }));
@@ -185,7 +209,12 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     } catch (err) {
       e.state = 'error';
       e.error = (err as Error).message;
-      await e.model?.dispose();
+      live.delete(e);
+      await e.model?.dispose().catch(() => {});
+      e.model = undefined;
+      e.ctx = undefined;
+      e.idle = [];
+      e.sessions = [];
       throw err;
     }
   }
@@ -194,10 +223,29 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   function disposeIfRetired(e: Entry): void {
     if (!e.retired || e.idle.length < e.sessions.length || e.waiters.length > 0 || e.embedding > 0) return;
     e.retired = false;
-    void (async () => {
-      if (e.embedCtx) await (await e.embedCtx.catch(() => null))?.dispose();
-      await e.model?.dispose();
-    })();
+    void free(e);
+  }
+
+  /**
+   * Frees an entry's model, its contexts and sessions, and drops every reference the entry holds, so that
+   * nothing of a replaced model outlives it. Never rejects.
+   */
+  async function free(e: Entry): Promise<void> {
+    const { model, embedCtx } = e;
+    e.model = undefined;
+    e.ctx = undefined;
+    e.embedCtx = undefined;
+    e.idle = [];
+    e.sessions = [];
+    e.keys.clear();
+    try {
+      if (embedCtx) await (await embedCtx.catch(() => null))?.dispose();
+      await model?.dispose();
+    } catch {
+      // already freed, or freeing failed: nothing more to do with it
+    } finally {
+      live.delete(e);
+    }
   }
 
   const loading = [...entries.values()].map((e) => (e.loading = loadInto(e)));
@@ -262,36 +310,45 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   });
   const running = new Set<AbortController>();
   let closing = false;
+  /** The route a request matched (its path pattern, without the query), for metrics. */
+  const endpointOf = (req: FastifyRequest) => req.routeOptions?.url ?? 'unmatched';
 
-  app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {
-    let api: ApiError;
-    const e = err as { validation?: Array<{ instancePath: string; params?: { missingProperty?: string }; message?: string }>; statusCode?: number; code?: string; message: string };
-    if (err instanceof ApiError) api = err;
-    else if (e.validation) {
-      const v = e.validation[0];
-      const param = (v.instancePath.replace(/^\//, '').replace(/\//g, '.') || v.params?.missingProperty) ?? null;
-      api = new ApiError(400, `Invalid request: ${param ?? 'body'} ${v.message ?? 'is invalid'}`, 'invalid_request_error', param);
-    } else if (e.statusCode === 413 || e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
-      api = new ApiError(413, 'The request body is too large', 'invalid_request_error');
-    } else if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
-      api = new ApiError(e.statusCode, e.message, 'invalid_request_error');
-    } else if (err instanceof LlamaError) {
-      const status = ['ERR_INVALID_ARGUMENT', 'ERR_INVALID_MESSAGE', 'ERR_INVALID_TEMPLATE', 'ERR_INVALID_GRAMMAR', 'ERR_CONTEXT_FULL', 'ERR_INCOMPLETE_OUTPUT'].includes(err.code) ? 400 : 500;
-      api = new ApiError(status, err.message, status === 400 ? 'invalid_request_error' : 'server_error', null, err.code);
-    } else {
-      api = new ApiError(500, e.message, 'server_error');
+  // Request bodies: at most bodyLimit bytes (else 413), nested at most maxBodyDepth levels (else 400, found
+  // by a scan of the text before JSON.parse), then fastify's own parser (which refuses __proto__ keys).
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
+    if (jsonDepth(body as string, maxBodyDepth) > maxBodyDepth) {
+      done(new ApiError(400, `The request body nests arrays and objects more than ${maxBodyDepth} levels deep`, 'invalid_request_error', null, 'body_too_deep'), undefined);
+      return;
     }
-    requests.inc({ endpoint: req.routeOptions?.url ?? 'unmatched', status: String(api.status) });
+    parseJson(req, body as string, done);
+  });
+
+  // Whatever a request's processing throws ends here, as a status and OpenAI's error body (see toApiError).
+  app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {
+    const api = toApiError(err);
+    requests.inc({ endpoint: endpointOf(req), status: String(api.status) });
+    if (reply.sent || reply.raw.headersSent) {
+      // A stream that had begun: it ends here rather than hang.
+      if (!reply.raw.writableEnded) reply.raw.end();
+      return;
+    }
     if (api.status === 429) void reply.header('Retry-After', '1');
-    if (reply.sent || reply.raw.headersSent) return;
     void reply.status(api.status === 499 ? 400 : api.status).send(api.body());
+  });
+
+  app.setNotFoundHandler(async (req) => {
+    throw new ApiError(404, `There is no ${req.method} ${req.url.split('?')[0]} on this server`, 'not_found_error', null, 'not_found');
   });
 
   app.addHook('onRequest', async (req) => {
     if (closing) throw new ApiError(503, 'The server is shutting down', 'server_error');
+    // Matched on the route, never on the raw URL, so that a query string (/health?x=1) changes nothing.
     // The page holds no data; it sends the key (from ?key=) with its own requests.
-    if (!options.apiKey || req.url === '/health' || req.url === '/' || req.url.startsWith('/?')) return;
-    if (req.headers.authorization !== `Bearer ${options.apiKey}`) {
+    const route = req.routeOptions.url;
+    if (route === '/health' || route === '/') return;
+    if (!authorized(req.headers.authorization)) {
       throw new ApiError(401, 'Missing or wrong API key: send Authorization: Bearer <key>', 'authentication_error', null, 'invalid_api_key');
     }
   });
@@ -327,13 +384,34 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     })),
   }));
 
-  async function reload(alias: string, path?: string) {
-    const current = entries.get(alias);
-    if (!current) throw new ApiError(404, `The model '${alias}' does not exist`, 'invalid_request_error', 'model', 'model_not_found');
-    const next = newEntry(alias, path ?? current.path, current.version + 1);
-    await (next.loading = loadInto(next));
+  // Reloads of one alias run one after another, in the order they were asked for (after the first load):
+  // each that succeeds is served from then on under the next version number, so concurrent reloads get
+  // distinct versions and the last one asked for is the one served at the end. A failed one changes
+  // nothing. `reloads` holds the tail of each alias's queue.
+  const reloads = new Map<string, Promise<unknown>>();
+  function reload(alias: string, path?: string): Promise<{ model: string; path: string; version: number; fingerprint: string }> {
+    if (closing) return Promise.reject(new ApiError(503, 'The server is shutting down', 'server_error'));
+    const first = entries.get(alias);
+    if (!first) return Promise.reject(new ApiError(404, `The model '${alias}' does not exist`, 'invalid_request_error', 'model', 'model_not_found'));
+    const before = reloads.get(alias) ?? first.loading ?? Promise.resolve();
+    const run = before.catch(() => {}).then(() => replace(alias, path));
+    const tail = run.catch(() => {});
+    reloads.set(alias, tail);
+    void tail.then(() => {
+      if (reloads.get(alias) === tail) reloads.delete(alias);
+    });
+    return run;
+  }
+
+  async function replace(alias: string, path?: string) {
+    if (closing) throw new ApiError(503, 'The server is shutting down', 'server_error');
     const old = entries.get(alias)!;
-    await old.loading?.catch(() => {}); // a reload during the first load: let it finish, so that it can be freed
+    const next = newEntry(alias, path ?? old.path, old.version + 1);
+    await (next.loading = loadInto(next));
+    if (closing) {
+      await free(next);
+      throw new ApiError(503, 'The server is shutting down', 'server_error');
+    }
     entries.set(alias, next);
     old.retired = true;
     disposeIfRetired(old);
@@ -484,6 +562,9 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
       if (Array.isArray(m.tool_calls)) {
         out.toolCalls = (m.tool_calls as Array<{ id: string; function: { name: string; arguments: string } }>).map((c) => {
           let args: Record<string, unknown>;
+          if (jsonDepth(c.function.arguments, maxBodyDepth) > maxBodyDepth) {
+            throw new ApiError(400, `messages: the arguments of tool call ${c.id} nest more than ${maxBodyDepth} levels deep`, 'invalid_request_error', 'messages', 'body_too_deep');
+          }
           try {
             args = JSON.parse(c.function.arguments) as Record<string, unknown>;
             if (args === null || typeof args !== 'object' || Array.isArray(args)) throw new Error('not an object');
@@ -606,7 +687,8 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
           send({ id, object: 'chat.completion.chunk', created, model: e.alias, choices: [], usage: usage(r) });
         }
       } catch (err) {
-        const api = err instanceof ApiError ? err : new ApiError(500, (err as Error).message, 'server_error', null, (err as LlamaError).code ?? null);
+        const api = toApiError(err);
+        requests.inc({ endpoint: '/v1/chat/completions', status: String(api.status) });
         send(api.body());
       }
       send('[DONE]');
@@ -655,7 +737,9 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
         requests.inc({ endpoint: '/v1/completions', status: '200' });
         send({ id, object: 'text_completion', created, model: e.alias, choices: [{ text: '', index: 0, logprobs: null, finish_reason: finishReason(r) }] });
       } catch (err) {
-        send(new ApiError(500, (err as Error).message, 'server_error').body());
+        const api = toApiError(err);
+        requests.inc({ endpoint: '/v1/completions', status: String(api.status) });
+        send(api.body());
       }
       send('[DONE]');
       reply.raw.end();
@@ -727,19 +811,27 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     async close(deadlineMs = 10_000) {
       if (closing) return;
       closing = true;
-      for (const e of entries.values()) for (const w of e.waiters.splice(0)) w.fail(new ApiError(503, 'The server is shutting down', 'server_error'));
+      for (const e of new Set([...entries.values(), ...live])) for (const w of e.waiters.splice(0)) w.fail(new ApiError(503, 'The server is shutting down', 'server_error'));
       // Running requests may finish until the deadline; then they are aborted (and end as they are).
       const timer = setTimeout(() => {
         for (const c of running) c.abort();
       }, deadlineMs);
-      await app.close();
-      clearTimeout(timer);
+      // A connection whose request finishes after this would otherwise stay open (keep-alive) until its
+      // timeout, 72 s, holding up the close: close each as soon as it is idle.
+      const sweep = setInterval(() => app.server.closeIdleConnections(), 50);
+      try {
+        await app.close();
+      } finally {
+        clearInterval(sweep);
+        clearTimeout(timer);
+      }
       await ready.catch(() => {});
+      // A reload still loading frees what it loaded when it finishes.
+      await Promise.allSettled([...reloads.values()]);
       await Promise.allSettled(
-        [...entries.values()].map(async (e) => {
+        [...new Set([...entries.values(), ...live])].map((e) => {
           e.retired = false;
-          if (e.embedCtx) await (await e.embedCtx.catch(() => null))?.dispose();
-          await e.model?.dispose();
+          return free(e);
         }),
       );
     },
