@@ -307,7 +307,10 @@ describeShared('server limits and security', () => {
     const server = await startServer({ models: [{ alias: 'stories', path: shared('stories260k.gguf') }], port: 0, parallel: 1, contextSize: 256 });
     await server.ready;
     const running = raw(server.url, '/v1/chat/completions', { model: 'stories', messages: [{ role: 'user', content: 'x' }], max_tokens: 30, temperature: 0 });
-    await new Promise((r) => setTimeout(r, 20));
+    // Once it runs (a fixed wait raced the first connection of a fresh process).
+    for (let i = 0; i < 500 && !/llama_requests_running\{model="stories"\} 1/.test((await raw(server.url, '/metrics')).text); i++) {
+      await new Promise((r) => setTimeout(r, 2));
+    }
     await server.close(5000);
     const r = await running;
     expect(r.status).toBe(200);
