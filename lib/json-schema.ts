@@ -134,6 +134,8 @@ export interface PreparedSchema {
   readonly mode: SchemaMode;
   /** The schema given to llama.cpp's converter. */
   readonly converterText: string;
+  /** What the grammar depends on: the converter's schema and the values' rules. */
+  readonly grammarKey: string;
   /** Keywords the grammar does not enforce (best-effort mode only). */
   readonly notes: readonly SchemaNote[];
   /** The converter's grammar with the values' rules put in. */
@@ -261,16 +263,24 @@ export function prepareJsonSchema(schema: unknown, mode: SchemaMode, caller: Fun
       }
       return validator;
     };
-    const literals = n.placeholders.map((name) => [`"\\"${name}\\""`, name] as const);
+    // The converter writes each placeholder const as the GBNF literal "\"<name>\"": one pass puts the rule names in.
+    const wanted = new Set(n.placeholders);
+    const literal = new RegExp(`"\\\\"(${prefix}-leaf-\\d+)\\\\""`, 'g');
     const p: PreparedSchema = {
       mode,
       converterText: JSON.stringify(n.doc),
+      grammarKey: `${mode}\0${JSON.stringify(n.doc)}\n${n.rules}`,
       notes: n.notes,
       splice(grammar: string): string {
-        let out = grammar;
-        for (const [literal, name] of literals) {
-          if (!out.includes(literal)) throw new LlamaError('ERR_INVALID_GRAMMAR', `The converter's grammar lacks the value ${name} the checking pass put in the schema`);
-          out = out.split(literal).join(name);
+        const found = new Set<string>();
+        const out = grammar.replace(literal, (whole, name: string) => {
+          if (!wanted.has(name)) return whole;
+          found.add(name);
+          return name;
+        });
+        if (found.size !== wanted.size) {
+          const missing = n.placeholders.find((name) => !found.has(name));
+          throw new LlamaError('ERR_INVALID_GRAMMAR', `The converter's grammar lacks the value ${missing} the checking pass put in the schema`);
         }
         return out + n.rules;
       },
@@ -296,15 +306,15 @@ export function prepareJsonSchema(schema: unknown, mode: SchemaMode, caller: Fun
 
 /** The grammar of a prepared schema, with llama.cpp's converter on this thread (cached). @internal */
 export function preparedGrammar(p: PreparedSchema, caller: Function): string {
-  const known = grammars.get(p.converterText);
-  if (known !== undefined) return remember(grammars, p.converterText, known);
+  const known = grammars.get(p.grammarKey);
+  if (known !== undefined) return remember(grammars, p.grammarKey, known);
   let converted: string;
   try {
     converted = native().jsonSchemaToGrammar(p.converterText, p.mode === 'best-effort');
   } catch (e) {
     throw withStack(toLlamaError(e), caller);
   }
-  return remember(grammars, p.converterText, p.splice(converted));
+  return remember(grammars, p.grammarKey, p.splice(converted));
 }
 
 function mode(options: JsonSchemaOptions | undefined, caller: Function): SchemaMode {
@@ -330,7 +340,7 @@ export function jsonSchemaToGrammar(schema: JsonSchema, options?: JsonSchemaOpti
  */
 export async function jsonSchemaToGrammarAsync(schema: JsonSchema, options?: JsonSchemaOptions): Promise<string> {
   const p = prepareJsonSchema(schema, mode(options, jsonSchemaToGrammarAsync), jsonSchemaToGrammarAsync);
-  const known = grammars.get(p.converterText);
+  const known = grammars.get(p.grammarKey);
   if (known !== undefined) return known;
   const addon = native();
   if (typeof addon.jsonSchemaToGrammarAsync !== 'function') return preparedGrammar(p, jsonSchemaToGrammarAsync);
@@ -340,7 +350,7 @@ export async function jsonSchemaToGrammarAsync(schema: JsonSchema, options?: Jso
   } catch (e) {
     throw toLlamaError(e);
   }
-  return remember(grammars, p.converterText, p.splice(converted));
+  return remember(grammars, p.grammarKey, p.splice(converted));
 }
 
 /**

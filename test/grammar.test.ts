@@ -162,8 +162,9 @@ describe('grammar-constrained sampling (random-weight model)', () => {
       expect(e.message).toMatch(/grammar could not be parsed/);
     }
     expect((await rejectsWith(s.complete('x', { grammar: 'root ::= foo' }), 'ERR_INVALID_GRAMMAR')).message).toMatch(/Undefined rule identifier 'foo'/);
-    expect(() => jsonSchemaToGrammar({ type: 'object', properties: { a: { $ref: '#/$defs/missing' } } })).toThrowError(/could not be converted/);
-    await rejectsWith(s.complete('x', { jsonSchema: { $ref: 'https://example.com/remote.json' } }), 'ERR_INVALID_GRAMMAR');
+    // Schemas are checked before conversion (test/schema-*.test.ts): their errors have codes of their own.
+    expect(() => jsonSchemaToGrammar({ type: 'object', properties: { a: { $ref: '#/$defs/missing' } } })).toThrowError(/does not resolve/);
+    await rejectsWith(s.complete('x', { jsonSchema: { $ref: 'https://example.com/remote.json' } }), 'ERR_UNSUPPORTED_SCHEMA');
     await rejectsWith(s.complete('x', { grammar: 'root ::= "a"', jsonSchema: { type: 'string' } }), 'ERR_INVALID_ARGUMENT');
     await rejectsWith(s.complete('x', { grammarTriggers: { words: ['a'] } }), 'ERR_INVALID_ARGUMENT');
     // A grammar that leaves no token once logitBias has banned some: an error, not a crash.
