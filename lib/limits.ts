@@ -6,6 +6,12 @@
 export const limits = Object.freeze({
   /** Text given to one `tokenize` call (and so one prompt or message), bytes: 16 MiB. */
   tokenizeBytes: 16 * 2 ** 20,
+  /**
+   * Characters in one run of non-whitespace (or of whitespace) for BPE vocabularies: their pre-tokenizer's
+   * regular expressions recurse once per character; long runs are tokenized on a thread with a stack sized
+   * for them, up to this many.
+   */
+  tokenizeRun: 4 * 2 ** 20,
   /** A GBNF grammar's text, bytes: 4 MiB. */
   grammarBytes: 4 * 2 ** 20,
   /** Groups `( ... )` nested in a grammar. */
@@ -16,6 +22,8 @@ export const limits = Object.freeze({
   grammarChain: 1000,
   /** Ways one rule can start (llama.cpp walks each when it checks for left recursion). */
   grammarPaths: 1_000_000,
+  /** Elements of a grammar once its repetitions are expanded (`"..."{0,1000}` makes 1000 copies). */
+  grammarElements: 4 * 2 ** 20,
   /** Repetition counts `{m,n}` in a grammar (llama.cpp's own limit; larger maxima mean "unbounded"). */
   grammarRepetition: 2000,
   /** Text given to `matchesGrammar`, bytes: 1 MiB. */
@@ -36,8 +44,10 @@ export const limits = Object.freeze({
   templateSteps: 300_000,
   /** Bytes of strings built per render: 64 MiB. */
   templateStringBytes: 64 * 2 ** 20,
-  /** Values one `range()` call makes in a template. */
-  templateRange: 1_000_000,
+  /** Values of one `range()` call, and items of one `for` loop, in a template. */
+  templateLoop: 10_000,
+  /** Wall-clock time of one template call (it may render several times to learn what the template does), ms. */
+  templateMillis: 2000,
   /** A session file `session.load` reads, bytes: 16 GiB (less where one Buffer cannot hold that). */
   sessionFileBytes: 16 * 2 ** 30,
   /** CPU threads of a context (`threads`, `threadsBatch`): ggml's maximum. */

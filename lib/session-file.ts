@@ -135,6 +135,9 @@ export async function readSessionFile(path: string): Promise<SessionFile> {
   ) {
     throw invalidState(`${path} has a corrupt header`);
   }
+  if (header.streams < 1 || header.streams > 65536) {
+    throw invalidState(`${path} has a corrupt header: it says the state has ${header.streams} streams (expected 1 to 65536)`);
+  }
   const tokensAt = 16 + jsonLength;
   const stateAt = tokensAt + 4 * (header.cacheTokens + header.historyTokens);
   const expected = stateAt + header.stateBytes;

@@ -599,9 +599,15 @@ std::string checkKvState(const std::vector<uint8_t>& d, uint32_t maxCells, bool 
   uint32_t streams = readU32(d, 8);
   if (streams == 0 || streams > 4096) return "it has " + std::to_string(streams) + " KV streams";
   size_t at = kStateHead;
+  auto need = [&](uint64_t n) { return n <= d.size() - at; };
+  auto u64 = [&](size_t pos) {
+    uint64_t v;
+    std::memcpy(&v, d.data() + pos, 8);
+    return v;
+  };
   bool seen = false;
   for (uint32_t s = 0; s < streams; s++) {
-    if (at + 4 > d.size()) return "it is truncated";
+    if (!need(4)) return "it is truncated (stream " + std::to_string(s) + " is missing)";
     uint32_t cells = readU32(d, at);
     at += 4;
     if (cells == 0) continue;
@@ -610,8 +616,8 @@ std::string checkKvState(const std::vector<uint8_t>& d, uint32_t maxCells, bool 
     if (cells > maxCells) {
       return "it holds " + std::to_string(cells) + " cells, but a sequence of this context has room for " + std::to_string(maxCells);
     }
-    if (cellExt) break;  // cells carry model-specific extras: llama.cpp checks the rest
-    if ((uint64_t)cells * 12 > d.size() - at) return "it is truncated (its cell list is cut off)";
+    if (cellExt) return {};  // cells carry model-specific extras: llama.cpp checks the rest
+    if (!need((uint64_t)cells * 12)) return "it is truncated (its cell list is cut off)";
     int64_t last = -1;
     for (uint32_t c = 0; c < cells; c++, at += 12) {
       int32_t pos;
@@ -624,8 +630,38 @@ std::string checkKvState(const std::vector<uint8_t>& d, uint32_t maxCells, bool 
       }
       last = pos;
     }
-    break;  // the data section follows: llama.cpp checks its sizes against the tensors
+    // The data section (llama_kv_cache::state_write_data): every layer's K rows, then its V rows or, when V is
+    // transposed, V's elements. Its length follows from the counts in it; llama.cpp checks the counts against
+    // the context, this only finds where the section ends, so that the next stream's cell count is read from
+    // where llama.cpp will read it.
+    if (!need(8)) return "it is truncated (its data section is missing)";
+    uint32_t vTrans = readU32(d, at), layers = readU32(d, at + 4);
+    at += 8;
+    if (vTrans > 1 || layers == 0 || layers > 65536) return "its data section has " + std::to_string(layers) + " layers";
+    for (uint32_t l = 0; l < layers; l++) {
+      if (!need(12)) return "it is truncated (layer " + std::to_string(l) + "'s keys are missing)";
+      uint64_t row = u64(at + 4);
+      at += 12;
+      if (row > (1u << 26) || !need(row * cells)) return "layer " + std::to_string(l) + "'s keys do not fit in the state";
+      at += row * cells;
+    }
+    for (uint32_t l = 0; l < layers; l++) {
+      if (vTrans == 0) {
+        if (!need(12)) return "it is truncated (layer " + std::to_string(l) + "'s values are missing)";
+        uint64_t row = u64(at + 4);
+        at += 12;
+        if (row > (1u << 26) || !need(row * cells)) return "layer " + std::to_string(l) + "'s values do not fit in the state";
+        at += row * cells;
+      } else {
+        if (!need(12)) return "it is truncated (layer " + std::to_string(l) + "'s values are missing)";
+        uint64_t el = readU32(d, at + 4), embd = readU32(d, at + 8);
+        at += 12;
+        if (el > 16 || embd > (1u << 24) || !need(el * embd * cells)) return "layer " + std::to_string(l) + "'s values do not fit in the state";
+        at += el * embd * cells;
+      }
+    }
   }
+  if (at != d.size()) return "it has " + std::to_string(d.size() - at) + " bytes after its last section";
   return {};
 }
 

@@ -4,6 +4,7 @@
 #ifdef __linux__
 #include <dlfcn.h>
 #endif
+#include <cctype>
 #include <cstring>
 #include <vector>
 
@@ -33,11 +34,44 @@ void scanText(const std::string& gbnf) {
   }
   const char* p = gbnf.c_str();
   size_t depth = 0;
+  // Elements the parser will make: repetitions copy what they repeat ("a..."{0,1000} is 1000 copies of the
+  // literal), so each group's size is tracked as written and multiplied by each repetition's count.
+  struct Frame {
+    double total = 0, last = 0;
+  };
+  std::vector<Frame> frames(1);
+  double expanded = 0;
+  auto item = [&](double size) {
+    frames.back().last = size;
+    frames.back().total += size;
+  };
+  auto repeat = [&](double factor) {
+    Frame& f = frames.back();
+    f.total += f.last * (factor - 1);
+    f.last *= factor;
+    if (f.total > (double)kGrammarMaxElements) {
+      throw GrammarLimitError("The grammar expands to more than " + std::to_string(kGrammarMaxElements) +
+                              " elements (repetitions copy what they repeat; at \"" + excerpt(p) + "\")");
+    }
+  };
+  auto endRule = [&] {
+    if (frames.size() == 1) {
+      expanded += frames[0].total;
+      frames[0] = Frame{};
+    }
+    if (expanded > (double)kGrammarMaxElements) {
+      throw GrammarLimitError("The grammar expands to more than " + std::to_string(kGrammarMaxElements) + " elements");
+    }
+  };
   while (*p) {
     char c = *p;
     if (c == '#') {
       while (*p && *p != '\n' && *p != '\r') p++;
+    } else if (c == '\n' || c == '\r') {
+      endRule();
+      p++;
     } else if (c == '"' || c == '[') {
+      const char* start = p;
       char close = c == '"' ? '"' : ']';
       p++;
       while (*p && *p != close) {
@@ -45,14 +79,28 @@ void scanText(const std::string& gbnf) {
         p++;
       }
       if (*p) p++;
+      item(c == '"' ? (double)(p - start) : 2.0);
+    } else if (std::isalnum((unsigned char)c) || c == '_' || c == '-' || c == '.') {
+      while (std::isalnum((unsigned char)*p) || *p == '_' || *p == '-') p++;
+      if (c == '.') p++;
+      item(1);
+    } else if (c == '*' || c == '+') {
+      repeat(2);
+      p++;
     } else if (c == '(') {
       if (++depth > kGrammarMaxNesting) {
         throw GrammarLimitError("The grammar nests groups more than " + std::to_string(kGrammarMaxNesting) +
                                 " deep (at \"" + excerpt(p) + "\")");
       }
+      frames.emplace_back();
       p++;
     } else if (c == ')') {
       if (depth > 0) depth--;
+      if (frames.size() > 1) {
+        double size = std::max(1.0, frames.back().total);
+        frames.pop_back();
+        item(size);
+      }
       p++;
     } else if (c == '{') {
       // {m}, {m,}, {m,n}, {,n}: the bounds must be ordered (llama.cpp loops on {3,2}).
@@ -71,6 +119,7 @@ void scanText(const std::string& gbnf) {
       };
       bool hasMin = false, hasMax = false;
       unsigned long long lo = number(hasMin);
+      unsigned long long most = lo;
       if (*p == ',') {
         p++;
         unsigned long long hi = number(hasMax);
@@ -79,7 +128,10 @@ void scanText(const std::string& gbnf) {
                                    "\": the minimum " + std::to_string(lo) + " is greater than the maximum " +
                                    std::to_string(hi));
         }
+        // llama.cpp turns a maximum past its repetition threshold into "no maximum": m copies and one more.
+        most = hasMax && hi <= 2000 ? hi : lo + 1;
       }
+      repeat((double)std::max<unsigned long long>(most, 1));
     } else {
       p++;
     }

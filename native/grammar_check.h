@@ -10,6 +10,7 @@ namespace la {
 
 constexpr size_t kGrammarMaxBytes = 4u << 20;   // grammar text, UTF-8 bytes
 constexpr size_t kGrammarMaxNesting = 256;      // nested groups ( ... )
+constexpr size_t kGrammarMaxElements = 1u << 22;  // elements after repetitions are expanded
 constexpr size_t kGrammarMaxRules = 65536;      // rules after parsing (groups and repetitions become rules)
 constexpr size_t kGrammarMaxChain = 1000;       // rules starting with rules starting with rules ...
 constexpr double kGrammarMaxPaths = 1e6;        // ways a rule can start (llama.cpp walks each)

@@ -1,6 +1,10 @@
 #include "model.h"
 
+#include <pthread.h>
+
+#include <algorithm>
 #include <cmath>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -315,6 +319,56 @@ std::string unrepresentable(const llama_vocab* vocab, const std::string& text) {
   return "a character of the text";
 }
 
+// Longest run of characters that are all whitespace or all not: llama.cpp's BPE pre-tokenizers split text
+// with regular expressions, and where it falls back to std::regex, matching recurses once per character of
+// a match. A match lies within such a run (plus a character either side).
+size_t longestRun(const std::string& s) {
+  size_t best = 0, run = 0;
+  int kind = -1;
+  for (unsigned char c : s) {
+    if ((c & 0xC0) == 0x80) continue;  // continuation byte: same character
+    int k = (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f') ? 1 : 0;
+    run = k == kind ? run + 1 : 1;
+    kind = k;
+    best = std::max(best, run);
+  }
+  return best;
+}
+
+// Runs fn on a thread of its own with a stack of `stackBytes` (reserved, committed only as used), and
+// rethrows what it throws. The caller waits.
+template <typename F>
+void onLargeStack(size_t stackBytes, F&& fn) {
+  std::exception_ptr error;
+  struct Job {
+    F* fn;
+    std::exception_ptr* error;
+  } job{&fn, &error};
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, stackBytes);
+  pthread_t thread;
+  int rc = pthread_create(
+      &thread, &attr,
+      [](void* p) -> void* {
+        auto* j = static_cast<Job*>(p);
+        try {
+          (*j->fn)();
+        } catch (...) {
+          *j->error = std::current_exception();
+        }
+        return nullptr;
+      },
+      &job);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    throw LimitError("The text has a run of characters too long to tokenize here: a thread with a " +
+                     std::to_string(stackBytes >> 20) + " MiB stack could not be started");
+  }
+  pthread_join(thread, nullptr);
+  if (error) std::rethrow_exception(error);
+}
+
 }  // namespace
 
 std::vector<llama_token> tokenizeText(const ModelHandle& h, const std::string& text, bool addSpecial, bool parseSpecial) {
@@ -323,9 +377,23 @@ std::vector<llama_token> tokenizeText(const ModelHandle& h, const std::string& t
                      std::to_string(kMaxTokenizeBytes) + " bytes (UTF-8); split it");
   }
   std::vector<llama_token> tokens(std::min<size_t>(text.size() + 4, 1u << 16));
-  int32_t n;
+  int32_t n = 0;
   try {
-    n = tokenizeInto(h.vocab, text, tokens, addSpecial, parseSpecial);
+    size_t run = llama_vocab_type(h.vocab) == LLAMA_VOCAB_TYPE_BPE ? longestRun(text) : 0;
+    if (run <= kTokenizeInlineRun) {
+      n = tokenizeInto(h.vocab, text, tokens, addSpecial, parseSpecial);
+    } else {
+      // About 200 bytes of stack per character of a std::regex match (measured: 8 MiB overflowed at 44,085).
+      if (run > kMaxTokenizeRun) {
+        throw LimitError("The text has a run of " + std::to_string(run) +
+                         " characters without a break between whitespace and the rest; this model's tokenizer takes at "
+                         "most " + std::to_string(kMaxTokenizeRun));
+      }
+      size_t stack = ((run * 512 + (16u << 20)) + 0xFFFFF) & ~(size_t)0xFFFFF;
+      onLargeStack(stack, [&] { n = tokenizeInto(h.vocab, text, tokens, addSpecial, parseSpecial); });
+    }
+  } catch (const LimitError&) {
+    throw;
   } catch (const std::bad_alloc&) {
     throw;
   } catch (const std::exception& e) {

@@ -72,6 +72,10 @@ class Model : public Napi::ObjectWrap<Model> {
 
 // Most UTF-8 bytes one tokenize call takes (documented in lib/limits.ts).
 constexpr size_t kMaxTokenizeBytes = 16u << 20;
+// BPE tokenizers recurse once per character of a run (see tokenizeText): longer runs than this are
+// tokenized on a thread with a stack sized for them, up to kMaxTokenizeRun characters.
+constexpr size_t kTokenizeInlineRun = 4096;
+constexpr size_t kMaxTokenizeRun = 4u << 20;
 struct TokenizeError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };

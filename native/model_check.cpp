@@ -132,6 +132,9 @@ std::string checkTensors(const Gguf& f, bool adapter) {
       return "tensor " + name + " must be F32 (a " + std::to_string(dims) + "-D " + (isNorm ? "norm " : "") +
              "tensor), but it is " + typeName(t);
     }
+    if (adapter && dims > 2 && name.find("_exps") == std::string::npos) {
+      return "tensor " + name + " has " + std::to_string(dims) + " dimensions; LoRA matrices have 2 (3 for expert tensors)";
+    }
     if (!isWeightType(t)) {
       return "tensor " + name + " has type " + typeName(t) +
              ", which llama.cpp cannot use as a weight (expected F32, F16, BF16 or a quantized type)";

@@ -11,6 +11,7 @@
 #include "template_limits.h"
 
 #include <cctype>
+#include <chrono>
 #include <sstream>
 
 #include "jinja/runtime.h"
@@ -25,6 +26,8 @@ thread_local size_t t_depth = 0;
 thread_local uint64_t t_steps = 0;
 thread_local uint64_t t_bytes = 0;
 thread_local int t_budgets = 0;  // TemplateBudget scopes open on this thread
+thread_local std::chrono::steady_clock::time_point t_started;
+thread_local uint32_t t_ticks = 0;
 
 [[noreturn]] void exceeded(const std::string& what) { throw TemplateLimit{what}; }
 
@@ -43,8 +46,25 @@ void checkRange(const jinja::call_expression& call, jinja::context& ctx) {
   int64_t step = call.args.size() == 3 ? v[2] : 1;
   if (step == 0) return;
   long double count = ((long double)stop - (long double)start) / (long double)step;
-  if (count > (long double)kTemplateMaxRange) {
-    exceeded("range() of " + std::to_string((long long)count) + " values; the limit is " + std::to_string(kTemplateMaxRange));
+  if (count > (long double)kTemplateMaxLoop) {
+    exceeded("range() of " + std::to_string((long long)count) + " values; the limit is " + std::to_string(kTemplateMaxLoop));
+  }
+}
+
+// A for loop makes a scope (a copy of every variable) per item before it runs its body, outside any node:
+// the items are counted first. The iterable expression is evaluated twice (here and by the loop); iterables
+// are lookups, ranges and filters without side effects in chat templates.
+void checkLoop(const jinja::for_statement& loop, jinja::context& ctx) {
+  auto* select = dynamic_cast<const jinja::select_expression*>(loop.iterable.get());
+  const jinja::statement* iter = select != nullptr ? select->lhs.get() : loop.iterable.get();
+  if (iter == nullptr) return;
+  jinja::context scope(ctx);
+  jinja::value v = iter->execute(scope);
+  size_t n = jinja::is_val<jinja::value_array>(v) ? v->as_array().size()
+             : jinja::is_val<jinja::value_object>(v) ? v->as_ordered_object().size()
+                                                    : 0;
+  if (n > (size_t)kTemplateMaxLoop) {
+    exceeded("a for loop over " + std::to_string(n) + " items; the limit is " + std::to_string(kTemplateMaxLoop));
   }
 }
 
@@ -59,6 +79,7 @@ TemplateBudget::TemplateBudget() {
   if (t_budgets++ == 0) {
     t_steps = 0;
     t_bytes = 0;
+    t_started = std::chrono::steady_clock::now();
   }
 }
 
@@ -124,6 +145,7 @@ static void enterNode() {
   if (t_budgets == 0 && t_depth == 0) {
     t_steps = 0;
     t_bytes = 0;
+    t_started = std::chrono::steady_clock::now();
   }
   if (t_depth >= kTemplateMaxDepth) {
     exceeded("the template nests more than " + std::to_string(kTemplateMaxDepth) +
@@ -131,6 +153,11 @@ static void enterNode() {
   }
   if (++t_steps > kTemplateMaxSteps) {
     exceeded("rendering took more than " + std::to_string(kTemplateMaxSteps) + " steps (a loop too long?)");
+  }
+  // Steps differ in cost (an error raised and caught inside a loop costs far more than a lookup): time too.
+  if ((++t_ticks & 255) == 0 &&
+      std::chrono::steady_clock::now() - t_started > std::chrono::milliseconds(kTemplateMaxMillis)) {
+    exceeded("rendering took more than " + std::to_string(kTemplateMaxMillis) + " ms");
   }
 }
 
@@ -143,6 +170,7 @@ __attribute__((visibility("default"))) value statement::execute(context& ctx) co
   la::Depth depth;
   try {
     if (auto* call = dynamic_cast<const call_expression*>(this)) la::checkRange(*call, ctx);
+    else if (auto* loop = dynamic_cast<const for_statement*>(this)) la::checkLoop(*loop, ctx);
     return execute_impl(ctx);
   } catch (const continue_statement::signal&) {
     throw;
@@ -153,6 +181,7 @@ __attribute__((visibility("default"))) value statement::execute(context& ctx) co
   } catch (const not_implemented_exception&) {
     throw;
   } catch (const std::exception& e) {
+    la::t_steps += 64;  // raising an error is expensive: it counts as many steps
     // Where the error happened, once (the outer nodes pass a rethrown_exception on unchanged).
     std::ostringstream out;
     out << "\nError in " << type() << " at byte " << pos << " of the template: " << e.what();

@@ -9,7 +9,8 @@ namespace la {
 constexpr size_t kTemplateMaxDepth = 300;          // nested nodes while rendering (macro calls included)
 constexpr uint64_t kTemplateMaxSteps = 300000;     // nodes evaluated per render
 constexpr uint64_t kTemplateMaxBytes = 64u << 20;  // bytes of strings built per render
-constexpr int64_t kTemplateMaxRange = 1000000;     // values one range() call makes
+constexpr int64_t kTemplateMaxMillis = 2000;       // wall-clock time per render (a call may render several times)
+constexpr int64_t kTemplateMaxLoop = 10000;        // values of one range() call, items of one for loop
 constexpr size_t kTemplateMaxSource = 1u << 20;    // template source, bytes
 constexpr size_t kTemplateMaxNesting = 100;        // brackets inside a tag, and blocks, nested in the source
 
