@@ -1,6 +1,9 @@
 #include "model.h"
 
 #include <pthread.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -518,7 +521,14 @@ Napi::Value Model::Dispose(const Napi::CallbackInfo& info) {
   struct FreeWorker : Napi::AsyncWorker {
     FreeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, Napi::Promise::Deferred d)
         : Napi::AsyncWorker(env, "llama-addon.disposeModel"), h_(std::move(h)), d_(d) {}
-    void Execute() override { h_.reset(); }
+    void Execute() override {
+      h_.reset();
+#ifdef __GLIBC__
+      // glibc keeps freed memory mapped in its arenas: the weights' buffers are large and freed all at once,
+      // so give the pages back (a server replacing models would otherwise keep hundreds of MB of freed memory).
+      malloc_trim(0);
+#endif
+    }
     void OnOK() override { d_.Resolve(Env().Undefined()); }
     std::shared_ptr<ModelHandle> h_;
     Napi::Promise::Deferred d_;
