@@ -52,8 +52,6 @@ namespace la {
 Napi::Value Quantize(const Napi::CallbackInfo& info);  // quantize.cpp
 }
 
-// From llama.cpp's common/log.h (not included: its name clashes with native/log.h).
-void common_log_set_verbosity_thold(int verbosity);
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   static std::once_flag backendOnce;
@@ -61,8 +59,8 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
     la::installLogger();
     la::installAbortHandler();
     llama_backend_init();
-    // llama.cpp's common library logs through its own logger to stderr; its errors reach JS as exceptions.
-    common_log_set_verbosity_thold(-1);
+    // llama.cpp's common library logs through the library's logger too (native/log.cpp); its threshold
+    // follows setLogLevel.
   });
   auto* data = new la::AddonData();
   env.SetInstanceData<la::AddonData, la::Cleanup>(data);

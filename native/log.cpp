@@ -4,8 +4,16 @@
 #include <cstdio>
 #include <mutex>
 
+#include <algorithm>
+#include <cstdarg>
+#include <vector>
+
 #include "errors.h"
 #include "llama.h"
+
+// From llama.cpp's common/log.h (not included: its name clashes with this file's header).
+struct common_log;
+void common_log_set_verbosity_thold(int verbosity);
 
 namespace la {
 namespace {
@@ -94,9 +102,21 @@ void onLog(ggml_log_level level, const char* text, void*) {
   }
 }
 
+// llama.cpp's common library logs through its own logger (common/log.h), which formats a line only when
+// its verbosity threshold lets it through: keep that threshold where ours is.
+void syncCommonThreshold(int level) {
+#ifdef __linux__
+  static const int thold[] = {5, 3, 2, 1, -1};  // Debug, Info, Warn, Error, Silent (common's LOG_LEVEL_*)
+  common_log_set_verbosity_thold(thold[std::min(std::max(level, 0), 4)]);
+#else
+  (void)level;  // no interposition of common_log_add: common's own logger stays silent
+#endif
+}
+
 Napi::Value SetLogLevel(const Napi::CallbackInfo& info) {
   int64_t level = argInteger(info, 0, "level", 0, 4);
   g_level.store((int)level);
+  syncCommonThreshold((int)level);
   return info.Env().Undefined();
 }
 
@@ -122,9 +142,15 @@ Napi::Value SetLogSink(const Napi::CallbackInfo& info) {
 
 void logLine(LogLevel level, const std::string& text) { emit((int)level, text); }
 
-void installLogger() { llama_log_set(onLog, nullptr); }
+void installLogger() {
+  llama_log_set(onLog, nullptr);
+  syncCommonThreshold(g_level.load());
+}
 
-void setLogLevel(LogLevel level) { g_level.store((int)level); }
+void setLogLevel(LogLevel level) {
+  g_level.store((int)level);
+  syncCommonThreshold((int)level);
+}
 
 void beginCapture() {
   t_capturing = true;
@@ -152,3 +178,32 @@ void registerLogExports(Napi::Env env, Napi::Object exports) {
 }
 
 }  // namespace la
+
+#ifdef __linux__
+// llama.cpp's common library writes its log lines (LOG_WRN, LOG_ERR, ...) through common_log_add, which it
+// calls through its PLT: the addon's definition comes first in the lookup scope of the libraries it loads
+// (as for the Jinja limits, template_limits.cpp), so those lines take the same way as llama.cpp's own, to
+// setLogger or stderr, filtered by setLogLevel, instead of common's printer thread writing to the terminal.
+__attribute__((visibility("default"))) void common_log_add(struct common_log*, enum ggml_log_level level, const char* fmt, ...) {
+  va_list args;
+  va_start(args, fmt);
+  va_list copy;
+  va_copy(copy, args);
+  char small[512];
+  int n = std::vsnprintf(small, sizeof small, fmt, args);
+  va_end(args);
+  if (n < 0) {
+    va_end(copy);
+    return;
+  }
+  if ((size_t)n < sizeof small) {
+    va_end(copy);
+    la::onLog(level == GGML_LOG_LEVEL_NONE ? GGML_LOG_LEVEL_INFO : level, small, nullptr);
+    return;
+  }
+  std::vector<char> big((size_t)n + 1);
+  std::vsnprintf(big.data(), big.size(), fmt, copy);
+  va_end(copy);
+  la::onLog(level == GGML_LOG_LEVEL_NONE ? GGML_LOG_LEVEL_INFO : level, big.data(), nullptr);
+}
+#endif
