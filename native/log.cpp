@@ -57,9 +57,30 @@ struct LogMessage {
   std::string text;
 };
 
+// llama.cpp warnings that are known to be harmless, shown at the info level instead, so that loading a model
+// with default options prints nothing but real problems (README, Logging). Each names its reason.
+bool knownHarmless(const std::string& t) {
+  // A special token id of 0xFFFFFFFF is how converters write "none"; llama.cpp then uses none.
+  if (t.find("bad special token:") != std::string::npos && t.find("= 4294967295,") != std::string::npos) return true;
+  // llama.cpp adds the EOS token to the end-of-generation set itself.
+  if (t.find("special_eos_id is not in special_eog_ids") != std::string::npos) return true;
+  // llama.cpp corrects the token's type itself.
+  if (t.find("control-looking token:") != std::string::npos && t.find("will be overridden") != std::string::npos) return true;
+  // llama.cpp rounds context sizes up to a multiple of 256: past a training context only by that rounding.
+  unsigned seq = 0, train = 0;
+  size_t at = t.find("n_ctx_seq (");
+  if (at != std::string::npos && std::sscanf(t.c_str() + at, "n_ctx_seq (%u) > n_ctx_train (%u)", &seq, &train) == 2) {
+    return seq < train + 256;
+  }
+  // The same rounding, per sequence; the context reports the size it has (LlamaContext.contextSize).
+  if (t.find("n_ctx is not divisible by n_seq_max") != std::string::npos) return true;
+  return false;
+}
+
 void emit(int level, std::string text) {
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
   if (text.empty()) return;
+  if (level == (int)LogLevel::Warn && knownHarmless(text)) level = (int)LogLevel::Info;
   if (t_capturing && level >= (int)LogLevel::Warn) {
     if (!t_captured.empty()) t_captured += "; ";
     t_captured += text;
