@@ -162,6 +162,8 @@ function withStack<E extends Error>(err: E, caller: Function): E {
   return err;
 }
 
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
 /**
  * The schema as JSON text, after the limits on depth and size, by an iterative walk (no recursion: a
  * schema nested 20000 deep is an error, not a stack overflow).
@@ -180,7 +182,10 @@ function schemaText(schema: unknown): string {
       onPath.delete(v as object);
       continue;
     }
-    if (typeof v === 'string') bytes += v.length + 2;
+    if (typeof v === 'string') {
+      bytes += v.length + 2;
+      if (LONE_SURROGATE.test(v)) throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: the string ${JSON.stringify(v.slice(0, 40))} has a lone surrogate, which is not Unicode text`, '#', '');
+    }
     else if (typeof v === 'number' || typeof v === 'boolean') bytes += 8;
     else if (typeof v === 'bigint') throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it holds a BigInt, which JSON cannot', '#', '');
     else if (v !== null && typeof v === 'object') {
@@ -189,6 +194,7 @@ function schemaText(schema: unknown): string {
       onPath.add(v);
       stack.push([v, depth, true]);
       const entries = Array.isArray(v) ? v : Object.entries(v).flat();
+      // (property names are among the entries: they are checked as strings too)
       bytes += 2 + entries.length;
       for (const x of entries) stack.push([x, depth + 1, false]);
     }
@@ -290,7 +296,13 @@ export function prepareJsonSchema(schema: unknown, mode: SchemaMode, caller: Fun
       check(value: unknown): LlamaError | null {
         const v = validatorOf();
         if (v instanceof LlamaError) return v;
-        if (v(value)) return null;
+        let ok: boolean;
+        try {
+          ok = v(value);
+        } catch (e) {
+          return schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: ajv could not validate against it: ${(e as Error).message}`, '#', '');
+        }
+        if (ok) return null;
         const f = firstFailure(v);
         return Object.assign(
           schemaError('ERR_SCHEMA_MISMATCH', `The output does not match the JSON schema at ${f.pointer || '/'}: "${f.keyword}": ${f.message}`, f.pointer, f.keyword),

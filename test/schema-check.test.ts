@@ -103,7 +103,12 @@ describe('keywords the grammar cannot enforce: ERR_UNSUPPORTED_SCHEMA, or accept
     ['$dynamicRef', { $dynamicRef: '#meta' }, '#/$dynamicRef', '$dynamicRef'],
     ['numbers beyond 1e15', { type: 'number', minimum: 1e20 }, '#/minimum', 'minimum'],
     ['allOf with two patterns', { allOf: [{ type: 'string', pattern: '^a' }, { pattern: 'b$' }] }, '#/allOf/pattern', 'pattern'],
-    ['a recursive $ref inside allOf', { $defs: { n: { allOf: [{ $ref: '#/$defs/n' }] } }, $ref: '#/$defs/n' }, '#/$defs/n/allOf/0/$ref', '$ref'],
+    [
+      'a recursive $ref merged through allOf',
+      { $defs: { n: { type: 'object', properties: { c: { allOf: [{ $ref: '#/$defs/n' }, { required: ['x'] }] } } } }, $ref: '#/$defs/n' },
+      '#/$defs/n/properties/c/properties/c/allOf/0/$ref',
+      '$ref',
+    ],
   ];
   for (const [name, schema, pointer, keyword] of cases) {
     it(name, () => {
@@ -179,6 +184,10 @@ describe('contradictions: ERR_INVALID_SCHEMA', () => {
     [{ type: 'object', properties: { a: {}, b: {} }, required: ['a', 'b'], maxProperties: 1 }, '#/maxProperties', 'maxProperties'],
     [{ type: 'array', prefixItems: [{}, {}], items: false, minItems: 3 }, '#/minItems', 'minItems'],
     [{ type: 'object', properties: { next: { $ref: '#' } }, required: ['next'] }, '#', ''],
+    // references back to themselves without descending into the value: validators never finish on them
+    [{ type: 'null', $ref: '#' }, '#/$ref', '$ref'],
+    [{ anyOf: [{ $ref: '#' }, { type: 'null' }] }, '#/anyOf/0/$ref', '$ref'],
+    [{ $ref: '#/$defs/a', $defs: { a: { $ref: '#/$defs/b' }, b: { allOf: [{ $ref: '#/$defs/a' }] } } }, '#/$defs/b/allOf/0/$ref', '$ref'],
     [false, '#', ''],
     [{ type: 'object', properties: { a: false }, required: ['a'] }, '#/properties/a', ''],
   ])('%j', (schema, pointer, keyword) => {

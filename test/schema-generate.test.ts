@@ -2,6 +2,7 @@
 // whatever valid JSON comes out is the grammar's doing. Every `json` handed back validates against its
 // schema; whatever cannot be promised is an error with a documented code.
 import { Ajv2020 } from 'ajv/dist/2020.js';
+import { fullFormats } from 'ajv-formats/dist/formats.js';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import {
   jsonSchemaToGrammar,
@@ -23,7 +24,7 @@ import { rejectsWith, throwsWith } from './helpers/errors.js';
 
 setLogLevel('error');
 
-const ajv = new Ajv2020({ strict: false, formats: AJV_FORMATS });
+const ajv = new Ajv2020({ strict: false, formats: { ...fullFormats, ...AJV_FORMATS } });
 const CODES = ['ERR_INVALID_SCHEMA', 'ERR_UNSUPPORTED_SCHEMA', 'ERR_LIMIT_EXCEEDED', 'ERR_INCOMPLETE_OUTPUT', 'ERR_SCHEMA_MISMATCH'];
 
 function prng(seed: number): () => number {

@@ -2,6 +2,7 @@
 import { Ajv, type AnySchema, type ErrorObject, type ValidateFunction } from 'ajv';
 import { Ajv2019 } from 'ajv/dist/2019.js';
 import { Ajv2020 } from 'ajv/dist/2020.js';
+import { fullFormats } from 'ajv-formats/dist/formats.js';
 import { AJV_FORMATS } from './formats.js';
 
 export type Draft = '2020-12' | '2019-09' | 'draft-07';
@@ -30,7 +31,8 @@ function ajvFor(draft: Draft): AnyAjv {
       // Inlining references can grow the code exponentially with chains of $defs.
       inlineRefs: false,
       allErrors: false,
-      formats: AJV_FORMATS,
+      // Every format ajv-formats knows is checked (best-effort mode lets the grammar ignore most of them).
+      formats: { ...fullFormats, ...AJV_FORMATS },
     };
     a = draft === '2020-12' ? new Ajv2020(options) : draft === '2019-09' ? new Ajv2019(options) : new Ajv(options);
     instances.set(draft, a);

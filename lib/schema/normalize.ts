@@ -875,6 +875,10 @@ class Checker {
     }
     // A property dropped above could come back as an additional one: close the object.
     if (forbidden && add !== 'closed') add = 'closed';
+    // llama.cpp's converter writes the names that additional properties must not have into GBNF character
+    // classes unescaped: a listed name with \ ] - ^ or a control character would break the grammar, so such
+    // an object gets no additional properties (narrower).
+    if (add !== 'closed' && Object.keys(props).some((n) => /[\\\]\-^\x00-\x1f]/.test(n))) add = 'closed';
     if (patterns.length > 0 && add !== 'closed') this.unsupported(ptr, 'patternProperties', 'additional properties matching a pattern');
     if ('propertyNames' in w && add !== 'closed') add = 'closed';
 
@@ -1082,8 +1086,93 @@ function depthOf(n: Json): number {
   return 0;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// References that come back to where they started without descending into the value (`{"$ref": "#",
+// "type": "null"}`, `{"anyOf": [{"$ref": "#"}, ...]}`): a validator recurses on them forever, and the grammar
+// would be left-recursive. Found on the graph of in-place subschemas, iteratively.
+
+const IN_PLACE_LISTS = ['allOf', 'anyOf', 'oneOf'];
+const IN_PLACE_ONE = ['not', 'if', 'then', 'else'];
+const DESCENDING_MAPS = ['properties', 'patternProperties', '$defs', 'definitions', 'dependentSchemas'];
+const DESCENDING_ONE = ['additionalProperties', 'propertyNames', 'items', 'additionalItems', 'contains', 'unevaluatedItems', 'unevaluatedProperties'];
+
+function refTarget(root: Json, ref: Json): string | null {
+  if (typeof ref !== 'string' || !ref.startsWith('#')) return null;
+  let pointer: string;
+  try {
+    pointer = decodeURIComponent(ref.slice(1));
+  } catch {
+    return null;
+  }
+  if (pointer !== '' && !pointer.startsWith('/')) return null;
+  return resolvePointer(root, pointer) === undefined ? null : `#${pointer}`;
+}
+
+function inPlaceCycle(root: Json): string | null {
+  // Every schema position, by pointer, with its in-place edges.
+  const edges = new Map<string, string[]>();
+  const nodes = new Map<string, Json>();
+  const todo: Array<[string, Json]> = [['#', root]];
+  while (todo.length > 0) {
+    const [ptr, node] = todo.pop()!;
+    if (nodes.has(ptr)) continue;
+    nodes.set(ptr, node);
+    if (nodes.size > SCHEMA_LIMITS.maxSubschemas * 4) overLimit(`more than ${SCHEMA_LIMITS.maxSubschemas * 4} subschemas`);
+    const out: string[] = [];
+    edges.set(ptr, out);
+    if (!isObj(node)) continue;
+    const visit = (p: string, v: Json, inPlace: boolean) => {
+      if (inPlace) out.push(p);
+      todo.push([p, v]);
+    };
+    for (const k of IN_PLACE_LISTS) if (Array.isArray(node[k])) (node[k] as Json[]).forEach((x, i) => visit(`${ptr}/${k}/${i}`, x, true));
+    for (const k of IN_PLACE_ONE) if (k in node) visit(`${ptr}/${k}`, node[k], true);
+    for (const k of DESCENDING_MAPS) if (isObj(node[k])) for (const [n, x] of Object.entries(node[k] as Obj)) visit(`${ptr}/${k}/${esc(n)}`, x, k === 'dependentSchemas');
+    for (const k of DESCENDING_ONE) {
+      if (Array.isArray(node[k])) (node[k] as Json[]).forEach((x, i) => visit(`${ptr}/${k}/${i}`, x, false));
+      else if (k in node) visit(`${ptr}/${k}`, node[k], false);
+    }
+    if (Array.isArray(node.prefixItems)) (node.prefixItems as Json[]).forEach((x, i) => visit(`${ptr}/prefixItems/${i}`, x, false));
+    if ('$ref' in node) {
+      const t = refTarget(root, node.$ref);
+      if (t !== null) {
+        out.push(t);
+        const target = resolvePointer(root, decodeURIComponent(t.slice(1)));
+        if (target !== undefined) todo.push([t, target]);
+      }
+    }
+  }
+  // Iterative depth-first search for a cycle (0: new, 1: on the path, 2: done).
+  const state = new Map<string, number>();
+  for (const start of edges.keys()) {
+    if (state.get(start)) continue;
+    const stack: Array<[string, number]> = [[start, 0]];
+    state.set(start, 1);
+    while (stack.length > 0) {
+      const top = stack[stack.length - 1];
+      const next = edges.get(top[0])?.[top[1]++];
+      if (next === undefined) {
+        state.set(top[0], 2);
+        stack.pop();
+        continue;
+      }
+      const st = state.get(next) ?? 0;
+      if (st === 1) return top[0];
+      if (st === 0) {
+        state.set(next, 1);
+        stack.push([next, 0]);
+      }
+    }
+  }
+  return null;
+}
+
 /** The checking pass over a schema that has passed the structural limits and its meta-schema. */
 export function normalizeSchema(root: Json, draft: Draft, mode: SchemaMode, prefix: string): Normalized {
+  const cycle = inPlaceCycle(root);
+  if (cycle !== null) {
+    invalid(cycle, '$ref', 'a reference that comes back to this schema without descending into the value (allOf, anyOf, oneOf and $ref apply to the same value): no validator can finish on it');
+  }
   const c = new Checker(root, draft, mode, prefix);
   const top = c.norm(root, '#');
   for (let i = 0; i < c.pending.length; i++) {
@@ -1120,7 +1209,14 @@ export function normalizeSchema(root: Json, draft: Draft, mode: SchemaMode, pref
   }
   const defs: Obj = {};
   for (const d of c.defs.values()) if (env.get(d.name)) defs[d.name] = prune(d.node as Obj, env);
-  const out: Obj = Object.keys(defs).length > 0 ? { ...doc, $defs: defs } : doc;
+  // llama.cpp's converter names a top-level property's rule after the property: one named "" would take the
+  // name "root", so such an object is moved into a definition of its own.
+  let top2 = doc;
+  if (isObj(doc.properties) && Object.hasOwn(doc.properties, '')) {
+    defs.top = doc;
+    top2 = { $ref: '#/$defs/top' };
+  }
+  const out: Obj = Object.keys(defs).length > 0 ? { ...top2, $defs: defs } : top2;
   // llama.cpp's converter is limited to 128 levels of JSON; splitting types can nest the output deeper.
   if (depthOf(out) > 128) overLimit('the schema nests too deep once rewritten for the converter (128 levels of JSON)');
   const used = new Set<string>();
