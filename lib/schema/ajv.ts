@@ -1,9 +1,13 @@
 // ajv: the meta-schema check of a schema, and the validation of every `json` result against its schema.
-import { Ajv, type AnySchema, type ErrorObject, type ValidateFunction } from 'ajv';
-import { Ajv2019 } from 'ajv/dist/2019.js';
-import { Ajv2020 } from 'ajv/dist/2020.js';
-import { fullFormats } from 'ajv-formats/dist/formats.js';
+import { createRequire } from 'node:module';
+import type { Ajv, AnySchema, ErrorObject, ValidateFunction } from 'ajv';
+import type { Ajv2019 } from 'ajv/dist/2019.js';
+import type { Ajv2020 } from 'ajv/dist/2020.js';
+import type { fullFormats } from 'ajv-formats/dist/formats.js';
 import { AJV_FORMATS } from './formats.js';
+
+// ajv loads on first use: it adds about 150 ms to importing the package.
+const require = createRequire(import.meta.url);
 
 export type Draft = '2020-12' | '2019-09' | 'draft-07';
 
@@ -18,7 +22,7 @@ export function draftOf(uri: string): Draft | undefined {
   return DRAFT_URIS.find(([re]) => re.test(uri))?.[1];
 }
 
-type AnyAjv = InstanceType<typeof Ajv>;
+type AnyAjv = Ajv;
 const instances = new Map<Draft, AnyAjv>();
 
 function ajvFor(draft: Draft): AnyAjv {
@@ -32,9 +36,11 @@ function ajvFor(draft: Draft): AnyAjv {
       inlineRefs: false,
       allErrors: false,
       // Every format ajv-formats knows is checked (best-effort mode lets the grammar ignore most of them).
-      formats: { ...fullFormats, ...AJV_FORMATS },
+      formats: { ...(require('ajv-formats/dist/formats.js') as { fullFormats: typeof fullFormats }).fullFormats, ...AJV_FORMATS },
     };
-    a = draft === '2020-12' ? new Ajv2020(options) : draft === '2019-09' ? new Ajv2019(options) : new Ajv(options);
+    if (draft === '2020-12') a = new (require('ajv/dist/2020.js') as { Ajv2020: typeof Ajv2020 }).Ajv2020(options);
+    else if (draft === '2019-09') a = new (require('ajv/dist/2019.js') as { Ajv2019: typeof Ajv2019 }).Ajv2019(options);
+    else a = new (require('ajv') as { Ajv: typeof Ajv }).Ajv(options);
     instances.set(draft, a);
   }
   return a;
