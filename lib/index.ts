@@ -29,7 +29,7 @@ export type { SystemInfo, BackendInfo, BackendDevice, GpuModuleInfo, GpuBackendN
 export type { GpuOption } from './backends.js';
 export { estimateMemory } from './memory.js';
 export type { EstimateMemoryOptions, MemoryEstimate } from './memory.js';
-export { startServer } from './server/server.js';
+export { startServer } from './server/lazy.js';
 export type { LlamaServer, ServerOptions, ServerModel } from './server/server.js';
 export { pullModel, modelCacheDir } from './pull.js';
 export type { PullOptions, PulledModel } from './pull.js';
