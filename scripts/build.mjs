@@ -8,7 +8,7 @@
 // LLAMA_ADDON_CUDA_ARCHITECTURES (CMAKE_CUDA_ARCHITECTURES; default: ggml's list),
 // LLAMA_ADDON_CMAKE_ARGS (more -DNAME=VALUE definitions, separated by spaces).
 import { spawnSync } from 'node:child_process';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { ensureLlamaSource, root } from './llama-source.mjs';
@@ -75,6 +75,25 @@ for (const def of (process.env.LLAMA_ADDON_CMAKE_ARGS ?? '').split(/\s+/).filter
   cmakeArgs.push(`--CD${def.slice(2)}`);
 }
 if (flag('--debug')) cmakeArgs.push('--debug');
+
+// cmake-js configures only a build folder without a CMake cache: a cache made with other options (a native
+// build, another GPU backend) would be built as it is, whatever is asked now. Such a cache is removed so that
+// the build configures again (the objects stay; only what the options change is rebuilt).
+const cache = join(root, 'build', 'CMakeCache.txt');
+if (existsSync(cache)) {
+  const cached = readFileSync(cache, 'utf8');
+  const stale = cmakeArgs
+    .filter((a) => a.startsWith('--CD'))
+    .map((a) => a.slice(4).split('='))
+    .filter(([name, value]) => {
+      const m = new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:[A-Z]+=(.*)$`, 'm').exec(cached);
+      return m !== null && m[1] !== value;
+    });
+  if (stale.length > 0) {
+    console.error(`[llama-addon] the build folder was configured with other options (${stale.map(([n]) => n).join(', ')}): configuring again`);
+    rmSync(cache);
+  }
+}
 
 const cmakeJs = join(root, 'node_modules', 'cmake-js', 'bin', 'cmake-js');
 const started = Date.now();

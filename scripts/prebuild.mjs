@@ -92,6 +92,23 @@ if (libc() === 'glibc') {
     }
   }
 }
+// What each binary links: a build configured with OpenMP (a native build, or a portable one made from a
+// cache that still had it) needs libgomp, which slim images lack: such binaries are not portable.
+const needs = {};
+for (const { file } of files) {
+  try {
+    const dyn = execFileSync('objdump', ['-p', join(out, file)], { encoding: 'utf8', maxBuffer: 64 << 20 });
+    needs[file] = [...dyn.matchAll(/^\s*NEEDED\s+(\S+)/gm)].map((m) => m[1]);
+  } catch {
+    needs[file] = null; // objdump missing or not an ELF file
+  }
+}
+const openmp = Object.entries(needs).filter(([, n]) => n?.some((l) => /^lib(g|i)?omp/.test(l))).map(([f]) => f);
+if (openmp.length > 0) {
+  console.error(`[prebuild] ${openmp.join(', ')} link OpenMP (${[...new Set(openmp.flatMap((f) => needs[f].filter((l) => /omp/.test(l))))].join(', ')}): not portable. Run \`npm run prebuild -- --build\`, which configures the build again without it.`);
+  rmSync(out, { recursive: true, force: true });
+  process.exit(1);
+}
 const cpuVariants = files.map((f) => /^libggml-cpu-?(.*)\.so$/.exec(f.file)).filter(Boolean).map((m) => m[1] || 'native');
 const total = files.reduce((s, f) => s + f.bytes, 0);
 const manifest = {
@@ -100,6 +117,8 @@ const manifest = {
   minGlibc: glibc ? glibc.join('.') : null,
   minGlibcxx: glibcxx ? glibcxx.join('.') : null,
   cpuVariants,
+  openmp: false,
+  needs,
   builtAt: info.builtAt,
   bytes: total,
   files,
