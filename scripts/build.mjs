@@ -9,8 +9,9 @@
 // LLAMA_ADDON_CMAKE_ARGS (more -DNAME=VALUE definitions, separated by spaces).
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { ensureLlamaSource, root } from './llama-source.mjs';
 
 const args = process.argv.slice(2);
@@ -35,6 +36,36 @@ if (flag('--if-needed') && !process.env.LLAMA_ADDON_REBUILD) {
   }
 }
 const portable = flag('--portable') || process.env.LLAMA_ADDON_PORTABLE === '1';
+
+// The source-build toolchain (cmake-js, node-addon-api, node-api-headers) and the pinned llama.cpp source
+// (inside node-llama-cpp) are devDependencies: users of the prebuilt binaries never install them. A source
+// build from the npm package (no prebuilt binary for the platform, or LLAMA_ADDON_REBUILD=1) installs what
+// is missing here first, at the versions this package.json pins, from the registry npm is set up with.
+function ensureToolchain() {
+  const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+  const wanted = ['cmake-js', 'node-addon-api', 'node-api-headers'];
+  if (!process.env.LLAMA_CPP_DIR && !existsSync(join(root, 'deps', 'llama.cpp', 'include', 'llama.h'))) wanted.push('node-llama-cpp');
+  const missing = wanted.filter((name) => !existsSync(join(root, 'node_modules', name, 'package.json')) && !resolvable(name));
+  if (missing.length === 0) return;
+  const specs = missing.map((name) => `${name}@${pkg.devDependencies?.[name] ?? 'latest'}`);
+  console.error(`[llama-addon] building from source: installing the build toolchain (${specs.join(', ')})`);
+  const npmCli = process.env.npm_execpath;
+  const [cmd, pre] = npmCli ? [process.execPath, [npmCli]] : [process.platform === 'win32' ? 'npm.cmd' : 'npm', []];
+  const r = spawnSync(cmd, [...pre, 'install', '--no-save', '--no-package-lock', '--ignore-scripts', '--omit=optional', '--no-audit', '--no-fund', ...specs], { cwd: root, stdio: 'inherit' });
+  if (r.status !== 0) {
+    console.error(`[llama-addon] could not install the build toolchain (${specs.join(', ')}); install them and run \`npm rebuild llama-addon\``);
+    process.exit(r.status ?? 1);
+  }
+}
+function resolvable(name) {
+  try {
+    createRequire(join(root, 'package.json')).resolve(`${name}/package.json`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+ensureToolchain();
 
 let llamaDir;
 try {
@@ -95,7 +126,7 @@ if (existsSync(cache)) {
   }
 }
 
-const cmakeJs = join(root, 'node_modules', 'cmake-js', 'bin', 'cmake-js');
+const cmakeJs = join(dirname(createRequire(join(root, 'package.json')).resolve('cmake-js/package.json')), 'bin', 'cmake-js');
 const started = Date.now();
 const r = spawnSync(process.execPath, [cmakeJs, ...cmakeArgs], { stdio: 'inherit', cwd: root });
 if (r.status !== 0) {

@@ -64,6 +64,20 @@ if (!ready && process.env.CI) {
     expect(existsSync(join(installed, 'build'))).toBe(false);
   });
 
+  it('ships no TypeScript sources, tests or device scripts, and installs no build toolchain', () => {
+    const paths = files.map((f) => f.path);
+    expect(paths.filter((p) => p.startsWith('lib/') || p.startsWith('test/') || p.startsWith('fuzz/') || p.startsWith('bench/'))).toEqual([]);
+    expect(paths.filter((p) => /gpu-run|device-bundle/.test(p))).toEqual([]);
+    // What a source build needs stays (it installs its toolchain when it runs: scripts/build.mjs).
+    for (const p of ['CMakeLists.txt', 'scripts/build.mjs', 'scripts/llama-source.mjs', 'scripts/llama-pin.json', 'native/addon.cpp']) expect(paths).toContain(p);
+    // Source maps carry their sources, so stack traces and debuggers still show the TypeScript.
+    const map = JSON.parse(execFileSync('tar', ['-xzOf', tarball, 'package/dist/index.js.map'], { encoding: 'utf8' })) as { sourcesContent?: string[] };
+    expect(map.sourcesContent?.[0]).toContain('export');
+    for (const name of ['cmake-js', 'node-addon-api', 'node-api-headers', 'node-llama-cpp']) {
+      expect(existsSync(join(app, 'node_modules', name)), name).toBe(false);
+    }
+  });
+
   it("has an install script that, for users who run scripts, sees the prebuilt binary and builds nothing", () => {
     const installed = join(app, 'node_modules', 'llama-addon');
     const { LLAMA_ADDON_REBUILD: _rebuild, ...env } = cleanEnv;
