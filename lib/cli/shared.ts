@@ -1,0 +1,123 @@
+// Flags several commands share (the model, where it runs, sampling), and what they turn into.
+import type { GpuOption } from '../backends.js';
+import type { GenerateOptions } from '../generate-options.js';
+import type { LlamaModel } from '../model.js';
+import { choice, custom, int, num, str, strs, type Values } from './args.js';
+import { loadingLine, transferLine } from './output.js';
+
+/** The default most tokens of an answer of `chat` and `complete`: without a limit, a small model may never stop. */
+export const DEFAULT_MAX_TOKENS = 512;
+
+export const modelFlag = str({
+  placeholder: 'FILE',
+  required: true,
+  description: 'the GGUF model: a path, hf:owner/repo/file.gguf or a URL (downloaded on first use)',
+});
+
+export const gpuFlag = choice({
+  choices: ['auto', 'cuda', 'vulkan', 'metal', 'off'] as const,
+  aliases: { cpu: 'off', false: 'off' },
+  default: 'auto',
+  group: 'Placement',
+  description: 'GPU backend: the first that works here, one by name, or off (the CPU)',
+});
+
+export const gpuLayersFlag = custom<number | 'auto' | 'max'>({
+  placeholder: 'N|auto|max',
+  default: 'auto',
+  group: 'Placement',
+  expected: 'a non-negative integer, auto or max',
+  description: 'layers to offload to the GPU: auto fits them to free memory',
+  convert: (raw) => (raw === 'auto' || raw === 'max' ? raw : /^\d+$/.test(raw) ? Number(raw) : undefined),
+});
+
+export const rpcFlag = custom<string[]>({
+  placeholder: 'HOST:PORT,...',
+  group: 'Placement',
+  expected: 'a comma-separated list of host:port (ports from 1 to 65535)',
+  description: 'llama.cpp RPC servers (llama-addon rpc-server) to split the model across',
+  convert: (raw) => {
+    const list = raw.split(',').map((s) => s.trim()).filter(Boolean);
+    const ok = list.length > 0 && list.every((e) => {
+      const m = /^[^\s:]+:(\d{1,5})$/.exec(e);
+      return m !== null && Number(m[1]) >= 1 && Number(m[1]) <= 65535;
+    });
+    return ok ? list : undefined;
+  },
+});
+
+/** The flags of commands that load a model to generate with (`complete`, `chat`). */
+export const generateModelFlags = {
+  model: modelFlag,
+  'max-tokens': int({ min: 1, max: 2 ** 31 - 1, default: DEFAULT_MAX_TOKENS, description: 'most tokens to generate for an answer' }),
+  'ctx-size': int({ min: 1, max: 1 << 24, defaultText: "the model's training context, at most 4096", description: 'tokens the context holds' }),
+  threads: int({ min: 1, max: 1024, defaultText: 'the physical cores', description: 'CPU threads for generation' }),
+  gpu: gpuFlag,
+  'gpu-layers': gpuLayersFlag,
+  rpc: rpcFlag,
+};
+
+/** Sampling: the library's defaults, passed as they are shown. */
+export const samplingFlags = {
+  temperature: num({ min: 0, max: 100, default: 0.8, group: 'Sampling', description: 'randomness; 0 always takes the most likely token' }),
+  'top-k': int({ min: 0, max: 2 ** 31 - 1, default: 40, group: 'Sampling', description: 'keep the K most likely tokens (0: all)' }),
+  'top-p': num({ min: 0, max: 1, default: 0.95, group: 'Sampling', description: 'keep the most likely tokens up to this total probability (1: all)' }),
+  'min-p': num({ min: 0, max: 1, default: 0.05, group: 'Sampling', description: 'drop tokens less likely than this fraction of the most likely (0: off)' }),
+  'typical-p': num({ min: 0, max: 1, default: 1, group: 'Sampling', description: 'locally typical sampling (1: off)' }),
+  'repeat-penalty': num({ min: 0, max: 100, default: 1, group: 'Sampling', description: 'penalty for repeating recent tokens (1: off)' }),
+  'presence-penalty': num({ min: -100, max: 100, default: 0, group: 'Sampling', description: 'penalty for tokens that appeared at all' }),
+  'frequency-penalty': num({ min: -100, max: 100, default: 0, group: 'Sampling', description: 'penalty growing with how often a token appeared' }),
+  'penalty-last-n': int({ min: -1, max: 2 ** 31 - 1, default: 64, group: 'Sampling', description: 'recent tokens the penalties look at (-1: the whole context)' }),
+  seed: int({ min: 0, max: 2 ** 32 - 1, defaultText: 'random', group: 'Sampling', description: 'the same seed, prompt and options give the same text' }),
+  stop: strs({ group: 'Sampling', description: 'stop when this text appears (not printed)' }),
+};
+
+export function generateOptions(v: Values<typeof samplingFlags> & { 'max-tokens': number }): GenerateOptions {
+  return {
+    maxTokens: v['max-tokens'],
+    temperature: v.temperature,
+    topK: v['top-k'],
+    topP: v['top-p'],
+    minP: v['min-p'],
+    typicalP: v['typical-p'],
+    repeatPenalty: v['repeat-penalty'],
+    presencePenalty: v['presence-penalty'],
+    frequencyPenalty: v['frequency-penalty'],
+    penaltyLastN: v['penalty-last-n'],
+    ...(v.seed !== undefined ? { seed: v.seed } : {}),
+    ...(v.stop.length ? { stop: v.stop } : {}),
+  };
+}
+
+export const gpuOption = (v: 'auto' | 'cuda' | 'vulkan' | 'metal' | 'off'): GpuOption => (v === 'off' ? false : v);
+
+/** A local path, or a hf:/URL reference downloaded into the cache first (with a progress line). */
+export async function modelPath(ref: string): Promise<string> {
+  if (!ref.startsWith('hf:') && !/^https?:\/\//.test(ref)) return ref;
+  const { pullModel } = await import('../pull.js');
+  const line = transferLine(`downloading ${ref}`);
+  try {
+    return (await pullModel(ref, { onProgress: (done, total) => line.update(done, total) })).path;
+  } finally {
+    line.end();
+  }
+}
+
+/** Loads the model of `--model` with a loading bar on a terminal (cleared when done). */
+export async function loadWithBar(
+  v: Values<Pick<typeof generateModelFlags, 'model' | 'gpu' | 'gpu-layers' | 'rpc'>>,
+): Promise<LlamaModel> {
+  const { loadModel } = await import('../model.js');
+  const path = await modelPath(v.model);
+  const bar = await loadingLine(path);
+  try {
+    return await loadModel(path, {
+      onProgress: bar.onProgress,
+      gpu: gpuOption(v.gpu),
+      gpuLayers: v['gpu-layers'],
+      ...(v.rpc ? { rpcServers: v.rpc } : {}),
+    });
+  } finally {
+    bar.end();
+  }
+}
