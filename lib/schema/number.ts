@@ -142,11 +142,29 @@ function intRange(lo: bigint, hi: bigint): Expr | null {
   const parts: Array<Expr | null> = [];
   const dLo = lo.toString().length;
   const dHi = hi.toString().length;
+  // Lengths whose every number is in range (10...0 to 99...9, from two digits on) are written as one
+  // repetition, [1-9] [0-9]{m,n}, rather than one alternative per length: alternatives that share a prefix
+  // multiply the parse states a grammar keeps while sampling, and make it slower.
+  let fullFrom = 0;
+  let fullTo = -1;
+  const flushFull = () => {
+    if (fullFrom <= fullTo) parts.push(seq(cls([[0x31, 0x39]]), rep(DIGIT, fullFrom - 1, fullTo - 1)));
+    fullFrom = 0;
+    fullTo = -1;
+  };
   for (let d = dLo; d <= dHi; d++) {
     const a = d === 1 ? lo : lo > pow10(d - 1) ? lo : pow10(d - 1);
     const b = hi < pow10(d) - 1n ? hi : pow10(d) - 1n;
-    if (a <= b) parts.push(fixedWidth(a.toString(), b.toString()));
+    if (a > b) continue;
+    if (d >= 2 && a === pow10(d - 1) && b === pow10(d) - 1n) {
+      if (fullFrom === 0) fullFrom = d;
+      fullTo = d;
+      continue;
+    }
+    flushFull();
+    parts.push(fixedWidth(a.toString(), b.toString()));
   }
+  flushFull();
   return alt(...parts);
 }
 
