@@ -10,6 +10,9 @@ import { prepareJsonSchema, type JsonSchema, type PreparedSchema } from './json-
 import type { LlamaModel } from './model.js';
 import type { NativeChatApplied, NativeChatApplyOptions, NativeChatMessage, NativeChatTemplate, NativeGenerateOptions } from './native.js';
 import { commonPrefix, type LlamaSession } from './session.js';
+
+/** Most tokens of a chat reply when `maxTokens` is not given: a reply always ends (context shift is on). */
+export const DEFAULT_CHAT_MAX_TOKENS = 1024;
 import { checkOptions, invalid, optBoolean } from './validate.js';
 
 /** A tool (function) the model may call. */
@@ -305,7 +308,9 @@ export class LlamaChat {
   }
 
   /**
-   * Adds `message` (text is a user message) to the conversation and generates the assistant's reply,
+   * Adds `message` (text is a user message) to the conversation and generates the assistant's reply
+   * (at most `maxTokens`, default {@link DEFAULT_CHAT_MAX_TOKENS} = 1024; the result's `stopReason` is then
+   * `'maxTokens'`),
    * which is added when it ends. Without a message, the model replies to the conversation as it is (after
    * tool results, say). Returns at once, like {@link LlamaSession.generate}; the result also has the reply's
    * `content` and `toolCalls`. With `jsonSchema`, the reply follows the schema and `json` holds it.
@@ -353,7 +358,9 @@ export class LlamaChat {
     }
     const messages = [...this.#messages, ...added];
     const { applied, tokens } = this.#render(messages, applyOptions, this.send);
-    let opts: GenerateOptions = generateOptions;
+    // A reply ends: with context shift on (the chats' default), a model that never ends its turn would
+    // otherwise generate forever.
+    let opts: GenerateOptions = { ...generateOptions, maxTokens: generateOptions.maxTokens ?? DEFAULT_CHAT_MAX_TOKENS };
     if (applied.stops.length > 0) {
       const own = opts.stop === undefined ? [] : typeof opts.stop === 'string' ? [opts.stop] : [...opts.stop];
       opts = { ...opts, stop: [...own, ...applied.stops] };

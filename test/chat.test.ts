@@ -284,3 +284,21 @@ describe('chat with a special-token template (synthetic model with the Phi-3 voc
     expect(upper.messages).toEqual([]);
   });
 });
+
+describeShared('a chat reply ends without maxTokens', () => {
+  it('stops at DEFAULT_CHAT_MAX_TOKENS with a model that never ends its turn', async () => {
+    const { DEFAULT_CHAT_MAX_TOKENS } = await import('../lib/chat.js');
+    expect(DEFAULT_CHAT_MAX_TOKENS).toBe(1024);
+    const model = await loadModel(shared('stories260k.gguf'));
+    try {
+      const ctx = await model.createContext({ contextSize: 256 });
+      const chat = ctx.createChat();
+      // stories260k never writes an end of turn: context shift keeps it going until the default limit.
+      const r = await chat.send('Tell me a story.', { temperature: 0, logitBias: { [model.vocab.eos!]: -Infinity } }).result;
+      expect(r.stopReason).toBe('maxTokens');
+      expect(r.tokens.length).toBe(DEFAULT_CHAT_MAX_TOKENS);
+    } finally {
+      await model.dispose();
+    }
+  }, 120_000);
+});

@@ -38,9 +38,18 @@ function ajvFor(draft: Draft): AnyAjv {
       // Every format ajv-formats knows is checked (best-effort mode lets the grammar ignore most of them).
       formats: { ...(require('ajv-formats/dist/formats.js') as { fullFormats: typeof fullFormats }).fullFormats, ...AJV_FORMATS },
     };
-    if (draft === '2020-12') a = new (require('ajv/dist/2020.js') as { Ajv2020: typeof Ajv2020 }).Ajv2020(options);
-    else if (draft === '2019-09') a = new (require('ajv/dist/2019.js') as { Ajv2019: typeof Ajv2019 }).Ajv2019(options);
-    else a = new (require('ajv') as { Ajv: typeof Ajv }).Ajv(options);
+    // The constructors are taken out first: TypeScript 7 drops the parentheses of `new (require(x) as T).C()`
+    // when it removes the `as`, which makes it `new require(x).C()` in dist/ (test/readme.test.ts runs dist/).
+    if (draft === '2020-12') {
+      const { Ajv2020: Ctor } = require('ajv/dist/2020.js') as { Ajv2020: typeof Ajv2020 };
+      a = new Ctor(options);
+    } else if (draft === '2019-09') {
+      const { Ajv2019: Ctor } = require('ajv/dist/2019.js') as { Ajv2019: typeof Ajv2019 };
+      a = new Ctor(options);
+    } else {
+      const { Ajv: Ctor } = require('ajv') as { Ajv: typeof Ajv };
+      a = new Ctor(options);
+    }
     instances.set(draft, a);
   }
   return a;
