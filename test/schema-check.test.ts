@@ -2,6 +2,7 @@
 // keywords the grammar cannot enforce, contradictions, limits. Pure TypeScript: no model, no native code.
 import { describe, expect, it } from 'vitest';
 import { checkJsonSchema, LlamaError, SCHEMA_LIMITS, type JsonSchema, type SchemaErrorDetails } from 'llama-addon';
+import { prng } from './helpers/prng.js';
 
 type SchemaError = LlamaError & SchemaErrorDetails;
 
@@ -24,18 +25,6 @@ function expectError(schema: unknown, code: string, pointer?: string, keyword?: 
   if (pointer !== undefined) expect(e.message).toContain(pointer);
   if (keyword) expect(e.message).toContain(keyword);
   return e;
-}
-
-// A tiny deterministic PRNG (mulberry32), so that every sweep is reproducible.
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 describe('malformed schemas: ERR_INVALID_SCHEMA naming the keyword and its path', () => {

@@ -21,22 +21,12 @@ import { numberExpr, type Bounds } from '../lib/schema/number.js';
 import { jsonText, patternExpr } from '../lib/schema/pattern.js';
 import { describeShared, shared } from './helpers/models.js';
 import { rejectsWith, throwsWith } from './helpers/errors.js';
+import { prng } from './helpers/prng.js';
 
 setLogLevel('error');
 
 const ajv = new Ajv2020({ strict: false, formats: { ...fullFormats, ...AJV_FORMATS } });
 const CODES = ['ERR_INVALID_SCHEMA', 'ERR_UNSUPPORTED_SCHEMA', 'ERR_LIMIT_EXCEEDED', 'ERR_INCOMPLETE_OUTPUT', 'ERR_SCHEMA_MISMATCH'];
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 // A template for the story models, without a generation prompt: llama.cpp's sampler feeds a generation
 // prompt to the grammar token by token and skips a first token that starts with a space, which

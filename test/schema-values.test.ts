@@ -10,19 +10,9 @@ import { boundsSatisfiable, numberExpr, type Bounds } from '../lib/schema/number
 import { jsonText, patternExpr, UnsupportedPattern, withLengths } from '../lib/schema/pattern.js';
 import { lit, rep, seq } from '../lib/schema/expr.js';
 import { ANY } from '../lib/schema/pattern.js';
+import { prng } from './helpers/prng.js';
 
 const ajv = new Ajv2020({ strict: false, formats: AJV_FORMATS });
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('numbers within bounds', () => {
   const r = prng(42);

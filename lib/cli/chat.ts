@@ -3,7 +3,7 @@ import type { ChatMessage } from '../chat-template.js';
 import type { LlamaChat } from '../chat.js';
 import { command, didYouMean, str, suggest } from './args.js';
 import { onSignals } from './output.js';
-import { generateModelFlags, generateOptions, loadWithBar, samplingFlags } from './shared.js';
+import { generateModelFlags, generateOptions, loadWithBar, samplingFlags, runFlags } from './shared.js';
 
 /** The chat's /commands, for /help and for suggestions. */
 const chatCommands: Array<[string, string]> = [
@@ -38,11 +38,7 @@ Without a terminal, it reads messages from stdin, one a line, and prints the ans
     model: generateModelFlags.model,
     system: str({ allowEmpty: true, description: 'the system prompt the conversation starts with' }),
     'max-tokens': generateModelFlags['max-tokens'],
-    'ctx-size': generateModelFlags['ctx-size'],
-    threads: generateModelFlags.threads,
-    gpu: generateModelFlags.gpu,
-    'gpu-layers': generateModelFlags['gpu-layers'],
-    rpc: generateModelFlags.rpc,
+    ...runFlags,
     ...samplingFlags,
   },
   async run(v) {

@@ -1,7 +1,7 @@
 // The smaller commands: complete, embed, tokenize, pull, quantize, bench, rpc-server, backends.
 import { bool, choice, command, int, str, strs, UsageError, suggest, didYouMean } from './args.js';
 import { transferLine, progressLine, bytes, readModelHeader } from './output.js';
-import { generateModelFlags, generateOptions, gpuFlag, gpuLayersFlag, gpuOption, loadWithBar, modelFlag, modelPath, rpcFlag, samplingFlags } from './shared.js';
+import { generateModelFlags, generateOptions, gpuFlag, gpuLayersFlag, gpuOption, loadWithBar, modelFlag, modelPath, rpcFlag, samplingFlags, runFlags } from './shared.js';
 
 async function readText(path: string, what: string): Promise<string> {
   const { readFile } = await import('node:fs/promises');
@@ -24,11 +24,7 @@ usage, timings }. An answer cut by --max-tokens ends with a note on stderr when 
     json: bool({ description: 'print one JSON object with the text, stop reason, token counts and timings' }),
     'json-schema': str({ placeholder: 'FILE', description: 'a JSON schema (a .json file) the output must follow' }),
     grammar: str({ placeholder: 'FILE', description: 'a GBNF grammar file the output must follow' }),
-    'ctx-size': generateModelFlags['ctx-size'],
-    threads: generateModelFlags.threads,
-    gpu: generateModelFlags.gpu,
-    'gpu-layers': generateModelFlags['gpu-layers'],
-    rpc: generateModelFlags.rpc,
+    ...runFlags,
     ...samplingFlags,
   },
   positionals: { min: 1, max: 1, message: 'complete needs one prompt argument (in quotes: "Once upon a time")' },

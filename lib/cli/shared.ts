@@ -47,14 +47,19 @@ export const rpcFlag = custom<string[]>({
 });
 
 /** The flags of commands that load a model to generate with (`complete`, `chat`). */
-export const generateModelFlags = {
-  model: modelFlag,
-  'max-tokens': int({ min: 1, max: 2 ** 31 - 1, default: DEFAULT_MAX_TOKENS, description: 'most tokens to generate for an answer' }),
+/** Where a model runs: the context's size and threads, the GPU and RPC servers. */
+export const runFlags = {
   'ctx-size': int({ min: 1, max: 1 << 24, defaultText: "the model's training context, at most 4096", description: 'tokens the context holds' }),
-  threads: int({ min: 1, max: 1024, defaultText: 'the physical cores', description: 'CPU threads for generation' }),
+  threads: int({ min: 1, max: 512, defaultText: 'the physical cores', description: 'CPU threads for generation' }),
   gpu: gpuFlag,
   'gpu-layers': gpuLayersFlag,
   rpc: rpcFlag,
+};
+
+export const generateModelFlags = {
+  model: modelFlag,
+  'max-tokens': int({ min: 1, max: 2 ** 31 - 1, default: DEFAULT_MAX_TOKENS, description: 'most tokens to generate for an answer' }),
+  ...runFlags,
 };
 
 /** Sampling: the library's defaults, passed as they are shown. */
