@@ -38,6 +38,10 @@ export const limits = Object.freeze({
   templateBytes: 2 ** 20,
   /** Brackets within one tag, and blocks, nested in a template's source. */
   templateNesting: 100,
+  /** Operators and words (outside strings) in one tag of a template: its parser recurses on chains of them. */
+  templateTagTokens: 4000,
+  /** Items of one list or mapping while rendering (none may contain itself). */
+  templateItems: 100_000,
   /** Nodes nested while rendering (macro calls included: a recursive macro stops here). */
   templateDepth: 300,
   /** Nodes evaluated per render. */

@@ -68,6 +68,9 @@ class CreateWorker : public Napi::AsyncWorker {
       AbortGuard guard;
       std::shared_lock<std::shared_mutex> registry(registryMutex());
       std::shared_lock<std::shared_mutex> lock(model_->adaptersMu);
+      int32_t train = llama_model_n_ctx_train(model_->model);
+      SharedStreamScope quiet(params_.kv_unified && params_.n_seq_max > 1 && train > 0 &&
+                              params_.n_ctx / params_.n_seq_max <= (uint32_t)train);
       ctx = llama_init_from_model(model_->model, params_);
     } catch (const std::exception& e) {
       ctx = nullptr;

@@ -29,6 +29,7 @@ struct PendingLine {
 };
 thread_local PendingLine t_line;
 thread_local bool t_capturing = false;
+thread_local bool t_sharedStream = false;  // see SharedStreamScope
 thread_local std::string t_captured;
 
 LogLevel fromGgml(ggml_log_level level, LogLevel previous) {
@@ -70,10 +71,14 @@ bool knownHarmless(const std::string& t) {
   unsigned seq = 0, train = 0;
   size_t at = t.find("n_ctx_seq (");
   if (at != std::string::npos && std::sscanf(t.c_str() + at, "n_ctx_seq (%u) > n_ctx_train (%u)", &seq, &train) == 2) {
-    return seq < train + 256;
+    // An embedding context shares one KV stream among its sequences (native/context.cpp), each within
+    // contextSize: its stream is larger than the training context without any sequence being so.
+    return seq < train + 256 || t_sharedStream;
   }
   // The same rounding, per sequence; the context reports the size it has (LlamaContext.contextSize).
   if (t.find("n_ctx is not divisible by n_seq_max") != std::string::npos) return true;
+  // A model without a pooling type of its own (-1) and the caller's choice: nothing is overridden.
+  if (t.find("model default pooling_type is [-1], but") != std::string::npos) return true;
   return false;
 }
 
@@ -162,6 +167,9 @@ Napi::Value SetLogSink(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void logLine(LogLevel level, const std::string& text) { emit((int)level, text); }
+
+SharedStreamScope::SharedStreamScope(bool on) : previous_(t_sharedStream) { t_sharedStream = on; }
+SharedStreamScope::~SharedStreamScope() { t_sharedStream = previous_; }
 
 void installLogger() {
   llama_log_set(onLog, nullptr);

@@ -15,6 +15,18 @@ void setLogLevel(LogLevel level);
 void beginCapture();
 std::string endCapture();
 void registerLogExports(Napi::Env env, Napi::Object exports);
+// While one lives on a thread (creating a context whose sequences share one KV stream, each within a
+// context size no larger than the training context), llama.cpp's "n_ctx_seq > n_ctx_train" is not a warning.
+class SharedStreamScope {
+ public:
+  explicit SharedStreamScope(bool on);
+  ~SharedStreamScope();
+  SharedStreamScope(const SharedStreamScope&) = delete;
+  SharedStreamScope& operator=(const SharedStreamScope&) = delete;
+
+ private:
+  bool previous_;
+};
 void shutdownLogger();
 
 }  // namespace la

@@ -18,8 +18,13 @@ bool endsWith(const std::string& s, const char* suffix) {
 
 // Types that ggml's matrix multiplication and row lookup accept as weights on every backend: the float
 // types and the block-quantized ones. The integer types (I8..I64) and F64 are data types for other ops.
+// A weight type must read back as floats (ggml's to_float): Q8_1 and Q8_K are block-quantized but only
+// ever activations, with neither a dot product nor a row lookup on the CPU, and crash the first decode.
 bool isWeightType(ggml_type t) {
-  return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16 || ggml_is_quantized(t);
+  if (t == GGML_TYPE_F32) return true;
+  if ((int)t < 0 || (int)t >= GGML_TYPE_COUNT) return false;
+  const ggml_type_traits* traits = ggml_get_type_traits(t);
+  return traits != nullptr && traits->to_float != nullptr && traits->blck_size > 0;
 }
 
 std::string typeName(ggml_type t) {
@@ -137,7 +142,7 @@ std::string checkTensors(const Gguf& f, bool adapter) {
     }
     if (!isWeightType(t)) {
       return "tensor " + name + " has type " + typeName(t) +
-             ", which llama.cpp cannot use as a weight (expected F32, F16, BF16 or a quantized type)";
+             ", which llama.cpp cannot use as a weight (expected F32, F16, BF16 or a quantized weight type; Q8_1 and Q8_K are not)";
     }
   }
   return {};

@@ -10,7 +10,9 @@
 // not a crash), so a toolchain that bound the calls locally instead would fail the suite, not pass silently.
 #include "template_limits.h"
 
+#include <algorithm>
 #include <cctype>
+#include <vector>
 #include <chrono>
 #include <sstream>
 
@@ -41,6 +43,10 @@ void checkRange(const jinja::call_expression& call, jinja::context& ctx) {
     if (!jinja::is_val<jinja::value_int>(a)) return;  // the interpreter reports the type error itself
     v[i] = a->as_int();
   }
+  for (size_t i = 0; i < call.args.size(); i++) {
+    // Beyond ±2^53 the interpreter's counter overflows int64 before it reaches the end: a loop without end.
+    if (v[i] > (int64_t(1) << 53) || v[i] < -(int64_t(1) << 53)) exceeded("range() with an argument beyond ±2^53");
+  }
   int64_t start = call.args.size() == 1 ? 0 : v[0];
   int64_t stop = call.args.size() == 1 ? v[0] : v[1];
   int64_t step = call.args.size() == 3 ? v[2] : 1;
@@ -66,6 +72,58 @@ void checkLoop(const jinja::for_statement& loop, jinja::context& ctx) {
   if (n > (size_t)kTemplateMaxLoop) {
     exceeded("a for loop over " + std::to_string(n) + " items; the limit is " + std::to_string(kTemplateMaxLoop));
   }
+}
+
+// Lists and mappings: no more than kTemplateMaxItems items, and none that contains itself (printing,
+// serializing or comparing one recurses without end in the interpreter). Walked without recursion, at most
+// kTemplateMaxItems values per check.
+void checkContainer(const jinja::value& root) {
+  if (!root || (!jinja::is_val<jinja::value_array>(root) && !jinja::is_val<jinja::value_object>(root))) return;
+  struct Frame {
+    const jinja::value_t* v;
+    size_t next;
+  };
+  std::vector<Frame> path;
+  std::vector<const jinja::value_t*> onPath;
+  size_t visited = 0;
+  auto children = [](const jinja::value_t* v) -> size_t {
+    return jinja::is_val<jinja::value_array>(v) ? v->val_arr.size() : jinja::is_val<jinja::value_object>(v) ? v->val_obj.size() : 0;
+  };
+  auto child = [](const jinja::value_t* v, size_t i) -> const jinja::value_t* {
+    return jinja::is_val<jinja::value_array>(v) ? v->val_arr[i].get() : v->val_obj[i].second.get();
+  };
+  path.push_back({root.get(), 0});
+  onPath.push_back(root.get());
+  if (children(root.get()) > (size_t)kTemplateMaxItems) {
+    exceeded("a list or mapping of more than " + std::to_string(kTemplateMaxItems) + " items");
+  }
+  while (!path.empty() && visited < (size_t)kTemplateMaxItems) {
+    Frame& f = path.back();
+    if (f.next >= children(f.v)) {
+      path.pop_back();
+      onPath.pop_back();
+      continue;
+    }
+    const jinja::value_t* c = child(f.v, f.next++);
+    visited++;
+    if (c == nullptr || children(c) == 0) continue;
+    if (std::find(onPath.begin(), onPath.end(), c) != onPath.end()) exceeded("a list or mapping that contains itself");
+    if (children(c) > (size_t)kTemplateMaxItems) {
+      exceeded("a list or mapping of more than " + std::to_string(kTemplateMaxItems) + " items");
+    }
+    if (path.size() >= kTemplateMaxDepth) exceeded("lists or mappings nested more than " + std::to_string(kTemplateMaxDepth) + " deep");
+    path.push_back({c, 0});
+    onPath.push_back(c);
+  }
+}
+
+// A method call on a list or mapping (append, extend, insert, update, ...) may make it contain itself: the
+// object is looked at again once the call has run (it is a lookup in chat templates: evaluated twice).
+void checkCallTarget(const jinja::call_expression& call, jinja::context& ctx) {
+  auto* member = dynamic_cast<const jinja::member_expression*>(call.callee.get());
+  if (member == nullptr) return;
+  jinja::value target = member->object->execute(ctx);
+  checkContainer(target);
 }
 
 struct Depth {
@@ -101,6 +159,7 @@ void checkTemplateSource(const std::string& src) {
     while (w < src.size() && (std::isalnum((unsigned char)src[w]) || src[w] == '_')) w++;
     std::string word = src.substr(j, w - j);
     size_t depth = 0;
+    size_t tokens = 0;  // operators and words outside strings: the parser recurses on chains of them
     bool hasAssign = false;
     char quote = 0;
     size_t k = j;
@@ -110,6 +169,17 @@ void checkTemplateSource(const std::string& src) {
         if (c == '\\') k++;
         else if (c == quote) quote = 0;
         continue;
+      }
+      if (c != ' ' && c != '\t' && c != '\n' && c != '\r' && !(std::isalnum((unsigned char)c) || c == '_') ) {
+        if (++tokens > kTemplateMaxTagTokens) {
+          exceeded("a tag of the template has more than " + std::to_string(kTemplateMaxTagTokens) + " operators and words (at byte " +
+                   std::to_string(i) + ")");
+        }
+      } else if ((std::isalnum((unsigned char)c) || c == '_') && k > 0 && !(std::isalnum((unsigned char)src[k - 1]) || src[k - 1] == '_')) {
+        if (++tokens > kTemplateMaxTagTokens) {
+          exceeded("a tag of the template has more than " + std::to_string(kTemplateMaxTagTokens) + " operators and words (at byte " +
+                   std::to_string(i) + ")");
+        }
       }
       if (c == '\'' || c == '"') quote = c;
       else if (c == '(' || c == '[' || c == '{') {
@@ -169,9 +239,13 @@ __attribute__((visibility("default"))) value statement::execute(context& ctx) co
   la::enterNode();
   la::Depth depth;
   try {
-    if (auto* call = dynamic_cast<const call_expression*>(this)) la::checkRange(*call, ctx);
+    auto* call = dynamic_cast<const call_expression*>(this);
+    if (call != nullptr) la::checkRange(*call, ctx);
     else if (auto* loop = dynamic_cast<const for_statement*>(this)) la::checkLoop(*loop, ctx);
-    return execute_impl(ctx);
+    value v = execute_impl(ctx);
+    la::checkContainer(v);
+    if (call != nullptr) la::checkCallTarget(*call, ctx);
+    return v;
   } catch (const continue_statement::signal&) {
     throw;
   } catch (const break_statement::signal&) {

@@ -13,6 +13,8 @@ constexpr int64_t kTemplateMaxMillis = 2000;       // wall-clock time per render
 constexpr int64_t kTemplateMaxLoop = 10000;        // values of one range() call, items of one for loop
 constexpr size_t kTemplateMaxSource = 1u << 20;    // template source, bytes
 constexpr size_t kTemplateMaxNesting = 100;        // brackets inside a tag, and blocks, nested in the source
+constexpr size_t kTemplateMaxTagTokens = 4000;     // operators and words in one tag (the parser recurses on chains)
+constexpr int64_t kTemplateMaxItems = 100000;      // items of one list or mapping
 
 // Thrown when a render exceeds a limit. Not a std::exception, so that the interpreter's own handlers (which
 // catch std::exception to report template errors or ignore them) let it through to the addon.

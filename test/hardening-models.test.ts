@@ -105,6 +105,32 @@ describe('models that load can be used', () => {
     }
   }, 300_000);
 
+  it('weights of a quantized type that is only ever an activation (Q8_1, Q8_K) are refused, in a model and in an adapter', async () => {
+    const Q8_1 = 9;
+    const Q8_K = 15;
+    const cases: Case[] = [];
+    // Same-size blocks are not needed: the check refuses at load, before any data is read.
+    for (const [name, type] of [['Q8_1', Q8_1], ['Q8_K', Q8_K]] as const) {
+      for (const tensor of ['blk.0.attn_q.weight', 'token_embd.weight', 'output.weight']) {
+        const id = `${tensor}-${name}`.replace(/[^\w.-]/g, '_');
+        const path = join(dir, `${id}.gguf`);
+        copyFileSync(base, path);
+        setTensorType(path, tensor, type);
+        cases.push({ id, model: path });
+      }
+    }
+    const lora = join(dir, 'lora-q8k-base.gguf');
+    await writeSyntheticLora(lora, { ...shape, seed: 5 });
+    for (const [name, type] of [['Q8_1', Q8_1], ['Q8_K', Q8_K]] as const) {
+      const path = join(dir, `lora-a-${name}.gguf`);
+      copyFileSync(lora, path);
+      setTensorType(path, 'blk.0.attn_q.weight.lora_a', type);
+      cases.push({ id: `lora-a-${name}`, model: base, lora: path });
+    }
+    const out = runCases(cases);
+    for (const c of cases) expect(out.get(c.id), c.id).toBe(c.lora ? 'ERR_INVALID_ADAPTER' : 'ERR_INVALID_MODEL');
+  }, 120_000);
+
   it('sweep: every floating-point hyper-parameter set to NaN, ±Infinity, -1 or 0 is either rejected or runs', async () => {
     const keys = ['llama.attention.layer_norm_rms_epsilon', 'llama.rope.freq_base', 'llama.rope.scaling.factor', 'llama.attention.scale', 'llama.rope.scaling.attn_factor'];
     const cases: Case[] = [];

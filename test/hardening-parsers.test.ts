@@ -116,6 +116,17 @@ const templates: Array<[string, string]> = [
   ['nested loops', '{% for a in range(1000) %}{% for b in range(1000) %}{% for c in range(1000) %}x{% endfor %}{% endfor %}{% endfor %}'],
   ['deep brackets', '{{ ' + '('.repeat(20000) + '1' + ')'.repeat(20000) + ' }}'],
   ['deep blocks', '{% if true %}'.repeat(5000) + 'x' + '{% endif %}'.repeat(5000)],
+  // Found by a hostile review: recursion outside template nodes, and loops the counts did not see.
+  ['a list that contains itself, printed', '{% set l = [] %}{% set _ = l.append(l) %}{{ l }}'],
+  ['a list that contains itself, as JSON', '{% set l = [] %}{% set _ = l.append(l) %}{{ l|tojson }}'],
+  ['messages appended to themselves', '{% set _ = messages.append(messages) %}{{ messages|tojson }}'],
+  ['a namespace that contains itself', '{% set ns = namespace(x=1) %}{% set ns.x = ns %}{{ ns|tojson }}'],
+  ['a mapping inside a list inside itself', '{% set l = [] %}{% set d = {"l": l} %}{% set _ = l.append(d) %}{{ d|tojson }}'],
+  ['a chain of unary operators', '{{ ' + 'not '.repeat(60000) + '1 }}'],
+  ['a chain of minus signs', '{{ ' + '-'.repeat(100000) + '1 }}'],
+  ['a chain of calls', '{{ f' + '()'.repeat(100000) + ' }}'],
+  ['a range whose step overflows', '{{ range(-5, 9223372036854775807, 922337203685477580)|list }}'],
+  ['a list doubled in a loop', '{% set ns = namespace(l=[1]) %}{% for i in range(30) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}'],
 ];
 
 describeShared('chat templates', () => {

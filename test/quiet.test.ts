@@ -42,6 +42,21 @@ describeShared('quiet by default', () => {
     expect(run(shared('vocab-phi-3.gguf'), 'default', true).stderr).toBe('');
   });
 
+  it('an embedding context of several sequences (one shared KV stream) prints nothing either', () => {
+    const script = `
+      import { loadModel } from ${JSON.stringify(join(repoRoot, 'dist', 'index.js'))};
+      const m = await loadModel(${JSON.stringify(shared('stories260k.gguf'))});
+      const ctx = await m.createContext({ embeddings: true, pooling: 'mean', sequences: 8 });
+      console.log((await ctx.embed(['a', 'b'])).length);
+      await m.dispose();`;
+    const file = join(fixtures, 'quiet-embed.mjs');
+    writeFileSync(file, script);
+    const r = spawnSync(process.execPath, [file], { cwd: repoRoot, encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toBe('2');
+    expect(r.stderr).toBe('');
+  });
+
   it('the demoted lines are still there at the info level, as info', () => {
     const { lines } = run(shared('stories260k.gguf'), 'info');
     expect(lines.some((l) => l.startsWith('info ') && l.includes('bad special token'))).toBe(true);

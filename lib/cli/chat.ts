@@ -72,7 +72,9 @@ Without a terminal, it reads messages from stdin, one a line, and prints the ans
     const prompt = (p: string) => {
       if (tty) process.stdout.write(p);
     };
-    const note = (text: string) => process.stdout.write(`(${text})\n`);
+    // Notes (commands' replies, errors) go to stdout in a terminal and to stderr when piped, so that piped
+    // output is the answers only.
+    const note = (text: string) => (tty ? process.stdout : process.stderr).write(`(${text})\n`);
     if (tty) {
       process.stdout.write(
         `Chatting with ${basename(model.path)}: /help, /system TEXT, /reset, /save FILE, /load FILE, /exit; Ctrl-C stops an answer, Ctrl-D quits\n`,
@@ -166,7 +168,13 @@ Without a terminal, it reads messages from stdin, one a line, and prints the ans
             : r.stopReason === 'maxTokens' ? ` [cut at ${v['max-tokens']} tokens]`
             : r.stopReason === 'contextFull' ? ' [context full]'
             : '';
-          process.stdout.write(mark + '\n');
+          // On a terminal the marker follows the answer; piped, stdout carries only answers (the marker goes
+          // to stderr, as complete's does).
+          if (tty) process.stdout.write(mark + '\n');
+          else {
+            process.stdout.write('\n');
+            if (mark) process.stderr.write(mark.trim() + '\n');
+          }
         } catch (e) {
           const err = e as Error & { code?: string };
           process.stdout.write('\n');
