@@ -1,3 +1,4 @@
+import { LlamaError } from './errors.js';
 import { prepareJsonSchema, preparedGrammar, type JsonSchema, type PreparedSchema, type SchemaMode } from './json-schema.js';
 import { parseLora, type LoraSpec } from './lora.js';
 import type { NativeGenerateOptions } from './native.js';
@@ -162,7 +163,10 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
     const triggers: NonNullable<NativeGenerateOptions['grammarTriggers']> = [];
     if (t.words !== undefined) for (const w of stringList(t.words, 'grammarTriggers.words', caller)) triggers.push({ type: 'word', value: w });
     if (t.patterns !== undefined) {
-      for (const p of stringList(t.patterns, 'grammarTriggers.patterns', caller)) triggers.push({ type: 'pattern', value: p });
+      for (const p of stringList(t.patterns, 'grammarTriggers.patterns', caller)) {
+        checkTriggerPattern(p, caller);
+        triggers.push({ type: 'pattern', value: p });
+      }
     }
     if (t.tokens !== undefined) {
       if (!Array.isArray(t.tokens) || !t.tokens.every((x) => Number.isInteger(x) && x >= 0 && x < vocabSize)) {
@@ -188,3 +192,54 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
   return { native: out, signal, jsonSchema: o.jsonSchema !== undefined, schema, loraKey };
 }
 
+
+/** Longest trigger pattern (characters). */
+export const MAX_TRIGGER_PATTERN = 1000;
+
+/**
+ * Trigger patterns run with std::regex (a backtracking matcher) over the generated text at every token, on
+ * the context's engine thread, where nothing can interrupt them. Patterns that backtrack exponentially are
+ * refused: a quantified group that holds a quantifier or an alternation (`(a+)+`, `(a|a)*`), and
+ * backreferences. What is left matches in time polynomial in the text.
+ */
+function checkTriggerPattern(p: string, caller: Function): void {
+  const fail = (why: string) => {
+    const err = new LlamaError('ERR_LIMIT_EXCEEDED', `Invalid option "grammarTriggers.patterns": ${why}, received ${JSON.stringify(p.length > 80 ? p.slice(0, 80) + '...' : p)}`);
+    Error.captureStackTrace(err, caller);
+    throw err;
+  };
+  if (p.length > MAX_TRIGGER_PATTERN) fail(`a pattern of at most ${MAX_TRIGGER_PATTERN} characters was expected`);
+  // Per open group: whether it holds a quantifier or an alternation so far.
+  const groups: Array<{ risky: boolean }> = [];
+  let lastGroupRisky = false; // the group that just closed, for a quantifier right after it
+  let inClass = false;
+  for (let i = 0; i < p.length; i++) {
+    const c = p[i];
+    if (c === '\\') {
+      if (!inClass && /[1-9]/.test(p[i + 1] ?? '')) fail('a pattern without backreferences was expected');
+      i++;
+      lastGroupRisky = false;
+      continue;
+    }
+    if (inClass) {
+      if (c === ']') inClass = false;
+      continue;
+    }
+    const quantifier = c === '*' || c === '+' || (c === '{' && /^\{\d*,?\d*\}/.test(p.slice(i)));
+    if (quantifier) {
+      if (lastGroupRisky) fail('a pattern without nested quantifiers or quantified alternations was expected (they backtrack exponentially)');
+      if (groups.length > 0) groups[groups.length - 1].risky = true;
+      lastGroupRisky = false;
+      continue;
+    }
+    lastGroupRisky = false;
+    if (c === '[') inClass = true;
+    else if (c === '(') groups.push({ risky: false });
+    else if (c === '|' && groups.length > 0) groups[groups.length - 1].risky = true;
+    else if (c === ')') {
+      const g = groups.pop();
+      lastGroupRisky = g?.risky ?? false;
+      if (g?.risky && groups.length > 0) groups[groups.length - 1].risky = true;
+    }
+  }
+}

@@ -190,3 +190,23 @@ describe('limits', () => {
     expect(Object.isFrozen(limits)).toBe(true);
   });
 });
+
+describeShared('grammar trigger patterns', () => {
+  it('patterns that backtrack exponentially are refused before a generation starts; plain ones work', async () => {
+    const model = await loadModel(shared('stories260k.gguf'));
+    try {
+      await using ctx = await model.createContext({ contextSize: 256 });
+      using s = ctx.createSession();
+      for (const p of ['([\\s\\S]*)*x$', '(a|a)*(b|b)*(c|c)*(.|.)*z', '(x+)+y', '(.*)\\1\\1z', 'a'.repeat(1001)]) {
+        await rejectsWith(s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { patterns: [p] } }), 'ERR_LIMIT_EXCEEDED');
+      }
+      for (const p of ['<call>[\\s\\S]*', '(foo|bar)baz', '[0-9]{3}-x']) {
+        s.reset();
+        const r = await s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { patterns: [p] } });
+        expect(r.stopReason).toBe('maxTokens');
+      }
+    } finally {
+      await model.dispose();
+    }
+  });
+});
