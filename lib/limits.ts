@@ -29,7 +29,7 @@ export const limits = Object.freeze({
   /** Text given to `matchesGrammar`, bytes: 1 MiB. */
   matchBytes: 2 ** 20,
   /** Parse states a grammar keeps at once, while generating or in `matchesGrammar` (an ambiguous grammar needs many). */
-  grammarStates: 1024,
+  grammarStates: 8192,
   /** A JSON schema's text, bytes: 1 MiB. */
   schemaBytes: 2 ** 20,
   /** Objects and arrays nested in a JSON schema. */

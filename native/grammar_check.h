@@ -14,7 +14,7 @@ constexpr size_t kGrammarMaxElements = 1u << 22;  // elements after repetitions 
 constexpr size_t kGrammarMaxRules = 65536;      // rules after parsing (groups and repetitions become rules)
 constexpr size_t kGrammarMaxChain = 1000;       // rules starting with rules starting with rules ...
 constexpr double kGrammarMaxPaths = 1e6;        // ways a rule can start (llama.cpp walks each)
-constexpr size_t kGrammarMaxStacks = 1024;      // parse states at once, while generating or matching
+constexpr size_t kGrammarMaxStacks = 8192;      // parse states at once, while generating or matching
 
 // The grammar does not parse, or is left-recursive, or has a repetition {m,n} with m > n.
 struct GrammarSyntaxError : std::runtime_error {

@@ -210,3 +210,21 @@ describeShared('grammar trigger patterns', () => {
     }
   });
 });
+
+describeShared('large but unambiguous grammars', () => {
+  it('an alternation of 5,000 words sharing a prefix is matched and generated, not refused as ambiguous', async () => {
+    const model = await loadModel(shared('stories260k.gguf'));
+    try {
+      const words = Array.from({ length: 5000 }, (_, i) => `"w${i}"`).join(' | ');
+      const g = `root ::= ${words}`;
+      expect(await model.matchesGrammar('w1234', g)).toBe(true);
+      expect(await model.matchesGrammar('w5000', g)).toBe(false);
+      await using ctx = await model.createContext({ contextSize: 256 });
+      using s = ctx.createSession();
+      const r = await s.complete('Once', { grammar: g, maxTokens: 8, temperature: 0 });
+      expect(r.text).toMatch(/^w\d+$/);
+    } finally {
+      await model.dispose();
+    }
+  }, 60_000);
+});
