@@ -170,16 +170,12 @@ void checkTemplateSource(const std::string& src) {
         else if (c == quote) quote = 0;
         continue;
       }
-      if (c != ' ' && c != '\t' && c != '\n' && c != '\r' && !(std::isalnum((unsigned char)c) || c == '_') ) {
-        if (++tokens > kTemplateMaxTagTokens) {
-          exceeded("a tag of the template has more than " + std::to_string(kTemplateMaxTagTokens) + " operators and words (at byte " +
-                   std::to_string(i) + ")");
-        }
-      } else if ((std::isalnum((unsigned char)c) || c == '_') && k > 0 && !(std::isalnum((unsigned char)src[k - 1]) || src[k - 1] == '_')) {
-        if (++tokens > kTemplateMaxTagTokens) {
-          exceeded("a tag of the template has more than " + std::to_string(kTemplateMaxTagTokens) + " operators and words (at byte " +
-                   std::to_string(i) + ")");
-        }
+      // A token starts at an operator character, or at the first character of a word.
+      auto word = [](char x) { return std::isalnum((unsigned char)x) || x == '_'; };
+      bool space = c == ' ' || c == '\t' || c == '\n' || c == '\r';
+      if (!space && (!word(c) || !word(src[k - 1])) && ++tokens > kTemplateMaxTagTokens) {
+        exceeded("a tag of the template has more than " + std::to_string(kTemplateMaxTagTokens) + " operators and words (at byte " +
+                 std::to_string(i) + ")");
       }
       if (c == '\'' || c == '"') quote = c;
       else if (c == '(' || c == '[' || c == '{') {
