@@ -306,6 +306,16 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     logger: options.log ? { level: 'info' } : false,
     bodyLimit: options.bodyLimit ?? 1 << 20,
     forceCloseConnections: 'idle',
+    // A request Node's HTTP parser rejects (a bad Transfer-Encoding, say) gets a 400 without a body, then the
+    // connection closes: its method is unknown then, and a body after a HEAD request's answer would be read
+    // as the next response (fastify's default writes one).
+    // Nothing is written where an answer has begun on that connection (as Node's own handler does): a
+    // request whose answer was sent early can be followed by its unread, malformed body.
+    clientErrorHandler: (_err, socket) => {
+      const answering = (socket as unknown as { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
+      if (socket.writable && !answering?.headersSent) socket.end('HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+      else socket.destroy();
+    },
     ajv: { customOptions: { allErrors: false, coerceTypes: false, removeAdditional: false } },
   });
   const running = new Set<AbortController>();
