@@ -33,7 +33,8 @@ const llama = ensureLlamaSource({ quiet: true });
 const keep = ['CMakeLists.txt', 'cmake', 'common', 'ggml', 'include', 'src', 'vendor', 'licenses', 'LICENSE',
   'tools/CMakeLists.txt', 'tools/llama-bench', 'tools/batched-bench', 'models/templates', 'grammars',
   ...['llama-spm', 'llama-bpe', 'qwen2', 'phi-3'].map((v) => `models/ggml-vocab-${v}.gguf`)];
-execFileSync('sh', ['-c', `git -C "${llama}" archive --format=tar --prefix=llama.cpp/ HEAD ${keep.map((k) => `"${k}"`).join(' ')} | xz -T0 -6 > "${join(out, 'llama-src.tar.xz')}"`], { stdio: 'inherit' });
+// From the working tree, not HEAD: it carries our patches (patches/llama.cpp).
+execFileSync('sh', ['-c', `tar -C "${llama}" --transform 's,^,llama.cpp/,' -cf - ${keep.map((k) => `"${k}"`).join(' ')} | xz -T0 -6 > "${join(out, 'llama-src.tar.xz')}"`], { stdio: 'inherit' });
 
 // 3. Node-API headers
 mkdirSync(join(out, 'headers'), { recursive: true });

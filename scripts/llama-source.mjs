@@ -1,9 +1,12 @@
 #!/usr/bin/env node
 // Extracts the pinned llama.cpp source from the git bundle shipped inside the pinned
 // node-llama-cpp npm package into deps/llama.cpp, and verifies its commit id.
-// With LLAMA_CPP_DIR set, checks that directory instead and extracts nothing.
+// Then applies our patches (patches/llama.cpp/*.patch, each with a comment saying why) and records them in
+// deps/llama.cpp/.llama-addon-patches, so that a changed patch set re-extracts the source.
+// With LLAMA_CPP_DIR set, checks that directory instead, extracts nothing and patches nothing (it warns).
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, rmSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -20,6 +23,25 @@ function git(args, cwd) {
 function headOf(dir) {
   try {
     return git(['rev-parse', 'HEAD'], dir);
+  } catch {
+    return null;
+  }
+}
+
+const PATCH_DIR = join(root, 'patches', 'llama.cpp');
+const PATCH_MARK = '.llama-addon-patches';
+
+/** Our patches to the pinned source, in order, and one digest of them all. */
+export function llamaPatches() {
+  const files = existsSync(PATCH_DIR) ? readdirSync(PATCH_DIR).filter((f) => f.endsWith('.patch')).sort() : [];
+  const hash = createHash('sha256');
+  for (const f of files) hash.update(f).update('\0').update(readFileSync(join(PATCH_DIR, f))).update('\0');
+  return { files: files.map((f) => join(PATCH_DIR, f)), digest: hash.digest('hex') };
+}
+
+function patchedWith(dir) {
+  try {
+    return readFileSync(join(dir, PATCH_MARK), 'utf8').trim();
   } catch {
     return null;
   }
@@ -66,10 +88,15 @@ export function ensureLlamaSource({ quiet = false } = {}) {
     if (head !== PINNED_COMMIT) {
       log(`warning: LLAMA_CPP_DIR is at ${head ?? 'an unknown commit'}, not the pinned ${PINNED_COMMIT}; the build may fail`);
     }
+    const { files, digest } = llamaPatches();
+    if (files.length > 0 && patchedWith(dir) !== digest) {
+      log(`warning: LLAMA_CPP_DIR is not patched; apply ${files.map((f) => f.slice(root.length + 1)).join(', ')} to it (git apply) for the fixes they carry`);
+    }
     return dir;
   }
   const dir = join(root, 'deps', 'llama.cpp');
-  if (existsSync(join(dir, 'include', 'llama.h')) && headOf(dir) === PINNED_COMMIT) return dir;
+  const patches = llamaPatches();
+  if (existsSync(join(dir, 'include', 'llama.h')) && headOf(dir) === PINNED_COMMIT && patchedWith(dir) === patches.digest) return dir;
 
   const bundle = findBundle();
   log(`extracting llama.cpp ${PINNED_RELEASE} (${PINNED_COMMIT.slice(0, 12)}) from ${bundle}`);
@@ -87,7 +114,16 @@ export function ensureLlamaSource({ quiet = false } = {}) {
     rmSync(dir, { recursive: true, force: true });
     throw new Error(`llama.cpp source: the bundle gave commit ${head}, expected ${PINNED_COMMIT}`);
   }
-  log(`llama.cpp source ready at ${dir} (commit verified)`);
+  for (const file of patches.files) {
+    try {
+      git(['apply', '--whitespace=nowarn', file], dir);
+    } catch (e) {
+      rmSync(dir, { recursive: true, force: true });
+      throw new Error(`llama.cpp source: the patch ${file} does not apply to ${PINNED_COMMIT}: ${e.stderr || e.message}`);
+    }
+  }
+  writeFileSync(join(dir, PATCH_MARK), patches.digest + '\n');
+  log(`llama.cpp source ready at ${dir} (commit verified, ${patches.files.length} patch${patches.files.length === 1 ? '' : 'es'} applied)`);
   return dir;
 }
 

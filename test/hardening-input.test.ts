@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limits, loadModel, LlamaError, setLogLevel, type LlamaModel } from 'llama-addon';
 import { rejectsWith, throwsWith } from './helpers/errors.js';
-import { describeShared, fixtures, repoRoot, shared, vocabDir } from './helpers/models.js';
+import { describeShared, fixtures, repoRoot, shared, vocab, vocabDir } from './helpers/models.js';
 
 setLogLevel('error');
 
@@ -106,6 +106,37 @@ describeShared('input sizes', () => {
     // A text just under the limit is not refused for its size.
     expect(model.tokenize('a'.repeat(1 << 16)).length).toBeGreaterThan(0);
   });
+
+  // Two quadratic loops in llama.cpp's tokenizer, patched (patches/llama.cpp): SentencePiece byte fallback
+  // copied the whole output for each character it spelled in bytes, and the special-token partition walked
+  // its fragment list from the start for each match. Quadratic, these took minutes; linear, about a second.
+  // The bounds leave a margin of tens for a busy machine. (fuzz/tokenize-scaling.ts sweeps every vocabulary.)
+  it('byte fallback is linear: 4 MiB of characters without tokens take seconds, not minutes', () => {
+    const text = '日本'.repeat(700_000);
+    const t0 = Date.now();
+    const tokens = model.tokenize(text, { addBos: false });
+    expect(Date.now() - t0).toBeLessThan(60_000);
+    // stories260k spells each of these characters as its three UTF-8 bytes (plus the leading space piece).
+    expect(tokens.length).toBeGreaterThanOrEqual(6 * 700_000);
+    expect(model.detokenize(tokens).trimStart()).toBe(text);
+  }, 120_000);
+
+  it('the special-token partition is linear: 1 MiB that matches user-defined tokens throughout', async () => {
+    const ds = await loadModel(vocab('deepseek-llm'), { vocabOnly: true });
+    try {
+      const unit = 'Ünïcödé wörds, ';
+      const small = ds.tokenize(unit, { addBos: false });
+      const text = unit.repeat(Math.floor((1 << 20) / Buffer.byteLength(unit)));
+      const t0 = Date.now();
+      const tokens = ds.tokenize(text, { addBos: false });
+      // 86 s before the patch on this machine, 7 s after.
+      expect(Date.now() - t0).toBeLessThan(45_000);
+      expect(ds.detokenize(tokens)).toBe(text);
+      expect(tokens.length).toBeGreaterThanOrEqual(small.length * Math.floor(text.length / unit.length) * 0.9);
+    } finally {
+      await ds.dispose();
+    }
+  }, 120_000);
 
   it('threads beyond ggml\'s maximum are an argument error', async () => {
     await rejectsWith(model.createContext({ threads: 1000 }), 'ERR_INVALID_ARGUMENT');
