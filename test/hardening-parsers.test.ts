@@ -106,7 +106,7 @@ describeShared('grammars', () => {
 });
 
 const recursive = '{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}';
-const templates: Array<[string, string]> = [
+const templates: Array<[string, string, RegExp?]> = [
   ['recursive macro', recursive],
   ['mutual recursion', '{% macro f(n) %}{{ g(n) }}{% endmacro %}{% macro g(n) %}{{ f(n) }}{% endmacro %}{{ f(0) }}'],
   ['huge range', '{% for i in range(100000000) %}x{% endfor %}'],
@@ -127,6 +127,14 @@ const templates: Array<[string, string]> = [
   ['a chain of calls', '{{ f' + '()'.repeat(100000) + ' }}'],
   ['a range whose step overflows', '{{ range(-5, 9223372036854775807, 922337203685477580)|list }}'],
   ['a list doubled in a loop', '{% set ns = namespace(l=[1]) %}{% for i in range(30) %}{% set ns.l = ns.l + ns.l %}{% endfor %}{{ ns.l|length }}'],
+  // One builtin call that builds a huge string between two nodes (sized from its arguments before it runs).
+  ['replace that multiplies', '{{ ("a" * 30000)|replace("a", "a" * 30000) }}', /replace\(\) would build/],
+  ['replace as a method', '{% set s = "ab" * 20000 %}{{ s.replace("b", "x" * 50000) }}', /replace\(\) would build/],
+  ['replace of the empty string', '{{ ("a" * 20000)|replace("", "b" * 20000) }}', /replace\(\) would build/],
+  ['indent by a huge width', '{{ ("a\n" * 20000)|indent(20000) }}', /indent\(\) would build/],
+  ['indent by a huge string', '{{ ("a\n" * 20000)|indent("        " * 2500) }}', /indent\(\) would build/],
+  ['join with a huge separator', '{% set l = [] %}{% for i in range(400) %}{% set _ = l.append("a") %}{% endfor %}{{ l|join("x" * 200000) }}', /join\(\) would build/],
+  ['tojson with a huge indent', '{{ messages|tojson(indent=1000000000) }}', /tojson\(\) with an indent/],
 ];
 
 describeShared('chat templates', () => {
@@ -136,7 +144,7 @@ describeShared('chat templates', () => {
   });
   afterAll(() => model.dispose());
 
-  for (const [name, template] of templates) {
+  for (const [name, template, reason] of templates) {
     it(`${name}: ERR_LIMIT_EXCEEDED, not a crash or a hang`, async () => {
       const t0 = Date.now();
       let err: unknown = null;
@@ -148,8 +156,17 @@ describeShared('chat templates', () => {
       expect(Date.now() - t0).toBeLessThan(20_000);
       expect(err).toBeInstanceOf(LlamaError);
       expect((err as LlamaError).code, (err as Error).message).toBe('ERR_LIMIT_EXCEEDED');
+      // Builtins are refused from their arguments, before they build anything.
+      if (reason) expect((err as Error).message).toMatch(reason);
     }, 60_000);
   }
+
+  it('the sized builtins still render what they did', () => {
+    const out = model.applyChatTemplate([{ role: 'user', content: 'hi' }], {
+      template: '{{ "a-b-c"|replace("-", "--") }}|{{ "x y".replace(" ", "") }}|{{ "ab"|replace("", ".") }}|{{ "a\nb"|indent(2) }}|{{ ["p", "q"]|join(", ") }}|{{ messages|length }}',
+    });
+    expect(out).toBe('a--b--c|xy|.a.b.|a\n  b|p, q|1');
+  });
 
   it('a template that stays within the limits renders', () => {
     const out = model.applyChatTemplate([{ role: 'user', content: 'hi' }], {
@@ -223,6 +240,38 @@ describeShared('large but unambiguous grammars', () => {
       using s = ctx.createSession();
       const r = await s.complete('Once', { grammar: g, maxTokens: 8, temperature: 0 });
       expect(r.text).toMatch(/^w\d+$/);
+    } finally {
+      await model.dispose();
+    }
+  }, 60_000);
+
+  // llama.cpp makes one parse state per alternative when it enters a rule and deduplicates them by a linear
+  // search: 32,000 alternatives took 1.6 s to enter, on the JS thread (and again at each character on the
+  // engine thread). More than the 8192 states a grammar may hold at once is refused from the rules alone.
+  it('a rule that starts in more ways than the parse-state limit is refused before llama.cpp enters it', async () => {
+    const model = await loadModel(shared('stories260k.gguf'));
+    try {
+      const cjk = (i: number) => String.fromCodePoint(0x4e00 + i);
+      const shapes = [
+        `root ::= ${Array.from({ length: 32000 }, (_, i) => `"w${i}"`).join(' | ')}`,
+        // entered after the first character, and through a rule reference
+        `root ::= "x" big\nbig ::= ${Array.from({ length: 9000 }, (_, i) => `"${cjk(i)}"`).join(' | ')}`,
+        `root ::= a | b\na ::= ${Array.from({ length: 5000 }, (_, i) => `"a${i}"`).join(' | ')}\nb ::= ${Array.from({ length: 5000 }, (_, i) => `"b${i}"`).join(' | ')}`,
+      ];
+      await using ctx = await model.createContext({ contextSize: 256 });
+      for (const g of shapes) {
+        const e = await rejectsWith(model.matchesGrammar('w1', g), 'ERR_LIMIT_EXCEEDED');
+        expect(e.message).toMatch(/can start in more than 8192 ways/);
+        using s = ctx.createSession();
+        const t0 = performance.now();
+        const p = s.complete('Once', { grammar: g, maxTokens: 4, temperature: 0 });
+        // Refused from the rules: the call does not hold the JS thread while llama.cpp enters them.
+        expect(performance.now() - t0).toBeLessThan(1_000);
+        await rejectsWith(p, 'ERR_LIMIT_EXCEEDED');
+      }
+      // Just under the limit still works.
+      const g = `root ::= "x" big\nbig ::= ${Array.from({ length: 8000 }, (_, i) => `"${cjk(i)}"`).join(' | ')}`;
+      expect(await model.matchesGrammar(`x${cjk(7999)}`, g)).toBe(true);
     } finally {
       await model.dispose();
     }
