@@ -271,3 +271,85 @@ __attribute__((visibility("default"))) string& string::append(const string& othe
 }
 
 }  // namespace jinja
+
+namespace la {
+namespace {
+
+void chargeBytes(long double bytes, const std::string& builtin) {
+  if (bytes > (long double)kTemplateMaxBytes || (long double)t_bytes + bytes > (long double)kTemplateMaxBytes) {
+    exceeded(builtin + "() would build " + std::to_string((unsigned long long)std::min(bytes, 1e18L)) +
+             " bytes; rendering builds at most " + std::to_string(kTemplateMaxBytes) + " bytes of strings");
+  }
+  t_bytes += (uint64_t)bytes;
+}
+
+std::string stringArg(const jinja::func_args& args, size_t pos) {
+  if (pos >= args.count()) return std::string();
+  jinja::value v = args.get_pos(pos);
+  return jinja::is_val<jinja::value_string>(v) ? v->as_string().str() : std::string();
+}
+
+// The length of a keyword-or-positional argument: an integer as a count, a string as its bytes.
+int64_t sizeArg(const jinja::func_args& args, const char* key, size_t pos, int64_t fallback) {
+  jinja::value v = args.get_kwarg_or_pos(key, pos);
+  if (jinja::is_val<jinja::value_int>(v)) return std::max<int64_t>(0, v->as_int());
+  if (jinja::is_val<jinja::value_string>(v)) return (int64_t)v->as_string().str().size();
+  return fallback;
+}
+
+// A builtin makes its whole result in one call, between two nodes: the step, time and string limits see
+// only what it returns. The builtins whose result can be far larger than their arguments are sized here,
+// from their arguments, before they run. (`("a" * 30000) | replace("a", "a" * 30000)` built 900 MB in 14 s.)
+void checkBuiltin(const std::string& name, const jinja::func_args& args) {
+  if (name == "replace") {
+    std::string str = stringArg(args, 0), from = stringArg(args, 1), to = stringArg(args, 2);
+    if (to.size() <= from.size() && !from.empty()) return;
+    long double n = 0;
+    if (from.empty()) {
+      n = (long double)str.size() + 1;
+    } else {
+      for (size_t p = str.find(from); p != std::string::npos; p = str.find(from, p + from.size())) n += 1;
+    }
+    chargeBytes((long double)str.size() + n * ((long double)to.size() - (long double)from.size()), name);
+  } else if (name == "indent") {
+    std::string str = stringArg(args, 0);
+    long double width = (long double)sizeArg(args, "width", 1, 4);
+    long double lines = 1 + (long double)std::count(str.begin(), str.end(), '\n');
+    chargeBytes((long double)str.size() + lines * width, name);
+  } else if (name == "join") {
+    if (args.count() == 0) return;
+    jinja::value list = args.get_pos(0);
+    if (!jinja::is_val<jinja::value_array>(list)) return;
+    long double items = (long double)list->as_array().size();
+    long double total = items * (long double)sizeArg(args, "d", 1, 0);
+    for (const auto& item : list->as_array()) {
+      if (jinja::is_val<jinja::value_string>(item)) total += (long double)item->as_string().str().size();
+    }
+    chargeBytes(total, name);
+  } else if (name == "tojson") {
+    // tojson(indent=N) writes N spaces per nesting level per line.
+    jinja::value v = args.get_kwarg_or_pos("indent", 2);
+    long double indent = jinja::is_val<jinja::value_int>(v) ? (long double)v->as_int() : 0;
+    if (indent > 1024) exceeded("tojson() with an indent of " + std::to_string((long long)indent) + "; the limit is 1024");
+  }
+}
+
+}  // namespace
+}  // namespace la
+
+// jinja::value_func_t::invoke (value.h, inline and virtual) is emitted out of line in llama.cpp's common
+// library and reached through value_func_t's vtable, whose slot the dynamic linker fills by name: the
+// definition below takes its place. It does what the original does (bind `this`, call the builtin) after
+// sizing the result of the builtins that can amplify. x86-64 and AArch64 pass the hidden return slot of a
+// member function the way they pass it for this free function.
+extern "C" __attribute__((visibility("default"))) jinja::value la_jinja_func_invoke(const jinja::value_func_t* self,
+                                                                                     const jinja::func_args& args)
+    __asm__("_ZNK5jinja12value_func_t6invokeERKNS_9func_argsE");
+
+extern "C" jinja::value la_jinja_func_invoke(const jinja::value_func_t* self, const jinja::func_args& args) {
+  jinja::func_args bound(args);
+  bound.func_name = self->name;
+  if (self->arg0) bound.push_front(self->arg0);
+  la::checkBuiltin(self->name, bound);
+  return self->val_func(bound);
+}

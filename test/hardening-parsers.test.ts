@@ -168,6 +168,51 @@ describeShared('chat templates', () => {
     expect(out).toBe('a--b--c|xy|.a.b.|a\n  b|p, q|1');
   });
 
+  // Integer arithmetic is exact, as in Python (patches/llama.cpp/0003): the interpreter computed it in
+  // doubles, so results beyond 2^53 were rounded, overflow was undefined and `5 % 0` printed INT64_MIN.
+  it('integer arithmetic: a sweep of edge values against BigInt, with Python\'s % and errors for overflow and zero', () => {
+    const edges = [0n, 1n, 2n, 3n, 7n, 2n ** 31n, 2n ** 32n + 1n, 2n ** 53n + 1n, 2n ** 62n, 2n ** 63n - 1n, 3037000500n];
+    const values = [...edges, ...edges.filter((v) => v !== 0n).map((v) => -v)];
+    const max = 2n ** 63n - 1n;
+    const min = -(2n ** 63n);
+    const lit = (v: bigint) => (v < 0n ? `(${v})` : `${v}`);
+    let checked = 0;
+    for (const x of values) {
+      for (const y of values) {
+        for (const op of ['+', '-', '*', '%'] as const) {
+          let expected: bigint | 'overflow' | 'zero';
+          if (op === '%') {
+            if (y === 0n) expected = 'zero';
+            else {
+              let r = x % y;
+              if (r !== 0n && r < 0n !== y < 0n) r += y;
+              expected = r;
+            }
+          } else {
+            const r = op === '+' ? x + y : op === '-' ? x - y : x * y;
+            expected = r > max || r < min ? 'overflow' : r;
+          }
+          const template = `{{ ${lit(x)} ${op} ${lit(y)} }}`;
+          let out: string | LlamaError;
+          try {
+            out = model.applyChatTemplate([{ role: 'user', content: 'hi' }], { template });
+          } catch (e) {
+            out = e as LlamaError;
+          }
+          if (typeof expected === 'bigint') expect(out, template).toBe(String(expected));
+          else {
+            expect(out, template).toBeInstanceOf(LlamaError);
+            expect((out as LlamaError).message, template).toMatch(expected === 'zero' ? /modulo by zero/ : /integer overflow/);
+          }
+          checked++;
+        }
+      }
+    }
+    expect(checked).toBe(values.length ** 2 * 4);
+    expect(() => model.applyChatTemplate([{ role: 'user', content: 'hi' }], { template: '{{ 1 / 0 }}' })).toThrow(/division by zero/);
+    expect(model.applyChatTemplate([{ role: 'user', content: 'hi' }], { template: '{{ 7 / 2 }} {{ 2.5 % 1 }}' })).toBe('3.5 0.5');
+  }, 120_000);
+
   it('a template that stays within the limits renders', () => {
     const out = model.applyChatTemplate([{ role: 'user', content: 'hi' }], {
       template: '{% for i in range(1000) %}.{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}',
