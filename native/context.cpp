@@ -323,6 +323,43 @@ static void closeOnTeardown(void* arg) {
 }
 
 // generate(seq, tokens: Int32Array, keep, options, onNotify) -> NativeGeneration
+namespace {
+
+// Builds a generation's sampler on a libuv worker thread, then queues the generation on its engine, or ends
+// it with the error (reported like one from the engine: "grammar: ..." or "limit: ...", see lib/session.ts).
+// The generation object is already in JS hands: it waits like any queued generation meanwhile.
+class SamplerWorker : public Napi::AsyncWorker {
+ public:
+  SamplerWorker(Napi::Env env, std::shared_ptr<Engine> engine, std::shared_ptr<GenState> gen, common_params_sampling sp)
+      : Napi::AsyncWorker(env, "llama-addon.sampler"), engine_(std::move(engine)), gen_(std::move(gen)), sp_(std::move(sp)) {}
+  void Execute() override {
+    std::string error;
+    try {
+      gen_->sampler = buildSampler(engine_->model(), sp_);
+    } catch (const std::exception& e) {
+      std::string code = samplerErrorCode(e);
+      error = (code == "ERR_LIMIT_EXCEEDED" ? "limit: " : code == "ERR_INVALID_GRAMMAR" ? "grammar: " : "sampler: ") + std::string(e.what());
+    } catch (...) {
+      error = "sampler: unknown error";
+    }
+    try {
+      if (error.empty()) engine_->submit(gen_);
+      else engine_->fail(gen_, error);
+    } catch (...) {
+      // finish() cannot fail short of memory; nothing is left to report to.
+    }
+  }
+  void OnOK() override {}
+  void OnError(const Napi::Error&) override {}
+
+ private:
+  std::shared_ptr<Engine> engine_;
+  std::shared_ptr<GenState> gen_;
+  common_params_sampling sp_;
+};
+
+}  // namespace
+
 Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto engine = engineOrThrow(env);
@@ -442,8 +479,12 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   } else if (!bias.IsEmpty() && !bias.IsUndefined()) {
     throwArg(env, "logitBias", "an array of [token, bias] pairs", bias);
   }
-  g->sampler = makeSampler(env, engine->model(), o, sp, g->preserved);
+  prepareSampler(env, engine->model(), o, sp, g->preserved);
   g->hasGrammar = !sp.grammar.empty();
+  // A grammar is checked and parsed off the JS thread (one of megabytes takes a second); without one the
+  // sampler is cheap and built here.
+  const bool deferred = g->hasGrammar;
+  if (!deferred) g->sampler = buildSampler(env, engine->model(), sp);
 
   // Notifications to JS: data available, paused on a full queue, done.
   auto* ctxBox = new std::shared_ptr<GenState>(g);
@@ -465,7 +506,8 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   napi_add_env_cleanup_hook(env, closeOnTeardown, g.get());
   g->engine = engine;
   Napi::Object gen = Generation::NewInstance(env, g);
-  engine->submit(g);
+  if (deferred) (new SamplerWorker(env, engine, g, std::move(sp)))->Queue();
+  else engine->submit(g);
   return gen;
 }
 

@@ -148,9 +148,21 @@ void Engine::submit(std::shared_ptr<GenState> gen) {
   gen->tQueued = nowUs();
   {
     std::lock_guard<std::mutex> lock(mu_);
-    commands_.push_back(Command{Command::Generate, std::move(gen), nullptr});
+    if (!stopping_) {
+      commands_.push_back(Command{Command::Generate, std::move(gen), nullptr});
+      gen = nullptr;
+    }
+  }
+  // Submitted after the engine stopped (a sampler built off the JS thread while the context was disposed).
+  if (gen) {
+    finish(*gen, "abort");
+    return;
   }
   cv_.notify_one();
+}
+
+void Engine::fail(std::shared_ptr<GenState> gen, const std::string& error) {
+  finish(*gen, "error", error);
 }
 
 void Engine::post(std::function<void(llama_context*)> fn) {

@@ -150,6 +150,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
 
   void start();
   void submit(std::shared_ptr<GenState> gen);
+  // Ends a generation that was never submitted (its sampler could not be built) with an error; any thread.
+  void fail(std::shared_ptr<GenState> gen, const std::string& error);
   // Runs `fn` on the engine thread between two steps, in order with the generations submitted before it.
   // If the engine stops first, `fn` runs on the stopping thread with a null context.
   void post(std::function<void(llama_context*)> fn);

@@ -249,8 +249,8 @@ class PromiseWorker : public Napi::AsyncWorker {
 
 }  // namespace
 
-common_sampler* makeSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& modelPtr, const Napi::Object& o,
-                            common_params_sampling& sp, std::vector<llama_token>& preserved) {
+void prepareSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& modelPtr, const Napi::Object& o,
+                    common_params_sampling& sp, std::vector<llama_token>& preserved) {
   const ModelHandle& model = *modelPtr;
   const llama_vocab* vocab = model.vocab;
   std::string grammar = stringOption(env, o, "grammar");
@@ -315,35 +315,57 @@ common_sampler* makeSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& m
   if (sp.grammar_lazy && sp.grammar_triggers.empty()) {
     throwError(env, "ERR_INVALID_GRAMMAR", "A lazy grammar needs at least one trigger");
   }
-  if (!grammar.empty()) {
-    try {
-      checkGrammarOrThrow(grammar);
-    } catch (const CodedError& e) {
-      throwError(env, e.code, e.what());
-    }
-  }
   preserved.assign(sp.preserved_tokens.begin(), sp.preserved_tokens.end());
   std::sort(preserved.begin(), preserved.end());
+}
 
+common_sampler* buildSampler(const std::shared_ptr<ModelHandle>& modelPtr, const common_params_sampling& sp) {
+  const ModelHandle& model = *modelPtr;
+  if (!sp.grammar.empty()) checkGrammarOrThrow(common_grammar_value(sp.grammar));
   beginCapture();
   common_sampler* s = nullptr;
   std::string error;
   try {
     AbortGuard guard;
-    s = common_sampler_init(model.model, sp);
+    s = common_sampler_init(model.model, const_cast<common_params_sampling&>(sp));
+  } catch (const GrammarStatesError&) {
+    endCapture();
+    throw;
+  } catch (const std::bad_alloc&) {
+    endCapture();
+    throw CodedError("ERR_LIMIT_EXCEEDED", "Out of memory while building the sampler");
   } catch (const std::exception& e) {
     error = e.what();
   }
   std::string logged = endCapture();
   if (s == nullptr) {
     if (!sp.grammar.empty() || sp.grammar_lazy) {
-      grammarError(env, "The grammar could not be parsed", logged.empty() ? error : logged);
+      std::string reason = logged.empty() ? error : logged;
+      while (!reason.empty() && (reason.back() == '\n' || reason.back() == ' ')) reason.pop_back();
+      throw CodedError("ERR_INVALID_GRAMMAR", "The grammar could not be parsed" + (reason.empty() ? std::string() : ": " + reason));
     }
-    throwError(env, "ERR_INVALID_ARGUMENT", "Invalid sampling options: " + (error.empty() ? logged : error));
+    throw CodedError("ERR_INVALID_ARGUMENT", "Invalid sampling options: " + (error.empty() ? logged : error));
   }
   // Output under a grammar is guaranteed to be valid UTF-8 as well.
   if (!sp.grammar.empty()) prependToChain(common_sampler_get(s), makeUtf8Guard(modelPtr));
   return s;
+}
+
+common_sampler* buildSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& model, const common_params_sampling& sp) {
+  try {
+    return buildSampler(model, sp);
+  } catch (const CodedError& e) {
+    throwError(env, e.code, e.what());
+  } catch (const GrammarStatesError& e) {
+    throwError(env, "ERR_LIMIT_EXCEEDED", e.what());
+  }
+}
+
+std::string samplerErrorCode(const std::exception& e) {
+  if (auto* c = dynamic_cast<const CodedError*>(&e)) return c->code;
+  if (dynamic_cast<const GrammarStatesError*>(&e) != nullptr) return "ERR_LIMIT_EXCEEDED";
+  if (dynamic_cast<const std::bad_alloc*>(&e) != nullptr) return "ERR_LIMIT_EXCEEDED";
+  return "ERR_NATIVE";
 }
 
 // jsonSchemaToGrammar(schema: string, bestEffort?: boolean) -> string
