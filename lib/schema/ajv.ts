@@ -34,6 +34,9 @@ function ajvFor(draft: Draft): AnyAjv {
       logger: false as const,
       // Inlining references can grow the code exponentially with chains of $defs.
       inlineRefs: false,
+      // ajv's optimizing passes over the generated code grow faster than the schema: without them a 100 KB
+      // schema compiles in 0.7 s instead of 3.8 s (measured on a 2-core EPYC), and validates the same.
+      code: { optimize: false },
       allErrors: false,
       // Every format ajv-formats knows is checked (best-effort mode lets the grammar ignore most of them).
       formats: { ...(require('ajv-formats/dist/formats.js') as { fullFormats: typeof fullFormats }).fullFormats, ...AJV_FORMATS },
