@@ -4,6 +4,10 @@ import type { NativeContext, NativeContextInfo, NativeModel } from './native.js'
 import { LlamaChat, type ChatOptions } from './chat.js';
 import { parseLora, type LoraSpec } from './lora.js';
 import { LlamaSession, type SessionOptions } from './session.js';
+import { Residency } from './residency.js';
+
+/** Default of {@link ContextOptions.cacheRamBytes}: 1 GiB. */
+export const DEFAULT_CACHE_RAM_BYTES = 2 ** 30;
 import { checkOptions, invalid, optBoolean, optInteger, optSignal } from './validate.js';
 
 /** Options of {@link LlamaModel.createContext}. */
@@ -15,8 +19,20 @@ export interface ContextOptions {
   contextSize?: number;
   /** Most tokens decoded in one step (default 512). Prompts longer than this are decoded in chunks. */
   batchSize?: number;
-  /** Number of sequences: sessions that can exist at once, each with its own KV cache (default 1). */
+  /**
+   * Sequences resident in the KV cache at once (default 1): how many sessions generate in parallel, each
+   * with `contextSize` tokens of its own. Any number of sessions and chats can exist: a session that
+   * needs a sequence while all are taken gets the one of the least recently used idle session, whose cache
+   * is saved to host memory (see `cacheRamBytes`) and restored when it is used again. Work that finds every
+   * sequence busy waits for one (higher `priority` first, then in order).
+   */
   sequences?: number;
+  /**
+   * Host memory for the KV caches of sessions that gave up their sequence, bytes (default 1 GiB; 0 keeps
+   * none). Past it the least recently used caches are dropped, and those sessions decode their tokens
+   * again on next use (llama-server's `--cache-ram` works the same way).
+   */
+  cacheRamBytes?: number;
   /** CPU threads for generation (default: the machine's physical cores, as llama.cpp's tools choose). */
   threads?: number;
   /** CPU threads for prompt processing (default: `threads`). */
@@ -54,7 +70,7 @@ export interface ContextOptions {
   draftTokens?: number;
 }
 
-const contextKeys = ['contextSize', 'batchSize', 'sequences', 'threads', 'threadsBatch', 'flashAttention', 'embeddings', 'promptChunkSize', 'pooling', 'lora', 'draftModel', 'lookupNgram', 'draftTokens'] as const;
+const contextKeys = ['contextSize', 'batchSize', 'sequences', 'cacheRamBytes', 'threads', 'threadsBatch', 'flashAttention', 'embeddings', 'promptChunkSize', 'pooling', 'lora', 'draftModel', 'lookupNgram', 'draftTokens'] as const;
 
 /**
  * A context: KV cache and compute buffers for up to `sequences` sessions. One engine thread per context
@@ -63,9 +79,9 @@ const contextKeys = ['contextSize', 'batchSize', 'sequences', 'threads', 'thread
 export class LlamaContext implements AsyncDisposable {
   #native: NativeContext | null;
   #disposing: Promise<void> | null = null;
-  #free: number[];
+  #residency: Residency;
   #sessions = new Set<LlamaSession>();
-  #waiters: Array<{ grant: (seq: number) => void; fail: (e: LlamaError) => void }> = [];
+  #waiters: Array<{ grant: () => void; fail: (e: LlamaError) => void }> = [];
   /** The model this context runs. */
   readonly model: LlamaModel;
   /** Tokens each sequence can hold (after llama.cpp's rounding). */
@@ -90,7 +106,7 @@ export class LlamaContext implements AsyncDisposable {
   /** @internal identifies the context's default LoRA set */
   readonly loraKey: string;
 
-  private constructor(model: LlamaModel, nativeContext: NativeContext, embeddings: boolean, loraKey: string) {
+  private constructor(model: LlamaModel, nativeContext: NativeContext, embeddings: boolean, loraKey: string, cacheRamBytes: number) {
     this.loraKey = loraKey;
     this.model = model;
     this.#native = nativeContext;
@@ -104,7 +120,7 @@ export class LlamaContext implements AsyncDisposable {
     this.#info = info;
     this.pooling = info.pooling;
     this.embeddings = embeddings;
-    this.#free = Array.from({ length: info.sequences }, (_, i) => i);
+    this.#residency = new Residency(info.sequences, cacheRamBytes, () => this.#native);
   }
 
   /** @internal */
@@ -113,6 +129,7 @@ export class LlamaContext implements AsyncDisposable {
     const contextSize = optInteger(o, 'contextSize', 1, 1 << 24, caller) ?? Math.min(model.info.contextLength || 4096, 4096);
     const batchSize = optInteger(o, 'batchSize', 1, 1 << 20, caller);
     const sequences = optInteger(o, 'sequences', 1, 256, caller);
+    const cacheRamBytes = optInteger(o, 'cacheRamBytes', 0, Number.MAX_SAFE_INTEGER, caller) ?? DEFAULT_CACHE_RAM_BYTES;
     const threads = optInteger(o, 'threads', 1, 512, caller);
     const threadsBatch = optInteger(o, 'threadsBatch', 1, 512, caller);
     const fa = o.flashAttention;
@@ -153,7 +170,7 @@ export class LlamaContext implements AsyncDisposable {
       }),
     );
     try {
-      return new LlamaContext(model, await promise, embeddings === true, lora?.key ?? '');
+      return new LlamaContext(model, await promise, embeddings === true, lora?.key ?? '', cacheRamBytes);
     } catch (e) {
       throw toLlamaError(e);
     }
@@ -164,9 +181,19 @@ export class LlamaContext implements AsyncDisposable {
     return this.#native === null;
   }
 
-  /** Sequences not taken by a session. */
+  /** Resident sequences not held by a session now. */
   get freeSequences(): number {
-    return this.#free.length;
+    return this.#residency.free;
+  }
+
+  /** Bytes of sessions' KV caches kept in host memory now (at most `cacheRamBytes`). */
+  get savedCacheBytes(): number {
+    return this.#residency.savedBytes;
+  }
+
+  /** @internal the sessions' sequences */
+  get residency(): Residency {
+    return this.#residency;
   }
 
   /** @internal */
@@ -180,31 +207,31 @@ export class LlamaContext implements AsyncDisposable {
   }
 
   /**
-   * Creates a session: one sequence of this context with its own KV cache. It fails at once when every
-   * sequence is taken; {@link acquireSession} waits for one instead.
-   * @throws LlamaError `ERR_NO_SEQUENCE` when all `sequences` are taken by sessions that are not disposed.
+   * Creates a session: a conversation's tokens and KV cache in this context. It never fails for lack of a
+   * sequence: the session gets one when it needs one (see {@link ContextOptions.sequences}).
    */
   createSession(options?: SessionOptions): LlamaSession {
-    return this.#newSession(options, this.createSession, this.#takeSequence(this.createSession));
+    this.handle(this.createSession);
+    return this.#newSession(options, this.createSession);
   }
 
   /**
-   * Creates a session, waiting (first come, first served) until a sequence is free when all are taken.
-   * Rejects with `ERR_ABORTED` when `signal` aborts, and `ERR_DISPOSED` when the context is disposed first.
+   * Creates a session once fewer sessions than `sequences` exist (first come, first served): for callers
+   * that bound concurrency themselves, one session per resident sequence. Rejects with `ERR_ABORTED` when
+   * `signal` aborts, and `ERR_DISPOSED` when the context is disposed first.
    */
   async acquireSession(options?: SessionOptions & { signal?: AbortSignal }): Promise<LlamaSession> {
     const { signal, ...rest } = options ?? {};
     this.handle(this.acquireSession);
     optSignal({ signal }, 'signal', this.acquireSession);
     checkSessionOptions(rest, this.acquireSession);
-    let seq = this.#free.shift();
-    if (seq === undefined) {
+    if (this.#sessions.size >= this.sequences || this.#waiters.length > 0) {
       if (signal?.aborted) throw new LlamaError('ERR_ABORTED', 'Waiting for a session was aborted');
-      seq = await new Promise<number>((resolve, reject) => {
+      await new Promise<void>((resolve, reject) => {
         const waiter = {
-          grant: (s: number) => {
+          grant: () => {
             signal?.removeEventListener('abort', onAbort);
-            resolve(s);
+            resolve();
           },
           fail: (e: LlamaError) => {
             signal?.removeEventListener('abort', onAbort);
@@ -220,45 +247,29 @@ export class LlamaContext implements AsyncDisposable {
       });
       if (this.disposed) throw new LlamaError('ERR_DISPOSED', 'The context was disposed while waiting for a session');
     }
-    return this.#newSession(rest, this.acquireSession, seq);
+    return this.#newSession(rest, this.acquireSession);
   }
 
   /**
    * Creates a chat: a session that keeps a conversation and renders it with the model's chat template.
    * Context shift defaults to `'auto'`, keeping the system prompt.
-   * @throws LlamaError `ERR_NO_SEQUENCE` when all `sequences` are taken, `ERR_INVALID_TEMPLATE` when the
-   * template does not parse.
+   * @throws LlamaError `ERR_INVALID_TEMPLATE` when the template does not parse.
    */
   createChat(options?: ChatOptions): LlamaChat {
     return LlamaChat.create(this, options, this.createChat);
   }
 
-  #takeSequence(caller: Function): number {
-    this.handle(caller);
-    const seq = this.#free.shift();
-    if (seq === undefined) {
-      const err = new LlamaError(
-        'ERR_NO_SEQUENCE',
-        `All ${this.sequences} sequences of this context are in use: dispose a session, wait for one with acquireSession(), or create the context with a larger "sequences" option`,
-      );
-      Error.captureStackTrace(err, caller);
-      throw err;
+  #newSession(options: SessionOptions | undefined, caller: Function): LlamaSession {
+    if (this.embeddings) {
+      throw new LlamaError('ERR_INVALID_STATE', 'An embedding context does not generate: create another context (without embeddings) for sessions');
     }
-    return seq;
-  }
-
-  #newSession(options: SessionOptions | undefined, caller: Function, seq: number): LlamaSession {
-    let session: LlamaSession;
+    const o = checkSessionOptions(options, caller);
+    const session = new LlamaSession(this, o.contextShift, o.sharePrefix);
+    this.#sessions.add(session);
     try {
-      if (this.embeddings) {
-        throw new LlamaError('ERR_INVALID_STATE', 'An embedding context does not generate: create another context (without embeddings) for sessions');
-      }
-      const o = checkSessionOptions(options, caller);
-      session = new LlamaSession(this, seq, o.contextShift, o.sharePrefix);
-      this.#sessions.add(session);
       if (o.prefix !== undefined) session.startFrom(o.prefix, caller);
     } catch (e) {
-      this.#release(seq);
+      session.dispose();
       throw e;
     }
     return session;
@@ -276,12 +287,8 @@ export class LlamaContext implements AsyncDisposable {
 
   async #embedTokens(inputs: Int32Array[], normalize: boolean, caller: Function): Promise<Float32Array[]> {
     const h = this.#embedding(caller);
-    if (this.#free.length === 0) {
-      const err = new LlamaError('ERR_NO_SEQUENCE', `All ${this.sequences} sequences of this context are taken by sessions; embedding needs a free one`);
-      Error.captureStackTrace(err, caller);
-      throw err;
-    }
-    const promise = callNative(caller, () => h.embed(inputs, [...this.#free], normalize));
+    // An embedding context has no sessions: its sequences are all free.
+    const promise = callNative(caller, () => h.embed(inputs, this.#residency.freeList(), normalize));
     try {
       return await promise;
     } catch (e) {
@@ -356,48 +363,45 @@ export class LlamaContext implements AsyncDisposable {
     return Int32Array.from(out);
   }
 
-  /** @internal takes free sequences for a while (beam search); give them back with returnSequences */
-  borrowSequences(n: number, caller: Function): number[] {
+  /** @internal throws when the context can never lend `n` sequences besides a session's own */
+  checkBorrow(n: number, caller: Function): void {
     this.handle(caller);
-    if (this.#free.length < n) {
+    if (this.sequences - 1 < n) {
       const err = new LlamaError(
         'ERR_NO_SEQUENCE',
-        `This needs ${n} free sequences besides the session's, but the context has ${this.#free.length}: create it with more "sequences"`,
+        `This needs ${n} sequences besides the session's, but the context has ${this.sequences} in all: create it with at least ${n + 1} "sequences"`,
       );
       Error.captureStackTrace(err, caller);
       throw err;
     }
-    return this.#free.splice(0, n);
+  }
+
+  /** @internal sequences for a while (beam search), from free ones and idle sessions; waits for them */
+  async borrowSequences(n: number, session: LlamaSession): Promise<number[]> {
+    for (;;) {
+      this.handle(this.borrowSequences);
+      const seqs = this.#residency.borrow(n, session);
+      if (seqs) return seqs;
+      await this.#residency.changed();
+    }
   }
 
   /** @internal */
   returnSequences(seqs: number[]): void {
     if (!this.#native) return;
-    for (const s of seqs) this.#release(s);
+    this.#residency.giveBack(seqs);
   }
 
-  /** @internal sessions whose cached tokens another session may copy */
-  sessionsForSharing(): Iterable<LlamaSession> {
-    return this.#sessions;
-  }
-
-  #release(seq: number): void {
-    const w = this.#waiters.shift();
-    if (w) {
-      w.grant(seq);
-      return;
-    }
-    this.#free.push(seq);
-    this.#free.sort((a, b) => a - b);
+  /** @internal resident sessions whose cached tokens another session may copy */
+  *sessionsForSharing(): Iterable<LlamaSession> {
+    for (const s of this.#sessions) if (this.#residency.sequenceOf(s) !== undefined) yield s;
   }
 
   /** @internal called by a disposed session */
-  releaseSequence(session: LlamaSession, seq: number): void {
+  releaseSequence(session: LlamaSession): void {
     if (!this.#sessions.delete(session)) return;
-    if (this.#native) {
-      this.#native.clearSequence(seq);
-      this.#release(seq);
-    }
+    if (this.#native) this.#residency.release(session);
+    if (this.#sessions.size < this.sequences) this.#waiters.shift()?.grant();
   }
 
   /**
@@ -411,6 +415,7 @@ export class LlamaContext implements AsyncDisposable {
     for (const s of this.#sessions) s.markDisposed();
     this.#sessions.clear();
     for (const w of this.#waiters.splice(0)) w.fail(new LlamaError('ERR_DISPOSED', 'The context was disposed while waiting for a session'));
+    this.#residency.close();
     this.model.forgetContext(this);
     this.#disposing = h ? h.dispose() : Promise.resolve();
     return this.#disposing;

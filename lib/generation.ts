@@ -1,5 +1,5 @@
 import { LlamaError } from './errors.js';
-import type { NativeGeneration, NativeGenerationResult } from './native.js';
+import type { NativeGeneration, NativeGenerationResult, NativeTake } from './native.js';
 
 /** A generated token's log-probability under the model, with the most likely alternatives. */
 export interface TokenLogprob {
@@ -156,6 +156,17 @@ export class Generation<R extends GenerationResult = GenerationResult> implement
     return this.#result;
   }
 
+  /** @internal ends a generation that never started (its launch failed) with an error. */
+  fail(e: LlamaError): void {
+    if (this.#final) return;
+    this.#final = e;
+    this.#cleanup();
+    if (this.#resolve) this.#settle();
+    const w = this.#waiter;
+    this.#waiter = null;
+    w?.();
+  }
+
   /** @internal: for complete(), which needs no chunks. */
   discardChunks(): this {
     this.#keepChunks = false;
@@ -191,5 +202,51 @@ export class Generation<R extends GenerationResult = GenerationResult> implement
         return { value: undefined, done: true };
       },
     };
+  }
+}
+
+/**
+ * @internal A native generation that starts later, when its session gets a sequence (lib/residency.ts).
+ * Until then it has nothing to take; aborted meanwhile, it ends as aborted without starting.
+ */
+export class DeferredNative implements NativeGeneration {
+  #real: NativeGeneration | null = null;
+  #ended: NativeTake | null = null;
+  #onNotify: ((done: boolean) => void) | null = null;
+  /** Aborts the wait for a sequence. */
+  readonly controller = new AbortController();
+
+  bind(onNotify: (done: boolean) => void): this {
+    this.#onNotify = onNotify;
+    return this;
+  }
+
+  get aborted(): boolean {
+    return this.controller.signal.aborted;
+  }
+
+  /** Passes the started generation's notifications on. */
+  readonly notify = (done: boolean): void => {
+    this.#onNotify?.(done);
+  };
+
+  attach(real: NativeGeneration): void {
+    this.#real = real;
+  }
+
+  /** Ends it without starting, with this result. */
+  end(result: NativeGenerationResult): void {
+    this.#ended = { chunks: [], done: true, result };
+    this.#onNotify?.(true);
+  }
+
+  take(): NativeTake {
+    if (this.#real) return this.#real.take();
+    return this.#ended ?? { chunks: [], done: false };
+  }
+
+  abort(): void {
+    if (this.#real) this.#real.abort();
+    else this.controller.abort();
   }
 }

@@ -2,8 +2,9 @@ import type { LlamaContext } from './context.js';
 import { LlamaError, callNative, toLlamaError } from './errors.js';
 import { parseGenerateOptions, type GenerateOptions } from './generate-options.js';
 import { jsonSchemaToGrammarAsync, type FromSchema, type JsonSchema, type PreparedSchema } from './json-schema.js';
-import { Generation, type GenerationResult, type StopReason } from './generation.js';
-import type { NativeGenerateOptions, NativeGenerationResult } from './native.js';
+import { DeferredNative, Generation, type GenerationResult, type StopReason } from './generation.js';
+import type { NativeGenerateOptions, NativeGeneration, NativeGenerationResult } from './native.js';
+import type { Tenant } from './residency.js';
 import { readSessionFile, writeSessionFile } from './session-file.js';
 import { invalid } from './validate.js';
 
@@ -87,9 +88,8 @@ interface Plan {
  * A session: one sequence of a context, with its own KV cache. A new prompt that starts with what the
  * session already holds only decodes the new part (see `usage.cachedTokens`).
  */
-export class LlamaSession {
+export class LlamaSession implements Tenant {
   #context: LlamaContext;
-  #seq: number;
   /** The tokens in the sequence's KV cache. */
   #cache: number[] = [];
   // Context shift: the cache holds history[0, shiftKeep) + history[shiftKeep + dropped, ...).
@@ -108,9 +108,8 @@ export class LlamaSession {
   #disposed = false;
 
   /** @internal use {@link LlamaContext.createSession} */
-  constructor(context: LlamaContext, seq: number, shift: 'auto' | false | { keep: number }, sharePrefix: boolean) {
+  constructor(context: LlamaContext, shift: 'auto' | false | { keep: number }, sharePrefix: boolean) {
     this.#context = context;
-    this.#seq = seq;
     this.#shift = shift;
     this.#sharePrefix = sharePrefix;
   }
@@ -120,9 +119,23 @@ export class LlamaSession {
     return this.#context;
   }
 
-  /** The sequence id of this session in its context. */
-  get sequence(): number {
-    return this.#seq;
+  /**
+   * The sequence this session holds in its context's KV cache now, or null while it holds none: a session
+   * gets a sequence when it needs one, and gives it up (its cache saved to host memory) when another
+   * session needs it while this one is idle. See {@link ContextOptions.cacheRamBytes}.
+   */
+  get sequence(): number | null {
+    return this.#context.residency.sequenceOf(this) ?? null;
+  }
+
+  /** @internal (Tenant) no generation, search, save or load runs or waits */
+  get idle(): boolean {
+    return this.#running === null && this.#busy === null && !this.#disposed;
+  }
+
+  /** @internal (Tenant) its saved KV state was dropped: the cache is empty */
+  forgetCache(): void {
+    this.#setCache([]);
   }
 
   /** The tokens held in this session's KV cache. */
@@ -233,14 +246,24 @@ export class LlamaSession {
     }
     if (prompt.length >= this.#context.contextSize) throw new LlamaError('ERR_CONTEXT_FULL', `The prompt has ${prompt.length} tokens; a sequence of this context holds ${this.#context.contextSize}`);
     const handle = this.#context.handle(caller);
-    const extra = this.#context.borrowSequences(2 * beams! - 1, caller);
-    const keep = this.#dropped > 0 || lora !== this.#cacheLora ? 0 : commonPrefix(this.#cache, prompt);
+    this.#context.checkBorrow(2 * beams! - 1, caller);
     this.#busy = 'searches';
+    let seq: number;
+    let extra: number[];
+    try {
+      seq = await this.#context.residency.wait(this, 0);
+      extra = await this.#context.borrowSequences(2 * beams! - 1, this);
+    } catch (e) {
+      this.#busy = null;
+      this.#context.residency.kick();
+      throw toLlamaError(e);
+    }
+    const keep = this.#dropped > 0 || lora !== this.#cacheLora ? 0 : commonPrefix(this.#cache, prompt);
     this.#setCache(prompt.slice(0, keep));
     this.#cacheLora = lora;
     const t0 = performance.now();
     try {
-      const found = await handle.beamSearch([this.#seq, ...extra], Int32Array.from(prompt), keep, {
+      const found = await handle.beamSearch([seq, ...extra], Int32Array.from(prompt), keep, {
         beams: beams!,
         ...(n.maxTokens !== undefined ? { maxTokens: n.maxTokens } : {}),
         ...(lengthPenalty !== undefined ? { lengthPenalty } : {}),
@@ -295,25 +318,39 @@ export class LlamaSession {
     const bad = prompt.findIndex((t) => !(t >= 0 && t < vocabSize));
     if (bad >= 0) throw invalid('input', `token ids from 0 to ${vocabSize - 1}`, prompt[bad], caller);
     this.#checkIdle(caller, 'generate');
-    // A cache computed with other LoRA adapters is not reused.
     const lora = loraKey ?? ctx.loraKey;
-    if (lora !== this.#cacheLora) this.#setCache([]);
-    this.#cacheLora = lora;
-    const plan = this.#plan(prompt, caller);
-    const handle = ctx.handle(caller);
-    if (plan.shareFrom) {
-      handle.copySequence(plan.shareFrom.sequence, this.#seq, plan.keep);
-      this.#setCache(plan.tokens.slice(0, plan.keep));
-    }
     const shift = this.#shift !== false;
-    Object.assign(nativeOptions, {
-      contextShift: shift,
-      shiftKeep: plan.shiftKeep,
-      ...(plan.discardCount > 0 ? { discardAt: plan.shiftKeep, discardCount: plan.discardCount } : {}),
-    });
-    const tokens = Int32Array.from(plan.tokens);
+    let plan: Plan | null = null;
+    // Plans against the cache as it is when the sequence is there, and queues the generation.
+    const launch = (seq: number, onNotify: (done: boolean) => void): NativeGeneration => {
+      // A cache computed with other LoRA adapters is not reused.
+      if (lora !== this.#cacheLora) this.#setCache([]);
+      this.#cacheLora = lora;
+      const p = this.#plan(prompt, caller);
+      const handle = ctx.handle(caller);
+      if (p.shareFrom) {
+        handle.copySequence(p.shareFrom.sequence!, seq, p.keep);
+        this.#setCache(p.tokens.slice(0, p.keep));
+      }
+      Object.assign(nativeOptions, {
+        contextShift: shift,
+        shiftKeep: p.shiftKeep,
+        ...(p.discardCount > 0 ? { discardAt: p.shiftKeep, discardCount: p.discardCount } : {}),
+      });
+      const native = callNative(caller, () => handle.generate(seq, Int32Array.from(p.tokens), p.keep, nativeOptions, onNotify));
+      plan = p;
+      this.#stable = p.tokens.slice(0, shift ? Math.min(p.keep, p.shiftKeep) : p.keep);
+      return native;
+    };
+    const residency = ctx.residency;
+    const seq = residency.acquire(this);
+    const waiting: { native: DeferredNative | null } = { native: null };
     const gen: Generation<R> = new Generation<R>(
-      (onNotify) => callNative(caller, () => handle.generate(this.#seq, tokens, plan.keep, nativeOptions, onNotify)),
+      (onNotify) => {
+        if (seq !== undefined) return launch(seq, onNotify);
+        waiting.native = new DeferredNative().bind(onNotify);
+        return waiting.native;
+      },
       (r) => {
         let out = this.#finished(gen, plan, r);
         if (jsonSchema && !(out instanceof LlamaError)) out = parseJson(out, schema);
@@ -322,8 +359,43 @@ export class LlamaSession {
       signal,
     );
     this.#running = gen;
-    this.#stable = plan.tokens.slice(0, shift ? Math.min(plan.keep, plan.shiftKeep) : plan.keep);
+    if (waiting.native) this.#launchLater(gen, waiting.native, launch, prompt.length, nativeOptions.priority ?? 0);
     return gen;
+  }
+
+  /** Every resident sequence is busy: the generation waits for one (priority, then arrival). */
+  #launchLater(gen: { fail(e: LlamaError): void; abort(): void }, deferred: DeferredNative, launch: (seq: number, onNotify: (done: boolean) => void) => NativeGeneration, promptTokens: number, priority: number): void {
+    const notStarted = (stopReason: 'abort'): NativeGenerationResult => ({
+      stopReason,
+      text: '',
+      tokens: new Int32Array(0),
+      promptTokens,
+      evaluatedTokens: 0,
+      sequence: Int32Array.from(this.#cache),
+      discarded: 0,
+      started: false,
+      drafted: 0,
+      accepted: 0,
+      promptMs: 0,
+      generateMs: 0,
+      timeToFirstTokenMs: 0,
+    });
+    this.#context.residency.wait(this, priority, deferred.controller.signal).then(
+      (seq) => {
+        if (deferred.aborted || this.disposed) {
+          deferred.end(notStarted('abort'));
+          return;
+        }
+        try {
+          deferred.attach(launch(seq, deferred.notify));
+        } catch (e) {
+          if (this.#running === gen) this.#running = null;
+          this.#context.residency.kick();
+          gen.fail(toLlamaError(e));
+        }
+      },
+      () => deferred.end(notStarted('abort')),
+    );
   }
 
   /** The keep for context shift in `'auto'` mode; set by chats to their system prompt's length. @internal */
@@ -401,18 +473,28 @@ export class LlamaSession {
     return this.#running ? this.#stable : this.#cache;
   }
 
-  #finished(gen: object, plan: Plan, r: NativeGenerationResult): GenerationResult | LlamaError {
+  #finished(gen: object, plan: Plan | null, r: NativeGenerationResult): GenerationResult | LlamaError {
     if (this.#running === gen) this.#running = null;
     this.#stable = [];
+    // Idle again: the sequence may go to a session that waits for one.
+    if (!this.disposed) {
+      this.#context.residency.touch(this);
+      queueMicrotask(() => this.#context.residency.kick());
+    }
     const tokens = Array.from(r.tokens);
     if (r.stopReason === 'error') {
-      this.#setCache([]);
-      if (!this.disposed) this.#context.handle(this.generate).clearSequence(this.#seq);
+      // An error before the engine touched the sequence (a grammar refused while it was built off the JS
+      // thread) leaves the cache as it was.
+      if (r.started) {
+        this.#setCache([]);
+        const seq = this.sequence;
+        if (!this.disposed && seq !== null) this.#context.handle(this.generate).clearSequence(seq);
+      }
       const sampling = r.error?.startsWith('grammar:') ?? false;
       const limit = r.error?.startsWith('limit:') ?? false;
       return new LlamaError(limit ? 'ERR_LIMIT_EXCEEDED' : sampling ? 'ERR_INVALID_GRAMMAR' : 'ERR_DECODE', `Generation failed: ${r.error ?? 'llama_decode failed'}`);
     }
-    if (!r.started) {
+    if (!r.started || !plan) {
       // Ended before the engine touched the sequence: the cache holds what it held (or the shared copy).
       return this.#result(r, tokens);
     }
@@ -452,15 +534,17 @@ export class LlamaSession {
   /** Empties the session's KV cache. */
   reset(): void {
     this.#checkIdle(this.reset, 'reset');
+    const h = this.#context.handle(this.reset);
     this.#setCache([]);
-    this.#context.handle(this.reset).clearSequence(this.#seq);
+    const seq = this.sequence;
+    if (seq !== null) h.clearSequence(seq);
+    else this.#context.residency.forgetSaved(this);
   }
 
   /**
    * A new session of the same context that starts with a copy of this one's KV cache and shares nothing
-   * with it afterwards.
-   * @throws LlamaError `ERR_NO_SEQUENCE` when the context has no free sequence, `ERR_BUSY` while this
-   * session generates.
+   * with it afterwards. The copy goes to a free sequence, or to host memory when none is free.
+   * @throws LlamaError `ERR_BUSY` while this session generates.
    */
   fork(): LlamaSession {
     this.#checkIdle(this.fork, 'fork');
@@ -485,9 +569,22 @@ export class LlamaSession {
   }
 
   #copyFrom(src: LlamaSession, length: number): void {
-    this.#context.handle(this.fork).copySequence(src.#seq, this.#seq, length);
-    this.#cache = src.sharableTokens().slice(0, length);
+    const h = this.#context.handle(this.fork);
+    const res = this.#context.residency;
+    const tokens = src.sharableTokens().slice(0, length);
     this.#cacheLora = src.#cacheLora;
+    if (tokens.length === 0) return;
+    const whole = src.idle && tokens.length === src.#cache.length;
+    const from = src.sequence;
+    if (from !== null) {
+      // A sequence for the copy (never the source's own), or else the source's saved state for later.
+      const seq = res.acquire(this, src);
+      if (seq !== undefined) h.copySequence(from, seq, tokens.length);
+      else if (!(whole && res.saveFor(src, this))) return;
+    } else if (!(whole && res.shareSaved(src, this))) {
+      return;
+    }
+    this.#cache = tokens;
   }
 
   /**
@@ -503,7 +600,11 @@ export class LlamaSession {
     this.#busy = 'saves';
     try {
       const cache = this.#cache.slice();
-      const { data, streams } = await handle.saveSequence(this.#seq);
+      const res = this.#context.residency;
+      // A session that is not resident has its state in host memory already (or gets a sequence for it).
+      let state = this.sequence === null ? await res.savedState(this) : null;
+      state ??= await handle.saveSequence(await res.wait(this, 0));
+      const { data, streams } = state;
       await writeSessionFile(path, {
         header: {
           model: { fingerprint: model.fingerprint, name: model.info.name, vocabSize: model.vocab.size },
@@ -520,6 +621,7 @@ export class LlamaSession {
       throw toLlamaError(e);
     } finally {
       this.#busy = null;
+      this.#context.residency.kick();
     }
   }
 
@@ -553,13 +655,17 @@ export class LlamaSession {
         throw new LlamaError('ERR_INVALID_STATE', `${path} holds token ids outside the model's vocabulary`);
       }
       this.#setCache([]);
-      await handle.loadSequence(this.#seq, f.state, h.streams);
+      this.#context.residency.forgetSaved(this);
+      const seq = await this.#context.residency.wait(this, 0);
+      this.#check(this.load);
+      await handle.loadSequence(seq, f.state, h.streams);
       this.#check(this.load);
       this.#setCache(f.cache, h.dropped > 0 ? f.history : [], h.dropped, h.shiftKeep);
     } catch (e) {
       throw toLlamaError(e);
     } finally {
       this.#busy = null;
+      this.#context.residency.kick();
     }
   }
 
@@ -569,7 +675,7 @@ export class LlamaSession {
     this.#running?.abort();
     this.#disposed = true;
     this.#setCache([]);
-    this.#context.releaseSequence(this, this.#seq);
+    this.#context.releaseSequence(this);
   }
 
   /** Same as {@link dispose}, for `using`. */

@@ -199,20 +199,25 @@ describeShared('sessions: cache reuse, fork, save and load, context shift, prefi
     expect(ra.usage.cachedTokens).toBeGreaterThanOrEqual(held - 1);
   });
 
-  it('fails with ERR_NO_SEQUENCE when every sequence is taken, or waits with acquireSession()', async () => {
+  it('creates sessions without limit; acquireSession() waits until fewer sessions than sequences exist', async () => {
     await using two = await model.createContext({ contextSize: 256, sequences: 2 });
     const a = two.createSession();
     const b = two.createSession();
-    throwsWith(() => two.createSession(), 'ERR_NO_SEQUENCE');
+    two.createSession().dispose();
+    await b.complete(PROMPT, { maxTokens: 2, ...greedy });
     const waiting = two.acquireSession();
     let got = false;
     void waiting.then(() => (got = true));
     await new Promise((r) => setTimeout(r, 20));
     expect(got).toBe(false);
+    const held = b.sequence;
+    expect(held).not.toBe(null);
     b.dispose();
     const c = await waiting;
-    expect(c.sequence).toBe(b.sequence);
+    expect(c.sequence).toBe(null);
     expect((await c.complete(PROMPT, { maxTokens: 4, ...greedy })).usage.completionTokens).toBe(4);
+    // The sequence b held went back to the pool, and c took it.
+    expect(c.sequence).toBe(held);
 
     const controller = new AbortController();
     const aborted = two.acquireSession({ signal: controller.signal });

@@ -1,0 +1,341 @@
+// Sessions are never scarce: a context has a few sequences resident in its KV cache, and any number of
+// sessions. A session gets a sequence when it needs one (to generate, search, fork); when none is free, the
+// least recently used idle session gives up its own: its KV state is saved to host memory (llama.cpp's
+// per-sequence state API, through the engine thread, in order with everything queued there) and restored
+// when that session is used again. Saved states stay within a byte budget (`cacheRamBytes`); past it the
+// oldest are dropped, and those sessions decode their tokens again on next use. Work that cannot get a
+// sequence now (every resident session is busy) waits: higher priority first, then in order of arrival.
+// llama-server's slots and host-memory prompt cache are the model.
+import { LlamaError } from './errors.js';
+import type { NativeContext } from './native.js';
+
+/** A session's KV state in host memory. */
+export interface SavedState {
+  data: Uint8Array;
+  streams: number;
+}
+
+/** What the pool needs from a session. @internal */
+export interface Tenant {
+  /** No generation, search, save or load runs or waits for this session. */
+  readonly idle: boolean;
+  /** The saved state was dropped (budget, or its save failed): the session's cache is empty now. */
+  forgetCache(): void;
+}
+
+interface Parked {
+  /** The state, once the engine has saved it. */
+  state: SavedState | null;
+  pending: Promise<void> | null;
+  bytes: number;
+}
+
+interface Waiter {
+  tenant: Tenant;
+  priority: number;
+  order: number;
+  grant(seq: number): void;
+  fail(e: LlamaError): void;
+}
+
+/** @internal The resident sequences of one context and the sessions that share them. */
+export class Residency {
+  readonly #handle: () => NativeContext | null;
+  /** Budget for saved states, bytes. */
+  readonly budget: number;
+  #free: number[];
+  #owner = new Map<number, Tenant>();
+  #seq = new Map<Tenant, number>();
+  #used = new Map<Tenant, number>();
+  #tick = 0;
+  #parked = new Map<Tenant, Parked>();
+  #parkedBytes = 0;
+  #waiters: Waiter[] = [];
+  #changes: Array<() => void> = [];
+  #order = 0;
+  #closed = false;
+  /** Statistics, for tests and the benchmark. */
+  readonly stats = { evictions: 0, restores: 0, dropped: 0 };
+
+  constructor(sequences: number, budget: number, handle: () => NativeContext | null) {
+    this.#free = Array.from({ length: sequences }, (_, i) => i);
+    this.budget = budget;
+    this.#handle = handle;
+  }
+
+  /** Resident sequences not held by a session. */
+  get free(): number {
+    return this.#free.length;
+  }
+
+  /** Bytes of saved states held now. */
+  get savedBytes(): number {
+    return this.#parkedBytes;
+  }
+
+  /** The sequence the session holds now, if any. */
+  sequenceOf(t: Tenant): number | undefined {
+    return this.#seq.get(t);
+  }
+
+  /** True when the session's KV state waits in host memory (or is being saved there). */
+  isSaved(t: Tenant): boolean {
+    return this.#parked.has(t);
+  }
+
+  touch(t: Tenant): void {
+    this.#used.set(t, ++this.#tick);
+  }
+
+  /**
+   * The session's sequence, made resident now if it can be: a free one, or the one of the least recently
+   * used idle session (whose state is saved first). Its own saved state is restored into it. Undefined when
+   * it has to wait: every resident session is busy, or its own state is still being saved.
+   */
+  acquire(t: Tenant, spare?: Tenant): number | undefined {
+    const held = this.#seq.get(t);
+    if (held !== undefined) {
+      this.touch(t);
+      return held;
+    }
+    const h = this.#handle();
+    if (!h || this.#closed) return undefined;
+    const parked = this.#parked.get(t);
+    if (parked && !parked.state) return undefined; // restored once its save has finished
+    const seq = this.#free.shift() ?? this.#evictFor(t, h, spare);
+    if (seq === undefined) return undefined;
+    this.#seq.set(t, seq);
+    this.#owner.set(seq, t);
+    this.touch(t);
+    if (parked?.state) {
+      this.#unpark(t);
+      this.stats.restores++;
+      // Queued on the engine thread before anything the session queues next.
+      h.loadSequence(seq, parked.state.data, parked.state.streams).catch(() => {
+        // Our own state, into a sequence of the same context: only memory can fail it. The session starts over.
+        if (this.#seq.get(t) === seq) this.#handle()?.clearSequence(seq);
+        t.forgetCache();
+      });
+    }
+    return seq;
+  }
+
+  /** Waits for {@link acquire} to succeed (priority first, then arrival). */
+  wait(t: Tenant, priority: number, signal?: AbortSignal): Promise<number> {
+    const now = this.acquire(t);
+    if (now !== undefined) return Promise.resolve(now);
+    if (this.#closed || !this.#handle()) return Promise.reject(new LlamaError('ERR_DISPOSED', 'The context has been disposed'));
+    return new Promise<number>((resolve, reject) => {
+      const onAbort = () => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
+        reject(new LlamaError('ERR_ABORTED', 'Waiting for a sequence was aborted'));
+      };
+      const waiter: Waiter = {
+        tenant: t,
+        priority,
+        order: this.#order++,
+        grant: (seq) => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(seq);
+        },
+        fail: (e) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(e);
+        },
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#waiters.push(waiter);
+      this.#waiters.sort((a, b) => b.priority - a.priority || a.order - b.order);
+    });
+  }
+
+  /**
+   * Sequences for a while (beam search's extra beams), taken from free ones and from idle sessions; give
+   * them back with {@link giveBack}. Undefined when not enough can be had now.
+   */
+  borrow(n: number, except: Tenant): number[] | undefined {
+    const h = this.#handle();
+    if (!h) return undefined;
+    const idle = [...this.#seq.keys()].filter((s) => s !== except && s.idle).length;
+    if (this.#free.length + idle < n) return undefined;
+    const out: number[] = [];
+    while (out.length < n) out.push(this.#free.shift() ?? this.#evictFor(except, h)!);
+    return out;
+  }
+
+  giveBack(seqs: readonly number[]): void {
+    const h = this.#handle();
+    for (const s of seqs) {
+      h?.clearSequence(s);
+      this.#free.push(s);
+    }
+    this.#free.sort((a, b) => a - b);
+    this.kick();
+  }
+
+  /** The session gives up its sequence and its saved state (it is disposed, or empties its cache). */
+  release(t: Tenant, clear = true): void {
+    const seq = this.#seq.get(t);
+    if (seq !== undefined) {
+      this.#seq.delete(t);
+      this.#owner.delete(seq);
+      if (clear) this.#handle()?.clearSequence(seq);
+      this.#free.push(seq);
+      this.#free.sort((a, b) => a - b);
+    }
+    this.#unpark(t);
+    this.#used.delete(t);
+    this.kick();
+  }
+
+  /** Drops the session's saved state, if it has one (its cache is empty from now on). */
+  forgetSaved(t: Tenant): void {
+    this.#unpark(t);
+  }
+
+  /**
+   * Gives a session a copy of another one's saved state (a fork of a session that is not resident). The
+   * copy counts against the budget like any other.
+   */
+  shareSaved(from: Tenant, to: Tenant): boolean {
+    const p = this.#parked.get(from);
+    if (!p) return false;
+    const copy: Parked = { state: p.state, pending: null, bytes: 0 };
+    this.#parked.set(to, copy);
+    this.touch(to);
+    if (p.state) this.#account(to, copy, p.state);
+    else {
+      copy.pending = p.pending!.then(() => {
+        const q = this.#parked.get(from);
+        if (this.#parked.get(to) !== copy) return;
+        if (q?.state) this.#account(to, copy, q.state);
+        else this.#drop(to);
+      });
+    }
+    return true;
+  }
+
+  /** Saves a resident session's state for another session (a fork when no sequence is free for it). */
+  saveFor(from: Tenant, to: Tenant): boolean {
+    const seq = this.#seq.get(from);
+    const h = this.#handle();
+    if (seq === undefined || !h) return false;
+    this.#park(to, h.saveSequence(seq));
+    return true;
+  }
+
+  /** Something changed (a session went idle, a sequence came free): serve the waiters that can be served. */
+  kick(): void {
+    for (const wake of this.#changes.splice(0)) wake();
+    for (const w of [...this.#waiters]) {
+      const seq = this.acquire(w.tenant);
+      if (seq === undefined) continue;
+      this.#waiters = this.#waiters.filter((x) => x !== w);
+      w.grant(seq);
+    }
+  }
+
+  /** Resolves at the next {@link kick}: something may have come free. */
+  changed(): Promise<void> {
+    return new Promise<void>((resolve) => this.#changes.push(resolve));
+  }
+
+  /** The free sequences' ids (an embedding context uses them all for a while). */
+  freeList(): number[] {
+    return [...this.#free];
+  }
+
+  /** The session's saved state, once it is saved; null when it has none. */
+  async savedState(t: Tenant): Promise<SavedState | null> {
+    for (;;) {
+      const p = this.#parked.get(t);
+      if (!p) return null;
+      if (p.state) return p.state;
+      await p.pending;
+    }
+  }
+
+  /** The context is disposed: waiters fail, saved states go. */
+  close(): void {
+    this.#closed = true;
+    for (const w of this.#waiters.splice(0)) w.fail(new LlamaError('ERR_DISPOSED', 'The context was disposed while this waited for a sequence'));
+    this.#parked.clear();
+    this.#parkedBytes = 0;
+    for (const wake of this.#changes.splice(0)) wake();
+  }
+
+  #evictFor(requester: Tenant, h: NativeContext, spare?: Tenant): number | undefined {
+    let victim: Tenant | undefined;
+    let oldest = Infinity;
+    for (const [s] of this.#seq) {
+      if (s === requester || s === spare || !s.idle) continue;
+      const u = this.#used.get(s) ?? 0;
+      if (u < oldest) {
+        oldest = u;
+        victim = s;
+      }
+    }
+    if (!victim) return undefined;
+    const seq = this.#seq.get(victim)!;
+    this.#seq.delete(victim);
+    this.#owner.delete(seq);
+    this.stats.evictions++;
+    // Both queued on the engine thread, before whatever the new owner queues.
+    this.#park(victim, h.saveSequence(seq));
+    h.clearSequence(seq);
+    return seq;
+  }
+
+  #park(t: Tenant, saving: Promise<SavedState>): void {
+    this.#unpark(t);
+    const p: Parked = { state: null, pending: null, bytes: 0 };
+    this.#parked.set(t, p);
+    p.pending = saving.then(
+      (state) => {
+        if (this.#parked.get(t) !== p) return;
+        this.#account(t, p, state);
+      },
+      () => {
+        if (this.#parked.get(t) === p) this.#drop(t);
+      },
+    );
+  }
+
+  #account(t: Tenant, p: Parked, state: SavedState): void {
+    p.state = state;
+    p.pending = null;
+    p.bytes = state.data.byteLength;
+    this.#parkedBytes += p.bytes;
+    // Past the budget, the least recently used saved states go (this one too, if it alone is too large).
+    while (this.#parkedBytes > this.budget) {
+      let oldest: Tenant | undefined;
+      let at = Infinity;
+      for (const [s, q] of this.#parked) {
+        if (!q.state) continue;
+        const u = this.#used.get(s) ?? 0;
+        if (u < at) {
+          at = u;
+          oldest = s;
+        }
+      }
+      if (!oldest) break;
+      this.#drop(oldest);
+    }
+    this.kick();
+  }
+
+  #drop(t: Tenant): void {
+    if (!this.#parked.has(t)) return;
+    this.#unpark(t);
+    this.stats.dropped++;
+    t.forgetCache();
+    this.kick();
+  }
+
+  #unpark(t: Tenant): void {
+    const p = this.#parked.get(t);
+    if (!p) return;
+    this.#parked.delete(t);
+    this.#parkedBytes -= p.bytes;
+  }
+}
