@@ -416,3 +416,28 @@ describeShared('server: response cache and model replacement', () => {
     }
   });
 });
+
+describeShared('server: conversations beyond --parallel keep their caches', () => {
+  it('six interleaved conversations on one resident sequence: every second turn reuses its own cache', async () => {
+    const server = await startServer({ models: [{ alias: 'stories', path: shared('stories260k.gguf') }], port: 0, parallel: 1, contextSize: 512 });
+    try {
+      await server.ready;
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+      const names = ['Lily', 'Tom', 'Sue', 'Ben', 'Max', 'Amy'];
+      const firsts = names.map((n) => [{ role: 'user' as const, content: `Tell me about ${n} and the big red ball.` }]);
+      const replies = [];
+      for (const messages of firsts) replies.push(await client.chat.completions.create({ model: 'stories', messages, max_tokens: 12, temperature: 0 }));
+      for (let i = 0; i < names.length; i++) {
+        const next = [...firsts[i], { role: 'assistant' as const, content: replies[i].choices[0].message.content! }, { role: 'user' as const, content: 'And then?' }];
+        const b = await client.chat.completions.create({ model: 'stories', messages: next, max_tokens: 4, temperature: 0 });
+        const cached = (b.usage as { prompt_tokens_details?: { cached_tokens?: number } }).prompt_tokens_details?.cached_tokens ?? 0;
+        // Everything the first turn left in the cache: its prompt (the reply is rendered again by the template).
+        expect(cached, names[i]).toBeGreaterThanOrEqual(replies[i].usage!.prompt_tokens - 1);
+      }
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      expect(metrics).toMatch(/llama_kv_cache_usage_ratio\{model="stories"\} 0\.\d+/);
+    } finally {
+      await server.close(1000);
+    }
+  }, 120_000);
+});

@@ -35,8 +35,16 @@ export interface ServerOptions {
   host?: string;
   /** Default 8080; 0 picks a free port. */
   port?: number;
-  /** Requests generated at once per model (sessions of its context; default 4). */
+  /** Requests generated at once per model (resident sequences of its context; default 4). */
   parallel?: number;
+  /**
+   * Conversations per model that keep their KV cache between requests (default 64, at least `parallel`):
+   * beyond `parallel`, their caches wait in host memory (within `cacheRamBytes`) and come back when the
+   * conversation goes on. Past this many, the least recently used conversation's session is reused.
+   */
+  conversations?: number;
+  /** Host memory for those caches, bytes per model (default 1 GiB: the context option `cacheRamBytes`). */
+  cacheRamBytes?: number;
   /** Tokens each of those sessions holds (default: the model's training context, at most 4096). */
   contextSize?: number;
   /** With a key, every endpoint but /health needs `Authorization: Bearer <key>`. */
@@ -86,10 +94,13 @@ interface Entry {
   model?: LlamaModel;
   ctx?: LlamaContext;
   embedCtx?: Promise<LlamaContext>;
+  /** Sessions not serving a request, least recently used first. */
   idle: LlamaSession[];
   sessions: LlamaSession[];
+  /** Requests being served. */
+  active: number;
   keys: Map<LlamaSession, string>;
-  waiters: Array<{ grant: (s: LlamaSession) => void; fail: (e: Error) => void }>;
+  waiters: Array<{ key: string | null; grant: (s: LlamaSession) => void; fail: (e: Error) => void }>;
 }
 
 /** A running server. */
@@ -124,6 +135,7 @@ function textOf(content: unknown): string {
 export async function startServer(options: ServerOptions): Promise<LlamaServer> {
   if (!options.models?.length) throw new ApiError(400, 'At least one model is needed', 'invalid_request_error');
   const parallel = options.parallel ?? 4;
+  const conversations = Math.max(parallel, options.conversations ?? 64);
   const maxQueue = options.maxQueue ?? 64;
   const maxTokensLimit = options.maxTokensLimit ?? 4096;
   const maxBodyDepth = options.maxBodyDepth ?? 128;
@@ -142,7 +154,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   /** Every entry that holds a model: the one each alias serves, and replaced ones finishing their requests. */
   const live = new Set<Entry>();
   function newEntry(alias: string, path: string, version: number): Entry {
-    return { alias, path, version, state: 'loading', created: Math.floor(Date.now() / 1000), idle: [], sessions: [], keys: new Map(), waiters: [], embedding: 0 };
+    return { alias, path, version, state: 'loading', created: Math.floor(Date.now() / 1000), idle: [], sessions: [], active: 0, keys: new Map(), waiters: [], embedding: 0 };
   }
 
   // ---------------------------------------------------------------- metrics
@@ -169,7 +181,8 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     collect() {
       for (const e of entries.values()) {
         if (!e.ctx) continue;
-        const held = e.sessions.reduce((n, s) => n + (s.disposed ? 0 : s.tokens.length), 0);
+        // Sessions that hold a sequence now (the others' caches wait in host memory).
+        const held = e.sessions.reduce((n, s) => n + (s.disposed || s.sequence === null ? 0 : s.tokens.length), 0);
         this.set({ model: e.alias }, held / (e.ctx.contextSize * e.ctx.sequences));
       }
     },
@@ -185,7 +198,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   new Gauge({
     name: 'llama_requests_running', help: 'Requests generating now', labelNames: ['model'], registers: [registry],
     collect() {
-      for (const e of entries.values()) this.set({ model: e.alias }, e.sessions.length - e.idle.length);
+      for (const e of entries.values()) this.set({ model: e.alias }, e.active);
     },
   });
 
@@ -202,9 +215,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
           });
       live.add(e);
       const contextSize = options.contextSize ?? Math.min(e.model.info.contextLength || 4096, 4096);
-      e.ctx = await e.model.createContext({ contextSize, sequences: parallel });
-      for (let i = 0; i < parallel; i++) e.sessions.push(e.ctx.createSession({ contextShift: 'auto' }));
-      e.idle = [...e.sessions];
+      e.ctx = await e.model.createContext({ contextSize, sequences: parallel, ...(options.cacheRamBytes !== undefined ? { cacheRamBytes: options.cacheRamBytes } : {}) });
       e.state = 'ready';
     } catch (err) {
       e.state = 'error';
@@ -221,7 +232,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
 
   /** Frees a replaced model once its last request has finished. */
   function disposeIfRetired(e: Entry): void {
-    if (!e.retired || e.idle.length < e.sessions.length || e.waiters.length > 0 || e.embedding > 0) return;
+    if (!e.retired || e.active > 0 || e.waiters.length > 0 || e.embedding > 0) return;
     e.retired = false;
     void free(e);
   }
@@ -262,19 +273,34 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     return e;
   }
 
-  function acquire(e: Entry, key: string | null, signal: AbortSignal): Promise<LlamaSession> {
-    if (e.idle.length > 0) {
-      // The session that served this conversation's previous turn holds its tokens; otherwise the least
-      // recently used one (others' cached prefixes are still shared by copying cells).
-      let i = key === null ? -1 : e.idle.findIndex((s) => e.keys.get(s) === key);
-      if (i < 0) i = 0;
-      return Promise.resolve(e.idle.splice(i, 1)[0]);
+  /**
+   * The session for a request: the one that served this conversation's previous turn (it holds its tokens,
+   * in the KV cache or in host memory), else a new one while fewer than `conversations` exist, else the
+   * least recently used idle one (others' cached prefixes are still shared by copying cells).
+   */
+  function pick(e: Entry, key: string | null): LlamaSession {
+    e.active++;
+    const i = key === null ? -1 : e.idle.findIndex((s) => e.keys.get(s) === key);
+    if (i >= 0) return e.idle.splice(i, 1)[0];
+    if (e.sessions.length < conversations || e.idle.length === 0) {
+      const s = e.ctx!.createSession({ contextShift: 'auto' });
+      e.sessions.push(s);
+      return s;
     }
+    const s = e.idle.shift()!;
+    e.keys.delete(s);
+    return s;
+  }
+
+  function acquire(e: Entry, key: string | null, signal: AbortSignal): Promise<LlamaSession> {
+    // At most `parallel` requests generate at once: one per resident sequence.
+    if (e.active < parallel) return Promise.resolve(pick(e, key));
     if (e.waiters.length >= maxQueue) {
       return Promise.reject(new ApiError(429, `Too many requests are waiting for '${e.alias}'; retry shortly`, 'rate_limit_error', null, 'queue_full'));
     }
     return new Promise((resolve, reject) => {
       const waiter = {
+        key,
         grant: (s: LlamaSession) => {
           signal.removeEventListener('abort', onAbort);
           resolve(s);
@@ -294,10 +320,10 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   }
 
   function release(e: Entry, s: LlamaSession): void {
-    if (s.disposed) return;
+    e.active--;
+    if (!s.disposed) e.idle.push(s);
     const w = e.waiters.shift();
-    if (w) w.grant(s);
-    else e.idle.push(s);
+    if (w && e.ctx && !e.ctx.disposed) w.grant(pick(e, w.key));
     disposeIfRetired(e);
   }
 
