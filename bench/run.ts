@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { readGguf } from '../lib/gguf/index.js';
 import { getSystemInfo } from '../lib/index.js';
 import { runLlamaBench } from './llama-bench.js';
-import { batchedScenario, speculativeScenario, type BatchedResult, type SpeculativeResult } from './scenarios.js';
+import { batchedScenario, sessionsScenario, speculativeScenario, type BatchedResult, type SessionsResult, type SpeculativeResult } from './scenarios.js';
 import { benchRoot, models, repoRoot } from './models.js';
 import { stat, type Stat, type WorkerArgs, type WorkerResult } from './stats.js';
 
@@ -26,7 +26,8 @@ const { values } = parseArgs({
     systems: { type: 'string', default: 'llama-bench,node-llama-cpp-defaults,node-llama-cpp,llama-addon' },
     json: { type: 'boolean', default: false },
     'results-dir': { type: 'string' },
-    scenario: { type: 'string', default: 'models,batched,speculative' },
+    scenario: { type: 'string', default: 'models,batched,speculative,sessions' },
+    'sessions-model': { type: 'string' },
   },
 });
 const scenarios = values.scenario!.split(',');
@@ -163,6 +164,7 @@ const machine = {
 };
 let batched: BatchedResult | null = null;
 let speculative: SpeculativeResult | null = null;
+let sessions: SessionsResult | null = null;
 if (scenarios.includes('batched')) {
   try {
     batched = await batchedScenario({ threads, reps: Number(values.reps), parallel: [1, 8], prompt: 128, gen: 128 });
@@ -178,6 +180,14 @@ if (scenarios.includes('speculative')) {
   }
 }
 
+if (scenarios.includes('sessions')) {
+  try {
+    sessions = await sessionsScenario({ threads, modelId: values['sessions-model'] ?? 'llama-415m-q8_0', chats: 64, turns: 4, sequences: 4, prompt: 32, gen: 8 });
+  } catch (e) {
+    log(`sessions scenario failed: ${(e as Error).message}`);
+  }
+}
+
 const report = {
   date: new Date().toISOString(),
   machine,
@@ -185,6 +195,7 @@ const report = {
   models: all,
   batched,
   speculative,
+  sessions,
 };
 const resultsDir = values['results-dir'] ?? join(benchRoot, 'results');
 mkdirSync(resultsDir, { recursive: true });
@@ -222,6 +233,11 @@ if (values.json) {
     lines.push('', `Speculative decoding: ${speculative.target} (target) with ${speculative.draft} (draft), greedy, ${speculative.gen} tokens`, '');
     lines.push('| mode | tg tok/s | speed-up | acceptance rate |', '|---|---|---|---|');
     for (const r of speculative.rows) lines.push(`| ${r.mode} | ${f(r.tokensPerSecond)} | ${r.speedup?.toFixed(3) ?? '—'} | ${r.acceptance ? f(r.acceptance, 3) : '—'} |`);
+  }
+  if (sessions) {
+    lines.push('', `Sessions: ${sessions.chats} conversations × ${sessions.turns} turns, interleaved, on ${sessions.sequences} resident sequences (${sessions.model}; ${sessions.prompt} new tokens and ${sessions.gen} generated per turn); turns 2–${sessions.turns}`, '');
+    lines.push('| caches | prompt tokens from cache | TTFT ms median (min–max) | TTFT ms p90 | total s | host memory MiB |', '|---|---|---|---|---|---|');
+    for (const r of sessions.rows) lines.push(`| ${r.mode === 'kept' ? 'kept in host memory' : 'none (every turn decoded again)'} | ${r.hitRate === null ? '—' : (r.hitRate * 100).toFixed(1) + '%'} | ${f(r.ttft)} | ${r.ttftP90?.toFixed(1) ?? '—'} | ${r.seconds?.toFixed(1) ?? '—'} | ${r.savedMiB?.toFixed(1) ?? '—'} |`);
   }
   const notes = all.flatMap((m) => m.results.flatMap((r) => r.notes.map((n) => `${m.id} / ${r.system}: ${n}`)));
   if (notes.length) lines.push('', 'Notes:', ...[...new Set(notes)].map((n) => `- ${n}`));

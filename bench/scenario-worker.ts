@@ -1,13 +1,19 @@
 // Measures llama-addon in scenarios beyond one session. Usage: tsx bench/scenario-worker.ts '<ScenarioArgs JSON>'
 //   batched:     N sessions of one context generating at once (as llama-batched-bench does it)
 //   speculative: a target model alone, with a draft model, and with prompt lookup
+//   sessions:    many conversations of several turns, interleaved, on few resident sequences: caches kept in
+//                host memory against every turn decoding its prompt again (cacheRamBytes: 0)
 import { loadModel, setLogLevel } from '../lib/index.js';
 import { promptTokens } from './stats.js';
 
 setLogLevel('error');
 
 export interface ScenarioArgs {
-  scenario: 'batched' | 'speculative';
+  scenario: 'batched' | 'speculative' | 'sessions';
+  /** sessions: conversations, turns each, resident sequences, new tokens per turn */
+  chats?: number;
+  turns?: number;
+  sequences?: number;
   model: string;
   draft?: string;
   threads?: number;
@@ -51,6 +57,40 @@ if (args.scenario === 'batched') {
       const seconds = (performance.now() - t0) / 1000;
       push(`tg${pl}`, results.reduce((n, x) => n + x.usage.completionTokens, 0) / seconds);
     }
+  }
+} else if (args.scenario === 'sessions') {
+  const chats = args.chats ?? 64;
+  const turns = args.turns ?? 4;
+  for (const mode of ['kept', 'redecoded'] as const) {
+    const ctx = await model.createContext({
+      contextSize: 1 + turns * (args.prompt + args.gen) + 16,
+      sequences: args.sequences ?? 4,
+      ...(mode === 'redecoded' ? { cacheRamBytes: 0 } : {}),
+      ...(args.threads ? { threads: args.threads } : {}),
+    });
+    const sessions = Array.from({ length: chats }, () => ctx.createSession({ sharePrefix: false }));
+    const history: number[][] = sessions.map(() => (args.bos !== null ? [args.bos] : []));
+    let cached = 0;
+    let prompt = 0;
+    const t0 = performance.now();
+    for (let turn = 0; turn < turns; turn++) {
+      // Round robin: every conversation's turn comes after all the others', as users of one server.
+      for (let c = 0; c < chats; c++) {
+        const user = promptTokens(args.prompt + 1, args.vocabSize, null).slice(1).map((t, i) => 3 + ((t + c * 7919 + turn * 104729 + i) % (args.vocabSize - 3)));
+        const input = [...history[c], ...user];
+        const r = await sessions[c].complete(input, { maxTokens: args.gen, temperature: 0, logitBias: banned });
+        history[c] = [...input, ...r.tokens];
+        if (turn > 0) {
+          cached += r.usage.cachedTokens;
+          prompt += r.usage.promptTokens;
+          push(`${mode}.ttft`, r.timings.timeToFirstTokenMs);
+        }
+      }
+    }
+    push(`${mode}.seconds`, (performance.now() - t0) / 1000);
+    push(`${mode}.hitRate`, prompt > 0 ? cached / prompt : 0);
+    push(`${mode}.savedMiB`, ctx.savedCacheBytes / 2 ** 20);
+    await ctx.dispose();
   }
 } else {
   const draft = await loadModel(args.draft!, { gpuLayers: 0 });

@@ -110,3 +110,44 @@ export async function speculativeScenario(o: { threads: number; reps: number; ge
     }),
   };
 }
+
+export interface SessionsResult {
+  model: string;
+  chats: number;
+  turns: number;
+  sequences: number;
+  prompt: number;
+  gen: number;
+  rows: Array<{ mode: 'kept' | 'redecoded'; hitRate: number | null; ttft: Stat | null; ttftP90: number | null; seconds: number | null; savedMiB: number | null }>;
+}
+
+/**
+ * Many conversations on few resident sequences (lib/residency.ts): turns 2..N of each, with caches kept in
+ * host memory against a run where every turn decodes its prompt again. Reports the share of prompt tokens
+ * served from a cache and the time to first token of those turns.
+ */
+export async function sessionsScenario(o: { threads: number; modelId: string; chats: number; turns: number; sequences: number; prompt: number; gen: number }): Promise<SessionsResult> {
+  const m = models.find((x) => x.id === o.modelId);
+  if (!m) throw new Error(`unknown model ${o.modelId}`);
+  const path = await m.path();
+  const header = await readGguf(path);
+  const bos = header.metadata['tokenizer.ggml.bos_token_id'];
+  const vocabSize = (header.metadata['tokenizer.ggml.tokens'] as unknown as { length: number }).length;
+  log(`sessions: ${o.chats} conversations × ${o.turns} turns on ${o.sequences} sequences (${m.id})`);
+  const res = await scenarioWorker({
+    scenario: 'sessions', model: path, threads: o.threads, prompt: o.prompt, gen: o.gen, parallel: [], reps: 1,
+    vocabSize, bos: typeof bos === 'number' ? bos : null, chats: o.chats, turns: o.turns, sequences: o.sequences,
+  });
+  const p90 = (xs: number[]) => (xs.length ? [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(xs.length * 0.9))] : null);
+  return {
+    model: m.id, chats: o.chats, turns: o.turns, sequences: o.sequences, prompt: o.prompt, gen: o.gen,
+    rows: (['kept', 'redecoded'] as const).map((mode) => ({
+      mode,
+      hitRate: res[`${mode}.hitRate`]?.[0] ?? null,
+      ttft: stat(res[`${mode}.ttft`] ?? []),
+      ttftP90: p90(res[`${mode}.ttft`] ?? []),
+      seconds: res[`${mode}.seconds`]?.[0] ?? null,
+      savedMiB: res[`${mode}.savedMiB`]?.[0] ?? null,
+    })),
+  };
+}

@@ -5,9 +5,24 @@ import { LlamaChat, type ChatOptions } from './chat.js';
 import { parseLora, type LoraSpec } from './lora.js';
 import { LlamaSession, type SessionOptions } from './session.js';
 import { Residency } from './residency.js';
+import { kvBytesPerToken } from './memory.js';
 
 /** Default of {@link ContextOptions.cacheRamBytes}: 1 GiB. */
 export const DEFAULT_CACHE_RAM_BYTES = 2 ** 30;
+
+/** KV cache the default number of resident sequences may take together: 256 MiB. */
+export const DEFAULT_SEQUENCES_KV_BYTES = 256 * 2 ** 20;
+
+/**
+ * Default of {@link ContextOptions.sequences}: as many as fit in 256 MiB of KV cache at `contextSize`
+ * tokens each (F16, from the model's metadata), from 1 to 4. A 1B model at 4096 tokens gets 2; a 7B gets 1;
+ * a tiny one 4.
+ */
+export function defaultSequences(model: LlamaModel, contextSize: number): number {
+  const perToken = kvBytesPerToken(model.metadata);
+  if (perToken <= 0) return 1;
+  return Math.max(1, Math.min(4, Math.floor(DEFAULT_SEQUENCES_KV_BYTES / (perToken * contextSize))));
+}
 import { checkOptions, invalid, optBoolean, optInteger, optSignal } from './validate.js';
 
 /** Options of {@link LlamaModel.createContext}. */
@@ -20,11 +35,12 @@ export interface ContextOptions {
   /** Most tokens decoded in one step (default 512). Prompts longer than this are decoded in chunks. */
   batchSize?: number;
   /**
-   * Sequences resident in the KV cache at once (default 1): how many sessions generate in parallel, each
+   * Sequences resident in the KV cache at once: how many sessions generate in parallel, each
    * with `contextSize` tokens of its own. Any number of sessions and chats can exist: a session that
    * needs a sequence while all are taken gets the one of the least recently used idle session, whose cache
    * is saved to host memory (see `cacheRamBytes`) and restored when it is used again. Work that finds every
-   * sequence busy waits for one (higher `priority` first, then in order).
+   * sequence busy waits for one (higher `priority` first, then in order). Default: as many as fit in
+   * 256 MiB of KV cache (F16) at `contextSize` tokens each, from 1 to 4 (a 1B model at 4096 tokens: 2).
    */
   sequences?: number;
   /**
@@ -128,7 +144,7 @@ export class LlamaContext implements AsyncDisposable {
     const o = checkOptions('createContext', options, contextKeys, caller);
     const contextSize = optInteger(o, 'contextSize', 1, 1 << 24, caller) ?? Math.min(model.info.contextLength || 4096, 4096);
     const batchSize = optInteger(o, 'batchSize', 1, 1 << 20, caller);
-    const sequences = optInteger(o, 'sequences', 1, 256, caller);
+    const sequences = optInteger(o, 'sequences', 1, 256, caller) ?? defaultSequences(model, contextSize);
     const cacheRamBytes = optInteger(o, 'cacheRamBytes', 0, Number.MAX_SAFE_INTEGER, caller) ?? DEFAULT_CACHE_RAM_BYTES;
     const threads = optInteger(o, 'threads', 1, 512, caller);
     const threadsBatch = optInteger(o, 'threadsBatch', 1, 512, caller);
@@ -156,7 +172,7 @@ export class LlamaContext implements AsyncDisposable {
       nativeModel.createContext({
         contextSize,
         ...(batchSize !== undefined ? { batchSize } : {}),
-        ...(sequences !== undefined ? { sequences } : {}),
+        sequences,
         ...(threads !== undefined ? { threads } : {}),
         ...(threadsBatch !== undefined ? { threadsBatch } : {}),
         ...(fa !== undefined ? { flashAttention: fa as boolean | 'auto' } : {}),

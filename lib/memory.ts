@@ -56,6 +56,28 @@ export interface MemoryEstimate {
 
 const num = (v: GgufValue | undefined): number | undefined => (typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : undefined);
 
+/**
+ * Bytes of F16 keys and values one token takes in all layers, from a model's GGUF metadata (0 when the
+ * metadata does not say: an architecture without attention heads). @internal
+ */
+export function kvBytesPerToken(m: Readonly<Record<string, GgufValue>>): number {
+  const arch = typeof m['general.architecture'] === 'string' ? m['general.architecture'] : 'llama';
+  const key = (k: string) => m[`${arch}.${k}`];
+  const layers = num(key('block_count')) ?? 0;
+  const embd = num(key('embedding_length')) ?? 0;
+  const headCount = key('attention.head_count');
+  const heads = num(Array.isArray(headCount) ? headCount[0] : headCount) ?? 1;
+  const kv = key('attention.head_count_kv');
+  const keyLength = num(key('attention.key_length')) ?? Math.floor(embd / heads);
+  const valueLength = num(key('attention.value_length')) ?? Math.floor(embd / heads);
+  let total = 0;
+  for (let i = 0; i < layers; i++) {
+    const headsKv = Array.isArray(kv) ? num(kv[i]) ?? heads : num(kv) ?? heads;
+    total += headsKv * (keyLength + valueLength) * 2;
+  }
+  return total;
+}
+
 /** Memory a model needs for `options`, computed from its header (`gguf`) and the free device memory. */
 export function estimateFromGguf(
   gguf: GgufFile,

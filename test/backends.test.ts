@@ -122,7 +122,7 @@ describeShared('estimateMemory', () => {
       const model = await loadModel(path, { gpu: false });
       expect(est.weights.total).toBe(model.info.sizeBytes);
       expect(est.layers).toBe(model.info.layers);
-      const ctx = await model.createContext({ contextSize: 512 });
+      const ctx = await model.createContext({ contextSize: 512, sequences: 1 });
       await ctx.dispose();
       await model.dispose();
     } finally {

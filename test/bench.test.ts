@@ -9,7 +9,7 @@ describeShared('npm run bench', () => {
   it('runs llama-bench, node-llama-cpp and llama-addon on one model and reports every figure', () => {
     const r = spawnSync(
       process.execPath,
-      ['--import', 'tsx', 'bench/run.ts', '--model', 'stories260k', '--reps', '1', '--prompt', '32', '--gen', '16', '--budget', '5', '--json', '--results-dir', join(fixtures, 'bench-results'), '--scenario', 'models,speculative'],
+      ['--import', 'tsx', 'bench/run.ts', '--model', 'stories260k', '--reps', '1', '--prompt', '32', '--gen', '16', '--budget', '5', '--json', '--results-dir', join(fixtures, 'bench-results'), '--scenario', 'models,speculative,sessions', '--sessions-model', 'stories260k'],
       { cwd: repoRoot, encoding: 'utf8', timeout: 300_000 },
     );
     expect(r.status, r.stderr.slice(-2000)).toBe(0);
@@ -25,6 +25,12 @@ describeShared('npm run bench', () => {
     // The speculative scenario (the batching one needs the 415M model: too big for a test run).
     expect(report.speculative.rows.map((x: { mode: string }) => x.mode)).toEqual(['plain', 'draft', 'lookup']);
     expect(report.speculative.rows[1].acceptance.median).toBeGreaterThan(0);
+    // The sessions scenario: caches kept in host memory serve the later turns; without them nothing is.
+    const [kept, redecoded] = report.sessions.rows as Array<{ mode: string; hitRate: number; savedMiB: number }>;
+    expect([kept.mode, redecoded.mode]).toEqual(['kept', 'redecoded']);
+    expect(kept.hitRate).toBeGreaterThan(0.5);
+    expect(redecoded.hitRate).toBe(0);
+    expect(kept.savedMiB).toBeGreaterThan(0);
     for (const x of results) {
       expect(x.promptTokensPerSecond.median, x.system).toBeGreaterThan(0);
       expect(x.generateTokensPerSecond.median, x.system).toBeGreaterThan(0);
