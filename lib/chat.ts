@@ -8,6 +8,7 @@ import type { GenerateOptions } from './generate-options.js';
 import type { Generation, GenerationResult } from './generation.js';
 import { prepareJsonSchema, type JsonSchema, type PreparedSchema } from './json-schema.js';
 import type { LlamaModel } from './model.js';
+import { ASYNC_TOKENIZE_CHARS } from './limits.js';
 import type { NativeChatApplied, NativeChatApplyOptions, NativeChatMessage, NativeChatTemplate, NativeGenerateOptions } from './native.js';
 import { commonPrefix, type LlamaSession } from './session.js';
 
@@ -136,22 +137,25 @@ function sameTokens(a: Int32Array, b: Int32Array): boolean {
   return a.length === b.length && commonPrefix(a, b) === a.length;
 }
 
-/**
- * Tokenizes a rendered conversation. The template's own text may hold special tokens (`<|im_start|>`);
- * message text written by users or tools never becomes one: when such a message contains the text of a
- * special token, the messages are tokenized as plain text, apart from the template around them.
- */
-export function tokenizeConversation(model: LlamaModel, rendered: string, messages: readonly NativeChatMessage[]): number[] {
+/** The tokenize calls a rendered conversation needs, in order, and the tokens they make (see below). */
+function* conversationTokens(rendered: string, messages: readonly NativeChatMessage[]): Generator<TokenizeRequest, number[], Int32Array> {
   const untrusted = messages.filter((m) => (m.role === 'user' || m.role === 'tool') && m.content.length > 0);
-  const injected = untrusted.some(
-    (m) => !sameTokens(model.tokenize(m.content, { special: true, addBos: false }), model.tokenize(m.content, { addBos: false })),
-  );
-  if (!injected) return Array.from(model.tokenize(rendered, { special: true }));
+  let injected = false;
+  for (const m of untrusted) {
+    const special = yield { text: m.content, special: true, addBos: false };
+    const plain = yield { text: m.content, special: false, addBos: false };
+    if (!sameTokens(special, plain)) {
+      injected = true;
+      break;
+    }
+  }
+  if (!injected) return Array.from(yield { text: rendered, special: true, addBos: true });
   const out: number[] = [];
   let first = true;
+  const pieces: Array<[string, boolean]> = [];
   const push = (text: string, special: boolean) => {
     if (text.length === 0 && !first) return;
-    out.push(...model.tokenize(text, { special, addBos: first }));
+    pieces.push([text, special]);
     first = false;
   };
   let pos = 0;
@@ -177,7 +181,34 @@ export function tokenizeConversation(model: LlamaModel, rendered: string, messag
     pos = at + text.length;
   }
   push(rendered.slice(pos), true);
+  for (const [i, [text, special]] of pieces.entries()) out.push(...(yield { text, special, addBos: i === 0 }));
   return out;
+}
+
+interface TokenizeRequest {
+  text: string;
+  special: boolean;
+  addBos: boolean;
+}
+
+/**
+ * Tokenizes a rendered conversation. The template's own text may hold special tokens (`<|im_start|>`);
+ * message text written by users or tools never becomes one: when such a message contains the text of a
+ * special token, the messages are tokenized as plain text, apart from the template around them.
+ */
+export function tokenizeConversation(model: LlamaModel, rendered: string, messages: readonly NativeChatMessage[]): number[] {
+  const it = conversationTokens(rendered, messages);
+  let step = it.next();
+  while (!step.done) step = it.next(model.tokenize(step.value.text, { special: step.value.special, addBos: step.value.addBos }));
+  return step.value;
+}
+
+/** {@link tokenizeConversation} off the JS thread (a long conversation). */
+export async function tokenizeConversationAsync(model: LlamaModel, rendered: string, messages: readonly NativeChatMessage[]): Promise<number[]> {
+  const it = conversationTokens(rendered, messages);
+  let step = it.next();
+  while (!step.done) step = it.next(await model.tokenizeAsync(step.value.text, { special: step.value.special, addBos: step.value.addBos }));
+  return step.value;
 }
 
 /**
@@ -285,10 +316,25 @@ export class LlamaChat {
   }
 
   /** The rendered conversation, its tokens, and what context shift keeps (the system prompt). */
-  #render(messages: NativeChatMessage[], applyOptions: NativeChatApplyOptions, caller: Function): { applied: NativeChatApplied; tokens: number[] } {
+  #render(messages: NativeChatMessage[], applyOptions: NativeChatApplyOptions, caller: Function): { applied: NativeChatApplied; tokens: number[] | Promise<number[]> } {
     const model = this.#session.context.model;
     const applied = callNative(caller, () => this.#template.apply(messages, true, applyOptions));
+    // A long conversation is tokenized off the JS thread; the generation starts when it is done.
+    if (applied.prompt.length >= ASYNC_TOKENIZE_CHARS) {
+      const tokens = tokenizeConversationAsync(model, applied.prompt, messages).then((t) => {
+        this.#keepFor(t, messages, applyOptions);
+        return t;
+      });
+      return { applied, tokens };
+    }
     const tokens = tokenizeConversation(model, applied.prompt, messages);
+    this.#keepFor(tokens, messages, applyOptions);
+    return { applied, tokens };
+  }
+
+  /** What context shift keeps of `tokens`: the system prompt (or the BOS token). */
+  #keepFor(tokens: number[], messages: NativeChatMessage[], applyOptions: NativeChatApplyOptions): void {
+    const model = this.#session.context.model;
     let keep = model.vocab.bos !== null && tokens[0] === model.vocab.bos ? 1 : 0;
     const first = messages[0];
     if (first?.role === 'system') {
@@ -304,7 +350,6 @@ export class LlamaChat {
       keep = Math.max(keep, commonPrefix(tokens, this.#keep.tokens));
     }
     this.#session.setAutoKeep(keep);
-    return { applied, tokens };
   }
 
   /**

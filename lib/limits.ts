@@ -60,3 +60,10 @@ export const limits = Object.freeze({
 
 /** The names of {@link limits}. */
 export type LimitName = keyof typeof limits;
+
+/**
+ * String prompts (and rendered conversations) of at least this many characters are tokenized off the JS
+ * thread when a generation starts; shorter ones take well under a millisecond on the calling thread.
+ * @internal
+ */
+export const ASYNC_TOKENIZE_CHARS = 16384;

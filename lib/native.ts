@@ -36,6 +36,7 @@ export interface NativeLoadOptions {
 
 export interface NativeModel {
   tokenize(text: string, addBos: boolean, special: boolean): Int32Array;
+  tokenizeAsync(text: string, addBos: boolean, special: boolean): Promise<Int32Array>;
   detokenize(tokens: Int32Array, special: boolean): string;
   info(): NativeModelInfo;
   isEndOfGeneration(token: number): boolean;

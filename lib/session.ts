@@ -5,6 +5,7 @@ import { jsonSchemaToGrammarAsync, type FromSchema, type JsonSchema, type Prepar
 import { DeferredNative, Generation, type GenerationResult, type StopReason } from './generation.js';
 import type { NativeGenerateOptions, NativeGeneration, NativeGenerationResult } from './native.js';
 import type { Tenant } from './residency.js';
+import { ASYNC_TOKENIZE_CHARS } from './limits.js';
 import { readSessionFile, writeSessionFile } from './session-file.js';
 import { invalid } from './validate.js';
 
@@ -293,7 +294,7 @@ export class LlamaSession implements Tenant {
 
   /** @internal */
   start<R extends GenerationResult = GenerationResult>(
-    input: string | Int32Array | readonly number[],
+    input: string | Int32Array | readonly number[] | Promise<number[]>,
     options: GenerateOptions | undefined,
     stream: boolean,
     caller: Function,
@@ -308,16 +309,28 @@ export class LlamaSession implements Tenant {
     if (!stream) nativeOptions.stream = false;
     // Already aborted: the engine must not decode anything.
     if (signal?.aborted) nativeOptions.aborted = true;
-    let prompt: number[];
-    if (typeof input === 'string') prompt = Array.from(model.tokenize(input));
-    else if (input instanceof Int32Array) prompt = Array.from(input);
-    else if (Array.isArray(input) && input.every((t) => Number.isInteger(t))) prompt = input.slice();
-    else throw invalid('input', 'a string, an Int32Array or an array of token ids', input, caller);
-    if (prompt.length === 0) throw invalid('input', 'a prompt of at least one token', input, caller);
-    const vocabSize = model.vocab.size;
-    const bad = prompt.findIndex((t) => !(t >= 0 && t < vocabSize));
-    if (bad >= 0) throw invalid('input', `token ids from 0 to ${vocabSize - 1}`, prompt[bad], caller);
-    this.#checkIdle(caller, 'generate');
+    let prompt: number[] = [];
+    // A long text is tokenized off the JS thread; the generation starts when its tokens are there.
+    let tokenizing: Promise<void> | null = null;
+    const empty = () => invalid('input', 'a prompt of at least one token', input, caller);
+    if (input instanceof Promise || (typeof input === 'string' && input.length >= ASYNC_TOKENIZE_CHARS)) {
+      this.#checkIdle(caller, 'generate');
+      const tokens: Promise<ArrayLike<number>> = input instanceof Promise ? input : model.tokenizeAsync(input);
+      tokenizing = tokens.then((t) => {
+        prompt = Array.from(t);
+        if (prompt.length === 0) throw empty();
+      });
+    } else {
+      if (typeof input === 'string') prompt = Array.from(model.tokenize(input));
+      else if (input instanceof Int32Array) prompt = Array.from(input);
+      else if (Array.isArray(input) && input.every((t) => Number.isInteger(t))) prompt = input.slice();
+      else throw invalid('input', 'a string, an Int32Array or an array of token ids', input, caller);
+      if (prompt.length === 0) throw empty();
+      const vocabSize = model.vocab.size;
+      const bad = prompt.findIndex((t) => !(t >= 0 && t < vocabSize));
+      if (bad >= 0) throw invalid('input', `token ids from 0 to ${vocabSize - 1}`, prompt[bad], caller);
+      this.#checkIdle(caller, 'generate');
+    }
     const lora = loraKey ?? ctx.loraKey;
     const shift = this.#shift !== false;
     let plan: Plan | null = null;
@@ -343,7 +356,7 @@ export class LlamaSession implements Tenant {
       return native;
     };
     const residency = ctx.residency;
-    const seq = residency.acquire(this);
+    const seq = tokenizing ? undefined : residency.acquire(this);
     const waiting: { native: DeferredNative | null } = { native: null };
     const gen: Generation<R> = new Generation<R>(
       (onNotify) => {
@@ -359,17 +372,33 @@ export class LlamaSession implements Tenant {
       signal,
     );
     this.#running = gen;
-    if (waiting.native) this.#launchLater(gen, waiting.native, launch, prompt.length, nativeOptions.priority ?? 0);
+    // A failure before the start goes through the same transform as a result (a chat withdraws its message).
+    const failure = (e: LlamaError): LlamaError => {
+      const out = transform ? transform(e) : e;
+      return out instanceof LlamaError ? out : e;
+    };
+    if (waiting.native) this.#launchLater(gen, waiting.native, launch, () => prompt.length, nativeOptions.priority ?? 0, tokenizing, failure);
     return gen;
   }
 
-  /** Every resident sequence is busy: the generation waits for one (priority, then arrival). */
-  #launchLater(gen: { fail(e: LlamaError): void; abort(): void }, deferred: DeferredNative, launch: (seq: number, onNotify: (done: boolean) => void) => NativeGeneration, promptTokens: number, priority: number): void {
+  /**
+   * The generation waits: for its prompt's tokens (`before`, a long text tokenized off the JS thread), then
+   * for a sequence when every resident one is busy (priority, then arrival).
+   */
+  #launchLater(
+    gen: { fail(e: LlamaError): void; abort(): void },
+    deferred: DeferredNative,
+    launch: (seq: number, onNotify: (done: boolean) => void) => NativeGeneration,
+    promptTokens: () => number,
+    priority: number,
+    before: Promise<void> | null,
+    failure: (e: LlamaError) => LlamaError,
+  ): void {
     const notStarted = (stopReason: 'abort'): NativeGenerationResult => ({
       stopReason,
       text: '',
       tokens: new Int32Array(0),
-      promptTokens,
+      promptTokens: promptTokens(),
       evaluatedTokens: 0,
       sequence: Int32Array.from(this.#cache),
       discarded: 0,
@@ -380,21 +409,36 @@ export class LlamaSession implements Tenant {
       generateMs: 0,
       timeToFirstTokenMs: 0,
     });
-    this.#context.residency.wait(this, priority, deferred.controller.signal).then(
-      (seq) => {
-        if (deferred.aborted || this.disposed) {
-          deferred.end(notStarted('abort'));
-          return;
-        }
-        try {
-          deferred.attach(launch(seq, deferred.notify));
-        } catch (e) {
-          if (this.#running === gen) this.#running = null;
-          this.#context.residency.kick();
-          gen.fail(toLlamaError(e));
-        }
+    const failed = (e: unknown) => {
+      if (this.#running === gen) this.#running = null;
+      this.#context.residency.kick();
+      gen.fail(failure(toLlamaError(e)));
+    };
+    const start = () =>
+      this.#context.residency.wait(this, priority, deferred.controller.signal).then(
+        (seq) => {
+          if (deferred.aborted || this.disposed) {
+            deferred.end(notStarted('abort'));
+            return;
+          }
+          try {
+            deferred.attach(launch(seq, deferred.notify));
+          } catch (e) {
+            failed(e);
+          }
+        },
+        () => deferred.end(notStarted('abort')),
+      );
+    if (!before) {
+      void start();
+      return;
+    }
+    before.then(
+      () => {
+        if (deferred.aborted || this.disposed) deferred.end(notStarted('abort'));
+        else void start();
       },
-      () => deferred.end(notStarted('abort')),
+      failed,
     );
   }
 

@@ -251,6 +251,7 @@ void Model::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function ctor = DefineClass(env, "NativeModel",
                                     {
                                         InstanceMethod<&Model::Tokenize>("tokenize"),
+                                        InstanceMethod<&Model::TokenizeAsync>("tokenizeAsync"),
                                         InstanceMethod<&Model::Detokenize>("detokenize"),
                                         InstanceMethod<&Model::Info>("info"),
                                         InstanceMethod<&Model::IsEndOfGeneration>("isEndOfGeneration"),
@@ -425,6 +426,76 @@ Napi::Value Model::Tokenize(const Napi::CallbackInfo& info) {
   Napi::Int32Array out = Napi::Int32Array::New(env, tokens.size());
   std::copy(tokens.begin(), tokens.end(), out.Data());
   return out;
+}
+
+namespace {
+
+// Tokenizes on a libuv worker thread and settles a promise with the tokens (a long text takes a while:
+// about 1 ms per KiB on most vocabularies, 7 on deepseek's). The model stays alive while it runs.
+class TokenizeWorker : public Napi::AsyncWorker {
+ public:
+  TokenizeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, std::string text, bool addSpecial, bool parseSpecial)
+      : Napi::AsyncWorker(env, "llama-addon.tokenize"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        h_(std::move(h)),
+        text_(std::move(text)),
+        addSpecial_(addSpecial),
+        parseSpecial_(parseSpecial) {}
+  Napi::Promise promise() const { return deferred_.Promise(); }
+  void Execute() override {
+    try {
+      tokens_ = tokenizeText(*h_, text_, addSpecial_, parseSpecial_);
+    } catch (const TokenizeError& e) {
+      fail("ERR_TOKENIZE", e.what());
+    } catch (const LimitError& e) {
+      fail("ERR_LIMIT_EXCEEDED", e.what());
+    } catch (const std::bad_alloc&) {
+      fail("ERR_LIMIT_EXCEEDED", "Out of memory while tokenizing");
+    } catch (const std::exception& e) {
+      fail("ERR_NATIVE", e.what());
+    } catch (...) {
+      fail("ERR_NATIVE", "Tokenizing failed");
+    }
+    std::string().swap(text_);
+  }
+  void OnOK() override {
+    Napi::Int32Array out = Napi::Int32Array::New(Env(), tokens_.size());
+    std::copy(tokens_.begin(), tokens_.end(), out.Data());
+    deferred_.Resolve(out);
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(makeError(Env(), code_, e.Message()).Value()); }
+
+ private:
+  void fail(const char* code, const std::string& message) {
+    code_ = code;
+    SetError(message);
+  }
+  Napi::Promise::Deferred deferred_;
+  std::shared_ptr<ModelHandle> h_;
+  std::string text_;
+  bool addSpecial_, parseSpecial_;
+  std::vector<llama_token> tokens_;
+  const char* code_ = "ERR_NATIVE";
+};
+
+}  // namespace
+
+// tokenizeAsync(text, addBos, special) -> Promise<Int32Array>, off the JS thread.
+Napi::Value Model::TokenizeAsync(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto h = handleOrThrow(env);
+  std::string text = argString(info, 0, "text");
+  bool addSpecial = argBool(info, 1, "addBos");
+  bool parseSpecial = argBool(info, 2, "special");
+  if (text.size() > kMaxTokenizeBytes) {
+    throwError(env, "ERR_LIMIT_EXCEEDED", "Text of " + std::to_string(text.size()) +
+                                              " bytes is too long to tokenize at once: the limit is " +
+                                              std::to_string(kMaxTokenizeBytes) + " bytes (UTF-8); split it");
+  }
+  auto* worker = new TokenizeWorker(env, h, std::move(text), addSpecial, parseSpecial);
+  Napi::Promise promise = worker->promise();
+  worker->Queue();
+  return promise;
 }
 
 void checkTokens(Napi::Env env, const ModelHandle& h, const int32_t* data, size_t n, const char* what) {

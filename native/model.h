@@ -58,6 +58,7 @@ class Model : public Napi::ObjectWrap<Model> {
 
  private:
   Napi::Value Tokenize(const Napi::CallbackInfo& info);
+  Napi::Value TokenizeAsync(const Napi::CallbackInfo& info);
   Napi::Value Detokenize(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value IsEndOfGeneration(const Napi::CallbackInfo& info);
