@@ -1,11 +1,10 @@
 // Downloads model files: Hugging Face references (hf:owner/repo/file.gguf) or URLs, into a cache folder,
 // resuming an interrupted transfer and checking size and SHA-256 where the hub gives them.
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream, existsSync } from 'node:fs';
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { createReadStream, existsSync } from 'node:fs';
+import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import { LlamaError } from './errors.js';
 
 /** Options of {@link pullModel}. */
@@ -133,19 +132,20 @@ export async function pullModel(ref: string, options: PullOptions = {}): Promise
   if (res.status !== 416) {
     let received = have;
     const body = res.body as unknown as AsyncIterable<Uint8Array>;
+    // Each chunk is written before the next is read: when the transfer breaks, every byte received is in
+    // the partial file (a write stream destroyed by the error dropped its buffered chunks), so the resume
+    // starts where the message says it stopped.
+    const out = await open(partial, have > 0 ? 'a' : 'w');
     try {
-      await pipeline(
-        async function* () {
-          for await (const chunk of body) {
-            received += chunk.byteLength;
-            options.onProgress?.(received, total);
-            yield chunk;
-          }
-        },
-        createWriteStream(partial, { flags: have > 0 ? 'a' : 'w' }),
-      );
+      for await (const chunk of body) {
+        await out.write(chunk);
+        received += chunk.byteLength;
+        options.onProgress?.(received, total);
+      }
     } catch (e) {
       throw fail(`The download of ${url} was interrupted after ${received} bytes; run it again to resume: ${(e as Error).message}`, e);
+    } finally {
+      await out.close();
     }
   }
   const size = (await stat(partial)).size;
