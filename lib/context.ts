@@ -392,12 +392,16 @@ export class LlamaContext implements AsyncDisposable {
     }
   }
 
-  /** @internal sequences for a while (beam search), from free ones and idle sessions; waits for them */
-  async borrowSequences(n: number, session: LlamaSession): Promise<number[]> {
+  /**
+   * @internal the session's sequence and `n` more for a while (beam search), from free ones and idle
+   * sessions, all at once; waits until they can be had. Rejects when the session or context is disposed.
+   */
+  async borrowSequences(n: number, session: LlamaSession): Promise<{ seq: number; extra: number[] }> {
     for (;;) {
       this.handle(this.borrowSequences);
-      const seqs = this.#residency.borrow(n, session);
-      if (seqs) return seqs;
+      if (session.disposed) throw new LlamaError('ERR_DISPOSED', 'The session was disposed while its search waited for sequences');
+      const got = this.#residency.acquireWith(session, n);
+      if (got) return got;
       await this.#residency.changed();
     }
   }

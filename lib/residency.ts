@@ -15,7 +15,7 @@ export interface SavedState {
   streams: number;
 }
 
-/** What the pool needs from a session. @internal */
+/** What the pool needs from a session (not exported from the package). */
 export interface Tenant {
   /** No generation, search, save or load runs or waits for this session. */
   readonly idle: boolean;
@@ -150,17 +150,22 @@ export class Residency {
   }
 
   /**
-   * Sequences for a while (beam search's extra beams), taken from free ones and from idle sessions; give
-   * them back with {@link giveBack}. Undefined when not enough can be had now.
+   * The session's sequence and `n` more for a while (beam search's other beams), all at once or none:
+   * from free sequences and idle sessions. Give the `n` back with {@link giveBack}. Undefined when not
+   * all can be had now; nothing is held meanwhile, so two searches never wait for each other's sequences.
    */
-  borrow(n: number, except: Tenant): number[] | undefined {
+  acquireWith(t: Tenant, n: number): { seq: number; extra: number[] } | undefined {
     const h = this.#handle();
-    if (!h) return undefined;
-    const idle = [...this.#seq.keys()].filter((s) => s !== except && s.idle).length;
-    if (this.#free.length + idle < n) return undefined;
-    const out: number[] = [];
-    while (out.length < n) out.push(this.#free.shift() ?? this.#evictFor(except, h)!);
-    return out;
+    if (!h || this.#closed) return undefined;
+    const parked = this.#parked.get(t);
+    if (parked && !parked.state) return undefined;
+    const own = this.#seq.get(t) === undefined ? 1 : 0;
+    const idle = [...this.#seq.keys()].filter((s) => s !== t && s.idle).length;
+    if (this.#free.length + idle < n + own) return undefined;
+    const seq = this.acquire(t)!;
+    const extra: number[] = [];
+    while (extra.length < n) extra.push(this.#free.shift() ?? this.#evictFor(t, h)!);
+    return { seq, extra };
   }
 
   giveBack(seqs: readonly number[]): void {

@@ -4,7 +4,6 @@ import { parseGenerateOptions, type GenerateOptions } from './generate-options.j
 import { jsonSchemaToGrammarAsync, type FromSchema, type JsonSchema, type PreparedSchema } from './json-schema.js';
 import { DeferredNative, Generation, type GenerationResult, type StopReason } from './generation.js';
 import type { NativeGenerateOptions, NativeGeneration, NativeGenerationResult } from './native.js';
-import type { Tenant } from './residency.js';
 import { ASYNC_TOKENIZE_CHARS } from './limits.js';
 import { readSessionFile, writeSessionFile } from './session-file.js';
 import { invalid } from './validate.js';
@@ -89,7 +88,7 @@ interface Plan {
  * A session: one sequence of a context, with its own KV cache. A new prompt that starts with what the
  * session already holds only decodes the new part (see `usage.cachedTokens`).
  */
-export class LlamaSession implements Tenant {
+export class LlamaSession {
   #context: LlamaContext;
   /** The tokens in the sequence's KV cache. */
   #cache: number[] = [];
@@ -252,8 +251,7 @@ export class LlamaSession implements Tenant {
     let seq: number;
     let extra: number[];
     try {
-      seq = await this.#context.residency.wait(this, 0);
-      extra = await this.#context.borrowSequences(2 * beams! - 1, this);
+      ({ seq, extra } = await this.#context.borrowSequences(2 * beams! - 1, this));
     } catch (e) {
       this.#busy = null;
       this.#context.residency.kick();
@@ -399,7 +397,8 @@ export class LlamaSession implements Tenant {
       text: '',
       tokens: new Int32Array(0),
       promptTokens: promptTokens(),
-      evaluatedTokens: 0,
+      // Nothing was decoded, and nothing came from a cache either.
+      evaluatedTokens: promptTokens(),
       sequence: Int32Array.from(this.#cache),
       discarded: 0,
       started: false,

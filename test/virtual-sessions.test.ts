@@ -145,3 +145,58 @@ describeShared('virtual sessions: more sessions than resident sequences', () => 
     expect(rt.text).toBe((await s.complete(next, { maxTokens: 4, ...greedy })).text);
   }, 120_000);
 });
+
+// Found by a hostile review.
+describeShared('virtual sessions: beam searches and early ends', () => {
+  let model: LlamaModel;
+  beforeAll(async () => {
+    model = await loadModel(shared('stories260k.gguf'));
+  });
+  afterAll(() => model.dispose());
+
+  it('two beam searches that each need most of the sequences run one after the other, not into a deadlock', async () => {
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 4 });
+    const a = ctx.createSession();
+    const b = ctx.createSession();
+    const alone = await ctx.createSession().complete('The cat', { beams: 2, maxTokens: 8 });
+    const [ra, rb] = await Promise.all([a.complete('Once upon a time', { beams: 2, maxTokens: 8 }), b.complete('The cat', { beams: 2, maxTokens: 8 })]);
+    expect(ra.text.length).toBeGreaterThan(0);
+    expect(rb.text).toBe(alone.text);
+    expect(ctx.freeSequences).toBeGreaterThanOrEqual(2);
+  }, 60_000);
+
+  it('a beam search whose session is disposed while it waits ends with ERR_DISPOSED and uses no sequence', async () => {
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 4 });
+    const busy = [ctx.createSession(), ctx.createSession()].map((s) => s.generate('The dog', { maxTokens: 100, temperature: 0 }));
+    const a = ctx.createSession();
+    const search = a.complete('Once upon a time', { beams: 2, maxTokens: 8 });
+    await new Promise((r) => setTimeout(r, 5));
+    a.dispose();
+    await expect(search).rejects.toMatchObject({ code: 'ERR_DISPOSED' });
+    for (const g of busy) await g.result;
+    // The sequences all came back.
+    expect(ctx.freeSequences).toBeGreaterThanOrEqual(2);
+  }, 60_000);
+
+  it('a generation that ends before it starts reports nothing as cached', async () => {
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 1 });
+    const a = ctx.createSession();
+    const b = ctx.createSession();
+    const ga = a.generate('Once upon a time', { maxTokens: 30, temperature: 0 });
+    const gb = b.generate('The cat sat on the mat', { maxTokens: 5 });
+    gb.abort();
+    const rb = await gb.result;
+    expect(rb.stopReason).toBe('abort');
+    expect(rb.usage).toMatchObject({ cachedTokens: 0, completionTokens: 0 });
+    await ga.result;
+  }, 60_000);
+
+  it('a long chat message that fails after it is tokenized is withdrawn, and the chat goes on', async () => {
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 1 });
+    const chat = ctx.createChat({ contextShift: false });
+    await expect(chat.send('cat '.repeat(4200), { maxTokens: 4 }).result).rejects.toMatchObject({ code: 'ERR_CONTEXT_FULL' });
+    expect(chat.messages).toEqual([]);
+    const r = await chat.send('Hi', { maxTokens: 4, temperature: 0 }).result;
+    expect(r.usage.completionTokens).toBe(4);
+  }, 60_000);
+});
