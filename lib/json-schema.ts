@@ -129,7 +129,7 @@ export interface JsonSchemaOptions {
   schemaMode?: SchemaMode;
 }
 
-/** A schema checked and rewritten for the converter, with its validator. @internal */
+/** A schema checked and rewritten for the converter, with its validator (not exported from the package). */
 export interface PreparedSchema {
   readonly mode: SchemaMode;
   /** The schema given to llama.cpp's converter. */

@@ -18,3 +18,21 @@ it('require("llama-addon") loads neither fastify nor prom-client; startServer do
   expect(before).toBe(0);
   expect(after).toBeGreaterThan(0);
 });
+
+// The published types describe the public API only: members marked @internal (native handles, the
+// session's start(), the context's residency, constructors) are stripped from dist/*.d.ts.
+it('the published .d.ts files hold no internals', async () => {
+  const { readFileSync } = await import('node:fs');
+  const dts = (f: string) => readFileSync(join(repoRoot, 'dist', f), 'utf8');
+  const session = dts('session.d.ts');
+  const context = dts('context.d.ts');
+  const model = dts('model.d.ts');
+  expect(session).toContain('generate(');
+  expect(session).not.toMatch(/\bstart</);
+  expect(session).not.toContain('sharableTokens');
+  expect(context).toContain('createSession(');
+  expect(context).not.toMatch(/\bhandle\(caller/);
+  expect(context).not.toContain('get residency');
+  expect(model).toContain('tokenizeAsync(');
+  expect(model).not.toContain('nativeHandle');
+});
