@@ -430,7 +430,7 @@ export class LlamaChat {
     return gen;
   }
 
-  #replied(added: NativeChatMessage[], applied: NativeChatApplied, schema: PreparedSchema | undefined, r: GenerationResult | LlamaError): ChatResult | LlamaError {
+  #replied(added: NativeChatMessage[], applied: NativeChatApplied, schema: PreparedSchema | undefined, r: GenerationResult | LlamaError): ChatResult | LlamaError | Promise<ChatResult | LlamaError> {
     const withdraw = r instanceof LlamaError || (r.stopReason === 'abort' && r.text.length === 0);
     if (withdraw) {
       for (const m of [...added].reverse()) {
@@ -470,6 +470,7 @@ export class LlamaChat {
       }
       // Every json handed back has been validated against its schema.
       const mismatch = schema.check(result.json);
+      if (mismatch instanceof Promise) return mismatch.then((e) => e ?? result);
       if (mismatch) return mismatch;
     }
     return result;

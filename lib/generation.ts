@@ -91,12 +91,14 @@ export class Generation<R extends GenerationResult = GenerationResult> implement
   #result: Promise<R> | null = null;
   #resolve: ((r: R) => void) | null = null;
   #reject: ((e: LlamaError) => void) | null = null;
-  #finish: (r: NativeGenerationResult) => R | LlamaError;
+  #finish: (r: NativeGenerationResult) => R | LlamaError | Promise<R | LlamaError>;
+  /** The native generation ended and its result is being finished (checked against a schema). */
+  #finishing = false;
 
   /** @internal use {@link LlamaSession.generate} */
   constructor(
     start: (onNotify: (done: boolean) => void) => NativeGeneration,
-    finish: (r: NativeGenerationResult) => R | LlamaError,
+    finish: (r: NativeGenerationResult) => R | LlamaError | Promise<R | LlamaError>,
     signal?: AbortSignal,
   ) {
     this.#finish = finish;
@@ -116,7 +118,7 @@ export class Generation<R extends GenerationResult = GenerationResult> implement
   #cleanup: () => void = () => {};
 
   #pull(): void {
-    if (this.#final) return;
+    if (this.#final || this.#finishing) return;
     const t = this.#native.take();
     if (this.#keepChunks) {
       for (const c of t.chunks) {
@@ -124,9 +126,18 @@ export class Generation<R extends GenerationResult = GenerationResult> implement
       }
     }
     if (t.done && t.result) {
-      this.#final = this.#finish(t.result);
-      this.#cleanup();
-      if (this.#resolve) this.#settle();
+      const f = this.#finish(t.result);
+      if (f instanceof Promise) {
+        this.#finishing = true;
+        f.then(
+          (v) => this.fail(v, true),
+          (e: unknown) => this.fail(e instanceof LlamaError ? e : new LlamaError('ERR_NATIVE', String(e)), true),
+        );
+      } else {
+        this.#final = f;
+        this.#cleanup();
+        if (this.#resolve) this.#settle();
+      }
     }
     const w = this.#waiter;
     this.#waiter = null;
@@ -156,9 +167,14 @@ export class Generation<R extends GenerationResult = GenerationResult> implement
     return this.#result;
   }
 
-  /** @internal ends a generation that never started (its launch failed) with an error. */
-  fail(e: LlamaError): void {
+  /**
+   * @internal ends a generation that never started (its launch failed) with an error; or, with `finished`,
+   * one whose result was finished asynchronously.
+   */
+  fail(e: R | LlamaError, finished = false): void {
     if (this.#final) return;
+    if (this.#finishing && !finished) return;
+    this.#finishing = false;
     this.#final = e;
     this.#cleanup();
     if (this.#resolve) this.#settle();

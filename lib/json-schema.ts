@@ -7,6 +7,7 @@
 import { LlamaError, toLlamaError } from './errors.js';
 import { native } from './native.js';
 import { compile, draftOf, firstFailure, metaCheck, type Draft, type Validator } from './schema/ajv.js';
+import { ajvRequest } from './schema/ajv-client.js';
 import { SCHEMA_LIMITS } from './schema/limits.js';
 import { isObj, normalizeSchema, overLimit, schemaError, type Json, type SchemaMode, type SchemaNote } from './schema/normalize.js';
 
@@ -142,11 +143,16 @@ export interface PreparedSchema {
   splice(grammar: string): string;
   /** Compiles the validator soon, off the caller's path. */
   warm(): void;
-  /** null, or the ERR_SCHEMA_MISMATCH error for a value that does not match the schema. */
-  check(value: unknown): LlamaError | null;
+  /**
+   * null, or the ERR_SCHEMA_MISMATCH error for a value that does not match the schema: at once for a small
+   * schema, through a worker thread for a large one (its compile would hold the event loop).
+   */
+  check(value: unknown): LlamaError | null | Promise<LlamaError | null>;
 }
 
 const CACHE_SIZE = 64;
+/** Schemas of this many characters or more are compiled and checked on a worker thread (about 100 ms of compile). */
+const WORKER_SCHEMA_CHARS = 16384;
 const prepared = new Map<string, PreparedSchema>();
 const grammars = new Map<string, string>();
 
@@ -256,15 +262,22 @@ export function prepareJsonSchema(schema: unknown, mode: SchemaMode, caller: Fun
     }
     const prefix = prefixFor(text);
     const n = normalizeSchema(root, draft, mode, prefix);
-    // ajv takes about 30 ms per KB of schema to compile, so it compiles on first use, or in the background
-    // once a generation has started (warm), while the model generates on its own threads.
+    // ajv takes about 7 ms per KB of schema to compile. A small schema compiles on first use, or soon once a
+    // generation has started (warm); a large one compiles and validates on a worker thread.
+    const offThread = text.length >= WORKER_SCHEMA_CHARS;
     let validator: Validator | LlamaError | undefined;
+    const cannotCompile = (message: string) => schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: ajv cannot compile it: ${message}`, '#', '');
+    const mismatch = (f: { pointer: string; keyword: string; message: string }, value: unknown) =>
+      Object.assign(
+        schemaError('ERR_SCHEMA_MISMATCH', `The output does not match the JSON schema at ${f.pointer || '/'}: "${f.keyword}": ${f.message}`, f.pointer, f.keyword),
+        { value },
+      );
     const validatorOf = (): Validator | LlamaError => {
       if (validator === undefined) {
         try {
           validator = compile(root, draft);
         } catch (e) {
-          validator = schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: ajv cannot compile it: ${(e as Error).message}`, '#', '');
+          validator = cannotCompile((e as Error).message);
         }
       }
       return validator;
@@ -291,9 +304,15 @@ export function prepareJsonSchema(schema: unknown, mode: SchemaMode, caller: Fun
         return out + n.rules;
       },
       warm(): void {
-        if (validator === undefined) setImmediate(validatorOf).unref();
+        if (offThread) void ajvRequest({ op: 'compile', key, schema: text, draft }).catch(() => {});
+        else if (validator === undefined) setImmediate(validatorOf).unref();
       },
-      check(value: unknown): LlamaError | null {
+      check(value: unknown): LlamaError | null | Promise<LlamaError | null> {
+        if (offThread) {
+          return ajvRequest({ op: 'check', key, schema: text, draft, value: JSON.stringify(value) }).then((r) =>
+            r.ok ? null : 'compileError' in r ? cannotCompile(r.compileError) : mismatch(r.failure, value),
+          );
+        }
         const v = validatorOf();
         if (v instanceof LlamaError) return v;
         let ok: boolean;
@@ -303,11 +322,7 @@ export function prepareJsonSchema(schema: unknown, mode: SchemaMode, caller: Fun
           return schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: ajv could not validate against it: ${(e as Error).message}`, '#', '');
         }
         if (ok) return null;
-        const f = firstFailure(v);
-        return Object.assign(
-          schemaError('ERR_SCHEMA_MISMATCH', `The output does not match the JSON schema at ${f.pointer || '/'}: "${f.keyword}": ${f.message}`, f.pointer, f.keyword),
-          { value },
-        );
+        return mismatch(firstFailure(v), value);
       },
     };
     return remember(prepared, key, p);

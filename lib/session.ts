@@ -46,7 +46,7 @@ export interface SessionOptions {
  * With `jsonSchema`: the parsed output, validated against the schema (ERR_SCHEMA_MISMATCH), or
  * ERR_INCOMPLETE_OUTPUT when the generation ended before it.
  */
-function parseJson(r: GenerationResult, schema: PreparedSchema | undefined): GenerationResult | LlamaError {
+function parseJson(r: GenerationResult, schema: PreparedSchema | undefined): GenerationResult | LlamaError | Promise<GenerationResult | LlamaError> {
   let json: unknown;
   try {
     json = JSON.parse(r.text) as unknown;
@@ -56,7 +56,9 @@ function parseJson(r: GenerationResult, schema: PreparedSchema | undefined): Gen
       `The output is not complete JSON: the generation ended with stopReason "${r.stopReason}" after ${r.usage.completionTokens} tokens (raise maxTokens, or check the context size)`,
     );
   }
-  return schema?.check(json) ?? { ...r, json };
+  const checked = schema?.check(json) ?? null;
+  const result = { ...r, json };
+  return checked instanceof Promise ? checked.then((e) => e ?? result) : checked ?? result;
 }
 
 /** Copying cache cells from another session pays off from this many tokens on. */
@@ -296,7 +298,7 @@ export class LlamaSession {
     options: GenerateOptions | undefined,
     stream: boolean,
     caller: Function,
-    transform?: (r: GenerationResult | LlamaError) => R | LlamaError,
+    transform?: (r: GenerationResult | LlamaError) => R | LlamaError | Promise<R | LlamaError>,
     extra?: Partial<NativeGenerateOptions>,
   ): Generation<R> {
     this.#check(caller);
@@ -363,9 +365,10 @@ export class LlamaSession {
         return waiting.native;
       },
       (r) => {
-        let out = this.#finished(gen, plan, r);
-        if (jsonSchema && !(out instanceof LlamaError)) out = parseJson(out, schema);
-        return transform ? transform(out) : (out as R);
+        const done = this.#finished(gen, plan, r);
+        const out = jsonSchema && !(done instanceof LlamaError) ? parseJson(done, schema) : done;
+        const finish = (o: GenerationResult | LlamaError) => (transform ? transform(o) : (o as R));
+        return out instanceof Promise ? out.then(finish) : finish(out);
       },
       signal,
     );
