@@ -117,7 +117,10 @@ const gen = session.generate('Once upon a time', { maxTokens: 8, temperature: 0 
 for await (const chunk of gen) streamed += chunk.text;
 const r = await gen.result;
 check('generate 8 greedy tokens', r.text === ${JSON.stringify(EXPECTED)} && streamed === r.text && r.usage.completionTokens === 8 && r.stopReason === 'maxTokens', JSON.stringify({ text: r.text, streamed, usage: r.usage, stopReason: r.stopReason }));
-check('ERR_NO_SEQUENCE', (await code(() => ctx.createSession())) === 'ERR_NO_SEQUENCE', await code(() => ctx.createSession()));
+const one = await model.createContext({ contextSize: 256, sequences: 1 });
+const many = [one.createSession(), one.createSession(), one.createSession()];
+const texts = (await Promise.all(many.map((s) => s.complete('Once upon a time', { maxTokens: 8, temperature: 0 })))).map((x) => x.text);
+check('more sessions than sequences, taking turns', texts.every((t) => t === ${JSON.stringify(EXPECTED)}), JSON.stringify(texts));
 check('ERR_INVALID_ARGUMENT', (await code(() => session.complete('x', { temperature: 'hot' }))) === 'ERR_INVALID_ARGUMENT', await code(() => session.complete('x', { temperature: 'hot' })));
 check('ERR_MODEL_NOT_FOUND', (await code(() => loadModel('missing.gguf'))) === 'ERR_MODEL_NOT_FOUND', await code(() => loadModel('missing.gguf')));
 await model.dispose();
