@@ -148,6 +148,27 @@ describe('grammar-constrained sampling (random-weight model)', () => {
     expect(triggered).toBeGreaterThan(0);
   });
 
+  // Trigger words are searched only in the output not searched yet (patches/llama.cpp/0004): a word that
+  // spans tokens, or comes after long free text, still triggers at its first occurrence.
+  it('trigger words still fire at their first occurrence, also after long free text (a sweep of seeds)', async () => {
+    const grammar = 'root ::= "CALL(" [0-9] [0-9] ")"';
+    const trigger = model.tokenize('CALL', { addBos: false });
+    using s = ctx.createSession();
+    const positions: number[] = [];
+    for (let seed = 1; seed <= 16; seed++) {
+      s.reset();
+      const bias: Record<number, number> = { [model.vocab.eos!]: -4 };
+      for (const t of trigger) bias[t] = 3;
+      const r = await s.complete('Go:', { grammar, grammarTriggers: { words: ['CALL'] }, seed, temperature: 1, maxTokens: 120, logitBias: bias });
+      const at = r.text.indexOf('CALL');
+      if (at < 0) continue;
+      positions.push(at);
+      expect(r.text.slice(at), r.text).toMatch(/^CALL\([0-9][0-9]\)$/);
+    }
+    expect(positions.length).toBeGreaterThan(0);
+    expect(Math.max(...positions)).toBeGreaterThan(20);
+  });
+
   it('reports grammars and schemas that do not parse as ERR_INVALID_GRAMMAR, without harm to the process', async () => {
     using s = ctx.createSession();
     const bad = [
