@@ -409,15 +409,28 @@ std::vector<llama_token> tokenizeText(const ModelHandle& h, const std::string& t
   return tokens;
 }
 
+namespace {
+
+// tokenize(text, addBos, special) and tokenizeAsync(...): the arguments, copied out of JS.
+struct TokenizeArgs {
+  std::string text;
+  bool addSpecial;
+  bool parseSpecial;
+};
+
+TokenizeArgs tokenizeArgs(const Napi::CallbackInfo& info) {
+  return {argString(info, 0, "text"), argBool(info, 1, "addBos"), argBool(info, 2, "special")};
+}
+
+}  // namespace
+
 Napi::Value Model::Tokenize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto h = handleOrThrow(env);
-  std::string text = argString(info, 0, "text");
-  bool addSpecial = argBool(info, 1, "addBos");
-  bool parseSpecial = argBool(info, 2, "special");
+  TokenizeArgs a = tokenizeArgs(info);
   std::vector<llama_token> tokens;
   try {
-    tokens = tokenizeText(*h, text, addSpecial, parseSpecial);
+    tokens = tokenizeText(*h, a.text, a.addSpecial, a.parseSpecial);
   } catch (const TokenizeError& e) {
     throwError(env, "ERR_TOKENIZE", e.what());
   } catch (const LimitError& e) {
@@ -484,15 +497,9 @@ class TokenizeWorker : public Napi::AsyncWorker {
 Napi::Value Model::TokenizeAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto h = handleOrThrow(env);
-  std::string text = argString(info, 0, "text");
-  bool addSpecial = argBool(info, 1, "addBos");
-  bool parseSpecial = argBool(info, 2, "special");
-  if (text.size() > kMaxTokenizeBytes) {
-    throwError(env, "ERR_LIMIT_EXCEEDED", "Text of " + std::to_string(text.size()) +
-                                              " bytes is too long to tokenize at once: the limit is " +
-                                              std::to_string(kMaxTokenizeBytes) + " bytes (UTF-8); split it");
-  }
-  auto* worker = new TokenizeWorker(env, h, std::move(text), addSpecial, parseSpecial);
+  TokenizeArgs a = tokenizeArgs(info);
+  // Past the size limit, the worker reports ERR_LIMIT_EXCEEDED at once (tokenizeText checks it first).
+  auto* worker = new TokenizeWorker(env, h, std::move(a.text), a.addSpecial, a.parseSpecial);
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;
