@@ -129,16 +129,27 @@ export class Generation<R extends GenerationResult = GenerationResult> implement
       const f = this.#finish(t.result);
       if (f instanceof Promise) {
         this.#finishing = true;
-        f.then(
-          (v) => this.fail(v, true),
-          (e: unknown) => this.fail(e instanceof LlamaError ? e : new LlamaError('ERR_NATIVE', String(e)), true),
-        );
-      } else {
-        this.#final = f;
-        this.#cleanup();
-        if (this.#resolve) this.#settle();
+        const finished = (v: R | LlamaError) => {
+          this.#finishing = false;
+          this.#end(v);
+        };
+        f.then(finished, (e: unknown) => finished(e instanceof LlamaError ? e : new LlamaError('ERR_NATIVE', String(e))));
+        return this.#wake();
       }
+      return this.#end(f);
     }
+    this.#wake();
+  }
+
+  /** The final result is known: settles `result` and wakes the iterator. */
+  #end(f: R | LlamaError): void {
+    this.#final = f;
+    this.#cleanup();
+    if (this.#resolve) this.#settle();
+    this.#wake();
+  }
+
+  #wake(): void {
     const w = this.#waiter;
     this.#waiter = null;
     w?.();
@@ -167,20 +178,10 @@ export class Generation<R extends GenerationResult = GenerationResult> implement
     return this.#result;
   }
 
-  /**
-   * @internal ends a generation that never started (its launch failed) with an error; or, with `finished`,
-   * one whose result was finished asynchronously.
-   */
-  fail(e: R | LlamaError, finished = false): void {
-    if (this.#final) return;
-    if (this.#finishing && !finished) return;
-    this.#finishing = false;
-    this.#final = e;
-    this.#cleanup();
-    if (this.#resolve) this.#settle();
-    const w = this.#waiter;
-    this.#waiter = null;
-    w?.();
+  /** @internal ends a generation that never started (its launch failed) with an error. */
+  fail(e: LlamaError): void {
+    if (this.#final || this.#finishing) return;
+    this.#end(e);
   }
 
   /** @internal: for complete(), which needs no chunks. */

@@ -54,8 +54,6 @@ export class Residency {
   #changes: Array<() => void> = [];
   #order = 0;
   #closed = false;
-  /** Statistics, for tests and the benchmark. */
-  readonly stats = { evictions: 0, restores: 0, dropped: 0 };
 
   constructor(sequences: number, budget: number, handle: () => NativeContext | null) {
     this.#free = Array.from({ length: sequences }, (_, i) => i);
@@ -109,7 +107,6 @@ export class Residency {
     this.touch(t);
     if (parked?.state) {
       this.#unpark(t);
-      this.stats.restores++;
       // Queued on the engine thread before anything the session queues next.
       h.loadSequence(seq, parked.state.data, parked.state.streams).catch(() => {
         // Our own state, into a sequence of the same context: only memory can fail it. The session starts over.
@@ -269,22 +266,26 @@ export class Residency {
     for (const wake of this.#changes.splice(0)) wake();
   }
 
-  #evictFor(requester: Tenant, h: NativeContext, spare?: Tenant): number | undefined {
-    let victim: Tenant | undefined;
-    let oldest = Infinity;
-    for (const [s] of this.#seq) {
-      if (s === requester || s === spare || !s.idle) continue;
-      const u = this.#used.get(s) ?? 0;
-      if (u < oldest) {
-        oldest = u;
-        victim = s;
+  /** The least recently used of `tenants` that `ok` accepts. */
+  #leastRecentlyUsed(tenants: Iterable<Tenant>, ok: (t: Tenant) => boolean): Tenant | undefined {
+    let found: Tenant | undefined;
+    let at = Infinity;
+    for (const t of tenants) {
+      const u = this.#used.get(t) ?? 0;
+      if (u < at && ok(t)) {
+        at = u;
+        found = t;
       }
     }
+    return found;
+  }
+
+  #evictFor(requester: Tenant, h: NativeContext, spare?: Tenant): number | undefined {
+    const victim = this.#leastRecentlyUsed(this.#seq.keys(), (s) => s !== requester && s !== spare && s.idle);
     if (!victim) return undefined;
     const seq = this.#seq.get(victim)!;
     this.#seq.delete(victim);
     this.#owner.delete(seq);
-    this.stats.evictions++;
     // Both queued on the engine thread, before whatever the new owner queues.
     this.#park(victim, h.saveSequence(seq));
     h.clearSequence(seq);
@@ -313,16 +314,7 @@ export class Residency {
     this.#parkedBytes += p.bytes;
     // Past the budget, the least recently used saved states go (this one too, if it alone is too large).
     while (this.#parkedBytes > this.budget) {
-      let oldest: Tenant | undefined;
-      let at = Infinity;
-      for (const [s, q] of this.#parked) {
-        if (!q.state) continue;
-        const u = this.#used.get(s) ?? 0;
-        if (u < at) {
-          at = u;
-          oldest = s;
-        }
-      }
+      const oldest = this.#leastRecentlyUsed(this.#parked.keys(), (s) => this.#parked.get(s)!.state !== null);
       if (!oldest) break;
       this.#drop(oldest);
     }
@@ -332,7 +324,6 @@ export class Residency {
   #drop(t: Tenant): void {
     if (!this.#parked.has(t)) return;
     this.#unpark(t);
-    this.stats.dropped++;
     t.forgetCache();
     this.kick();
   }
