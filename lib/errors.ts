@@ -101,3 +101,17 @@ export function callNative<T>(caller: Function, fn: () => T): T {
     throw toLlamaError(e, caller);
   }
 }
+
+/**
+ * Records the stack at `caller` now, for work that finishes later: the returned function gives an error
+ * (converted to a LlamaError) that stack, so an asynchronous failure still points at the user's call.
+ */
+export function callSite(caller: Function): (e: unknown) => LlamaError {
+  const site: { stack?: string } = {};
+  Error.captureStackTrace(site, caller);
+  return (e) => {
+    const err = toLlamaError(e);
+    err.stack = `${err.name}: ${err.message}\n${(site.stack ?? '').split('\n').slice(1).join('\n')}`;
+    return err;
+  };
+}

@@ -1,5 +1,5 @@
-import { LlamaError } from './errors.js';
-import { prepareJsonSchema, preparedGrammar, type JsonSchema, type PreparedSchema, type SchemaMode } from './json-schema.js';
+import { LlamaError, callSite } from './errors.js';
+import { prepareJsonSchemaSoon, preparedGrammar, preparedGrammarAsync, type JsonSchema, type PreparedSchema, type SchemaMode } from './json-schema.js';
 import { parseLora, type LoraSpec } from './lora.js';
 import type { NativeGenerateOptions } from './native.js';
 import { checkOptions, invalid, optInteger, optNumber, optSignal } from './validate.js';
@@ -151,15 +151,29 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
     throw invalid('schemaMode', "'strict' or 'best-effort'", o.schemaMode, caller);
   }
   let schema: PreparedSchema | undefined;
+  // A large schema that is not in the cache is checked and converted off the JS thread: the grammar comes later.
+  let schemaLater: Promise<PreparedSchema> | undefined;
   if (o.jsonSchema !== undefined) {
-    schema = prepareJsonSchema(o.jsonSchema, (o.schemaMode as SchemaMode | undefined) ?? 'strict', caller);
-    out.grammar = preparedGrammar(schema, caller);
+    const soon = prepareJsonSchemaSoon(o.jsonSchema, (o.schemaMode as SchemaMode | undefined) ?? 'strict', caller);
     out.grammarType = 'output';
-    schema.warm();
+    if (soon instanceof Promise) {
+      const atCaller = callSite(caller);
+      schemaLater = soon.then(async (p) => {
+        out.grammar = await preparedGrammarAsync(p, caller).catch((e: unknown) => Promise.reject(atCaller(e)));
+        p.warm();
+        return p;
+      });
+      // (a call that fails after this point leaves the promise unread: it must not be an unhandled rejection)
+      schemaLater.catch(() => {});
+    } else {
+      schema = soon;
+      out.grammar = preparedGrammar(schema, caller);
+      schema.warm();
+    }
   }
   if (o.grammarTriggers !== undefined) {
     const t = checkOptions('grammarTriggers', o.grammarTriggers, ['words', 'patterns', 'tokens'], caller);
-    if (out.grammar === undefined) throw invalid('grammarTriggers', 'a grammar or jsonSchema to trigger', o.grammarTriggers, caller);
+    if (out.grammar === undefined && schemaLater === undefined) throw invalid('grammarTriggers', 'a grammar or jsonSchema to trigger', o.grammarTriggers, caller);
     const triggers: NonNullable<NativeGenerateOptions['grammarTriggers']> = [];
     if (t.words !== undefined) for (const w of stringList(t.words, 'grammarTriggers.words', caller)) triggers.push({ type: 'word', value: w });
     if (t.patterns !== undefined) {
@@ -189,7 +203,7 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
     loraKey = key;
   }
   const signal = optSignal(o, 'signal', caller);
-  return { native: out, signal, jsonSchema: o.jsonSchema !== undefined, schema, loraKey };
+  return { native: out, signal, jsonSchema: o.jsonSchema !== undefined, schema, schemaLater, loraKey };
 }
 
 

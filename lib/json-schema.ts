@@ -4,12 +4,12 @@
 // the draft's meta-schema, then a rewrite into what the converter enforces exactly, where every keyword is
 // enforced, or an error (see README, "Grammars and JSON schemas"). Every value handed back as `json` is then
 // validated against the schema with ajv.
-import { LlamaError, toLlamaError } from './errors.js';
+import { LlamaError, callSite, toLlamaError, type LlamaErrorCode } from './errors.js';
 import { native } from './native.js';
-import { compile, draftOf, firstFailure, metaCheck, type Draft, type Validator } from './schema/ajv.js';
+import { compile, firstFailure, type Validator } from './schema/ajv.js';
 import { ajvRequest } from './schema/ajv-client.js';
-import { SCHEMA_LIMITS } from './schema/limits.js';
-import { isObj, normalizeSchema, overLimit, schemaError, type Json, type SchemaMode, type SchemaNote } from './schema/normalize.js';
+import { schemaError, type Json, type SchemaMode, type SchemaNote } from './schema/normalize.js';
+import { analyzeSchema, schemaText, type Analysis } from './schema/prepare.js';
 
 export type { SchemaErrorDetails, SchemaMode, SchemaNote } from './schema/normalize.js';
 export { SCHEMA_LIMITS } from './schema/limits.js';
@@ -168,80 +168,72 @@ function withStack<E extends Error>(err: E, caller: Function): E {
   return err;
 }
 
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
-
-/**
- * The schema as JSON text, after the limits on depth and size, by an iterative walk (no recursion: a
- * schema nested 20000 deep is an error, not a stack overflow).
- */
-function schemaText(schema: unknown): string {
-  if (typeof schema !== 'boolean' && !isObj(schema)) {
-    throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid option "jsonSchema": expected a JSON schema object, received ${Array.isArray(schema) ? 'an array' : schema === null ? 'null' : typeof schema}`);
-  }
-  const { maxDepth, maxBytes } = SCHEMA_LIMITS;
-  let bytes = 0;
-  const onPath = new Set<object>();
-  const stack: Array<[unknown, number, boolean]> = [[schema, 1, false]];
-  while (stack.length > 0) {
-    const [v, depth, exit] = stack.pop()!;
-    if (exit) {
-      onPath.delete(v as object);
-      continue;
+/** A PreparedSchema from the checking pass's analysis, with its validator (compiled when first needed). */
+function build(key: string, text: string, mode: SchemaMode, a: Analysis): PreparedSchema {
+  const { draft, prefix } = a;
+  // ajv takes about 7 ms per KB of schema to compile. A small schema compiles on first use, or soon once a
+  // generation has started (warm); a large one compiles and validates on a worker thread.
+  const offThread = text.length >= WORKER_SCHEMA_CHARS;
+  let validator: Validator | LlamaError | undefined;
+  const cannotCompile = (message: string) => schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: ajv cannot compile it: ${message}`, '#', '');
+  const mismatch = (f: { pointer: string; keyword: string; message: string }, value: unknown) =>
+    Object.assign(
+      schemaError('ERR_SCHEMA_MISMATCH', `The output does not match the JSON schema at ${f.pointer || '/'}: "${f.keyword}": ${f.message}`, f.pointer, f.keyword),
+      { value },
+    );
+  const validatorOf = (): Validator | LlamaError => {
+    if (validator === undefined) {
+      try {
+        validator = compile(JSON.parse(text) as Json, draft);
+      } catch (e) {
+        validator = cannotCompile((e as Error).message);
+      }
     }
-    if (typeof v === 'string') {
-      bytes += v.length + 2;
-      if (LONE_SURROGATE.test(v)) throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: the string ${JSON.stringify(v.slice(0, 40))} has a lone surrogate, which is not Unicode text`, '#', '');
-    }
-    else if (typeof v === 'number' || typeof v === 'boolean') bytes += 8;
-    else if (typeof v === 'bigint') throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it holds a BigInt, which JSON cannot', '#', '');
-    else if (v !== null && typeof v === 'object') {
-      if (onPath.has(v)) throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it contains itself (a cycle of objects), which JSON cannot', '#', '');
-      if (depth > maxDepth) overLimit(`objects and arrays nested more than ${maxDepth} deep`);
-      onPath.add(v);
-      stack.push([v, depth, true]);
-      const entries = Array.isArray(v) ? v : Object.entries(v).flat();
-      // (property names are among the entries: they are checked as strings too)
-      bytes += 2 + entries.length;
-      for (const x of entries) stack.push([x, depth + 1, false]);
-    }
-    if (bytes > maxBytes) overLimit(`more than ${maxBytes} bytes of JSON`);
-  }
-  const text = JSON.stringify(schema);
-  const size = Buffer.byteLength(text);
-  if (size > maxBytes) overLimit(`${size} bytes of JSON (at most ${maxBytes})`);
-  return text;
-}
-
-/** The draft of a schema: its $schema, or 2020-12 unless it uses draft-07's array form of items. */
-function draftFor(root: Json): Draft {
-  if (isObj(root) && root.$schema !== undefined) {
-    const uri = root.$schema;
-    const d = typeof uri === 'string' ? draftOf(uri) : undefined;
-    if (d === undefined) {
-      throw schemaError(
-        'ERR_UNSUPPORTED_SCHEMA',
-        `The JSON schema's $schema at #/$schema, ${JSON.stringify(uri)}, is not a draft this library checks (2020-12, 2019-09, draft-07)`,
-        '#/$schema',
-        '$schema',
-      );
-    }
-    return d;
-  }
-  const stack: Json[] = [root];
-  while (stack.length > 0) {
-    const v = stack.pop()!;
-    if (Array.isArray(v)) stack.push(...v);
-    else if (isObj(v)) {
-      if (Array.isArray(v.items) || 'additionalItems' in v) return 'draft-07';
-      for (const [k, x] of Object.entries(v)) if (k !== 'enum' && k !== 'const' && k !== 'default' && k !== 'examples') stack.push(x);
-    }
-  }
-  return '2020-12';
-}
-
-/** A prefix for the rules of the checking pass that the schema's text does not contain. */
-function prefixFor(text: string): string {
-  for (let i = 0; ; i++) if (!text.includes(`xla${i}-`)) return `xla${i}`;
+    return validator;
+  };
+  // The converter writes each placeholder const as the GBNF literal "\"<name>\"": one pass puts the rule names in.
+  const wanted = new Set(a.placeholders);
+  const literal = new RegExp(`"\\\\"(${prefix}-leaf-\\d+)\\\\""`, 'g');
+  return {
+    mode,
+    converterText: a.converterText,
+    grammarKey: `${mode}\0${a.converterText}\n${a.rules}`,
+    notes: a.notes,
+    splice(grammar: string): string {
+      const found = new Set<string>();
+      const out = grammar.replace(literal, (whole, name: string) => {
+        if (!wanted.has(name)) return whole;
+        found.add(name);
+        return name;
+      });
+      if (found.size !== wanted.size) {
+        const missing = a.placeholders.find((name) => !found.has(name));
+        throw new LlamaError('ERR_INVALID_GRAMMAR', `The converter's grammar lacks the value ${missing} the checking pass put in the schema`);
+      }
+      return out + a.rules;
+    },
+    warm(): void {
+      if (offThread) void ajvRequest({ op: 'compile', key, schema: text, draft }).catch(() => {});
+      else if (validator === undefined) setImmediate(validatorOf).unref();
+    },
+    check(value: unknown): LlamaError | null | Promise<LlamaError | null> {
+      if (offThread) {
+        return ajvRequest({ op: 'check', key, schema: text, draft, value: JSON.stringify(value) }).then((r) =>
+          r.ok ? null : 'compileError' in r ? cannotCompile(r.compileError) : 'failure' in r ? mismatch(r.failure, value) : cannotCompile('unexpected reply'),
+        );
+      }
+      const v = validatorOf();
+      if (v instanceof LlamaError) return v;
+      let ok: boolean;
+      try {
+        ok = v(value);
+      } catch (e) {
+        return schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: ajv could not validate against it: ${(e as Error).message}`, '#', '');
+      }
+      if (ok) return null;
+      return mismatch(firstFailure(v), value);
+    },
+  };
 }
 
 /**
@@ -254,81 +246,41 @@ export function prepareJsonSchema(schema: unknown, mode: SchemaMode, caller: Fun
     const key = `${mode}\0${text}`;
     const known = prepared.get(key);
     if (known) return remember(prepared, key, known);
-    const root = JSON.parse(text) as Json;
-    const draft = draftFor(root);
-    const problem = metaCheck(root, draft);
-    if (problem) {
-      throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${problem.pointer}: "${problem.keyword}": ${problem.message}`, problem.pointer, problem.keyword);
-    }
-    const prefix = prefixFor(text);
-    const n = normalizeSchema(root, draft, mode, prefix);
-    // ajv takes about 7 ms per KB of schema to compile. A small schema compiles on first use, or soon once a
-    // generation has started (warm); a large one compiles and validates on a worker thread.
-    const offThread = text.length >= WORKER_SCHEMA_CHARS;
-    let validator: Validator | LlamaError | undefined;
-    const cannotCompile = (message: string) => schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: ajv cannot compile it: ${message}`, '#', '');
-    const mismatch = (f: { pointer: string; keyword: string; message: string }, value: unknown) =>
-      Object.assign(
-        schemaError('ERR_SCHEMA_MISMATCH', `The output does not match the JSON schema at ${f.pointer || '/'}: "${f.keyword}": ${f.message}`, f.pointer, f.keyword),
-        { value },
-      );
-    const validatorOf = (): Validator | LlamaError => {
-      if (validator === undefined) {
-        try {
-          validator = compile(root, draft);
-        } catch (e) {
-          validator = cannotCompile((e as Error).message);
-        }
-      }
-      return validator;
-    };
-    // The converter writes each placeholder const as the GBNF literal "\"<name>\"": one pass puts the rule names in.
-    const wanted = new Set(n.placeholders);
-    const literal = new RegExp(`"\\\\"(${prefix}-leaf-\\d+)\\\\""`, 'g');
-    const p: PreparedSchema = {
-      mode,
-      converterText: JSON.stringify(n.doc),
-      grammarKey: `${mode}\0${JSON.stringify(n.doc)}\n${n.rules}`,
-      notes: n.notes,
-      splice(grammar: string): string {
-        const found = new Set<string>();
-        const out = grammar.replace(literal, (whole, name: string) => {
-          if (!wanted.has(name)) return whole;
-          found.add(name);
-          return name;
-        });
-        if (found.size !== wanted.size) {
-          const missing = n.placeholders.find((name) => !found.has(name));
-          throw new LlamaError('ERR_INVALID_GRAMMAR', `The converter's grammar lacks the value ${missing} the checking pass put in the schema`);
-        }
-        return out + n.rules;
-      },
-      warm(): void {
-        if (offThread) void ajvRequest({ op: 'compile', key, schema: text, draft }).catch(() => {});
-        else if (validator === undefined) setImmediate(validatorOf).unref();
-      },
-      check(value: unknown): LlamaError | null | Promise<LlamaError | null> {
-        if (offThread) {
-          return ajvRequest({ op: 'check', key, schema: text, draft, value: JSON.stringify(value) }).then((r) =>
-            r.ok ? null : 'compileError' in r ? cannotCompile(r.compileError) : mismatch(r.failure, value),
-          );
-        }
-        const v = validatorOf();
-        if (v instanceof LlamaError) return v;
-        let ok: boolean;
-        try {
-          ok = v(value);
-        } catch (e) {
-          return schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: ajv could not validate against it: ${(e as Error).message}`, '#', '');
-        }
-        if (ok) return null;
-        return mismatch(firstFailure(v), value);
-      },
-    };
-    return remember(prepared, key, p);
+    return remember(prepared, key, build(key, text, mode, analyzeSchema(text, mode)));
   } catch (e) {
     throw withStack(toLlamaError(e), caller);
   }
+}
+
+/**
+ * The prepared schema if it is in the cache (after the limits' walk, which is linear), or else a promise of
+ * it: a schema of {@link WORKER_SCHEMA_CHARS} characters or more goes through the checking pass on the
+ * validator's worker thread (2–6 ms per KB on this one). Errors are those of {@link prepareJsonSchema},
+ * with the caller's stack. @internal
+ */
+export function prepareJsonSchemaSoon(schema: unknown, mode: SchemaMode, caller: Function): PreparedSchema | Promise<PreparedSchema> {
+  let text: string;
+  try {
+    text = schemaText(schema);
+  } catch (e) {
+    throw withStack(toLlamaError(e), caller);
+  }
+  const key = `${mode}\0${text}`;
+  const known = prepared.get(key);
+  if (known) return remember(prepared, key, known);
+  if (text.length < WORKER_SCHEMA_CHARS) return prepareJsonSchema(schema, mode, caller);
+  const atCaller = callSite(caller);
+  return ajvRequest({ op: 'prepare', schema: text, mode }).then((r) => {
+    if ('analysis' in r) {
+      const again = prepared.get(key);
+      return remember(prepared, key, again ?? build(key, text, mode, r.analysis));
+    }
+    const err =
+      'error' in r
+        ? Object.assign(new LlamaError(r.error.code as LlamaErrorCode, r.error.message), r.error.details)
+        : new LlamaError('ERR_NATIVE', `The JSON schema's checking pass failed on its worker thread: ${'compileError' in r ? r.compileError : 'no analysis came back'}`);
+    throw atCaller(err);
+  });
 }
 
 /** The grammar of a prepared schema, with llama.cpp's converter on this thread (cached). @internal */
@@ -366,16 +318,22 @@ export function jsonSchemaToGrammar(schema: JsonSchema, options?: JsonSchemaOpti
  * generation with the same `jsonSchema` afterwards does not convert it again.
  */
 export async function jsonSchemaToGrammarAsync(schema: JsonSchema, options?: JsonSchemaOptions): Promise<string> {
-  const p = prepareJsonSchema(schema, mode(options, jsonSchemaToGrammarAsync), jsonSchemaToGrammarAsync);
+  const p = await prepareJsonSchemaSoon(schema, mode(options, jsonSchemaToGrammarAsync), jsonSchemaToGrammarAsync);
+  return preparedGrammarAsync(p, jsonSchemaToGrammarAsync);
+}
+
+/** {@link preparedGrammar} with llama.cpp's converter on a libuv worker (cached). @internal */
+export async function preparedGrammarAsync(p: PreparedSchema, caller: Function): Promise<string> {
   const known = grammars.get(p.grammarKey);
-  if (known !== undefined) return known;
+  if (known !== undefined) return remember(grammars, p.grammarKey, known);
   const addon = native();
-  if (typeof addon.jsonSchemaToGrammarAsync !== 'function') return preparedGrammar(p, jsonSchemaToGrammarAsync);
+  if (typeof addon.jsonSchemaToGrammarAsync !== 'function') return preparedGrammar(p, caller);
+  const atCaller = callSite(caller);
   let converted: string;
   try {
     converted = await addon.jsonSchemaToGrammarAsync(p.converterText, p.mode === 'best-effort');
   } catch (e) {
-    throw toLlamaError(e);
+    throw atCaller(e);
   }
   return remember(grammars, p.grammarKey, p.splice(converted));
 }

@@ -304,7 +304,8 @@ export class LlamaSession {
     this.#check(caller);
     const ctx = this.#context;
     const model = ctx.model;
-    const { native: nativeOptions, signal, jsonSchema, schema, loraKey } = parseGenerateOptions(options, model.vocab.size, caller);
+    const { native: nativeOptions, signal, jsonSchema, schema: schemaNow, schemaLater, loraKey } = parseGenerateOptions(options, model.vocab.size, caller);
+    let schema = schemaNow;
     if (extra) Object.assign(nativeOptions, extra);
     if (!stream) nativeOptions.stream = false;
     // Already aborted: the engine must not decode anything.
@@ -355,8 +356,18 @@ export class LlamaSession {
       this.#stable = p.tokens.slice(0, shift ? Math.min(p.keep, p.shiftKeep) : p.keep);
       return native;
     };
+    // A large JSON schema is checked and converted off the JS thread too.
+    const before =
+      schemaLater === undefined
+        ? tokenizing
+        : Promise.all([
+            tokenizing,
+            schemaLater.then((p) => {
+              schema = p;
+            }),
+          ]).then(() => {});
     const residency = ctx.residency;
-    const seq = tokenizing ? undefined : residency.acquire(this);
+    const seq = before ? undefined : residency.acquire(this);
     const waiting: { native: DeferredNative | null } = { native: null };
     const gen: Generation<R> = new Generation<R>(
       (onNotify) => {
@@ -378,7 +389,7 @@ export class LlamaSession {
       const out = transform ? transform(e) : e;
       return out instanceof LlamaError ? out : e;
     };
-    if (waiting.native) this.#launchLater(gen, waiting.native, launch, () => prompt.length, nativeOptions.priority ?? 0, tokenizing, failure);
+    if (waiting.native) this.#launchLater(gen, waiting.native, launch, () => prompt.length, nativeOptions.priority ?? 0, before, failure);
     return gen;
   }
 

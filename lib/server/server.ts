@@ -8,7 +8,7 @@ import type { ChatMessage } from '../chat-template.js';
 import type { LlamaContext } from '../context.js';
 import type { GenerateOptions } from '../generate-options.js';
 import type { Generation, GenerationResult, TokenLogprob } from '../generation.js';
-import type { JsonSchema } from '../json-schema.js';
+import { prepareJsonSchemaSoon, type JsonSchema } from '../json-schema.js';
 import type { GpuOption } from '../backends.js';
 import { loadModel, type LlamaModel } from '../model.js';
 import type { LlamaSession } from '../session.js';
@@ -587,7 +587,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     };
   }
 
-  app.post('/v1/chat/completions', { schema: { body: chatCompletionSchema } }, async (req, reply) => {
+  app.post('/v1/chat/completions', { schema: { body: chatCompletionSchema } }, async function chatCompletions(req, reply) {
     const body = req.body as Record<string, unknown> & { messages: Array<Record<string, unknown>> };
     const e = entryFor(body.model as string | undefined);
     const id = newId('chatcmpl');
@@ -626,6 +626,8 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     const rf = body.response_format as { type: string; json_schema?: { schema: JsonSchema } } | undefined;
     const jsonSchema: JsonSchema | undefined = rf?.type === 'json_schema' ? rf.json_schema?.schema : rf?.type === 'json_object' ? { type: 'object' } : undefined;
     if (rf?.type === 'json_schema' && !rf.json_schema) throw new ApiError(400, 'response_format.json_schema is required with type json_schema', 'invalid_request_error', 'response_format.json_schema');
+    // A large schema's checking pass runs on the validator's worker thread; the chat then finds it cached.
+    if (jsonSchema !== undefined) await prepareJsonSchemaSoon(jsonSchema, 'strict', chatCompletions);
     const wantLogprobs = body.logprobs === true;
     const stream = body.stream === true;
     // The conversation this request continues: its messages before the new one.

@@ -1,0 +1,112 @@
+// The checking pass of a JSON schema, without llama.cpp: limits, the draft's meta-schema and the rewrite for
+// the converter (normalize.ts). Pure JavaScript, so that it runs on the main thread for small schemas and
+// on the validator's worker thread (ajv-worker.ts) for large ones; lib/json-schema.ts builds on it.
+import { LlamaError } from '../errors.js';
+import { draftOf, metaCheck, type Draft } from './ajv.js';
+import { SCHEMA_LIMITS } from './limits.js';
+import { isObj, normalizeSchema, overLimit, schemaError, type Json, type SchemaMode, type SchemaNote } from './normalize.js';
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/**
+ * The schema as JSON text, after the limits on depth and size, by an iterative walk (no recursion: a
+ * schema nested 20000 deep is an error, not a stack overflow).
+ */
+export function schemaText(schema: unknown): string {
+  if (typeof schema !== 'boolean' && !isObj(schema)) {
+    throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid option "jsonSchema": expected a JSON schema object, received ${Array.isArray(schema) ? 'an array' : schema === null ? 'null' : typeof schema}`);
+  }
+  const { maxDepth, maxBytes } = SCHEMA_LIMITS;
+  let bytes = 0;
+  const onPath = new Set<object>();
+  const stack: Array<[unknown, number, boolean]> = [[schema, 1, false]];
+  while (stack.length > 0) {
+    const [v, depth, exit] = stack.pop()!;
+    if (exit) {
+      onPath.delete(v as object);
+      continue;
+    }
+    if (typeof v === 'string') {
+      bytes += v.length + 2;
+      if (LONE_SURROGATE.test(v)) throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: the string ${JSON.stringify(v.slice(0, 40))} has a lone surrogate, which is not Unicode text`, '#', '');
+    }
+    else if (typeof v === 'number' || typeof v === 'boolean') bytes += 8;
+    else if (typeof v === 'bigint') throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it holds a BigInt, which JSON cannot', '#', '');
+    else if (v !== null && typeof v === 'object') {
+      if (onPath.has(v)) throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it contains itself (a cycle of objects), which JSON cannot', '#', '');
+      if (depth > maxDepth) overLimit(`objects and arrays nested more than ${maxDepth} deep`);
+      onPath.add(v);
+      stack.push([v, depth, true]);
+      const entries = Array.isArray(v) ? v : Object.entries(v).flat();
+      // (property names are among the entries: they are checked as strings too)
+      bytes += 2 + entries.length;
+      for (const x of entries) stack.push([x, depth + 1, false]);
+    }
+    if (bytes > maxBytes) overLimit(`more than ${maxBytes} bytes of JSON`);
+  }
+  const text = JSON.stringify(schema);
+  const size = Buffer.byteLength(text);
+  if (size > maxBytes) overLimit(`${size} bytes of JSON (at most ${maxBytes})`);
+  return text;
+}
+
+/** The draft of a schema: its $schema, or 2020-12 unless it uses draft-07's array form of items. */
+function draftFor(root: Json): Draft {
+  if (isObj(root) && root.$schema !== undefined) {
+    const uri = root.$schema;
+    const d = typeof uri === 'string' ? draftOf(uri) : undefined;
+    if (d === undefined) {
+      throw schemaError(
+        'ERR_UNSUPPORTED_SCHEMA',
+        `The JSON schema's $schema at #/$schema, ${JSON.stringify(uri)}, is not a draft this library checks (2020-12, 2019-09, draft-07)`,
+        '#/$schema',
+        '$schema',
+      );
+    }
+    return d;
+  }
+  const stack: Json[] = [root];
+  while (stack.length > 0) {
+    const v = stack.pop()!;
+    if (Array.isArray(v)) stack.push(...v);
+    else if (isObj(v)) {
+      if (Array.isArray(v.items) || 'additionalItems' in v) return 'draft-07';
+      for (const [k, x] of Object.entries(v)) if (k !== 'enum' && k !== 'const' && k !== 'default' && k !== 'examples') stack.push(x);
+    }
+  }
+  return '2020-12';
+}
+
+/** A prefix for the rules of the checking pass that the schema's text does not contain. */
+function prefixFor(text: string): string {
+  for (let i = 0; ; i++) if (!text.includes(`xla${i}-`)) return `xla${i}`;
+}
+
+/** What the checking pass makes of a schema: plain data, so that it can cross from a worker thread. */
+export interface Analysis {
+  draft: Draft;
+  /** The schema for llama.cpp's converter, as JSON text. */
+  converterText: string;
+  /** GBNF rules of the placeholders in the converter's schema. */
+  rules: string;
+  placeholders: string[];
+  /** The placeholders' rule prefix. */
+  prefix: string;
+  notes: SchemaNote[];
+}
+
+/**
+ * The checking pass over a schema's JSON text (from {@link schemaText}).
+ * @throws LlamaError ERR_INVALID_SCHEMA, ERR_UNSUPPORTED_SCHEMA, ERR_LIMIT_EXCEEDED.
+ */
+export function analyzeSchema(text: string, mode: SchemaMode): Analysis {
+  const root = JSON.parse(text) as Json;
+  const draft = draftFor(root);
+  const problem = metaCheck(root, draft);
+  if (problem) {
+    throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${problem.pointer}: "${problem.keyword}": ${problem.message}`, problem.pointer, problem.keyword);
+  }
+  const prefix = prefixFor(text);
+  const n = normalizeSchema(root, draft, mode, prefix);
+  return { draft, converterText: JSON.stringify(n.doc), rules: n.rules, placeholders: n.placeholders, prefix, notes: n.notes };
+}
