@@ -8,8 +8,12 @@ import { checkOptions, invalid, optInteger, optNumber, optSignal } from './valid
 export interface GrammarTriggers {
   /** Literal words; the grammar applies from the start of the word (so the grammar should begin with it). */
   words?: readonly string[];
-  /** Regular expressions (ECMAScript-like, as llama.cpp's std::regex reads them); the grammar applies from the
-   * first capture group, or from the start of the match. */
+  /**
+   * Regular expressions (ECMAScript-like, as llama.cpp's std::regex reads them); the grammar applies from the
+   * first capture group, or from the start of the match. A pattern without `*`, `+` or `{n,}` is searched
+   * only near the new output at each token; one with them, over the whole output (time that grows with the
+   * square of the output's length).
+   */
   patterns?: readonly string[];
   /** Token ids that trigger the grammar when generated. */
   tokens?: readonly number[];

@@ -169,6 +169,39 @@ describe('grammar-constrained sampling (random-weight model)', () => {
     expect(Math.max(...positions)).toBeGreaterThan(20);
   });
 
+  // Bounded trigger patterns (no *, + or {n,}) are searched only near the output not searched yet
+  // (patches/llama.cpp/0005): each still fires at its first match in the whole output, as JavaScript's
+  // RegExp finds it, with anchors, word boundaries, lookaheads, classes and alternations; unbounded
+  // patterns are searched whole, as before.
+  it('trigger patterns fire at their first match, bounded or not (a sweep of patterns and seeds)', async () => {
+    const grammar = 'root ::= "CALL(" [0-9] [0-9] ")"';
+    const trigger = model.tokenize('CALL', { addBos: false });
+    // (each matches only where "CALL" starts, so that the grammar can follow from the match)
+    const patterns = ['C[A]LL', 'CAL{2}', 'CALL{1,3}', '(?:CALL|CALL\\()', '\\bCALL', 'CALL(?!x)', '(C)ALL', 'x?CALL', 'CAL+', '[C]A[^\\s]L'];
+    using s = ctx.createSession();
+    const fired = new Map<string, number[]>();
+    for (const pattern of patterns) {
+      const re = new RegExp(pattern);
+      for (let seed = 1; seed <= 10; seed++) {
+        s.reset();
+        const bias: Record<number, number> = { [model.vocab.eos!]: -4 };
+        for (const t of trigger) bias[t] = 4;
+        const r = await s.complete('Go:', { grammar, grammarTriggers: { patterns: [pattern] }, seed, temperature: 1, maxTokens: 120, logitBias: bias });
+        const at = r.text.indexOf('CALL(');
+        if (at < 0) continue;
+        // Free text before: no match of the pattern ends before the grammar's start (it would have fired).
+        const m = re.exec(r.text.slice(0, at + 'CALL'.length));
+        expect(m, `${pattern}: ${JSON.stringify(r.text)}`).not.toBeNull();
+        expect(m!.index, `${pattern}: ${JSON.stringify(r.text)}`).toBe(at);
+        expect(r.text.slice(at), r.text).toMatch(/^CALL\([0-9][0-9]\)$/);
+        fired.set(pattern, [...(fired.get(pattern) ?? []), at]);
+      }
+    }
+    // Every pattern fired, and some only after long free text (where the bounded search starts late).
+    expect([...fired.keys()].sort()).toEqual([...patterns].sort());
+    expect(Math.max(...[...fired.values()].flat())).toBeGreaterThan(300);
+  });
+
   it('reports grammars and schemas that do not parse as ERR_INVALID_GRAMMAR, without harm to the process', async () => {
     using s = ctx.createSession();
     const bad = [
