@@ -3,14 +3,14 @@ import {
   chatTemplateKey, checkMessage, checkMessages, parseArguments, publicMessage, type ChatMessage, type ToolCall,
 } from './chat-template.js';
 import type { LlamaContext } from './context.js';
-import { LlamaError, callNative } from './errors.js';
+import { LlamaError, callNative, callSite } from './errors.js';
 import type { GenerateOptions } from './generate-options.js';
 import type { Generation, GenerationResult } from './generation.js';
-import { prepareJsonSchema, type JsonSchema, type PreparedSchema } from './json-schema.js';
+import { prepareJsonSchemaSoon, preparedGrammarAsync, type JsonSchema, type PreparedSchema } from './json-schema.js';
 import type { LlamaModel } from './model.js';
 import { ASYNC_TOKENIZE_CHARS } from './limits.js';
 import type { NativeChatApplied, NativeChatApplyOptions, NativeChatMessage, NativeChatTemplate, NativeGenerateOptions } from './native.js';
-import { commonPrefix, type LlamaSession } from './session.js';
+import { commonPrefix, type LateInput, type LlamaSession } from './session.js';
 
 /** Most tokens of a chat reply when `maxTokens` is not given: a reply always ends (context shift is on). */
 export const DEFAULT_CHAT_MAX_TOKENS = 1024;
@@ -203,6 +203,17 @@ export function tokenizeConversation(model: LlamaModel, rendered: string, messag
   return step.value;
 }
 
+/** About how much text a render handles: the messages', the tools' and the schema's characters. */
+function renderSize(messages: readonly NativeChatMessage[], o: NativeChatApplyOptions): number {
+  let n = o.jsonSchema?.length ?? 0;
+  for (const t of o.tools ?? []) n += t.name.length + t.description.length + t.parameters.length;
+  for (const m of messages) {
+    n += m.content.length + (m.reasoning?.length ?? 0);
+    for (const c of m.toolCalls ?? []) n += c.name.length + c.arguments.length;
+  }
+  return n;
+}
+
 /** {@link tokenizeConversation} off the JS thread (a long conversation). */
 export async function tokenizeConversationAsync(model: LlamaModel, rendered: string, messages: readonly NativeChatMessage[]): Promise<number[]> {
   const it = conversationTokens(rendered, messages);
@@ -334,21 +345,39 @@ export class LlamaChat {
 
   /** What context shift keeps of `tokens`: the system prompt (or the BOS token). */
   #keepFor(tokens: number[], messages: NativeChatMessage[], applyOptions: NativeChatApplyOptions): void {
+    const first = messages[0];
+    if (first?.role === 'system' && this.#keep?.system !== first.content) {
+      let sys: number[] = [];
+      try {
+        sys = tokenizeConversation(this.#session.context.model, this.#template.apply([first], false, applyOptions).prompt, [first]);
+      } catch {
+        // a template that cannot render a lone system message keeps only the BOS token
+      }
+      this.#keep = { system: first.content, tokens: sys };
+    }
+    this.#keepTokens(tokens, messages);
+  }
+
+  /** {@link #keepFor} with the lone system message rendered off the JS thread. */
+  async #keepForAsync(tokens: number[], messages: NativeChatMessage[], applyOptions: NativeChatApplyOptions): Promise<void> {
+    const first = messages[0];
+    if (first?.role === 'system' && this.#keep?.system !== first.content) {
+      let sys: number[] = [];
+      try {
+        const applied = await this.#template.applyAsync([first], false, applyOptions);
+        sys = await tokenizeConversationAsync(this.#session.context.model, applied.prompt, [first]);
+      } catch {
+        // as in #keepFor
+      }
+      this.#keep = { system: first.content, tokens: sys };
+    }
+    this.#keepTokens(tokens, messages);
+  }
+
+  #keepTokens(tokens: number[], messages: NativeChatMessage[]): void {
     const model = this.#session.context.model;
     let keep = model.vocab.bos !== null && tokens[0] === model.vocab.bos ? 1 : 0;
-    const first = messages[0];
-    if (first?.role === 'system') {
-      if (this.#keep?.system !== first.content) {
-        let sys: number[] = [];
-        try {
-          sys = tokenizeConversation(model, this.#template.apply([first], false, applyOptions).prompt, [first]);
-        } catch {
-          // a template that cannot render a lone system message keeps only the BOS token
-        }
-        this.#keep = { system: first.content, tokens: sys };
-      }
-      keep = Math.max(keep, commonPrefix(tokens, this.#keep.tokens));
-    }
+    if (messages[0]?.role === 'system' && this.#keep) keep = Math.max(keep, commonPrefix(tokens, this.#keep.tokens));
     this.#session.setAutoKeep(keep);
   }
 
@@ -397,11 +426,19 @@ export class LlamaChat {
       if (schemaMode !== undefined && schemaMode !== 'strict' && schemaMode !== 'best-effort') {
         throw invalid('schemaMode', "'strict' or 'best-effort'", schemaMode, this.send);
       }
-      schema = prepareJsonSchema(jsonSchema, schemaMode ?? 'strict', this.send);
+      const soon = prepareJsonSchemaSoon(jsonSchema, schemaMode ?? 'strict', this.send);
+      if (soon instanceof Promise) {
+        soon.catch(() => {}); // (read by #sendLater; a failure before it must not be an unhandled rejection)
+        return this.#sendLater(added, applyOptions, soon, generateOptions);
+      }
+      schema = soon;
       applyOptions.jsonSchema = schema.converterText;
       schema.warm();
     }
     const messages = [...this.#messages, ...added];
+    // A long conversation (or long tool schemas) is rendered off the JS thread: a template may take up to
+    // its time limit, and llama.cpp's converter runs inside the render.
+    if (renderSize(messages, applyOptions) >= ASYNC_TOKENIZE_CHARS) return this.#sendLater(added, applyOptions, schema, generateOptions);
     const { applied, tokens } = this.#render(messages, applyOptions, this.send);
     // A reply ends: with context shift on (the chats' default), a model that never ends its turn would
     // otherwise generate forever.
@@ -430,16 +467,75 @@ export class LlamaChat {
     return gen;
   }
 
-  #replied(added: NativeChatMessage[], applied: NativeChatApplied, schema: PreparedSchema | undefined, r: GenerationResult | LlamaError): ChatResult | LlamaError | Promise<ChatResult | LlamaError> {
-    const withdraw = r instanceof LlamaError || (r.stopReason === 'abort' && r.text.length === 0);
-    if (withdraw) {
-      for (const m of [...added].reverse()) {
-        const i = this.#messages.lastIndexOf(m);
-        if (i >= 0) this.#messages.splice(i, 1);
+  /**
+   * send() with the schema's checking pass, the template's render and the tokenizing off the JS thread:
+   * the generation starts when they are done, and their errors come through its result (the message is
+   * then withdrawn, as for any failed reply).
+   */
+  #sendLater(
+    added: NativeChatMessage[],
+    applyOptions: NativeChatApplyOptions,
+    schemaSoon: PreparedSchema | Promise<PreparedSchema> | undefined,
+    generateOptions: GenerateOptions,
+  ): Generation<ChatResult> {
+    const caller = this.send;
+    const atCaller = callSite(caller);
+    const model = this.#session.context.model;
+    const messages = [...this.#messages, ...added];
+    const opts: GenerateOptions = { ...generateOptions, maxTokens: generateOptions.maxTokens ?? DEFAULT_CHAT_MAX_TOKENS };
+    const own = opts.stop === undefined ? [] : typeof opts.stop === 'string' ? [opts.stop] : [...opts.stop];
+    let applied: NativeChatApplied | undefined;
+    let schema: PreparedSchema | undefined;
+    const input = (async (): Promise<LateInput> => {
+      try {
+        schema = await schemaSoon;
+        if (schema) {
+          applyOptions.jsonSchema = schema.converterText;
+          schema.warm();
+        }
+        const a = await this.#template.applyAsync(messages, true, applyOptions);
+        const tokens = a.prompt.length >= ASYNC_TOKENIZE_CHARS ? await tokenizeConversationAsync(model, a.prompt, messages) : tokenizeConversation(model, a.prompt, messages);
+        await this.#keepForAsync(tokens, messages, applyOptions);
+        const late: Partial<NativeGenerateOptions> = {};
+        if (a.stops.length > 0) late.stop = [...own, ...a.stops];
+        if (a.grammar) {
+          if (opts.grammar !== undefined) throw invalid('grammar', 'no grammar of your own when the chat has tools or a jsonSchema', opts.grammar, caller);
+          Object.assign(late, {
+            grammar: schema ? schema.splice(a.grammar) : a.grammar,
+            grammarType: applyOptions.tools ? 'tools' : 'output',
+            grammarLazy: a.grammarLazy,
+            grammarTriggers: a.grammarTriggers,
+            generationPrompt: a.generationPrompt,
+          });
+        } else if (schema) {
+          // A template without a grammar of its own (a built-in one): the schema's grammar applies to the reply.
+          Object.assign(late, { grammar: await preparedGrammarAsync(schema, caller), grammarType: 'output' });
+        }
+        if (a.preservedTokens.length > 0) late.preservedTokens = a.preservedTokens;
+        applied = a;
+        this.#lastApplied = a;
+        return { tokens, options: late };
+      } catch (e) {
+        throw atCaller(e);
       }
-      if (r instanceof LlamaError) return r;
-      return { ...r, content: '', toolCalls: [] };
+    })();
+    const gen = this.#session.start<ChatResult>(input, opts, true, caller, (r) => (applied ? this.#replied(added, applied, schema, r) : this.#withdraw(added, r)));
+    this.#messages = messages;
+    return gen;
+  }
+
+  /** Takes the messages of a reply that failed (or was aborted before its first token) back. */
+  #withdraw(added: NativeChatMessage[], r: GenerationResult | LlamaError): ChatResult | LlamaError {
+    for (const m of [...added].reverse()) {
+      const i = this.#messages.lastIndexOf(m);
+      if (i >= 0) this.#messages.splice(i, 1);
     }
+    if (r instanceof LlamaError) return r;
+    return { ...r, content: '', toolCalls: [] };
+  }
+
+  #replied(added: NativeChatMessage[], applied: NativeChatApplied, schema: PreparedSchema | undefined, r: GenerationResult | LlamaError): ChatResult | LlamaError | Promise<ChatResult | LlamaError> {
+    if (r instanceof LlamaError || (r.stopReason === 'abort' && r.text.length === 0)) return this.#withdraw(added, r);
     let parsed: ReturnType<NativeChatTemplate['parse']>;
     try {
       parsed = this.#template.parse(r.text, {

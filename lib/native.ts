@@ -83,6 +83,8 @@ export interface NativeChatApplied {
 
 export interface NativeChatTemplate {
   apply(messages: NativeChatMessage[], addGenerationPrompt: boolean, options?: NativeChatApplyOptions): NativeChatApplied;
+  /** The same, rendered on a worker thread. */
+  applyAsync(messages: NativeChatMessage[], addGenerationPrompt: boolean, options?: NativeChatApplyOptions): Promise<NativeChatApplied>;
   parse(
     text: string,
     options: { parser: string; format: number; generationPrompt: string; partial?: boolean },

@@ -10,6 +10,12 @@ import { invalid } from './validate.js';
 
 export type { GenerateOptions } from './generate-options.js';
 
+/** A prompt's tokens with the native options that came with them (see {@link LlamaSession.start}). @internal */
+export interface LateInput {
+  tokens: number[];
+  options: Partial<NativeGenerateOptions>;
+}
+
 /** Beam search options of {@link LlamaSession.complete}. */
 export interface BeamOptions {
   /**
@@ -292,9 +298,12 @@ export class LlamaSession {
     }
   }
 
-  /** @internal */
+  /**
+   * `input` may be a promise of the prompt's tokens (a long text tokenized off the JS thread), or of the
+   * tokens with native options that are known only then (a chat rendered off the JS thread). @internal
+   */
   start<R extends GenerationResult = GenerationResult>(
-    input: string | Int32Array | readonly number[] | Promise<number[]>,
+    input: string | Int32Array | readonly number[] | Promise<number[] | LateInput>,
     options: GenerateOptions | undefined,
     stream: boolean,
     caller: Function,
@@ -316,9 +325,14 @@ export class LlamaSession {
     const empty = () => invalid('input', 'a prompt of at least one token', input, caller);
     if (input instanceof Promise || (typeof input === 'string' && input.length >= ASYNC_TOKENIZE_CHARS)) {
       this.#checkIdle(caller, 'generate');
-      const tokens: Promise<ArrayLike<number>> = input instanceof Promise ? input : model.tokenizeAsync(input);
+      const tokens: Promise<ArrayLike<number> | LateInput> = input instanceof Promise ? input : model.tokenizeAsync(input);
       tokenizing = tokens.then((t) => {
-        prompt = Array.from(t);
+        if ('tokens' in t) {
+          prompt = t.tokens;
+          Object.assign(nativeOptions, t.options);
+        } else {
+          prompt = Array.from(t);
+        }
         if (prompt.length === 0) throw empty();
       });
     } else {

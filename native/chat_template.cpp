@@ -1,11 +1,13 @@
 #include "chat_template.h"
 
+#include <mutex>
 #include <vector>
 
 #include "addon_data.h"
 #include "chat.h"  // llama.cpp's common/chat.h
 #include "errors.h"
 #include "guard.h"
+#include "promise_worker.h"
 #include "template_limits.h"
 
 namespace la {
@@ -15,6 +17,7 @@ struct ChatTemplateState {
   std::string builtin;              // the template llama_chat_apply_template renders, when not Jinja
   std::string source;
   std::string name;  // built-in template name, when one was chosen by name
+  std::mutex mu;     // one render at a time (apply on the JS thread, applyAsync on workers)
 };
 
 namespace {
@@ -60,6 +63,7 @@ void ChatTemplate::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function ctor = DefineClass(env, "NativeChatTemplate",
                                     {
                                         InstanceMethod<&ChatTemplate::Apply>("apply"),
+                                        InstanceMethod<&ChatTemplate::ApplyAsync>("applyAsync"),
                                         InstanceMethod<&ChatTemplate::Info>("info"),
                                         InstanceMethod<&ChatTemplate::Parse>("parse"),
                                     });
@@ -176,14 +180,15 @@ const char* triggerType(common_grammar_trigger_type t) {
 
 }  // namespace
 
-// apply(messages, addGenerationPrompt, options?: { tools?, toolChoice?, parallelToolCalls?, jsonSchema? })
-Napi::Value ChatTemplate::Apply(const Napi::CallbackInfo& info) {
+namespace {
+
+// apply()'s arguments, copied out of JS: messages, addGenerationPrompt, options?: { tools?, toolChoice?,
+// parallelToolCalls?, jsonSchema? }.
+common_chat_templates_inputs readApply(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::vector<common_chat_msg> msgs = readMessages(env, info[0]);
-  bool addAss = argBool(info, 1, "addGenerationPrompt");
   common_chat_templates_inputs in;
-  in.messages = msgs;
-  in.add_generation_prompt = addAss;
+  in.messages = readMessages(env, info[0]);
+  in.add_generation_prompt = argBool(info, 1, "addGenerationPrompt");
   in.use_jinja = true;
   in.reasoning_format = COMMON_REASONING_FORMAT_AUTO;
   if (info.Length() > 2 && info[2].IsObject()) {
@@ -210,7 +215,13 @@ Napi::Value ChatTemplate::Apply(const Napi::CallbackInfo& info) {
     in.parallel_tool_calls = parallel.IsBoolean() && parallel.As<Napi::Boolean>().Value();
     in.json_schema = strProp(env, o, "jsonSchema", "option");
   }
-  const ChatTemplateState& st = *state_;
+  return in;
+}
+
+// Renders on any thread (one render of a template at a time). Throws CodedError: ERR_LIMIT_EXCEEDED,
+// ERR_INVALID_TEMPLATE.
+common_chat_params runApply(ChatTemplateState& st, const common_chat_templates_inputs& in) {
+  std::lock_guard<std::mutex> lock(st.mu);
   common_chat_params p;
   try {
     TemplateBudget budget;
@@ -218,13 +229,20 @@ Napi::Value ChatTemplate::Apply(const Napi::CallbackInfo& info) {
       p = common_chat_templates_apply(st.jinja.get(), in);
     } else {
       if (!in.tools.empty()) throw std::runtime_error("tools need a Jinja chat template");
-      p.prompt = applyBuiltin(st.builtin, msgs, addAss);
+      p.prompt = applyBuiltin(st.builtin, in.messages, in.add_generation_prompt);
     }
   } catch (const TemplateLimit& e) {
-    throwError(env, "ERR_LIMIT_EXCEEDED", "The chat template exceeds a limit while rendering: " + e.what);
+    throw CodedError("ERR_LIMIT_EXCEEDED", "The chat template exceeds a limit while rendering: " + e.what);
+  } catch (const std::bad_alloc&) {
+    throw;
   } catch (const std::exception& e) {
-    throwError(env, "ERR_INVALID_TEMPLATE", std::string("The chat template failed to render: ") + e.what());
+    throw CodedError("ERR_INVALID_TEMPLATE", std::string("The chat template failed to render: ") + e.what());
   }
+  return p;
+}
+
+// { prompt, stops, grammar, grammarLazy, grammarTriggers, preservedTokens, generationPrompt, parser, format }
+Napi::Value appliedToJs(Napi::Env env, const common_chat_params& p) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("prompt", Napi::String::New(env, p.prompt));
   Napi::Array stops = Napi::Array::New(env, p.additional_stops.size());
@@ -248,6 +266,30 @@ Napi::Value ChatTemplate::Apply(const Napi::CallbackInfo& info) {
   out.Set("parser", p.parser);
   out.Set("format", (double)p.format);
   return out;
+}
+
+}  // namespace
+
+// apply(messages, addGenerationPrompt, options?) -> applied, on the JS thread.
+Napi::Value ChatTemplate::Apply(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  common_chat_templates_inputs in = readApply(info);
+  common_chat_params p;
+  try {
+    p = runApply(*state_, in);
+  } catch (const CodedError& e) {
+    throwError(env, e.code, e.what());
+  }
+  return appliedToJs(env, p);
+}
+
+// applyAsync(messages, addGenerationPrompt, options?) -> Promise<applied>: the same, rendered on a worker
+// (a template may take up to its time limit, and a JSON schema's conversion runs inside the render).
+Napi::Value ChatTemplate::ApplyAsync(const Napi::CallbackInfo& info) {
+  common_chat_templates_inputs in = readApply(info);
+  return PromiseWorker<common_chat_params>::Start(
+      info.Env(), "llama-addon.chatTemplate", [st = state_, in = std::move(in)] { return runApply(*st, in); },
+      [](Napi::Env env, common_chat_params& p) { return appliedToJs(env, p); });
 }
 
 // parse(text, { parser, format, generationPrompt, partial }) -> { content, reasoning, toolCalls: [{ id, name, arguments }] }

@@ -20,8 +20,10 @@ class ChatTemplate : public Napi::ObjectWrap<ChatTemplate> {
   explicit ChatTemplate(const Napi::CallbackInfo& info);
 
  private:
-  // apply(messages: { role, content }[], addGenerationPrompt) -> { prompt, stops: string[] }
+  // apply(messages: { role, content, ... }[], addGenerationPrompt, options?) -> { prompt, stops, grammar, ... }
   Napi::Value Apply(const Napi::CallbackInfo& info);
+  // applyAsync(...) -> Promise of the same, rendered off the JS thread.
+  Napi::Value ApplyAsync(const Napi::CallbackInfo& info);
   Napi::Value Parse(const Napi::CallbackInfo& info);
   // info() -> { source, jinja, name }
   Napi::Value Info(const Napi::CallbackInfo& info);

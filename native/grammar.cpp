@@ -15,6 +15,7 @@
 #include "grammar_check.h"
 #include "llama-grammar.h"  // llama.cpp's own parser, to check a text against a grammar
 #include "log.h"
+#include "promise_worker.h"
 #include "utf8_guard.h"
 
 namespace la {
@@ -86,10 +87,6 @@ class StderrCapture {
 std::mutex g_stderrMu;
 
 // A grammar llama.cpp can take safely (grammar_check.h), or a thrown ERR_INVALID_GRAMMAR/ERR_LIMIT_EXCEEDED.
-struct CodedError : std::runtime_error {
-  const char* code;
-  CodedError(const char* c, const std::string& m) : std::runtime_error(m), code(c) {}
-};
 
 void checkGrammarOrThrow(const std::string& gbnf) {
   try {
@@ -206,40 +203,6 @@ bool matchGrammar(const llama_vocab* vocab, const std::string& gbnf, const std::
   if (!limit.empty()) throw CodedError("ERR_LIMIT_EXCEEDED", limit);
   return complete;
 }
-
-// Runs `work` on a libuv worker thread and settles a promise with its string or boolean result.
-template <typename T>
-class PromiseWorker : public Napi::AsyncWorker {
- public:
-  PromiseWorker(Napi::Env env, const char* name, std::function<T()> work)
-      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {}
-  Napi::Promise promise() const { return deferred_.Promise(); }
-  void Execute() override {
-    try {
-      result_ = work_();
-    } catch (const CodedError& e) {
-      code_ = e.code;
-      SetError(e.what());
-    } catch (const std::bad_alloc&) {
-      code_ = "ERR_LIMIT_EXCEEDED";
-      SetError("Out of memory");
-    } catch (const std::exception& e) {
-      code_ = "ERR_NATIVE";
-      SetError(e.what());
-    }
-  }
-  void OnOK() override {
-    if constexpr (std::is_same_v<T, bool>) deferred_.Resolve(Napi::Boolean::New(Env(), result_));
-    else deferred_.Resolve(Napi::String::New(Env(), result_));
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(makeError(Env(), code_, e.Message()).Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::function<T()> work_;
-  T result_{};
-  const char* code_ = "ERR_NATIVE";
-};
 
 [[noreturn]] void grammarError(Napi::Env env, const std::string& what, const std::string& logged) {
   std::string reason = logged;
@@ -385,11 +348,9 @@ Napi::Value JsonSchemaToGrammarAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string schema = argString(info, 0, "schema");
   bool bestEffort = info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
-  auto* worker = new PromiseWorker<std::string>(env, "llama-addon.jsonSchemaToGrammar",
-                                                [schema, bestEffort] { return convertSchema(schema, bestEffort); });
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return PromiseWorker<std::string>::Start(
+      env, "llama-addon.jsonSchemaToGrammar", [schema, bestEffort] { return convertSchema(schema, bestEffort); },
+      [](Napi::Env e, std::string& g) -> Napi::Value { return Napi::String::New(e, g); });
 }
 
 // matchesGrammar(grammar, text) -> Promise<boolean>, off the JS thread.
@@ -401,11 +362,9 @@ Napi::Value MatchesGrammar(const Napi::CallbackInfo& info, std::shared_ptr<Model
     throwError(env, "ERR_LIMIT_EXCEEDED", "The text is " + std::to_string(text.size()) + " bytes; matchesGrammar takes at most " +
                                               std::to_string(kMatchMaxBytes));
   }
-  auto* worker = new PromiseWorker<bool>(env, "llama-addon.matchesGrammar",
-                                         [model, gbnf, text] { return matchGrammar(model->vocab, gbnf, text); });
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  return PromiseWorker<bool>::Start(
+      env, "llama-addon.matchesGrammar", [model, gbnf, text] { return matchGrammar(model->vocab, gbnf, text); },
+      [](Napi::Env e, bool& ok) -> Napi::Value { return Napi::Boolean::New(e, ok); });
 }
 
 }  // namespace la

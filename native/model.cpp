@@ -21,6 +21,7 @@
 #include "guard.h"
 #include "log.h"
 #include "model_check.h"
+#include "promise_worker.h"
 
 namespace la {
 
@@ -339,40 +340,6 @@ size_t longestRun(const std::string& s) {
   return best;
 }
 
-// Runs fn on a thread of its own with a stack of `stackBytes` (reserved, committed only as used), and
-// rethrows what it throws. The caller waits.
-template <typename F>
-void onLargeStack(size_t stackBytes, F&& fn) {
-  std::exception_ptr error;
-  struct Job {
-    F* fn;
-    std::exception_ptr* error;
-  } job{&fn, &error};
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, stackBytes);
-  pthread_t thread;
-  int rc = pthread_create(
-      &thread, &attr,
-      [](void* p) -> void* {
-        auto* j = static_cast<Job*>(p);
-        try {
-          (*j->fn)();
-        } catch (...) {
-          *j->error = std::current_exception();
-        }
-        return nullptr;
-      },
-      &job);
-  pthread_attr_destroy(&attr);
-  if (rc != 0) {
-    throw LimitError("The text has a run of characters too long to tokenize here: a thread with a " +
-                     std::to_string(stackBytes >> 20) + " MiB stack could not be started");
-  }
-  pthread_join(thread, nullptr);
-  if (error) std::rethrow_exception(error);
-}
-
 }  // namespace
 
 std::vector<llama_token> tokenizeText(const ModelHandle& h, const std::string& text, bool addSpecial, bool parseSpecial) {
@@ -394,7 +361,12 @@ std::vector<llama_token> tokenizeText(const ModelHandle& h, const std::string& t
                          "most " + std::to_string(kMaxTokenizeRun));
       }
       size_t stack = ((run * 512 + (16u << 20)) + 0xFFFFF) & ~(size_t)0xFFFFF;
-      onLargeStack(stack, [&] { n = tokenizeInto(h.vocab, text, tokens, addSpecial, parseSpecial); });
+      try {
+        onLargeStack(stack, [&] { n = tokenizeInto(h.vocab, text, tokens, addSpecial, parseSpecial); });
+      } catch (const CodedError&) {
+        throw LimitError("The text has a run of characters too long to tokenize here: a thread with a " +
+                         std::to_string(stack >> 20) + " MiB stack could not be started");
+      }
     }
   } catch (const LimitError&) {
     throw;
@@ -441,68 +413,30 @@ Napi::Value Model::Tokenize(const Napi::CallbackInfo& info) {
   return out;
 }
 
-namespace {
-
-// Tokenizes on a libuv worker thread and settles a promise with the tokens (a long text takes a while:
-// about 1 ms per KiB on most vocabularies, 7 on deepseek's). The model stays alive while it runs.
-class TokenizeWorker : public Napi::AsyncWorker {
- public:
-  TokenizeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, std::string text, bool addSpecial, bool parseSpecial)
-      : Napi::AsyncWorker(env, "llama-addon.tokenize"),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        h_(std::move(h)),
-        text_(std::move(text)),
-        addSpecial_(addSpecial),
-        parseSpecial_(parseSpecial) {}
-  Napi::Promise promise() const { return deferred_.Promise(); }
-  void Execute() override {
-    try {
-      tokens_ = tokenizeText(*h_, text_, addSpecial_, parseSpecial_);
-    } catch (const TokenizeError& e) {
-      fail("ERR_TOKENIZE", e.what());
-    } catch (const LimitError& e) {
-      fail("ERR_LIMIT_EXCEEDED", e.what());
-    } catch (const std::bad_alloc&) {
-      fail("ERR_LIMIT_EXCEEDED", "Out of memory while tokenizing");
-    } catch (const std::exception& e) {
-      fail("ERR_NATIVE", e.what());
-    } catch (...) {
-      fail("ERR_NATIVE", "Tokenizing failed");
-    }
-    std::string().swap(text_);
-  }
-  void OnOK() override {
-    Napi::Int32Array out = Napi::Int32Array::New(Env(), tokens_.size());
-    std::copy(tokens_.begin(), tokens_.end(), out.Data());
-    deferred_.Resolve(out);
-  }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(makeError(Env(), code_, e.Message()).Value()); }
-
- private:
-  void fail(const char* code, const std::string& message) {
-    code_ = code;
-    SetError(message);
-  }
-  Napi::Promise::Deferred deferred_;
-  std::shared_ptr<ModelHandle> h_;
-  std::string text_;
-  bool addSpecial_, parseSpecial_;
-  std::vector<llama_token> tokens_;
-  const char* code_ = "ERR_NATIVE";
-};
-
-}  // namespace
-
 // tokenizeAsync(text, addBos, special) -> Promise<Int32Array>, off the JS thread.
 Napi::Value Model::TokenizeAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto h = handleOrThrow(env);
   TokenizeArgs a = tokenizeArgs(info);
   // Past the size limit, the worker reports ERR_LIMIT_EXCEEDED at once (tokenizeText checks it first).
-  auto* worker = new TokenizeWorker(env, h, std::move(a.text), a.addSpecial, a.parseSpecial);
-  Napi::Promise promise = worker->promise();
-  worker->Queue();
-  return promise;
+  // A long text takes a while: about 1 ms per KiB on most vocabularies, 7 on deepseek's. The model stays
+  // alive while it runs.
+  return PromiseWorker<std::vector<llama_token>>::Start(
+      env, "llama-addon.tokenize",
+      [h, a = std::move(a)] {
+        try {
+          return tokenizeText(*h, a.text, a.addSpecial, a.parseSpecial);
+        } catch (const TokenizeError& e) {
+          throw CodedError("ERR_TOKENIZE", e.what());
+        } catch (const LimitError& e) {
+          throw CodedError("ERR_LIMIT_EXCEEDED", e.what());
+        }
+      },
+      [](Napi::Env e, std::vector<llama_token>& tokens) -> Napi::Value {
+        Napi::Int32Array out = Napi::Int32Array::New(e, tokens.size());
+        std::copy(tokens.begin(), tokens.end(), out.Data());
+        return out;
+      });
 }
 
 void checkTokens(Napi::Env env, const ModelHandle& h, const int32_t* data, size_t n, const char* what) {

@@ -1,6 +1,7 @@
 // Long texts are tokenized off the JS thread: model.tokenizeAsync(), and generations and chats whose
-// prompt is long (lib/limits.ts ASYNC_TOKENIZE_CHARS). Same tokens, same errors, same results.
-import { afterAll, beforeAll, expect, it } from 'vitest';
+// prompt is long (lib/limits.ts ASYNC_TOKENIZE_CHARS); chats with long messages, tools or schemas are
+// rendered off it too. Same tokens, same errors, same results.
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limits, loadModel, setLogLevel, type LlamaModel } from 'llama-addon';
 import { ASYNC_TOKENIZE_CHARS } from '../lib/limits.js';
 import { rejectsWith } from './helpers/errors.js';
@@ -68,6 +69,89 @@ describeShared('tokenizing off the JS thread', () => {
     const ra = await aborted.result;
     expect(ra.stopReason).toBe('abort');
     expect(ra.usage.completionTokens).toBe(0);
+  }, 120_000);
+});
+
+describe('chats rendered off the JS thread', () => {
+  let model: LlamaModel;
+  beforeAll(async () => {
+    // (a synthetic model with a large vocabulary: long prompts decode in a moment)
+    model = await loadModel(await synthetic('phi3-chat', { vocab: 'phi-3', embeddingLength: 32, layers: 1, heads: 2, headsKv: 1, feedForwardLength: 64, type: 'f16', seed: 3 }));
+  });
+  afterAll(() => model.dispose());
+  // A template that takes a while to render a long conversation (22,500 loop steps, within the limits).
+  const slow = "{% if messages[-1].content | length > 10000 %}{% for i in range(150) %}{% for j in range(150) %}{% endfor %}{% endfor %}{% endif %}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:";
+  const long = words.repeat(Math.ceil((ASYNC_TOKENIZE_CHARS + 100) / words.length));
+
+  it('a long conversation is rendered on a worker: the call returns at once, the same prompt and reply', async () => {
+    await using ctx = await model.createContext({ contextSize: 8192, sequences: 2 });
+    const messages = [{ role: 'system' as const, content: 'Be brief.' }, { role: 'user' as const, content: long }];
+    let t = performance.now();
+    const rendered = model.applyChatTemplate(messages, { template: slow });
+    const syncMs = performance.now() - t;
+    using chat = ctx.createChat({ template: slow, messages: messages.slice(0, 1) });
+    let longest = 0;
+    let last = performance.now();
+    const timer = setInterval(() => {
+      const now = performance.now();
+      longest = Math.max(longest, now - last);
+      last = now;
+    }, 1);
+    t = performance.now();
+    const gen = chat.send(long, { maxTokens: 6, temperature: 0 });
+    const callMs = performance.now() - t;
+    expect(chat.session.busy).toBe(true);
+    const r = await gen.result;
+    clearInterval(timer);
+    expect(callMs, `send() took ${callMs.toFixed(0)} ms; the render takes ${syncMs.toFixed(0)} ms on the thread`).toBeLessThan(syncMs / 2);
+    expect(longest, `the event loop was held ${longest.toFixed(0)} ms; the render takes ${syncMs.toFixed(0)} ms`).toBeLessThan(syncMs / 2);
+    // The prompt is the rendered conversation, and the reply the one its tokens give.
+    const tokens = Array.from(model.tokenize(rendered));
+    expect(r.usage.promptTokens).toBe(tokens.length);
+    using s = ctx.createSession();
+    expect(r.content).toBe((await s.complete(tokens, { maxTokens: 6, temperature: 0 })).text);
+    expect(chat.messages.map((m) => m.role)).toEqual(['system', 'user', 'assistant']);
+  }, 120_000);
+
+  it("errors of a render on a worker come through the result, with the caller's stack; the chat is unchanged", async () => {
+    await using ctx = await model.createContext({ contextSize: 8192, sequences: 1 });
+    using chat = ctx.createChat({ template: "{% for m in messages %}{% if m.content | length > 20000 %}{{ raise_exception('too long') }}{% endif %}{{ m.content }}{% endfor %}" });
+    const gen = chat.send(long + long);
+    const e = await rejectsWith(gen.result, 'ERR_INVALID_TEMPLATE');
+    expect(e.message).toContain('too long');
+    expect(e.stack).toContain('async-tokenize.test.ts');
+    expect(chat.messages).toEqual([]);
+    expect(chat.session.busy).toBe(false);
+    // A template over a limit while rendering: ERR_LIMIT_EXCEEDED, the same way.
+    using loop = ctx.createChat({ template: '{% if messages[0].content | length > 10000 %}{% for i in range(20000) %}{% endfor %}{% endif %}{{ messages[0].content }}' });
+    await rejectsWith(loop.send(long).result, 'ERR_LIMIT_EXCEEDED');
+    expect(loop.messages).toEqual([]);
+    // The chat goes on with a short message (rendered on the JS thread).
+    const ok = await chat.send('Once', { maxTokens: 2, temperature: 0 }).result;
+    expect(ok.usage.completionTokens).toBe(2);
+    expect(chat.messages.map((m) => m.role)).toEqual(['user', 'assistant']);
+  }, 120_000);
+
+  it('a chat with a large JSON schema checks it and renders off the JS thread; the json validates', async () => {
+    await using ctx = await model.createContext({ contextSize: 2048, sequences: 1 });
+    const wide = (extra: Record<string, unknown> = {}) => ({
+      type: 'object',
+      properties: Object.fromEntries(Array.from({ length: 400 }, (_, i) => [`f${i}`, { type: 'integer', minimum: i, maximum: 999 }])),
+      required: ['f0'],
+      ...extra,
+    });
+    expect(JSON.stringify(wide()).length).toBeGreaterThan(ASYNC_TOKENIZE_CHARS);
+    using chat = ctx.createChat({ template: "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}" });
+    const r = await chat.send('Numbers.', { jsonSchema: wide(), maxTokens: 400, seed: 1, temperature: 1, topK: 0, topP: 1, minP: 0 }).result.catch((e: Error) => e);
+    if (r instanceof Error) expect((r as { code?: string }).code).toBe('ERR_INCOMPLETE_OUTPUT');
+    else {
+      expect(typeof r.json).toBe('object');
+      expect((r.json as Record<string, number>).f0).toBeGreaterThanOrEqual(0);
+    }
+    const before = chat.messages.length;
+    const e = await rejectsWith(chat.send('x', { jsonSchema: wide({ minProperties: 3, maxProperties: 1 }) }).result, 'ERR_INVALID_SCHEMA');
+    expect(e.stack).toContain('async-tokenize.test.ts');
+    expect(chat.messages.length).toBe(before);
   }, 120_000);
 });
 
