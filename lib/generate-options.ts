@@ -1,6 +1,7 @@
 import { LlamaError, callSite } from './errors.js';
 import { prepareJsonSchemaSoon, preparedGrammar, preparedGrammarAsync, type JsonSchema, type PreparedSchema, type SchemaMode } from './json-schema.js';
 import { parseLora, type LoraSpec } from './lora.js';
+import { parseSampling, SAMPLING_OPTION_NAMES, type SamplingOptions } from './options/sampling.js';
 import type { NativeGenerateOptions } from './native.js';
 import { checkOptions, invalid, optInteger, optNumber, optSignal } from './validate.js';
 
@@ -19,30 +20,13 @@ export interface GrammarTriggers {
   tokens?: readonly number[];
 }
 
-/** Options of {@link LlamaSession.generate}. */
-export interface GenerateOptions {
+/**
+ * Options of {@link LlamaSession.generate}. The sampling options (`temperature`, `topK`, `topP`, `minP`, ...)
+ * are declared in `SAMPLING_OPTIONS`, with their ranges and defaults.
+ */
+export interface GenerateOptions extends SamplingOptions {
   /** Most tokens to generate (default: until the model ends or the context is full). */
   maxTokens?: number;
-  /** Sampling temperature; 0 is greedy (always the most likely token). Default 0.8. */
-  temperature?: number;
-  /** Keep only the K most likely tokens (default 40; 0 disables). */
-  topK?: number;
-  /** Nucleus sampling: keep the most likely tokens up to this total probability (default 0.95; 1 disables). */
-  topP?: number;
-  /** Drop tokens less likely than this fraction of the most likely one (default 0.05; 0 disables). */
-  minP?: number;
-  /** Locally typical sampling (default 1, disabled). */
-  typicalP?: number;
-  /** Random seed; the same seed, prompt and options give the same text (default: random). */
-  seed?: number;
-  /** Penalty for repeating recent tokens (default 1, disabled). */
-  repeatPenalty?: number;
-  /** Penalty for tokens that appeared at all (default 0). */
-  presencePenalty?: number;
-  /** Penalty growing with how often a token appeared (default 0). */
-  frequencyPenalty?: number;
-  /** How many recent tokens the penalties look at (default 64; -1: the whole context). */
-  penaltyLastN?: number;
   /** Bias added to the logits of tokens, by token id; `-Infinity` bans a token. */
   logitBias?: Readonly<Record<number, number>> | ReadonlyMap<number, number>;
   /** Stop when one of these strings appears; it is not part of the output. */
@@ -92,8 +76,7 @@ export interface GenerateOptions {
 }
 
 const generateKeys = [
-  'maxTokens', 'temperature', 'topK', 'topP', 'minP', 'typicalP', 'seed', 'repeatPenalty', 'presencePenalty',
-  'frequencyPenalty', 'penaltyLastN', 'logitBias', 'stop', 'signal', 'queueSize', 'grammar', 'jsonSchema', 'schemaMode',
+  'maxTokens', ...SAMPLING_OPTION_NAMES, 'logitBias', 'stop', 'signal', 'queueSize', 'grammar', 'jsonSchema', 'schemaMode',
   'grammarTriggers', 'logprobs', 'priority', 'lora', 'speculative',
 ] as const;
 
@@ -106,20 +89,17 @@ function stringList(value: unknown, name: string, caller: Function): string[] {
 
 export function parseGenerateOptions(options: GenerateOptions | undefined, vocabSize: number, caller: Function) {
   const o = checkOptions('generate', options, generateKeys, caller);
-  const out: NativeGenerateOptions = {};
+  const out: NativeGenerateOptions = { sampling: parseSampling(o, caller) };
   const maxTokens = optInteger(o, 'maxTokens', 1, 2 ** 31 - 1, caller);
   if (maxTokens !== undefined) out.maxTokens = maxTokens;
   const nums: Array<[keyof NativeGenerateOptions, number, number, boolean]> = [
-    ['temperature', 0, 100, false], ['topK', 0, 2 ** 31 - 1, true], ['topP', 0, 1, false], ['minP', 0, 1, false],
-    ['typicalP', 0, 1, false], ['seed', 0, 2 ** 32 - 1, true], ['repeatPenalty', 0, 100, false],
-    ['presencePenalty', -100, 100, false], ['frequencyPenalty', -100, 100, false], ['penaltyLastN', -1, 2 ** 31 - 1, true],
     ['queueSize', 1, 1_000_000, true],
     ['logprobs', 0, vocabSize, true],
     ['priority', -1_000_000, 1_000_000, true],
   ];
   for (const [name, min, max, integer] of nums) {
     const v = integer ? optInteger(o, name, min, max, caller) : optNumber(o, name, min, max, caller);
-    if (v !== undefined) (out as Record<string, number>)[name] = v;
+    if (v !== undefined) (out as unknown as Record<string, number>)[name] = v;
   }
   if (o.stop !== undefined) {
     const stop = typeof o.stop === 'string' ? [o.stop] : o.stop;

@@ -16,6 +16,8 @@ export type { ChatMessage, ChatRole, ApplyChatTemplateOptions, ToolCall } from '
 export { defineSchema, jsonSchemaToGrammar, jsonSchemaToGrammarAsync, checkJsonSchema, SCHEMA_LIMITS } from './json-schema.js';
 export type { JsonSchema, JsonSchemaObject, FromSchema, JsonSchemaOptions, SchemaMode, SchemaNote, SchemaErrorDetails } from './json-schema.js';
 export type { GrammarTriggers } from './generate-options.js';
+export { SAMPLING_OPTIONS } from './options/sampling.js';
+export type { SamplingOptions, SamplingOptionSpec } from './options/sampling.js';
 export { Generation } from './generation.js';
 export type { GenerationChunk, GenerationResult, StopReason, TokenLogprob, BeamResult } from './generation.js';
 export { LlamaError } from './errors.js';

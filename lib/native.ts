@@ -1,5 +1,6 @@
 // The one hand-written description of the native addon's surface (native/*.cpp), and its loader.
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import type { NativeSampling } from './options/sampling.js';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -140,16 +141,8 @@ export interface NativeGenerateOptions {
   /** false: no chunks are queued and JS is notified only at the end. */
   stream?: boolean;
   stop?: string[];
-  temperature?: number;
-  topK?: number;
-  topP?: number;
-  minP?: number;
-  typicalP?: number;
-  repeatPenalty?: number;
-  presencePenalty?: number;
-  frequencyPenalty?: number;
-  penaltyLastN?: number;
-  seed?: number;
+  /** Every sampling value (lib/options/sampling.ts): the native side holds no defaults. */
+  sampling: NativeSampling;
   logitBias?: Array<[number, number]>;
   grammar?: string;
   /** user: a GBNF grammar; output: from a JSON schema; tools: from a chat template's tool calls. */

@@ -11,8 +11,8 @@
 #include "addon_data.h"
 #include "beam.h"
 #include "common.h"
-#include <cstring>
 #include "grammar.h"
+#include "sampling.h"
 #include "errors.h"
 #include "guard.h"
 #include "log.h"
@@ -431,55 +431,11 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
     throwArg(env, "stop", "an array of strings", stops);
   }
 
-  // Sampling: llama.cpp common's sampler (the one llama-server uses), for its grammar handling.
-  common_params_sampling sp;
-  sp.no_perf = true;
-  double temperature = num("temperature", 0.8);
-  sp.temp = (float)temperature;
-  sp.top_k = (int32_t)std::max(0.0, std::min(num("topK", 40), (double)INT32_MAX));
-  sp.top_p = (float)num("topP", 0.95);
-  sp.min_p = (float)num("minP", 0.05);
-  sp.typ_p = (float)num("typicalP", 1.0);
-  sp.penalty_repeat = (float)num("repeatPenalty", 1.0);
-  sp.penalty_present = (float)num("presencePenalty", 0.0);
-  sp.penalty_freq = (float)num("frequencyPenalty", 0.0);
-  double penaltyLastN = num("penaltyLastN", 64);
-  if (penaltyLastN < 0) penaltyLastN = engine->seqCapacity();
-  sp.penalty_last_n = (int32_t)std::max(0.0, std::min(penaltyLastN, (double)INT32_MAX));
-  sp.seed = (uint32_t)std::max(0.0, std::min(num("seed", (double)LLAMA_DEFAULT_SEED), (double)UINT32_MAX));
-  bool penalties = sp.penalty_last_n != 0 && (sp.penalty_repeat != 1.0f || sp.penalty_present != 0.0f || sp.penalty_freq != 0.0f);
-  sp.samplers.clear();
-  if (penalties) sp.samplers.push_back(COMMON_SAMPLER_TYPE_PENALTIES);
-  if (temperature <= 0) {
-    sp.top_k = 1;  // greedy: the most likely token (that the grammar allows)
-    sp.samplers.push_back(COMMON_SAMPLER_TYPE_TOP_K);
-  } else {
-    for (auto t : {COMMON_SAMPLER_TYPE_TOP_K, COMMON_SAMPLER_TYPE_TYPICAL_P, COMMON_SAMPLER_TYPE_TOP_P,
-                   COMMON_SAMPLER_TYPE_MIN_P, COMMON_SAMPLER_TYPE_TEMPERATURE}) {
-      sp.samplers.push_back(t);
-    }
-  }
-  g->acceptPrompt = penalties;
-
-  Napi::Value bias = opt(o, "logitBias");
-  if (bias.IsArray()) {
-    Napi::Array arr = bias.As<Napi::Array>();
-    for (uint32_t i = 0; i < arr.Length(); i++) {
-      Napi::Value pair = arr.Get(i);
-      if (!pair.IsArray() || pair.As<Napi::Array>().Length() != 2) throwArg(env, "logitBias", "[token, bias] pairs", pair);
-      Napi::Value tv = pair.As<Napi::Array>().Get(0u), bv = pair.As<Napi::Array>().Get(1u);
-      if (!tv.IsNumber() || !bv.IsNumber()) throwArg(env, "logitBias", "[token, bias] number pairs", pair);
-      int32_t t = tv.As<Napi::Number>().Int32Value();
-      if (t < 0 || t >= nVocab) {
-        throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option logitBias: token " + std::to_string(t) +
-                                                    " is not in the vocabulary (0 to " + std::to_string(nVocab - 1) + ")");
-      }
-      sp.logit_bias.push_back({t, (float)bv.As<Napi::Number>().DoubleValue()});
-    }
-  } else if (!bias.IsEmpty() && !bias.IsUndefined()) {
-    throwArg(env, "logitBias", "an array of [token, bias] pairs", bias);
-  }
-  prepareSampler(env, engine->model(), o, sp, g->preserved);
+  // The sampler chain (native/sampling.cpp); a grammar's sampler is built off the JS thread below.
+  SamplingSetup setup = readSampling(env, engine->model(), o, engine->seqCapacity());
+  common_params_sampling& sp = setup.params;
+  g->acceptPrompt = setup.acceptPrompt;
+  g->preserved = std::move(setup.preserved);
   g->hasGrammar = !sp.grammar.empty();
   // A grammar is checked and parsed off the JS thread (one of megabytes takes a second); without one the
   // sampler is cheap and built here.

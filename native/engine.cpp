@@ -2,7 +2,7 @@
 
 #include "grammar_check.h"
 #include "guard.h"
-#include "sampling.h"  // llama.cpp's common/sampling.h
+#include "common/sampling.h"  // llama.cpp's
 
 #include <algorithm>
 #include <chrono>

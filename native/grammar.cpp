@@ -22,23 +22,6 @@ namespace la {
 
 namespace {
 
-std::string stringOption(Napi::Env env, const Napi::Object& o, const char* key) {
-  Napi::Value v = opt(o, key);
-  if (v.IsEmpty() || v.IsUndefined()) return std::string();
-  if (!v.IsString()) throwArg(env, key, "a string", v);
-  return v.As<Napi::String>().Utf8Value();
-}
-
-// A string that is exactly one token (special tokens parsed), or LLAMA_TOKEN_NULL.
-llama_token singleToken(const llama_vocab* vocab, const std::string& text) {
-  try {
-    std::vector<llama_token> ids = common_tokenize(vocab, text, false, true);
-    return ids.size() == 1 ? ids[0] : LLAMA_TOKEN_NULL;
-  } catch (const std::exception&) {
-    return LLAMA_TOKEN_NULL;  // text the vocabulary cannot represent is not one token either
-  }
-}
-
 // The JSON-schema converter prints its warnings to stderr: catch them in a temporary file while it runs,
 // one conversion at a time in the process, and put back whatever else other threads wrote meanwhile.
 class StderrCapture {
@@ -212,124 +195,7 @@ bool matchGrammar(const llama_vocab* vocab, const std::string& gbnf, const std::
 
 }  // namespace
 
-void prepareSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& modelPtr, const Napi::Object& o,
-                    common_params_sampling& sp, std::vector<llama_token>& preserved) {
-  const ModelHandle& model = *modelPtr;
-  const llama_vocab* vocab = model.vocab;
-  std::string grammar = stringOption(env, o, "grammar");
-  std::string type = stringOption(env, o, "grammarType");
-  if (!grammar.empty()) {
-    common_grammar_type t = type == "output" ? COMMON_GRAMMAR_TYPE_OUTPUT_FORMAT
-                            : type == "tools" ? COMMON_GRAMMAR_TYPE_TOOL_CALLS
-                                              : COMMON_GRAMMAR_TYPE_USER;
-    sp.grammar = common_grammar(t, grammar);
-  }
-  Napi::Value lazy = opt(o, "grammarLazy");
-  sp.grammar_lazy = lazy.IsBoolean() && lazy.As<Napi::Boolean>().Value();
-  sp.generation_prompt = stringOption(env, o, "generationPrompt");
-
-  Napi::Value kept = opt(o, "preservedTokens");
-  if (kept.IsArray()) {
-    Napi::Array arr = kept.As<Napi::Array>();
-    for (uint32_t i = 0; i < arr.Length(); i++) {
-      Napi::Value v = arr.Get(i);
-      if (!v.IsString()) throwArg(env, "preservedTokens", "an array of strings", v);
-      llama_token t = singleToken(vocab, v.As<Napi::String>().Utf8Value());
-      if (t != LLAMA_TOKEN_NULL) sp.preserved_tokens.insert(t);
-    }
-  }
-  Napi::Value triggers = opt(o, "grammarTriggers");
-  if (triggers.IsArray()) {
-    Napi::Array arr = triggers.As<Napi::Array>();
-    for (uint32_t i = 0; i < arr.Length(); i++) {
-      Napi::Value v = arr.Get(i);
-      if (!v.IsObject()) throwArg(env, "grammarTriggers", "objects { type, value }", v);
-      Napi::Object tr = v.As<Napi::Object>();
-      std::string kind = stringOption(env, tr, "type");
-      std::string value = stringOption(env, tr, "value");
-      common_grammar_trigger trigger;
-      trigger.value = value;
-      if (kind == "word") {
-        // As llama-server does: a word that is one preserved token triggers on that token.
-        llama_token t = singleToken(vocab, value);
-        if (t != LLAMA_TOKEN_NULL && sp.preserved_tokens.count(t) != 0) {
-          trigger.type = COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN;
-          trigger.token = t;
-        } else {
-          trigger.type = COMMON_GRAMMAR_TRIGGER_TYPE_WORD;
-        }
-      } else if (kind == "pattern") {
-        trigger.type = COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN;
-      } else if (kind == "patternFull") {
-        trigger.type = COMMON_GRAMMAR_TRIGGER_TYPE_PATTERN_FULL;
-      } else if (kind == "token") {
-        Napi::Value tok = opt(tr, "token");
-        if (!tok.IsNumber()) throwArg(env, "grammarTriggers", "a token id for a token trigger", tok);
-        trigger.type = COMMON_GRAMMAR_TRIGGER_TYPE_TOKEN;
-        trigger.token = tok.As<Napi::Number>().Int32Value();
-        checkTokens(env, model, &trigger.token, 1, "trigger token");
-        sp.preserved_tokens.insert(trigger.token);
-      } else {
-        throwArg(env, "grammarTriggers", "type \"word\", \"pattern\", \"patternFull\" or \"token\"", tr.Get("type"));
-      }
-      sp.grammar_triggers.push_back(std::move(trigger));
-    }
-  }
-  if (sp.grammar_lazy && sp.grammar_triggers.empty()) {
-    throwError(env, "ERR_INVALID_GRAMMAR", "A lazy grammar needs at least one trigger");
-  }
-  preserved.assign(sp.preserved_tokens.begin(), sp.preserved_tokens.end());
-  std::sort(preserved.begin(), preserved.end());
-}
-
-common_sampler* buildSampler(const std::shared_ptr<ModelHandle>& modelPtr, const common_params_sampling& sp) {
-  const ModelHandle& model = *modelPtr;
-  if (!sp.grammar.empty()) checkGrammarOrThrow(common_grammar_value(sp.grammar));
-  beginCapture();
-  common_sampler* s = nullptr;
-  std::string error;
-  try {
-    AbortGuard guard;
-    s = common_sampler_init(model.model, const_cast<common_params_sampling&>(sp));
-  } catch (const GrammarStatesError&) {
-    endCapture();
-    throw;
-  } catch (const std::bad_alloc&) {
-    endCapture();
-    throw CodedError("ERR_LIMIT_EXCEEDED", "Out of memory while building the sampler");
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
-  std::string logged = endCapture();
-  if (s == nullptr) {
-    if (!sp.grammar.empty() || sp.grammar_lazy) {
-      std::string reason = logged.empty() ? error : logged;
-      while (!reason.empty() && (reason.back() == '\n' || reason.back() == ' ')) reason.pop_back();
-      throw CodedError("ERR_INVALID_GRAMMAR", "The grammar could not be parsed" + (reason.empty() ? std::string() : ": " + reason));
-    }
-    throw CodedError("ERR_INVALID_ARGUMENT", "Invalid sampling options: " + (error.empty() ? logged : error));
-  }
-  // Output under a grammar is guaranteed to be valid UTF-8 as well.
-  if (!sp.grammar.empty()) prependToChain(common_sampler_get(s), makeUtf8Guard(modelPtr));
-  return s;
-}
-
-common_sampler* buildSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& model, const common_params_sampling& sp) {
-  try {
-    return buildSampler(model, sp);
-  } catch (const CodedError& e) {
-    throwError(env, e.code, e.what());
-  } catch (const GrammarStatesError& e) {
-    throwError(env, "ERR_LIMIT_EXCEEDED", e.what());
-  }
-}
-
-std::string samplerErrorCode(const std::exception& e) {
-  if (auto* c = dynamic_cast<const CodedError*>(&e)) return c->code;
-  if (dynamic_cast<const GrammarStatesError*>(&e) != nullptr) return "ERR_LIMIT_EXCEEDED";
-  if (dynamic_cast<const std::bad_alloc*>(&e) != nullptr) return "ERR_LIMIT_EXCEEDED";
-  return "ERR_NATIVE";
-}
+void checkGrammarCoded(const std::string& gbnf) { checkGrammarOrThrow(gbnf); }
 
 // jsonSchemaToGrammar(schema: string, bestEffort?: boolean) -> string
 Napi::Value JsonSchemaToGrammar(const Napi::CallbackInfo& info) {

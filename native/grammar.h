@@ -1,31 +1,20 @@
-// Grammar-constrained sampling: llama.cpp common's sampler with a GBNF grammar (lazy or not), JSON schema to
-// GBNF conversion, and a checker that tells whether a text is a complete sentence of a grammar.
+// Grammars and JSON schemas: the checks before llama.cpp parses a grammar, JSON schema to GBNF conversion,
+// and a checker that tells whether a text is a complete sentence of a grammar. The sampler that applies a
+// grammar is built in sampling.h.
 #pragma once
 #include <napi.h>
 
 #include <cstddef>
 #include <memory>
-#include <vector>
+#include <string>
 
 #include "model.h"
-#include "sampling.h"  // llama.cpp's common/sampling.h
 
 namespace la {
 
-// Reads the grammar options in `o` (grammar, grammarType, grammarLazy, grammarTriggers, preservedTokens,
-// generationPrompt) into `sp`, on the JS thread; `preserved` receives the tokens to render as text. Throws
-// ERR_INVALID_ARGUMENT or ERR_INVALID_GRAMMAR for options that are wrong on their face.
-void prepareSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& model, const Napi::Object& o,
-                    common_params_sampling& sp, std::vector<llama_token>& preserved);
-
-// Builds the sampler `sp` describes: checks and parses its grammar (grammar_check.h), then llama.cpp
-// common's sampler. Touches no JS value, so it may run on any thread (a grammar of megabytes takes a
-// while). Throws an exception whose code samplerErrorCode gives: ERR_INVALID_GRAMMAR with llama.cpp's
-// reason, ERR_LIMIT_EXCEEDED, ERR_INVALID_ARGUMENT.
-common_sampler* buildSampler(const std::shared_ptr<ModelHandle>& model, const common_params_sampling& sp);
-// The same on the JS thread, throwing a JS error.
-common_sampler* buildSampler(Napi::Env env, const std::shared_ptr<ModelHandle>& model, const common_params_sampling& sp);
-std::string samplerErrorCode(const std::exception& e);
+// Checks that llama.cpp can take a GBNF grammar safely (grammar_check.h): throws CodedError
+// ERR_INVALID_GRAMMAR or ERR_LIMIT_EXCEEDED. Any thread.
+void checkGrammarCoded(const std::string& gbnf);
 
 // Limits on JSON schemas given to the converter (lib/limits.ts documents them).
 constexpr size_t kSchemaMaxBytes = 1u << 20;  // schema text, bytes

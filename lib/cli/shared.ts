@@ -2,7 +2,8 @@
 import type { GpuOption } from '../backends.js';
 import type { GenerateOptions } from '../generate-options.js';
 import type { LlamaModel } from '../model.js';
-import { choice, custom, int, num, str, strs, type Values } from './args.js';
+import { samplingFlagSpecs } from '../options/sampling.js';
+import { choice, custom, int, num, str, strs, type Flag, type Values } from './args.js';
 import { loadingLine, transferLine } from './output.js';
 
 /** The default most tokens of an answer of `chat` and `complete`: without a limit, a small model may never stop. */
@@ -62,36 +63,29 @@ export const generateModelFlags = {
   ...runFlags,
 };
 
-/** Sampling: the library's defaults, passed as they are shown. */
+/** Sampling: one flag per option of lib/options/sampling.ts, with its range and the library's default. */
 export const samplingFlags = {
-  temperature: num({ min: 0, max: 100, default: 0.8, group: 'Sampling', description: 'randomness; 0 always takes the most likely token' }),
-  'top-k': int({ min: 0, max: 2 ** 31 - 1, default: 40, group: 'Sampling', description: 'keep the K most likely tokens (0: all)' }),
-  'top-p': num({ min: 0, max: 1, default: 0.95, group: 'Sampling', description: 'keep the most likely tokens up to this total probability (1: all)' }),
-  'min-p': num({ min: 0, max: 1, default: 0.05, group: 'Sampling', description: 'drop tokens less likely than this fraction of the most likely (0: off)' }),
-  'typical-p': num({ min: 0, max: 1, default: 1, group: 'Sampling', description: 'locally typical sampling (1: off)' }),
-  'repeat-penalty': num({ min: 0, max: 100, default: 1, group: 'Sampling', description: 'penalty for repeating recent tokens (1: off)' }),
-  'presence-penalty': num({ min: -100, max: 100, default: 0, group: 'Sampling', description: 'penalty for tokens that appeared at all' }),
-  'frequency-penalty': num({ min: -100, max: 100, default: 0, group: 'Sampling', description: 'penalty growing with how often a token appeared' }),
-  'penalty-last-n': int({ min: -1, max: 2 ** 31 - 1, default: 64, group: 'Sampling', description: 'recent tokens the penalties look at (-1: the whole context)' }),
-  seed: int({ min: 0, max: 2 ** 32 - 1, defaultText: 'random', group: 'Sampling', description: 'the same seed, prompt and options give the same text' }),
+  ...(Object.fromEntries(
+    samplingFlagSpecs().map(({ flag, spec }) => {
+      const common = { min: spec.min, max: spec.max, group: 'Sampling', description: spec.doc };
+      // A default that reads as a word (the seed's "random") is left to the library.
+      const f = spec.type === 'integer'
+        ? spec.defaultText ? int({ ...common, defaultText: spec.defaultText }) : int({ ...common, default: spec.default })
+        : spec.defaultText ? num({ ...common, defaultText: spec.defaultText }) : num({ ...common, default: spec.default });
+      return [flag, f];
+    }),
+  ) as Record<string, Flag<number>>),
   stop: strs({ group: 'Sampling', description: 'stop when this text appears (not printed)' }),
 };
 
 export function generateOptions(v: Values<typeof samplingFlags> & { 'max-tokens': number }): GenerateOptions {
-  return {
-    maxTokens: v['max-tokens'],
-    temperature: v.temperature,
-    topK: v['top-k'],
-    topP: v['top-p'],
-    minP: v['min-p'],
-    typicalP: v['typical-p'],
-    repeatPenalty: v['repeat-penalty'],
-    presencePenalty: v['presence-penalty'],
-    frequencyPenalty: v['frequency-penalty'],
-    penaltyLastN: v['penalty-last-n'],
-    ...(v.seed !== undefined ? { seed: v.seed } : {}),
-    ...(v.stop.length ? { stop: v.stop } : {}),
-  };
+  const o: GenerateOptions = { maxTokens: v['max-tokens'] };
+  for (const { flag, name } of samplingFlagSpecs()) {
+    const value = (v as Record<string, unknown>)[flag];
+    if (typeof value === 'number') o[name] = value;
+  }
+  if (v.stop.length) o.stop = v.stop;
+  return o;
 }
 
 export const gpuOption = (v: 'auto' | 'cuda' | 'vulkan' | 'metal' | 'off'): GpuOption => (v === 'off' ? false : v);

@@ -1,6 +1,7 @@
 // The OpenAI request bodies the server accepts, as JSON schemas (fastify validates them), the error body,
 // and the one mapping from whatever a request's processing throws to an HTTP status and that body.
 import { LlamaError } from '../errors.js';
+import { samplingRequestSchema } from '../options/sampling.js';
 
 const message = {
   type: 'object',
@@ -48,20 +49,13 @@ const sampling = {
   stream_options: { type: 'object', properties: { include_usage: { type: 'boolean' } } },
   max_tokens: { type: 'integer', minimum: 1 },
   max_completion_tokens: { type: 'integer', minimum: 1 },
-  temperature: { type: 'number', minimum: 0, maximum: 2 },
-  top_p: { type: 'number', minimum: 0, maximum: 1 },
-  seed: { type: 'integer', minimum: 0, maximum: 4294967295 },
+  // temperature, top_p, seed, presence_penalty, frequency_penalty and llama-server's top_k, min_p,
+  // typical_p, repeat_penalty, repeat_last_n: from the table of sampling options
+  ...samplingRequestSchema(),
   stop: { anyOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' }, maxItems: 16 }, { type: 'null' }] },
   n: { type: 'integer', minimum: 1, maximum: 1 },
-  presence_penalty: { type: 'number', minimum: -2, maximum: 2 },
-  frequency_penalty: { type: 'number', minimum: -2, maximum: 2 },
   logit_bias: { type: 'object', additionalProperties: { type: 'number', minimum: -100, maximum: 100 } },
   user: { type: 'string' },
-  // llama-server's extensions
-  top_k: { type: 'integer', minimum: 0 },
-  min_p: { type: 'number', minimum: 0, maximum: 1 },
-  repeat_penalty: { type: 'number', minimum: 0, maximum: 100 },
-  repeat_last_n: { type: 'integer', minimum: -1 },
 } as const;
 
 export const chatCompletionSchema = {

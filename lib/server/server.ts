@@ -12,6 +12,7 @@ import { prepareJsonSchemaSoon, type JsonSchema } from '../json-schema.js';
 import type { GpuOption } from '../backends.js';
 import { loadModel, type LlamaModel } from '../model.js';
 import type { LlamaSession } from '../session.js';
+import { samplingFromRequest } from '../options/sampling.js';
 import { jsonDepth } from './limits.js';
 import { ApiError, chatCompletionSchema, completionSchema, embeddingSchema, toApiError } from './openai.js';
 import { chatPage } from './page.js';
@@ -534,16 +535,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
     if (requested !== undefined && requested > maxTokensLimit) {
       throw new ApiError(400, `max_tokens may be at most ${maxTokensLimit} on this server`, 'invalid_request_error', body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens');
     }
-    const o: GenerateOptions = { maxTokens, signal };
-    if (body.temperature !== undefined) o.temperature = body.temperature as number;
-    if (body.top_p !== undefined) o.topP = body.top_p as number;
-    if (body.seed !== undefined) o.seed = body.seed as number;
-    if (body.presence_penalty !== undefined) o.presencePenalty = body.presence_penalty as number;
-    if (body.frequency_penalty !== undefined) o.frequencyPenalty = body.frequency_penalty as number;
-    if (body.top_k !== undefined) o.topK = body.top_k as number;
-    if (body.min_p !== undefined) o.minP = body.min_p as number;
-    if (body.repeat_penalty !== undefined) o.repeatPenalty = body.repeat_penalty as number;
-    if (body.repeat_last_n !== undefined) o.penaltyLastN = body.repeat_last_n as number;
+    const o: GenerateOptions = { maxTokens, signal, ...samplingFromRequest(body) };
     if (body.stop !== undefined && body.stop !== null) {
       const stops = (typeof body.stop === 'string' ? [body.stop] : (body.stop as string[])).filter((x) => x.length > 0);
       if (stops.length) o.stop = stops;
