@@ -152,7 +152,8 @@ SamplingSetup readSampling(Napi::Env env, const std::shared_ptr<ModelHandle>& mo
   sp.penalty_present = (float)need(env, s, "presencePenalty");
   sp.penalty_freq = (float)need(env, s, "frequencyPenalty");
   double lastN = need(env, s, "penaltyLastN");
-  sp.penalty_last_n = lastN < 0 ? seqCapacity : (int32_t)std::min(lastN, (double)INT32_MAX);
+  // -1 is the whole sequence; a longer window means the same, and llama.cpp allocates a buffer of its size.
+  sp.penalty_last_n = lastN < 0 ? seqCapacity : (int32_t)std::min(lastN, (double)seqCapacity);
   sp.seed = (uint32_t)std::max(0.0, std::min(need(env, s, "seed"), (double)UINT32_MAX));
 
   // The chain, in llama-server's order: penalties, then the truncations, then the temperature; greedy

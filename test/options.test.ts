@@ -34,12 +34,12 @@ describe('sampling options, declared once', () => {
     using s = ctx.createSession();
     for (const name of names) {
       const spec = SAMPLING_OPTIONS[name];
-      const bad: unknown[] = [spec.min - 1, spec.max + 1, Number.NaN, '1', null];
+      const bad: unknown[] = [spec.min - 1, spec.max + 1, Number.NaN, '1', null, ...('minExclusive' in spec ? [spec.min] : [])];
       if (spec.type === 'integer') bad.push(spec.min + 0.5);
       for (const v of bad) {
         const e = throwsWith(() => s.generate('x', { [name]: v } as SamplingOptions), 'ERR_INVALID_ARGUMENT');
         expect(e.message).toContain(`"${name}"`);
-        expect(e.message).toContain(`from ${spec.min} to ${spec.max}`);
+        expect(e.message).toMatch(new RegExp(`(from|greater than) ${spec.min} (to|and at most) ${spec.max}`));
       }
       expect(s.busy).toBe(false);
     }
@@ -52,16 +52,24 @@ describe('sampling options, declared once', () => {
     s.reset();
     const explicit = await s.complete('Once', { ...defaults, seed: 7, maxTokens: 24 });
     expect(explicit.text).toBe(implicit.text);
-    // Each option reaches the sampler: a value far from its default changes the text for some seed.
-    const changed: Partial<Record<keyof typeof SAMPLING_OPTIONS, number>> = { temperature: 0, topK: 1, topP: 0.01, minP: 0.9, typicalP: 0.01, repeatPenalty: 5, presencePenalty: 5, frequencyPenalty: 5 };
-    for (const [name, value] of Object.entries(changed)) {
+    // Each option reaches the sampler: some value of its range changes the text (for some seed; the
+    // penalties' window with a penalty on). Values come from the table, so a new option is tested too.
+    for (const name of names) {
+      const spec = SAMPLING_OPTIONS[name];
+      const span = spec.max - spec.min;
+      const values = ['minExclusive' in spec ? spec.min + 0.01 : spec.min, spec.max, spec.type === 'integer' ? spec.min + 1 : spec.min + span * 0.01, spec.min + span * 0.5].filter((v) => v !== spec.default);
       let differs = false;
-      for (let seed = 1; seed <= 4 && !differs; seed++) {
-        s.reset();
-        const a = await s.complete('Once', { seed, maxTokens: 24 });
-        s.reset();
-        const b = await s.complete('Once', { seed, maxTokens: 24, [name]: value });
-        differs = a.text !== b.text;
+      for (const base of [{}, { repeatPenalty: 3 }]) {
+        for (const value of values) {
+          if (differs) break;
+          for (let seed = 1; seed <= 3 && !differs; seed++) {
+            s.reset();
+            const a = await s.complete('Once', { ...base, seed, maxTokens: 24 });
+            s.reset();
+            const b = await s.complete('Once', { ...base, seed, maxTokens: 24, [name]: value });
+            differs = a.text !== b.text;
+          }
+        }
       }
       expect(differs, name).toBe(true);
     }

@@ -5,12 +5,14 @@
 //
 // Adding a sampler option: an entry here, its line in native/sampling.cpp, and the README table
 // (`npx tsx scripts/options-table.ts --write`).
-import { optInteger, optNumber } from '../validate.js';
+import { invalid, optInteger, optNumber } from '../validate.js';
 
 /** One sampling option. */
 export interface SamplingOptionSpec {
   readonly type: 'number' | 'integer';
   readonly min: number;
+  /** The value must be greater than `min` (llama.cpp refuses `min` itself). */
+  readonly minExclusive?: boolean;
   readonly max: number;
   /** The value used when the option is not given (sent to the native side as it is). */
   readonly default: number;
@@ -63,7 +65,7 @@ export const SAMPLING_OPTIONS = {
   },
   /** Penalty for repeating recent tokens (default 1, disabled). */
   repeatPenalty: {
-    type: 'number', min: 0, max: 100, default: 1, flag: 'repeat-penalty',
+    type: 'number', min: 0, minExclusive: true, max: 100, default: 1, flag: 'repeat-penalty',
     doc: 'penalty for repeating recent tokens (1: off)',
     request: { name: 'repeat_penalty' },
   },
@@ -112,7 +114,9 @@ export function parseSampling(o: Record<string, unknown>, caller: Function): Nat
   const out = {} as NativeSampling;
   for (const name of NAMES) {
     const s = spec(name);
-    out[name] = (s.type === 'integer' ? optInteger : optNumber)(o, name, s.min, s.max, caller) ?? s.default;
+    const v = (s.type === 'integer' ? optInteger : optNumber)(o, name, s.min, s.max, caller) ?? s.default;
+    if (s.minExclusive && v === s.min) throw invalid(name, `a number greater than ${s.min} and at most ${s.max}`, v, caller);
+    out[name] = v;
   }
   return out;
 }
@@ -121,7 +125,7 @@ export function parseSampling(o: Record<string, unknown>, caller: Function): Nat
 export function samplingTable(): string {
   const rows = NAMES.map((name) => {
     const s = spec(name);
-    const range = `${s.type === 'integer' ? 'integer' : 'number'}, ${s.min} to ${s.max}`;
+    const range = `${s.type === 'integer' ? 'integer' : 'number'}, ${s.minExclusive ? 'over ' : ''}${s.min} to ${s.max}`;
     const r = s.request;
     const narrower = r && (r.min !== undefined || r.max !== undefined) ? ` (${r.min ?? s.min} to ${r.max ?? s.max})` : '';
     const field = r ? `\`${r.name}\`${narrower}` : '';
@@ -131,11 +135,13 @@ export function samplingTable(): string {
 }
 
 /** The JSON-schema properties of the server's request fields for sampling. @internal */
-export function samplingRequestSchema(): Record<string, { type: 'number' | 'integer'; minimum: number; maximum: number }> {
-  const out: Record<string, { type: 'number' | 'integer'; minimum: number; maximum: number }> = {};
+export function samplingRequestSchema(): Record<string, { type: 'number' | 'integer'; minimum?: number; exclusiveMinimum?: number; maximum: number }> {
+  const out: Record<string, { type: 'number' | 'integer'; minimum?: number; exclusiveMinimum?: number; maximum: number }> = {};
   for (const name of NAMES) {
     const s = spec(name);
-    if (s.request) out[s.request.name] = { type: s.type, minimum: s.request.min ?? s.min, maximum: s.request.max ?? s.max };
+    if (!s.request) continue;
+    const min = s.request.min ?? s.min;
+    out[s.request.name] = { type: s.type, ...(s.minExclusive && min === s.min ? { exclusiveMinimum: min } : { minimum: min }), maximum: s.request.max ?? s.max };
   }
   return out;
 }
