@@ -147,6 +147,7 @@ SamplingSetup readSampling(Napi::Env env, const std::shared_ptr<ModelHandle>& mo
   sp.top_k = (int32_t)std::max(0.0, std::min(need(env, s, "topK"), (double)INT32_MAX));
   sp.top_p = (float)need(env, s, "topP");
   sp.min_p = (float)need(env, s, "minP");
+  sp.top_n_sigma = (float)need(env, s, "topNSigma");
   sp.typ_p = (float)need(env, s, "typicalP");
   sp.penalty_repeat = (float)need(env, s, "repeatPenalty");
   sp.penalty_present = (float)need(env, s, "presencePenalty");
@@ -156,7 +157,7 @@ SamplingSetup readSampling(Napi::Env env, const std::shared_ptr<ModelHandle>& mo
   sp.penalty_last_n = lastN < 0 ? seqCapacity : (int32_t)std::min(lastN, (double)seqCapacity);
   sp.seed = (uint32_t)std::max(0.0, std::min(need(env, s, "seed"), (double)UINT32_MAX));
 
-  // The chain, in llama-server's order: penalties, then the truncations, then the temperature; greedy
+  // The chain, in llama-server's order: penalties, then the truncations (top-n-sigma first), then the temperature; greedy
   // (temperature 0) takes the most likely token that the grammar allows.
   bool penalties = sp.penalty_last_n != 0 && (sp.penalty_repeat != 1.0f || sp.penalty_present != 0.0f || sp.penalty_freq != 0.0f);
   sp.samplers.clear();
@@ -165,7 +166,7 @@ SamplingSetup readSampling(Napi::Env env, const std::shared_ptr<ModelHandle>& mo
     sp.top_k = 1;
     sp.samplers.push_back(COMMON_SAMPLER_TYPE_TOP_K);
   } else {
-    for (auto t : {COMMON_SAMPLER_TYPE_TOP_K, COMMON_SAMPLER_TYPE_TYPICAL_P, COMMON_SAMPLER_TYPE_TOP_P,
+    for (auto t : {COMMON_SAMPLER_TYPE_TOP_N_SIGMA, COMMON_SAMPLER_TYPE_TOP_K, COMMON_SAMPLER_TYPE_TYPICAL_P, COMMON_SAMPLER_TYPE_TOP_P,
                    COMMON_SAMPLER_TYPE_MIN_P, COMMON_SAMPLER_TYPE_TEMPERATURE}) {
       sp.samplers.push_back(t);
     }

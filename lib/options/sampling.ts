@@ -45,6 +45,15 @@ export const SAMPLING_OPTIONS = {
     doc: 'keep the most likely tokens up to this total probability (1: all)',
     request: { name: 'top_p' },
   },
+  /**
+   * Top-n-sigma: keep the tokens whose logit is within this many standard deviations of the highest
+   * (llama.cpp's `top_n_sigma`; default -1, disabled).
+   */
+  topNSigma: {
+    type: 'number', min: -1, max: 100, default: -1, flag: 'top-n-sigma',
+    doc: 'keep tokens within this many standard deviations of the top logit (-1: off)',
+    request: { name: 'top_n_sigma' },
+  },
   /** Drop tokens less likely than this fraction of the most likely one (default 0.05; 0 disables). */
   minP: {
     type: 'number', min: 0, max: 1, default: 0.05, flag: 'min-p',
