@@ -3,7 +3,7 @@ import {
   chatTemplateKey, checkMessage, checkMessages, parseArguments, publicMessage, type ChatMessage, type ToolCall,
 } from './chat-template.js';
 import type { LlamaContext } from './context.js';
-import { LlamaError, callNative, callSite } from './errors.js';
+import { LlamaError, callNative, callSite, llamaError } from './errors.js';
 import type { GenerateOptions } from './generate-options.js';
 import type { Generation, GenerationResult } from './generation.js';
 import { prepareJsonSchemaSoon, preparedGrammarAsync, type JsonSchema, type PreparedSchema } from './json-schema.js';
@@ -397,9 +397,7 @@ export class LlamaChat {
    */
   send(message?: string | ChatMessage, options?: ChatSendOptions): Generation<ChatResult> {
     if (this.#session.disposed) {
-      const err = new LlamaError('ERR_DISPOSED', 'The chat has been disposed');
-      Error.captureStackTrace(err, this.send);
-      throw err;
+      throw llamaError('ERR_DISPOSED', 'The chat has been disposed', this.send);
     }
     const added: NativeChatMessage[] =
       message === undefined ? [] : [typeof message === 'string' ? { role: 'user', content: message } : checkMessage(message, this.#messages.length, this.send)];
@@ -581,9 +579,7 @@ export class LlamaChat {
     const call = this.#messages.flatMap((m) => m.toolCalls ?? []).find((c) => c.id === id);
     if (!call) throw invalid('id', 'the id of a tool call in this conversation', id, this.addToolResult);
     if (this.#session.busy) {
-      const err = new LlamaError('ERR_BUSY', 'Cannot add a tool result while the chat generates');
-      Error.captureStackTrace(err, this.addToolResult);
-      throw err;
+      throw llamaError('ERR_BUSY', 'Cannot add a tool result while the chat generates', this.addToolResult);
     }
     const content = typeof result === 'string' ? result : JSON.stringify(result ?? null);
     this.#messages.push({ role: 'tool', content, toolCallId: id, toolName: call.name });
@@ -592,9 +588,7 @@ export class LlamaChat {
   /** Starts the conversation over from the system prompt (the cached system prompt is reused). */
   reset(): void {
     if (this.#session.busy) {
-      const err = new LlamaError('ERR_BUSY', 'Cannot reset a chat while it generates: abort the reply first');
-      Error.captureStackTrace(err, this.reset);
-      throw err;
+      throw llamaError('ERR_BUSY', 'Cannot reset a chat while it generates: abort the reply first', this.reset);
     }
     this.#messages = this.#system ? [this.#system] : [];
   }

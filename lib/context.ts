@@ -1,4 +1,4 @@
-import { LlamaError, callNative, toLlamaError } from './errors.js';
+import { LlamaError, callNative, toLlamaError, llamaError } from './errors.js';
 import type { LlamaModel } from './model.js';
 import type { NativeContext, NativeContextInfo, NativeModel } from './native.js';
 import { LlamaChat, type ChatOptions } from './chat.js';
@@ -215,9 +215,7 @@ export class LlamaContext implements AsyncDisposable {
   /** @internal */
   handle(caller: Function): NativeContext {
     if (this.#native === null) {
-      const err = new LlamaError('ERR_DISPOSED', 'The context has been disposed');
-      Error.captureStackTrace(err, caller);
-      throw err;
+      throw llamaError('ERR_DISPOSED', 'The context has been disposed', caller);
     }
     return this.#native;
   }
@@ -294,9 +292,7 @@ export class LlamaContext implements AsyncDisposable {
   #embedding(caller: Function): NativeContext {
     const h = this.handle(caller);
     if (!this.embeddings) {
-      const err = new LlamaError('ERR_INVALID_STATE', 'This context computes no embeddings: create it with embeddings: true');
-      Error.captureStackTrace(err, caller);
-      throw err;
+      throw llamaError('ERR_INVALID_STATE', 'This context computes no embeddings: create it with embeddings: true', caller);
     }
     return h;
   }
@@ -346,14 +342,13 @@ export class LlamaContext implements AsyncDisposable {
     if (!Array.isArray(documents) || !documents.every((d) => typeof d === 'string')) throw invalid('documents', 'an array of strings', documents, this.rank);
     this.#embedding(this.rank);
     if (this.pooling !== 'rank' || !this.model.info.canRank) {
-      const err = new LlamaError(
+      throw llamaError(
         'ERR_INVALID_STATE',
         !this.model.info.canRank
           ? `${this.model.info.name} has no classification head, so it cannot rank: use a reranking model`
           : "This context does not rank: create it with embeddings: true, pooling: 'rank'",
+        this.rank,
       );
-      Error.captureStackTrace(err, this.rank);
-      throw err;
     }
     const inputs = documents.map((d) => this.#rerankTokens(query, d));
     const scores = await this.#embedTokens(inputs, false, this.rank);
@@ -383,12 +378,11 @@ export class LlamaContext implements AsyncDisposable {
   checkBorrow(n: number, caller: Function): void {
     this.handle(caller);
     if (this.sequences - 1 < n) {
-      const err = new LlamaError(
+      throw llamaError(
         'ERR_NO_SEQUENCE',
         `This needs ${n} sequences besides the session's, but the context has ${this.sequences} in all: create it with at least ${n + 1} "sequences"`,
+        caller,
       );
-      Error.captureStackTrace(err, caller);
-      throw err;
     }
   }
 

@@ -1,4 +1,4 @@
-import { LlamaError, callSite } from './errors.js';
+import { LlamaError, callSite, llamaError } from './errors.js';
 import { prepareJsonSchemaSoon, preparedGrammar, preparedGrammarAsync, type JsonSchema, type PreparedSchema, type SchemaMode } from './json-schema.js';
 import { parseLora, type LoraSpec } from './lora.js';
 import { parseSampling, SAMPLING_OPTION_NAMES, type SamplingOptions } from './options/sampling.js';
@@ -202,9 +202,7 @@ export const MAX_TRIGGER_PATTERN = 1000;
  */
 function checkTriggerPattern(p: string, caller: Function): void {
   const fail = (why: string) => {
-    const err = new LlamaError('ERR_LIMIT_EXCEEDED', `Invalid option "grammarTriggers.patterns": ${why}, received ${JSON.stringify(p.length > 80 ? p.slice(0, 80) + '...' : p)}`);
-    Error.captureStackTrace(err, caller);
-    throw err;
+    throw llamaError('ERR_LIMIT_EXCEEDED', `Invalid option "grammarTriggers.patterns": ${why}, received ${JSON.stringify(p.length > 80 ? p.slice(0, 80) + '...' : p)}`, caller);
   };
   if (p.length > MAX_TRIGGER_PATTERN) fail(`a pattern of at most ${MAX_TRIGGER_PATTERN} characters was expected`);
   // Per open group: whether it holds a quantifier or an alternation so far.

@@ -20,7 +20,7 @@ export { SAMPLING_OPTIONS } from './options/sampling.js';
 export type { SamplingOptions, SamplingOptionSpec } from './options/sampling.js';
 export { Generation } from './generation.js';
 export type { GenerationChunk, GenerationResult, StopReason, TokenLogprob, BeamResult } from './generation.js';
-export { LlamaError } from './errors.js';
+export { LlamaError, LLAMA_ERROR_CODES } from './errors.js';
 export type { LlamaErrorCode } from './errors.js';
 export { limits } from './limits.js';
 export type { LimitName } from './limits.js';

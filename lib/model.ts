@@ -3,7 +3,7 @@ import { open, stat } from 'node:fs/promises';
 import { chatTemplateKey, checkMessages, type ApplyChatTemplateOptions, type ChatMessage } from './chat-template.js';
 import { LlamaContext, type ContextOptions } from './context.js';
 import { LlamaLora } from './lora.js';
-import { LlamaError, callNative, toLlamaError } from './errors.js';
+import { LlamaError, callNative, toLlamaError, llamaError } from './errors.js';
 import { connect } from 'node:net';
 import { chooseDevices, type GpuOption } from './backends.js';
 import { GgufFormatError, readGguf } from './gguf/reader.js';
@@ -194,9 +194,7 @@ export class LlamaModel implements AsyncDisposable {
 
   #handle(caller: Function): NativeModel {
     if (this.#native === null) {
-      const err = new LlamaError('ERR_DISPOSED', 'The model has been disposed');
-      Error.captureStackTrace(err, caller);
-      throw err;
+      throw llamaError('ERR_DISPOSED', 'The model has been disposed', caller);
     }
     return this.#native;
   }

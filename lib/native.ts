@@ -176,6 +176,8 @@ export interface NativeChunk {
 
 export interface NativeGenerationResult {
   stopReason: 'eog' | 'stop' | 'maxTokens' | 'abort' | 'contextFull' | 'error';
+  /** With stopReason error: the LlamaError code, and the message. */
+  errorCode?: string;
   error?: string;
   text: string;
   tokens: Int32Array;

@@ -1,5 +1,5 @@
 import type { LlamaContext } from './context.js';
-import { LlamaError, callNative, toLlamaError } from './errors.js';
+import { LlamaError, callNative, toLlamaError, llamaError, knownCode } from './errors.js';
 import { parseGenerateOptions, type GenerateOptions } from './generate-options.js';
 import { jsonSchemaToGrammarAsync, type FromSchema, type JsonSchema, type PreparedSchema } from './json-schema.js';
 import { DeferredNative, Generation, type GenerationResult, type StopReason } from './generation.js';
@@ -168,18 +168,14 @@ export class LlamaSession {
 
   #check(caller: Function): void {
     if (this.disposed) {
-      const err = new LlamaError('ERR_DISPOSED', 'The session has been disposed');
-      Error.captureStackTrace(err, caller);
-      throw err;
+      throw llamaError('ERR_DISPOSED', 'The session has been disposed', caller);
     }
   }
 
   #checkIdle(caller: Function, what: string): void {
     this.#check(caller);
     if (this.#running || this.#busy) {
-      const err = new LlamaError('ERR_BUSY', `Cannot ${what} while the session ${this.#busy ?? 'generates'}: await it, or abort it, first`);
-      Error.captureStackTrace(err, caller);
-      throw err;
+      throw llamaError('ERR_BUSY', `Cannot ${what} while the session ${this.#busy ?? 'generates'}: await it, or abort it, first`, caller);
     }
   }
 
@@ -504,12 +500,11 @@ export class LlamaSession {
     let discardCount = 0;
     if (tokens.length > cap) {
       if (!shiftOn || cap - K < 8) {
-        const err = new LlamaError(
+        throw llamaError(
           'ERR_CONTEXT_FULL',
           `The prompt has ${tokens.length} tokens, but a sequence of this context holds ${cap}: shorten it, create the context with a larger contextSize, or create the session with contextShift: 'auto'`,
+          caller,
         );
-        Error.captureStackTrace(err, caller);
-        throw err;
       }
       // Drop enough after the kept prefix for the prompt and a quarter of the free room to fit.
       const extra = Math.min(tokens.length - K - 1, tokens.length - cap + Math.floor((cap - K) / 4));
@@ -561,9 +556,9 @@ export class LlamaSession {
         const seq = this.sequence;
         if (!this.disposed && seq !== null) this.#context.handle(this.generate).clearSequence(seq);
       }
-      const sampling = r.error?.startsWith('grammar:') ?? false;
-      const limit = r.error?.startsWith('limit:') ?? false;
-      return new LlamaError(limit ? 'ERR_LIMIT_EXCEEDED' : sampling ? 'ERR_INVALID_GRAMMAR' : 'ERR_DECODE', `Generation failed: ${r.error ?? 'llama_decode failed'}`);
+      // The engine names the kind of failure with its code (ERR_DECODE, ERR_INVALID_GRAMMAR, ERR_LIMIT_EXCEEDED,
+      // ERR_INVALID_ADAPTER, ERR_NATIVE, ...); an unknown one is ERR_NATIVE.
+      return new LlamaError(knownCode(r.errorCode), `Generation failed: ${r.error ?? 'no reason given'}`);
     }
     if (!r.started || !plan) {
       // Ended before the engine touched the sequence: the cache holds what it held (or the shared copy).

@@ -1,4 +1,4 @@
-import { LlamaError } from './errors.js';
+import { LlamaError, llamaError } from './errors.js';
 
 // One wording for every validation error: `Invalid option "name": expected ..., received ...`.
 
@@ -14,9 +14,7 @@ function describe(value: unknown): string {
 }
 
 export function invalid(name: string, expected: string, received: unknown, caller?: Function): LlamaError {
-  const err = new LlamaError('ERR_INVALID_ARGUMENT', `Invalid option "${name}": expected ${expected}, received ${describe(received)}`);
-  if (caller) Error.captureStackTrace(err, caller);
-  return err;
+  return llamaError('ERR_INVALID_ARGUMENT', `Invalid option "${name}": expected ${expected}, received ${describe(received)}`, caller);
 }
 
 /** Checks that `options` is undefined or a plain object and has no keys outside `known`. */
@@ -32,12 +30,11 @@ export function checkOptions(
   }
   for (const key of Object.keys(options)) {
     if (!known.includes(key)) {
-      const err = new LlamaError(
+      throw llamaError(
         'ERR_INVALID_ARGUMENT',
         `Invalid option "${key}" for ${what}: expected one of ${known.join(', ')}`,
+        caller,
       );
-      Error.captureStackTrace(err, caller);
-      throw err;
     }
   }
   return options as Record<string, unknown>;

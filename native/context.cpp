@@ -326,25 +326,26 @@ static void closeOnTeardown(void* arg) {
 namespace {
 
 // Builds a generation's sampler on a libuv worker thread, then queues the generation on its engine, or ends
-// it with the error (reported like one from the engine: "grammar: ..." or "limit: ...", see lib/session.ts).
+// it with the error and its code, as the engine reports its own.
 // The generation object is already in JS hands: it waits like any queued generation meanwhile.
 class SamplerWorker : public Napi::AsyncWorker {
  public:
   SamplerWorker(Napi::Env env, std::shared_ptr<Engine> engine, std::shared_ptr<GenState> gen, common_params_sampling sp)
       : Napi::AsyncWorker(env, "llama-addon.sampler"), engine_(std::move(engine)), gen_(std::move(gen)), sp_(std::move(sp)) {}
   void Execute() override {
-    std::string error;
+    std::string code, error;
     try {
       gen_->sampler = buildSampler(engine_->model(), sp_);
     } catch (const std::exception& e) {
-      std::string code = samplerErrorCode(e);
-      error = (code == "ERR_LIMIT_EXCEEDED" ? "limit: " : code == "ERR_INVALID_GRAMMAR" ? "grammar: " : "sampler: ") + std::string(e.what());
+      code = samplerErrorCode(e);
+      error = e.what();
     } catch (...) {
-      error = "sampler: unknown error";
+      code = "ERR_NATIVE";
+      error = "the sampler could not be built";
     }
     try {
       if (error.empty()) engine_->submit(gen_);
-      else engine_->fail(gen_, error);
+      else engine_->fail(gen_, code, error);
     } catch (...) {
       // finish() cannot fail short of memory; nothing is left to report to.
     }
@@ -1030,6 +1031,7 @@ static Napi::Object resultObject(Napi::Env env, const GenResult& r) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("stopReason", r.stopReason);
   if (!r.error.empty()) o.Set("error", r.error);
+  if (!r.errorCode.empty()) o.Set("errorCode", r.errorCode);
   o.Set("text", Napi::String::New(env, r.text));
   o.Set("tokens", int32Array(env, r.tokens));
   o.Set("promptTokens", r.promptTokens);

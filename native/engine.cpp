@@ -161,8 +161,8 @@ void Engine::submit(std::shared_ptr<GenState> gen) {
   cv_.notify_one();
 }
 
-void Engine::fail(std::shared_ptr<GenState> gen, const std::string& error) {
-  finish(*gen, "error", error);
+void Engine::fail(std::shared_ptr<GenState> gen, const std::string& code, const std::string& error) {
+  finish(*gen, "error", code, error);
 }
 
 void Engine::post(std::function<void(llama_context*)> fn) {
@@ -236,11 +236,15 @@ bool Engine::makeRoom(GenState& g) {
   return true;
 }
 
-// With a grammar, a failure to sample means the grammar left no token (after logitBias, say).
-static std::string samplingError(const GenState& g, const std::exception& e) {
-  if (dynamic_cast<const GrammarStatesError*>(&e) != nullptr) return std::string("limit: ") + e.what();
-  if (g.hasGrammar) return std::string("grammar: no token is allowed here by the grammar and logitBias (") + e.what() + ")";
-  return std::string("sampling failed: ") + e.what();
+// Why sampling failed: with a grammar, it left no token (after logitBias, say).
+struct SamplingFailure {
+  const char* code;
+  std::string message;
+};
+static SamplingFailure samplingError(const GenState& g, const std::exception& e) {
+  if (dynamic_cast<const GrammarStatesError*>(&e) != nullptr) return {"ERR_LIMIT_EXCEEDED", e.what()};
+  if (g.hasGrammar) return {"ERR_INVALID_GRAMMAR", std::string("no token is allowed here by the grammar and logitBias (") + e.what() + ")"};
+  return {"ERR_NATIVE", std::string("sampling failed: ") + e.what()};
 }
 
 void Engine::makeDraft(GenState& g, int32_t room) {
@@ -427,7 +431,7 @@ void Engine::flushDeferredNotifications() {
   }
 }
 
-void Engine::finish(GenState& g, const char* reason, const std::string& error) {
+void Engine::finish(GenState& g, const char* reason, const std::string& code, const std::string& error) {
   {
     std::lock_guard<std::mutex> lock(g.mu);
     if (g.done) return;
@@ -447,6 +451,7 @@ void Engine::finish(GenState& g, const char* reason, const std::string& error) {
   }
   int64_t tEnd = nowUs();
   r.stopReason = reason;
+  r.errorCode = code;
   r.error = error;
   if (g.shiftedFrom >= 0 && ctx_ != nullptr) {
     // Cells moved by a shift that no decode has applied yet hold keys for their old positions: drop them,
@@ -551,10 +556,10 @@ void Engine::run() {
       flushDeferredNotifications();
     } catch (const std::exception& e) {
       // Nothing may escape the engine thread: end what is running with the error and go on.
-      for (auto& g : active_) finish(*g, "error", std::string("engine error: ") + e.what());
+      for (auto& g : active_) finish(*g, "error", "ERR_NATIVE", std::string("engine error: ") + e.what());
       active_.clear();
     } catch (...) {
-      for (auto& g : active_) finish(*g, "error", "engine error: unknown native error");
+      for (auto& g : active_) finish(*g, "error", "ERR_NATIVE", "engine error: unknown native error");
       active_.clear();
     }
   }
@@ -595,13 +600,13 @@ bool Engine::step() {
         if (c.kind == Command::Generate) {
           active_.erase(std::remove(active_.begin(), active_.end(), c.gen), active_.end());
           llama_memory_seq_rm(mem, c.gen->seq, -1, -1);
-          finish(*c.gen, "error", std::string("could not start: ") + e.what());
+          finish(*c.gen, "error", "ERR_NATIVE", std::string("could not start: ") + e.what());
         }
       } catch (...) {
         if (c.kind == Command::Generate) {
           active_.erase(std::remove(active_.begin(), active_.end(), c.gen), active_.end());
           llama_memory_seq_rm(mem, c.gen->seq, -1, -1);
-          finish(*c.gen, "error", "could not start: unknown native error");
+          finish(*c.gen, "error", "ERR_NATIVE", "could not start: unknown native error");
         }
       }
     }
@@ -658,7 +663,7 @@ bool Engine::step() {
       try {
         applyLora(set);
       } catch (const std::exception& e) {
-        for (GenState* g : order) finish(*g, "error", e.what());
+        for (GenState* g : order) finish(*g, "error", "ERR_INVALID_ADAPTER", e.what());
         dropFinished();
         return true;
       }
@@ -724,7 +729,7 @@ bool Engine::step() {
       if (ret != 0) {
         // Undo what this step may have written for the sequence and end the request.
         llama_memory_seq_rm(mem, g.seq, g.nPast, -1);
-        finish(g, ret == 1 ? "contextFull" : "error",
+        finish(g, ret == 1 ? "contextFull" : "error", ret == 1 ? "" : "ERR_DECODE",
                ret == 1            ? ""
                : failure.empty() ? "llama_decode failed with status " + std::to_string(ret)
                                  : failure);
@@ -747,7 +752,10 @@ bool Engine::step() {
           AbortGuard guard;
           ids = common_sampler_sample_and_accept_n(g.sampler, ctx_, idxs, g.drafts);
         } catch (const std::exception& e) {
-          finish(g, "error", samplingError(g, e));
+          {
+            SamplingFailure f = samplingError(g, e);
+            finish(g, "error", f.code, f.message);
+          }
           continue;
         }
         g.building.drafted += (int32_t)k;
@@ -785,7 +793,10 @@ bool Engine::step() {
           common_sampler_accept(g.sampler, t, true);
         } catch (const std::exception& e) {
           // In practice: a grammar that allows no token that logitBias left (or none at all).
-          finish(g, "error", samplingError(g, e));
+          {
+            SamplingFailure f = samplingError(g, e);
+            finish(g, "error", f.code, f.message);
+          }
           continue;
         }
         handleToken(g, t, g.iBatch);

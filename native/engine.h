@@ -49,6 +49,7 @@ struct Chunk {
 
 struct GenResult {
   std::string stopReason;  // eog | stop | maxTokens | abort | contextFull | error
+  std::string errorCode;   // with stopReason error: the LlamaError code (ERR_DECODE, ERR_INVALID_GRAMMAR, ...)
   std::string error;
   std::string text;
   std::vector<int32_t> tokens;  // every generated token, end-of-generation token excluded
@@ -151,7 +152,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   void start();
   void submit(std::shared_ptr<GenState> gen);
   // Ends a generation that was never submitted (its sampler could not be built) with an error; any thread.
-  void fail(std::shared_ptr<GenState> gen, const std::string& error);
+  void fail(std::shared_ptr<GenState> gen, const std::string& code, const std::string& error);
   // Runs `fn` on the engine thread between two steps, in order with the generations submitted before it.
   // If the engine stops first, `fn` runs on the stopping thread with a null context.
   void post(std::function<void(llama_context*)> fn);
@@ -181,7 +182,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   void handleToken(GenState& g, llama_token t, int32_t iBatch);
   void push(GenState& g, Chunk&& c);
   void flushDeferredNotifications();
-  void finish(GenState& g, const char* reason, const std::string& error = "");
+  // Ends a request; with reason "error", `code` is the LlamaError code and `error` the message.
+  void finish(GenState& g, const char* reason, const std::string& code = "", const std::string& error = "");
 
   std::shared_ptr<ModelHandle> model_;
   llama_context* ctx_;

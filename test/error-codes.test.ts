@@ -1,0 +1,55 @@
+// Errors carry codes, not text: one list of codes (LLAMA_ERROR_CODES), documented in the README, and the
+// only codes the native side gives; a failed generation's code is the one the engine named.
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LLAMA_ERROR_CODES, loadModel, setLogLevel, type LlamaContext, type LlamaModel } from 'llama-addon';
+import { rejectsWith } from './helpers/errors.js';
+import { repoRoot, tinySynthetic } from './helpers/models.js';
+
+setLogLevel('error');
+
+describe('error codes', () => {
+  it('the README documents every code, and names no other', () => {
+    const readme = readFileSync(join(repoRoot, 'README.md'), 'utf8');
+    const table = readme.slice(readme.indexOf('### Errors'));
+    for (const code of LLAMA_ERROR_CODES) expect(table, code).toContain(`| \`${code}\` |`);
+    const named = new Set(readme.match(/\bERR_[A-Z_]+\b/g));
+    expect([...named].filter((c) => !(LLAMA_ERROR_CODES as readonly string[]).includes(c))).toEqual([]);
+  });
+
+  it('the native code and the library give no code outside the list', () => {
+    const found = new Map<string, string>();
+    for (const dir of ['native', 'lib']) {
+      const walk = (d: string): string[] => readdirSync(d, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(join(d, e.name)) : [join(d, e.name)]));
+      for (const file of walk(join(repoRoot, dir))) {
+        if (!/\.(cpp|h|ts)$/.test(file)) continue;
+        for (const m of readFileSync(file, 'utf8').matchAll(/["'](ERR_[A-Z_]+)["']/g)) found.set(m[1], file);
+      }
+    }
+    expect(found.size).toBeGreaterThan(15);
+    for (const [code, file] of found) expect(LLAMA_ERROR_CODES as readonly string[], `${code} in ${file}`).toContain(code);
+  });
+
+  describe('a failed generation has the code the engine named', () => {
+    let model: LlamaModel;
+    let ctx: LlamaContext;
+    beforeAll(async () => {
+      model = await loadModel(await tinySynthetic());
+      ctx = await model.createContext({ contextSize: 256, sequences: 1 });
+    });
+    afterAll(async () => {
+      await ctx.dispose();
+      await model.dispose();
+    });
+
+    it('a grammar that leaves no token: ERR_INVALID_GRAMMAR, and the session goes on', async () => {
+      using s = ctx.createSession();
+      const banned: Record<number, number> = {};
+      for (let t = 0; t < model.vocab.size; t++) banned[t] = -Infinity;
+      const e = await rejectsWith(s.complete('x', { grammar: 'root ::= [a-z]+', logitBias: banned }), 'ERR_INVALID_GRAMMAR');
+      expect(e.message).toMatch(/^Generation failed: no token is allowed here by the grammar/);
+      expect((await s.complete('x', { maxTokens: 2 })).usage.completionTokens).toBeGreaterThan(0);
+    });
+  });
+});
