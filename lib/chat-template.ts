@@ -1,6 +1,6 @@
 import { LlamaError } from './errors.js';
 import type { NativeChatMessage } from './native.js';
-import { invalid } from './validate.js';
+import { invalid, jsonArgument } from './validate.js';
 
 /** Who wrote a chat message. */
 export type ChatRole = 'system' | 'user' | 'assistant' | 'tool';
@@ -84,7 +84,7 @@ export function checkMessage(m: unknown, index: number, caller: Function): Nativ
       if (call === null || typeof call !== 'object' || typeof call.name !== 'string' || typeof call.id !== 'string') {
         throw badMessage(`Invalid message ${index}: tool call ${j} needs a string id and name`, caller);
       }
-      return { id: call.id, name: call.name, arguments: JSON.stringify(call.arguments ?? {}) };
+      return { id: call.id, name: call.name, arguments: jsonArgument(call.arguments ?? {}, `messages[${index}].toolCalls[${j}].arguments`, caller) };
     });
   }
   return out;

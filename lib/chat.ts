@@ -3,7 +3,7 @@ import {
   chatTemplateKey, checkMessage, checkMessages, parseArguments, publicMessage, type ChatMessage, type ToolCall,
 } from './chat-template.js';
 import type { LlamaContext } from './context.js';
-import { LlamaError, callNative, callSite, llamaError } from './errors.js';
+import { LlamaError, callNative, callSite, llamaError, toLlamaError } from './errors.js';
 import type { GenerateOptions } from './generate-options.js';
 import type { Generation, GenerationResult } from './generation.js';
 import { prepareJsonSchemaSoon, preparedGrammarAsync, type JsonSchema, type PreparedSchema } from './json-schema.js';
@@ -14,7 +14,8 @@ import { commonPrefix, type LateInput, type LlamaSession } from './session.js';
 
 /** Most tokens of a chat reply when `maxTokens` is not given: a reply always ends (context shift is on). */
 export const DEFAULT_CHAT_MAX_TOKENS = 1024;
-import { checkOptions, invalid, optBoolean } from './validate.js';
+import { checkOptions, invalid, jsonArgument, optBoolean } from './validate.js';
+import { schemaText } from './schema/prepare.js';
 
 /** A tool (function) the model may call. */
 export interface ChatTool {
@@ -122,7 +123,16 @@ function checkTools(v: unknown, caller: Function): NativeTool[] {
     if (parameters === null || typeof parameters !== 'object' || Array.isArray(parameters)) {
       throw invalid('tools', 'parameters as a JSON schema object', parameters, caller);
     }
-    return { name: tool.name, description: tool.description ?? '', parameters: JSON.stringify(parameters) };
+    let text: string;
+    try {
+      text = schemaText(parameters);
+    } catch (e) {
+      // ERR_INVALID_SCHEMA (a cycle, a BigInt) or ERR_LIMIT_EXCEEDED (size, nesting), with the caller's stack
+      const err = toLlamaError(e);
+      Error.captureStackTrace(err, caller);
+      throw err;
+    }
+    return { name: tool.name, description: tool.description ?? '', parameters: text };
   });
 }
 
@@ -418,6 +428,7 @@ export class LlamaChat {
     // the grammar it makes gets the values' rules (as in jsonSchemaToGrammar).
     let schema: PreparedSchema | undefined;
     if (jsonSchema !== undefined) {
+      if (generateOptions.grammar !== undefined) throw invalid('grammar', 'either grammar or jsonSchema, not both', generateOptions.grammar, this.send);
       if (jsonSchema === null || (typeof jsonSchema !== 'object' && typeof jsonSchema !== 'boolean')) {
         throw invalid('jsonSchema', 'a JSON schema object', jsonSchema, this.send);
       }
@@ -484,7 +495,11 @@ export class LlamaChat {
     const own = opts.stop === undefined ? [] : typeof opts.stop === 'string' ? [opts.stop] : [...opts.stop];
     let applied: NativeChatApplied | undefined;
     let schema: PreparedSchema | undefined;
-    const input = (async (): Promise<LateInput> => {
+    // The render starts once start() has accepted the call: a call it refuses (busy, a bad option) leaves
+    // nothing running behind it.
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    const input = gate.then(async (): Promise<LateInput> => {
       try {
         schema = await schemaSoon;
         if (schema) {
@@ -516,9 +531,10 @@ export class LlamaChat {
       } catch (e) {
         throw atCaller(e);
       }
-    })();
+    });
     const gen = this.#session.start<ChatResult>(input, opts, true, caller, (r) => (applied ? this.#replied(added, applied, schema, r) : this.#withdraw(added, r)));
     this.#messages = messages;
+    open();
     return gen;
   }
 
@@ -581,7 +597,7 @@ export class LlamaChat {
     if (this.#session.busy) {
       throw llamaError('ERR_BUSY', 'Cannot add a tool result while the chat generates', this.addToolResult);
     }
-    const content = typeof result === 'string' ? result : JSON.stringify(result ?? null);
+    const content = typeof result === 'string' ? result : jsonArgument(result ?? null, 'result', this.addToolResult);
     this.#messages.push({ role: 'tool', content, toolCallId: id, toolName: call.name });
   }
 

@@ -1,4 +1,4 @@
-import { LlamaError, callSite, llamaError } from './errors.js';
+import { callSite, llamaError } from './errors.js';
 import { prepareJsonSchemaSoon, preparedGrammar, preparedGrammarAsync, type JsonSchema, type PreparedSchema, type SchemaMode } from './json-schema.js';
 import { parseLora, type LoraSpec } from './lora.js';
 import { parseSampling, SAMPLING_OPTION_NAMES, type SamplingOptions } from './options/sampling.js';
@@ -11,9 +11,9 @@ export interface GrammarTriggers {
   words?: readonly string[];
   /**
    * Regular expressions (ECMAScript-like, as llama.cpp's std::regex reads them); the grammar applies from the
-   * first capture group, or from the start of the match. A pattern without `*`, `+` or `{n,}` is searched
-   * only near the new output at each token; one with them, over the whole output (time that grows with the
-   * square of the output's length).
+   * first capture group, or from the start of the match. They must be bounded (no `*`, `+` or `{n,}`: write
+   * `{0,N}`) and cheap to match from any position; the README's "Grammars and JSON schemas" gives the limits
+   * (ERR_LIMIT_EXCEEDED). Each is searched only near the new output at each token.
    */
   patterns?: readonly string[];
   /** Token ids that trigger the grammar when generated. */
@@ -193,49 +193,125 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
 
 /** Longest trigger pattern (characters). */
 export const MAX_TRIGGER_PATTERN = 1000;
+/** Most characters a trigger pattern's match may read (its longest match, lookaheads included). */
+export const MAX_TRIGGER_SPAN = 4096;
+/** Most ways a trigger pattern may try to match from one position (alternatives × repetition counts), times its span. */
+export const MAX_TRIGGER_WORK = 1 << 20;
+
+interface PatternCost {
+  /** Most characters a match reads. */
+  len: number;
+  /** Ways a backtracking matcher may try from one start position. */
+  ways: number;
+}
 
 /**
- * Trigger patterns run with std::regex (a backtracking matcher) over the generated text at every token, on
- * the context's engine thread, where nothing can interrupt them. Patterns that backtrack exponentially are
- * refused: a quantified group that holds a quantifier or an alternation (`(a+)+`, `(a|a)*`), and
- * backreferences. What is left matches in time polynomial in the text.
+ * Trigger patterns run with std::regex (a recursive backtracking matcher) at every token, on the context's
+ * engine thread, where nothing can interrupt them; llama.cpp searches a bounded pattern only near the new
+ * output (patches/llama.cpp/0005). So a pattern must be bounded, and cheap from every position: no `*`,
+ * `+` or `{n,}` (write `{0,N}`), no backreferences, a match of at most MAX_TRIGGER_SPAN characters, and at
+ * most MAX_TRIGGER_WORK steps from one position (a chain of alternatives or optional parts multiplies
+ * them: `(?:.|.)` 25 times is 2^25). Refused with ERR_LIMIT_EXCEEDED; what std::regex cannot compile is
+ * ERR_INVALID_GRAMMAR when the generation starts.
  */
 function checkTriggerPattern(p: string, caller: Function): void {
-  const fail = (why: string) => {
-    throw llamaError('ERR_LIMIT_EXCEEDED', `Invalid option "grammarTriggers.patterns": ${why}, received ${JSON.stringify(p.length > 80 ? p.slice(0, 80) + '...' : p)}`, caller);
+  const shown = JSON.stringify(p.length > 80 ? p.slice(0, 80) + '...' : p);
+  const fail = (why: string): never => {
+    throw llamaError('ERR_LIMIT_EXCEEDED', `Invalid option "grammarTriggers.patterns": ${why}, received ${shown}`, caller);
+  };
+  const syntax = (why: string): never => {
+    throw llamaError('ERR_INVALID_GRAMMAR', `Invalid option "grammarTriggers.patterns": a regular expression with ${why} was expected, received ${shown}`, caller);
   };
   if (p.length > MAX_TRIGGER_PATTERN) fail(`a pattern of at most ${MAX_TRIGGER_PATTERN} characters was expected`);
-  // Per open group: whether it holds a quantifier or an alternation so far.
-  const groups: Array<{ risky: boolean }> = [];
-  let lastGroupRisky = false; // the group that just closed, for a quantifier right after it
-  let inClass = false;
-  for (let i = 0; i < p.length; i++) {
-    const c = p[i];
-    if (c === '\\') {
-      if (!inClass && /[1-9]/.test(p[i + 1] ?? '')) fail('a pattern without backreferences was expected');
+  const cap = (x: number) => Math.min(x, Number.MAX_SAFE_INTEGER);
+  let i = 0;
+  const alternation = (): PatternCost => {
+    let len = 0;
+    let ways = 0;
+    for (;;) {
+      const s = sequence();
+      len = Math.max(len, s.len);
+      ways = cap(ways + s.ways);
+      if (p[i] !== '|') return { len, ways };
       i++;
-      lastGroupRisky = false;
-      continue;
     }
-    if (inClass) {
-      if (c === ']') inClass = false;
-      continue;
+  };
+  const sequence = (): PatternCost => {
+    let len = 0;
+    let ways = 1;
+    while (i < p.length && p[i] !== '|' && p[i] !== ')') {
+      let a = atom();
+      a = quantified(a);
+      len = cap(len + a.len);
+      ways = cap(ways * a.ways);
     }
-    const quantifier = c === '*' || c === '+' || (c === '{' && /^\{\d*,?\d*\}/.test(p.slice(i)));
-    if (quantifier) {
-      if (lastGroupRisky) fail('a pattern without nested quantifiers or quantified alternations was expected (they backtrack exponentially)');
-      if (groups.length > 0) groups[groups.length - 1].risky = true;
-      lastGroupRisky = false;
-      continue;
+    return { len, ways };
+  };
+  const atom = (): PatternCost => {
+    const c = p[i++];
+    if (c === '(') {
+      if (p[i] === '?') i += p[i + 1] === '<' && (p[i + 2] === '=' || p[i + 2] === '!') ? 3 : 2;
+      const inner = alternation();
+      if (p[i] !== ')') syntax('balanced parentheses');
+      i++;
+      return inner;
     }
-    lastGroupRisky = false;
-    if (c === '[') inClass = true;
-    else if (c === '(') groups.push({ risky: false });
-    else if (c === '|' && groups.length > 0) groups[groups.length - 1].risky = true;
-    else if (c === ')') {
-      const g = groups.pop();
-      lastGroupRisky = g?.risky ?? false;
-      if (g?.risky && groups.length > 0) groups[groups.length - 1].risky = true;
+    if (c === '[') {
+      // ECMAScript: the first ] after [ or [^ closes the class ([] matches nothing, [^] anything).
+      if (p[i] === '^') i++;
+      while (i < p.length && p[i] !== ']') i += p[i] === '\\' ? 2 : 1;
+      if (i >= p.length) syntax('closed character classes');
+      i++;
+      return { len: 1, ways: 1 };
     }
+    if (c === '\\') {
+      const e = p[i++] ?? '';
+      if (/[1-9]/.test(e) || e === 'k') fail('a pattern without backreferences was expected');
+      if (e === 'c') fail('a pattern without \\c control escapes was expected (std::regex reads them differently)');
+      if (e === 'x') i += 2;
+      else if (e === 'u') i += p[i] === '{' ? p.indexOf('}', i) - i + 1 : 4;
+      return { len: e === 'b' || e === 'B' ? 0 : 1, ways: 1 };
+    }
+    if (c === '^' || c === '$') return { len: 0, ways: 1 };
+    if (c === ')') syntax('balanced parentheses');
+    if (c === '*' || c === '+' || c === '?' || c === '{') {
+      if (c !== '{' || /^\{\d*,?\d*\}/.test(p.slice(i - 1))) syntax('quantifiers after something to repeat');
+    }
+    return { len: 1, ways: 1 };
+  };
+  const quantified = (a: PatternCost): PatternCost => {
+    const c = p[i];
+    let min: number;
+    let max: number;
+    if (c === '*' || c === '+') {
+      fail(`a bounded pattern was expected: "${c}" repeats without end (write {0,N} with N at most ${MAX_TRIGGER_SPAN})`);
+    }
+    if (c === '?') {
+      i++;
+      [min, max] = [0, 1];
+    } else if (c === '{') {
+      const m = /^\{(\d+)(,(\d*))?\}/.exec(p.slice(i));
+      if (!m) return a;
+      if (m[2] !== undefined && m[3] === '') fail(`a bounded pattern was expected: {${m[1]},} repeats without end (write {${m[1]},N})`);
+      min = Number(m[1]);
+      max = m[3] !== undefined ? Number(m[3]) : min;
+      if (max < min) syntax('repetitions {m,n} where m <= n');
+      i += m[0].length;
+    } else {
+      return a;
+    }
+    if (p[i] === '?') i++; // lazy
+    if (max > MAX_TRIGGER_SPAN || a.len * max > MAX_TRIGGER_SPAN) {
+      fail(`a pattern whose matches read at most ${MAX_TRIGGER_SPAN} characters was expected (a repetition of up to ${max})`);
+    }
+    let ways = 0;
+    for (let k = min, w = cap(a.ways ** min); k <= max && ways < Number.MAX_SAFE_INTEGER; k++, w = cap(w * a.ways)) ways = cap(ways + w);
+    return { len: cap(a.len * max), ways };
+  };
+  const cost = alternation();
+  if (i < p.length) syntax('balanced parentheses');
+  if (cost.len > MAX_TRIGGER_SPAN) fail(`a pattern whose matches read at most ${MAX_TRIGGER_SPAN} characters was expected (this one: ${cost.len})`);
+  if (cost.len * cost.ways > MAX_TRIGGER_WORK) {
+    fail(`a pattern with fewer ways to try from one position was expected (${cost.ways} ways over ${cost.len} characters; at most ${MAX_TRIGGER_WORK} steps): alternatives and optional parts in a row multiply`);
   }
 }

@@ -1,7 +1,7 @@
 import type { LlamaContext } from './context.js';
 import { LlamaError, callNative, toLlamaError, llamaError, knownCode } from './errors.js';
 import { parseGenerateOptions, type GenerateOptions } from './generate-options.js';
-import { jsonSchemaToGrammarAsync, type FromSchema, type JsonSchema, type PreparedSchema } from './json-schema.js';
+import type { FromSchema, JsonSchema, PreparedSchema } from './json-schema.js';
 import { DeferredNative, Generation, type GenerationResult, type StopReason } from './generation.js';
 import type { NativeGenerateOptions, NativeGeneration, NativeGenerationResult } from './native.js';
 import { ASYNC_TOKENIZE_CHARS } from './limits.js';
@@ -202,25 +202,10 @@ export class LlamaSession {
   complete(input: string | Int32Array | readonly number[], options?: GenerateOptions & BeamOptions): Promise<GenerationResult> {
     try {
       if (options?.beams !== undefined) return this.#beamSearch(input, options, this.complete);
-      if (options?.jsonSchema !== undefined) return this.#completeWithSchema(input, options);
       return this.start(input, options, false, this.complete).discardChunks().result;
     } catch (e) {
       return Promise.reject(e);
     }
-  }
-
-  /**
-   * With a JSON schema, llama.cpp's converter runs off the JS thread first (its grammar is cached for the
-   * generation that follows), so that a large schema does not block the event loop. A schema that cannot be
-   * converted is reported by the generation, with the same error.
-   */
-  async #completeWithSchema(input: string | Int32Array | readonly number[], options: GenerateOptions): Promise<GenerationResult> {
-    try {
-      await jsonSchemaToGrammarAsync(options.jsonSchema!, { schemaMode: options.schemaMode });
-    } catch {
-      // reported by start() below, with this call's stack
-    }
-    return this.start(input, options, false, this.complete).discardChunks().result;
   }
 
   async #beamSearch(input: string | Int32Array | readonly number[], options: GenerateOptions & BeamOptions, caller: Function): Promise<GenerationResult> {
@@ -461,7 +446,16 @@ export class LlamaSession {
         if (deferred.aborted || this.disposed) deferred.end(notStarted('abort'));
         else void start();
       },
-      failed,
+      (e: unknown) => {
+        // Disposal (of the session, its context or model) while the prompt was prepared ends the
+        // generation as aborted, as it does a running one.
+        if (deferred.aborted || this.disposed || (e as { code?: unknown })?.code === 'ERR_DISPOSED') {
+          if (this.#running === gen) this.#running = null;
+          deferred.end(notStarted('abort'));
+        } else {
+          failed(e);
+        }
+      },
     );
   }
 

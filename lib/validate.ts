@@ -86,3 +86,20 @@ export function optSignal(o: Record<string, unknown>, name: string, caller: Func
   if (!(v instanceof AbortSignal)) throw invalid(name, 'an AbortSignal', v, caller);
   return v;
 }
+
+/**
+ * `value` as JSON text, for values the library writes into prompts (tool results, tool-call arguments):
+ * ERR_INVALID_ARGUMENT for what JSON cannot hold (a cycle, a BigInt), ERR_LIMIT_EXCEEDED for nesting too
+ * deep to write.
+ */
+export function jsonArgument(value: unknown, name: string, caller: Function): string {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch (e) {
+    if (e instanceof RangeError) throw llamaError('ERR_LIMIT_EXCEEDED', `Invalid option "${name}": it nests too deep to be written as JSON`, caller);
+    throw invalid(name, `a value JSON can hold (${(e as Error).message})`, value, caller);
+  }
+  if (text === undefined) throw invalid(name, 'a value JSON can hold', value, caller);
+  return text;
+}

@@ -1,6 +1,5 @@
 #include "chat_template.h"
 
-#include <mutex>
 #include <vector>
 
 #include "addon_data.h"
@@ -17,7 +16,6 @@ struct ChatTemplateState {
   std::string builtin;              // the template llama_chat_apply_template renders, when not Jinja
   std::string source;
   std::string name;  // built-in template name, when one was chosen by name
-  std::mutex mu;     // one render at a time (apply on the JS thread, applyAsync on workers)
 };
 
 namespace {
@@ -218,10 +216,10 @@ common_chat_templates_inputs readApply(const Napi::CallbackInfo& info) {
   return in;
 }
 
-// Renders on any thread (one render of a template at a time). Throws CodedError: ERR_LIMIT_EXCEEDED,
-// ERR_INVALID_TEMPLATE.
-common_chat_params runApply(ChatTemplateState& st, const common_chat_templates_inputs& in) {
-  std::lock_guard<std::mutex> lock(st.mu);
+// Renders on any thread, several at once: common_chat_templates_apply reads the parsed template (const)
+// and renders into a context of its own; the limits' counters are per thread (template_limits.cpp).
+// Throws CodedError: ERR_LIMIT_EXCEEDED, ERR_INVALID_TEMPLATE.
+common_chat_params runApply(const ChatTemplateState& st, const common_chat_templates_inputs& in) {
   common_chat_params p;
   try {
     TemplateBudget budget;

@@ -132,6 +132,58 @@ describe('chats rendered off the JS thread', () => {
     expect(chat.messages.map((m) => m.role)).toEqual(['user', 'assistant']);
   }, 120_000);
 
+  // A call that start() refuses (busy, a bad option) must leave no render running behind it: its failure
+  // would be an unhandled rejection, which ends a Node.js process (it ended the server).
+  it('a long send refused at the call leaves nothing behind: no unhandled rejection, the chat unchanged', async () => {
+    await using ctx = await model.createContext({ contextSize: 8192, sequences: 2 });
+    const unhandled: unknown[] = [];
+    const onUnhandled = (e: unknown) => unhandled.push(e);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      // A template that fails only for long messages, and an option that start() refuses.
+      using chat = ctx.createChat({ template: "{% for m in messages %}{% if m.content | length > 10000 %}{{ raise_exception('long') }}{% endif %}{{ m.content }}{% endfor %}" });
+      expect(() => chat.send(long, { temperature: 'hot' as unknown as number })).toThrow(/temperature/);
+      // Busy: a second long send with a large invalid schema while the first runs.
+      using other = ctx.createChat({ template: "{% for m in messages %}{{ m.content }}{% endfor %}" });
+      const first = other.send('Once', { maxTokens: 40 });
+      const bad = { type: 'object', properties: Object.fromEntries(Array.from({ length: 800 }, (_, i) => [`f${i}`, { type: 'strng' }])) };
+      expect(JSON.stringify(bad).length).toBeGreaterThan(16384);
+      expect(() => other.send(long, { jsonSchema: bad as never })).toThrow(/while the session generates/);
+      await first.result;
+      await new Promise((r) => setTimeout(r, 300));
+      expect(unhandled).toEqual([]);
+      expect(chat.messages).toEqual([]);
+      expect(other.messages.map((m) => m.role)).toEqual(['user', 'assistant']);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  }, 120_000);
+
+  it('a short render is not held up by a long one of the same template on a worker', async () => {
+    await using ctx = await model.createContext({ contextSize: 8192, sequences: 2 });
+    let t = performance.now();
+    model.applyChatTemplate([{ role: 'user', content: long }], { template: slow });
+    const syncMs = performance.now() - t;
+    using chat = ctx.createChat({ template: slow });
+    const gen = chat.send(long, { maxTokens: 2 });
+    t = performance.now();
+    model.applyChatTemplate([{ role: 'user', content: 'Hi' }], { template: slow });
+    const shortMs = performance.now() - t;
+    await gen.result;
+    expect(shortMs, `a short render took ${shortMs.toFixed(0)} ms beside a long one of ${syncMs.toFixed(0)} ms`).toBeLessThan(syncMs / 2);
+  }, 120_000);
+
+  it('disposing the model while a chat renders on a worker ends the reply as aborted', async () => {
+    const own = await loadModel(await synthetic('phi3-chat', { vocab: 'phi-3', embeddingLength: 32, layers: 1, heads: 2, headsKv: 1, feedForwardLength: 64, type: 'f16', seed: 3 }));
+    const ctx = await own.createContext({ contextSize: 8192, sequences: 1 });
+    const chat = ctx.createChat({ template: slow });
+    const gen = chat.send(long, { maxTokens: 4 });
+    await own.dispose();
+    const r = await gen.result;
+    expect(r.stopReason).toBe('abort');
+    expect(r.usage.completionTokens).toBe(0);
+  }, 120_000);
+
   it('a chat with a large JSON schema checks it and renders off the JS thread; the json validates', async () => {
     await using ctx = await model.createContext({ contextSize: 2048, sequences: 1 });
     const wide = (extra: Record<string, unknown> = {}) => ({

@@ -171,17 +171,18 @@ describe('grammar-constrained sampling (random-weight model)', () => {
 
   // Bounded trigger patterns (no *, + or {n,}) are searched only near the output not searched yet
   // (patches/llama.cpp/0005): each still fires at its first match in the whole output, as JavaScript's
-  // RegExp finds it, with anchors, word boundaries, lookaheads, classes and alternations; unbounded
-  // patterns are searched whole, as before.
-  it('trigger patterns fire at their first match, bounded or not (a sweep of patterns and seeds)', async () => {
+  // RegExp finds it, with anchors, word boundaries, lookaheads, classes (ECMAScript's [^] too), capture
+  // groups and alternations.
+  it('trigger patterns fire at their first match (a sweep of patterns and seeds)', async () => {
     const grammar = 'root ::= "CALL(" [0-9] [0-9] ")"';
     const trigger = model.tokenize('CALL', { addBos: false });
     // (each matches only where "CALL" starts, so that the grammar can follow from the match)
-    const patterns = ['C[A]LL', 'CAL{2}', 'CALL{1,3}', '(?:CALL|CALL\\()', '\\bCALL', 'CALL(?!x)', '(C)ALL', 'x?CALL', 'CAL+', '[C]A[^\\s]L'];
+    // (bounded ones only: unbounded patterns are refused; [^] is any character, a class that ends at once)
+    const patterns = ['C[A]LL', 'CAL{2}', 'CALL{1,3}', '(?:CALL|CALL\\()', '\\bCALL', 'CALL(?!x)', '(C)ALL', 'x?CALL', '[^]{0,3}(CALL)', '[^]{0,2}(C)[A]LL', '[C]A[^\\s]L'];
     using s = ctx.createSession();
     const fired = new Map<string, number[]>();
     for (const pattern of patterns) {
-      const re = new RegExp(pattern);
+      const re = new RegExp(pattern, 'd');
       for (let seed = 1; seed <= 10; seed++) {
         s.reset();
         const bias: Record<number, number> = { [model.vocab.eos!]: -4 };
@@ -192,7 +193,9 @@ describe('grammar-constrained sampling (random-weight model)', () => {
         // Free text before: no match of the pattern ends before the grammar's start (it would have fired).
         const m = re.exec(r.text.slice(0, at + 'CALL'.length));
         expect(m, `${pattern}: ${JSON.stringify(r.text)}`).not.toBeNull();
-        expect(m!.index, `${pattern}: ${JSON.stringify(r.text)}`).toBe(at);
+        // The grammar applies from the first capture group that matched, or from the match's start.
+        const group = m!.indices!.slice(1).find((x) => x !== undefined && x[1] > x[0]);
+        expect(group ? group[0] : m!.index, `${pattern}: ${JSON.stringify(r.text)}`).toBe(at);
         expect(r.text.slice(at), r.text).toMatch(/^CALL\([0-9][0-9]\)$/);
         fired.set(pattern, [...(fired.get(pattern) ?? []), at]);
       }

@@ -5,9 +5,9 @@ import { mkdirSync, readdirSync, rmSync, writeFileSync, readFileSync } from 'nod
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { limits, loadModel, LlamaError, setLogLevel, type LlamaModel } from 'llama-addon';
+import { jsonSchemaToGrammar, limits, loadModel, LlamaError, setLogLevel, type LlamaModel } from 'llama-addon';
 import { rejectsWith, throwsWith } from './helpers/errors.js';
-import { describeShared, fixtures, repoRoot, shared, vocab, vocabDir } from './helpers/models.js';
+import { describeShared, fixtures, repoRoot, shared, tinySynthetic, vocab, vocabDir } from './helpers/models.js';
 
 setLogLevel('error');
 
@@ -293,5 +293,41 @@ describeShared('a memory-mapped model file changed while in use', () => {
       await model.dispose();
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+// Values the library writes as JSON (tool schemas, tool-call arguments, tool results, JSON schemas) that
+// JSON cannot hold, or that nest too deep, are errors with codes, never a TypeError or a stack overflow.
+describe('values that JSON cannot hold', () => {
+  let model: LlamaModel;
+  beforeAll(async () => {
+    model = await loadModel(await tinySynthetic());
+  });
+  afterAll(() => model.dispose());
+
+  it('are ERR_INVALID_SCHEMA, ERR_INVALID_ARGUMENT or ERR_LIMIT_EXCEEDED, with the caller in the stack', async () => {
+    await using ctx = await model.createContext({ contextSize: 128, sequences: 1 });
+    const cyclic: Record<string, unknown> = { type: 'object' };
+    cyclic.properties = { a: cyclic };
+    let deep: Record<string, unknown> = { type: 'string' };
+    for (let i = 0; i < 5000; i++) deep = { type: 'object', properties: { a: deep } };
+    const cases: Array<[string, () => unknown, string]> = [
+      ['a cyclic tool schema', () => ctx.createChat({ tools: [{ name: 'f', parameters: cyclic as never }] }), 'ERR_INVALID_SCHEMA'],
+      ['a tool schema 5000 deep', () => ctx.createChat({ tools: [{ name: 'f', parameters: deep as never }] }), 'ERR_LIMIT_EXCEEDED'],
+      ['a BigInt in a tool schema', () => ctx.createChat({ tools: [{ name: 'f', parameters: { type: 'object', default: 5n } as never }] }), 'ERR_INVALID_SCHEMA'],
+      ['a schema whose toJSON nests 5000 deep', () => jsonSchemaToGrammar({ toJSON: () => deep } as never), 'ERR_LIMIT_EXCEEDED'],
+      ['a schema whose toJSON is cyclic', () => jsonSchemaToGrammar({ toJSON: () => cyclic } as never), 'ERR_INVALID_SCHEMA'],
+      ['cyclic tool-call arguments', () => ctx.createChat({ messages: [{ role: 'assistant', content: '', toolCalls: [{ id: 'a', name: 'f', arguments: cyclic }] }] }), 'ERR_INVALID_ARGUMENT'],
+    ];
+    for (const [what, fn, code] of cases) {
+      const e = throwsWith(fn, code);
+      expect(e.stack, what).toContain('hardening-input.test.ts');
+    }
+    using chat = ctx.createChat({ messages: [{ role: 'user', content: 'x' }, { role: 'assistant', content: '', toolCalls: [{ id: 'a1', name: 'f', arguments: {} }] }] });
+    throwsWith(() => chat.addToolResult('a1', cyclic), 'ERR_INVALID_ARGUMENT');
+    throwsWith(() => chat.addToolResult('a1', 5n), 'ERR_INVALID_ARGUMENT');
+    expect(chat.messages).toHaveLength(2);
+    chat.addToolResult('a1', { ok: true });
+    expect(chat.messages.at(-1)?.content).toBe('{"ok":true}');
   });
 });

@@ -254,15 +254,26 @@ describe('limits', () => {
 });
 
 describeShared('grammar trigger patterns', () => {
-  it('patterns that backtrack exponentially are refused before a generation starts; plain ones work', async () => {
+  // Patterns run with std::regex (recursive, backtracking) at every token on the engine thread: they must
+  // be bounded (searched near the new output only) and cheap from every position. Unbounded repetition,
+  // backreferences, matches longer than 4096 characters and chains of alternatives or optional parts that
+  // multiply past a million steps (the hostile `(?:.|.)` × 25 took 9 s per token) are refused.
+  it('patterns that are unbounded or backtrack exponentially are refused before a generation starts; bounded ones work', async () => {
     const model = await loadModel(shared('stories260k.gguf'));
     try {
       await using ctx = await model.createContext({ contextSize: 256 });
       using s = ctx.createSession();
-      for (const p of ['([\\s\\S]*)*x$', '(a|a)*(b|b)*(c|c)*(.|.)*z', '(x+)+y', '(.*)\\1\\1z', 'a'.repeat(1001)]) {
+      const refused = [
+        '([\\s\\S]*)*x$', '(a|a)*(b|b)*(c|c)*(.|.)*z', '(x+)+y', '(.*)\\1\\1z', 'a'.repeat(1001), '<call>[\\s\\S]*', 'a{3,}',
+        '(?:.|.)'.repeat(25) + 'X', '.?'.repeat(25), 'a{0,5}'.repeat(10), '.{0,5000}', 'x{0,99999999}', '(a)\\1', '\\cJ',
+      ];
+      for (const p of refused) {
         await rejectsWith(s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { patterns: [p] } }), 'ERR_LIMIT_EXCEEDED');
       }
-      for (const p of ['<call>[\\s\\S]*', '(foo|bar)baz', '[0-9]{3}-x']) {
+      for (const p of ['(', 'a)', '[abc', 'a{2,1}', '*a']) {
+        await rejectsWith(s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { patterns: [p] } }), 'ERR_INVALID_GRAMMAR');
+      }
+      for (const p of ['<call>[\\s\\S]{0,100}', '(foo|bar)baz', '[0-9]{3}-x', '[^]ed ba(ll)', '.{0,1000}QZX', '(q|q){1,10}z']) {
         s.reset();
         const r = await s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { patterns: [p] } });
         expect(r.stopReason).toBe('maxTokens');

@@ -328,6 +328,15 @@ describeShared('JSON schemas with a real model (stories260k)', () => {
       expect(e.pointer).toMatch(/^#/);
       if (code === 'ERR_INVALID_SCHEMA') expect([e.pointer, e.keyword]).toEqual([syncError.pointer, syncError.keyword]);
     }
+    // complete() holds the session from the call on, as generate() does: a second call is the one refused.
+    const held = s.complete('x', { jsonSchema: wide('held'), ...sampling(2), maxTokens: 4 }).catch((e: LlamaError) => e);
+    expect(s.busy).toBe(true);
+    await rejectsWith(s.complete('x', { maxTokens: 2 }), 'ERR_BUSY');
+    await held;
+    // A chat refuses a grammar of its own beside a jsonSchema, at the call, whatever the schema's size.
+    using chat = ctx.createChat({ template: 'chatml' });
+    throwsWith(() => chat.send('Hi', { jsonSchema: wide('chat'), grammar: 'root ::= "zzz"' }), 'ERR_INVALID_ARGUMENT');
+    expect(chat.messages).toEqual([]);
     // The session goes on; the schema is cached, and then generate() starts at once.
     expect((await s.complete('x', { jsonSchema: { const: 'ok' } })).json).toBe('ok');
     expect(jsonSchemaToGrammar(wide('off the thread'))).toBe(await jsonSchemaToGrammarAsync(wide('off the thread')));

@@ -44,10 +44,36 @@ export function schemaText(schema: unknown): string {
     }
     if (bytes > maxBytes) overLimit(`more than ${maxBytes} bytes of JSON`);
   }
-  const text = JSON.stringify(schema);
+  // The text may differ from what was walked (toJSON methods, getters): it is checked again on its own.
+  let text: string;
+  try {
+    text = JSON.stringify(schema);
+  } catch (e) {
+    if (e instanceof RangeError) overLimit(`objects and arrays nested more than ${maxDepth} deep (through toJSON)`);
+    throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: it cannot be written as JSON: ${(e as Error).message}`, '#', '');
+  }
+  if (typeof text !== 'string') throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it writes as no JSON at all (toJSON gave undefined)', '#', '');
   const size = Buffer.byteLength(text);
   if (size > maxBytes) overLimit(`${size} bytes of JSON (at most ${maxBytes})`);
+  if (jsonTextDepth(text) > maxDepth) overLimit(`objects and arrays nested more than ${maxDepth} deep`);
   return text;
+}
+
+/** The deepest nesting of objects and arrays in a JSON text (strings skipped), without parsing it. */
+export function jsonTextDepth(text: string): number {
+  let depth = 0;
+  let most = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 92) i++;
+      else if (c === 34) inString = false;
+    } else if (c === 34) inString = true;
+    else if (c === 123 || c === 91) most = Math.max(most, ++depth);
+    else if (c === 125 || c === 93) depth--;
+  }
+  return most;
 }
 
 /** The draft of a schema: its $schema, or 2020-12 unless it uses draft-07's array form of items. */
