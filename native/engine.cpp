@@ -2,6 +2,7 @@
 
 #include "grammar_check.h"
 #include "guard.h"
+#include "promise_worker.h"
 #include "common/sampling.h"  // llama.cpp's
 
 #include <algorithm>
@@ -141,7 +142,20 @@ void Engine::start() {
                  g_live.end());
     g_live.push_back(weak_from_this());
   }
-  thread_ = std::thread([self = shared_from_this()] { self->run(); });
+  // The per-token work runs on a thread with a large stack (reserved, committed only as used): std::regex,
+  // which matches the chat templates' tool-call trigger patterns over the output, recurses once per
+  // character it consumes (about 200 bytes each), and a thread's usual 8 MiB overflowed at ~50,000.
+  thread_ = std::thread([self = shared_from_this()] {
+    bool ran = false;
+    try {
+      onLargeStack(kEngineStackBytes, [&] {
+        ran = true;
+        self->run();
+      });
+    } catch (...) {
+    }
+    if (!ran) self->run();  // no thread with that stack could be started: run here
+  });
 }
 
 void Engine::submit(std::shared_ptr<GenState> gen) {

@@ -23,6 +23,9 @@ struct common_sampler;
 
 namespace la {
 
+// The stack of a context's engine thread (see Engine::start).
+constexpr size_t kEngineStackBytes = 64u << 20;
+
 class Engine;
 
 // A piece of generated output: text that is safe to show (whole UTF-8 characters, no part of a stop
