@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { LlamaError, loadModel, startServer, type LlamaServer } from 'llama-addon';
 import { toApiError } from '../lib/server/openai.js';
 import { describeShared, shared } from './helpers/models.js';
+import { rejectsWith } from './helpers/errors.js';
 
 // timingSafeEqual, watched: the key check must go through it, on digests of one fixed length.
 vi.mock('node:crypto', async (importOriginal) => {
@@ -338,6 +339,29 @@ describeShared('server: reload memory', () => {
       expect(growth(heap, 40, 59)).toBeLessThan(8);
     } finally {
       await server.close(1000);
+    }
+  });
+});
+
+// The server's options are checked like every other API's: a LlamaError naming the option, before
+// anything listens or loads.
+describe('server options', () => {
+  it('a bad option is ERR_INVALID_ARGUMENT naming it', async () => {
+    const model = { alias: 'm', path: '/nonexistent.gguf' };
+    const bad: Array<[Record<string, unknown>, string]> = [
+      [{ models: [] }, 'models'],
+      [{ models: [model, model] }, 'models'],
+      [{ models: [{ alias: '', path: 'x' }] }, 'models'],
+      [{ models: [model], parallel: 0 }, 'parallel'],
+      [{ models: [model], port: 70000 }, 'port'],
+      [{ models: [model], maxQueue: -1 }, 'maxQueue'],
+      [{ models: [model], gpuLayers: 'lots' }, 'gpuLayers'],
+      [{ models: [model], log: 'yes' }, 'log'],
+      [{ models: [model], paralel: 2 }, 'paralel'],
+    ];
+    for (const [options, name] of bad) {
+      const e = await rejectsWith(startServer(options as never), 'ERR_INVALID_ARGUMENT');
+      expect(e.message, JSON.stringify(options)).toContain(`"${name}"`);
     }
   });
 });

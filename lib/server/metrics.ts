@@ -1,0 +1,85 @@
+// Prometheus metrics of the server (prom-client): requests counted by an onResponse hook for every route
+// (streamed answers, which leave fastify's reply cycle, count themselves when they end), tokens and timings
+// of generations, and gauges read from the model registry when scraped.
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { GenerationResult } from '../generation.js';
+import type { ModelRegistry } from './registry.js';
+
+/** The route a request matched (its path pattern, without the query), for metrics. @internal */
+export const endpointOf = (req: FastifyRequest) => req.routeOptions?.url ?? 'unmatched';
+
+/** @internal */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly requests: Counter<'endpoint' | 'status'>;
+  readonly promptTokens: Counter<'model'>;
+  readonly cachedTokens: Counter<'model'>;
+  readonly completionTokens: Counter<'model'>;
+  readonly ttft: Histogram<'model'>;
+  readonly cacheHits: Counter<'model'>;
+  readonly cacheMisses: Counter<'model'>;
+  readonly tps: Gauge<'model'>;
+
+  constructor(models: ModelRegistry) {
+    const registers = [this.registry];
+    this.requests = new Counter({ name: 'llama_requests_total', help: 'Requests, by endpoint and status', labelNames: ['endpoint', 'status'], registers });
+    this.promptTokens = new Counter({ name: 'llama_prompt_tokens_total', help: 'Prompt tokens of completed requests', labelNames: ['model'], registers });
+    this.cachedTokens = new Counter({ name: 'llama_prompt_tokens_cached_total', help: 'Prompt tokens reused from a KV cache', labelNames: ['model'], registers });
+    this.completionTokens = new Counter({ name: 'llama_completion_tokens_total', help: 'Generated tokens', labelNames: ['model'], registers });
+    this.ttft = new Histogram({
+      name: 'llama_time_to_first_token_seconds', help: 'Time from request to first generated token', labelNames: ['model'],
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30], registers,
+    });
+    this.cacheHits = new Counter({ name: 'llama_response_cache_hits_total', help: 'Requests answered from the response cache', labelNames: ['model'], registers });
+    this.cacheMisses = new Counter({ name: 'llama_response_cache_misses_total', help: 'Cacheable requests that had to be generated', labelNames: ['model'], registers });
+    this.tps = new Gauge({ name: 'llama_tokens_per_second', help: 'Generation speed of the last completed request', labelNames: ['model'], registers });
+    new Gauge({
+      name: 'llama_queue_length', help: 'Requests waiting for a free session', labelNames: ['model'], registers,
+      collect() {
+        for (const e of models.entries.values()) this.set({ model: e.alias }, e.waiters.length);
+      },
+    });
+    new Gauge({
+      name: 'llama_kv_cache_usage_ratio', help: 'Share of the KV cache the sessions hold', labelNames: ['model'], registers,
+      collect() {
+        for (const e of models.entries.values()) {
+          if (!e.ctx) continue;
+          // Sessions that hold a sequence now (the others' caches wait in host memory).
+          const held = e.sessions.reduce((n, s) => n + (s.disposed || s.sequence === null ? 0 : s.tokens.length), 0);
+          this.set({ model: e.alias }, held / (e.ctx.contextSize * e.ctx.sequences));
+        }
+      },
+    });
+    new Gauge({
+      name: 'llama_models_loaded', help: 'Models in memory: the one served, and replaced ones finishing their requests', labelNames: ['model'], registers,
+      collect() {
+        this.reset();
+        for (const e of models.entries.values()) this.set({ model: e.alias }, 0);
+        for (const e of models.live) this.inc({ model: e.alias });
+      },
+    });
+    new Gauge({
+      name: 'llama_requests_running', help: 'Requests generating now', labelNames: ['model'], registers,
+      collect() {
+        for (const e of models.entries.values()) this.set({ model: e.alias }, e.active);
+      },
+    });
+  }
+
+  /** Counts a completed generation's tokens and timings. */
+  account(alias: string, r: GenerationResult): void {
+    this.promptTokens.inc({ model: alias }, r.usage.promptTokens);
+    this.cachedTokens.inc({ model: alias }, r.usage.cachedTokens);
+    this.completionTokens.inc({ model: alias }, r.usage.completionTokens);
+    if (r.usage.completionTokens > 0) this.ttft.observe({ model: alias }, r.timings.timeToFirstTokenMs / 1000);
+    if (r.timings.tokensPerSecond > 0) this.tps.set({ model: alias }, r.timings.tokensPerSecond);
+  }
+
+  /** Counts every answer fastify sends, by route and status. */
+  hook(app: FastifyInstance): void {
+    app.addHook('onResponse', async (req, reply) => {
+      this.requests.inc({ endpoint: endpointOf(req), status: String(reply.statusCode) });
+    });
+  }
+}

@@ -1,0 +1,171 @@
+// POST /v1/chat/completions: OpenAI's chat completions over the model's chat template (tools, JSON
+// schemas through response_format, log-probabilities, streaming); each conversation keeps its session and
+// KV cache between requests (lib/server/registry.ts).
+import { createHash } from 'node:crypto';
+import type { FastifyInstance } from 'fastify';
+import type { ChatResult, ChatTool, ToolChoice } from '../../chat.js';
+import type { ChatMessage } from '../../chat-template.js';
+import type { Generation } from '../../generation.js';
+import { prepareJsonSchemaSoon, type JsonSchema } from '../../json-schema.js';
+import { jsonDepth } from '../limits.js';
+import { ApiError, chatCompletionSchema } from '../openai.js';
+import { eventStream } from '../sse.js';
+import { finishReason, newId, openaiLogprobs, requestOptions, state, usage, withRequest } from '../state.js';
+
+const conversationKey = (messages: ReadonlyArray<{ role: string; content: string }>) =>
+  createHash('sha256').update(JSON.stringify(messages.map((m) => [m.role, m.content]))).digest('hex');
+
+function textOf(content: unknown): string {
+  if (typeof content === 'string') return content;
+  if (Array.isArray(content)) return content.map((p: { text?: string }) => p.text ?? '').join('');
+  return '';
+}
+
+export async function chatRoutes(app: FastifyInstance): Promise<void> {
+  const s = state(app);
+  app.post('/v1/chat/completions', { schema: { body: chatCompletionSchema } }, async function chatCompletions(req, reply) {
+    const { maxBodyDepth } = s.options;
+    const body = req.body as Record<string, unknown> & { messages: Array<Record<string, unknown>> };
+    const e = s.models.entryFor(body.model as string | undefined);
+    const id = newId('chatcmpl');
+    const created = Math.floor(Date.now() / 1000);
+    const messages: ChatMessage[] = body.messages.map((m) => {
+      const role = m.role === 'developer' ? 'system' : (m.role as ChatMessage['role']);
+      const out: ChatMessage = { role, content: textOf(m.content) };
+      if (Array.isArray(m.tool_calls)) {
+        out.toolCalls = (m.tool_calls as Array<{ id: string; function: { name: string; arguments: string } }>).map((c) => {
+          let args: Record<string, unknown>;
+          if (jsonDepth(c.function.arguments, maxBodyDepth) > maxBodyDepth) {
+            throw new ApiError(400, `messages: the arguments of tool call ${c.id} nest more than ${maxBodyDepth} levels deep`, 'invalid_request_error', 'messages', 'body_too_deep');
+          }
+          try {
+            args = JSON.parse(c.function.arguments) as Record<string, unknown>;
+            if (args === null || typeof args !== 'object' || Array.isArray(args)) throw new Error('not an object');
+          } catch {
+            throw new ApiError(400, `messages: the arguments of tool call ${c.id} are not a JSON object`, 'invalid_request_error', 'messages');
+          }
+          return { id: c.id, name: c.function.name, arguments: args };
+        });
+      }
+      if (typeof m.tool_call_id === 'string') out.toolCallId = m.tool_call_id;
+      if (role === 'tool' && typeof m.name === 'string') out.name = m.name;
+      return out;
+    });
+    const last = messages[messages.length - 1];
+    const history = last.role === 'user' ? messages.slice(0, -1) : messages;
+    const tools: ChatTool[] | undefined = (body.tools as Array<{ function: { name: string; description?: string; parameters?: JsonSchema } }> | undefined)?.map((t) => ({
+      name: t.function.name,
+      ...(t.function.description !== undefined ? { description: t.function.description } : {}),
+      ...(t.function.parameters !== undefined ? { parameters: t.function.parameters } : {}),
+    }));
+    const tc = body.tool_choice as string | { function: { name: string } } | undefined;
+    const toolChoice: ToolChoice | undefined = tc === undefined ? undefined : typeof tc === 'string' ? (tc as ToolChoice) : { name: tc.function.name };
+    const rf = body.response_format as { type: string; json_schema?: { schema: JsonSchema } } | undefined;
+    const jsonSchema: JsonSchema | undefined = rf?.type === 'json_schema' ? rf.json_schema?.schema : rf?.type === 'json_object' ? { type: 'object' } : undefined;
+    if (rf?.type === 'json_schema' && !rf.json_schema) throw new ApiError(400, 'response_format.json_schema is required with type json_schema', 'invalid_request_error', 'response_format.json_schema');
+    // A large schema's checking pass runs on the validator's worker thread; the chat then finds it cached.
+    if (jsonSchema !== undefined) await prepareJsonSchemaSoon(jsonSchema, 'strict', chatCompletions);
+    const wantLogprobs = body.logprobs === true;
+    const streaming = body.stream === true;
+    // The conversation this request continues: its messages before the new one.
+    const key = history.length > 0 ? conversationKey(history) : null;
+    const rkey = s.responses.key(e, 'chat', body);
+    const hit = s.responses.get(e, rkey, reply);
+    if (hit !== undefined) return hit;
+    return withRequest(s, req, reply, e, key, async (session, signal) => {
+      const chat = e.ctx!.createChat({
+        session,
+        messages: history,
+        ...(tools?.length ? { tools, toolChoice: toolChoice ?? 'auto', parallelToolCalls: body.parallel_tool_calls === true } : {}),
+      });
+      const opts = {
+        ...requestOptions(s, body, signal),
+        ...(wantLogprobs ? { logprobs: (body.top_logprobs as number | undefined) ?? 0 } : {}),
+        ...(jsonSchema !== undefined ? { jsonSchema } : {}),
+      };
+      const gen: Generation<ChatResult> = chat.send(last.role === 'user' ? last : undefined, opts);
+      const finish = (r: ChatResult) => {
+        s.metrics.account(e.alias, r);
+        const reply = { role: 'assistant' as const, content: r.content };
+        e.keys.set(session, conversationKey([...history, ...(last.role === 'user' ? [last] : []), reply]));
+      };
+      if (!streaming) {
+        const r = await gen.result;
+        finish(r);
+        const toolCalls = r.toolCalls.map((c) => ({ id: c.id, type: 'function', function: { name: c.name, arguments: JSON.stringify(c.arguments) } }));
+        const response = {
+          id,
+          object: 'chat.completion',
+          created,
+          model: e.alias,
+          choices: [
+            {
+              index: 0,
+              message: { role: 'assistant', content: toolCalls.length && !r.content ? null : r.content, ...(toolCalls.length ? { tool_calls: toolCalls } : {}), ...(r.reasoning ? { reasoning_content: r.reasoning } : {}) },
+              logprobs: wantLogprobs ? { content: openaiLogprobs(r.logprobs) ?? [] } : null,
+              finish_reason: finishReason(r, toolCalls.length),
+            },
+          ],
+          usage: usage(r),
+        };
+        if (r.stopReason !== 'abort') s.responses.set(rkey, response);
+        return response;
+      }
+      const stream = eventStream(req, reply, s.metrics);
+      const send = stream.send;
+      const chunk = (delta: Record<string, unknown>, finish: string | null, extra: Record<string, unknown> = {}) =>
+        send({ id, object: 'chat.completion.chunk', created, model: e.alias, choices: [{ index: 0, delta, logprobs: extra.logprobs ?? null, finish_reason: finish }] });
+      chunk({ role: 'assistant', content: '' }, null);
+      // With tools, the raw text holds the call markup: the template's parser reads what has come so far,
+      // and the differences go out as content and tool-call deltas, as OpenAI streams them.
+      const live = !tools?.length;
+      let raw = '';
+      let sentContent = '';
+      const sentCalls: Array<{ id: string; name: string; args: string }> = [];
+      const emitParsed = (partial: boolean) => {
+        const p = chat.parseReply(raw, partial);
+        if (p.content.startsWith(sentContent) && p.content.length > sentContent.length) {
+          chunk({ content: p.content.slice(sentContent.length) }, null);
+          sentContent = p.content;
+        }
+        p.toolCalls.forEach((c, index) => {
+          if (!c.name) return;
+          let sent = sentCalls[index];
+          if (!sent) {
+            sent = { id: `call${createHash('sha1').update(`${id}${index}`).digest('hex').slice(0, 5)}`, name: c.name, args: '' };
+            sentCalls[index] = sent;
+            chunk({ tool_calls: [{ index, id: sent.id, type: 'function', function: { name: c.name, arguments: '' } }] }, null);
+          }
+          if (c.arguments.startsWith(sent.args) && c.arguments.length > sent.args.length) {
+            chunk({ tool_calls: [{ index, function: { arguments: c.arguments.slice(sent.args.length) } }] }, null);
+            sent.args = c.arguments;
+          }
+        });
+      };
+      try {
+        for await (const c of gen) {
+          if (live && c.text) chunk({ content: c.text }, null, wantLogprobs ? { logprobs: { content: openaiLogprobs(c.logprobs) } } : {});
+          if (!live && c.text) {
+            raw += c.text;
+            emitParsed(true);
+          }
+        }
+        const r = await gen.result;
+        finish(r);
+        if (!live) {
+          emitParsed(false);
+          chunk({}, finishReason(r, sentCalls.length));
+        } else {
+          chunk({}, finishReason(r));
+        }
+        if ((body.stream_options as { include_usage?: boolean } | undefined)?.include_usage) {
+          send({ id, object: 'chat.completion.chunk', created, model: e.alias, choices: [], usage: usage(r) });
+        }
+      } catch (err) {
+        stream.fail(err);
+      }
+      stream.end();
+      return reply;
+    });
+  });
+}
