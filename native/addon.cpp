@@ -10,6 +10,7 @@
 #include "common.h"
 #include "chat_template.h"
 #include "context.h"
+#include "generation.h"
 #include "engine.h"
 #include "grammar.h"
 #include "guard.h"

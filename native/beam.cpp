@@ -1,5 +1,9 @@
 #include "beam.h"
 
+#include "context.h"
+#include "engine_task.h"
+#include "errors.h"
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -156,6 +160,73 @@ std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vo
     clearOthers();
     throw;
   }
+}
+
+
+// beamSearch(sequences: number[], tokens: Int32Array, keep, { beams, maxTokens, lengthPenalty, logitBias })
+//   -> Promise<[{ tokens: Int32Array, logprob, score, finished }]>, best first.
+Napi::Value Context::BeamSearch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto engine = engineOrThrow(env);
+  const ModelHandle& model = *engine->model();
+  if (!info[0].IsArray()) throwArg(env, "sequences", "an array of sequence ids", info[0]);
+  Napi::Int32Array tokens = argTokens(info, 1, "tokens");
+  int32_t keep = (int32_t)argInteger(info, 2, "keep", 0, INT32_MAX);
+  if (!info[3].IsObject()) throwArg(env, "options", "an object", info[3]);
+  Napi::Object o = info[3].As<Napi::Object>();
+  BeamParams bp;
+  Napi::Array seqs = info[0].As<Napi::Array>();
+  for (uint32_t i = 0; i < seqs.Length(); i++) bp.seqs.push_back(seqs.Get(i).As<Napi::Number>().Int32Value());
+  bp.beams = (int32_t)opt(o, "beams").As<Napi::Number>().Int32Value();
+  if (bp.beams < 1 || (int32_t)bp.seqs.size() != 2 * bp.beams) {
+    throwError(env, "ERR_INVALID_ARGUMENT", "Beam search with " + std::to_string(bp.beams) + " beams needs " +
+                                                 std::to_string(2 * bp.beams) + " sequences");
+  }
+  size_t n = tokens.ElementLength();
+  if (n == 0) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid prompt: expected at least one token, received none");
+  checkTokens(env, model, tokens.Data(), n, "prompt token");
+  bp.prompt.assign(tokens.Data(), tokens.Data() + n);
+  bp.keep = std::min<int32_t>(keep, (int32_t)n - 1);
+  Napi::Value mt = opt(o, "maxTokens");
+  bp.maxTokens = mt.IsNumber() ? std::max(1, mt.As<Napi::Number>().Int32Value()) : 32;
+  Napi::Value lpv = opt(o, "lengthPenalty");
+  if (lpv.IsNumber()) bp.lengthPenalty = (float)lpv.As<Napi::Number>().DoubleValue();
+  Napi::Value bias = opt(o, "logitBias");
+  if (bias.IsArray()) {
+    Napi::Array arr = bias.As<Napi::Array>();
+    int32_t nVocab = llama_vocab_n_tokens(model.vocab);
+    for (uint32_t i = 0; i < arr.Length(); i++) {
+      Napi::Array pair = arr.Get(i).As<Napi::Array>();
+      int32_t t = pair.Get(0u).As<Napi::Number>().Int32Value();
+      if (t < 0 || t >= nVocab) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option logitBias: token " + std::to_string(t) + " is not in the vocabulary");
+      bp.logitBias.emplace_back(t, (float)pair.Get(1u).As<Napi::Number>().DoubleValue());
+    }
+  }
+  Napi::Value lora = opt(o, "lora");
+  LoraSet set = lora.IsEmpty() || lora.IsUndefined() ? defaultLora_ : readLoraSet(env, lora, model);
+  auto params = std::make_shared<BeamParams>(std::move(bp));
+  Engine* eng = engine.get();
+  auto out = std::make_shared<std::vector<BeamHypothesis>>();
+  const llama_vocab* vocab = model.vocab;
+  return EngineTask::Run(
+      env, engine,
+      [=](llama_context* ctx) {
+        eng->applyLora(set);
+        *out = beamSearch(ctx, vocab, *params);
+      },
+      [=](Napi::Env env) -> Napi::Value {
+        Napi::Array res = Napi::Array::New(env, out->size());
+        for (uint32_t i = 0; i < out->size(); i++) {
+          const BeamHypothesis& h = (*out)[i];
+          Napi::Object ho = Napi::Object::New(env);
+          ho.Set("tokens", int32Array(env, h.tokens));
+          ho.Set("logprob", h.logprob);
+          ho.Set("score", h.score);
+          ho.Set("finished", h.finished);
+          res.Set(i, ho);
+        }
+        return res;
+      });
 }
 
 }  // namespace la

@@ -38,16 +38,5 @@ class Context : public Napi::ObjectWrap<Context> {
   int32_t lookupNgram_ = 0;
 };
 
-class Generation : public Napi::ObjectWrap<Generation> {
- public:
-  static void Init(Napi::Env env, Napi::Object exports);
-  static Napi::Object NewInstance(Napi::Env env, std::shared_ptr<GenState> state);
-  explicit Generation(const Napi::CallbackInfo& info);
-
- private:
-  Napi::Value Take(const Napi::CallbackInfo& info);
-  Napi::Value Abort(const Napi::CallbackInfo& info);
-  std::shared_ptr<GenState> state_;
-};
 
 }  // namespace la
