@@ -37,22 +37,8 @@ void stopAllEngines() {
   }
 }
 
-void notifyJs(GenState& g) {
-  if (g.tsfnClosed || g_exiting.load()) return;
-  g.tsfn.NonBlockingCall(&g, [](Napi::Env env, Napi::Function fn, GenState* state) {
-    if (env == nullptr || fn == nullptr) return;
-    bool done;
-    {
-      std::lock_guard<std::mutex> lock(state->mu);
-      done = state->done;
-    }
-    try {
-      fn.Call({Napi::Boolean::New(env, done)});
-      pauseUnref(env, *state);
-    } catch (...) {  // nothing may escape a callback from another thread
-      // The environment is going away (a worker thread terminated): JS cannot run any more.
-    }
-  });
+void notifySink(GenState& g) {
+  if (g.sink && !g_exiting.load()) g.sink->notify(g);
 }
 
 GenState::~GenState() {
@@ -424,7 +410,7 @@ void Engine::push(GenState& g, Chunk&& c) {
       g.pauseNotified = true;
       notify = true;
     }
-    if (notify) notifyJs(g);
+    if (notify) notifySink(g);
   }
 }
 
@@ -440,7 +426,7 @@ void Engine::flushDeferredNotifications() {
       g.deferredNotify = false;
       g.notifyPending = true;
       g.lastNotifyUs = now;
-      notifyJs(g);
+      notifySink(g);
     }
   }
 }
@@ -484,8 +470,8 @@ void Engine::finish(GenState& g, const char* reason, const std::string& code, co
   std::lock_guard<std::mutex> lock(g.mu);
   g.result = std::move(r);
   g.done = true;
-  notifyJs(g);
-  if (!g.tsfnClosed && !g_exiting.load()) g.tsfn.Release();
+  notifySink(g);
+  if (g.sink && !g_exiting.load()) g.sink->release(g);
 }
 
 // The log-probability of `t` and the `n` most likely tokens, from the raw logits of batch row `i`.

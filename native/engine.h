@@ -1,7 +1,6 @@
 // Engine: one thread per llama_context that owns its batch loop. Every step it puts the next token of
 // every running generation, and prompt chunks of new ones, into one llama_batch and decodes it once.
 #pragma once
-#include <napi.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -66,6 +65,20 @@ struct GenResult {
   double promptMs = 0, generateMs = 0, timeToFirstTokenMs = 0;
 };
 
+struct GenState;
+
+// What the engine hands a generation's output to: it knows nothing of N-API, so that the engine can run
+// without Node (native/generation.cpp's sink wakes JS through a thread-safe function). Both calls come from
+// the engine thread (or a worker that ends a generation before it starts) with the generation's mu held.
+class GenerationSink {
+ public:
+  virtual ~GenerationSink() = default;
+  // Output is ready, the generation paused on a full queue, or it ended (g.done).
+  virtual void notify(GenState& g) = 0;
+  // After the last notify: no call follows.
+  virtual void release(GenState& g) = 0;
+};
+
 // One generation request. Configuration is written on the JS thread before it is queued and is
 // read-only afterwards; the "engine" part is touched by the engine thread only; the queue part is
 // shared and guarded by `mu`.
@@ -126,15 +139,10 @@ struct GenState {
   bool deferredNotify = false;  // data arrived within kNotifyIntervalUs of the last notification
   int64_t lastNotifyUs = 0;
   bool pauseNotified = false;
-  bool unrefd = false;  // JS thread only, under mu
   GenResult result;
   std::atomic<bool> aborted{false};
-  Napi::ThreadSafeFunction tsfn;
-  // Set (under mu) by an environment cleanup hook when Node tears the environment down: from then on the
-  // thread-safe function may already be freed and must not be touched.
-  bool tsfnClosed = false;
-  bool cleanupHookRan = false;
-  napi_env env = nullptr;
+  // Where notifications go (JS, through a thread-safe function: native/generation.cpp); null: nowhere.
+  std::shared_ptr<GenerationSink> sink;
   std::weak_ptr<Engine> engine;
 
   bool full() const { return queuedTokens >= capacity; }
@@ -221,10 +229,7 @@ int64_t nowUs();
 constexpr int64_t kNotifyIntervalUs = 2000;
 // Stops every engine of the process: at process exit, before static destructors run.
 void stopAllEngines();
-// Wakes the generation's JS side (data, pause or end). Call with g.mu held.
-void notifyJs(GenState& g);
-// On the JS thread after a notification: a generation that waits for its consumer stops keeping the
-// process alive until the consumer reads again.
-void pauseUnref(Napi::Env env, GenState& g);
+// Tells the generation's sink that there is something to take (data, a pause, the end). Call with g.mu held.
+void notifySink(GenState& g);
 
 }  // namespace la

@@ -18,14 +18,72 @@
 
 namespace la {
 
+namespace {
+
+// Wakes a generation's JS side through a thread-safe function that calls onNotify(done). Its fields are
+// guarded by the generation's mu (the engine calls notify and release with it held).
+class NapiSink : public GenerationSink {
+ public:
+  Napi::ThreadSafeFunction tsfn;
+  // Set by an environment cleanup hook when Node tears the environment down: from then on the
+  // thread-safe function may already be freed and must not be touched.
+  bool closed = false;
+  bool hookRan = false;
+  // A generation paused on a full queue does not keep the process alive (JS thread only).
+  bool unrefd = false;
+
+  void notify(GenState& g) override {
+    if (closed) return;
+    tsfn.NonBlockingCall(&g, [](Napi::Env env, Napi::Function fn, GenState* state) {
+      if (env == nullptr || fn == nullptr) return;
+      bool done;
+      {
+        std::lock_guard<std::mutex> lock(state->mu);
+        done = state->done;
+      }
+      try {
+        fn.Call({Napi::Boolean::New(env, done)});
+        pauseUnref(env, *state);
+      } catch (...) {  // nothing may escape a callback from another thread
+        // The environment is going away (a worker thread terminated): JS cannot run any more.
+      }
+    });
+  }
+  void release(GenState&) override {
+    if (!closed) tsfn.Release();
+  }
+
+  // On the JS thread after a notification: a generation that waits for its consumer stops keeping the
+  // process alive until the consumer reads again.
+  static void pauseUnref(Napi::Env env, GenState& g) {
+    std::lock_guard<std::mutex> lock(g.mu);
+    auto* s = static_cast<NapiSink*>(g.sink.get());
+    if (!g.done && !s->closed && g.full() && !s->unrefd) {
+      s->tsfn.Unref(env);
+      s->unrefd = true;
+    }
+  }
+  // On the JS thread, with g.mu held: the generation keeps the process alive again (read, or aborted).
+  static void ref(Napi::Env env, GenState& g) {
+    auto* s = static_cast<NapiSink*>(g.sink.get());
+    if (s->unrefd && !g.done && !s->closed) {
+      s->tsfn.Ref(env);
+      s->unrefd = false;
+    }
+  }
+};
+
 // Environment teardown: the generation's thread-safe function is about to be freed by Node.
-static void closeOnTeardown(void* arg) {
+void closeOnTeardown(void* arg) {
   auto* g = static_cast<GenState*>(arg);
   std::lock_guard<std::mutex> lock(g->mu);
-  g->cleanupHookRan = true;
-  g->tsfnClosed = true;
+  auto* s = static_cast<NapiSink*>(g->sink.get());
+  s->hookRan = true;
+  s->closed = true;
   g->aborted.store(true);
 }
+
+}  // namespace
 
 // generate(seq, tokens: Int32Array, keep, options, onNotify) -> NativeGeneration
 namespace {
@@ -149,22 +207,23 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   if (!deferred) g->sampler = buildSampler(env, engine->model(), sp);
 
   // Notifications to JS: data available, paused on a full queue, done.
+  auto sink = std::make_shared<NapiSink>();
+  g->sink = sink;
   auto* ctxBox = new std::shared_ptr<GenState>(g);
-  g->tsfn = Napi::ThreadSafeFunction::New(
+  sink->tsfn = Napi::ThreadSafeFunction::New(
       env, info[4].As<Napi::Function>(), "llama-addon.generation", 0, 1, ctxBox,
       [](Napi::Env env, void*, std::shared_ptr<GenState>* box) {
         GenState& st = **box;
         bool hookRan;
         {
           std::lock_guard<std::mutex> lock(st.mu);
-          hookRan = st.cleanupHookRan;
+          hookRan = static_cast<NapiSink*>(st.sink.get())->hookRan;
         }
         if (!hookRan) napi_remove_env_cleanup_hook(env, closeOnTeardown, box->get());
         delete box;
       },
       (void*)nullptr);
   // Registered after the thread-safe function, so it runs before Node frees it at teardown.
-  g->env = env;
   napi_add_env_cleanup_hook(env, closeOnTeardown, g.get());
   g->engine = engine;
   Napi::Object gen = Generation::NewInstance(env, g);
@@ -253,10 +312,7 @@ Napi::Value Generation::Take(const Napi::CallbackInfo& info) {
     g.deferredNotify = false;
     g.pauseNotified = false;
     done = g.done;
-    if (g.unrefd && !done && !g.tsfnClosed) {
-      g.tsfn.Ref(env);
-      g.unrefd = false;
-    }
+    NapiSink::ref(env, g);
     if (done) out.Set("result", resultObject(env, g.result));
   }
   if (wasFull && !done) {
@@ -276,23 +332,12 @@ Napi::Value Generation::Take(const Napi::CallbackInfo& info) {
   return out;
 }
 
-void pauseUnref(Napi::Env env, GenState& g) {
-  std::lock_guard<std::mutex> lock(g.mu);
-  if (!g.done && !g.tsfnClosed && g.full() && !g.unrefd) {
-    g.tsfn.Unref(env);
-    g.unrefd = true;
-  }
-}
-
 Napi::Value Generation::Abort(const Napi::CallbackInfo& info) {
   state_->aborted.store(true);
   {
     // A paused generation does not hold the process open; its final notification must.
     std::lock_guard<std::mutex> lock(state_->mu);
-    if (state_->unrefd && !state_->done && !state_->tsfnClosed) {
-      state_->tsfn.Ref(info.Env());
-      state_->unrefd = false;
-    }
+    NapiSink::ref(info.Env(), *state_);
   }
   if (auto engine = state_->engine.lock()) engine->wake();
   return info.Env().Undefined();
