@@ -1,7 +1,9 @@
 #include "beam.h"
+#include "batch.h"
 
 #include "context.h"
 #include "engine_task.h"
+#include "sampling.h"
 #include "errors.h"
 
 #include <algorithm>
@@ -45,7 +47,7 @@ std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vo
     ~Free() { llama_batch_free(b); }
   } freeBatch{batch};
   std::vector<float> bias((size_t)nVocab, 0.0f);
-  for (const auto& [t, b] : p.logitBias) bias[(size_t)t] += b;
+  for (const llama_logit_bias& lb : p.logitBias) bias[(size_t)lb.token] += lb.bias;
 
   auto clearOthers = [&] {
     for (llama_seq_id s : p.seqs) {
@@ -61,12 +63,7 @@ std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vo
     while (pos < n) {
       batch.n_tokens = 0;
       while (pos < n && batch.n_tokens < nBatch) {
-        int32_t i = batch.n_tokens++;
-        batch.token[i] = p.prompt[(size_t)pos];
-        batch.pos[i] = pos;
-        batch.n_seq_id[i] = 1;
-        batch.seq_id[i][0] = home;
-        batch.logits[i] = pos + 1 == n;
+        int32_t i = batchAdd(batch, p.prompt[(size_t)pos], pos, home, pos + 1 == n);
         if (pos + 1 == n) lastRow = i;
         pos++;
       }
@@ -131,13 +128,7 @@ std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vo
       // Decode each new beam's token in its own sequence, all in one batch.
       batch.n_tokens = 0;
       for (auto& b : next) {
-        int32_t i = batch.n_tokens++;
-        batch.token[i] = b.tokens.back();
-        batch.pos[i] = n + (llama_pos)b.tokens.size() - 1;
-        batch.n_seq_id[i] = 1;
-        batch.seq_id[i][0] = b.seq;
-        batch.logits[i] = true;
-        b.row = i;
+        b.row = batchAdd(batch, b.tokens.back(), n + (llama_pos)b.tokens.size() - 1, b.seq, true);
       }
       if (llama_decode(ctx, batch) != 0) throw std::runtime_error("llama_decode failed during beam search");
       // The beams that did not continue free their sequences; the sets swap roles.
@@ -191,17 +182,7 @@ Napi::Value Context::BeamSearch(const Napi::CallbackInfo& info) {
   bp.maxTokens = mt.IsNumber() ? std::max(1, mt.As<Napi::Number>().Int32Value()) : 32;
   Napi::Value lpv = opt(o, "lengthPenalty");
   if (lpv.IsNumber()) bp.lengthPenalty = (float)lpv.As<Napi::Number>().DoubleValue();
-  Napi::Value bias = opt(o, "logitBias");
-  if (bias.IsArray()) {
-    Napi::Array arr = bias.As<Napi::Array>();
-    int32_t nVocab = llama_vocab_n_tokens(model.vocab);
-    for (uint32_t i = 0; i < arr.Length(); i++) {
-      Napi::Array pair = arr.Get(i).As<Napi::Array>();
-      int32_t t = pair.Get(0u).As<Napi::Number>().Int32Value();
-      if (t < 0 || t >= nVocab) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option logitBias: token " + std::to_string(t) + " is not in the vocabulary");
-      bp.logitBias.emplace_back(t, (float)pair.Get(1u).As<Napi::Number>().DoubleValue());
-    }
-  }
+  bp.logitBias = readLogitBias(env, o, llama_vocab_n_tokens(model.vocab));
   Napi::Value lora = opt(o, "lora");
   LoraSet set = lora.IsEmpty() || lora.IsUndefined() ? defaultLora_ : readLoraSet(env, lora, model);
   auto params = std::make_shared<BeamParams>(std::move(bp));

@@ -14,7 +14,7 @@ struct BeamParams {
   int32_t beams = 2;
   int32_t maxTokens = 32;
   float lengthPenalty = 1.0f;      // score = log-probability / length^lengthPenalty
-  std::vector<std::pair<llama_token, float>> logitBias;
+  std::vector<llama_logit_bias> logitBias;
 };
 
 struct BeamHypothesis {

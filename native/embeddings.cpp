@@ -5,6 +5,7 @@
 #include <functional>
 
 #include "common.h"
+#include "batch.h"
 #include "context.h"
 #include "engine_task.h"
 #include "errors.h"
@@ -70,14 +71,7 @@ Napi::Value Context::Embed(const Napi::CallbackInfo& info) {
                  batch.n_tokens + (int32_t)(*inputs)[next].size() <= (int32_t)nBatch) {
             int32_t seq = (*seqs)[placed.size()];
             const auto& toks = (*inputs)[next];
-            for (size_t k = 0; k < toks.size(); k++) {
-              int32_t i = batch.n_tokens++;
-              batch.token[i] = toks[k];
-              batch.pos[i] = (llama_pos)k;
-              batch.n_seq_id[i] = 1;
-              batch.seq_id[i][0] = seq;
-              batch.logits[i] = true;
-            }
+            for (size_t k = 0; k < toks.size(); k++) batchAdd(batch, toks[k], (llama_pos)k, seq, true);
             placed.emplace_back(next, seq);
             next++;
           }

@@ -1,4 +1,5 @@
 #include "engine.h"
+#include "batch.h"
 
 #include "grammar_check.h"
 #include "guard.h"
@@ -284,14 +285,7 @@ void Engine::makeDraft(GenState& g, int32_t room) {
     for (size_t off = 0; off < n; off += (size_t)nb) {
       size_t m = std::min(n - off, (size_t)nb);
       draftBatch_.n_tokens = 0;
-      for (size_t i = 0; i < m; i++) {
-        int32_t j = draftBatch_.n_tokens++;
-        draftBatch_.token[j] = toks[off + i];
-        draftBatch_.pos[j] = (llama_pos)(pos0 + off + i);
-        draftBatch_.n_seq_id[j] = 1;
-        draftBatch_.seq_id[j][0] = g.seq;
-        draftBatch_.logits[j] = off + i + 1 == n;
-      }
+      for (size_t i = 0; i < m; i++) batchAdd(draftBatch_, toks[off + i], (llama_pos)(pos0 + off + i), g.seq, off + i + 1 == n);
       if (llama_decode(draftCtx_, draftBatch_) != 0) return false;
     }
     return true;
@@ -631,12 +625,7 @@ bool Engine::step() {
     };
     batch_.n_tokens = 0;
     auto add = [&](GenState& g, llama_token t, bool logits) {
-      int32_t i = batch_.n_tokens++;
-      batch_.token[i] = t;
-      batch_.pos[i] = g.nPast + g.inBatch;
-      batch_.n_seq_id[i] = 1;
-      batch_.seq_id[i][0] = g.seq;
-      batch_.logits[i] = logits;
+      int32_t i = batchAdd(batch_, t, g.nPast + g.inBatch, g.seq, logits);
       g.inBatch++;
       if (logits) g.iBatch = i;
     };
@@ -738,7 +727,6 @@ bool Engine::step() {
       g.nPast += g.inBatch;
       g.shiftedFrom = -1;
       if (g.hasNext) {
-        g.fed++;
         g.hasNext = false;
       }
       if (!g.drafts.empty()) {

@@ -117,7 +117,6 @@ struct GenState {
   llama_token next = 0;
   int32_t iBatch = -1;
   int32_t inBatch = 0;
-  int32_t fed = 0;
   std::vector<llama_token> cache;  // what the sequence holds (prompt, then each token as it is decoded)
   int32_t shiftedFrom = -1;        // cells from here on were moved and no decode has rotated them yet
   std::vector<llama_token> drafts;  // this step's draft tokens, decoded after `next`
@@ -155,7 +154,6 @@ class Engine : public std::enable_shared_from_this<Engine> {
   Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t promptChunk,
          std::shared_ptr<ModelHandle> draftModel = nullptr, llama_context* draftCtx = nullptr,
          std::unique_ptr<ThreadPools> pools = nullptr);
-  bool hasDraftModel() const { return draftCtx_ != nullptr; }
   // Engine thread only (tasks): sets the context's LoRA adapters, if they differ. Throws on failure.
   void applyLora(const LoraSet& set);
   ~Engine();

@@ -42,26 +42,6 @@ double need(Napi::Env env, const Napi::Object& s, const char* key) {
   return d;
 }
 
-std::vector<llama_logit_bias> readLogitBias(Napi::Env env, const Napi::Object& o, int32_t nVocab) {
-  std::vector<llama_logit_bias> out;
-  Napi::Value bias = opt(o, "logitBias");
-  if (bias.IsEmpty() || bias.IsUndefined()) return out;
-  if (!bias.IsArray()) throwArg(env, "logitBias", "an array of [token, bias] pairs", bias);
-  Napi::Array arr = bias.As<Napi::Array>();
-  for (uint32_t i = 0; i < arr.Length(); i++) {
-    Napi::Value pair = arr.Get(i);
-    if (!pair.IsArray() || pair.As<Napi::Array>().Length() != 2) throwArg(env, "logitBias", "[token, bias] pairs", pair);
-    Napi::Value tv = pair.As<Napi::Array>().Get(0u), bv = pair.As<Napi::Array>().Get(1u);
-    if (!tv.IsNumber() || !bv.IsNumber()) throwArg(env, "logitBias", "[token, bias] number pairs", pair);
-    int32_t t = tv.As<Napi::Number>().Int32Value();
-    if (t < 0 || t >= nVocab) {
-      throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option logitBias: token " + std::to_string(t) +
-                                                  " is not in the vocabulary (0 to " + std::to_string(nVocab - 1) + ")");
-    }
-    out.push_back({t, (float)bv.As<Napi::Number>().DoubleValue()});
-  }
-  return out;
-}
 
 // The grammar options of `o` into `sp`.
 void readGrammar(Napi::Env env, const std::shared_ptr<ModelHandle>& modelPtr, const Napi::Object& o,
@@ -135,6 +115,27 @@ void readGrammar(Napi::Env env, const std::shared_ptr<ModelHandle>& modelPtr, co
 }
 
 }  // namespace
+
+std::vector<llama_logit_bias> readLogitBias(Napi::Env env, const Napi::Object& o, int32_t nVocab) {
+  std::vector<llama_logit_bias> out;
+  Napi::Value bias = opt(o, "logitBias");
+  if (bias.IsEmpty() || bias.IsUndefined()) return out;
+  if (!bias.IsArray()) throwArg(env, "logitBias", "an array of [token, bias] pairs", bias);
+  Napi::Array arr = bias.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    Napi::Value pair = arr.Get(i);
+    if (!pair.IsArray() || pair.As<Napi::Array>().Length() != 2) throwArg(env, "logitBias", "[token, bias] pairs", pair);
+    Napi::Value tv = pair.As<Napi::Array>().Get(0u), bv = pair.As<Napi::Array>().Get(1u);
+    if (!tv.IsNumber() || !bv.IsNumber()) throwArg(env, "logitBias", "[token, bias] number pairs", pair);
+    int32_t t = tv.As<Napi::Number>().Int32Value();
+    if (t < 0 || t >= nVocab) {
+      throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option logitBias: token " + std::to_string(t) +
+                                                  " is not in the vocabulary (0 to " + std::to_string(nVocab - 1) + ")");
+    }
+    out.push_back({t, (float)bv.As<Napi::Number>().DoubleValue()});
+  }
+  return out;
+}
 
 SamplingSetup readSampling(Napi::Env env, const std::shared_ptr<ModelHandle>& model, const Napi::Object& o, int32_t seqCapacity) {
   Napi::Value sv = opt(o, "sampling");

@@ -23,6 +23,10 @@ struct SamplingSetup {
   bool acceptPrompt = false;
 };
 
+// Reads `o.logitBias` ([token, bias] pairs; absent: none), checking every token against the vocabulary:
+// the one reader of logit biases (generations and beam search). Throws ERR_INVALID_ARGUMENT.
+std::vector<llama_logit_bias> readLogitBias(Napi::Env env, const Napi::Object& o, int32_t nVocab);
+
 // Reads `o.sampling` (every value of the table), `o.logitBias` ([token, bias] pairs) and the grammar
 // options (grammar, grammarType, grammarLazy, grammarTriggers, preservedTokens, generationPrompt), on the JS
 // thread. `seqCapacity` is what penaltyLastN -1 stands for. Throws ERR_INVALID_ARGUMENT or
