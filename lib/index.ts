@@ -8,7 +8,7 @@ export { LlamaContext } from './context.js';
 export type { ContextOptions } from './context.js';
 export { LlamaSession } from './session.js';
 export type { GenerateOptions, SessionOptions, BeamOptions } from './session.js';
-export { LlamaChat } from './chat.js';
+export { LlamaChat, DEFAULT_CHAT_MAX_TOKENS } from './chat.js';
 export { LlamaLora } from './lora.js';
 export type { LoraSpec } from './lora.js';
 export type { ChatOptions, ChatSendOptions, ChatResult, ChatTool, ToolChoice } from './chat.js';

@@ -421,8 +421,9 @@ export function native(): NativeAddon {
     'ERR_NATIVE_LOAD',
     `llama-addon could not load its native addon for ${platform}. Looked for:\n  ${failures.join('\n  ')}\n` +
       `Found: ${prebuiltSummary()}.\n` +
-      `Fix: build it from source with \`LLAMA_ADDON_REBUILD=1 LLAMA_CPP_DIR=/path/to/llama.cpp npm rebuild llama-addon --foreground-scripts\` ` +
-      `(needs cmake, a C++ compiler and a llama.cpp checkout; in a clone of the repository: \`npm run build\`), ` +
+      `Fix: build it from source with \`LLAMA_ADDON_REBUILD=1 npm rebuild llama-addon --foreground-scripts\` ` +
+      `(needs cmake and a C++ compiler; the pinned llama.cpp source comes from npm; 10 minutes or more on 2 cores; ` +
+      `in a clone of the repository: \`npm run build\`), ` +
       `or set LLAMA_ADDON_BINARY to a built llama_addon.node.`,
   );
 }

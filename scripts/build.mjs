@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Builds the native addon with cmake-js against the pinned llama.cpp source.
 //   node scripts/build.mjs [--portable] [--debug] [--if-needed] [--gpu cuda|vulkan|metal] [--with-ts]
-// --portable: for any CPU of this architecture (every CPU variant of ggml, picked at run time; no
-// -march=native), as prebuilt binaries are. --if-needed: only when no build and no matching prebuilt exist.
+// --portable: as prebuilt binaries are: nothing beyond the C++ runtime (no OpenMP). Every build has every
+// CPU variant of ggml, picked at run time. --if-needed: only when no build and no matching prebuilt exist.
 // Environment: LLAMA_CPP_DIR (own llama.cpp checkout), LLAMA_ADDON_JOBS (parallel jobs),
 // LLAMA_ADDON_PORTABLE=1 (same as --portable), LLAMA_ADDON_GPU (same as --gpu),
 // LLAMA_ADDON_CUDA_ARCHITECTURES (CMAKE_CUDA_ARCHITECTURES; default: ggml's list),

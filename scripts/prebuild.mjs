@@ -35,7 +35,7 @@ const infoFile = join(release, 'build-info.json');
 const needBuild = () => {
   if (!existsSync(infoFile)) return 'there is no build';
   const info = JSON.parse(readFileSync(infoFile, 'utf8'));
-  return info.portable ? null : 'build/Release is a native (-march=native) build, which must not be shipped';
+  return info.portable ? null : 'build/Release is not a portable build (it links this machine\'s OpenMP runtime), which must not be shipped';
 };
 if (process.argv.includes('--build') && needBuild()) {
   const r = spawnSync(process.execPath, [join(root, 'scripts', 'build.mjs'), '--portable'], { stdio: 'inherit' });

@@ -29,13 +29,12 @@ export const defaultSharedModels = resolve(repoRoot, '..', 'shared', 'models');
 
 /**
  * Model files named in the README, and the file of ../shared/models each one stands for. The programs run
- * with these names as links in their folder (`../models/...` in the folder beside it), so the code runs as
+ * with these names as links in their folder, so the code runs as
  * written. A runnable block that names another .gguf file fails the check.
  */
 export const MODEL_FILES = {
   'stories260k.gguf': 'stories260k.gguf',
   'model.gguf': 'stories260k.gguf',
-  '../models/stories260k.gguf': 'stories260k.gguf',
   'qwen.gguf': 'tinystories-656k-q8_0.gguf',
 };
 

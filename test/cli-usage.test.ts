@@ -114,7 +114,7 @@ describe('llama-addon: version, help, usage errors', () => {
     for (const r of [flag, prefix, ambiguous, elsewhere, cmd, helpCmd, option]) expect(r.status, r.stderr).toBe(2);
     expect(flag.stderr).toBe('llama-addon: unknown flag --temprature for complete; did you mean --temperature?\n(llama-addon complete --help lists the options)\n');
     expect(prefix.stderr).toContain('unknown flag --temp for chat; did you mean --temperature?');
-    expect(ambiguous.stderr).toContain('unknown flag --top for complete; did you mean --top-k or --top-p?');
+    expect(ambiguous.stderr).toContain('unknown flag --top for complete; did you mean --top-k, --top-p or --top-n-sigma?');
     expect(elsewhere.stderr).toContain('unknown flag --port for chat (it is a flag of serve, rpc-server)');
     expect(cmd.stderr).toContain("unknown command 'chta'; did you mean 'chat'?");
     expect(helpCmd.stderr).toContain("unknown command 'serv'; did you mean 'serve'?");
