@@ -1,4 +1,5 @@
 #include "engine.h"
+#include "output.h"
 #include "batch.h"
 
 #include "grammar_check.h"
@@ -45,55 +46,6 @@ void notifySink(GenState& g) {
 GenState::~GenState() {
   if (sampler != nullptr) common_sampler_free(sampler);
 }
-
-// ------------------------------------------------------------------ text assembly
-
-namespace {
-
-// Length of the longest suffix of `s` that is a proper prefix of one of `stops`.
-size_t stopPrefixSuffix(const std::string& s, const std::vector<std::string>& stops) {
-  size_t best = 0;
-  for (const auto& stop : stops) {
-    size_t maxK = std::min(stop.size() - 1, s.size());
-    for (size_t k = maxK; k > best; --k) {
-      if (s.compare(s.size() - k, k, stop, 0, k) == 0) {
-        best = k;
-        break;
-      }
-    }
-  }
-  return best;
-}
-
-// Moves `cut` back so that s[0, cut) does not end inside a UTF-8 character.
-size_t utf8Boundary(const std::string& s, size_t cut) {
-  size_t cont = 0;
-  size_t i = cut;
-  while (i > 0 && cont < 4) {
-    unsigned char c = (unsigned char)s[i - 1];
-    if ((c & 0xC0) == 0x80) {
-      ++cont;
-      --i;
-      continue;
-    }
-    size_t need = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
-    return cont + 1 >= need ? cut : i - 1;
-  }
-  return cut;  // not valid UTF-8 anyway: do not hold it back
-}
-
-}  // namespace
-
-static std::string tokenPiece(const llama_vocab* vocab, llama_token t, bool special) {
-  char buf[256];
-  int32_t n = llama_token_to_piece(vocab, t, buf, sizeof buf, 0, special);
-  if (n >= 0) return std::string(buf, (size_t)n);
-  std::string big((size_t)-n, '\0');
-  n = llama_token_to_piece(vocab, t, big.data(), (int32_t)big.size(), 0, special);
-  big.resize(n > 0 ? (size_t)n : 0);
-  return big;
-}
-
 
 // ------------------------------------------------------------------ engine
 
@@ -248,70 +200,6 @@ static SamplingFailure samplingError(const GenState& g, const std::exception& e)
   return {"ERR_NATIVE", std::string("sampling failed: ") + e.what()};
 }
 
-void Engine::makeDraft(GenState& g, int32_t room) {
-  // What the target will hold once `next` is decoded.
-  std::vector<llama_token> history(g.cache.begin(), g.cache.begin() + std::min<size_t>(g.cache.size(), (size_t)g.nPast));
-  history.push_back(g.next);
-  if (g.lookupNgram > 0 || draftCtx_ == nullptr) {
-    // Prompt lookup: the continuation of the latest earlier occurrence of the last n tokens.
-    int32_t h = (int32_t)history.size();
-    for (int32_t n = std::max(1, g.lookupNgram); n >= 2 || n == std::max(1, g.lookupNgram); n--) {
-      if (h <= n) continue;
-      for (int32_t start = h - n - 1; start >= 0; start--) {
-        if (!std::equal(history.begin() + start, history.begin() + start + n, history.end() - n)) continue;
-        for (int32_t k = start + n; k < h && (int32_t)g.drafts.size() < room; k++) g.drafts.push_back(history[(size_t)k]);
-        return;
-      }
-      if (n <= 2) break;
-    }
-    return;
-  }
-  // Draft model: bring its sequence up to the history, then decode greedily, one token at a time.
-  const llama_vocab* vocab = draftModel_->vocab;
-  llama_memory_t mem = llama_get_memory(draftCtx_);
-  std::vector<llama_token>& held = draftSeqs_[(size_t)g.seq];
-  size_t lcp = 0;
-  while (lcp < held.size() && lcp < history.size() && held[lcp] == history[lcp]) lcp++;
-  if (lcp == history.size()) lcp--;  // the last token is decoded again for its logits
-  if (!llama_memory_seq_rm(mem, g.seq, (llama_pos)lcp, -1)) {
-    llama_memory_seq_rm(mem, g.seq, -1, -1);
-    lcp = 0;
-  }
-  held.resize(lcp);
-  int32_t cap = (int32_t)llama_n_ctx_seq(draftCtx_);
-  if ((int32_t)history.size() + room > cap) return;
-  int32_t nb = (int32_t)llama_n_batch(draftCtx_);
-  auto decode = [&](const llama_token* toks, size_t n, size_t pos0) {
-    for (size_t off = 0; off < n; off += (size_t)nb) {
-      size_t m = std::min(n - off, (size_t)nb);
-      draftBatch_.n_tokens = 0;
-      for (size_t i = 0; i < m; i++) batchAdd(draftBatch_, toks[off + i], (llama_pos)(pos0 + off + i), g.seq, off + i + 1 == n);
-      if (llama_decode(draftCtx_, draftBatch_) != 0) return false;
-    }
-    return true;
-  };
-  try {
-    AbortGuard guard;
-    if (!decode(history.data() + lcp, history.size() - lcp, lcp)) throw std::runtime_error("draft decode failed");
-    held = history;
-    int32_t nVocab = llama_vocab_n_tokens(vocab);
-    for (int32_t k = 0; k < room; k++) {
-      const float* logits = llama_get_logits_ith(draftCtx_, -1);
-      llama_token best = (llama_token)(std::max_element(logits, logits + nVocab) - logits);
-      if (llama_vocab_is_eog(vocab, best)) break;
-      g.drafts.push_back(best);
-      if (k + 1 == room) break;
-      if (!decode(&best, 1, held.size())) throw std::runtime_error("draft decode failed");
-      held.push_back(best);
-    }
-  } catch (const std::exception&) {
-    // No draft this step; the draft sequence is rebuilt next time.
-    llama_memory_seq_rm(mem, g.seq, -1, -1);
-    held.clear();
-    g.drafts.clear();
-  }
-}
-
 void Engine::applyLora(const LoraSet& set) {
   if (set == currentLora_) return;
   std::vector<llama_adapter_lora*> adapters;
@@ -369,18 +257,6 @@ void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
     for (llama_token t : g->tokens) common_sampler_accept(g->sampler, t, false);
   }
   active_.push_back(g);
-}
-
-// Adds output to what JS has not taken yet, merging it into the one pending chunk. Call with g.mu held.
-static void enqueue(GenState& g, Chunk&& c) {
-  g.queuedTokens += c.tokens.size();
-  if (!g.queue.empty()) {
-    g.queue.back().text += c.text;
-    g.queue.back().tokens.insert(g.queue.back().tokens.end(), c.tokens.begin(), c.tokens.end());
-    for (auto& p : c.probs) g.queue.back().probs.push_back(std::move(p));
-  } else if (!c.text.empty() || !c.tokens.empty()) {
-    g.queue.push_back(std::move(c));
-  }
 }
 
 void Engine::push(GenState& g, Chunk&& c) {
@@ -466,30 +342,6 @@ void Engine::finish(GenState& g, const char* reason, const std::string& code, co
   g.done = true;
   notifySink(g);
   if (g.sink && !g_exiting.load()) g.sink->release(g);
-}
-
-// The log-probability of `t` and the `n` most likely tokens, from the raw logits of batch row `i`.
-static TokenProb tokenProb(llama_context* ctx, const llama_vocab* vocab, int32_t i, llama_token t, int32_t n) {
-  int32_t nVocab = llama_vocab_n_tokens(vocab);
-  const float* logits = llama_get_logits_ith(ctx, i);
-  TokenProb p;
-  p.token = t;
-  p.text = tokenPiece(vocab, t, false);
-  if (logits == nullptr) return p;
-  float max = logits[0];
-  for (int32_t k = 1; k < nVocab; k++) max = std::max(max, logits[k]);
-  double sum = 0;
-  for (int32_t k = 0; k < nVocab; k++) sum += std::exp((double)(logits[k] - max));
-  float lse = max + (float)std::log(sum);
-  p.logprob = logits[t] - lse;
-  if (n > 0) {
-    std::vector<int32_t> idx(nVocab);
-    for (int32_t k = 0; k < nVocab; k++) idx[k] = k;
-    int32_t m = std::min(n, nVocab);
-    std::partial_sort(idx.begin(), idx.begin() + m, idx.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-    for (int32_t k = 0; k < m; k++) p.top.push_back(TokenAlt{idx[k], tokenPiece(vocab, idx[k], false), logits[idx[k]] - lse});
-  }
-  return p;
 }
 
 void Engine::handleToken(GenState& g, llama_token t, int32_t iBatch) {
