@@ -122,7 +122,7 @@ export interface SessionsResult {
 }
 
 /**
- * Many conversations on few resident sequences (lib/residency.ts): turns 2..N of each, with caches kept in
+ * Many conversations on few resident sequences (lib/core/residency.ts): turns 2..N of each, with caches kept in
  * host memory against a run where every turn decodes its prompt again. Reports the share of prompt tokens
  * served from a cache and the time to first token of those turns.
  */

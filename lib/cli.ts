@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+// The `llama-addon` command line (the package's bin): commands and flags are in cli/.
 // npx llama-addon <command>: serve, chat, complete, embed, tokenize, inspect, pull, quantize, rpc-server,
 // backends, bench. Each command declares its flags in one table (lib/cli/*.ts); its parsing, checks, help
 // and suggestions come from there. Exit codes: 0 success, 1 a failure while running, 2 a usage error.

@@ -1,4 +1,4 @@
-// Module entry: registers the native classes and functions described by lib/native.ts.
+// Module entry: registers the native classes and functions described by lib/native/native.ts.
 #include <napi.h>
 #include "ggml-backend.h"
 

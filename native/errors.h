@@ -1,4 +1,4 @@
-// Errors thrown by the addon carry a stable `code`; lib/errors.ts turns them into LlamaError.
+// Errors thrown by the addon carry a stable `code`; lib/base/errors.ts turns them into LlamaError.
 #pragma once
 #include <napi.h>
 #include <memory>
@@ -16,7 +16,7 @@ inline Napi::Error makeError(Napi::Env env, const char* code, const std::string&
   throw makeError(env, code, message);
 }
 
-// Strict argument checks at the native boundary, mirrored by lib/validate.ts.
+// Strict argument checks at the native boundary, mirrored by lib/base/validate.ts.
 inline std::string typeName(const Napi::Value& v) {
   switch (v.Type()) {
     case napi_undefined: return "undefined";

@@ -16,7 +16,7 @@ namespace la {
 // ERR_INVALID_GRAMMAR or ERR_LIMIT_EXCEEDED. Any thread.
 void checkGrammarCoded(const std::string& gbnf);
 
-// Limits on JSON schemas given to the converter (lib/limits.ts documents them).
+// Limits on JSON schemas given to the converter (lib/base/limits.ts documents them).
 constexpr size_t kSchemaMaxBytes = 1u << 20;  // schema text, bytes
 constexpr size_t kSchemaMaxDepth = 128;       // nested objects and arrays in the schema text
 constexpr size_t kMatchMaxBytes = 1u << 20;   // text given to matchesGrammar, bytes

@@ -1,6 +1,6 @@
 // Limits on GBNF grammars, checked before llama.cpp's grammar code (recursive, and unbounded in time on
 // some inputs) sees a grammar: size, group nesting, rule count, chains of leading rules and their number,
-// ordered repetition bounds. The limits are documented in lib/limits.ts and README's Errors section.
+// ordered repetition bounds. The limits are documented in lib/base/limits.ts and README's Errors section.
 #pragma once
 #include <cstddef>
 #include <stdexcept>

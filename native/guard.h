@@ -1,7 +1,7 @@
 // Turns ggml's fatal errors (GGML_ASSERT, GGML_ABORT) into C++ exceptions, on every thread, so that they
 // unwind to the nearest catch at the thread's boundary instead of aborting the process:
 //  - methods and functions called from JS: node-addon-api's wrapper (NODE_ADDON_API_CPP_EXCEPTIONS_ALL)
-//    turns any C++ exception into a JS error, which lib/errors.ts turns into a LlamaError;
+//    turns any C++ exception into a JS error, which lib/base/errors.ts turns into a LlamaError;
 //  - async workers: AsyncWorker::OnExecute catches it and rejects the promise;
 //  - the engine thread and its tasks: Engine::run and EngineTask catch it and end the work with an error.
 // A thread with no catch at all (ggml's own compute workers) still ends the process, as abort() would:

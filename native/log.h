@@ -1,4 +1,4 @@
-// Routing of llama.cpp's and ggml's log output through the library (see lib/log.ts).
+// Routing of llama.cpp's and ggml's log output through the library (see lib/base/log.ts).
 #pragma once
 #include <napi.h>
 #include <string>

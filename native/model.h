@@ -71,7 +71,7 @@ class Model : public Napi::ObjectWrap<Model> {
   std::shared_ptr<ModelHandle> handle_;
 };
 
-// Most UTF-8 bytes one tokenize call takes (documented in lib/limits.ts).
+// Most UTF-8 bytes one tokenize call takes (documented in lib/base/limits.ts).
 constexpr size_t kMaxTokenizeBytes = 16u << 20;
 // BPE tokenizers recurse once per character of a run (see tokenizeText): longer runs than this are
 // tokenized on a thread with a stack sized for them, up to kMaxTokenizeRun characters.

@@ -17,7 +17,7 @@
 
 namespace la {
 
-// An error with the code that lib/errors.ts gives its LlamaError.
+// An error with the code that lib/base/errors.ts gives its LlamaError.
 struct CodedError : std::runtime_error {
   const char* code;
   CodedError(const char* c, const std::string& m) : std::runtime_error(m), code(c) {}

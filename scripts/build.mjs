@@ -27,7 +27,7 @@ if (flag('--if-needed') && !process.env.LLAMA_ADDON_REBUILD) {
     console.error(`[llama-addon] native addon already built at ${output}; set LLAMA_ADDON_REBUILD=1 to rebuild`);
     process.exit(0);
   }
-  // The file the loader takes (lib/native.ts): prebuilds/<platform>-<arch>/llama-addon.napi[.<libc>].node
+  // The file the loader takes (lib/native/native.ts): prebuilds/<platform>-<arch>/llama-addon.napi[.<libc>].node
   const libc = process.platform === 'linux' ? (process.report.getReport().header.glibcVersionRuntime ? 'glibc' : 'musl') : null;
   const prebuilt = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
   if (existsSync(join(prebuilt, `llama-addon.${['napi', libc].filter(Boolean).join('.')}.node`))) {

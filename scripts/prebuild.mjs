@@ -126,7 +126,7 @@ const manifest = {
 writeFileSync(join(out, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
 console.log(`[prebuild] ${out}: ${files.length} files, ${(total / 2 ** 20).toFixed(1)} MiB; CPU variants: ${cpuVariants.join(', ')}; glibc >= ${manifest.minGlibc ?? '?'}, libstdc++ GLIBCXX >= ${manifest.minGlibcxx ?? '?'}`);
 
-// GPU modules: one optional package each (installed beside llama-addon; lib/backends.ts finds it).
+// GPU modules: one optional package each (installed beside llama-addon; lib/native/backends.ts finds it).
 const gpuDir = join(release, 'gpu');
 if (existsSync(gpuDir)) {
   const version = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version;

@@ -1,9 +1,9 @@
 // Long texts are tokenized off the JS thread: model.tokenizeAsync(), and generations and chats whose
-// prompt is long (lib/limits.ts ASYNC_TOKENIZE_CHARS); chats with long messages, tools or schemas are
+// prompt is long (lib/base/limits.ts ASYNC_TOKENIZE_CHARS); chats with long messages, tools or schemas are
 // rendered off it too. Same tokens, same errors, same results.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { limits, loadModel, setLogLevel, type LlamaModel } from 'llama-addon';
-import { ASYNC_TOKENIZE_CHARS } from '../lib/limits.js';
+import { limits, loadModel, setLogLevel, type JsonSchema, type LlamaModel } from 'llama-addon';
+import { ASYNC_TOKENIZE_CHARS } from '../lib/base/limits.js';
 import { rejectsWith } from './helpers/errors.js';
 import { describeShared, shared, synthetic } from './helpers/models.js';
 
@@ -186,12 +186,13 @@ describe('chats rendered off the JS thread', () => {
 
   it('a chat with a large JSON schema checks it and renders off the JS thread; the json validates', async () => {
     await using ctx = await model.createContext({ contextSize: 2048, sequences: 1 });
-    const wide = (extra: Record<string, unknown> = {}) => ({
-      type: 'object',
-      properties: Object.fromEntries(Array.from({ length: 400 }, (_, i) => [`f${i}`, { type: 'integer', minimum: i, maximum: 999 }])),
-      required: ['f0'],
-      ...extra,
-    });
+    const wide = (extra: Record<string, unknown> = {}) =>
+      ({
+        type: 'object',
+        properties: Object.fromEntries(Array.from({ length: 400 }, (_, i) => [`f${i}`, { type: 'integer', minimum: i, maximum: 999 }])),
+        required: ['f0'],
+        ...extra,
+      }) as JsonSchema;
     expect(JSON.stringify(wide()).length).toBeGreaterThan(ASYNC_TOKENIZE_CHARS);
     using chat = ctx.createChat({ template: "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}" });
     const r = await chat.send('Numbers.', { jsonSchema: wide(), maxTokens: 400, seed: 1, temperature: 1, topK: 0, topP: 1, minP: 0 }).result.catch((e: Error) => e);

@@ -287,7 +287,7 @@ describe('chat with a special-token template (synthetic model with the Phi-3 voc
 
 describeShared('a chat reply ends without maxTokens', () => {
   it('stops at DEFAULT_CHAT_MAX_TOKENS with a model that never ends its turn', async () => {
-    const { DEFAULT_CHAT_MAX_TOKENS } = await import('../lib/chat.js');
+    const { DEFAULT_CHAT_MAX_TOKENS } = await import('../lib/core/chat.js');
     expect(DEFAULT_CHAT_MAX_TOKENS).toBe(1024);
     const model = await loadModel(shared('stories260k.gguf'));
     try {

@@ -1,5 +1,5 @@
 // Nested or repeated input cannot exhaust the stack or loop forever: GBNF grammars and Jinja templates, from
-// the caller or from a GGUF file's metadata, each limit of lib/limits.ts swept past its bound.
+// the caller or from a GGUF file's metadata, each limit of lib/base/limits.ts swept past its bound.
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limits, loadModel, LlamaError, setLogLevel, type LlamaContext, type LlamaModel } from 'llama-addon';

@@ -20,13 +20,13 @@ it('require("llama-addon") loads neither fastify nor prom-client; startServer do
 });
 
 // The published types describe the public API only: members marked @internal (native handles, the
-// session's start(), the context's residency, constructors) are stripped from dist/*.d.ts.
+// session's start(), the context's residency, constructors) are stripped from dist/**/*.d.ts.
 it('the published .d.ts files hold no internals', async () => {
   const { readFileSync } = await import('node:fs');
   const dts = (f: string) => readFileSync(join(repoRoot, 'dist', f), 'utf8');
-  const session = dts('session.d.ts');
-  const context = dts('context.d.ts');
-  const model = dts('model.d.ts');
+  const session = dts('core/session.d.ts');
+  const context = dts('core/context.d.ts');
+  const model = dts('core/model.d.ts');
   expect(session).toContain('generate(');
   expect(session).not.toMatch(/\bstart</);
   expect(session).not.toContain('sharableTokens');

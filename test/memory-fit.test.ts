@@ -1,6 +1,6 @@
 // The layer-fitting rule behind gpuLayers: 'auto', on made-up sizes (no GPU is needed to check it).
 import { expect, it } from 'vitest';
-import { fitLayers } from '../lib/memory.js';
+import { fitLayers } from '../lib/core/memory.js';
 
 const MiB = 2 ** 20;
 

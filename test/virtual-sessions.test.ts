@@ -1,4 +1,4 @@
-// Sessions are never scarce (lib/residency.ts): a context keeps `sequences` sessions resident in its KV
+// Sessions are never scarce (lib/core/residency.ts): a context keeps `sequences` sessions resident in its KV
 // cache; the others wait in host memory and come back as if they had never left.
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';

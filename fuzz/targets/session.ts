@@ -32,7 +32,7 @@ type Input =
 
 const ALLOWED = ['ERR_INVALID_STATE', 'ERR_IO'];
 
-// ------------------------------------------------------------------ the file format (lib/session-file.ts)
+// ------------------------------------------------------------------ the file format (lib/core/session-file.ts)
 
 interface Parsed {
   header: Record<string, unknown>;

@@ -1,6 +1,6 @@
 // chat: an interactive chat on the terminal, streamed, with a few /commands.
-import type { ChatMessage } from '../chat-template.js';
-import type { LlamaChat } from '../chat.js';
+import type { ChatMessage } from '../core/chat-template.js';
+import type { LlamaChat } from '../core/chat.js';
 import { command, didYouMean, str, suggest } from './args.js';
 import { onSignals } from './output.js';
 import { generateModelFlags, generateOptions, loadWithBar, samplingFlags, runFlags } from './shared.js';
@@ -42,7 +42,7 @@ Without a terminal, it reads messages from stdin, one a line, and prints the ans
     ...samplingFlags,
   },
   async run(v) {
-    const { setLogLevel } = await import('../log.js');
+    const { setLogLevel } = await import('../base/log.js');
     const { createInterface } = await import('node:readline');
     const { readFile, writeFile } = await import('node:fs/promises');
     const { basename } = await import('node:path');

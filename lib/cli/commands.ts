@@ -30,17 +30,17 @@ usage, timings }. An answer cut by --max-tokens ends with a note on stderr when 
   positionals: { min: 1, max: 1, message: 'complete needs one prompt argument (in quotes: "Once upon a time")' },
   async run(v, [prompt]) {
     if (v['json-schema'] !== undefined && v.grammar !== undefined) throw new UsageError('give --json-schema or --grammar, not both', 'complete');
-    let jsonSchema: import('../json-schema.js').JsonSchema | undefined;
+    let jsonSchema: import('../schema/json-schema.js').JsonSchema | undefined;
     if (v['json-schema'] !== undefined) {
       const text = await readText(v['json-schema'], 'JSON schema');
       try {
-        jsonSchema = JSON.parse(text) as import('../json-schema.js').JsonSchema;
+        jsonSchema = JSON.parse(text) as import('../schema/json-schema.js').JsonSchema;
       } catch (e) {
         throw new Error(`${v['json-schema']} is not JSON: ${(e as Error).message}`, { cause: e });
       }
     }
     const grammar = v.grammar !== undefined ? await readText(v.grammar, 'grammar') : undefined;
-    const { setLogLevel } = await import('../log.js');
+    const { setLogLevel } = await import('../base/log.js');
     setLogLevel('error');
     await using model = await loadWithBar(v);
     await using ctx = await model.createContext({
@@ -75,7 +75,7 @@ export const embed = command({
   },
   positionals: { min: 1, max: Infinity, message: 'embed needs at least one text' },
   async run(v, texts) {
-    const { setLogLevel } = await import('../log.js');
+    const { setLogLevel } = await import('../base/log.js');
     setLogLevel('error');
     await using model = await loadWithBar(v);
     await using ctx = await model.createContext({ embeddings: true, pooling: v.pooling, sequences: Math.min(8, texts.length) });
@@ -95,8 +95,8 @@ export const tokenize = command({
   },
   positionals: { min: 1, max: 1, message: 'tokenize needs one text argument' },
   async run(v, [text]) {
-    const { setLogLevel } = await import('../log.js');
-    const { loadModel } = await import('../model.js');
+    const { setLogLevel } = await import('../base/log.js');
+    const { loadModel } = await import('../core/model.js');
     setLogLevel('error');
     await using model = await loadModel(await modelPath(v.model), { vocabOnly: true });
     const tokens = Array.from(model.tokenize(text));
@@ -117,7 +117,7 @@ points hf: references at another hub.`,
   },
   positionals: { min: 1, max: 1, message: 'pull needs one reference: hf:owner/repo/file.gguf or a URL' },
   async run(v, [ref]) {
-    const { pullModel } = await import('../pull.js');
+    const { pullModel } = await import('../models/pull.js');
     const line = transferLine(`downloading ${ref}`);
     let r: Awaited<ReturnType<typeof pullModel>>;
     try {
@@ -140,14 +140,14 @@ Q5_K_S, Q5_K_M, Q6_K. The output is written through a temporary file: a failure 
   },
   positionals: { min: 3, max: 3, message: 'quantize needs: in.gguf out.gguf TYPE' },
   async run(v, [input, output, type]) {
-    const { quantize: run, quantizationTypes } = await import('../quantize.js');
+    const { quantize: run, quantizationTypes } = await import('../models/quantize.js');
     const types = Object.keys(quantizationTypes);
     if (!Object.hasOwn(quantizationTypes, type)) {
       const hint = didYouMean(suggest(type, types));
       throw new UsageError(`unknown type ${JSON.stringify(type)}${hint || `: one of ${types.join(', ')}`}`, 'quantize');
     }
     const inSize = (await readModelHeader(input)).fileSize;
-    const { setLogLevel } = await import('../log.js');
+    const { setLogLevel } = await import('../base/log.js');
     setLogLevel('error');
     const line = progressLine(`quantizing to ${type}`, (done) => `${bytes(done)} written`);
     try {
@@ -208,8 +208,8 @@ network. SIGINT or SIGTERM ends it.`,
     gpu: gpuFlag,
   },
   async run(v) {
-    const { native } = await import('../native.js');
-    const { chooseDevices } = await import('../backends.js');
+    const { native } = await import('../native/native.js');
+    const { chooseDevices } = await import('../native/backends.js');
     const addon = native();
     const threads = v.threads ?? addon.systemInfo().defaultThreads;
     const { devices } = await chooseDevices(gpuOption(v.gpu), rpcServer.run);
@@ -231,7 +231,7 @@ export const backends = command({
     json: bool({ description: 'print getBackendInfo() as JSON' }),
   },
   async run(v) {
-    const { getBackendInfo } = await import('../system.js');
+    const { getBackendInfo } = await import('../native/system.js');
     const info = getBackendInfo();
     if (v.json) {
       process.stdout.write(JSON.stringify(info, null, 2) + '\n');

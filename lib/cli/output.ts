@@ -1,7 +1,7 @@
 // What the command line shows: human units, progress bars on a terminal, and the checks and messages the
 // commands share.
 import { stat } from 'node:fs/promises';
-import { LlamaError } from '../errors.js';
+import { LlamaError } from '../base/errors.js';
 import type { GgufFile } from '../gguf/types.js';
 
 /** Bytes in binary units: 812 B, 1.1 MiB, 4.7 GiB. */

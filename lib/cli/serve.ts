@@ -59,7 +59,7 @@ running requests finish for up to 10 s and exits; a second one exits at once.`,
   },
   async run(v) {
     const models = parseModels(v.model);
-    const { setLogLevel } = await import('../log.js');
+    const { setLogLevel } = await import('../base/log.js');
     setLogLevel('error');
     // Downloads first; then every file's header is read, so that a wrong path stops here, before listening.
     for (const m of models) m.path = await modelPath(m.path);

@@ -1,7 +1,7 @@
 // Flags several commands share (the model, where it runs, sampling), and what they turn into.
-import type { GpuOption } from '../backends.js';
-import type { GenerateOptions } from '../generate-options.js';
-import type { LlamaModel } from '../model.js';
+import type { GpuOption } from '../native/backends.js';
+import type { GenerateOptions } from '../options/generate.js';
+import type { LlamaModel } from '../core/model.js';
 import { samplingFlagSpecs } from '../options/sampling.js';
 import { choice, custom, int, num, str, strs, type Flag, type Values } from './args.js';
 import { loadingLine, transferLine } from './output.js';
@@ -93,7 +93,7 @@ export const gpuOption = (v: 'auto' | 'cuda' | 'vulkan' | 'metal' | 'off'): GpuO
 /** A local path, or a hf:/URL reference downloaded into the cache first (with a progress line). */
 export async function modelPath(ref: string): Promise<string> {
   if (!ref.startsWith('hf:') && !/^https?:\/\//.test(ref)) return ref;
-  const { pullModel } = await import('../pull.js');
+  const { pullModel } = await import('../models/pull.js');
   const line = transferLine(`downloading ${ref}`);
   try {
     return (await pullModel(ref, { onProgress: (done, total) => line.update(done, total) })).path;
@@ -106,7 +106,7 @@ export async function modelPath(ref: string): Promise<string> {
 export async function loadWithBar(
   v: Values<Pick<typeof generateModelFlags, 'model' | 'gpu' | 'gpu-layers' | 'rpc'>>,
 ): Promise<LlamaModel> {
-  const { loadModel } = await import('../model.js');
+  const { loadModel } = await import('../core/model.js');
   const path = await modelPath(v.model);
   const bar = await loadingLine(path);
   try {

@@ -1,3 +1,4 @@
+// GGUF tools: reading, writing and synthetic test models.
 export { readGguf, GgufFormatError } from './reader.js';
 export type { ReadGgufOptions } from './reader.js';
 export { writeGguf, encodeTensor, encodeF16, encodeQ8_0, encodeQ4_0, toHalf, tensorBytes } from './writer.js';

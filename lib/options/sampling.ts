@@ -5,7 +5,7 @@
 //
 // Adding a sampler option: an entry here, its line in native/sampling.cpp, and the README table
 // (`npx tsx scripts/options-table.ts --write`).
-import { invalid, optInteger, optNumber } from '../validate.js';
+import { invalid, optInteger, optNumber } from '../base/validate.js';
 
 /** One sampling option. */
 export interface SamplingOptionSpec {

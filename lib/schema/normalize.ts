@@ -7,9 +7,9 @@
 // What the converter gets: `type` (one), `properties`/`required`/`additionalProperties`, `items`,
 // `prefixItems` (a closed tuple), `minItems`/`maxItems`, `anyOf`, `const`, `enum`, and `$ref`s into a
 // `$defs` of its own. Strings with a pattern, format or length and every number with bounds become a
-// placeholder `const` that the grammar of the value replaces after conversion (see lib/json-schema.ts):
+// placeholder `const` that the grammar of the value replaces after conversion (see lib/schema/json-schema.ts):
 // the converter writes llama.cpp's own rules for structure, and this pass the rules for values.
-import { LlamaError } from '../errors.js';
+import { LlamaError } from '../base/errors.js';
 import { compile, firstFailure, type Draft } from './ajv.js';
 import { lit, rep, seq, GbnfRules, type Expr } from './expr.js';
 import { NUMBER_FORMAT_BOUNDS, STRING_FORMAT_PATTERNS } from './formats.js';

@@ -1,7 +1,7 @@
 // The checking pass of a JSON schema, without llama.cpp: limits, the draft's meta-schema and the rewrite for
 // the converter (normalize.ts). Pure JavaScript, so that it runs on the main thread for small schemas and
-// on the validator's worker thread (ajv-worker.ts) for large ones; lib/json-schema.ts builds on it.
-import { LlamaError } from '../errors.js';
+// on the validator's worker thread (ajv-worker.ts) for large ones; lib/schema/json-schema.ts builds on it.
+import { LlamaError } from '../base/errors.js';
 import { draftOf, metaCheck, type Draft } from './ajv.js';
 import { SCHEMA_LIMITS } from './limits.js';
 import { isObj, normalizeSchema, overLimit, schemaError, type Json, type SchemaMode, type SchemaNote } from './normalize.js';

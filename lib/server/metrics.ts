@@ -3,7 +3,7 @@
 // of generations, and gauges read from the model registry when scraped.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { GenerationResult } from '../generation.js';
+import type { GenerationResult } from '../core/generation.js';
 import type { ModelRegistry } from './registry.js';
 
 /** The route a request matched (its path pattern, without the query), for metrics. @internal */

@@ -1,6 +1,6 @@
 // The OpenAI request bodies the server accepts, as JSON schemas (fastify validates them), the error body,
 // and the one mapping from whatever a request's processing throws to an HTTP status and that body.
-import { LlamaError } from '../errors.js';
+import { LlamaError } from '../base/errors.js';
 import { samplingRequestSchema } from '../options/sampling.js';
 
 const message = {

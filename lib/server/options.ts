@@ -1,8 +1,8 @@
 // The server's options: their types, and the one check that turns them into complete values (a bad
 // option is a LlamaError, as everywhere else in the library).
-import type { GpuOption } from '../backends.js';
-import type { LlamaModel } from '../model.js';
-import { checkOptions, invalid, optBoolean, optInteger } from '../validate.js';
+import type { GpuOption } from '../native/backends.js';
+import type { LlamaModel } from '../core/model.js';
+import { checkOptions, invalid, optBoolean, optInteger } from '../base/validate.js';
 
 /** A model the server serves, under an alias that requests name in `model`. */
 export interface ServerModel {

@@ -1,9 +1,9 @@
 // The models the server serves, and the sessions of each: loading, reloading under an alias (running
 // requests finish on the model they started with), freeing, and handing a request a session (the one
 // that served its conversation, when there is one) while at most `parallel` generate at once.
-import type { LlamaContext } from '../context.js';
-import { loadModel, type LlamaModel } from '../model.js';
-import type { LlamaSession } from '../session.js';
+import type { LlamaContext } from '../core/context.js';
+import { loadModel, type LlamaModel } from '../core/model.js';
+import type { LlamaSession } from '../core/session.js';
 import { ApiError } from './openai.js';
 import type { ResolvedServerOptions } from './options.js';
 

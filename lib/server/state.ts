@@ -3,10 +3,10 @@
 // helpers routes use to run a generation for a request and to write OpenAI's answers.
 import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { GenerateOptions } from '../generate-options.js';
-import type { GenerationResult, TokenLogprob } from '../generation.js';
+import type { GenerateOptions } from '../options/generate.js';
+import type { GenerationResult, TokenLogprob } from '../core/generation.js';
 import { samplingFromRequest } from '../options/sampling.js';
-import type { LlamaSession } from '../session.js';
+import type { LlamaSession } from '../core/session.js';
 import type { Metrics } from './metrics.js';
 import { ApiError } from './openai.js';
 import type { ResolvedServerOptions } from './options.js';

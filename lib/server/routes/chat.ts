@@ -3,10 +3,10 @@
 // KV cache between requests (lib/server/registry.ts).
 import { createHash } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
-import type { ChatResult, ChatTool, ToolChoice } from '../../chat.js';
-import type { ChatMessage } from '../../chat-template.js';
-import type { Generation } from '../../generation.js';
-import { prepareJsonSchemaSoon, type JsonSchema } from '../../json-schema.js';
+import type { ChatResult, ChatTool, ToolChoice } from '../../core/chat.js';
+import type { ChatMessage } from '../../core/chat-template.js';
+import type { Generation } from '../../core/generation.js';
+import { prepareJsonSchemaSoon, type JsonSchema } from '../../schema/json-schema.js';
 import { jsonDepth } from '../limits.js';
 import { ApiError, chatCompletionSchema } from '../openai.js';
 import { eventStream } from '../sse.js';

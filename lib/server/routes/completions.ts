@@ -1,6 +1,6 @@
 // POST /v1/completions: OpenAI's (legacy) text completions, with log-probabilities and streaming.
 import type { FastifyInstance } from 'fastify';
-import type { TokenLogprob } from '../../generation.js';
+import type { TokenLogprob } from '../../core/generation.js';
 import { completionSchema } from '../openai.js';
 import { eventStream } from '../sse.js';
 import { finishReason, newId, requestOptions, state, usage, withRequest } from '../state.js';

@@ -1,6 +1,6 @@
 // POST /v1/embeddings: vectors from a context of the model made for embeddings (created on first use).
 import type { FastifyInstance } from 'fastify';
-import type { LlamaContext } from '../../context.js';
+import type { LlamaContext } from '../../core/context.js';
 import { ApiError, embeddingSchema } from '../openai.js';
 import type { Entry } from '../registry.js';
 import { state } from '../state.js';

@@ -1,3 +1,4 @@
+// Option checks shared by every API: one wording for every validation error.
 import { LlamaError, llamaError } from './errors.js';
 
 // One wording for every validation error: `Invalid option "name": expected ..., received ...`.

@@ -4,7 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { delimiter, dirname, join } from 'node:path';
-import { LlamaError } from './errors.js';
+import { LlamaError } from '../base/errors.js';
 import { loadedAddonFile, native, unpackedPath, type BackendDevice, type BackendInfo, type GpuBackendName, type GpuModuleInfo } from './native.js';
 
 /** Which GPU backend a model uses: `'auto'` (what loads here, else the CPU), one by name, or `false` (CPU only). */

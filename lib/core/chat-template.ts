@@ -1,6 +1,7 @@
-import { LlamaError } from './errors.js';
-import type { NativeChatMessage } from './native.js';
-import { invalid, jsonArgument } from './validate.js';
+// Chat messages as users give them: their checks, and the shapes the native chat template takes and gives back.
+import { LlamaError } from '../base/errors.js';
+import type { NativeChatMessage } from '../native/native.js';
+import { invalid, jsonArgument } from '../base/validate.js';
 
 /** Who wrote a chat message. */
 export type ChatRole = 'system' | 'user' | 'assistant' | 'tool';

@@ -1,7 +1,8 @@
+// quantize: llama.cpp's quantizer, off the JS thread.
 import { existsSync } from 'node:fs';
 import { rename, rm, stat } from 'node:fs/promises';
-import { LlamaError, callNative, toLlamaError } from './errors.js';
-import { native } from './native.js';
+import { LlamaError, callNative, toLlamaError } from '../base/errors.js';
+import { native } from '../native/native.js';
 
 /** Types {@link quantize} can write (llama.cpp's names). */
 export const quantizationTypes = {

@@ -1,3 +1,4 @@
+// getSystemInfo and getBackendInfo: what llama.cpp and ggml found on this machine.
 import { backendInfo } from './backends.js';
 import { native, type BackendInfo } from './native.js';
 

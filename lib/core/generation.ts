@@ -1,5 +1,6 @@
-import { LlamaError } from './errors.js';
-import type { NativeGeneration, NativeGenerationResult, NativeTake } from './native.js';
+// Generation: a running generation as an async iterator of chunks and a promise of its result.
+import { LlamaError } from '../base/errors.js';
+import type { NativeGeneration, NativeGenerationResult, NativeTake } from '../native/native.js';
 
 /** A generated token's log-probability under the model, with the most likely alternatives. */
 export interface TokenLogprob {
@@ -223,7 +224,7 @@ export class Generation<R extends GenerationResult = GenerationResult> implement
 }
 
 /**
- * @internal A native generation that starts later, when its session gets a sequence (lib/residency.ts).
+ * @internal A native generation that starts later, when its session gets a sequence (lib/core/residency.ts).
  * Until then it has nothing to take; aborted meanwhile, it ends as aborted without starting.
  */
 export class DeferredNative implements NativeGeneration {

@@ -1,5 +1,6 @@
-import type { NativeLora } from './native.js';
-import { invalid } from './validate.js';
+// LoRA adapters: loading them and the per-request adapter sets.
+import type { NativeLora } from '../native/native.js';
+import { invalid } from '../base/validate.js';
 
 let nextId = 1;
 

@@ -1,9 +1,9 @@
 // Memory estimates from a GGUF header, and the number of layers that fit a GPU (`gpuLayers: 'auto'`).
-import { chooseDevices, type GpuOption } from './backends.js';
-import { LlamaError } from './errors.js';
-import { readGguf } from './gguf/reader.js';
-import type { GgufFile, GgufValue } from './gguf/types.js';
-import { checkOptions, invalid } from './validate.js';
+import { chooseDevices, type GpuOption } from '../native/backends.js';
+import { LlamaError } from '../base/errors.js';
+import { readGguf } from '../gguf/reader.js';
+import type { GgufFile, GgufValue } from '../gguf/types.js';
+import { checkOptions, invalid } from '../base/validate.js';
 
 /** Options of {@link estimateMemory}. */
 export interface EstimateMemoryOptions {

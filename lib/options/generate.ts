@@ -1,9 +1,10 @@
-import { callSite, llamaError } from './errors.js';
-import { prepareJsonSchemaSoon, preparedGrammar, preparedGrammarAsync, type JsonSchema, type PreparedSchema, type SchemaMode } from './json-schema.js';
-import { parseLora, type LoraSpec } from './lora.js';
-import { parseSampling, SAMPLING_OPTION_NAMES, type SamplingOptions } from './options/sampling.js';
-import type { NativeGenerateOptions } from './native.js';
-import { checkOptions, invalid, optInteger, optNumber, optSignal } from './validate.js';
+// The options of a generation: their public type, their checks, and the native options they become.
+import { callSite, llamaError } from '../base/errors.js';
+import { prepareJsonSchemaSoon, preparedGrammar, preparedGrammarAsync, type JsonSchema, type PreparedSchema, type SchemaMode } from '../schema/json-schema.js';
+import { parseLora, type LoraSpec } from '../core/lora.js';
+import { parseSampling, SAMPLING_OPTION_NAMES, type SamplingOptions } from './sampling.js';
+import type { NativeGenerateOptions } from '../native/native.js';
+import { checkOptions, invalid, optInteger, optNumber, optSignal } from '../base/validate.js';
 
 /** Triggers of a lazy grammar: text is free until one appears, and follows the grammar from there on. */
 export interface GrammarTriggers {

@@ -1,4 +1,5 @@
-import { native } from './native.js';
+// Logging: llama.cpp's and ggml's output, routed through setLogger and setLogLevel.
+import { native } from '../native/native.js';
 import { invalid } from './validate.js';
 
 /** Log levels, from most to least verbose. `silent` shows nothing. */

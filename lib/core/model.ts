@@ -1,17 +1,18 @@
+// loadModel and LlamaModel: a GGUF model loaded off the JS thread, its vocabulary, tokenizer and templates.
 import { createHash } from 'node:crypto';
 import { open, stat } from 'node:fs/promises';
 import { chatTemplateKey, checkMessages, type ApplyChatTemplateOptions, type ChatMessage } from './chat-template.js';
 import { LlamaContext, type ContextOptions } from './context.js';
 import { LlamaLora } from './lora.js';
-import { LlamaError, callNative, toLlamaError, llamaError } from './errors.js';
+import { LlamaError, callNative, toLlamaError, llamaError } from '../base/errors.js';
 import { connect } from 'node:net';
-import { chooseDevices, type GpuOption } from './backends.js';
-import { GgufFormatError, readGguf } from './gguf/reader.js';
-import type { GgufFile, GgufValue } from './gguf/types.js';
+import { chooseDevices, type GpuOption } from '../native/backends.js';
+import { GgufFormatError, readGguf } from '../gguf/reader.js';
+import type { GgufFile, GgufValue } from '../gguf/types.js';
 import { estimateFromGguf } from './memory.js';
-import type { GpuBackendName } from './native.js';
-import { native, type NativeChatTemplate, type NativeModel } from './native.js';
-import { checkOptions, invalid, optBoolean, optFunction, optSignal } from './validate.js';
+import type { GpuBackendName } from '../native/native.js';
+import { native, type NativeChatTemplate, type NativeModel } from '../native/native.js';
+import { checkOptions, invalid, optBoolean, optFunction, optSignal } from '../base/validate.js';
 
 /** Options of {@link loadModel}. */
 export interface LoadModelOptions {

@@ -5,7 +5,7 @@ import { createReadStream, existsSync } from 'node:fs';
 import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { LlamaError } from './errors.js';
+import { LlamaError } from '../base/errors.js';
 
 /** Options of {@link pullModel}. */
 export interface PullOptions {

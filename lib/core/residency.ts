@@ -6,8 +6,8 @@
 // oldest are dropped, and those sessions decode their tokens again on next use. Work that cannot get a
 // sequence now (every resident session is busy) waits: higher priority first, then in order of arrival.
 // llama-server's slots and host-memory prompt cache are the model.
-import { LlamaError } from './errors.js';
-import type { NativeContext } from './native.js';
+import { LlamaError } from '../base/errors.js';
+import type { NativeContext } from '../native/native.js';
 
 /** A session's KV state in host memory. */
 export interface SavedState {

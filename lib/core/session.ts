@@ -1,14 +1,16 @@
+// LlamaSession: a conversation's KV cache over a sequence of a context: prompt planning against the cache,
+// context shift, generation, beam search, save and load.
 import type { LlamaContext } from './context.js';
-import { LlamaError, callNative, toLlamaError, llamaError, knownCode } from './errors.js';
-import { parseGenerateOptions, type GenerateOptions } from './generate-options.js';
-import type { FromSchema, JsonSchema, PreparedSchema } from './json-schema.js';
+import { LlamaError, callNative, toLlamaError, llamaError, knownCode } from '../base/errors.js';
+import { parseGenerateOptions, type GenerateOptions } from '../options/generate.js';
+import type { FromSchema, JsonSchema, PreparedSchema } from '../schema/json-schema.js';
 import { DeferredNative, Generation, type GenerationResult, type StopReason } from './generation.js';
-import type { NativeGenerateOptions, NativeGeneration, NativeGenerationResult } from './native.js';
-import { ASYNC_TOKENIZE_CHARS } from './limits.js';
+import type { NativeGenerateOptions, NativeGeneration, NativeGenerationResult } from '../native/native.js';
+import { ASYNC_TOKENIZE_CHARS } from '../base/limits.js';
 import { readSessionFile, writeSessionFile } from './session-file.js';
-import { invalid } from './validate.js';
+import { invalid } from '../base/validate.js';
 
-export type { GenerateOptions } from './generate-options.js';
+export type { GenerateOptions } from '../options/generate.js';
 
 /** A prompt's tokens with the native options that came with them (see {@link LlamaSession.start}). @internal */
 export interface LateInput {

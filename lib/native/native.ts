@@ -1,11 +1,11 @@
 // The one hand-written description of the native addon's surface (native/*.cpp), and its loader.
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import type { NativeSampling } from './options/sampling.js';
+import type { NativeSampling } from '../options/sampling.js';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMainThread } from 'node:worker_threads';
-import { LlamaError } from './errors.js';
+import { LlamaError } from '../base/errors.js';
 
 export interface NativeModelInfo {
   description: string;
@@ -243,7 +243,7 @@ export interface NativeSystemInfo {
   maxSequences: number;
 }
 
-/** What the native addon reports about loaded backends (lib/backends.ts adds the GPU modules). */
+/** What the native addon reports about loaded backends (lib/native/backends.ts adds the GPU modules). */
 export interface NativeBackendInfo {
   backends: string[];
   cpuFeatures: Record<string, string>;

@@ -9,8 +9,8 @@ import { createHash } from 'node:crypto';
 import { constants as bufferConstants } from 'node:buffer';
 import { constants as fsConstants } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
-import { LlamaError } from './errors.js';
-import { limits } from './limits.js';
+import { LlamaError } from '../base/errors.js';
+import { limits } from '../base/limits.js';
 
 const MAGIC = Buffer.from('LLADSEQ\0', 'latin1');
 const VERSION = 1;

@@ -1,21 +1,23 @@
+// LlamaChat: a conversation over a session, rendered with the chat template (llama.cpp's common), with tool
+// calls, JSON-schema replies, and long conversations rendered and tokenized off the JS thread.
 import { randomBytes } from 'node:crypto';
 import {
   chatTemplateKey, checkMessage, checkMessages, parseArguments, publicMessage, type ChatMessage, type ToolCall,
 } from './chat-template.js';
 import type { LlamaContext } from './context.js';
-import { LlamaError, callNative, callSite, llamaError, toLlamaError } from './errors.js';
-import type { GenerateOptions } from './generate-options.js';
+import { LlamaError, callNative, callSite, llamaError, toLlamaError } from '../base/errors.js';
+import type { GenerateOptions } from '../options/generate.js';
 import type { Generation, GenerationResult } from './generation.js';
-import { prepareJsonSchemaSoon, preparedGrammarAsync, type JsonSchema, type PreparedSchema } from './json-schema.js';
+import { prepareJsonSchemaSoon, preparedGrammarAsync, type JsonSchema, type PreparedSchema } from '../schema/json-schema.js';
 import type { LlamaModel } from './model.js';
-import { ASYNC_TOKENIZE_CHARS } from './limits.js';
-import type { NativeChatApplied, NativeChatApplyOptions, NativeChatMessage, NativeChatTemplate, NativeGenerateOptions } from './native.js';
+import { ASYNC_TOKENIZE_CHARS } from '../base/limits.js';
+import type { NativeChatApplied, NativeChatApplyOptions, NativeChatMessage, NativeChatTemplate, NativeGenerateOptions } from '../native/native.js';
 import { commonPrefix, type LateInput, type LlamaSession } from './session.js';
 
 /** Most tokens of a chat reply when `maxTokens` is not given: a reply always ends (context shift is on). */
 export const DEFAULT_CHAT_MAX_TOKENS = 1024;
-import { checkOptions, invalid, jsonArgument, optBoolean } from './validate.js';
-import { schemaText } from './schema/prepare.js';
+import { checkOptions, invalid, jsonArgument, optBoolean } from '../base/validate.js';
+import { schemaText } from '../schema/prepare.js';
 
 /** A tool (function) the model may call. */
 export interface ChatTool {

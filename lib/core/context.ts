@@ -1,6 +1,7 @@
-import { LlamaError, callNative, toLlamaError, llamaError } from './errors.js';
+// LlamaContext: a llama_context with its engine thread, its resident sequences and the sessions over them.
+import { LlamaError, callNative, toLlamaError, llamaError } from '../base/errors.js';
 import type { LlamaModel } from './model.js';
-import type { NativeContext, NativeContextInfo, NativeModel } from './native.js';
+import type { NativeContext, NativeContextInfo, NativeModel } from '../native/native.js';
 import { LlamaChat, type ChatOptions } from './chat.js';
 import { parseLora, type LoraSpec } from './lora.js';
 import { LlamaSession, type SessionOptions } from './session.js';
@@ -23,7 +24,7 @@ export function defaultSequences(model: LlamaModel, contextSize: number): number
   if (perToken <= 0) return 1;
   return Math.max(1, Math.min(4, Math.floor(DEFAULT_SEQUENCES_KV_BYTES / (perToken * contextSize))));
 }
-import { checkOptions, invalid, optBoolean, optInteger, optSignal } from './validate.js';
+import { checkOptions, invalid, optBoolean, optInteger, optSignal } from '../base/validate.js';
 
 /** Options of {@link LlamaModel.createContext}. */
 export interface ContextOptions {

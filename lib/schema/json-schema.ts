@@ -4,15 +4,15 @@
 // the draft's meta-schema, then a rewrite into what the converter enforces exactly, where every keyword is
 // enforced, or an error (see README, "Grammars and JSON schemas"). Every value handed back as `json` is then
 // validated against the schema with ajv.
-import { LlamaError, callSite, toLlamaError, type LlamaErrorCode } from './errors.js';
-import { native } from './native.js';
-import { compile, firstFailure, type Validator } from './schema/ajv.js';
-import { ajvRequest } from './schema/ajv-client.js';
-import { schemaError, type Json, type SchemaMode, type SchemaNote } from './schema/normalize.js';
-import { analyzeSchema, schemaText, type Analysis } from './schema/prepare.js';
+import { LlamaError, callSite, toLlamaError, type LlamaErrorCode } from '../base/errors.js';
+import { native } from '../native/native.js';
+import { compile, firstFailure, type Validator } from './ajv.js';
+import { ajvRequest } from './ajv-client.js';
+import { schemaError, type Json, type SchemaMode, type SchemaNote } from './normalize.js';
+import { analyzeSchema, schemaText, type Analysis } from './prepare.js';
 
-export type { SchemaErrorDetails, SchemaMode, SchemaNote } from './schema/normalize.js';
-export { SCHEMA_LIMITS } from './schema/limits.js';
+export type { SchemaErrorDetails, SchemaMode, SchemaNote } from './normalize.js';
+export { SCHEMA_LIMITS } from './limits.js';
 
 /** A JSON schema (draft 2020-12, 2019-09 or draft-07; see the README for what the grammar enforces). */
 export type JsonSchema = boolean | JsonSchemaObject;
