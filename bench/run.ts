@@ -1,14 +1,16 @@
 // npm run bench -- [--model ID|PATH ...] [--threads N] [--gpu-layers N] [--prompt 512] [--gen 128] [--reps 5] [--json] [--results-dir DIR]
 //                  [--systems llama-bench,node-llama-cpp-defaults,node-llama-cpp,llama-addon] [--budget 60]
+//                  [--compare bench/results/<earlier>.json]  (each figure's ratio against that run, printed at the end)
 // Runs llama.cpp's llama-bench, node-llama-cpp and llama-addon one after another on the same models, sizes
 // and thread count, prints one table with ratios, and writes the results to bench/results/.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, hostname, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { readGguf } from '../lib/gguf/index.js';
 import { getSystemInfo } from '../lib/index.js';
+import { compareReports, type Report } from './compare.js';
 import { runLlamaBench } from './llama-bench.js';
 import { batchedScenario, sessionsScenario, speculativeScenario, type BatchedResult, type SessionsResult, type SpeculativeResult } from './scenarios.js';
 import { benchRoot, models, repoRoot } from './models.js';
@@ -28,6 +30,7 @@ const { values } = parseArgs({
     'results-dir': { type: 'string' },
     scenario: { type: 'string', default: 'models,batched,speculative,sessions' },
     'sessions-model': { type: 'string' },
+    compare: { type: 'string' },
   },
 });
 const scenarios = values.scenario!.split(',');
@@ -242,4 +245,10 @@ if (values.json) {
   const notes = all.flatMap((m) => m.results.flatMap((r) => r.notes.map((n) => `${m.id} / ${r.system}: ${n}`)));
   if (notes.length) lines.push('', 'Notes:', ...[...new Set(notes)].map((n) => `- ${n}`));
   console.log(lines.join('\n'));
+}
+
+// Regressions are visible: each figure against an earlier run's, printed after the report.
+if (values.compare) {
+  const earlier = JSON.parse(readFileSync(values.compare, 'utf8')) as Report;
+  console.log('\n' + compareReports(earlier, report as unknown as Report, values.compare));
 }

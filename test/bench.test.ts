@@ -44,3 +44,33 @@ describeShared('npm run bench', () => {
     expect(report.models[0].ratios['tg addon/llama-bench']).toBeGreaterThan(0);
   });
 });
+
+// Regressions are visible: `--compare earlier.json` prints each figure's ratio against an earlier run.
+it('compares a report with an earlier one, figure by figure', async () => {
+  const { compareReports } = await import('../bench/compare.js');
+  const stat = (median: number) => ({ median, min: median, max: median, n: 1 });
+  const report = (tg: number, pp: number, date: string, extra = false) => ({
+    date,
+    machine: { cpu: 'test cpu' },
+    models: [
+      {
+        id: 'm',
+        results: [
+          { system: 'llama-bench', promptTokensPerSecond: stat(400), generateTokensPerSecond: stat(80), peakRssMb: 500 },
+          { system: 'llama-addon', promptTokensPerSecond: stat(pp), generateTokensPerSecond: stat(tg), timeToFirstTokenMs: null, peakRssMb: 520 },
+        ],
+        ratios: { 'tg addon/llama-bench': tg / 80 },
+      },
+      ...(extra ? [{ id: 'only-later', results: [{ system: 'llama-addon', generateTokensPerSecond: stat(1) }] }] : []),
+    ],
+  });
+  const table = compareReports(report(80, 400, 'then'), report(60, 400, 'now', true), 'earlier.json');
+  const rows = table.split('\n').filter((l) => l.startsWith('| m |'));
+  expect(rows).toContain('| m | llama-addon | tg tok/s | 80.00 | 60.00 | 0.750 |');
+  expect(rows).toContain('| m | llama-addon | pp tok/s | 400 | 400 | 1.000 |');
+  expect(rows).toContain('| m | (ratio) | tg addon/llama-bench | 1.000 | 0.750 | 0.750 |');
+  // Figures missing from one side, and models only one report has, are left out.
+  expect(table).not.toContain('TTFT');
+  expect(table).not.toContain('only-later');
+  expect(table).toContain('earlier.json');
+});
