@@ -6,6 +6,7 @@ import { limits, loadModel, setLogLevel, type JsonSchema, type LlamaModel } from
 import { ASYNC_TOKENIZE_CHARS } from '../lib/base/limits.js';
 import { rejectsWith } from './helpers/errors.js';
 import { describeShared, shared, synthetic } from './helpers/models.js';
+import { watchEventLoop } from './helpers/event-loop.js';
 
 setLogLevel('error');
 
@@ -90,19 +91,13 @@ describe('chats rendered off the JS thread', () => {
     const rendered = model.applyChatTemplate(messages, { template: slow });
     const syncMs = performance.now() - t;
     using chat = ctx.createChat({ template: slow, messages: messages.slice(0, 1) });
-    let longest = 0;
-    let last = performance.now();
-    const timer = setInterval(() => {
-      const now = performance.now();
-      longest = Math.max(longest, now - last);
-      last = now;
-    }, 1);
+    const loop = watchEventLoop();
     t = performance.now();
     const gen = chat.send(long, { maxTokens: 6, temperature: 0 });
     const callMs = performance.now() - t;
     expect(chat.session.busy).toBe(true);
     const r = await gen.result;
-    clearInterval(timer);
+    const longest = loop.stop();
     expect(callMs, `send() took ${callMs.toFixed(0)} ms; the render takes ${syncMs.toFixed(0)} ms on the thread`).toBeLessThan(syncMs / 2);
     expect(longest, `the event loop was held ${longest.toFixed(0)} ms; the render takes ${syncMs.toFixed(0)} ms`).toBeLessThan(syncMs / 2);
     // The prompt is the rendered conversation, and the reply the one its tokens give.

@@ -2,10 +2,11 @@
 // only codes the native side gives; a failed generation's code is the one the engine named.
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LLAMA_ERROR_CODES, loadModel, setLogLevel, type LlamaContext, type LlamaModel } from 'llama-addon';
+import { describe, expect, it } from 'vitest';
+import { LLAMA_ERROR_CODES, setLogLevel } from 'llama-addon';
 import { rejectsWith } from './helpers/errors.js';
-import { repoRoot, tinySynthetic } from './helpers/models.js';
+import { repoRoot } from './helpers/models.js';
+import { tinyContext } from './helpers/tiny-context.js';
 
 setLogLevel('error');
 
@@ -32,21 +33,12 @@ describe('error codes', () => {
   });
 
   describe('a failed generation has the code the engine named', () => {
-    let model: LlamaModel;
-    let ctx: LlamaContext;
-    beforeAll(async () => {
-      model = await loadModel(await tinySynthetic());
-      ctx = await model.createContext({ contextSize: 256, sequences: 1 });
-    });
-    afterAll(async () => {
-      await ctx.dispose();
-      await model.dispose();
-    });
+    const t = tinyContext();
 
     it('a grammar that leaves no token: ERR_INVALID_GRAMMAR, and the session goes on', async () => {
-      using s = ctx.createSession();
+      using s = t.ctx.createSession();
       const banned: Record<number, number> = {};
-      for (let t = 0; t < model.vocab.size; t++) banned[t] = -Infinity;
+      for (let id = 0; id < t.model.vocab.size; id++) banned[id] = -Infinity;
       const e = await rejectsWith(s.complete('x', { grammar: 'root ::= [a-z]+', logitBias: banned }), 'ERR_INVALID_GRAMMAR');
       expect(e.message).toMatch(/^Generation failed: no token is allowed here by the grammar/);
       expect((await s.complete('x', { maxTokens: 2 })).usage.completionTokens).toBeGreaterThan(0);

@@ -3,26 +3,18 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { loadModel, SAMPLING_OPTIONS, setLogLevel, startServer, type LlamaContext, type LlamaModel, type SamplingOptions } from 'llama-addon';
+import { describe, expect, it } from 'vitest';
+import { SAMPLING_OPTIONS, setLogLevel, startServer, type SamplingOptions } from 'llama-addon';
 import { withSamplingTable } from '../scripts/options-table.js';
 import { throwsWith } from './helpers/errors.js';
 import { repoRoot, tinySynthetic } from './helpers/models.js';
+import { tinyContext } from './helpers/tiny-context.js';
 
 setLogLevel('error');
 const names = Object.keys(SAMPLING_OPTIONS) as Array<keyof typeof SAMPLING_OPTIONS>;
 
 describe('sampling options, declared once', () => {
-  let model: LlamaModel;
-  let ctx: LlamaContext;
-  beforeAll(async () => {
-    model = await loadModel(await tinySynthetic());
-    ctx = await model.createContext({ contextSize: 256, sequences: 1 });
-  });
-  afterAll(async () => {
-    await ctx.dispose();
-    await model.dispose();
-  });
+  const t = tinyContext();
 
   it("the README's table is the one the table makes", () => {
     const readme = readFileSync(join(repoRoot, 'README.md'), 'utf8');
@@ -31,7 +23,7 @@ describe('sampling options, declared once', () => {
   });
 
   it('validates every option against its range, with one wording', () => {
-    using s = ctx.createSession();
+    using s = t.ctx.createSession();
     for (const name of names) {
       const spec = SAMPLING_OPTIONS[name];
       const bad: unknown[] = [spec.min - 1, spec.max + 1, Number.NaN, '1', null, ...('minExclusive' in spec ? [spec.min] : [])];
@@ -46,7 +38,7 @@ describe('sampling options, declared once', () => {
   });
 
   it("the defaults are the table's: the same output with them given, a different one with another value", async () => {
-    using s = ctx.createSession();
+    using s = t.ctx.createSession();
     const defaults = Object.fromEntries(names.map((n) => [n, SAMPLING_OPTIONS[n].default])) as SamplingOptions;
     const implicit = await s.complete('Once', { seed: 7, maxTokens: 24 });
     s.reset();

@@ -2,6 +2,7 @@
 // the converter (normalize.ts). Pure JavaScript, so that it runs on the main thread for small schemas and
 // on the validator's worker thread (ajv-worker.ts) for large ones; lib/schema/json-schema.ts builds on it.
 import { LlamaError } from '../base/errors.js';
+import { jsonDepth } from '../base/json-depth.js';
 import { draftOf, metaCheck, type Draft } from './ajv.js';
 import { SCHEMA_LIMITS } from './limits.js';
 import { isObj, normalizeSchema, overLimit, schemaError, type Json, type SchemaMode, type SchemaNote } from './normalize.js';
@@ -55,25 +56,8 @@ export function schemaText(schema: unknown): string {
   if (typeof text !== 'string') throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it writes as no JSON at all (toJSON gave undefined)', '#', '');
   const size = Buffer.byteLength(text);
   if (size > maxBytes) overLimit(`${size} bytes of JSON (at most ${maxBytes})`);
-  if (jsonTextDepth(text) > maxDepth) overLimit(`objects and arrays nested more than ${maxDepth} deep`);
+  if (jsonDepth(text, maxDepth) > maxDepth) overLimit(`objects and arrays nested more than ${maxDepth} deep`);
   return text;
-}
-
-/** The deepest nesting of objects and arrays in a JSON text (strings skipped), without parsing it. */
-export function jsonTextDepth(text: string): number {
-  let depth = 0;
-  let most = 0;
-  let inString = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    if (inString) {
-      if (c === 92) i++;
-      else if (c === 34) inString = false;
-    } else if (c === 34) inString = true;
-    else if (c === 123 || c === 91) most = Math.max(most, ++depth);
-    else if (c === 125 || c === 93) depth--;
-  }
-  return most;
 }
 
 /** The draft of a schema: its $schema, or 2020-12 unless it uses draft-07's array form of items. */
