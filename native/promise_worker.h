@@ -1,6 +1,6 @@
 // Work off the JS thread that settles a promise: inputs are copied out of JS before it is queued, the
-// work runs on a libuv worker (on a thread of its own with a known stack, whatever the runtime's pool
-// gives), and its result becomes a JS value on the JS thread. Every exception becomes a rejection with a
+// work runs on the addon's work pool (work_pool.h: threads of its own with a known stack, not libuv's
+// pool), and its result becomes a JS value on the JS thread. Every exception becomes a rejection with a
 // stable code: CodedError's own, ERR_LIMIT_EXCEEDED for memory, ERR_NATIVE for anything else.
 #pragma once
 #include <napi.h>
@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "errors.h"
+#include "work_pool.h"
 
 namespace la {
 
@@ -23,9 +24,8 @@ struct CodedError : std::runtime_error {
   CodedError(const char* c, const std::string& m) : std::runtime_error(m), code(c) {}
 };
 
-// The stack of the thread a PromiseWorker's work runs on: the main thread's usual size, which the limits
-// on recursion in parsers and templates (grammar_check.h, template_limits.h) are measured against. libuv's
-// pool gives 8 MiB; Bun's and Deno's pools may give less.
+// The stack of the threads a PromiseWorker's work runs on: the main thread's usual size, which the limits
+// on recursion in parsers and templates (grammar_check.h, template_limits.h) are measured against.
 constexpr size_t kWorkerStackBytes = 8u << 20;
 
 // Runs fn on a thread of its own with a stack of `stackBytes` (reserved, committed only as used), and
@@ -62,8 +62,10 @@ void onLargeStack(size_t stackBytes, F&& fn) {
   if (error) std::rethrow_exception(error);
 }
 
+// Runs `work` on the addon's work pool (work_pool.h), then settles a promise on the JS thread through a
+// thread-safe function (which also keeps the event loop alive meanwhile).
 template <typename T>
-class PromiseWorker : public Napi::AsyncWorker {
+class PromiseWorker {
  public:
   using Work = std::function<T()>;
   using ToJs = std::function<Napi::Value(Napi::Env, T&)>;
@@ -72,13 +74,21 @@ class PromiseWorker : public Napi::AsyncWorker {
   static Napi::Promise Start(Napi::Env env, const char* name, Work work, ToJs toJs) {
     auto* w = new PromiseWorker(env, name, std::move(work), std::move(toJs));
     Napi::Promise promise = w->deferred_.Promise();
-    w->Queue();
+    postWork([w] { w->run(); });
     return promise;
   }
 
-  void Execute() override {
+ private:
+  PromiseWorker(Napi::Env env, const char* name, Work work, ToJs toJs)
+      : deferred_(Napi::Promise::Deferred::New(env)),
+        tsfn_(Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), name, 0, 1)),
+        work_(std::move(work)),
+        toJs_(std::move(toJs)) {}
+
+  // On a pool thread.
+  void run() {
     try {
-      onLargeStack(kWorkerStackBytes, [this] { result_ = work_(); });
+      result_ = work_();
     } catch (const CodedError& e) {
       fail(e.code, e.what());
     } catch (const std::bad_alloc&) {
@@ -89,34 +99,51 @@ class PromiseWorker : public Napi::AsyncWorker {
       fail("ERR_NATIVE", "Unknown error");
     }
     work_ = nullptr;  // frees the copied inputs now
+    Napi::ThreadSafeFunction tsfn = tsfn_;
+    napi_status st = tsfn.BlockingCall(this, [](Napi::Env env, Napi::Function, PromiseWorker* w) {
+      if (env != nullptr) {
+        try {
+          w->settle(env);
+        } catch (...) {  // nothing may escape a callback from another thread
+        }
+      }
+      delete w;
+    });
+    if (st != napi_ok) delete this;  // the environment is going away: nothing is left to settle
+    tsfn.Release();
   }
-  void OnOK() override {
+
+  // On the JS thread.
+  void settle(Napi::Env env) {
+    if (!message_.empty()) {
+      deferred_.Reject(makeError(env, code_, message_).Value());
+      return;
+    }
     Napi::Value v;
     try {
-      v = toJs_(Env(), result_);
+      v = toJs_(env, result_);
     } catch (const Napi::Error& e) {
       deferred_.Reject(e.Value());
       return;
     } catch (const std::exception& e) {
-      deferred_.Reject(makeError(Env(), "ERR_NATIVE", e.what()).Value());
+      deferred_.Reject(makeError(env, "ERR_NATIVE", e.what()).Value());
       return;
     }
     deferred_.Resolve(v);
   }
-  void OnError(const Napi::Error& e) override { deferred_.Reject(makeError(Env(), code_, e.Message()).Value()); }
 
- private:
-  PromiseWorker(Napi::Env env, const char* name, Work work, ToJs toJs)
-      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)), toJs_(std::move(toJs)) {}
   void fail(const char* code, const std::string& message) {
     code_ = code;
-    SetError(message);
+    message_ = message.empty() ? std::string("failed") : message;
   }
+
   Napi::Promise::Deferred deferred_;
+  Napi::ThreadSafeFunction tsfn_;
   Work work_;
   ToJs toJs_;
   T result_{};
   const char* code_ = "ERR_NATIVE";
+  std::string message_;
 };
 
 }  // namespace la

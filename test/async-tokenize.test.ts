@@ -1,11 +1,12 @@
 // Long texts are tokenized off the JS thread: model.tokenizeAsync(), and generations and chats whose
 // prompt is long (lib/base/limits.ts ASYNC_TOKENIZE_CHARS); chats with long messages, tools or schemas are
 // rendered off it too. Same tokens, same errors, same results.
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limits, loadModel, setLogLevel, type JsonSchema, type LlamaModel } from 'llama-addon';
 import { ASYNC_TOKENIZE_CHARS } from '../lib/base/limits.js';
 import { rejectsWith } from './helpers/errors.js';
-import { describeShared, shared, synthetic } from './helpers/models.js';
+import { describeShared, repoRoot, shared, synthetic } from './helpers/models.js';
 import { watchEventLoop } from './helpers/event-loop.js';
 
 setLogLevel('error');
@@ -166,6 +167,24 @@ describe('chats rendered off the JS thread', () => {
     const shortMs = performance.now() - t;
     await gen.result;
     expect(shortMs, `a short render took ${shortMs.toFixed(0)} ms beside a long one of ${syncMs.toFixed(0)} ms`).toBeLessThan(syncMs / 2);
+  }, 120_000);
+
+  // The addon's work runs on threads of its own: long renders do not hold libuv's pool (four threads by
+  // default), which the application needs for files, DNS and crypto.
+  it("work off the JS thread leaves libuv's pool to the application", async () => {
+    const { readFile } = await import('node:fs/promises');
+    await using ctx = await model.createContext({ contextSize: 8192, sequences: 4 });
+    let t = performance.now();
+    model.applyChatTemplate([{ role: 'user', content: long }], { template: slow });
+    const renderMs = performance.now() - t;
+    const chats = Array.from({ length: 4 }, () => ctx.createChat({ template: slow }));
+    const gens = chats.map((c) => c.send(long, { maxTokens: 1 }));
+    t = performance.now();
+    await readFile(join(repoRoot, 'package.json'));
+    const readMs = performance.now() - t;
+    await Promise.all(gens.map((g) => g.result));
+    for (const c of chats) c.dispose();
+    expect(readMs, `a file read took ${readMs.toFixed(0)} ms beside four renders of ${renderMs.toFixed(0)} ms`).toBeLessThan(renderMs / 2);
   }, 120_000);
 
   it('disposing the model while a chat renders on a worker ends the reply as aborted', async () => {
