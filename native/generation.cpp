@@ -15,6 +15,7 @@
 #include "addon_data.h"
 #include "generation.h"
 #include "sampling.h"
+#include "work_pool.h"
 
 namespace la {
 
@@ -88,17 +89,15 @@ void closeOnTeardown(void* arg) {
 // generate(seq, tokens: Int32Array, keep, options, onNotify) -> NativeGeneration
 namespace {
 
-// Builds a generation's sampler on a libuv worker thread, then queues the generation on its engine, or ends
-// it with the error and its code, as the engine reports its own.
-// The generation object is already in JS hands: it waits like any queued generation meanwhile.
-class SamplerWorker : public Napi::AsyncWorker {
- public:
-  SamplerWorker(Napi::Env env, std::shared_ptr<Engine> engine, std::shared_ptr<GenState> gen, common_params_sampling sp)
-      : Napi::AsyncWorker(env, "llama-addon.sampler"), engine_(std::move(engine)), gen_(std::move(gen)), sp_(std::move(sp)) {}
-  void Execute() override {
+// Builds a generation's sampler on the work pool (work_pool.h), then queues the generation on its engine,
+// or ends it with the error and its code, as the engine reports its own. The generation object is already
+// in JS hands (its thread-safe function keeps the event loop alive): it waits like any queued generation.
+void buildSamplerLater(std::shared_ptr<Engine> engine, std::shared_ptr<GenState> gen, common_params_sampling sp) {
+  auto params = std::make_shared<common_params_sampling>(std::move(sp));
+  postWork([engine = std::move(engine), gen = std::move(gen), params] {
     std::string code, error;
     try {
-      gen_->sampler = buildSampler(engine_->model(), sp_);
+      gen->sampler = buildSampler(engine->model(), *params);
     } catch (const std::exception& e) {
       code = samplerErrorCode(e);
       error = e.what();
@@ -107,20 +106,13 @@ class SamplerWorker : public Napi::AsyncWorker {
       error = "the sampler could not be built";
     }
     try {
-      if (error.empty()) engine_->submit(gen_);
-      else engine_->fail(gen_, code, error);
+      if (error.empty()) engine->submit(gen);
+      else engine->fail(gen, code, error);
     } catch (...) {
       // finish() cannot fail short of memory; nothing is left to report to.
     }
-  }
-  void OnOK() override {}
-  void OnError(const Napi::Error&) override {}
-
- private:
-  std::shared_ptr<Engine> engine_;
-  std::shared_ptr<GenState> gen_;
-  common_params_sampling sp_;
-};
+  });
+}
 
 }  // namespace
 
@@ -227,7 +219,7 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   napi_add_env_cleanup_hook(env, closeOnTeardown, g.get());
   g->engine = engine;
   Napi::Object gen = Generation::NewInstance(env, g);
-  if (deferred) (new SamplerWorker(env, engine, g, std::move(sp)))->Queue();
+  if (deferred) buildSamplerLater(engine, g, std::move(sp));
   else engine->submit(g);
   return gen;
 }
