@@ -6,6 +6,7 @@
 #include "chat.h"  // llama.cpp's common/chat.h
 #include "errors.h"
 #include "guard.h"
+#include "log.h"
 #include "promise_worker.h"
 #include "template_limits.h"
 
@@ -83,15 +84,22 @@ Napi::Value ChatTemplate::Create(const Napi::CallbackInfo& info, std::shared_ptr
     st->name = source;
     st->source = source;
   } else {
+    std::string logged;
     try {
       checkTemplateSource(source);
       TemplateBudget budget;  // common renders the template with probe messages to learn what it supports
       // An empty override makes common read the model's template, and use ChatML when it has none.
+      // Its parser logs the reason of a failure and throws a bare exception: the log is kept for the error.
+      beginCapture();
       st->jinja = common_chat_templates_init(model->model, fromModel ? std::string() : source);
+      endCapture();
       st->source = common_chat_templates_source(st->jinja.get());
     } catch (const TemplateLimit& e) {
+      endCapture();
       throwError(env, "ERR_LIMIT_EXCEEDED", "The chat template exceeds a limit: " + e.what);
     } catch (const std::exception& e) {
+      logged = endCapture();
+      while (!logged.empty() && (logged.back() == '\n' || logged.back() == ' ')) logged.pop_back();
       // A model template that is not valid Jinja: llama.cpp's built-in templates recognize many by content.
       std::vector<common_chat_msg> probe(1);
       probe[0].role = "user";
@@ -105,8 +113,9 @@ Napi::Value ChatTemplate::Create(const Napi::CallbackInfo& info, std::shared_ptr
         }
       }
       if (!builtinOk) {
-        throwError(env, "ERR_INVALID_TEMPLATE",
-                   std::string("The chat template could not be parsed: ") + e.what());
+        std::string why = e.what();
+        if (why == "std::exception" || why.empty()) why = logged.empty() ? "no reason given" : logged;
+        throwError(env, "ERR_INVALID_TEMPLATE", std::string("The chat template could not be parsed: ") + why);
       }
       st->builtin = source;
       st->source = source;

@@ -4,7 +4,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { LLAMA_ERROR_CODES, setLogLevel } from 'llama-addon';
-import { rejectsWith } from './helpers/errors.js';
+import { rejectsWith, throwsWith } from './helpers/errors.js';
 import { repoRoot } from './helpers/models.js';
 import { tinyContext } from './helpers/tiny-context.js';
 
@@ -35,10 +35,17 @@ describe('error codes', () => {
   describe('a failed generation has the code the engine named', () => {
     const t = tinyContext();
 
+    it("a chat template that does not parse says llama.cpp's reason", () => {
+      const err = throwsWith(() => t.ctx.createChat({ template: '{% for %}' }), 'ERR_INVALID_TEMPLATE');
+      expect(err.message).not.toMatch(/: std::exception$/);
+      expect(err.message).toMatch(/could not be parsed: .{8,}/);
+    });
+
     it('a grammar that leaves no token: ERR_INVALID_GRAMMAR, and the session goes on', async () => {
       using s = t.ctx.createSession();
       const banned: Record<number, number> = {};
-      for (let id = 0; id < t.model.vocab.size; id++) banned[id] = -Infinity;
+      // Every token but the end of generation, which the grammar does not allow first.
+      for (let id = 0; id < t.model.vocab.size; id++) if (id !== t.model.vocab.eos) banned[id] = -Infinity;
       const e = await rejectsWith(s.complete('x', { grammar: 'root ::= [a-z]+', logitBias: banned }), 'ERR_INVALID_GRAMMAR');
       expect(e.message).toMatch(/^Generation failed: no token is allowed here by the grammar/);
       expect((await s.complete('x', { maxTokens: 2 })).usage.completionTokens).toBeGreaterThan(0);

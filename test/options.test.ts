@@ -67,6 +67,26 @@ describe('sampling options, declared once', () => {
     }
   });
 
+  it('the table cannot be changed at run time; banning every token is refused', () => {
+    expect(Object.isFrozen(SAMPLING_OPTIONS)).toBe(true);
+    expect(() => {
+      (SAMPLING_OPTIONS.temperature as { max: number }).max = 1000;
+    }).toThrow(TypeError);
+    expect(SAMPLING_OPTIONS.temperature.max).toBe(100);
+    using s = t.ctx.createSession();
+    const all: Record<number, number> = {};
+    for (let id = 0; id < t.model.vocab.size; id++) all[id] = -Infinity;
+    expect(throwsWith(() => s.generate('x', { logitBias: all }), 'ERR_INVALID_ARGUMENT').message).toContain('logitBias');
+  });
+
+  it('the CLI refuses a value out of range as a usage error (exit 2), exclusive bounds too', () => {
+    for (const args of [['--repeat-penalty', '0'], ['--top-p', '2']]) {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'lib', 'cli.ts'), 'complete', '--model', 'x.gguf', ...args, 'hi'], { cwd: repoRoot, encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(2);
+      expect(r.stderr).toContain(args[0]);
+    }
+  });
+
   it('the CLI has a flag for each option, with its default and range', () => {
     const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'lib', 'cli.ts'), 'complete', '--help'], { cwd: repoRoot, encoding: 'utf8' });
     expect(r.status).toBe(0);

@@ -2,7 +2,7 @@
 // clients use it.
 import * as crypto from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { LlamaError, loadModel, startServer, type LlamaServer } from 'llama-addon';
+import { LlamaError, loadModel, SAMPLING_OPTIONS, startServer, type LlamaServer } from 'llama-addon';
 import { toApiError } from '../lib/server/openai.js';
 import { describeShared, shared } from './helpers/models.js';
 import { rejectsWith } from './helpers/errors.js';
@@ -358,10 +358,118 @@ describe('server options', () => {
       [{ models: [model], gpuLayers: 'lots' }, 'gpuLayers'],
       [{ models: [model], log: 'yes' }, 'log'],
       [{ models: [model], paralel: 2 }, 'paralel'],
+      [{ models: [model], gpu: 'banana' }, 'gpu'],
+      [{ models: [model], rpcServers: ['no-port'] }, 'rpcServers'],
+      [{ models: [{ ...model, model: 42 }] }, 'models'],
     ];
     for (const [options, name] of bad) {
       const e = await rejectsWith(startServer(options as never), 'ERR_INVALID_ARGUMENT');
       expect(e.message, JSON.stringify(options)).toContain(`"${name}"`);
+    }
+  });
+});
+
+// From a hostile review of the restructured server: each request counted once; errors found off the JS
+// thread are still HTTP errors before a stream opens; a reload cannot free the model a request is about
+// to use; values checked as the README says.
+describeShared('server: counting, late errors and checks', () => {
+  let server: LlamaServer;
+  beforeAll(async () => {
+    server = await startServer({
+      models: [{ alias: 'stories', path: shared('stories260k.gguf') }, { alias: 'tiny', path: shared('tinystories-656k-q8_0.gguf') }],
+      port: 0, parallel: 2, contextSize: 512, maxTokensLimit: 64, cacheResponses: 8, admin: true,
+    });
+    await server.ready;
+  });
+  afterAll(() => server?.close(1000));
+  const count = async (status: number) =>
+    metric((await raw(server.url, '/metrics')).text, new RegExp(`llama_requests_total\\{endpoint="/v1/completions",status="${status}"\\} (\\d+)`));
+
+  it('counts a streamed request once, and a request whose client left as 499', async () => {
+    const before = await count(200);
+    const r = await raw(server.url, '/v1/completions', { prompt: 'Once', max_tokens: 4, stream: true });
+    expect(r.headers.get('content-type')).toMatch(/event-stream/);
+    expect(await count(200)).toBe(before + 1);
+    const gone = await count(499);
+    const controller = new AbortController();
+    const pending = fetch(`${server.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'Once', max_tokens: 64, temperature: 1, logit_bias: { 2: -100 } }), signal: controller.signal }).catch(() => null);
+    await new Promise((res) => setTimeout(res, 100));
+    controller.abort();
+    await pending;
+    await new Promise((res) => setTimeout(res, 300));
+    expect(await count(499)).toBe(gone + 1);
+  });
+
+  it('answers an error found before the first event of a long streamed prompt with its status, not a stream', async () => {
+    // tinystories-656k cannot spell "é": ERR_TOKENIZE, found off the JS thread for a prompt this long.
+    const prompt = 'café '.repeat(4000);
+    for (const stream of [false, true]) {
+      const r = await raw(server.url, '/v1/completions', { model: 'tiny', prompt, max_tokens: 2, stream });
+      expect(r.status, r.text.slice(0, 200)).toBe(400);
+      expect(r.json.error?.code).toBe('ERR_TOKENIZE');
+    }
+  });
+
+  it('serves a chat with a large schema while its model is reloaded', async () => {
+    const schema = { type: 'object', properties: Object.fromEntries(Array.from({ length: 700 }, (_, i) => [`f${i}`, { type: 'integer', minimum: i }])) };
+    expect(JSON.stringify(schema).length).toBeGreaterThan(16384);
+    const chat = raw(server.url, '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 4, response_format: { type: 'json_schema', json_schema: { name: 's', schema } } });
+    await new Promise((res) => setTimeout(res, 30));
+    const reload = raw(server.url, '/admin/reload', { model: 'stories' });
+    const [c, rl] = await Promise.all([chat, reload]);
+    expect(rl.status).toBe(200);
+    expect(c.status, c.text.slice(0, 300)).not.toBe(500);
+    if (c.status !== 200) expect(c.json.error?.code, c.text.slice(0, 300)).toBeTruthy();
+  });
+
+  it('checks what it takes as the README says', async () => {
+    // A seed of 4294967295 is "random": never answered from the response cache.
+    const random = { prompt: 'Once', max_tokens: 4, seed: 4294967295 };
+    await raw(server.url, '/v1/completions', random);
+    expect((await raw(server.url, '/v1/completions', random)).headers.get('x-cache')).toBeNull();
+    // Token ids are checked before they become 32-bit integers; logit_bias keys are canonical ids in the vocabulary.
+    const wrap = await raw(server.url, '/v1/embeddings', { input: [2 ** 32 + 5] });
+    expect(wrap.status).toBe(400);
+    for (const key of ['01', '999999']) {
+      const r = await raw(server.url, '/v1/completions', { prompt: 'Once', max_tokens: 1, logit_bias: { [key]: 1 } });
+      expect(r.status, key).toBe(400);
+      expect(r.json.error?.param).toBe('logit_bias');
+    }
+    // null sampling fields mean their defaults, as in OpenAI's API.
+    expect((await raw(server.url, '/v1/completions', { prompt: 'Once', max_tokens: 1, temperature: null, top_p: null })).status).toBe(200);
+    // A tool schema no value satisfies is refused before anything generates.
+    const tool = await raw(server.url, '/v1/chat/completions', {
+      messages: [{ role: 'user', content: 'x' }], max_tokens: 2, stream: true,
+      tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object', properties: { a: { type: 'string', minLength: 5, maxLength: 1 } } } } }],
+    });
+    expect(tool.status).toBe(400);
+    expect(tool.json.error?.code).toBe('ERR_INVALID_SCHEMA');
+  });
+
+  it('does not listen twice on a port: ERR_IO', async () => {
+    const port = Number(new URL(server.url).port);
+    const e = await rejectsWith(startServer({ models: [{ alias: 'm', path: shared('stories260k.gguf') }], port }), 'ERR_IO');
+    expect(e.message).toMatch(/in use/);
+  });
+});
+
+describeShared('server: a model given to it that its owner disposes', () => {
+  it('answers waiting requests with an error and reports it in /health, instead of hanging', async () => {
+    const model = await loadModel(shared('stories260k.gguf'));
+    const server = await startServer({ models: [{ alias: 'm', path: shared('stories260k.gguf'), model }], port: 0, parallel: 1, contextSize: 256 });
+    try {
+      await server.ready;
+      const long = raw(server.url, '/v1/completions', { prompt: 'Once', max_tokens: 4000, temperature: 1, logit_bias: { 2: -100 } });
+      const queued = raw(server.url, '/v1/completions', { prompt: 'Once', max_tokens: 4 });
+      await new Promise((res) => setTimeout(res, 100));
+      await model.dispose();
+      const [a, b] = await Promise.all([long, queued]);
+      expect([a.status, b.status]).not.toContain(undefined);
+      expect(b.status).toBe(500);
+      expect(b.json.error?.code).toBe('model_error');
+      expect((await raw(server.url, '/health')).status).toBe(500);
+    } finally {
+      await server.close(500);
     }
   });
 });

@@ -64,18 +64,20 @@ function range(kind: string, min?: number, max?: number): string {
 }
 
 /** A number (decimals allowed) within [min, max]. */
-export function num(o: Common & { min?: number; max?: number; default: number }): Flag<number> & { default: number };
-export function num(o: Common & { min?: number; max?: number }): Flag<number>;
-export function num(o: Common & { min?: number; max?: number; default?: number }): Flag<number> {
+export function num(o: Common & { min?: number; minExclusive?: boolean; max?: number; default: number }): Flag<number> & { default: number };
+export function num(o: Common & { min?: number; minExclusive?: boolean; max?: number }): Flag<number>;
+export function num(o: Common & { min?: number; minExclusive?: boolean; max?: number; default?: number }): Flag<number> {
+  const { minExclusive, ...rest } = o;
   return {
     type: 'string',
     placeholder: 'X',
-    ...o,
-    expected: range('a number', o.min, o.max),
+    ...rest,
+    expected: minExclusive ? `a number over ${o.min}${o.max !== undefined ? ` and at most ${o.max}` : ''}` : range('a number', o.min, o.max),
     convert: (raw) => {
       if (!decimal.test(raw.trim())) return undefined;
       const v = Number(raw);
-      return (o.min !== undefined && v < o.min) || (o.max !== undefined && v > o.max) ? undefined : v;
+      const low = o.min !== undefined && (minExclusive ? v <= o.min : v < o.min);
+      return low || (o.max !== undefined && v > o.max) ? undefined : v;
     },
   };
 }

@@ -89,7 +89,7 @@ running requests finish for up to 10 s and exits; a second one exits at once.`,
         admin: v.admin,
       });
     } catch (e) {
-      if ((e as { code?: string }).code === 'EADDRINUSE') {
+      if ((e as { syscallCode?: string }).syscallCode === 'EADDRINUSE') {
         throw new Error(`port ${v.port} on ${v.host} is in use: stop what listens there, or pick another with --port`, { cause: e });
       }
       throw e;

@@ -67,7 +67,7 @@ export const generateModelFlags = {
 export const samplingFlags = {
   ...(Object.fromEntries(
     samplingFlagSpecs().map(({ flag, spec }) => {
-      const common = { min: spec.min, max: spec.max, group: 'Sampling', description: spec.doc };
+      const common = { min: spec.min, max: spec.max, ...(spec.minExclusive ? { minExclusive: true } : {}), group: 'Sampling', description: spec.doc };
       // A default that reads as a word (the seed's "random") is left to the library.
       const f = spec.type === 'integer'
         ? spec.defaultText ? int({ ...common, defaultText: spec.defaultText }) : int({ ...common, default: spec.default })

@@ -8,7 +8,7 @@ import type { LlamaContext } from './context.js';
 import { LlamaError, callNative, callSite, llamaError, toLlamaError } from '../base/errors.js';
 import type { GenerateOptions } from '../options/generate.js';
 import type { Generation, GenerationResult } from './generation.js';
-import { prepareJsonSchemaSoon, preparedGrammarAsync, type JsonSchema, type PreparedSchema } from '../schema/json-schema.js';
+import { prepareJsonSchema, prepareJsonSchemaSoon, preparedGrammarAsync, type JsonSchema, type PreparedSchema } from '../schema/json-schema.js';
 import type { LlamaModel } from './model.js';
 import { ASYNC_TOKENIZE_CHARS } from '../base/limits.js';
 import type { NativeChatApplied, NativeChatApplyOptions, NativeChatMessage, NativeChatTemplate, NativeGenerateOptions } from '../native/native.js';
@@ -128,6 +128,9 @@ function checkTools(v: unknown, caller: Function): NativeTool[] {
     let text: string;
     try {
       text = schemaText(parameters);
+      // The checking pass finds what no value can satisfy (minLength above maxLength...) before the
+      // template's converter sees it; keywords it cannot enforce are left to the template (best effort).
+      prepareJsonSchema(parameters, 'best-effort', caller);
     } catch (e) {
       // ERR_INVALID_SCHEMA (a cycle, a BigInt) or ERR_LIMIT_EXCEEDED (size, nesting), with the caller's stack
       const err = toLlamaError(e);

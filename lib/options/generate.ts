@@ -123,6 +123,10 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
       }
       return [token, v] as [number, number];
     });
+    // Banning every token leaves nothing to sample (llama.cpp would pick one anyway).
+    if (new Set(out.logitBias.filter(([, v]) => v === -Infinity).map(([t]) => t)).size >= vocabSize) {
+      throw invalid('logitBias', 'at least one token that is not banned (-Infinity)', `all ${vocabSize} tokens banned`, caller);
+    }
   }
   if (o.grammar !== undefined && o.jsonSchema !== undefined) {
     throw invalid('grammar', 'either grammar or jsonSchema, not both', o.grammar, caller);

@@ -47,11 +47,11 @@ export const SAMPLING_OPTIONS = {
   },
   /**
    * Top-n-sigma: keep the tokens whose logit is within this many standard deviations of the highest
-   * (llama.cpp's `top_n_sigma`; default -1, disabled).
+   * (llama.cpp's `top_n_sigma`; 0 or less, as the default -1, turns it off).
    */
   topNSigma: {
     type: 'number', min: -1, max: 100, default: -1, flag: 'top-n-sigma',
-    doc: 'keep tokens within this many standard deviations of the top logit (-1: off)',
+    doc: 'keep tokens within this many standard deviations of the top logit (0 or less: off)',
     request: { name: 'top_n_sigma' },
   },
   /** Drop tokens less likely than this fraction of the most likely one (default 0.05; 0 disables). */
@@ -97,6 +97,12 @@ export const SAMPLING_OPTIONS = {
     request: { name: 'repeat_last_n' },
   },
 } as const satisfies Record<string, SamplingOptionSpec>;
+// The table is the same for everyone in the process: nobody may widen a range at run time.
+for (const spec of Object.values(SAMPLING_OPTIONS)) {
+  if ('request' in spec) Object.freeze(spec.request);
+  Object.freeze(spec);
+}
+Object.freeze(SAMPLING_OPTIONS);
 
 export type SamplingOptionName = keyof typeof SAMPLING_OPTIONS;
 
@@ -144,13 +150,14 @@ export function samplingTable(): string {
 }
 
 /** The JSON-schema properties of the server's request fields for sampling. @internal */
-export function samplingRequestSchema(): Record<string, { type: 'number' | 'integer'; minimum?: number; exclusiveMinimum?: number; maximum: number }> {
-  const out: Record<string, { type: 'number' | 'integer'; minimum?: number; exclusiveMinimum?: number; maximum: number }> = {};
+export function samplingRequestSchema(): Record<string, { type: Array<'number' | 'integer' | 'null'>; minimum?: number; exclusiveMinimum?: number; maximum: number }> {
+  // null, as OpenAI takes it, means the default.
+  const out: Record<string, { type: Array<'number' | 'integer' | 'null'>; minimum?: number; exclusiveMinimum?: number; maximum: number }> = {};
   for (const name of NAMES) {
     const s = spec(name);
     if (!s.request) continue;
     const min = s.request.min ?? s.min;
-    out[s.request.name] = { type: s.type, ...(s.minExclusive && min === s.min ? { exclusiveMinimum: min } : { minimum: min }), maximum: s.request.max ?? s.max };
+    out[s.request.name] = { type: [s.type, 'null'], ...(s.minExclusive && min === s.min ? { exclusiveMinimum: min } : { minimum: min }), maximum: s.request.max ?? s.max };
   }
   return out;
 }

@@ -76,10 +76,25 @@ export class Metrics {
     if (r.timings.tokensPerSecond > 0) this.tps.set({ model: alias }, r.timings.tokensPerSecond);
   }
 
+  readonly #counted = new WeakSet<FastifyRequest>();
+  readonly #streams = new WeakSet<FastifyRequest>();
+
+  /** Counts a request once, by route and status (the first count wins: a client that left is 499). */
+  count(req: FastifyRequest, status: number): void {
+    if (this.#counted.has(req)) return;
+    this.#counted.add(req);
+    this.requests.inc({ endpoint: endpointOf(req), status: String(status) });
+  }
+
+  /** A streamed answer counts itself when it ends (sse.ts). */
+  streaming(req: FastifyRequest): void {
+    this.#streams.add(req);
+  }
+
   /** Counts every answer fastify sends, by route and status. */
   hook(app: FastifyInstance): void {
     app.addHook('onResponse', async (req, reply) => {
-      this.requests.inc({ endpoint: endpointOf(req), status: String(reply.statusCode) });
+      if (!this.#streams.has(req)) this.count(req, reply.statusCode);
     });
   }
 }

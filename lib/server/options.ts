@@ -106,13 +106,21 @@ export function resolveServerOptions(options: ServerOptions, caller: Function): 
       throw invalid('models', 'objects { alias, path } with non-empty strings', m, caller);
     }
     if (aliases.has(m.alias)) throw invalid('models', 'distinct aliases', m.alias, caller);
+    // (by shape: a model from the CommonJS build is not an instance of the ES module build's class)
+    const given = m.model as { then?: unknown; createContext?: unknown } | undefined | null;
+    if (given !== undefined && (given === null || typeof given !== 'object' || (typeof given.then !== 'function' && typeof given.createContext !== 'function'))) {
+      throw invalid('models', 'a model that is a LlamaModel or a promise of one', given, caller);
+    }
     aliases.add(m.alias);
   }
   const rec = o as Record<string, unknown>;
   if (o.host !== undefined && (typeof o.host !== 'string' || o.host.length === 0)) throw invalid('host', 'a host name or address', o.host, caller);
   if (o.apiKey !== undefined && (typeof o.apiKey !== 'string' || o.apiKey.length === 0)) throw invalid('apiKey', 'a non-empty string', o.apiKey, caller);
-  if (o.rpcServers !== undefined && (!Array.isArray(o.rpcServers) || !o.rpcServers.every((s) => typeof s === 'string'))) {
+  if (o.rpcServers !== undefined && (!Array.isArray(o.rpcServers) || !o.rpcServers.every((s) => typeof s === 'string' && /^[^\s:]+:\d{1,5}$/.test(s)))) {
     throw invalid('rpcServers', 'an array of host:port strings', o.rpcServers, caller);
+  }
+  if (o.gpu !== undefined && o.gpu !== false && !['auto', 'cuda', 'vulkan', 'metal'].includes(o.gpu as string)) {
+    throw invalid('gpu', "'auto', 'cuda', 'vulkan', 'metal' or false", o.gpu, caller);
   }
   const gpuLayers = o.gpuLayers ?? 'auto';
   if (gpuLayers !== 'auto' && gpuLayers !== 'max' && !(Number.isInteger(gpuLayers) && (gpuLayers as number) >= 0)) {

@@ -106,9 +106,18 @@ export class ModelRegistry {
     if (!e) {
       throw new ApiError(404, `The model '${model}' does not exist: this server serves ${[...this.entries.keys()].join(', ')}`, 'invalid_request_error', 'model', 'model_not_found');
     }
+    this.checkAlive(e);
     if (e.state === 'loading') throw new ApiError(503, `The model '${e.alias}' is still loading`, 'server_error', null, 'model_loading');
     if (e.state === 'error') throw new ApiError(500, `The model '${e.alias}' failed to load: ${e.error}`, 'server_error', null, 'model_error');
     return e;
+  }
+
+  /** A model given to startServer that its owner disposed: the entry fails from then on. */
+  checkAlive(e: Entry): void {
+    if (e.state === 'ready' && (!e.ctx || e.ctx.disposed || e.model?.disposed)) {
+      e.state = 'error';
+      e.error = 'the model was disposed while the server served it';
+    }
   }
 
   /** Frees a replaced model once its last request has finished. */
@@ -196,6 +205,8 @@ export class ModelRegistry {
 
   /** A session for a request; at most `parallel` requests generate at once (one per resident sequence). */
   acquire(e: Entry, key: string | null, signal: AbortSignal): Promise<LlamaSession> {
+    this.checkAlive(e);
+    if (e.state !== 'ready') return Promise.reject(new ApiError(500, `The model '${e.alias}' cannot serve: ${e.error}`, 'server_error', null, 'model_error'));
     if (e.active < this.#options.parallel) return Promise.resolve(this.#pick(e, key));
     if (e.waiters.length >= this.#options.maxQueue) {
       return Promise.reject(new ApiError(429, `Too many requests are waiting for '${e.alias}'; retry shortly`, 'rate_limit_error', null, 'queue_full'));
@@ -225,7 +236,12 @@ export class ModelRegistry {
     e.active--;
     if (!s.disposed) e.idle.push(s);
     const w = e.waiters.shift();
-    if (w && e.ctx && !e.ctx.disposed) w.grant(this.#pick(e, w.key));
+    this.checkAlive(e);
+    if (w && e.state === 'ready') w.grant(this.#pick(e, w.key));
+    else if (w) {
+      // No context to serve it any more: every waiting request is answered, none left hanging.
+      for (const x of [w, ...e.waiters.splice(0)]) x.fail(new ApiError(500, `The model '${e.alias}' cannot serve: ${e.error ?? 'it was freed'}`, 'server_error', null, 'model_error'));
+    }
     this.disposeIfRetired(e);
   }
 

@@ -6,6 +6,7 @@
 // key, shutdown, request counting), one error handler, and one plugin per route group (routes/).
 import { createHash, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { llamaError } from '../base/errors.js';
 import { jsonDepth } from './limits.js';
 import { Metrics } from './metrics.js';
 import { ApiError, toApiError } from './openai.js';
@@ -118,7 +119,19 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   await app.register(completionRoutes);
   await app.register(embeddingRoutes);
 
-  await app.listen({ host: o.host, port: o.port });
+  try {
+    await app.listen({ host: o.host, port: o.port });
+  } catch (err) {
+    // Nothing listens: the models that started loading are freed, and the error has a code.
+    models.refuseWaiting();
+    await app.close().catch(() => {});
+    await models.close();
+    const code = (err as { code?: string }).code;
+    throw Object.assign(llamaError('ERR_IO', `The server cannot listen on ${o.host}:${o.port}: ${code === 'EADDRINUSE' ? 'the port is in use' : (err as Error).message}`, startServer), {
+      cause: err,
+      syscallCode: code,
+    });
+  }
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : o.port;
   const url = `http://${o.host.includes(':') ? `[${o.host}]` : o.host}:${port}`;

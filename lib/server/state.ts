@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { GenerateOptions } from '../options/generate.js';
 import type { GenerationResult, TokenLogprob } from '../core/generation.js';
-import { samplingFromRequest } from '../options/sampling.js';
+import { SAMPLING_OPTIONS, samplingFromRequest } from '../options/sampling.js';
 import type { LlamaSession } from '../core/session.js';
 import type { Metrics } from './metrics.js';
 import { ApiError } from './openai.js';
@@ -38,7 +38,10 @@ export async function withRequest<T>(
 ): Promise<T> {
   const controller = new AbortController();
   const onClose = () => {
-    if (!reply.raw.writableFinished) controller.abort();
+    if (reply.raw.writableFinished) return;
+    // The client went away: the generation stops, and the request counts as 499 (client closed request).
+    s.metrics.count(req, 499);
+    controller.abort();
   };
   reply.raw.on('close', onClose);
   s.running.add(controller);
@@ -54,7 +57,7 @@ export async function withRequest<T>(
 }
 
 /** The generation options of an OpenAI-style request body (sampling fields from the table of options). @internal */
-export function requestOptions(s: ServerState, body: Record<string, unknown>, signal: AbortSignal): GenerateOptions {
+export function requestOptions(s: ServerState, body: Record<string, unknown>, signal: AbortSignal, vocabSize: number): GenerateOptions {
   const limit = s.options.maxTokensLimit;
   const requested = (body.max_completion_tokens ?? body.max_tokens) as number | undefined;
   if (requested !== undefined && requested > limit) {
@@ -68,7 +71,9 @@ export function requestOptions(s: ServerState, body: Record<string, unknown>, si
   if (body.logit_bias) {
     const lb: Record<number, number> = {};
     for (const [k, v] of Object.entries(body.logit_bias as Record<string, number>)) {
-      if (!/^\d+$/.test(k)) throw new ApiError(400, `logit_bias keys must be token ids, received '${k}'`, 'invalid_request_error', 'logit_bias');
+      if (!/^(0|[1-9]\d*)$/.test(k) || Number(k) >= vocabSize) {
+        throw new ApiError(400, `logit_bias keys must be token ids from 0 to ${vocabSize - 1}, received '${k}'`, 'invalid_request_error', 'logit_bias');
+      }
       lb[Number(k)] = v === -100 ? -Infinity : v;
     }
     o.logitBias = lb;
@@ -115,7 +120,8 @@ export class ResponseCache {
 
   key(e: Entry, endpoint: string, body: Record<string, unknown>): string | null {
     if (this.#size <= 0 || body.stream === true) return null;
-    if (body.temperature !== 0 && body.seed === undefined) return null;
+    // Deterministic: greedy, or a seed that is not llama.cpp's "random" (the sampling table's default).
+    if (body.temperature !== 0 && (typeof body.seed !== 'number' || body.seed === SAMPLING_OPTIONS.seed.default)) return null;
     const { user: _user, ...rest } = body;
     return createHash('sha256').update(`${endpoint}\0${e.model!.fingerprint}\0${JSON.stringify(rest)}`).digest('hex');
   }

@@ -26,6 +26,12 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
   app.post('/v1/chat/completions', { schema: { body: chatCompletionSchema } }, async function chatCompletions(req, reply) {
     const { maxBodyDepth } = s.options;
     const body = req.body as Record<string, unknown> & { messages: Array<Record<string, unknown>> };
+    const rf = body.response_format as { type: string; json_schema?: { schema: JsonSchema } } | undefined;
+    const jsonSchema: JsonSchema | undefined = rf?.type === 'json_schema' ? rf.json_schema?.schema : rf?.type === 'json_object' ? { type: 'object' } : undefined;
+    if (rf?.type === 'json_schema' && !rf.json_schema) throw new ApiError(400, 'response_format.json_schema is required with type json_schema', 'invalid_request_error', 'response_format.json_schema');
+    // A large schema's checking pass runs on the validator's worker thread (the chat then finds it cached),
+    // before the request takes its model: a reload meanwhile must not free the model it would use.
+    if (jsonSchema !== undefined) await prepareJsonSchemaSoon(jsonSchema, 'strict', chatCompletions);
     const e = s.models.entryFor(body.model as string | undefined);
     const id = newId('chatcmpl');
     const created = Math.floor(Date.now() / 1000);
@@ -60,11 +66,6 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     }));
     const tc = body.tool_choice as string | { function: { name: string } } | undefined;
     const toolChoice: ToolChoice | undefined = tc === undefined ? undefined : typeof tc === 'string' ? (tc as ToolChoice) : { name: tc.function.name };
-    const rf = body.response_format as { type: string; json_schema?: { schema: JsonSchema } } | undefined;
-    const jsonSchema: JsonSchema | undefined = rf?.type === 'json_schema' ? rf.json_schema?.schema : rf?.type === 'json_object' ? { type: 'object' } : undefined;
-    if (rf?.type === 'json_schema' && !rf.json_schema) throw new ApiError(400, 'response_format.json_schema is required with type json_schema', 'invalid_request_error', 'response_format.json_schema');
-    // A large schema's checking pass runs on the validator's worker thread; the chat then finds it cached.
-    if (jsonSchema !== undefined) await prepareJsonSchemaSoon(jsonSchema, 'strict', chatCompletions);
     const wantLogprobs = body.logprobs === true;
     const streaming = body.stream === true;
     // The conversation this request continues: its messages before the new one.
@@ -79,7 +80,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
         ...(tools?.length ? { tools, toolChoice: toolChoice ?? 'auto', parallelToolCalls: body.parallel_tool_calls === true } : {}),
       });
       const opts = {
-        ...requestOptions(s, body, signal),
+        ...requestOptions(s, body, signal, e.model!.vocab.size),
         ...(wantLogprobs ? { logprobs: (body.top_logprobs as number | undefined) ?? 0 } : {}),
         ...(jsonSchema !== undefined ? { jsonSchema } : {}),
       };
@@ -111,11 +112,11 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
         if (r.stopReason !== 'abort') s.responses.set(rkey, response);
         return response;
       }
-      const stream = eventStream(req, reply, s.metrics);
+      const opening = () => ({ id, object: 'chat.completion.chunk', created, model: e.alias, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }] });
+      const stream = eventStream(req, reply, s.metrics, opening);
       const send = stream.send;
       const chunk = (delta: Record<string, unknown>, finish: string | null, extra: Record<string, unknown> = {}) =>
         send({ id, object: 'chat.completion.chunk', created, model: e.alias, choices: [{ index: 0, delta, logprobs: extra.logprobs ?? null, finish_reason: finish }] });
-      chunk({ role: 'assistant', content: '' }, null);
       // With tools, the raw text holds the call markup: the template's parser reads what has come so far,
       // and the differences go out as content and tool-call deltas, as OpenAI streams them.
       const live = !tools?.length;

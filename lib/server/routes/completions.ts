@@ -18,7 +18,7 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     const hit = s.responses.get(e, rkey, reply);
     if (hit !== undefined) return hit;
     return withRequest(s, req, reply, e, null, async (session, signal) => {
-      const gen = session.generate(prompt, { ...requestOptions(s, body, signal), ...(logprobs !== undefined ? { logprobs } : {}) });
+      const gen = session.generate(prompt, { ...requestOptions(s, body, signal, e.model!.vocab.size), ...(logprobs !== undefined ? { logprobs } : {}) });
       const legacy = (lp: TokenLogprob[] | undefined) =>
         lp && {
           tokens: lp.map((p) => p.text),

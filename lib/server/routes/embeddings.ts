@@ -30,15 +30,16 @@ export async function embeddingRoutes(app: FastifyInstance): Promise<void> {
   });
 
   async function embedWith(e: Entry, ctx: LlamaContext, body: { input: string | string[] | number[] | number[][]; encoding_format?: 'float' | 'base64'; dimensions?: number }) {
-    const inputs: Array<string | Int32Array> =
-      typeof body.input === 'string'
-        ? [body.input]
-        : typeof body.input[0] === 'number'
-          ? [Int32Array.from(body.input as number[])]
-          : (body.input as Array<string | number[]>).map((x) => (typeof x === 'string' ? x : Int32Array.from(x)));
-    const tokens = inputs.map((x) => (typeof x === 'string' ? e.model!.tokenize(x) : x));
-    const bad = tokens.findIndex((t) => t.some((id) => id >= e.model!.vocab.size));
-    if (bad >= 0) throw new ApiError(400, `input ${bad} holds token ids outside the vocabulary`, 'invalid_request_error', 'input');
+    const raw: Array<string | number[]> =
+      typeof body.input === 'string' ? [body.input] : typeof body.input[0] === 'number' ? [body.input as number[]] : (body.input as Array<string | number[]>);
+    // Token ids are checked as numbers, before they become 32-bit integers (2^32 + 5 must not be token 5).
+    const vocab = e.model!.vocab.size;
+    raw.forEach((x, i) => {
+      if (typeof x === 'string') return;
+      const id = x.find((t) => !(Number.isInteger(t) && t >= 0 && t < vocab));
+      if (id !== undefined) throw new ApiError(400, `input ${i} holds the token id ${id}, outside the vocabulary (0 to ${vocab - 1})`, 'invalid_request_error', 'input');
+    });
+    const tokens = raw.map((x) => (typeof x === 'string' ? e.model!.tokenize(x) : Int32Array.from(x)));
     const vectors = await ctx.embed(tokens);
     if (body.dimensions !== undefined && body.dimensions !== vectors[0]?.length) {
       throw new ApiError(400, `This model's embeddings have ${vectors[0]?.length} dimensions`, 'invalid_request_error', 'dimensions');

@@ -14,6 +14,7 @@ export async function modelRoutes(app: FastifyInstance): Promise<void> {
 
   app.get('/health', async (_req, reply) => {
     const entries = [...s.models.entries.values()];
+    for (const e of entries) s.models.checkAlive(e);
     const states = entries.map((e) => e.state);
     if (states.includes('error')) return reply.status(500).send({ status: 'error', models: Object.fromEntries(entries.map((e) => [e.alias, e.state])) });
     if (states.includes('loading')) return reply.status(503).send({ status: 'loading' });
