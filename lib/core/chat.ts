@@ -218,6 +218,33 @@ export function tokenizeConversation(model: LlamaModel, rendered: string, messag
   return step.value;
 }
 
+/**
+ * The native options a rendered template brings: its grammar (tools, or the chat's schema with the
+ * checking pass's values put in), lazy triggers and generation prompt, and its preserved tokens.
+ * @throws LlamaError ERR_INVALID_ARGUMENT when the caller gave a grammar of its own beside it.
+ */
+function templateOptions(
+  applied: NativeChatApplied,
+  applyOptions: NativeChatApplyOptions,
+  schema: PreparedSchema | undefined,
+  ownGrammar: string | undefined,
+  caller: Function,
+): Partial<NativeGenerateOptions> {
+  const out: Partial<NativeGenerateOptions> = {};
+  if (applied.grammar) {
+    if (ownGrammar !== undefined) throw invalid('grammar', 'no grammar of your own when the chat has tools or a jsonSchema', ownGrammar, caller);
+    Object.assign(out, {
+      grammar: schema && applyOptions.jsonSchema !== undefined ? spliceGrammar(schema, applied.grammar, caller) : applied.grammar,
+      grammarType: applyOptions.tools ? 'tools' : 'output',
+      grammarLazy: applied.grammarLazy,
+      grammarTriggers: applied.grammarTriggers,
+      generationPrompt: applied.generationPrompt,
+    });
+  }
+  if (applied.preservedTokens.length > 0) out.preservedTokens = applied.preservedTokens;
+  return out;
+}
+
 /** About how much text a render handles: the messages', the tools' and the schema's characters. */
 function renderSize(messages: readonly NativeChatMessage[], o: NativeChatApplyOptions): number {
   let n = o.jsonSchema?.length ?? 0;
@@ -461,20 +488,8 @@ export class LlamaChat {
       const own = opts.stop === undefined ? [] : typeof opts.stop === 'string' ? [opts.stop] : [...opts.stop];
       opts = { ...opts, stop: [...own, ...applied.stops] };
     }
-    const extra: Partial<NativeGenerateOptions> = {};
-    if (applied.grammar) {
-      if (opts.grammar !== undefined) throw invalid('grammar', 'no grammar of your own when the chat has tools or a jsonSchema', opts.grammar, this.send);
-      Object.assign(extra, {
-        grammar: schema && applyOptions.jsonSchema !== undefined ? spliceGrammar(schema, applied.grammar, this.send) : applied.grammar,
-        grammarType: applyOptions.tools ? 'tools' : 'output',
-        grammarLazy: applied.grammarLazy,
-        grammarTriggers: applied.grammarTriggers,
-        generationPrompt: applied.generationPrompt,
-      });
-    } else if (jsonSchema !== undefined) {
-      opts = { ...opts, jsonSchema, ...(schemaMode !== undefined ? { schemaMode } : {}) };
-    }
-    if (applied.preservedTokens.length > 0) extra.preservedTokens = applied.preservedTokens;
+    const extra = templateOptions(applied, applyOptions, schema, opts.grammar, this.send);
+    if (!applied.grammar && jsonSchema !== undefined) opts = { ...opts, jsonSchema, ...(schemaMode !== undefined ? { schemaMode } : {}) };
     const gen = this.#session.start<ChatResult>(tokens, opts, true, this.send, (r) => this.#replied(added, applied, schema, r), extra);
     this.#lastApplied = applied;
     this.#messages = messages;
@@ -514,22 +529,12 @@ export class LlamaChat {
         const a = await this.#template.applyAsync(messages, true, applyOptions);
         const tokens = a.prompt.length >= ASYNC_TOKENIZE_CHARS ? await tokenizeConversationAsync(model, a.prompt, messages) : tokenizeConversation(model, a.prompt, messages);
         await this.#keepForAsync(tokens, messages, applyOptions);
-        const late: Partial<NativeGenerateOptions> = {};
+        const late = templateOptions(a, applyOptions, schema, opts.grammar, caller);
         if (a.stops.length > 0) late.stop = [...own, ...a.stops];
-        if (a.grammar) {
-          if (opts.grammar !== undefined) throw invalid('grammar', 'no grammar of your own when the chat has tools or a jsonSchema', opts.grammar, caller);
-          Object.assign(late, {
-            grammar: schema ? schema.splice(a.grammar) : a.grammar,
-            grammarType: applyOptions.tools ? 'tools' : 'output',
-            grammarLazy: a.grammarLazy,
-            grammarTriggers: a.grammarTriggers,
-            generationPrompt: a.generationPrompt,
-          });
-        } else if (schema) {
+        if (!a.grammar && schema) {
           // A template without a grammar of its own (a built-in one): the schema's grammar applies to the reply.
           Object.assign(late, { grammar: await preparedGrammarAsync(schema, caller), grammarType: 'output' });
         }
-        if (a.preservedTokens.length > 0) late.preservedTokens = a.preservedTokens;
         applied = a;
         this.#lastApplied = a;
         return { tokens, options: late };

@@ -241,11 +241,21 @@ function build(key: string, text: string, mode: SchemaMode, a: Analysis): Prepar
  * @throws LlamaError ERR_INVALID_SCHEMA, ERR_UNSUPPORTED_SCHEMA, ERR_LIMIT_EXCEEDED, ERR_INVALID_ARGUMENT.
  */
 export function prepareJsonSchema(schema: unknown, mode: SchemaMode, caller: Function): PreparedSchema {
+  let text: string;
   try {
-    const text = schemaText(schema);
-    const key = `${mode}\0${text}`;
-    const known = prepared.get(key);
-    if (known) return remember(prepared, key, known);
+    text = schemaText(schema);
+  } catch (e) {
+    throw withStack(toLlamaError(e), caller);
+  }
+  return preparedFromText(text, mode, caller);
+}
+
+/** The prepared schema of a schema's JSON text (from schemaText), from the cache or the checking pass here. */
+function preparedFromText(text: string, mode: SchemaMode, caller: Function): PreparedSchema {
+  const key = `${mode}\0${text}`;
+  const known = prepared.get(key);
+  if (known) return remember(prepared, key, known);
+  try {
     return remember(prepared, key, build(key, text, mode, analyzeSchema(text, mode)));
   } catch (e) {
     throw withStack(toLlamaError(e), caller);
@@ -265,10 +275,10 @@ export function prepareJsonSchemaSoon(schema: unknown, mode: SchemaMode, caller:
   } catch (e) {
     throw withStack(toLlamaError(e), caller);
   }
+  if (text.length < WORKER_SCHEMA_CHARS) return preparedFromText(text, mode, caller);
   const key = `${mode}\0${text}`;
   const known = prepared.get(key);
   if (known) return remember(prepared, key, known);
-  if (text.length < WORKER_SCHEMA_CHARS) return prepareJsonSchema(schema, mode, caller);
   const atCaller = callSite(caller);
   return ajvRequest({ op: 'prepare', schema: text, mode }).then((r) => {
     if ('analysis' in r) {
