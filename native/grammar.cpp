@@ -151,13 +151,14 @@ std::string convertSchema(const std::string& schema, bool bestEffort) {
 }
 
 // Whether `text` is a complete sentence of the grammar. Each character is accepted in turn; the parse
-// states are bounded (kGrammarMaxStacks), so an ambiguous grammar is an error rather than exponential time.
+// states and the work per character are bounded (kGrammarMaxStacks, kGrammarMaxStepWork; grammar_accept.cpp),
+// so an ambiguous or deepening grammar is an error rather than time exponential or quadratic in the text.
 bool matchGrammar(const llama_vocab* vocab, const std::string& gbnf, const std::string& text) {
   llama_grammar* g = parseGrammar(vocab, gbnf);
   bool complete = false;
   std::string limit;
+  size_t i = 0;
   try {
-    size_t i = 0;
     while (i < text.size()) {
       unsigned char c = (unsigned char)text[i];
       size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
@@ -173,9 +174,9 @@ bool matchGrammar(const llama_vocab* vocab, const std::string& gbnf, const std::
     if (limit.empty() && g->partial_utf8.n_remain <= 0) {
       for (const auto& stack : g->stacks) complete = complete || stack.empty();
     }
-  } catch (const GrammarStatesError&) {
-    limit = "The grammar is too ambiguous to match this text: more than " + std::to_string(kGrammarMaxStacks) +
-            " parse states at once";
+  } catch (const GrammarStatesError& e) {
+    limit = "The grammar cannot match this text within the limits: " + std::string(e.what()) + " (after " +
+            std::to_string(i) + " of " + std::to_string(text.size()) + " bytes)";
   } catch (const std::bad_alloc&) {
     llama_grammar_free_impl(g);
     throw;

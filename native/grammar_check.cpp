@@ -1,9 +1,6 @@
 #include "grammar_check.h"
 
 #include <algorithm>
-#ifdef __linux__
-#include <dlfcn.h>
-#endif
 #include <cctype>
 #include <cstring>
 #include <vector>
@@ -301,51 +298,3 @@ void checkGrammar(const std::string& gbnf) {
 }
 
 }  // namespace la
-
-#ifdef __linux__
-// llama.cpp accepts a grammar's input one character at a time in llama_grammar_accept (llama-grammar.cpp),
-// for generation (the grammar sampler) and matching alike, and calls it through its PLT: the addon's
-// definition below comes first in the lookup scope of the libraries it loads (as for the Jinja limits,
-// template_limits.cpp), runs llama.cpp's own and then bounds the parse states it left. Without the bound, an
-// ambiguous grammar (`s ::= "a" s x | "a" s y | "b"`) doubles them with every character and freezes the
-// context's engine thread. test/hardening-parsers.test.ts checks that the bound applies to generation.
-__attribute__((visibility("default"))) void llama_grammar_accept(struct llama_grammar* grammar, uint32_t chr) {
-  using Accept = void (*)(struct llama_grammar*, uint32_t);
-  static const Accept original = reinterpret_cast<Accept>(dlsym(RTLD_NEXT, "_Z20llama_grammar_acceptP13llama_grammarj"));
-  if (original == nullptr) throw std::runtime_error("llama_grammar_accept not found in llama.cpp's library");
-  original(grammar, chr);
-  if (grammar->stacks.size() > la::kGrammarMaxStacks) {
-    throw la::GrammarStatesError("the grammar is too ambiguous: more than " + std::to_string(la::kGrammarMaxStacks) +
-                                 " parse states at once");
-  }
-}
-
-// A token's text, accepted as a whole by llama.cpp (llama_grammar_accept_token): the parse states can grow
-// with each of its characters inside that one call, beyond any check after it. When no parse state waits
-// for a token id (`<[id]>` elements, which only llama.cpp's own function matches), the text is accepted
-// character by character instead, through the bounded function above: llama_grammar_accept_str decodes it
-// with the grammar's pending UTF-8 state exactly as llama_grammar_accept_token does.
-__attribute__((visibility("default"))) void llama_grammar_accept_token(struct llama_grammar& grammar, llama_token token,
-                                                                      const std::string& piece) {
-  using AcceptToken = void (*)(struct llama_grammar&, llama_token, const std::string&);
-  static const AcceptToken original = reinterpret_cast<AcceptToken>(dlsym(
-      RTLD_NEXT, "_Z26llama_grammar_accept_tokenR13llama_grammariRKNSt7__cxx1112basic_stringIcSt11char_traitsIcESaIcEEE"));
-  bool waitsForToken = false;
-  for (const auto& stack : grammar.stacks) {
-    if (!stack.empty() && (stack.back()->type == LLAMA_GRETYPE_TOKEN || stack.back()->type == LLAMA_GRETYPE_TOKEN_NOT)) {
-      waitsForToken = true;
-      break;
-    }
-  }
-  if (!waitsForToken) {
-    llama_grammar_accept_str(grammar, piece);
-    return;
-  }
-  if (original == nullptr) throw std::runtime_error("llama_grammar_accept_token not found in llama.cpp's library");
-  original(grammar, token, piece);
-  if (grammar.stacks.size() > la::kGrammarMaxStacks) {
-    throw la::GrammarStatesError("the grammar is too ambiguous: more than " + std::to_string(la::kGrammarMaxStacks) +
-                                 " parse states at once");
-  }
-}
-#endif

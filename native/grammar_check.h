@@ -15,6 +15,7 @@ constexpr size_t kGrammarMaxRules = 65536;      // rules after parsing (groups a
 constexpr size_t kGrammarMaxChain = 1000;       // rules starting with rules starting with rules ...
 constexpr double kGrammarMaxPaths = 1e6;        // ways a rule can start (llama.cpp walks each)
 constexpr size_t kGrammarMaxStacks = 8192;      // parse states at once, while generating or matching
+constexpr size_t kGrammarMaxStepWork = 1u << 21;  // stack elements written to accept one character
 
 // The grammar does not parse, or is left-recursive, or has a repetition {m,n} with m > n.
 struct GrammarSyntaxError : std::runtime_error {
@@ -25,8 +26,10 @@ struct GrammarLimitError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// A grammar in use (generation or matchesGrammar) holds more than kGrammarMaxStacks parse states: an
-// ambiguous grammar would otherwise take time exponential in the length of the text.
+// A grammar in use (generation or matchesGrammar) holds more than kGrammarMaxStacks parse states, or
+// accepting one character would write more than kGrammarMaxStepWork stack elements (parse states that
+// deepen with the text): an ambiguous grammar would otherwise take time exponential, and a deepening one
+// time quadratic or worse, in the length of the text (native/grammar_accept.cpp).
 struct GrammarStatesError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };

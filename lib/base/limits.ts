@@ -30,6 +30,12 @@ export const limits = Object.freeze({
   matchBytes: 2 ** 20,
   /** Parse states a grammar keeps at once, while generating or in `matchesGrammar` (an ambiguous grammar needs many). */
   grammarStates: 8192,
+  /**
+   * Stack elements a grammar may write to read one character, while generating or in `matchesGrammar`: parse
+   * states that deepen or multiply with the text (`root ::= x+ "!"`, `x ::= [a-z] x? "b"?`) would otherwise
+   * make each character slower than the last.
+   */
+  grammarStepWork: 2 ** 21,
   /** A JSON schema's text, bytes: 1 MiB. */
   schemaBytes: 2 ** 20,
   /** Objects and arrays nested in a JSON schema. */

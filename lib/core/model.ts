@@ -264,7 +264,8 @@ export class LlamaModel implements AsyncDisposable {
    * Whether `text` is a complete sentence of a GBNF `grammar` (its `root` rule), checked with llama.cpp's
    * own grammar parser: for example, to check output produced elsewhere. Runs off the JS thread.
    * Limits (see README, *Errors*): the text at most 1 MiB; an ambiguous grammar that needs more than 8192
-   * parse states at once is refused rather than matched in exponential time.
+   * parse states at once (`limits.grammarStates`), or whose parse states deepen until one character needs
+   * more than `limits.grammarStepWork` steps, is refused rather than matched in exponential or quadratic time.
    * @throws LlamaError `ERR_INVALID_GRAMMAR` when the grammar does not parse; `ERR_LIMIT_EXCEEDED` past a
    * limit.
    */
