@@ -70,11 +70,11 @@ void ChatTemplate::Init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeChatTemplate", ctor);
 }
 
-Napi::Value ChatTemplate::Create(const Napi::CallbackInfo& info, std::shared_ptr<ModelHandle> model) {
-  Napi::Env env = info.Env();
-  bool fromModel = info[0].IsNull() || info[0].IsUndefined();
-  std::string source = fromModel ? std::string() : argString(info, 0, "template");
-  if (!fromModel && source.empty()) throwArg(env, "template", "a non-empty string", info[0]);
+namespace {
+
+// Parses a template and lets llama.cpp's `common` learn what it supports (it renders it with probe
+// messages): on the JS thread for chatTemplate(), on a worker for chatTemplateAsync(). Throws CodedError.
+std::shared_ptr<ChatTemplateState> buildTemplate(const std::shared_ptr<ModelHandle>& model, bool fromModel, std::string source) {
   auto st = std::make_shared<ChatTemplateState>();
   if (fromModel) {
     source = model->facts.hasChatTemplate ? model->facts.chatTemplate : std::string();
@@ -83,45 +83,80 @@ Napi::Value ChatTemplate::Create(const Napi::CallbackInfo& info, std::shared_ptr
     st->builtin = source;
     st->name = source;
     st->source = source;
-  } else {
-    std::string logged;
-    try {
-      checkTemplateSource(source);
-      TemplateBudget budget;  // common renders the template with probe messages to learn what it supports
-      // An empty override makes common read the model's template, and use ChatML when it has none.
-      // Its parser logs the reason of a failure and throws a bare exception: the log is kept for the error.
-      beginCapture();
-      st->jinja = common_chat_templates_init(model->model, fromModel ? std::string() : source);
-      endCapture();
-      st->source = common_chat_templates_source(st->jinja.get());
-    } catch (const TemplateLimit& e) {
-      endCapture();
-      throwError(env, "ERR_LIMIT_EXCEEDED", "The chat template exceeds a limit: " + e.what);
-    } catch (const std::exception& e) {
-      logged = endCapture();
-      while (!logged.empty() && (logged.back() == '\n' || logged.back() == ' ')) logged.pop_back();
-      // A model template that is not valid Jinja: llama.cpp's built-in templates recognize many by content.
-      std::vector<common_chat_msg> probe(1);
-      probe[0].role = "user";
-      probe[0].content = "x";
-      bool builtinOk = false;
-      if (fromModel && !source.empty()) {
-        try {
-          applyBuiltin(source, probe, true);
-          builtinOk = true;
-        } catch (const std::exception&) {
-        }
+    return st;
+  }
+  std::string logged;
+  try {
+    checkTemplateSource(source);
+    TemplateBudget budget;  // common renders the template with probe messages to learn what it supports
+    // An empty override makes common read the model's template, and use ChatML when it has none.
+    // Its parser logs the reason of a failure and throws a bare exception: the log is kept for the error.
+    beginCapture();
+    st->jinja = common_chat_templates_init(model->model, fromModel ? std::string() : source);
+    endCapture();
+    st->source = common_chat_templates_source(st->jinja.get());
+  } catch (const TemplateLimit& e) {
+    endCapture();
+    throw CodedError("ERR_LIMIT_EXCEEDED", "The chat template exceeds a limit: " + e.what);
+  } catch (const std::bad_alloc&) {
+    endCapture();
+    throw;
+  } catch (const std::exception& e) {
+    logged = endCapture();
+    while (!logged.empty() && (logged.back() == '\n' || logged.back() == ' ')) logged.pop_back();
+    // A model template that is not valid Jinja: llama.cpp's built-in templates recognize many by content.
+    std::vector<common_chat_msg> probe(1);
+    probe[0].role = "user";
+    probe[0].content = "x";
+    bool builtinOk = false;
+    if (fromModel && !source.empty()) {
+      try {
+        applyBuiltin(source, probe, true);
+        builtinOk = true;
+      } catch (const std::exception&) {
       }
-      if (!builtinOk) {
-        std::string why = e.what();
-        if (why == "std::exception" || why.empty()) why = logged.empty() ? "no reason given" : logged;
-        throwError(env, "ERR_INVALID_TEMPLATE", std::string("The chat template could not be parsed: ") + why);
-      }
-      st->builtin = source;
-      st->source = source;
     }
+    if (!builtinOk) {
+      std::string why = e.what();
+      if (why == "std::exception" || why.empty()) why = logged.empty() ? "no reason given" : logged;
+      throw CodedError("ERR_INVALID_TEMPLATE", std::string("The chat template could not be parsed: ") + why);
+    }
+    st->builtin = source;
+    st->source = source;
+  }
+  return st;
+}
+
+// The arguments of chatTemplate() and chatTemplateAsync(): (source: string | null).
+std::pair<bool, std::string> readSource(const Napi::CallbackInfo& info) {
+  bool fromModel = info[0].IsNull() || info[0].IsUndefined();
+  std::string source = fromModel ? std::string() : argString(info, 0, "template");
+  if (!fromModel && source.empty()) throwArg(info.Env(), "template", "a non-empty string", info[0]);
+  return {fromModel, source};
+}
+
+}  // namespace
+
+Napi::Value ChatTemplate::Create(const Napi::CallbackInfo& info, std::shared_ptr<ModelHandle> model) {
+  Napi::Env env = info.Env();
+  auto [fromModel, source] = readSource(info);
+  std::shared_ptr<ChatTemplateState> st;
+  try {
+    st = buildTemplate(model, fromModel, std::move(source));
+  } catch (const CodedError& e) {
+    throwError(env, e.code, e.what());
   }
   return newWrapped(env, addonData(env)->chatTemplateCtor, st);
+}
+
+Napi::Value ChatTemplate::CreateAsync(const Napi::CallbackInfo& info, std::shared_ptr<ModelHandle> model) {
+  auto [fromModel, source] = readSource(info);
+  return PromiseWorker<std::shared_ptr<ChatTemplateState>>::Start(
+      info.Env(), "llama-addon.chatTemplate",
+      [model = std::move(model), fromModel = fromModel, source = std::move(source)] { return buildTemplate(model, fromModel, source); },
+      [](Napi::Env env, std::shared_ptr<ChatTemplateState>& st) -> Napi::Value {
+        return newWrapped(env, addonData(env)->chatTemplateCtor, st);
+      });
 }
 
 ChatTemplate::ChatTemplate(const Napi::CallbackInfo& info)

@@ -17,6 +17,9 @@ class ChatTemplate : public Napi::ObjectWrap<ChatTemplate> {
   // model.chatTemplate(source: string | null): parses `source` (Jinja, or the name of a built-in
   // template), or the model's own template when null. Throws ERR_INVALID_TEMPLATE.
   static Napi::Value Create(const Napi::CallbackInfo& info, std::shared_ptr<ModelHandle> model);
+  // model.chatTemplateAsync(source: string | null) -> Promise of the same, parsed and probed off the JS
+  // thread (a model's template is untrusted input, and the probe renders it).
+  static Napi::Value CreateAsync(const Napi::CallbackInfo& info, std::shared_ptr<ModelHandle> model);
   explicit ChatTemplate(const Napi::CallbackInfo& info);
 
  private:

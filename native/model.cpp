@@ -259,6 +259,7 @@ void Model::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod<&Model::Dispose>("dispose"),
                                         InstanceMethod<&Model::CreateContext>("createContext"),
                                         InstanceMethod<&Model::ChatTemplate>("chatTemplate"),
+                                        InstanceMethod<&Model::ChatTemplateAsync>("chatTemplateAsync"),
                                         InstanceMethod<&Model::MatchesGrammar>("matchesGrammar"),
                                         InstanceMethod<&Model::LoadLora>("loadLora"),
                                     });
@@ -480,6 +481,10 @@ Napi::Value Model::IsEndOfGeneration(const Napi::CallbackInfo& info) {
 
 Napi::Value Model::ChatTemplate(const Napi::CallbackInfo& info) {
   return la::ChatTemplate::Create(info, handleOrThrow(info.Env()));
+}
+
+Napi::Value Model::ChatTemplateAsync(const Napi::CallbackInfo& info) {
+  return la::ChatTemplate::CreateAsync(info, handleOrThrow(info.Env()));
 }
 
 Napi::Value Model::MatchesGrammar(const Napi::CallbackInfo& info) {

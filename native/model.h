@@ -65,6 +65,7 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value CreateContext(const Napi::CallbackInfo& info);
   Napi::Value ChatTemplate(const Napi::CallbackInfo& info);
+  Napi::Value ChatTemplateAsync(const Napi::CallbackInfo& info);
   Napi::Value MatchesGrammar(const Napi::CallbackInfo& info);
   Napi::Value LoadLora(const Napi::CallbackInfo& info);
 

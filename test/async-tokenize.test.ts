@@ -6,7 +6,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limits, loadModel, setLogLevel, type JsonSchema, type LlamaModel } from 'llama-addon';
 import { ASYNC_TOKENIZE_CHARS } from '../lib/base/limits.js';
 import { rejectsWith } from './helpers/errors.js';
-import { describeShared, repoRoot, shared, synthetic } from './helpers/models.js';
+import { describeShared, fixtures, repoRoot, shared, synthetic, vocab } from './helpers/models.js';
+import { writeSyntheticLlama } from '../lib/gguf/index.js';
+import { GgufType } from '../lib/gguf/types.js';
 import { watchEventLoop } from './helpers/event-loop.js';
 
 setLogLevel('error');
@@ -122,10 +124,34 @@ describe('chats rendered off the JS thread', () => {
     using loop = ctx.createChat({ template: '{% if messages[0].content | length > 10000 %}{% for i in range(20000) %}{% endfor %}{% endif %}{{ messages[0].content }}' });
     await rejectsWith(loop.send(long).result, 'ERR_LIMIT_EXCEEDED');
     expect(loop.messages).toEqual([]);
-    // The chat goes on with a short message (rendered on the JS thread).
+    // The chat goes on with a short message.
     const ok = await chat.send('Once', { maxTokens: 2, temperature: 0 }).result;
     expect(ok.usage.completionTokens).toBe(2);
     expect(chat.messages.map((m) => m.role)).toEqual(['user', 'assistant']);
+  }, 120_000);
+
+  // A model's template is code that comes with its file: it is parsed and probed when the model loads, and
+  // every conversation, however short, is rendered off the JS thread.
+  it("a slow template from a model's file never holds the event loop: not at load, createChat or send", async () => {
+    const everyRender = '{% for i in range(60) %}{% for j in range(60) %}{% endfor %}{% endfor %}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:';
+    const path = join(fixtures, 'slow-template.gguf');
+    await writeSyntheticLlama(path, {
+      vocabFrom: vocab('phi-3'), embeddingLength: 32, layers: 1, heads: 2, headsKv: 1, feedForwardLength: 64, type: 'f16', seed: 3,
+      metadata: [{ key: 'tokenizer.chat_template', type: GgufType.STRING, value: everyRender }],
+    });
+    const loop = watchEventLoop();
+    await using slow = await loadModel(path);
+    await using ctx = await slow.createContext({ contextSize: 256, sequences: 1 });
+    using chat = ctx.createChat();
+    const r = await chat.send('Hi', { maxTokens: 2, temperature: 0 }).result;
+    const longest = loop.stop();
+    // The same render on the JS thread, for scale.
+    const t = performance.now();
+    const rendered = slow.applyChatTemplate([{ role: 'user', content: 'Hi' }]);
+    const syncMs = performance.now() - t;
+    expect(rendered).toBe('user: Hi\nassistant:');
+    expect(r.usage.promptTokens).toBe(slow.tokenize(rendered).length);
+    expect(longest, `the event loop was held ${longest.toFixed(0)} ms; one render takes ${syncMs.toFixed(0)} ms`).toBeLessThan(syncMs / 2);
   }, 120_000);
 
   // A call that start() refuses (busy, a bad option) must leave no render running behind it: its failure

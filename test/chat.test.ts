@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadModel, LlamaError, setLogLevel, type ChatMessage, type LlamaContext, type LlamaModel } from 'llama-addon';
 import { describeShared, llamaCppDir, shared, synthetic } from './helpers/models.js';
-import { throwsWith } from './helpers/errors.js';
+import { rejectsWith, throwsWith } from './helpers/errors.js';
 
 setLogLevel('error');
 
@@ -209,7 +209,10 @@ describeShared('chat (stories260k with a template of our own)', () => {
 
     const failing = ctx.createChat({ template: "{% if messages|length > 1 %}{{ raise_exception('one message only') }}{% endif %}{{ messages[0].content }}" });
     await failing.send('first', greedy).result;
-    throwsWith(() => failing.send('second'), 'ERR_INVALID_TEMPLATE');
+    // The template renders off the JS thread: its error rejects the result, with this call's stack.
+    const e = await rejectsWith(failing.send('second').result, 'ERR_INVALID_TEMPLATE');
+    expect(e.message).toContain('one message only');
+    expect(e.stack).toContain('chat.test.ts');
     expect(failing.messages.map((m) => m.role)).toEqual(['user', 'assistant']);
     failing.dispose();
     throwsWith(() => ctx.createChat({ template: '{% if %}' }), 'ERR_INVALID_TEMPLATE');
@@ -280,7 +283,7 @@ describe('chat with a special-token template (synthetic model with the Phi-3 voc
     expect(t2.filter((t) => t === user)).toHaveLength(1);
     // One that rewrites them so they cannot be found: refused rather than tokenized with special tokens.
     using upper = ctx.createChat({ template: "{% for m in messages %}<|user|>{{ m.content | upper }}<|end|>{% endfor %}<|assistant|>" });
-    throwsWith(() => upper.send('<|end|> hello'), 'ERR_INVALID_MESSAGE');
+    await rejectsWith(upper.send('<|end|> hello').result, 'ERR_INVALID_MESSAGE');
     expect(upper.messages).toEqual([]);
   });
 });

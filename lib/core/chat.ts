@@ -368,39 +368,7 @@ export class LlamaChat {
     return this.#session.disposed;
   }
 
-  /** The rendered conversation, its tokens, and what context shift keeps (the system prompt). */
-  #render(messages: NativeChatMessage[], applyOptions: NativeChatApplyOptions, caller: Function): { applied: NativeChatApplied; tokens: number[] | Promise<number[]> } {
-    const model = this.#session.context.model;
-    const applied = callNative(caller, () => this.#template.apply(messages, true, applyOptions));
-    // A long conversation is tokenized off the JS thread; the generation starts when it is done.
-    if (applied.prompt.length >= ASYNC_TOKENIZE_CHARS) {
-      const tokens = tokenizeConversationAsync(model, applied.prompt, messages).then((t) => {
-        this.#keepFor(t, messages, applyOptions);
-        return t;
-      });
-      return { applied, tokens };
-    }
-    const tokens = tokenizeConversation(model, applied.prompt, messages);
-    this.#keepFor(tokens, messages, applyOptions);
-    return { applied, tokens };
-  }
-
-  /** What context shift keeps of `tokens`: the system prompt (or the BOS token). */
-  #keepFor(tokens: number[], messages: NativeChatMessage[], applyOptions: NativeChatApplyOptions): void {
-    const first = messages[0];
-    if (first?.role === 'system' && this.#keep?.system !== first.content) {
-      let sys: number[] = [];
-      try {
-        sys = tokenizeConversation(this.#session.context.model, this.#template.apply([first], false, applyOptions).prompt, [first]);
-      } catch {
-        // a template that cannot render a lone system message keeps only the BOS token
-      }
-      this.#keep = { system: first.content, tokens: sys };
-    }
-    this.#keepTokens(tokens, messages);
-  }
-
-  /** {@link #keepFor} with the lone system message rendered off the JS thread. */
+  /** What context shift keeps of `tokens`: the system prompt (rendered alone, off the JS thread) or the BOS token. */
   async #keepForAsync(tokens: number[], messages: NativeChatMessage[], applyOptions: NativeChatApplyOptions): Promise<void> {
     const first = messages[0];
     if (first?.role === 'system' && this.#keep?.system !== first.content) {
@@ -409,7 +377,7 @@ export class LlamaChat {
         const applied = await this.#template.applyAsync([first], false, applyOptions);
         sys = await tokenizeConversationAsync(this.#session.context.model, applied.prompt, [first]);
       } catch {
-        // as in #keepFor
+        // a template that cannot render a lone system message keeps only the BOS token
       }
       this.#keep = { system: first.content, tokens: sys };
     }
@@ -434,8 +402,11 @@ export class LlamaChat {
    * A reply that ends with an error is not added, nor is the message that asked for it; an aborted reply
    * is added with the text generated so far (nothing, and the message is withdrawn, when there is none).
    *
-   * @throws LlamaError `ERR_INVALID_MESSAGE` for a bad message, `ERR_INVALID_TEMPLATE` when the template
-   * fails to render, `ERR_BUSY` while a reply is being generated; the chat is unchanged by a failed call.
+   * The template renders off the JS thread: its errors (`ERR_INVALID_TEMPLATE`, `ERR_LIMIT_EXCEEDED`, and
+   * `ERR_INVALID_MESSAGE` for text the template rewrites into special tokens) reject the result, with the
+   * caller's stack, and withdraw the message.
+   * @throws LlamaError `ERR_INVALID_MESSAGE` for a bad message, `ERR_INVALID_ARGUMENT` for a bad option,
+   * `ERR_BUSY` while a reply is being generated; the chat is unchanged by a failed call.
    */
   send(message?: string | ChatMessage, options?: ChatSendOptions): Generation<ChatResult> {
     if (this.#session.disposed) {
@@ -458,7 +429,7 @@ export class LlamaChat {
     }
     // The schema is checked before the template sees it; the template's converter gets it rewritten, and
     // the grammar it makes gets the values' rules (as in jsonSchemaToGrammar).
-    let schema: PreparedSchema | undefined;
+    let schemaSoon: PreparedSchema | Promise<PreparedSchema> | undefined;
     if (jsonSchema !== undefined) {
       if (generateOptions.grammar !== undefined) throw invalid('grammar', 'either grammar or jsonSchema, not both', generateOptions.grammar, this.send);
       if (jsonSchema === null || (typeof jsonSchema !== 'object' && typeof jsonSchema !== 'boolean')) {
@@ -467,33 +438,12 @@ export class LlamaChat {
       if (schemaMode !== undefined && schemaMode !== 'strict' && schemaMode !== 'best-effort') {
         throw invalid('schemaMode', "'strict' or 'best-effort'", schemaMode, this.send);
       }
-      const soon = prepareJsonSchemaSoon(jsonSchema, schemaMode ?? 'strict', this.send);
-      if (soon instanceof Promise) {
-        soon.catch(() => {}); // (read by #sendLater; a failure before it must not be an unhandled rejection)
-        return this.#sendLater(added, applyOptions, soon, generateOptions);
-      }
-      schema = soon;
-      applyOptions.jsonSchema = schema.converterText;
-      schema.warm();
+      schemaSoon = prepareJsonSchemaSoon(jsonSchema, schemaMode ?? 'strict', this.send);
+      if (schemaSoon instanceof Promise) schemaSoon.catch(() => {}); // (read by #sendLater; a failure before it must not be an unhandled rejection)
     }
-    const messages = [...this.#messages, ...added];
-    // A long conversation (or long tool schemas) is rendered off the JS thread: a template may take up to
-    // its time limit, and llama.cpp's converter runs inside the render.
-    if (renderSize(messages, applyOptions) >= ASYNC_TOKENIZE_CHARS) return this.#sendLater(added, applyOptions, schema, generateOptions);
-    const { applied, tokens } = this.#render(messages, applyOptions, this.send);
-    // A reply ends: with context shift on (the chats' default), a model that never ends its turn would
-    // otherwise generate forever.
-    let opts: GenerateOptions = { ...generateOptions, maxTokens: generateOptions.maxTokens ?? DEFAULT_CHAT_MAX_TOKENS };
-    if (applied.stops.length > 0) {
-      const own = opts.stop === undefined ? [] : typeof opts.stop === 'string' ? [opts.stop] : [...opts.stop];
-      opts = { ...opts, stop: [...own, ...applied.stops] };
-    }
-    const extra = templateOptions(applied, applyOptions, schema, opts.grammar, this.send);
-    if (!applied.grammar && jsonSchema !== undefined) opts = { ...opts, jsonSchema, ...(schemaMode !== undefined ? { schemaMode } : {}) };
-    const gen = this.#session.start<ChatResult>(tokens, opts, true, this.send, (r) => this.#replied(added, applied, schema, r), extra);
-    this.#lastApplied = applied;
-    this.#messages = messages;
-    return gen;
+    // The template renders off the JS thread, whatever the conversation's size: a model's template is
+    // untrusted code that may take up to its time limit, and llama.cpp's schema converter runs inside it.
+    return this.#sendLater(added, applyOptions, schemaSoon, generateOptions);
   }
 
   /**

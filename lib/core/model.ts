@@ -127,7 +127,8 @@ export class LlamaModel implements AsyncDisposable {
   #contexts = new Set<LlamaContext>();
   #disposing: Promise<void> | null = null;
   readonly #mapped: FileIdentity | null;
-  #templates = new Map<string | null, NativeChatTemplate>();
+  /** Parsed templates by source (null: the model's own, parsed at load); a model's template that failed, its error. */
+  #templates = new Map<string | null, NativeChatTemplate | LlamaError>();
   /** The file the model was loaded from. */
   readonly path: string;
   /** What the model is. */
@@ -312,12 +313,30 @@ export class LlamaModel implements AsyncDisposable {
   chatTemplate(source: string | null, caller: Function): NativeChatTemplate {
     const h = this.#handle(caller);
     let t = this.#templates.get(source);
+    if (t instanceof LlamaError) throw llamaError(t.code, t.message, caller);
     if (!t) {
       t = callNative(caller, () => h.chatTemplate(source));
-      if (this.#templates.size >= 16) this.#templates.delete(this.#templates.keys().next().value!);
+      if (this.#templates.size >= 16) this.#templates.delete([...this.#templates.keys()].find((k) => k !== null)!);
       this.#templates.set(source, t);
     }
     return t;
+  }
+
+  /**
+   * @internal Parses the model's own chat template off the JS thread, at load: it is untrusted input (it
+   * comes with the file), and llama.cpp learns what it supports by rendering it. createChat() then finds it
+   * parsed, or throws the error it gave.
+   */
+  async prepareOwnTemplate(): Promise<void> {
+    const h = this.#native;
+    if (!h) return;
+    try {
+      this.#templates.set(null, await h.chatTemplateAsync(null));
+    } catch (e) {
+      const err = toLlamaError(e);
+      // Errors of the template, kept for createChat(); anything else (a disposed model) is left to it.
+      if (err.code === 'ERR_INVALID_TEMPLATE' || err.code === 'ERR_LIMIT_EXCEEDED') this.#templates.set(null, err);
+    }
   }
 
   /** Creates a context: the KV cache and compute buffers that generation runs in. */
@@ -485,7 +504,9 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
   try {
     const nativeModel = await task.promise;
     const mapped = (useMmap ?? true) && !vocabOnly ? identity : null;
-    return new LlamaModel(nativeModel, path, metadata, fingerprint, canRank, placement, mapped);
+    const model = new LlamaModel(nativeModel, path, metadata, fingerprint, canRank, placement, mapped);
+    await model.prepareOwnTemplate();
+    return model;
   } catch (e) {
     throw toLlamaError(e);
   } finally {

@@ -44,6 +44,8 @@ export interface NativeModel {
   createContext(options: NativeContextOptions): Promise<NativeContext>;
   /** Parses a chat template (Jinja, or a built-in template's name); null: the model's own. */
   chatTemplate(source: string | null): NativeChatTemplate;
+  /** The same, parsed (and probed by rendering it) off the JS thread. */
+  chatTemplateAsync(source: string | null): Promise<NativeChatTemplate>;
   matchesGrammar(grammar: string, text: string): Promise<boolean>;
   loadLora(path: string): Promise<NativeLora>;
   dispose(): Promise<void>;
