@@ -14,6 +14,7 @@
 #include "errors.h"
 #include "guard.h"
 #include "log.h"
+#include "pool_worker.h"
 
 namespace la {
 
@@ -37,11 +38,11 @@ struct DraftConfig {
   int32_t lookupNgram = 0;             // prompt lookup n-gram size (0: off)
 };
 
-class CreateWorker : public Napi::AsyncWorker {
+class CreateWorker : public PoolWorker {
  public:
   CreateWorker(Napi::Env env, std::shared_ptr<ModelHandle> model, llama_context_params params, int32_t promptChunk,
                LoraSet lora, DraftConfig draft)
-      : Napi::AsyncWorker(env, "llama-addon.createContext"),
+      : PoolWorker(env, "llama-addon.createContext"),
         deferred_(Napi::Promise::Deferred::New(env)),
         model_(std::move(model)),
         params_(params),
@@ -327,14 +328,15 @@ Napi::Value Context::Dispose(const Napi::CallbackInfo& info) {
     data->engines.erase(engine);
   }
   // Joining the engine thread waits for the decode step in flight: do it off the JS thread.
-  struct StopWorker : Napi::AsyncWorker {
+  struct StopWorker : PoolWorker {
     StopWorker(Napi::Env env, std::shared_ptr<Engine> e, Napi::Promise::Deferred d)
-        : Napi::AsyncWorker(env, "llama-addon.disposeContext"), e_(std::move(e)), d_(d) {}
+        : PoolWorker(env, "llama-addon.disposeContext"), e_(std::move(e)), d_(d) {}
     void Execute() override {
       e_->stop();
       e_.reset();
     }
     void OnOK() override { d_.Resolve(Env().Undefined()); }
+    void OnError(const Napi::Error&) override { d_.Resolve(Env().Undefined()); }  // freed as far as it could be
     std::shared_ptr<Engine> e_;
     Napi::Promise::Deferred d_;
   };

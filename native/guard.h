@@ -2,7 +2,8 @@
 // unwind to the nearest catch at the thread's boundary instead of aborting the process:
 //  - methods and functions called from JS: node-addon-api's wrapper (NODE_ADDON_API_CPP_EXCEPTIONS_ALL)
 //    turns any C++ exception into a JS error, which lib/base/errors.ts turns into a LlamaError;
-//  - async workers: AsyncWorker::OnExecute catches it and rejects the promise;
+//  - work on the addon's pools: PromiseWorker and PoolWorker (promise_worker.h, pool_worker.h) catch it and
+//    reject the promise;
 //  - the engine thread and its tasks: Engine::run and EngineTask catch it and end the work with an error.
 // A thread with no catch at all (ggml's own compute workers) still ends the process, as abort() would:
 // what reaches them must be valid, which model_check.cpp makes sure of at load.

@@ -7,15 +7,16 @@
 #include "guard.h"
 #include "log.h"
 #include "model_check.h"
+#include "pool_worker.h"
 
 namespace la {
 
 namespace {
 
-class LoadLoraWorker : public Napi::AsyncWorker {
+class LoadLoraWorker : public PoolWorker {
  public:
   LoadLoraWorker(Napi::Env env, std::shared_ptr<ModelHandle> model, std::string path)
-      : Napi::AsyncWorker(env, "llama-addon.loadLora"),
+      : PoolWorker(env, "llama-addon.loadLora"),
         deferred_(Napi::Promise::Deferred::New(env)),
         model_(std::move(model)),
         path_(std::move(path)) {}

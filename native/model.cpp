@@ -22,6 +22,7 @@
 #include "log.h"
 #include "model_check.h"
 #include "promise_worker.h"
+#include "pool_worker.h"
 
 namespace la {
 
@@ -60,12 +61,12 @@ void readFacts(ModelHandle& h) {
   }
 }
 
-class LoadWorker : public Napi::AsyncProgressQueueWorker<float> {
+class LoadWorker : public PoolProgressWorker<float> {
  public:
   LoadWorker(Napi::Env env, std::string path, llama_model_params params, Napi::Function onProgress,
              std::shared_ptr<std::atomic<bool>> cancelled, std::vector<ggml_backend_dev_t> devices, bool setDevices,
              std::vector<std::string> rpcServers)
-      : Napi::AsyncProgressQueueWorker<float>(env, "llama-addon.loadModel"),
+      : PoolProgressWorker<float>(env, "llama-addon.loadModel"),
         deferred_(Napi::Promise::Deferred::New(env)),
         path_(std::move(path)),
         params_(params),
@@ -535,9 +536,9 @@ Napi::Value Model::Dispose(const Napi::CallbackInfo& info) {
     deferred.Resolve(env.Undefined());
     return deferred.Promise();
   }
-  struct FreeWorker : Napi::AsyncWorker {
+  struct FreeWorker : PoolWorker {
     FreeWorker(Napi::Env env, std::shared_ptr<ModelHandle> h, Napi::Promise::Deferred d)
-        : Napi::AsyncWorker(env, "llama-addon.disposeModel"), h_(std::move(h)), d_(d) {}
+        : PoolWorker(env, "llama-addon.disposeModel"), h_(std::move(h)), d_(d) {}
     void Execute() override {
       h_.reset();
 #ifdef __GLIBC__
@@ -547,6 +548,7 @@ Napi::Value Model::Dispose(const Napi::CallbackInfo& info) {
 #endif
     }
     void OnOK() override { d_.Resolve(Env().Undefined()); }
+    void OnError(const Napi::Error&) override { d_.Resolve(Env().Undefined()); }  // freed as far as it could be
     std::shared_ptr<ModelHandle> h_;
     Napi::Promise::Deferred d_;
   };

@@ -1,6 +1,7 @@
 // quantize(input, output, ftype, threads) -> Promise<void>: llama.cpp's quantizer, on a worker thread.
 #include <napi.h>
 
+#include "pool_worker.h"
 #include "errors.h"
 #include "guard.h"
 #include "llama.h"
@@ -10,10 +11,10 @@ namespace la {
 
 namespace {
 
-class QuantizeWorker : public Napi::AsyncWorker {
+class QuantizeWorker : public PoolWorker {
  public:
   QuantizeWorker(Napi::Env env, std::string in, std::string out, int32_t ftype, int32_t threads)
-      : Napi::AsyncWorker(env, "llama-addon.quantize"),
+      : PoolWorker(env, "llama-addon.quantize"),
         deferred_(Napi::Promise::Deferred::New(env)),
         in_(std::move(in)),
         out_(std::move(out)),

@@ -15,22 +15,27 @@ namespace la {
 namespace {
 
 struct Pool {
+  explicit Pool(int most) : max(most) {}
   std::mutex mu;
   std::condition_variable cv;
   std::deque<std::function<void()>> jobs;
   int threads = 0;
   int idle = 0;
-  int max = std::clamp((int)std::thread::hardware_concurrency(), 2, 16);
+  const int max;
 };
 
-// Never destroyed: its threads may still wait on it while the process exits.
-Pool& pool() {
-  static Pool* p = new Pool();
+// Never destroyed: their threads may still wait on them while the process exits.
+Pool& shortPool() {
+  static Pool* p = new Pool(std::clamp((int)std::thread::hardware_concurrency(), 2, 16));
+  return *p;
+}
+Pool& longPool() {
+  static Pool* p = new Pool(4);
   return *p;
 }
 
-void* loop(void*) {
-  Pool& p = pool();
+void* loop(void* arg) {
+  Pool& p = *static_cast<Pool*>(arg);
   for (;;) {
     std::function<void()> job;
     {
@@ -50,27 +55,24 @@ void* loop(void*) {
   return nullptr;
 }
 
-bool startThread() {
+bool startThread(Pool& p) {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, kWorkerStackBytes);
   pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
   pthread_t t;
-  int rc = pthread_create(&t, &attr, loop, nullptr);
+  int rc = pthread_create(&t, &attr, loop, &p);
   pthread_attr_destroy(&attr);
   return rc == 0;
 }
 
-}  // namespace
-
-void postWork(std::function<void()> job) {
-  Pool& p = pool();
+void post(Pool& p, std::function<void()> job) {
   {
     std::lock_guard<std::mutex> lock(p.mu);
     p.jobs.push_back(std::move(job));
     // A new thread when none is idle (the queued jobs outnumber the idle threads) and the limit allows.
     if (p.idle < (int)p.jobs.size() && p.threads < p.max) {
-      if (startThread()) {
+      if (startThread(p)) {
         p.threads++;
       } else if (p.threads == 0) {
         std::function<void()> mine = std::move(p.jobs.back());
@@ -87,5 +89,11 @@ void postWork(std::function<void()> job) {
   }
   p.cv.notify_one();
 }
+
+}  // namespace
+
+void postWork(std::function<void()> job) { post(shortPool(), std::move(job)); }
+
+void postLongWork(std::function<void()> job) { post(longPool(), std::move(job)); }
 
 }  // namespace la

@@ -11,4 +11,9 @@ namespace la {
 // job runs on the caller's thread.
 void postWork(std::function<void()> job);
 
+// The same on a second pool, for work that takes seconds to minutes (loading models and adapters, creating
+// and freeing contexts, quantizing): at most 4 threads, so that loads neither wait behind nor hold up the
+// short jobs above, nor hold libuv's threads (a host's file reads waited behind model loads there).
+void postLongWork(std::function<void()> job);
+
 }  // namespace la
