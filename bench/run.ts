@@ -1,6 +1,8 @@
 // npm run bench -- [--model ID|PATH ...] [--threads N] [--gpu-layers N] [--prompt 512] [--gen 128] [--reps 5] [--json] [--results-dir DIR]
 //                  [--systems llama-bench,node-llama-cpp-defaults,node-llama-cpp,llama-addon] [--budget 60]
 //                  [--compare bench/results/<earlier>.json]  (each figure's ratio against that run, printed at the end)
+//                  [--scenario contention [--busy-cores 1] [--contention-models stories260k,llama-415m-q8_0]]
+//                  (generation with cores kept busy by the host: fixed thread counts, 'auto' and llama-bench)
 // Runs llama.cpp's llama-bench, node-llama-cpp and llama-addon one after another on the same models, sizes
 // and thread count, prints one table with ratios, and writes the results to bench/results/.
 import { spawn, spawnSync } from 'node:child_process';
@@ -12,7 +14,7 @@ import { readGguf } from '../lib/gguf/index.js';
 import { getSystemInfo } from '../lib/index.js';
 import { compareReports, type Report } from './compare.js';
 import { runLlamaBench } from './llama-bench.js';
-import { batchedScenario, sessionsScenario, speculativeScenario, type BatchedResult, type SessionsResult, type SpeculativeResult } from './scenarios.js';
+import { batchedScenario, contentionScenario, sessionsScenario, speculativeScenario, type BatchedResult, type ContentionResult, type SessionsResult, type SpeculativeResult } from './scenarios.js';
 import { benchRoot, models, repoRoot } from './models.js';
 import { stat, type Stat, type WorkerArgs, type WorkerResult } from './stats.js';
 
@@ -31,6 +33,8 @@ const { values } = parseArgs({
     scenario: { type: 'string', default: 'models,batched,speculative,sessions' },
     'sessions-model': { type: 'string' },
     compare: { type: 'string' },
+    'busy-cores': { type: 'string', default: '1' },
+    'contention-models': { type: 'string', default: 'stories260k,llama-415m-q8_0' },
   },
 });
 const scenarios = values.scenario!.split(',');
@@ -168,6 +172,7 @@ const machine = {
 let batched: BatchedResult | null = null;
 let speculative: SpeculativeResult | null = null;
 let sessions: SessionsResult | null = null;
+let contention: ContentionResult | null = null;
 if (scenarios.includes('batched')) {
   try {
     batched = await batchedScenario({ threads, reps: Number(values.reps), parallel: [1, 8], prompt: 128, gen: 128 });
@@ -191,6 +196,17 @@ if (scenarios.includes('sessions')) {
   }
 }
 
+if (scenarios.includes('contention')) {
+  try {
+    contention = await contentionScenario({
+      threads, busyCores: Number(values['busy-cores']), reps: Math.min(Number(values.reps), 3), prompt: 128, gen: Number(values.gen), seconds: 10,
+      modelIds: values['contention-models']!.split(','),
+    });
+  } catch (e) {
+    log(`contention scenario failed: ${(e as Error).message}`);
+  }
+}
+
 const report = {
   date: new Date().toISOString(),
   machine,
@@ -199,6 +215,7 @@ const report = {
   batched,
   speculative,
   sessions,
+  contention,
 };
 const resultsDir = values['results-dir'] ?? join(benchRoot, 'results');
 mkdirSync(resultsDir, { recursive: true });
@@ -241,6 +258,15 @@ if (values.json) {
     lines.push('', `Sessions: ${sessions.chats} conversations × ${sessions.turns} turns, interleaved, on ${sessions.sequences} resident sequences (${sessions.model}; ${sessions.prompt} new tokens and ${sessions.gen} generated per turn); turns 2–${sessions.turns}`, '');
     lines.push('| caches | prompt tokens from cache | TTFT ms median (min–max) | TTFT ms p90 | total s | host memory MiB |', '|---|---|---|---|---|---|');
     for (const r of sessions.rows) lines.push(`| ${r.mode === 'kept' ? 'kept in host memory' : 'none (every turn decoded again)'} | ${r.hitRate === null ? '—' : (r.hitRate * 100).toFixed(1) + '%'} | ${f(r.ttft)} | ${r.ttftP90?.toFixed(1) ?? '—'} | ${r.seconds?.toFixed(1) ?? '—'} | ${r.savedMiB?.toFixed(1) ?? '—'} |`);
+  }
+  if (contention) {
+    const counts = Array.from({ length: contention.threads }, (_, i) => i + 1);
+    lines.push('', `Contention: one session, greedy, ${contention.prompt}-token prompt, up to ${contention.gen} tokens; idle, and with ${contention.busyCores} core(s) kept busy by a JavaScript loop in another process; tg tok/s`, '');
+    lines.push(`| model | host | llama-bench -t ${contention.threads} | ${counts.map((n) => `threads ${n}`).join(' | ')} | 'auto' | auto / best fixed | auto / llama-bench | auto's threads at the end |`);
+    lines.push('|---|---|---|' + counts.map(() => '---|').join('') + '---|---|---|---|');
+    for (const r of contention.rows) {
+      lines.push(`| ${r.model} | ${r.condition} | ${f(r.llamaBench)} | ${counts.map((n) => f(r.fixed[n]?.tg)).join(' | ')} | ${f(r.auto.tg)} | ${r.autoVsBestFixed?.toFixed(3) ?? '—'} | ${r.autoVsLlamaBench?.toFixed(3) ?? '—'} | ${r.auto.threadsInUse.join(', ')} |`);
+    }
   }
   const notes = all.flatMap((m) => m.results.flatMap((r) => r.notes.map((n) => `${m.id} / ${r.system}: ${n}`)));
   if (notes.length) lines.push('', 'Notes:', ...[...new Set(notes)].map((n) => `- ${n}`));

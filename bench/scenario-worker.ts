@@ -3,13 +3,18 @@
 //   speculative: a target model alone, with a draft model, and with prompt lookup
 //   sessions:    many conversations of several turns, interleaved, on few resident sequences: caches kept in
 //                host memory against every turn decoding its prompt again (cacheRamBytes: 0)
+//   contention:  one session's prompt and generation speed at a thread setting (a count or 'auto'), while
+//                the parent keeps cores busy or not
 import { loadModel, setLogLevel } from '../lib/index.js';
 import { promptTokens } from './stats.js';
 
 setLogLevel('error');
 
 export interface ScenarioArgs {
-  scenario: 'batched' | 'speculative' | 'sessions';
+  scenario: 'batched' | 'speculative' | 'sessions' | 'contention';
+  /** contention: the context's threads option, and the longest a generation may take (seconds) */
+  threadSetting?: number | 'auto';
+  seconds?: number;
   /** sessions: conversations, turns each, resident sequences, new tokens per turn */
   chats?: number;
   turns?: number;
@@ -57,6 +62,23 @@ if (args.scenario === 'batched') {
       const seconds = (performance.now() - t0) / 1000;
       push(`tg${pl}`, results.reduce((n, x) => n + x.usage.completionTokens, 0) / seconds);
     }
+  }
+} else if (args.scenario === 'contention') {
+  const ctx = await model.createContext({ contextSize: args.prompt + args.gen + 16, sequences: 1, threads: args.threadSetting ?? 'auto' });
+  const session = ctx.createSession({ sharePrefix: false });
+  const prompt = promptTokens(args.prompt, args.vocabSize, args.bos);
+  await session.complete(prompt.slice(0, 8), { maxTokens: 8, temperature: 0, logitBias: banned }); // warm-up
+  for (let r = 0; r < args.reps; r++) {
+    session.reset();
+    let t0 = performance.now();
+    await session.complete(prompt, { maxTokens: 1, temperature: 0, logitBias: banned });
+    push('pp', prompt.length / ((performance.now() - t0) / 1000));
+    // Generation: `gen` tokens, or as many as `seconds` allow (a slow setting would take minutes).
+    const signal = AbortSignal.timeout((args.seconds ?? 10) * 1000);
+    t0 = performance.now();
+    const g = await session.complete(prompt, { maxTokens: args.gen, temperature: 0, logitBias: banned, signal });
+    push('tg', (g.usage.completionTokens - 1) / ((performance.now() - t0 - g.timings.timeToFirstTokenMs) / 1000));
+    push('threadsInUse', ctx.threadsInUse.generation);
   }
 } else if (args.scenario === 'sessions') {
   const chats = args.chats ?? 64;

@@ -7,6 +7,7 @@ import { readGguf } from '../lib/gguf/index.js';
 import { benchRoot, models, repoRoot, sharedDir } from './models.js';
 import { stat, type Stat } from './stats.js';
 import type { ScenarioArgs } from './scenario-worker.js';
+import { runLlamaBench } from './llama-bench.js';
 
 const buildDir = join(repoRoot, 'build');
 const log = (m: string) => console.error(`[bench] ${m}`);
@@ -150,4 +151,84 @@ export async function sessionsScenario(o: { threads: number; modelId: string; ch
       savedMiB: res[`${mode}.savedMiB`]?.[0] ?? null,
     })),
   };
+}
+
+export interface ContentionResult {
+  busyCores: number;
+  threads: number;
+  prompt: number;
+  gen: number;
+  rows: Array<{
+    model: string;
+    condition: 'idle' | 'busy';
+    /** tg tok/s of llama-bench at `threads`, and of llama-addon at each fixed count and at 'auto' */
+    llamaBench: Stat | null;
+    fixed: Record<number, { pp: Stat | null; tg: Stat | null }>;
+    auto: { pp: Stat | null; tg: Stat | null; threadsInUse: number[] };
+    /** auto's tg against the best fixed count's, and (idle) against llama-bench's */
+    autoVsBestFixed: number | null;
+    autoVsLlamaBench: number | null;
+  }>;
+}
+
+/** Busy loops in child processes, one per core to keep busy (the host application's own work). */
+function busyLoops(n: number): () => void {
+  const children = Array.from({ length: n }, () => spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }));
+  return () => children.forEach((c) => c.kill('SIGKILL'));
+}
+
+/**
+ * Generation with cores kept busy (issue 16): each model idle and with `busyCores` busy loops beside it,
+ * llama-addon at every fixed thread count up to `threads` and at 'auto', and llama-bench at `threads`.
+ */
+export async function contentionScenario(o: { threads: number; busyCores: number; reps: number; prompt: number; gen: number; seconds: number; modelIds: string[] }): Promise<ContentionResult> {
+  const rows: ContentionResult['rows'] = [];
+  for (const id of o.modelIds) {
+    const m = models.find((x) => x.id === id);
+    if (!m) throw new Error(`unknown model ${id}`);
+    const path = await m.path();
+    const header = await readGguf(path);
+    const bos = header.metadata['tokenizer.ggml.bos_token_id'];
+    const vocabSize = (header.metadata['tokenizer.ggml.tokens'] as unknown as { length: number }).length;
+    for (const condition of ['idle', 'busy'] as const) {
+      const stop = condition === 'busy' ? busyLoops(o.busyCores) : () => {};
+      try {
+        if (condition === 'busy') await new Promise((r) => setTimeout(r, 500));
+        const worker = (threadSetting: number | 'auto') =>
+          scenarioWorker({ scenario: 'contention', model: path, threadSetting, seconds: o.seconds, prompt: o.prompt, gen: o.gen, parallel: [], reps: o.reps, vocabSize, bos: typeof bos === 'number' ? bos : null });
+        const fixed: ContentionResult['rows'][number]['fixed'] = {};
+        for (let n = 1; n <= o.threads; n++) {
+          log(`contention: ${id}, ${condition}, threads ${n}`);
+          const r = await worker(n);
+          fixed[n] = { pp: stat(r.pp ?? []), tg: stat(r.tg ?? []) };
+        }
+        log(`contention: ${id}, ${condition}, threads 'auto'`);
+        const a = await worker('auto');
+        let llamaBench: Stat | null = null;
+        try {
+          log(`contention: ${id}, ${condition}, llama-bench -t ${o.threads}`);
+          // Busy, llama-bench at every thread runs many times slower: fewer tokens, so that it ends.
+          const gen = condition === 'busy' ? Math.min(o.gen, 32) : o.gen;
+          const lb = await runLlamaBench({ model: path, threads: o.threads, prompt: 0, gen, reps: condition === 'busy' ? 2 : o.reps, budgetSeconds: 0, vocabSize, bos: null });
+          llamaBench = lb.generateTokensPerSecond;
+        } catch (e) {
+          log(`contention: llama-bench failed: ${(e as Error).message}`);
+        }
+        const auto = { pp: stat(a.pp ?? []), tg: stat(a.tg ?? []), threadsInUse: a.threadsInUse ?? [] };
+        const best = Math.max(...Object.values(fixed).map((f) => f.tg?.median ?? 0));
+        rows.push({
+          model: id,
+          condition,
+          llamaBench,
+          fixed,
+          auto,
+          autoVsBestFixed: auto.tg && best > 0 ? auto.tg.median / best : null,
+          autoVsLlamaBench: auto.tg && llamaBench ? auto.tg.median / llamaBench.median : null,
+        });
+      } finally {
+        stop();
+      }
+    }
+  }
+  return { busyCores: o.busyCores, threads: o.threads, prompt: o.prompt, gen: o.gen, rows };
 }

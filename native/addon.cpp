@@ -17,6 +17,8 @@
 #include "log.h"
 #include "lora.h"
 #include "model.h"
+#include "errors.h"
+#include "thread_tuner.h"
 
 namespace la {
 namespace {
@@ -44,6 +46,26 @@ void Cleanup(Napi::Env, AddonData* data) {
   }
   for (auto& e : engines) e->stop();
   delete data;
+}
+
+// simulateThreadTuner(maxThreads, steps, cost: (threads, step) => seconds) -> Int32Array of the counts a
+// ThreadTuner chose, step by step, against made-up costs (test/threads.test.ts; not part of the public API).
+Napi::Value SimulateThreadTuner(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int32_t maxThreads = (int32_t)argInteger(info, 0, "maxThreads", 1, 512);
+  int32_t steps = (int32_t)argInteger(info, 1, "steps", 0, 1 << 20);
+  if (!info[2].IsFunction()) throwArg(env, "cost", "a function", info[2]);
+  Napi::Function cost = info[2].As<Napi::Function>();
+  ThreadTuner tuner(maxThreads);
+  Napi::Int32Array out = Napi::Int32Array::New(env, (size_t)steps);
+  for (int32_t i = 0; i < steps; i++) {
+    int32_t n = tuner.choose();
+    out[(size_t)i] = n;
+    Napi::Value c = cost.Call({Napi::Number::New(env, n), Napi::Number::New(env, i)});
+    if (!c.IsNumber()) throwArg(env, "cost", "a function returning a number", c);
+    tuner.record(n, c.As<Napi::Number>().DoubleValue());
+  }
+  return out;
 }
 
 }  // namespace
@@ -78,6 +100,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("jsonSchemaToGrammarAsync", Napi::Function::New(env, la::JsonSchemaToGrammarAsync, "jsonSchemaToGrammarAsync"));
   la::registerBackendExports(env, exports);
   exports.Set("systemInfo", Napi::Function::New(env, la::SystemInfo, "systemInfo"));
+  exports.Set("simulateThreadTuner", Napi::Function::New(env, la::SimulateThreadTuner, "simulateThreadTuner"));
   // Called from process.on('exit'): stops every engine thread while llama.cpp's statics still exist.
   exports.Set("shutdown", Napi::Function::New(
                               env,

@@ -41,14 +41,16 @@ struct DraftConfig {
 class CreateWorker : public PoolWorker {
  public:
   CreateWorker(Napi::Env env, std::shared_ptr<ModelHandle> model, llama_context_params params, int32_t promptChunk,
-               LoraSet lora, DraftConfig draft)
+               LoraSet lora, DraftConfig draft, bool adaptive, bool adaptiveBatch)
       : PoolWorker(env, "llama-addon.createContext"),
         deferred_(Napi::Promise::Deferred::New(env)),
         model_(std::move(model)),
         params_(params),
         promptChunk_(promptChunk),
         lora_(std::move(lora)),
-        draft_(std::move(draft)) {}
+        draft_(std::move(draft)),
+        adaptive_(adaptive),
+        adaptiveBatch_(adaptiveBatch) {}
 
   Napi::Promise promise() const { return deferred_.Promise(); }
 
@@ -98,6 +100,7 @@ class CreateWorker : public PoolWorker {
     try {
       engine_ = std::make_shared<Engine>(model_, ctx, promptChunk_, draft_.model, draftCtx,
                                          std::make_unique<ThreadPools>(params_.n_threads, params_.n_threads_batch));
+      engine_->tuneThreads(adaptive_ ? params_.n_threads : 0, adaptiveBatch_ ? params_.n_threads_batch : 0);
     } catch (const std::exception& e) {
       llama_free(ctx);
       if (draftCtx != nullptr) llama_free(draftCtx);
@@ -129,6 +132,7 @@ class CreateWorker : public PoolWorker {
   int32_t promptChunk_;
   LoraSet lora_;
   DraftConfig draft_;
+  bool adaptive_, adaptiveBatch_;  // threads: 'auto' (and threadsBatch)
   std::shared_ptr<Engine> engine_;
 };
 
@@ -163,6 +167,13 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   int32_t threads = intOption(env, o, "threads", common_cpu_get_num_math(), 1, GGML_MAX_N_THREADS);
   p.n_threads = threads;
   p.n_threads_batch = intOption(env, o, "threadsBatch", threads, 1, GGML_MAX_N_THREADS);
+  auto flag = [&](const char* key) {
+    Napi::Value v = opt(o, key);
+    if (!v.IsEmpty() && !v.IsUndefined() && !v.IsBoolean()) throwArg(env, key, "a boolean", v);
+    return v.IsBoolean() && v.As<Napi::Boolean>().Value();
+  };
+  bool adaptive = flag("adaptiveThreads");
+  bool adaptiveBatch = flag("adaptiveThreadsBatch");
   p.kv_unified = false;
   p.no_perf = true;
   Napi::Value fa = opt(o, "flashAttention");
@@ -224,7 +235,7 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   }
   draft.lookupNgram = draft.model ? 0 : lookup;
   draft.tokens = draft.model || lookup > 0 ? intOption(env, o, "draftTokens", draft.model ? 8 : 10, 1, 64) : 0;
-  auto* worker = new CreateWorker(env, std::move(model), p, promptChunk, std::move(lora), std::move(draft));
+  auto* worker = new CreateWorker(env, std::move(model), p, promptChunk, std::move(lora), std::move(draft), adaptive, adaptiveBatch);
   Napi::Promise promise = worker->promise();
   worker->Queue();
   return promise;
@@ -289,6 +300,8 @@ Napi::Value Context::Info(const Napi::CallbackInfo& info) {
   o.Set("sequences", (double)llama_n_seq_max(ctx));
   o.Set("threads", threads_);
   o.Set("threadsBatch", threadsBatch_);
+  o.Set("threadsInUse", engine->threadsInUse());
+  o.Set("threadsBatchInUse", engine->threadsBatchInUse());
   o.Set("canShift", llama_memory_can_shift(llama_get_memory(ctx)));
   o.Set("slidingWindow", llama_model_n_swa(engine->model()->model) > 0);
   const char* pooling = "none";

@@ -66,6 +66,15 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t p
   canShift_ = llama_memory_can_shift(llama_get_memory(ctx_));
   nSwa_ = llama_model_n_swa(model_->model);
   batch_ = llama_batch_init(nBatch_, 0, 1);
+  tgNow_ = llama_n_threads(ctx_);
+  ppNow_ = llama_n_threads_batch(ctx_);
+}
+
+void Engine::tuneThreads(int32_t maxThreads, int32_t maxThreadsBatch) {
+  if (maxThreads > 0) tuners_[0] = std::make_unique<ThreadTuner>(maxThreads);
+  for (int k = 1; k < 3; k++) {
+    if (maxThreadsBatch > 0) tuners_[k] = std::make_unique<ThreadTuner>(maxThreadsBatch);
+  }
 }
 
 Engine::~Engine() {
@@ -554,6 +563,23 @@ bool Engine::step() {
       return true;
     }
 
+    // threads: 'auto': this kind of step's tuner picks the count (llama.cpp uses n_threads for steps of one
+    // token and n_threads_batch for larger ones).
+    int32_t nTokens = batch_.n_tokens;
+    int kind = nTokens == 1 ? 0 : nTokens < 32 ? 1 : 2;
+    ThreadTuner* tuner = tuners_[kind].get();
+    int32_t threads = 0;
+    if (tuner != nullptr) {
+      if (kind < 2 && nTokens != tunedTokens_[kind]) tuner->reset();  // costs of other sizes do not compare
+      tunedTokens_[kind] = nTokens;
+      threads = tuner->choose();
+      int32_t tg = kind == 0 ? threads : tgNow_.load();
+      int32_t pp = kind == 0 ? ppNow_.load() : threads;
+      if (tg != llama_n_threads(ctx_) || pp != llama_n_threads_batch(ctx_)) llama_set_n_threads(ctx_, tg, pp);
+      tgNow_ = tg;
+      ppNow_ = pp;
+    }
+    auto decodeStart = std::chrono::steady_clock::now();
     int32_t ret;
     std::string failure;
     try {
@@ -562,6 +588,10 @@ bool Engine::step() {
     } catch (const std::exception& e) {
       ret = -100;
       failure = e.what();
+    }
+    if (tuner != nullptr && ret == 0) {
+      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - decodeStart).count();
+      tuner->record(threads, kind == 2 ? seconds / nTokens : seconds);
     }
     std::vector<std::shared_ptr<GenState>> finished;
     for (auto& sp : active_) {

@@ -17,6 +17,7 @@
 #include "backends.h"
 #include "lora.h"
 #include "model.h"
+#include "thread_tuner.h"
 
 struct common_sampler;
 
@@ -171,6 +172,13 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // llama_context. Idempotent; must not be called from the engine thread.
   void stop();
 
+  // threads: 'auto' (before start()): each decode step's thread count is chosen by a ThreadTuner, one per kind
+  // of step, up to these counts (thread_tuner.h). 0 keeps the context's fixed count for that kind.
+  void tuneThreads(int32_t maxThreads, int32_t maxThreadsBatch);
+  // The counts the last steps used (any thread).
+  int32_t threadsInUse() const { return tgNow_.load(); }
+  int32_t threadsBatchInUse() const { return ppNow_.load(); }
+
   llama_context* ctx() const { return ctx_; }
   const std::shared_ptr<ModelHandle>& model() const { return model_; }
   int32_t seqCapacity() const { return nCtxSeq_; }
@@ -207,6 +215,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::shared_ptr<ModelHandle> draftModel_;
   llama_context* draftCtx_ = nullptr;
   std::unique_ptr<ThreadPools> pools_;  // attached to ctx_ and draftCtx_; freed after them
+  // Steps of one token, of 2 to 31 tokens (several sessions generating, drafts) and of prompt chunks.
+  std::unique_ptr<ThreadTuner> tuners_[3];
+  int32_t tunedTokens_[3] = {0, 0, 0};  // the step size each tuner measured last (a change resets it)
+  std::atomic<int32_t> tgNow_{0}, ppNow_{0};
   llama_batch draftBatch_{};
   std::vector<std::vector<llama_token>> draftSeqs_;  // tokens each sequence of the draft context holds
   std::thread thread_;

@@ -7,6 +7,7 @@ import { parseLora, type LoraSpec } from './lora.js';
 import { LlamaSession, type SessionOptions } from './session.js';
 import { Residency } from './residency.js';
 import { kvBytesPerToken } from './memory.js';
+import { getSystemInfo } from '../native/system.js';
 
 /** Default of {@link ContextOptions.cacheRamBytes}: 1 GiB. */
 export const DEFAULT_CACHE_RAM_BYTES = 2 ** 30;
@@ -50,10 +51,18 @@ export interface ContextOptions {
    * again on next use (llama-server's `--cache-ram` works the same way).
    */
   cacheRamBytes?: number;
-  /** CPU threads for generation (default: the machine's physical cores, as llama.cpp's tools choose). */
-  threads?: number;
-  /** CPU threads for prompt processing (default: `threads`). */
-  threadsBatch?: number;
+  /**
+   * CPU threads for generation: a count, or `'auto'` (the default): up to the machine's physical cores, as
+   * llama.cpp's tools choose, with the count of each decode step chosen from measured step times. ggml's
+   * threads wait for each other at every step, so when the host keeps cores busy (a UI, a server, a build),
+   * a fixed count can run many times slower than fewer threads (on 2 cores with one busy, 2 threads ran 20x
+   * slower than 1); `'auto'` drops threads while that lasts and tries more again when the host is quiet.
+   * Steps of one token, of a few tokens (several sessions) and of prompt chunks adapt separately.
+   * A number fixes the count, as in llama.cpp.
+   */
+  threads?: number | 'auto';
+  /** CPU threads for prompt processing and steps of several tokens: a count or `'auto'` (default: `threads`). */
+  threadsBatch?: number | 'auto';
   /** Flash attention: `true`, `false`, or `'auto'` (the default: llama.cpp decides). */
   flashAttention?: boolean | 'auto';
   /** An embedding context: {@link LlamaContext.embed} (and {@link LlamaContext.rank}) instead of generation. */
@@ -107,8 +116,10 @@ export class LlamaContext implements AsyncDisposable {
   readonly sequences: number;
   /** Most tokens decoded in one step. */
   readonly batchSize: number;
-  /** CPU threads used for generation. */
+  /** Most CPU threads a generation step uses (the count itself unless `threads: 'auto'`). */
   readonly threads: number;
+  /** Whether the thread counts adapt to the machine's load (`threads: 'auto'`, the default). */
+  readonly adaptiveThreads: boolean;
   /** Whether the KV cache can move tokens, which context shift needs (true for most models). */
   readonly canShift: boolean;
   /** The model uses sliding-window attention (sessions then do not share cache cells). */
@@ -123,7 +134,7 @@ export class LlamaContext implements AsyncDisposable {
   /** @internal identifies the context's default LoRA set */
   readonly loraKey: string;
 
-  private constructor(model: LlamaModel, nativeContext: NativeContext, embeddings: boolean, loraKey: string, cacheRamBytes: number) {
+  private constructor(model: LlamaModel, nativeContext: NativeContext, embeddings: boolean, loraKey: string, cacheRamBytes: number, adaptive: boolean) {
     this.loraKey = loraKey;
     this.model = model;
     this.#native = nativeContext;
@@ -132,6 +143,7 @@ export class LlamaContext implements AsyncDisposable {
     this.sequences = info.sequences;
     this.batchSize = info.batchSize;
     this.threads = info.threads;
+    this.adaptiveThreads = adaptive;
     this.canShift = info.canShift;
     this.slidingWindow = info.slidingWindow;
     this.#info = info;
@@ -147,8 +159,17 @@ export class LlamaContext implements AsyncDisposable {
     const batchSize = optInteger(o, 'batchSize', 1, 1 << 20, caller);
     const sequences = optInteger(o, 'sequences', 1, 256, caller) ?? defaultSequences(model, contextSize);
     const cacheRamBytes = optInteger(o, 'cacheRamBytes', 0, Number.MAX_SAFE_INTEGER, caller) ?? DEFAULT_CACHE_RAM_BYTES;
-    const threads = optInteger(o, 'threads', 1, 512, caller);
-    const threadsBatch = optInteger(o, 'threadsBatch', 1, 512, caller);
+    const threadCount = (key: 'threads' | 'threadsBatch'): number | 'auto' | undefined => {
+      const v = o[key];
+      if (v === undefined || v === 'auto') return v;
+      if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 512) throw invalid(key, 'an integer from 1 to 512, or "auto"', v, caller);
+      return v;
+    };
+    const threadsOpt = threadCount('threads') ?? 'auto';
+    const threadsBatchOpt = threadCount('threadsBatch') ?? threadsOpt;
+    const physical = getSystemInfo().defaultThreads;
+    const threads = threadsOpt === 'auto' ? physical : threadsOpt;
+    const threadsBatch = threadsBatchOpt === 'auto' ? physical : threadsBatchOpt;
     const fa = o.flashAttention;
     if (fa !== undefined && fa !== 'auto' && typeof fa !== 'boolean') throw invalid('flashAttention', 'true, false or "auto"', fa, caller);
     const embeddings = optBoolean(o, 'embeddings', caller);
@@ -174,8 +195,10 @@ export class LlamaContext implements AsyncDisposable {
         contextSize,
         ...(batchSize !== undefined ? { batchSize } : {}),
         sequences,
-        ...(threads !== undefined ? { threads } : {}),
-        ...(threadsBatch !== undefined ? { threadsBatch } : {}),
+        threads,
+        threadsBatch,
+        adaptiveThreads: threadsOpt === 'auto',
+        adaptiveThreadsBatch: threadsBatchOpt === 'auto',
         ...(fa !== undefined ? { flashAttention: fa as boolean | 'auto' } : {}),
         ...(embeddings !== undefined ? { embeddings } : {}),
         ...(promptChunkSize !== undefined ? { promptChunkSize } : {}),
@@ -187,10 +210,19 @@ export class LlamaContext implements AsyncDisposable {
       }),
     );
     try {
-      return new LlamaContext(model, await promise, embeddings === true, lora?.key ?? '', cacheRamBytes);
+      return new LlamaContext(model, await promise, embeddings === true, lora?.key ?? '', cacheRamBytes, threadsOpt === 'auto');
     } catch (e) {
       throw toLlamaError(e);
     }
+  }
+
+  /**
+   * The thread counts the last decode steps used: `generation` for steps of one token, `batch` for larger
+   * ones (prompts, several sessions). With `threads: 'auto'` they move between 1 and {@link threads}.
+   */
+  get threadsInUse(): { generation: number; batch: number } {
+    const info = this.handle(Object.getOwnPropertyDescriptor(LlamaContext.prototype, 'threadsInUse')!.get!).info();
+    return { generation: info.threadsInUse, batch: info.threadsBatchInUse };
   }
 
   /** True once {@link dispose} has been called (or the model was disposed). */

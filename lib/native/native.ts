@@ -107,6 +107,9 @@ export interface NativeContextOptions {
   sequences?: number;
   threads?: number;
   threadsBatch?: number;
+  /** threads: 'auto': each step's count is chosen up to `threads` (native/thread_tuner.h). */
+  adaptiveThreads?: boolean;
+  adaptiveThreadsBatch?: boolean;
   flashAttention?: boolean | 'auto';
   embeddings?: boolean;
   pooling?: 'none' | 'mean' | 'cls' | 'last' | 'rank';
@@ -120,6 +123,9 @@ export interface NativeContextInfo {
   sequences: number;
   threads: number;
   threadsBatch: number;
+  /** The counts the last decode steps used (below `threads` when adapting). */
+  threadsInUse: number;
+  threadsBatchInUse: number;
   /** The KV cache supports moving tokens (context shift). */
   canShift: boolean;
   slidingWindow: boolean;
@@ -299,6 +305,8 @@ export interface NativeAddon {
     onProgress?: (progress: number) => void,
   ): { promise: Promise<NativeModel>; abort(): void };
   systemInfo(): NativeSystemInfo;
+  /** A ThreadTuner driven by made-up costs: the counts it chose, step by step (tests only). */
+  simulateThreadTuner(maxThreads: number, steps: number, cost: (threads: number, step: number) => number): Int32Array;
   backendInfo(): NativeBackendInfo;
   /** Loads the CPU module best for this CPU and the other non-GPU modules in `dir`; returns backend names. */
   initBackends(dir: string): string[];

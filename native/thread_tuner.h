@@ -1,0 +1,48 @@
+// How many CPU threads a context's decode steps use when `threads: 'auto'`: chosen from the step times the
+// engine measures, not fixed. ggml's threads wait for each other at every barrier of a graph, so when the
+// host keeps a core busy (an Electron UI, a web server, a build) a thread that the scheduler puts aside
+// stalls all the others: on 2 cores with one busy, 2 threads generated 20x slower than 1.
+//
+// One tuner per kind of step (one token; a few tokens, as several sessions generating; a prompt chunk),
+// since each has its own best count. The tuner keeps a smoothed cost per step for the count in use and
+// now and then tries a neighbour (one thread fewer or more) for a few steps; it moves when the neighbour is
+// faster by a margin. A neighbour that was slower is tried again after twice as long each time (so a count
+// that is 20x slower costs little), and at once when the current count suddenly slows down (the host got
+// busy). Deterministic given the costs, so that test/threads.test.ts can drive it with made-up ones.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace la {
+
+class ThreadTuner {
+ public:
+  explicit ThreadTuner(int32_t maxThreads);
+
+  // Threads for the next step.
+  int32_t choose();
+  // The cost of the step just run with `threads` (seconds, per token where steps differ in size).
+  void record(int32_t threads, double cost);
+  // The step's shape changed (costs before and after do not compare): start measuring again.
+  void reset();
+
+  int32_t current() const { return cur_; }
+  int32_t maxThreads() const { return max_; }
+
+ private:
+  int32_t max_;
+  int32_t cur_;
+  double ema_ = -1;  // smoothed cost of cur_ (< 0: none yet)
+  int64_t step_ = 0;
+  // A probe in progress: the count tried, the steps left and the costs seen.
+  int32_t probe_ = 0;
+  int32_t probeLeft_ = 0;
+  double probeSum_ = 0;
+  int32_t probeSeen_ = 0;
+  bool probeUp_ = false;            // which neighbour is tried next
+  std::vector<int64_t> gap_;        // steps to wait before trying each count again
+  std::vector<int64_t> notBefore_;  // the step from which each count may be tried
+  int32_t slowSteps_ = 0;           // consecutive steps well above the smoothed cost
+};
+
+}  // namespace la

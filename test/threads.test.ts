@@ -1,0 +1,106 @@
+// threads: 'auto' (the default): each decode step's thread count is chosen from measured step times
+// (native/thread_tuner.cpp). The tuner is driven here with made-up costs, for the situations it is for (an
+// idle machine, a busy host, one that becomes busy and then quiet again, many cores, noise); then a real
+// context shows the option, the counts in use, and that the output does not depend on them.
+import { describe, expect, it } from 'vitest';
+import { getSystemInfo, LlamaError } from 'llama-addon';
+import { native } from '../lib/native/native.js';
+import { tinyContext } from './helpers/tiny-context.js';
+import { prng } from './helpers/prng.js';
+
+type Cost = (threads: number, step: number) => number;
+const simulate = (max: number, steps: number, cost: Cost) => Array.from(native().simulateThreadTuner(max, steps, cost));
+/** The total cost of the counts chosen, against that of the best fixed count over the same steps. */
+function againstBest(max: number, chosen: number[], cost: Cost, from = 0, to = chosen.length): number {
+  let total = 0;
+  for (let i = from; i < to; i++) total += cost(chosen[i], i);
+  let best = Infinity;
+  for (let n = 1; n <= max; n++) {
+    let t = 0;
+    for (let i = from; i < to; i++) t += cost(n, i);
+    best = Math.min(best, t);
+  }
+  return best / total;
+}
+
+describe('the thread tuner', () => {
+  it('on an idle machine keeps every thread', () => {
+    const cost: Cost = (n) => (n === 2 ? 0.9 : 1);
+    const chosen = simulate(2, 4000, cost);
+    expect(chosen.filter((n) => n === 2).length).toBeGreaterThan(0.97 * chosen.length);
+    expect(againstBest(2, chosen, cost)).toBeGreaterThan(0.99);
+  });
+
+  it('with a core kept busy drops the thread that would wait, and tries it again rarely', () => {
+    // 2 cores, one busy: 2 threads are 20x slower than 1 (measured on this machine).
+    const cost: Cost = (n) => (n === 2 ? 20 : 1);
+    const chosen = simulate(2, 20_000, cost);
+    expect(chosen.slice(10).every((n) => n === 1) || chosen.slice(10).filter((n) => n === 2).length < 60).toBe(true);
+    expect(againstBest(2, chosen, cost)).toBeGreaterThan(0.9);
+  });
+
+  it('follows the host: busy, then quiet, then busy again', () => {
+    const busy = (i: number) => (i >= 3000 && i < 9000 ? false : true);
+    const cost: Cost = (n, i) => (busy(i) ? (n === 2 ? 20 : 1) : n === 2 ? 0.9 : 1);
+    const chosen = simulate(2, 12_000, cost);
+    // Each phase, after the tuner has had time to notice (the longest wait between tries is 1024 steps).
+    expect(againstBest(2, chosen, cost, 0, 3000)).toBeGreaterThan(0.9);
+    expect(chosen.slice(3000 + 1100, 9000).filter((n) => n === 2).length).toBeGreaterThan(0.95 * (9000 - 4100));
+    expect(againstBest(2, chosen, cost, 9000, 12_000)).toBeGreaterThan(0.9);
+    // The switch back to a busy host is immediate: within a few steps.
+    expect(chosen.slice(9010, 12_000).filter((n) => n === 2).length).toBeLessThan(30);
+  });
+
+  it('finds the best count among many cores, one thread at a time', () => {
+    // 8 cores, 3 of them busy: 5 is best; more threads wait, fewer do less.
+    const cost: Cost = (n) => (n <= 5 ? 10 / n : 10 / 5 + (n - 5) * 4);
+    const chosen = simulate(8, 3000, cost);
+    expect(chosen.slice(500).filter((n) => n === 5).length).toBeGreaterThan(0.9 * 2500);
+    expect(againstBest(8, chosen, cost)).toBeGreaterThan(0.9);
+  });
+
+  it('is not thrown off by noisy step times', () => {
+    const r = prng(5);
+    const noise = Array.from({ length: 8000 }, () => 0.85 + 0.3 * r());
+    const cost: Cost = (n, i) => (n === 2 ? 20 : 1) * noise[i];
+    const chosen = simulate(2, 8000, cost);
+    expect(againstBest(2, chosen, cost)).toBeGreaterThan(0.9);
+    const idle: Cost = (n, i) => (n === 2 ? 0.8 : 1) * noise[i];
+    expect(againstBest(2, simulate(2, 8000, idle), idle)).toBeGreaterThan(0.9);
+  });
+});
+
+describe("contexts' threads option", () => {
+  const t = tinyContext();
+
+  it("is 'auto' by default, up to the physical cores; a number fixes it", async () => {
+    expect(t.ctx.adaptiveThreads).toBe(true);
+    expect(t.ctx.threads).toBe(getSystemInfo().defaultThreads);
+    using s = t.ctx.createSession();
+    const auto = await s.complete('Once upon a time', { maxTokens: 24, temperature: 0 });
+    const inUse = t.ctx.threadsInUse;
+    expect(inUse.generation).toBeGreaterThanOrEqual(1);
+    expect(inUse.generation).toBeLessThanOrEqual(t.ctx.threads);
+    expect(inUse.batch).toBeGreaterThanOrEqual(1);
+    expect(inUse.batch).toBeLessThanOrEqual(t.ctx.threads);
+    // The output does not depend on the counts.
+    await using fixed = await t.model.createContext({ contextSize: 256, threads: 1 });
+    expect(fixed.adaptiveThreads).toBe(false);
+    expect(fixed.threads).toBe(1);
+    expect(fixed.threadsInUse).toEqual({ generation: 1, batch: 1 });
+    using f = fixed.createSession();
+    expect((await f.complete('Once upon a time', { maxTokens: 24, temperature: 0 })).text).toBe(auto.text);
+  });
+
+  it('refuses other values with ERR_INVALID_ARGUMENT', async () => {
+    for (const threads of ['fast', 0, 1.5, 513, null]) {
+      const e = await t.model.createContext({ contextSize: 256, threads: threads as never }).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(LlamaError);
+      expect((e as LlamaError).code).toBe('ERR_INVALID_ARGUMENT');
+      expect((e as LlamaError).message).toContain('"auto"');
+    }
+    await using mixed = await t.model.createContext({ contextSize: 256, threads: 'auto', threadsBatch: 1 });
+    expect(mixed.adaptiveThreads).toBe(true);
+    expect(mixed.threadsInUse.batch).toBe(1);
+  });
+});
