@@ -151,14 +151,16 @@ std::string convertSchema(const std::string& schema, bool bestEffort) {
 }
 
 // Whether `text` is a complete sentence of the grammar. Each character is accepted in turn; the parse
-// states and the work per character are bounded (kGrammarMaxStacks, kGrammarMaxStepWork; grammar_accept.cpp),
-// so an ambiguous or deepening grammar is an error rather than time exponential or quadratic in the text.
+// states, the work per character and the work in all are bounded (kGrammarMaxStacks, kGrammarMaxStepWork,
+// kGrammarMaxMatchWork; grammar_accept.cpp), so an ambiguous or deepening grammar is an error rather than
+// time exponential or quadratic in the text.
 bool matchGrammar(const llama_vocab* vocab, const std::string& gbnf, const std::string& text) {
   llama_grammar* g = parseGrammar(vocab, gbnf);
   bool complete = false;
   std::string limit;
   size_t i = 0;
   try {
+    GrammarWorkBudget budget(kGrammarMaxMatchWork);
     while (i < text.size()) {
       unsigned char c = (unsigned char)text[i];
       size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;

@@ -18,6 +18,7 @@
 // Jinja limits in template_limits.cpp), so llama.cpp's own calls (llama_grammar_accept_str for matching,
 // llama_grammar_accept_impl for the grammar sampler) reach them. test/hardening-parsers.test.ts checks both.
 #include <cstdint>
+#include <climits>
 #include <cstdlib>
 #ifdef __linux__
 #include <dlfcn.h>
@@ -32,6 +33,9 @@
 #include "llama-grammar.h"
 
 namespace {
+
+// The budget of GrammarWorkBudget on this thread; SIZE_MAX: none.
+thread_local size_t t_budgetLeft = SIZE_MAX;
 
 using Stack = llama_grammar_stack;
 using Stacks = llama_grammar_stacks;
@@ -168,6 +172,13 @@ class Step {
 
  private:
   void charge(size_t elements) {
+    if (t_budgetLeft != SIZE_MAX) {
+      if (t_budgetLeft < elements + 1) {
+        throw la::GrammarStatesError("matching this text needs more than " + std::to_string(la::kGrammarMaxMatchWork) +
+                                     " steps in all (its parse states are deep or many)");
+      }
+      t_budgetLeft -= elements + 1;
+    }
     work_ += elements + 1;
     if (work_ > la::kGrammarMaxStepWork) {
       throw la::GrammarStatesError("the grammar's parse states grew too large to follow: accepting one character "
@@ -254,6 +265,9 @@ F reference(const char* symbol) {
 #endif
 
 }  // namespace
+
+la::GrammarWorkBudget::GrammarWorkBudget(size_t steps) { t_budgetLeft = steps; }
+la::GrammarWorkBudget::~GrammarWorkBudget() { t_budgetLeft = SIZE_MAX; }
 
 #ifdef __linux__
 // One character (a code point) read by every parse state of the grammar.

@@ -16,6 +16,7 @@ constexpr size_t kGrammarMaxChain = 1000;       // rules starting with rules sta
 constexpr double kGrammarMaxPaths = 1e6;        // ways a rule can start (llama.cpp walks each)
 constexpr size_t kGrammarMaxStacks = 8192;      // parse states at once, while generating or matching
 constexpr size_t kGrammarMaxStepWork = 1u << 21;  // stack elements written to accept one character
+constexpr size_t kGrammarMaxMatchWork = 1u << 30;  // ... and to match one text (matchesGrammar)
 
 // The grammar does not parse, or is left-recursive, or has a repetition {m,n} with m > n.
 struct GrammarSyntaxError : std::runtime_error {
@@ -32,6 +33,17 @@ struct GrammarLimitError : std::runtime_error {
 // time quadratic or worse, in the length of the text (native/grammar_accept.cpp).
 struct GrammarStatesError : std::runtime_error {
   using std::runtime_error::runtime_error;
+};
+
+// While one lives, the grammar work of this thread (stack elements written, grammar_accept.cpp) counts against
+// `steps` in all; past it a GrammarStatesError. matchesGrammar holds one: each character's work is bounded,
+// but a text of a million characters with parse states a thousand deep would still take many minutes.
+class GrammarWorkBudget {
+ public:
+  explicit GrammarWorkBudget(size_t steps);
+  ~GrammarWorkBudget();
+  GrammarWorkBudget(const GrammarWorkBudget&) = delete;
+  GrammarWorkBudget& operator=(const GrammarWorkBudget&) = delete;
 };
 
 // Throws GrammarSyntaxError or GrammarLimitError; returns when llama.cpp can take the grammar safely.

@@ -76,13 +76,18 @@ describe.runIf(process.platform === 'linux')('grammars read text as llama.cpp do
     }, 60_000);
   }
 
-  it('the step limit names itself, and deep but unambiguous nesting is not refused', async () => {
+  it('the step limits name themselves, and deep but unambiguous nesting is not refused up to them', async () => {
     const e: unknown = await ctx.model.matchesGrammar('a'.repeat(3000), deepening[0][0]).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(LlamaError);
     expect((e as LlamaError).message).toContain(String(limits.grammarStepWork));
     // 5,000 nested levels: one parse state of 5,000 elements, each character a few thousand steps.
     expect(await ctx.model.matchesGrammar('a'.repeat(5000) + 'b'.repeat(5000), 'root ::= "a" root "b" | ""')).toBe(true);
     expect(await ctx.model.matchesGrammar('a'.repeat(5000) + 'b'.repeat(4999), 'root ::= "a" root "b" | ""')).toBe(false);
+    // 60,000 deep: every character copies a parse state that deep, minutes in all; refused past the budget.
+    const deep: unknown = await ctx.model.matchesGrammar('a'.repeat(60_000) + 'b'.repeat(60_000), 'root ::= "a" root "b" | ""').catch((x: unknown) => x);
+    expect(deep).toBeInstanceOf(LlamaError);
+    expect((deep as LlamaError).code).toBe('ERR_LIMIT_EXCEEDED');
+    expect((deep as LlamaError).message).toContain(String(limits.grammarMatchWork));
   }, 60_000);
 
   it('a generation under a deepening grammar ends with a result or ERR_LIMIT_EXCEEDED, and the context goes on', async () => {

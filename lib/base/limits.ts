@@ -36,6 +36,8 @@ export const limits = Object.freeze({
    * make each character slower than the last.
    */
   grammarStepWork: 2 ** 21,
+  /** The same steps in all for one `matchesGrammar` call: a text nested 60,000 deep took minutes. */
+  grammarMatchWork: 2 ** 30,
   /** A JSON schema's text, bytes: 1 MiB. */
   schemaBytes: 2 ** 20,
   /** Objects and arrays nested in a JSON schema. */
