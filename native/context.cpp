@@ -108,6 +108,8 @@ class CreateWorker : public PoolWorker {
     }
   }
 
+  void OnAbandon() override { engine_.reset(); }
+
   void OnOK() override {
     Napi::Env env = Env();
     engine_->start();

@@ -54,6 +54,8 @@ class LoadLoraWorker : public PoolWorker {
   void OnError(const Napi::Error& e) override {
     deferred_.Reject(makeError(Env(), "ERR_INVALID_ADAPTER", e.Message()).Value());
   }
+  // The adapter belongs to the model, which frees it (llama.cpp frees a model's adapters with it).
+  void OnAbandon() override { model_.reset(); }
 
  private:
   Napi::Promise::Deferred deferred_;

@@ -172,6 +172,7 @@ class LoadWorker : public PoolProgressWorker<float> {
   }
 
   void OnOK() override { deferred_.Resolve(Model::NewInstance(Env(), std::move(handle_))); }
+  void OnAbandon() override { handle_.reset(); }
 
   void OnError(const Napi::Error& e) override {
     deferred_.Reject(makeError(Env(), code_, e.Message()).Value());

@@ -36,6 +36,9 @@ class PoolWorker {
   // On the JS thread, after Execute.
   virtual void OnOK() {}
   virtual void OnError(const Napi::Error&) {}
+  // On the pool thread, when the JS environment went away before the result could be delivered (a worker
+  // thread terminated mid-load): free what the work made (a model, a context), since nothing will.
+  virtual void OnAbandon() {}
 
   // From Execute: the work failed with `message` (OnError is called instead of OnOK).
   void SetError(const std::string& message) { error_ = message.empty() ? std::string("failed") : message; }
@@ -73,9 +76,15 @@ class PoolWorker {
       if (env != nullptr) w->settle(env);
       delete w;
     });
-    // When the environment is going away nothing is left to settle; the worker is leaked rather than
-    // deleted here, since its references may only be released on the JS thread.
-    (void)st;
+    // When the environment is going away nothing is left to settle: what the work made is freed here, and
+    // the worker itself is leaked rather than deleted, since its JS references may only be released on the
+    // JS thread.
+    if (st != napi_ok) {
+      try {
+        OnAbandon();
+      } catch (...) {
+      }
+    }
     tsfn.Release();
   }
 
