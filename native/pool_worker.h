@@ -7,12 +7,14 @@
 #pragma once
 #include <napi.h>
 
+#include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "env_gate.h"
 #include "work_pool.h"
 
 namespace la {
@@ -20,8 +22,10 @@ namespace la {
 class PoolWorker {
  public:
   PoolWorker(Napi::Env env, const char* name)
-      : env_(env), tsfn_(Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), name, 0, 1)) {}
-  virtual ~PoolWorker() = default;
+      : env_(env),
+        tsfn_(Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), name, 0, 1)),
+        gate_(std::make_shared<EnvGate>(env)) {}  // after tsfn_: its cleanup hook runs first (env_gate.h)
+  virtual ~PoolWorker() { gate_->unhook(); }
   PoolWorker(const PoolWorker&) = delete;
   PoolWorker& operator=(const PoolWorker&) = delete;
 
@@ -48,14 +52,17 @@ class PoolWorker {
   template <typename Fn>
   void post(Fn&& fn) {
     auto* job = new Fn(std::forward<Fn>(fn));
-    napi_status st = tsfn_.NonBlockingCall(job, [](Napi::Env env, Napi::Function, Fn* f) {
-      if (env != nullptr) {
-        try {
-          (*f)(env);
-        } catch (...) {  // nothing may escape a callback from another thread
+    napi_status st = napi_closing;
+    gate_->pass([&] {
+      st = tsfn_.NonBlockingCall(job, [](Napi::Env env, Napi::Function, Fn* f) {
+        if (env != nullptr) {
+          try {
+            (*f)(env);
+          } catch (...) {  // nothing may escape a callback from another thread
+          }
         }
-      }
-      delete f;
+        delete f;
+      });
     });
     if (st != napi_ok) delete job;
   }
@@ -72,20 +79,25 @@ class PoolWorker {
       SetError("Unknown error");
     }
     Napi::ThreadSafeFunction tsfn = tsfn_;
-    napi_status st = tsfn.BlockingCall(this, [](Napi::Env env, Napi::Function, PoolWorker* w) {
-      if (env != nullptr) w->settle(env);
-      delete w;
+    std::shared_ptr<EnvGate> gate = gate_;  // the callback may delete this worker before pass() returns
+    napi_status st = napi_closing;
+    // Through the gate: once the environment is going away the thread-safe function may already be freed.
+    bool passed = gate->pass([&] {
+      st = tsfn.BlockingCall(this, [](Napi::Env env, Napi::Function, PoolWorker* w) {
+        if (env != nullptr) w->settle(env);
+        delete w;
+      });
+      tsfn.Release();
     });
     // When the environment is going away nothing is left to settle: what the work made is freed here, and
     // the worker itself is leaked rather than deleted, since its JS references may only be released on the
-    // JS thread.
-    if (st != napi_ok) {
+    // JS thread. (A call the closing function refused: it holds nothing of ours.)
+    if (!passed || st != napi_ok) {
       try {
         OnAbandon();
       } catch (...) {
       }
     }
-    tsfn.Release();
   }
 
   void settle(Napi::Env env) {
@@ -113,6 +125,7 @@ class PoolWorker {
 
   napi_env env_;
   Napi::ThreadSafeFunction tsfn_;
+  std::shared_ptr<EnvGate> gate_;  // shared: the work thread holds it past the worker's deletion
   std::string error_;
 };
 

@@ -8,11 +8,13 @@
 
 #include <exception>
 #include <functional>
+#include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
 #include <utility>
 
+#include "env_gate.h"
 #include "errors.h"
 #include "work_pool.h"
 
@@ -82,8 +84,10 @@ class PromiseWorker {
   PromiseWorker(Napi::Env env, const char* name, Work work, ToJs toJs)
       : deferred_(Napi::Promise::Deferred::New(env)),
         tsfn_(Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}), name, 0, 1)),
+        gate_(std::make_shared<EnvGate>(env)),  // after tsfn_: its cleanup hook runs first (env_gate.h)
         work_(std::move(work)),
         toJs_(std::move(toJs)) {}
+  ~PromiseWorker() { gate_->unhook(); }
 
   // On a pool thread.
   void run() {
@@ -100,17 +104,22 @@ class PromiseWorker {
     }
     work_ = nullptr;  // frees the copied inputs now
     Napi::ThreadSafeFunction tsfn = tsfn_;
-    napi_status st = tsfn.BlockingCall(this, [](Napi::Env env, Napi::Function, PromiseWorker* w) {
-      if (env != nullptr) {
-        try {
-          w->settle(env);
-        } catch (...) {  // nothing may escape a callback from another thread
+    std::shared_ptr<EnvGate> gate = gate_;  // the callback may delete this worker before pass() returns
+    // Through the gate: once the environment is going away, the thread-safe function may already be freed,
+    // and nothing is left to settle; the worker is then leaked (its JS references belong to the JS thread).
+    gate->pass([&] {
+      napi_status st = tsfn.BlockingCall(this, [](Napi::Env env, Napi::Function, PromiseWorker* w) {
+        if (env != nullptr) {
+          try {
+            w->settle(env);
+          } catch (...) {  // nothing may escape a callback from another thread
+          }
         }
-      }
-      delete w;
+        delete w;
+      });
+      tsfn.Release();
+      (void)st;  // not napi_ok: the function is closing and calls the callback for what it holds, or drops it
     });
-    if (st != napi_ok) delete this;  // the environment is going away: nothing is left to settle
-    tsfn.Release();
   }
 
   // On the JS thread.
@@ -139,6 +148,7 @@ class PromiseWorker {
 
   Napi::Promise::Deferred deferred_;
   Napi::ThreadSafeFunction tsfn_;
+  std::shared_ptr<EnvGate> gate_;  // shared: the work thread holds it past the worker's deletion
   Work work_;
   ToJs toJs_;
   T result_{};

@@ -1,11 +1,14 @@
 // Worker threads: each loads its own model; the addon runs in several threads at once, and a thread that is
 // terminated in the middle of a generation takes nothing else down.
+import { spawnSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { loadModel } from 'llama-addon';
-import { describeShared, repoRoot, shared } from './helpers/models.js';
+import { writeSyntheticLlama } from '../lib/gguf/index.js';
+import { describeShared, fixtures, repoRoot, shared, vocab } from './helpers/models.js';
 
 // Worker threads do not inherit the test runner's TypeScript loader: register tsx in the thread first.
 const bootstrap = "import('tsx/esm/api').then((api) => { api.register(); return import(require('node:worker_threads').workerData.file); })";
@@ -61,4 +64,25 @@ describeShared('worker threads', () => {
     expect(text.length).toBeGreaterThan(10);
     expect(await exited).toBe(0);
   });
+});
+
+// Work off the JS thread settles through thread-safe functions, which Node frees when a thread ends; a work
+// thread that called one afterwards ended the whole process with SIGABRT (native/env_gate.h).
+describeShared('worker threads terminated during native work', () => {
+  it('a load, a context, a quantize or a grammar match in flight when its thread ends takes nothing down', async () => {
+    const model = join(fixtures, 'terminate-f32.gguf');
+    await writeSyntheticLlama(model, { vocabFrom: vocab('llama-spm'), embeddingLength: 512, layers: 4, heads: 8, headsKv: 4, feedForwardLength: 2048, type: 'f32', seed: 1 });
+    const out = join(fixtures, 'terminate-q8.gguf');
+    const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', 'terminate-work-child.ts'), model, shared('stories260k.gguf'), out], {
+      cwd: repoRoot,
+      encoding: 'utf8',
+      timeout: 240_000,
+    });
+    rmSync(out, { force: true });
+    rmSync(`${out}.partial`, { force: true });
+    expect(r.signal, r.stderr.slice(-2000)).toBeNull();
+    expect(r.status, r.stderr.slice(-2000)).toBe(0);
+    expect(r.stdout).toContain('terminated during match (after 150 ms)');
+    expect(r.stdout).toContain('main still works');
+  }, 300_000);
 });
