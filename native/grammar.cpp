@@ -165,7 +165,11 @@ bool matchGrammar(const llama_vocab* vocab, const std::string& gbnf, const std::
       unsigned char c = (unsigned char)text[i];
       size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
       len = std::min(len, text.size() - i);
-      llama_grammar_accept_str(*g, text.substr(i, len));
+      if (c == 0) {
+        llama_grammar_accept(g, 0);  // llama.cpp's UTF-8 decoding stops at a NUL: it skipped the character
+      } else {
+        llama_grammar_accept_str(*g, text.substr(i, len));
+      }
       i += len;
       if (g->stacks.size() > kGrammarMaxStacks) {
         limit = "The grammar is too ambiguous to match this text: more than " + std::to_string(kGrammarMaxStacks) +

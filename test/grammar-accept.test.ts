@@ -90,6 +90,13 @@ describe.runIf(process.platform === 'linux')('grammars read text as llama.cpp do
     expect((deep as LlamaError).message).toContain(String(limits.grammarMatchWork));
   }, 60_000);
 
+  it('a NUL character in the text is matched like any other, not skipped', async () => {
+    expect(await ctx.model.matchesGrammar('a\0b', 'root ::= "ab"')).toBe(false);
+    expect(await ctx.model.matchesGrammar('a\0b', 'root ::= "a" [\\x00] "b"')).toBe(true);
+    expect(await ctx.model.matchesGrammar('\0', 'root ::= [\\x00]')).toBe(true);
+    expect(await ctx.model.matchesGrammar('\0', 'root ::= [^a]')).toBe(true);
+  });
+
   it('a generation under a deepening grammar ends with a result or ERR_LIMIT_EXCEEDED, and the context goes on', async () => {
     using s = ctx.ctx.createSession();
     const out = await s
