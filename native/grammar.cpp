@@ -160,7 +160,7 @@ bool matchGrammar(const llama_vocab* vocab, const std::string& gbnf, const std::
   std::string limit;
   size_t i = 0;
   try {
-    GrammarWorkBudget budget(kGrammarMaxMatchWork);
+    GrammarWorkBudget budget(kGrammarMaxMatchWork, "matching this text");
     while (i < text.size()) {
       unsigned char c = (unsigned char)text[i];
       size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;

@@ -17,6 +17,8 @@
 // The addon's definitions come first in the lookup scope of the libraries it loads (on Linux, as for the
 // Jinja limits in template_limits.cpp), so llama.cpp's own calls (llama_grammar_accept_str for matching,
 // llama_grammar_accept_impl for the grammar sampler) reach them. test/hardening-parsers.test.ts checks both.
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <climits>
 #include <cstdlib>
@@ -31,11 +33,23 @@
 
 #include "grammar_check.h"
 #include "llama-grammar.h"
+#include "llama-vocab.h"
 
 namespace {
 
 // The budget of GrammarWorkBudget on this thread; SIZE_MAX: none.
 thread_local size_t t_budgetLeft = SIZE_MAX;
+thread_local size_t t_budgetSteps = 0;
+thread_local const char* t_budgetWhat = "";
+
+void chargeBudget(size_t steps) {
+  if (t_budgetLeft == SIZE_MAX) return;
+  if (t_budgetLeft < steps) {
+    throw la::GrammarStatesError(std::string(t_budgetWhat) + " needs more than " + std::to_string(t_budgetSteps) +
+                                 " steps in all (the grammar's parse states are deep or many)");
+  }
+  t_budgetLeft -= steps;
+}
 
 using Stack = llama_grammar_stack;
 using Stacks = llama_grammar_stacks;
@@ -172,13 +186,7 @@ class Step {
 
  private:
   void charge(size_t elements) {
-    if (t_budgetLeft != SIZE_MAX) {
-      if (t_budgetLeft < elements + 1) {
-        throw la::GrammarStatesError("matching this text needs more than " + std::to_string(la::kGrammarMaxMatchWork) +
-                                     " steps in all (its parse states are deep or many)");
-      }
-      t_budgetLeft -= elements + 1;
-    }
+    chargeBudget(elements + 1);
     work_ += elements + 1;
     if (work_ > la::kGrammarMaxStepWork) {
       throw la::GrammarStatesError("the grammar's parse states grew too large to follow: accepting one character "
@@ -194,6 +202,117 @@ class Step {
   StackSet seenSet_;
   size_t work_ = 0;
 };
+
+// Whether some completion of a character split across tokens (`partial`) could be in the range at `pos`:
+// llama.cpp's llama_grammar_match_partial_char.
+bool matchPartialChar(const llama_grammar_element* pos, llama_partial_utf8 partial) {
+  bool positive = pos->type == LLAMA_GRETYPE_CHAR || pos->type == LLAMA_GRETYPE_CHAR_ANY;
+  if (!positive && pos->type != LLAMA_GRETYPE_CHAR_NOT) throw std::runtime_error("grammar stack is not at a character");
+  uint32_t value = partial.value;
+  int remain = partial.n_remain;
+  if (remain < 0 || (remain == 1 && value < 2)) return false;
+  uint32_t low = value << (remain * 6);
+  uint32_t high = low | ((1u << (remain * 6)) - 1);
+  if (low == 0) {
+    if (remain == 2) low = 1u << 11;
+    else if (remain == 3) low = 1u << 16;
+  }
+  do {
+    if (pos[1].type == LLAMA_GRETYPE_CHAR_RNG_UPPER) {
+      if (pos->value <= high && low <= pos[1].value) return positive;
+      pos += 2;
+    } else if (pos->type == LLAMA_GRETYPE_CHAR_ANY) {
+      return true;
+    } else {
+      if (low <= pos->value && pos->value <= high) return positive;
+      pos += 1;
+    }
+  } while (pos->type == LLAMA_GRETYPE_CHAR_ALT);
+  return !positive;
+}
+
+// A candidate token while the sampler filters: its code points from `at` on (0-terminated).
+struct Candidate {
+  size_t index;
+  const uint32_t* at;
+  llama_partial_utf8 partial;
+  llama_token id;
+};
+
+// Marks in `ok` the candidates that some stack of `stacks` accepts: llama.cpp's
+// llama_grammar_reject_candidates, computed on sets of stacks. llama.cpp followed each stack into the rest of
+// each candidate's text separately, and the stacks each one led to separately again, so the work multiplied
+// by the number of stacks at every character (400 alternatives of "a": 96 s for one token). Here candidates
+// are grouped by which stacks read their next code point; each group goes on with the union of those stacks'
+// successors, each stack once (Step), which does not depend on the code point read. All candidates have
+// read the same number of code points.
+void acceptCandidates(const llama_grammar_rules& rules, const Stacks& stacks, std::vector<Candidate>& cands,
+                      std::vector<char>& ok) {
+  if (stacks.empty() || cands.empty()) return;
+  // The stacks at a character range, which candidates' code points are read by.
+  std::vector<const Stack*> chars;
+  for (const Stack& s : stacks) {
+    if (!s.empty() && s.back()->type != LLAMA_GRETYPE_TOKEN && s.back()->type != LLAMA_GRETYPE_TOKEN_NOT) chars.push_back(&s);
+  }
+  chargeBudget(cands.size() * (stacks.size() + 1) / 8);
+  // Groups of reading candidates by the set of stacks that read their next code point (a bit string).
+  std::vector<std::pair<std::string, std::vector<Candidate>>> groups;
+  std::string sig(chars.size(), '\0');
+  for (const Candidate& c : cands) {
+    if (*c.at == 0) {
+      // The token's text ends here: fine unless it ends inside a character no stack can complete.
+      bool accepted = c.partial.n_remain == 0;
+      for (size_t i = 0; !accepted && i < chars.size(); i++) accepted = matchPartialChar(chars[i]->back(), c.partial);
+      if (accepted) ok[c.index] = 1;
+      continue;
+    }
+    // A stack waiting for a token id takes the whole token by its id.
+    bool accepted = false;
+    for (size_t i = 0; !accepted && i < stacks.size(); i++) accepted = !stacks[i].empty() && matchToken(stacks[i].back(), c.id);
+    if (accepted) {
+      ok[c.index] = 1;
+      continue;
+    }
+    bool any = false;
+    for (size_t i = 0; i < chars.size(); i++) {
+      bool m = matchChar(chars[i]->back(), *c.at).first;
+      sig[i] = m ? '\1' : '\0';
+      any = any || m;
+    }
+    if (!any) continue;
+    auto g = std::find_if(groups.begin(), groups.end(), [&](const auto& x) { return x.first == sig; });
+    if (g == groups.end()) {
+      groups.emplace_back(sig, std::vector<Candidate>());
+      g = groups.end() - 1;
+    }
+    g->second.push_back(Candidate{c.index, c.at + 1, c.partial, c.id});
+  }
+  if (groups.empty()) return;
+  // Each stack's successors once, for the groups that need them.
+  std::vector<Stacks> after(chars.size());
+  std::vector<char> made(chars.size(), 0);
+  for (auto& [signature, group] : groups) {
+    Stacks next;
+    {
+      Step step(rules, next);
+      for (size_t i = 0; i < chars.size(); i++) {
+        if (!signature[i]) continue;
+        if (!made[i]) {
+          Step own(rules, after[i]);
+          const Stack& s = *chars[i];
+          // The character read does not matter here: the element after the range is the same for all.
+          auto end = matchChar(s.back(), 0).second;
+          Stack rest(s.begin(), s.end() - 1);
+          if (!endOfSequence(end)) rest.push_back(end);
+          own.advance(std::move(rest));
+          made[i] = 1;
+        }
+        for (const Stack& t : after[i]) step.add(t);
+      }
+    }
+    acceptCandidates(rules, next, group, ok);
+  }
+}
 
 void checkCount(const Stacks& stacks) {
   if (stacks.size() > la::kGrammarMaxStacks) {
@@ -266,7 +385,11 @@ F reference(const char* symbol) {
 
 }  // namespace
 
-la::GrammarWorkBudget::GrammarWorkBudget(size_t steps) { t_budgetLeft = steps; }
+la::GrammarWorkBudget::GrammarWorkBudget(size_t steps, const char* what) {
+  t_budgetLeft = steps;
+  t_budgetSteps = steps;
+  t_budgetWhat = what;
+}
 la::GrammarWorkBudget::~GrammarWorkBudget() { t_budgetLeft = SIZE_MAX; }
 
 #ifdef __linux__
@@ -341,6 +464,46 @@ __attribute__((visibility("default"))) void llama_grammar_accept_token(struct ll
   if (grammar.stacks.empty()) {
     throw std::runtime_error("Unexpected empty grammar stack after accepting piece: " + piece + " (" +
                              std::to_string(token) + ")");
+  }
+}
+// The grammar sampler's filter: every candidate token whose text no parse state can read is set to -inf
+// (llama.cpp's llama_grammar_apply_impl, with acceptCandidates above). Its work for one token is bounded by
+// kGrammarMaxApplyWork stack elements; past that, a GrammarStatesError ends the generation with
+// ERR_LIMIT_EXCEEDED instead of holding the context's engine thread for minutes.
+__attribute__((visibility("default"))) void llama_grammar_apply_impl(const struct llama_grammar& grammar, llama_token_data_array* cur_p) {
+  if (useReference()) {
+    using Apply = void (*)(const llama_grammar&, llama_token_data_array*);
+    return reference<Apply>("_Z24llama_grammar_apply_implRK13llama_grammarP22llama_token_data_array")(grammar, cur_p);
+  }
+  if (grammar.vocab == nullptr) throw std::runtime_error("the grammar has no vocabulary");
+  if (grammar.awaiting_trigger) return;
+  bool allowEog = false;
+  for (const Stack& s : grammar.stacks) allowEog = allowEog || s.empty();
+  std::vector<std::vector<uint32_t>> decoded;
+  decoded.reserve(cur_p->size);
+  std::vector<Candidate> cands;
+  cands.reserve(cur_p->size);
+  for (size_t i = 0; i < cur_p->size; i++) {
+    llama_token id = cur_p->data[i].id;
+    const std::string& piece = grammar.vocab->token_to_piece(id);
+    if (grammar.vocab->is_eog(id)) {
+      if (!allowEog) cur_p->data[i].logit = -INFINITY;
+    } else if (piece.empty() || piece[0] == 0) {
+      cur_p->data[i].logit = -INFINITY;
+    } else {
+      auto d = decodeUtf8(piece, grammar.partial_utf8);
+      decoded.push_back(std::move(d.first));
+      cands.push_back(Candidate{i, nullptr, d.second, id});
+    }
+  }
+  for (size_t k = 0; k < cands.size(); k++) cands[k].at = decoded[k].data();
+  std::vector<char> ok(cur_p->size, 0);
+  {
+    la::GrammarWorkBudget budget(la::kGrammarMaxApplyWork, "choosing the next token under the grammar");
+    acceptCandidates(grammar.rules, grammar.stacks, cands, ok);
+  }
+  for (const Candidate& c : cands) {
+    if (!ok[c.index]) cur_p->data[c.index].logit = -INFINITY;
   }
 }
 #endif

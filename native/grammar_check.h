@@ -17,6 +17,7 @@ constexpr double kGrammarMaxPaths = 1e6;        // ways a rule can start (llama.
 constexpr size_t kGrammarMaxStacks = 8192;      // parse states at once, while generating or matching
 constexpr size_t kGrammarMaxStepWork = 1u << 21;  // stack elements written to accept one character
 constexpr size_t kGrammarMaxMatchWork = 1u << 30;  // ... and to match one text (matchesGrammar)
+constexpr size_t kGrammarMaxApplyWork = 1u << 25;  // ... and to filter the candidates of one sampled token
 
 // The grammar does not parse, or is left-recursive, or has a repetition {m,n} with m > n.
 struct GrammarSyntaxError : std::runtime_error {
@@ -36,11 +37,13 @@ struct GrammarStatesError : std::runtime_error {
 };
 
 // While one lives, the grammar work of this thread (stack elements written, grammar_accept.cpp) counts against
-// `steps` in all; past it a GrammarStatesError. matchesGrammar holds one: each character's work is bounded,
-// but a text of a million characters with parse states a thousand deep would still take many minutes.
+// `steps` in all; past it a GrammarStatesError. matchesGrammar holds one (each character's work is bounded,
+// but a text of a million characters with parse states a thousand deep would still take many minutes), and
+// so does the sampler's filter for each token.
 class GrammarWorkBudget {
  public:
-  explicit GrammarWorkBudget(size_t steps);
+  // `what`: the work, for the error's message ("matching this text").
+  GrammarWorkBudget(size_t steps, const char* what);
   ~GrammarWorkBudget();
   GrammarWorkBudget(const GrammarWorkBudget&) = delete;
   GrammarWorkBudget& operator=(const GrammarWorkBudget&) = delete;

@@ -90,6 +90,25 @@ describe.runIf(process.platform === 'linux')('grammars read text as llama.cpp do
     expect((deep as LlamaError).message).toContain(String(limits.grammarMatchWork));
   }, 60_000);
 
+  // The sampler's filter (llama_grammar_apply_impl, redefined there too): llama.cpp followed every parse
+  // state separately into every candidate's text, so 400 alternatives of "a" took 96 s for one token, and
+  // a deepening grammar took seconds more for each token than the last (found by a hostile review).
+  const sampled: [string, string][] = [
+    ['400 identical alternatives', `root ::= x*\nx ::= ${Array(400).fill('"a"').join(' | ')}`],
+    ['a deepening grammar', 'root ::= x+ "!"\nx ::= [a-z] x? "b"?'],
+    ['nested repetitions', 'root ::= (("a" | "ab")* ("b" | "ba")*)*'],
+  ];
+  for (const [what, g] of sampled) {
+    it(`generation under ${what} takes bounded time per token: a result or ERR_LIMIT_EXCEEDED`, async () => {
+      using s = ctx.ctx.createSession();
+      const out = await s
+        .complete('x', { grammar: g, maxTokens: 60, temperature: 1.5, topK: 0, topP: 1, minP: 0, seed: 1 })
+        .then((v) => ({ v }), (e: unknown) => ({ e }));
+      if ('e' in out) expect((out.e as LlamaError).code, (out.e as Error).message).toBe('ERR_LIMIT_EXCEEDED');
+      else if (out.v.stopReason === 'eog') expect(await ctx.model.matchesGrammar(out.v.text, g)).toBe(true);
+    }, 120_000);
+  }
+
   it('a NUL character in the text is matched like any other, not skipped', async () => {
     expect(await ctx.model.matchesGrammar('a\0b', 'root ::= "ab"')).toBe(false);
     expect(await ctx.model.matchesGrammar('a\0b', 'root ::= "a" [\\x00] "b"')).toBe(true);

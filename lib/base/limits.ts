@@ -38,6 +38,8 @@ export const limits = Object.freeze({
   grammarStepWork: 2 ** 21,
   /** The same steps in all for one `matchesGrammar` call: a text nested 60,000 deep took minutes. */
   grammarMatchWork: 2 ** 30,
+  /** The same steps for choosing one token under a grammar (the sampler's filter of every candidate token). */
+  grammarSampleWork: 2 ** 25,
   /** A JSON schema's text, bytes: 1 MiB. */
   schemaBytes: 2 ** 20,
   /** Objects and arrays nested in a JSON schema. */
