@@ -51,7 +51,11 @@ void ThreadTuner::record(int32_t threads, double cost) {
   if (probeLeft_ > 0 && threads == probe_) {
     probeLeft_--;
     bool first = probeLeft_ == kProbeSteps - 1;
-    if (first && cost > ema_ * kClearlyWorse) probeLeft_ = 0;  // no need to look further
+    if (first && cost > ema_ * kClearlyWorse) {
+      probeLeft_ = 0;  // no need to look further
+      probeSum_ = cost;
+      probeSeen_ = 1;
+    }
     if (!first) {
       probeSum_ += cost;
       probeSeen_++;
@@ -68,7 +72,11 @@ void ThreadTuner::record(int32_t threads, double cost) {
       notBefore_[was] = step_ + kFirstGap;
       gap_[p] = kFirstGap;
     } else {
-      gap_[p] = std::min(gap_[p] * 2, kMaxGap);
+      // Slower: wait longer before the next try, the more so the slower it was (a try of a count 5x slower
+      // costs 5 steps' time, so it is tried about 5x less often).
+      double ratio = ema_ > 0 ? mean / ema_ : 2.0;
+      double grown = (double)gap_[p] * std::max(2.0, std::min(ratio, 16.0));
+      gap_[p] = std::min<int64_t>((int64_t)grown, kMaxGap);
       notBefore_[p] = step_ + gap_[p];
     }
     return;
