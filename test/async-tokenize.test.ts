@@ -154,6 +154,46 @@ describe('chats rendered off the JS thread', () => {
     expect(longest, `the event loop was held ${longest.toFixed(0)} ms; one render takes ${syncMs.toFixed(0)} ms`).toBeLessThan(syncMs / 2);
   }, 120_000);
 
+  it('an abort or a disposal while a render is pending ends the reply at once, not when the render ends', async () => {
+    // Slow on every render (about a second here), within the limits.
+    const slowAlways = '{% for i in range(70) %}{% for j in range(70) %}{% endfor %}{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}';
+    let t = performance.now();
+    model.applyChatTemplate([{ role: 'user', content: 'Hi' }], { template: slowAlways });
+    const syncMs = performance.now() - t;
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 1 });
+    using chat = ctx.createChat({ template: slowAlways });
+    const gen = chat.send('Hi', { maxTokens: 2 });
+    await new Promise((r) => setTimeout(r, 20));
+    t = performance.now();
+    gen.abort();
+    const r = await gen.result;
+    const abortMs = performance.now() - t;
+    expect(r.stopReason).toBe('abort');
+    expect(abortMs, `the abort took ${abortMs.toFixed(0)} ms; a render takes ${syncMs.toFixed(0)} ms`).toBeLessThan(syncMs / 2);
+    expect(chat.messages).toEqual([]);
+    expect(chat.session.busy).toBe(false);
+    // Disposing the chat does the same.
+    const again = chat.send('Hi', { maxTokens: 2 });
+    await new Promise((r) => setTimeout(r, 20));
+    t = performance.now();
+    chat.dispose();
+    expect((await again.result).stopReason).toBe('abort');
+    expect(performance.now() - t).toBeLessThan(syncMs / 2);
+  }, 120_000);
+
+  it("loadModel's signal also covers the check of the model's own template", async () => {
+    const slowProbe = '{% for i in range(110) %}{% for j in range(110) %}{% endfor %}{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}';
+    const path = join(fixtures, 'slow-probe.gguf');
+    await writeSyntheticLlama(path, {
+      vocabFrom: vocab('phi-3'), embeddingLength: 32, layers: 1, heads: 2, headsKv: 1, feedForwardLength: 64, type: 'f16', seed: 3,
+      metadata: [{ key: 'tokenizer.chat_template', type: GgufType.STRING, value: slowProbe }],
+    });
+    const ac = new AbortController();
+    const loading = loadModel(path, { signal: ac.signal });
+    setTimeout(() => ac.abort(), 50);
+    await rejectsWith(loading, 'ERR_ABORTED');
+  }, 120_000);
+
   // A call that start() refuses (busy, a bad option) must leave no render running behind it: its failure
   // would be an unhandled rejection, which ends a Node.js process (it ended the server).
   it('a long send refused at the call leaves nothing behind: no unhandled rejection, the chat unchanged', async () => {

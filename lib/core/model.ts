@@ -506,6 +506,11 @@ export async function loadModel(path: string, options?: LoadModelOptions): Promi
     const mapped = (useMmap ?? true) && !vocabOnly ? identity : null;
     const model = new LlamaModel(nativeModel, path, metadata, fingerprint, canRank, placement, mapped);
     await model.prepareOwnTemplate();
+    if (signal?.aborted) {
+      // Aborted while the template was checked (it may render for up to its limit): the load is undone.
+      await model.dispose();
+      throw fail('ERR_ABORTED', 'Model load was aborted');
+    }
     return model;
   } catch (e) {
     throw toLlamaError(e);

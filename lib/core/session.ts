@@ -443,12 +443,30 @@ export class LlamaSession {
       void start();
       return;
     }
+    // An abort (or a disposal) while the prompt is prepared ends the generation at once: the preparation
+    // (a chat template may render for up to its 2 s limit) goes on behind it, and its outcome is ignored.
+    let settled = false;
+    const signal = deferred.controller.signal;
+    const onAbort = () => {
+      if (settled) return;
+      settled = true;
+      if (this.#running === gen) this.#running = null;
+      this.#context.residency.kick();
+      deferred.end(notStarted('abort'));
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
     before.then(
       () => {
+        if (settled) return;
+        settled = true;
+        signal.removeEventListener('abort', onAbort);
         if (deferred.aborted || this.disposed) deferred.end(notStarted('abort'));
         else void start();
       },
       (e: unknown) => {
+        if (settled) return;
+        settled = true;
+        signal.removeEventListener('abort', onAbort);
         // Disposal (of the session, its context or model) while the prompt was prepared ends the
         // generation as aborted, as it does a running one.
         if (deferred.aborted || this.disposed || (e as { code?: unknown })?.code === 'ERR_DISPOSED') {
