@@ -58,7 +58,8 @@ export interface ContextOptions {
    * a fixed count can run many times slower than fewer threads (on 2 cores with one busy, 2 threads ran 20x
    * slower than 1); `'auto'` drops threads while that lasts and tries more again when the host is quiet.
    * Steps of one token, of a few tokens (several sessions) and of prompt chunks adapt separately.
-   * A number fixes the count, as in llama.cpp.
+   * A number fixes the count, as in llama.cpp, and is needed for bit-for-bit reproducible output: with flash
+   * attention over 512 or more cached tokens, llama.cpp's CPU kernels sum in an order that depends on the count.
    */
   threads?: number | 'auto';
   /** CPU threads for prompt processing and steps of several tokens: a count or `'auto'` (default: `threads`). */
