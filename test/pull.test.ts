@@ -68,12 +68,23 @@ describeShared('pulling models (local HTTP server)', () => {
     const ref = 'hf:owner/other/stories260k.gguf';
     cutAfter = 300_000;
     ranges.length = 0;
-    await expect(pullModel(ref, { cacheDir })).rejects.toMatchObject({ code: 'ERR_IO' });
+    let e: unknown;
+    try {
+      e = await pullModel(ref, { cacheDir }).catch((x: unknown) => x);
+    } finally {
+      cutAfter = 0;
+    }
+    expect(e).toMatchObject({ code: 'ERR_IO' });
+    // The server sent 300,000 bytes before it dropped the connection. fetch discards what it had received
+    // but not yet handed over when the connection breaks, so a busy reader may have fewer: the partial file
+    // holds exactly what the message says, and the resume asks for the rest from there.
+    const kept = Number(/interrupted after (\d+) bytes/.exec((e as Error).message)?.[1]);
     const partial = join(cacheDir, 'hf', 'owner', 'other', 'stories260k.gguf.partial');
-    expect(statSync(partial).size).toBe(300_000);
-    cutAfter = 0;
+    expect(kept).toBeGreaterThan(0);
+    expect(kept).toBeLessThanOrEqual(300_000);
+    expect(statSync(partial).size).toBe(kept);
     const r = await pullModel(ref, { cacheDir });
-    expect(ranges).toEqual(['none', 'bytes=300000-']);
+    expect(ranges).toEqual(['none', `bytes=${kept}-`]);
     expect(readFileSync(r.path).equals(file)).toBe(true);
     expect(existsSync(partial)).toBe(false);
   });

@@ -63,6 +63,9 @@ async function sha256Of(path: string): Promise<string> {
   return hash.digest('hex');
 }
 
+/** How far (bytes) the partial file's writes may fall behind the download before reading waits for them. */
+const PULL_WRITE_AHEAD = 64 * 1024 * 1024;
+
 const fail = (message: string, cause?: unknown) => new LlamaError('ERR_IO', message, cause === undefined ? undefined : { cause });
 
 /**
@@ -132,18 +135,38 @@ export async function pullModel(ref: string, options: PullOptions = {}): Promise
   if (res.status !== 416) {
     let received = have;
     const body = res.body as unknown as AsyncIterable<Uint8Array>;
-    // Each chunk is written before the next is read: when the transfer breaks, every byte received is in
-    // the partial file (a write stream destroyed by the error dropped its buffered chunks), so the resume
-    // starts where the message says it stopped.
+    // The body is read as fast as it arrives (fetch drops what it has received but not handed over when
+    // the connection breaks), and written in order behind the reader, at most PULL_WRITE_AHEAD bytes
+    // behind. When the transfer breaks, the writes still pending finish first: every byte that was read is
+    // in the partial file, so the resume starts where the message says it stopped.
     const out = await open(partial, have > 0 ? 'a' : 'w');
+    let written = have;
+    let writes: Promise<void> = Promise.resolve();
+    let writeError: unknown = null;
     try {
-      for await (const chunk of body) {
-        await out.write(chunk);
-        received += chunk.byteLength;
-        options.onProgress?.(received, total);
+      try {
+        for await (const chunk of body) {
+          received += chunk.byteLength;
+          writes = writes.then(async () => {
+            if (writeError) return;
+            try {
+              await out.write(chunk);
+              written += chunk.byteLength;
+              options.onProgress?.(written, total);
+            } catch (e) {
+              writeError = e;
+            }
+          });
+          if (received - written > PULL_WRITE_AHEAD) await writes;
+          if (writeError) break;
+        }
+      } catch (e) {
+        await writes;
+        if (writeError) throw fail(`Writing ${partial} failed: ${(writeError as Error).message}`, writeError);
+        throw fail(`The download of ${url} was interrupted after ${written} bytes; run it again to resume: ${(e as Error).message}`, e);
       }
-    } catch (e) {
-      throw fail(`The download of ${url} was interrupted after ${received} bytes; run it again to resume: ${(e as Error).message}`, e);
+      await writes;
+      if (writeError) throw fail(`Writing ${partial} failed: ${(writeError as Error).message}`, writeError);
     } finally {
       await out.close();
     }
