@@ -127,6 +127,34 @@ describe('tool calling with the templates of the pinned source', () => {
     }
   });
 
+  it("searches a template's own unbounded trigger patterns in bounded time per token (gpt-oss)", async () => {
+    // gpt-oss's template makes its lazy grammar wait for patterns such as `<\|start\|>assistant(\s+to)` and
+    // `^\s+to$`, which can read any length of text. llama.cpp searched them over the whole output at every
+    // token (and std::regex recurses once per character read): a reply of whitespace got slower with every
+    // token (1,000 tokens took 3.9 s at first and 35 s after 5,000; past ~300,000 characters the engine
+    // thread's stack overflowed). They are searched within the last 16 KiB now (patches/llama.cpp/0007).
+    await using model = await loadModel(await models.mistral());
+    let spaces = -1;
+    for (let t = 0, best = 0; t < model.vocab.size; t++) {
+      const piece = model.detokenize([t]);
+      if (/^ +$/.test(piece) && piece.length > best) [spaces, best] = [t, piece.length];
+    }
+    const tokens = 5000;
+    await using ctx = await model.createContext({ contextSize: tokens + 256, threads: 1 });
+    using chat = ctx.createChat({ template: template('openai-gpt-oss-120b'), tools: [clock] });
+    const g = chat.send('Hi', { temperature: 0, maxTokens: tokens, logitBias: { [spaces]: 100 } });
+    // The time per token over the first and the last 1,000 tokens, in the same run: it stays flat.
+    const at: number[] = [];
+    for await (const chunk of g) for (let i = 0; i < chunk.tokens.length; i++) at.push(performance.now());
+    const r = await g.result;
+    expect(r.stopReason).toBe('maxTokens');
+    expect(r.text.length).toBeGreaterThan(16384 * 4);
+    expect(r.toolCalls).toEqual([]);
+    const first = at[1500]! - at[500]!;
+    const last = at[tokens - 1]! - at[tokens - 1001]!;
+    expect(last / first).toBeLessThan(3);
+  }, 120_000);
+
   it('validates tools and tool results', async () => {
     await using model = await loadModel(await models.qwen());
     await using ctx = await model.createContext({ contextSize: 1024 });
