@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <climits>
 #include <cstdlib>
 #ifdef __linux__
 #include <dlfcn.h>

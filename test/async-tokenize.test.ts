@@ -6,9 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limits, loadModel, setLogLevel, type JsonSchema, type LlamaModel } from 'llama-addon';
 import { ASYNC_TOKENIZE_CHARS } from '../lib/base/limits.js';
 import { rejectsWith } from './helpers/errors.js';
-import { describeShared, fixtures, repoRoot, shared, synthetic, vocab } from './helpers/models.js';
-import { writeSyntheticLlama } from '../lib/gguf/index.js';
-import { GgufType } from '../lib/gguf/types.js';
+import { describeShared, modelWithTemplate, repoRoot, shared, synthetic } from './helpers/models.js';
 import { watchEventLoop } from './helpers/event-loop.js';
 
 setLogLevel('error');
@@ -136,11 +134,7 @@ describe('chats rendered off the JS thread', () => {
   // every conversation, however short, is rendered off the JS thread.
   it("a slow template from a model's file never holds the event loop: not at load, createChat or send", async () => {
     const everyRender = '{% for i in range(60) %}{% for j in range(60) %}{% endfor %}{% endfor %}{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:';
-    const path = join(fixtures, 'slow-template.gguf');
-    await writeSyntheticLlama(path, {
-      vocabFrom: vocab('phi-3'), embeddingLength: 32, layers: 1, heads: 2, headsKv: 1, feedForwardLength: 64, type: 'f16', seed: 3,
-      metadata: [{ key: 'tokenizer.chat_template', type: GgufType.STRING, value: everyRender }],
-    });
+    const path = await modelWithTemplate('slow-template', everyRender);
     const loop = watchEventLoop();
     await using slow = await loadModel(path);
     await using ctx = await slow.createContext({ contextSize: 256, sequences: 1 });
@@ -185,11 +179,7 @@ describe('chats rendered off the JS thread', () => {
 
   it("loadModel's signal also covers the check of the model's own template", async () => {
     const slowProbe = '{% for i in range(110) %}{% for j in range(110) %}{% endfor %}{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}';
-    const path = join(fixtures, 'slow-probe.gguf');
-    await writeSyntheticLlama(path, {
-      vocabFrom: vocab('phi-3'), embeddingLength: 32, layers: 1, heads: 2, headsKv: 1, feedForwardLength: 64, type: 'f16', seed: 3,
-      metadata: [{ key: 'tokenizer.chat_template', type: GgufType.STRING, value: slowProbe }],
-    });
+    const path = await modelWithTemplate('slow-probe', slowProbe);
     const ac = new AbortController();
     const loading = loadModel(path, { signal: ac.signal });
     setTimeout(() => ac.abort(), 50);

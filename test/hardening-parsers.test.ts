@@ -3,10 +3,8 @@
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limits, loadModel, LlamaError, setLogLevel, type LlamaContext, type LlamaModel } from 'llama-addon';
-import { writeSyntheticLlama } from '../lib/gguf/index.js';
-import { GgufType } from '../lib/gguf/types.js';
 import { rejectsWith } from './helpers/errors.js';
-import { describeShared, fixtures, shared, vocab } from './helpers/models.js';
+import { describeShared, modelWithTemplate, shared } from './helpers/models.js';
 
 setLogLevel('error');
 
@@ -221,11 +219,7 @@ describeShared('chat templates', () => {
   });
 
   it('a recursive template read from a GGUF file\'s metadata is refused when a chat starts, and the model keeps working', async () => {
-    const path = join(fixtures, 'recursive-template.gguf');
-    await writeSyntheticLlama(path, {
-      vocabFrom: vocab('llama-spm'), embeddingLength: 64, layers: 1, heads: 4, feedForwardLength: 128, seed: 2,
-      metadata: [{ key: 'tokenizer.chat_template', type: GgufType.STRING, value: recursive }],
-    });
+    const path = await modelWithTemplate('recursive-template', recursive, 'llama-spm');
     const m = await loadModel(path);
     try {
       await using ctx = await m.createContext({ contextSize: 128 });

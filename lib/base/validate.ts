@@ -63,6 +63,23 @@ export function optInteger(o: Record<string, unknown>, name: string, min: number
 }
 
 /** An optional number option within [min, max]. */
+/** An integer option in [min, max], or one of the given keywords (`'auto'`); undefined when absent. */
+export function optIntegerOr<K extends string>(
+  o: Record<string, unknown>,
+  name: string,
+  min: number,
+  max: number,
+  keywords: readonly K[],
+  caller: Function,
+): number | K | undefined {
+  const v = o[name];
+  if (v === undefined || keywords.includes(v as K)) return v as K | undefined;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw invalid(name, `an integer from ${min} to ${max}, or ${keywords.map((k) => `"${k}"`).join(' or ')}`, v, caller);
+  }
+  return v;
+}
+
 export function optNumber(o: Record<string, unknown>, name: string, min: number, max: number, caller: Function): number | undefined {
   return optRange(o, name, min, max, false, caller);
 }

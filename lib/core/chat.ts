@@ -245,17 +245,6 @@ function templateOptions(
   return out;
 }
 
-/** About how much text a render handles: the messages', the tools' and the schema's characters. */
-function renderSize(messages: readonly NativeChatMessage[], o: NativeChatApplyOptions): number {
-  let n = o.jsonSchema?.length ?? 0;
-  for (const t of o.tools ?? []) n += t.name.length + t.description.length + t.parameters.length;
-  for (const m of messages) {
-    n += m.content.length + (m.reasoning?.length ?? 0);
-    for (const c of m.toolCalls ?? []) n += c.name.length + c.arguments.length;
-  }
-  return n;
-}
-
 /** {@link tokenizeConversation} off the JS thread (a long conversation). */
 export async function tokenizeConversationAsync(model: LlamaModel, rendered: string, messages: readonly NativeChatMessage[]): Promise<number[]> {
   const it = conversationTokens(rendered, messages);

@@ -25,7 +25,7 @@ export function defaultSequences(model: LlamaModel, contextSize: number): number
   if (perToken <= 0) return 1;
   return Math.max(1, Math.min(4, Math.floor(DEFAULT_SEQUENCES_KV_BYTES / (perToken * contextSize))));
 }
-import { checkOptions, invalid, optBoolean, optInteger, optSignal } from '../base/validate.js';
+import { checkOptions, invalid, optBoolean, optInteger, optIntegerOr, optSignal } from '../base/validate.js';
 
 /** Options of {@link LlamaModel.createContext}. */
 export interface ContextOptions {
@@ -160,14 +160,8 @@ export class LlamaContext implements AsyncDisposable {
     const batchSize = optInteger(o, 'batchSize', 1, 1 << 20, caller);
     const sequences = optInteger(o, 'sequences', 1, 256, caller) ?? defaultSequences(model, contextSize);
     const cacheRamBytes = optInteger(o, 'cacheRamBytes', 0, Number.MAX_SAFE_INTEGER, caller) ?? DEFAULT_CACHE_RAM_BYTES;
-    const threadCount = (key: 'threads' | 'threadsBatch'): number | 'auto' | undefined => {
-      const v = o[key];
-      if (v === undefined || v === 'auto') return v;
-      if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > 512) throw invalid(key, 'an integer from 1 to 512, or "auto"', v, caller);
-      return v;
-    };
-    const threadsOpt = threadCount('threads') ?? 'auto';
-    const threadsBatchOpt = threadCount('threadsBatch') ?? threadsOpt;
+    const threadsOpt = optIntegerOr(o, 'threads', 1, 512, ['auto'], caller) ?? 'auto';
+    const threadsBatchOpt = optIntegerOr(o, 'threadsBatch', 1, 512, ['auto'], caller) ?? threadsOpt;
     const physical = getSystemInfo().defaultThreads;
     const threads = threadsOpt === 'auto' ? physical : threadsOpt;
     const threadsBatch = threadsBatchOpt === 'auto' ? physical : threadsBatchOpt;
@@ -222,7 +216,7 @@ export class LlamaContext implements AsyncDisposable {
    * ones (prompts, several sessions). With `threads: 'auto'` they move between 1 and {@link threads}.
    */
   get threadsInUse(): { generation: number; batch: number } {
-    const info = this.handle(Object.getOwnPropertyDescriptor(LlamaContext.prototype, 'threadsInUse')!.get!).info();
+    const info = this.handle(threadsInUseGetter).info();
     return { generation: info.threadsInUse, batch: info.threadsBatchInUse };
   }
 
@@ -474,6 +468,9 @@ export class LlamaContext implements AsyncDisposable {
     return this.dispose();
   }
 }
+
+/** The getter whose caller an error from `threadsInUse` names (looked up once). */
+const threadsInUseGetter = Object.getOwnPropertyDescriptor(LlamaContext.prototype, 'threadsInUse')!.get!;
 
 const sessionKeys = ['contextShift', 'prefix', 'sharePrefix'] as const;
 

@@ -5,6 +5,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'vitest';
 import { writeSyntheticLlama, type SyntheticLlamaOptions } from '../../lib/gguf/index.js';
+import { GgufType } from '../../lib/gguf/types.js';
 import { getBackendInfo } from '../../lib/index.js';
 
 export const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -61,6 +62,20 @@ export function synthetic(name: string, options: Omit<SyntheticLlamaOptions, 'vo
     made.set(key, p);
   }
   return p;
+}
+
+/**
+ * A small synthetic model whose file carries `template` as its chat template (tokenizer.chat_template), with
+ * the given vocabulary (default phi-3): written afresh to test/.fixtures/<name>.gguf on every call.
+ */
+export async function modelWithTemplate(name: string, template: string, vocabName = 'phi-3'): Promise<string> {
+  mkdirSync(fixtures, { recursive: true });
+  const path = join(fixtures, `${name}.gguf`);
+  await writeSyntheticLlama(path, {
+    vocabFrom: vocab(vocabName), embeddingLength: 32, layers: 1, heads: 2, headsKv: 1, feedForwardLength: 64, type: 'f16', seed: 3,
+    metadata: [{ key: 'tokenizer.chat_template', type: GgufType.STRING, value: template }],
+  });
+  return path;
 }
 
 /** The small synthetic model most tests use: llama-shaped, 32000-token SPM vocabulary, random weights. */
