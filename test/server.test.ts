@@ -274,6 +274,26 @@ describeShared('OpenAI-compatible server', () => {
       expect(metrics).toContain(name);
     }
   });
+
+  it("reports the event loop's delay since the previous scrape", async () => {
+    const delay = async (q: string) => {
+      const text = (await raw(server.url, '/metrics')).text;
+      return Number(new RegExp(`llama_event_loop_delay_seconds\\{quantile="${q.replace('.', '\\.')}"\\} ([0-9.e-]+)`).exec(text)?.[1]);
+    };
+    await delay('1');
+    // The server runs in this process: hold its event loop for 300 ms.
+    await new Promise((r) => setTimeout(r, 20));
+    const until = performance.now() + 300;
+    while (performance.now() < until);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(await delay('1')).toBeGreaterThan(0.25);
+    // Each scrape starts over.
+    await new Promise((r) => setTimeout(r, 50));
+    const after = await delay('1');
+    expect(after).toBeGreaterThanOrEqual(0);
+    expect(after).toBeLessThan(0.25);
+    expect(await delay('0.99')).toBeLessThan(0.25);
+  });
 });
 
 describeShared('server limits and security', () => {

@@ -1,6 +1,7 @@
 // Prometheus metrics of the server (prom-client): requests counted by an onResponse hook for every route
 // (streamed answers, which leave fastify's reply cycle, count themselves when they end), tokens and timings
 // of generations, and gauges read from the model registry when scraped.
+import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { GenerationResult } from '../core/generation.js';
@@ -20,6 +21,8 @@ export class Metrics {
   readonly cacheHits: Counter<'model'>;
   readonly cacheMisses: Counter<'model'>;
   readonly tps: Gauge<'model'>;
+  /** The event loop's delays since the last scrape (perf_hooks, sampled every 5 ms). */
+  readonly #loop: IntervalHistogram = monitorEventLoopDelay({ resolution: 5 });
 
   constructor(models: ModelRegistry) {
     const registers = [this.registry];
@@ -51,6 +54,19 @@ export class Metrics {
         }
       },
     });
+    const loop = this.#loop;
+    loop.enable();
+    new Gauge({
+      name: 'llama_event_loop_delay_seconds', help: 'Delay of the event loop since the last scrape: p50, p99 and max', labelNames: ['quantile'], registers,
+      collect() {
+        // (no sample yet: 0, not the histogram's empty value)
+        const q = (v: number) => (loop.count > 0 && Number.isFinite(v) ? v / 1e9 : 0);
+        this.set({ quantile: '0.5' }, q(loop.percentile(50)));
+        this.set({ quantile: '0.99' }, q(loop.percentile(99)));
+        this.set({ quantile: '1' }, q(loop.max));
+        loop.reset();
+      },
+    });
     new Gauge({
       name: 'llama_models_loaded', help: 'Models in memory: the one served, and replaced ones finishing their requests', labelNames: ['model'], registers,
       collect() {
@@ -65,6 +81,11 @@ export class Metrics {
         for (const e of models.entries.values()) this.set({ model: e.alias }, e.active);
       },
     });
+  }
+
+  /** Stops sampling the event loop (the server has closed). */
+  close(): void {
+    this.#loop.disable();
   }
 
   /** Counts a completed generation's tokens and timings. */

@@ -124,6 +124,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   } catch (err) {
     // Nothing listens: the models that started loading are freed, and the error has a code.
     models.refuseWaiting();
+    metrics.close();
     await app.close().catch(() => {});
     await models.close();
     const code = (err as { code?: string }).code;
@@ -155,6 +156,7 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
       } finally {
         clearInterval(sweep);
         clearTimeout(timer);
+        metrics.close();
       }
       await models.close();
     },
