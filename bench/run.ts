@@ -3,6 +3,8 @@
 //                  [--compare bench/results/<earlier>.json]  (each figure's ratio against that run, printed at the end)
 //                  [--scenario contention [--busy-cores 1] [--contention-models stories260k,llama-415m-q8_0]]
 //                  (generation with cores kept busy by the host: fixed thread counts, 'auto' and llama-bench)
+//                  [--scenario server [--server-models stories260k,llama-415m-q8_0] [--server-clients 1,4,16]
+//                   [--server-gen 32]]  (our server against llama-server: streamed two-turn chats from N clients)
 // Runs llama.cpp's llama-bench, node-llama-cpp and llama-addon one after another on the same models, sizes
 // and thread count, prints one table with ratios, and writes the results to bench/results/.
 import { spawn, spawnSync } from 'node:child_process';
@@ -15,6 +17,7 @@ import { getSystemInfo } from '../lib/index.js';
 import { compareReports, type Report } from './compare.js';
 import { runLlamaBench } from './llama-bench.js';
 import { batchedScenario, contentionScenario, sessionsScenario, speculativeScenario, type BatchedResult, type ContentionResult, type SessionsResult, type SpeculativeResult } from './scenarios.js';
+import { serverScenario, type ServerResult } from './server-scenario.js';
 import { benchRoot, models, repoRoot } from './models.js';
 import { stat, type Stat, type WorkerArgs, type WorkerResult } from './stats.js';
 
@@ -35,6 +38,9 @@ const { values } = parseArgs({
     compare: { type: 'string' },
     'busy-cores': { type: 'string', default: '1' },
     'contention-models': { type: 'string', default: 'stories260k,llama-415m-q8_0' },
+    'server-models': { type: 'string', default: 'stories260k,llama-415m-q8_0' },
+    'server-clients': { type: 'string', default: '1,4,16' },
+    'server-gen': { type: 'string', default: '32' },
   },
 });
 const scenarios = values.scenario!.split(',');
@@ -173,6 +179,7 @@ let batched: BatchedResult | null = null;
 let speculative: SpeculativeResult | null = null;
 let sessions: SessionsResult | null = null;
 let contention: ContentionResult | null = null;
+let server: ServerResult | null = null;
 if (scenarios.includes('batched')) {
   try {
     batched = await batchedScenario({ threads, reps: Number(values.reps), parallel: [1, 8], prompt: 128, gen: 128 });
@@ -207,6 +214,17 @@ if (scenarios.includes('contention')) {
   }
 }
 
+if (scenarios.includes('server')) {
+  try {
+    server = await serverScenario({
+      modelIds: values['server-models']!.split(','), clients: values['server-clients']!.split(',').map(Number), gen: Number(values['server-gen']),
+      reps: Math.min(Number(values.reps), 3), threads: values.threads ? threads : null, ctxPerSlot: 512,
+    });
+  } catch (e) {
+    log(`server scenario failed: ${(e as Error).message}`);
+  }
+}
+
 const report = {
   date: new Date().toISOString(),
   machine,
@@ -216,6 +234,7 @@ const report = {
   speculative,
   sessions,
   contention,
+  server,
 };
 const resultsDir = values['results-dir'] ?? join(benchRoot, 'results');
 mkdirSync(resultsDir, { recursive: true });
@@ -267,6 +286,16 @@ if (values.json) {
     for (const r of contention.rows) {
       lines.push(`| ${r.model} | ${r.condition} | ${f(r.llamaBench)} | ${counts.map((n) => f(r.fixed[n]?.tg)).join(' | ')} | ${f(r.auto.tg)} | ${r.autoVsBestFixed?.toFixed(3) ?? '—'} | ${r.autoVsLlamaBench?.toFixed(3) ?? '—'} | ${r.auto.threadsInUse.join(', ')} |`);
     }
+  }
+  if (server) {
+    lines.push('', `Server: streamed chat completions, two-turn conversations (the second repeats the first and its answer), ${server.gen} tokens per answer, greedy; ${server.slots} slots of ${server.ctxPerSlot} tokens; threads ${server.threads ?? 'each server\'s default (ours: \'auto\'; llama-server: the physical cores)'}; median (min–max) of ${server.reps} rounds`, '');
+    lines.push('| model | clients | server | req/s | tok/s | TTFT p50 ms | TTFT p99 ms | turn 2 TTFT p50 ms | turn 2 TTFT p99 ms | event loop p99 / max ms |', '|---|---|---|---|---|---|---|---|---|---|');
+    for (const r of server.rows) {
+      lines.push(`| ${r.model} | ${r.clients} | ${r.system} | ${f(r.requestsPerSecond, 2)} | ${f(r.tokensPerSecond)} | ${f(r.ttftP50, 0)} | ${f(r.ttftP99, 0)} | ${f(r.turn2TtftP50, 0)} | ${f(r.turn2TtftP99, 0)} | ${r.eventLoopP99Ms ? `${r.eventLoopP99Ms.median.toFixed(1)} / ${r.eventLoopMaxMs?.median.toFixed(1) ?? '—'}` : '—'} |`);
+    }
+    lines.push('', '| model | clients | req/s ours / llama-server | tok/s | TTFT p50 (below 1: ours sooner) | TTFT p99 | turn 2 TTFT p50 |', '|---|---|---|---|---|---|---|');
+    const x = (v: number | null) => (v === null ? '—' : v.toFixed(3));
+    for (const r of server.ratios) lines.push(`| ${r.model} | ${r.clients} | ${x(r.requestsPerSecond)} | ${x(r.tokensPerSecond)} | ${x(r.ttftP50)} | ${x(r.ttftP99)} | ${x(r.turn2TtftP50)} |`);
   }
   const notes = all.flatMap((m) => m.results.flatMap((r) => r.notes.map((n) => `${m.id} / ${r.system}: ${n}`)));
   if (notes.length) lines.push('', 'Notes:', ...[...new Set(notes)].map((n) => `- ${n}`));

@@ -365,6 +365,8 @@ describe('server options', () => {
       [{ models: [model], gpu: 'banana' }, 'gpu'],
       [{ models: [model], rpcServers: ['no-port'] }, 'rpcServers'],
       [{ models: [{ ...model, model: 42 }] }, 'models'],
+      [{ models: [model], threads: 0 }, 'threads'],
+      [{ models: [model], threads: 'max' }, 'threads'],
     ];
     for (const [options, name] of bad) {
       const e = await rejectsWith(startServer(options as never), 'ERR_INVALID_ARGUMENT');

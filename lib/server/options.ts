@@ -2,7 +2,7 @@
 // option is a LlamaError, as everywhere else in the library).
 import type { GpuOption } from '../native/backends.js';
 import type { LlamaModel } from '../core/model.js';
-import { checkOptions, invalid, optBoolean, optInteger } from '../base/validate.js';
+import { checkOptions, invalid, optBoolean, optInteger, optIntegerOr } from '../base/validate.js';
 
 /** A model the server serves, under an alias that requests name in `model`. */
 export interface ServerModel {
@@ -35,6 +35,11 @@ export interface ServerOptions {
   cacheRamBytes?: number;
   /** Tokens each of those sessions holds (default: the model's training context, at most 4096). */
   contextSize?: number;
+  /**
+   * CPU threads of each model's context: a count, or `'auto'` (the default), which adapts to the load of
+   * the machine, the server's own request handling included (see the context option `threads`).
+   */
+  threads?: number | 'auto';
   /** With a key, every endpoint but /health needs `Authorization: Bearer <key>`. */
   apiKey?: string;
   /** Requests that may wait for a free session per model before the server answers 429 (default 64). */
@@ -74,6 +79,7 @@ export interface ResolvedServerOptions {
   conversations: number;
   cacheRamBytes?: number;
   contextSize?: number;
+  threads: number | 'auto';
   apiKey?: string;
   maxQueue: number;
   bodyLimit: number;
@@ -88,7 +94,7 @@ export interface ResolvedServerOptions {
 }
 
 const KEYS = [
-  'models', 'host', 'port', 'parallel', 'conversations', 'cacheRamBytes', 'contextSize', 'apiKey', 'maxQueue', 'bodyLimit',
+  'models', 'host', 'port', 'parallel', 'conversations', 'cacheRamBytes', 'contextSize', 'threads', 'apiKey', 'maxQueue', 'bodyLimit',
   'maxBodyDepth', 'maxTokensLimit', 'gpuLayers', 'gpu', 'rpcServers', 'log', 'admin', 'cacheResponses',
 ] as const;
 
@@ -137,6 +143,7 @@ export function resolveServerOptions(options: ServerOptions, caller: Function): 
     conversations: Math.max(parallel, optInteger(rec, 'conversations', 1, 1_000_000, caller) ?? 64),
     ...(cacheRamBytes !== undefined ? { cacheRamBytes } : {}),
     ...(contextSize !== undefined ? { contextSize } : {}),
+    threads: optIntegerOr(rec, 'threads', 1, 512, ['auto'], caller) ?? 'auto',
     ...(o.apiKey !== undefined ? { apiKey: o.apiKey } : {}),
     maxQueue: optInteger(rec, 'maxQueue', 0, 1_000_000, caller) ?? 64,
     bodyLimit: optInteger(rec, 'bodyLimit', 1, 1 << 30, caller) ?? 1 << 20,

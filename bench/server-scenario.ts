@@ -1,0 +1,286 @@
+// The server scenario: our OpenAI-compatible server (`llama-addon serve`) against llama.cpp's llama-server,
+// built from the same tree and objects as the addon. Each serves one model with the same slots, context
+// and chat template (ChatML); N clients (1, 4, 16) hold two-turn conversations with streamed chat
+// completions of M tokens each (greedy; the end-of-sequence token is banned through logit_bias, so every
+// answer has M tokens). The second turn repeats the first turn and its answer: a server that keeps the
+// conversation's cache decodes only the new message. Servers take turns, one start each per round.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { readGguf } from '../lib/gguf/index.js';
+import { benchRoot, models, repoRoot } from './models.js';
+import { stat, type Stat } from './stats.js';
+
+const buildDir = join(repoRoot, 'build');
+const log = (m: string) => console.error(`[bench] ${m}`);
+
+export function llamaServerPath(): string {
+  if (process.env.LLAMA_SERVER_BIN) return process.env.LLAMA_SERVER_BIN;
+  const p = join(buildDir, 'Release', 'llama-server');
+  if (existsSync(p)) return p;
+  if (!existsSync(join(buildDir, 'build.ninja')) && !existsSync(join(buildDir, 'Makefile'))) {
+    throw new Error(`no configured build in ${buildDir}: run \`npm run build\` first`);
+  }
+  log('building llama-server from the addon build tree (first use only; several minutes)');
+  const r = spawnSync('cmake', ['--build', buildDir, '--target', 'llama-server', '--parallel'], { stdio: ['ignore', 2, 2] });
+  if (r.status !== 0 || !existsSync(p)) throw new Error('building llama-server failed');
+  return p;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+interface Running {
+  url: string;
+  child: ChildProcess;
+  stop(): Promise<void>;
+}
+
+async function start(system: 'llama-server' | 'llama-addon', modelPath: string, o: { slots: number; ctxPerSlot: number; threads: number | null }, logFile: string): Promise<Running> {
+  const port = await freePort();
+  let cmd: string;
+  let argv: string[];
+  if (system === 'llama-server') {
+    cmd = llamaServerPath();
+    argv = [
+      '-m', modelPath, '--host', '127.0.0.1', '--port', String(port), '-np', String(o.slots), '-c', String(o.slots * o.ctxPerSlot),
+      '--chat-template', 'chatml', '--no-webui',
+      ...(o.threads ? ['-t', String(o.threads), '-tb', String(o.threads)] : []),
+    ];
+  } else {
+    cmd = process.execPath;
+    argv = [
+      '--import', 'tsx', join(repoRoot, 'lib', 'cli.ts'), 'serve', '--model', `m=${modelPath}`, '--port', String(port),
+      '--parallel', String(o.slots), '--ctx-size', String(o.ctxPerSlot), '--conversations', '64',
+      ...(o.threads ? ['--threads', String(o.threads)] : []),
+    ];
+  }
+  const out = createWriteStream(logFile, { flags: 'a' });
+  const child = spawn(cmd, argv, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+  child.stdout!.pipe(out);
+  child.stderr!.pipe(out);
+  const url = `http://127.0.0.1:${port}`;
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const deadline = Date.now() + 120_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`${system} exited (${child.exitCode}) before it was ready; see ${logFile}`);
+    const ok = await fetch(`${url}/health`).then((r) => r.status === 200, () => false);
+    if (ok) break;
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`${system} was not ready in 120 s; see ${logFile}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    url,
+    child,
+    async stop() {
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+interface Message {
+  role: 'user' | 'assistant';
+  content: string;
+}
+
+interface Answer {
+  ttftMs: number;
+  tokens: number;
+  text: string;
+}
+
+/** One streamed chat completion: the time to its first content, its tokens (usage) and text. */
+async function complete(url: string, messages: Message[], maxTokens: number, eos: number): Promise<Answer> {
+  const t0 = performance.now();
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({
+      model: 'm', messages, max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true },
+      logit_bias: { [eos]: -100 },
+    }),
+  });
+  if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
+  let ttft = -1;
+  let text = '';
+  let usage: number | null = null;
+  let deltas = 0;
+  let buf = '';
+  const decoder = new TextDecoder();
+  for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buf += decoder.decode(part, { stream: true });
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl).trim();
+      buf = buf.slice(nl + 1);
+      if (!line.startsWith('data:')) continue;
+      const data = line.slice(5).trim();
+      if (data === '[DONE]') continue;
+      const j = JSON.parse(data) as { choices?: Array<{ delta?: { content?: string | null } }>; usage?: { completion_tokens?: number } | null };
+      const c = j.choices?.[0]?.delta?.content;
+      if (c) {
+        if (ttft < 0) ttft = performance.now() - t0;
+        text += c;
+        deltas++;
+      }
+      if (j.usage?.completion_tokens !== undefined) usage = j.usage.completion_tokens;
+    }
+  }
+  return { ttftMs: ttft < 0 ? performance.now() - t0 : ttft, tokens: usage ?? deltas, text };
+}
+
+async function eventLoopDelay(url: string): Promise<{ p99: number; max: number } | null> {
+  const text = await fetch(`${url}/metrics`).then((r) => (r.ok ? r.text() : ''), () => '');
+  const q = (k: string) => Number(new RegExp(`llama_event_loop_delay_seconds\\{quantile="${k.replace('.', '\\.')}"\\} ([0-9.e+-]+)`).exec(text)?.[1] ?? NaN);
+  const p99 = q('0.99');
+  const max = q('1');
+  return Number.isFinite(p99) ? { p99: p99 * 1000, max: max * 1000 } : null;
+}
+
+const percentile = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]! : NaN;
+};
+
+interface RunFigures {
+  requestsPerSecond: number;
+  tokensPerSecond: number;
+  ttftP50: number;
+  ttftP99: number;
+  turn2TtftP50: number;
+  turn2TtftP99: number;
+  eventLoopP99Ms: number | null;
+  eventLoopMaxMs: number | null;
+}
+
+/** N clients, each holding `conversations` two-turn conversations one after another. */
+async function load(url: string, clients: number, conversations: number, o: { gen: number; eos: number; filler: string; tag: string }): Promise<RunFigures> {
+  await eventLoopDelay(url); // starts the delay's window over (ours; llama-server has none)
+  const turn1: number[] = [];
+  const turn2: number[] = [];
+  let tokens = 0;
+  let requests = 0;
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: clients }, async (_, c) => {
+      for (let k = 0; k < conversations; k++) {
+        const first: Message = { role: 'user', content: `${o.tag} conversation ${c}-${k}. ${o.filler}` };
+        const a = await complete(url, [first], o.gen, o.eos);
+        const b = await complete(url, [first, { role: 'assistant', content: a.text }, { role: 'user', content: 'What happened next?' }], o.gen, o.eos);
+        turn1.push(a.ttftMs);
+        turn2.push(b.ttftMs);
+        tokens += a.tokens + b.tokens;
+        requests += 2;
+      }
+    }),
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  const loop = await eventLoopDelay(url);
+  return {
+    requestsPerSecond: requests / seconds,
+    tokensPerSecond: tokens / seconds,
+    ttftP50: percentile(turn1, 50),
+    ttftP99: percentile(turn1, 99),
+    turn2TtftP50: percentile(turn2, 50),
+    turn2TtftP99: percentile(turn2, 99),
+    eventLoopP99Ms: loop?.p99 ?? null,
+    eventLoopMaxMs: loop?.max ?? null,
+  };
+}
+
+export interface ServerRow {
+  model: string;
+  clients: number;
+  system: 'llama-server' | 'llama-addon';
+  requestsPerSecond: Stat | null;
+  tokensPerSecond: Stat | null;
+  ttftP50: Stat | null;
+  ttftP99: Stat | null;
+  turn2TtftP50: Stat | null;
+  turn2TtftP99: Stat | null;
+  eventLoopP99Ms: Stat | null;
+  eventLoopMaxMs: Stat | null;
+}
+
+export interface ServerResult {
+  gen: number;
+  slots: number;
+  ctxPerSlot: number;
+  threads: number | null;
+  reps: number;
+  rows: ServerRow[];
+  /** Per model and client count: ours / llama-server for each figure (above 1 is better for rates, worse for times). */
+  ratios: Array<{ model: string; clients: number; requestsPerSecond: number | null; tokensPerSecond: number | null; ttftP50: number | null; ttftP99: number | null; turn2TtftP50: number | null }>;
+}
+
+export async function serverScenario(o: { modelIds: string[]; clients: number[]; gen: number; reps: number; threads: number | null; ctxPerSlot: number }): Promise<ServerResult> {
+  const slots = Math.max(...o.clients);
+  const logDir = join(benchRoot, 'results', 'server-logs');
+  mkdirSync(logDir, { recursive: true });
+  const figures = new Map<string, RunFigures[]>();
+  const key = (model: string, clients: number, system: string) => `${model}\0${clients}\0${system}`;
+  const systems = ['llama-server', 'llama-addon'] as const;
+  for (const id of o.modelIds) {
+    const m = models.find((x) => x.id === id);
+    if (!m) throw new Error(`unknown model ${id}`);
+    const path = await m.path();
+    const eos = Number((await readGguf(path)).metadata['tokenizer.ggml.eos_token_id'] ?? 2);
+    // About 200 tokens of first message: the second turn's cache reuse shows.
+    const filler = 'Once upon a time there was a little girl named Lily who loved to play in the big green park. '.repeat(10).trim();
+    for (let round = 0; round < o.reps; round++) {
+      for (const system of round % 2 === 0 ? systems : [...systems].reverse()) {
+        log(`server: ${id}, ${system} (round ${round + 1} of ${o.reps})`);
+        const s = await start(system, path, { slots, ctxPerSlot: o.ctxPerSlot, threads: o.threads }, join(logDir, `${system}.log`));
+        try {
+          await complete(s.url, [{ role: 'user', content: 'Warm up.' }], 4, eos);
+          for (const clients of o.clients) {
+            const conversations = Math.max(1, Math.ceil(4 / clients));
+            // Each round's conversations are new to the server (no cache from an earlier round).
+            const f = await load(s.url, clients, conversations, { gen: o.gen, eos, filler, tag: `r${round}n${clients}` });
+            log(`  ${clients} clients: ${f.requestsPerSecond.toFixed(2)} req/s, ${f.tokensPerSecond.toFixed(1)} tok/s, TTFT p50 ${f.ttftP50.toFixed(0)} ms, turn 2 p50 ${f.turn2TtftP50.toFixed(0)} ms`);
+            figures.set(key(id, clients, system), [...(figures.get(key(id, clients, system)) ?? []), f]);
+          }
+        } finally {
+          await s.stop();
+        }
+      }
+    }
+  }
+  const rows: ServerRow[] = [];
+  const ratios: ServerResult['ratios'] = [];
+  for (const id of o.modelIds) {
+    for (const clients of o.clients) {
+      const of = (system: 'llama-server' | 'llama-addon'): ServerRow => {
+        const fs = figures.get(key(id, clients, system)) ?? [];
+        const over = (k: keyof RunFigures) => stat(fs.flatMap((f) => (f[k] === null ? [] : [f[k] as number])));
+        return {
+          model: id, clients, system,
+          requestsPerSecond: over('requestsPerSecond'), tokensPerSecond: over('tokensPerSecond'),
+          ttftP50: over('ttftP50'), ttftP99: over('ttftP99'), turn2TtftP50: over('turn2TtftP50'), turn2TtftP99: over('turn2TtftP99'),
+          eventLoopP99Ms: over('eventLoopP99Ms'), eventLoopMaxMs: over('eventLoopMaxMs'),
+        };
+      };
+      const ref = of('llama-server');
+      const ours = of('llama-addon');
+      rows.push(ref, ours);
+      const r = (k: 'requestsPerSecond' | 'tokensPerSecond' | 'ttftP50' | 'ttftP99' | 'turn2TtftP50') => (ref[k] && ours[k] ? ours[k]!.median / ref[k]!.median : null);
+      ratios.push({ model: id, clients, requestsPerSecond: r('requestsPerSecond'), tokensPerSecond: r('tokensPerSecond'), ttftP50: r('ttftP50'), ttftP99: r('ttftP99'), turn2TtftP50: r('turn2TtftP50') });
+    }
+  }
+  return { gen: o.gen, slots, ctxPerSlot: o.ctxPerSlot, threads: o.threads, reps: o.reps, rows, ratios };
+}
