@@ -7,9 +7,10 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readGguf } from '../lib/gguf/index.js';
-import { benchRoot, models, repoRoot } from './models.js';
+import { models, repoRoot } from './models.js';
 import { stat, type Stat } from './stats.js';
 
 const buildDir = join(repoRoot, 'build');
@@ -230,7 +231,7 @@ export interface ServerResult {
 
 export async function serverScenario(o: { modelIds: string[]; clients: number[]; gen: number; reps: number; threads: number | null; ctxPerSlot: number }): Promise<ServerResult> {
   const slots = Math.max(...o.clients);
-  const logDir = join(benchRoot, 'results', 'server-logs');
+  const logDir = join(tmpdir(), 'llama-addon-bench-server');
   mkdirSync(logDir, { recursive: true });
   const figures = new Map<string, RunFigures[]>();
   const key = (model: string, clients: number, system: string) => `${model}\0${clients}\0${system}`;
