@@ -1,10 +1,11 @@
 // Nested or repeated input cannot exhaust the stack or loop forever: GBNF grammars and Jinja templates, from
 // the caller or from a GGUF file's metadata, each limit of lib/base/limits.ts swept past its bound.
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { limits, loadModel, LlamaError, setLogLevel, type LlamaContext, type LlamaModel } from 'llama-addon';
 import { rejectsWith } from './helpers/errors.js';
-import { describeShared, modelWithTemplate, shared } from './helpers/models.js';
+import { describeShared, modelWithTemplate, repoRoot, shared } from './helpers/models.js';
 
 setLogLevel('error');
 
@@ -264,10 +265,10 @@ describeShared('grammar trigger patterns', () => {
       for (const p of refused) {
         await rejectsWith(s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { patterns: [p] } }), 'ERR_LIMIT_EXCEEDED');
       }
-      for (const p of ['(', 'a)', '[abc', 'a{2,1}', '*a']) {
+      for (const p of ['(', 'a)', '[abc', 'a{2,1}', '*a', '\\u{', '\\u{41}', '\\u12', '\\x4', 'a\\x']) {
         await rejectsWith(s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { patterns: [p] } }), 'ERR_INVALID_GRAMMAR');
       }
-      for (const p of ['<call>[\\s\\S]{0,100}', '(foo|bar)baz', '[0-9]{3}-x', '[^]ed ba(ll)', '.{0,1000}QZX', '(q|q){1,10}z']) {
+      for (const p of ['<call>[\\s\\S]{0,100}', '\\u0041\\x42', '(foo|bar)baz', '[0-9]{3}-x', '[^]ed ba(ll)', '.{0,1000}QZX', '(q|q){1,10}z']) {
         s.reset();
         const r = await s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { patterns: [p] } });
         expect(r.stopReason).toBe('maxTokens');
@@ -276,6 +277,21 @@ describeShared('grammar trigger patterns', () => {
       await model.dispose();
     }
   });
+});
+
+describe('grammar trigger patterns: the check itself', () => {
+  // It runs on the JS thread before anything else: "\\u{" without its "}" sent its scan back to the start,
+  // forever (found by a hostile review). Thousands of random fragments of pattern syntax, malformed ones
+  // included, each end with a result or a LlamaError, in a child process that a loop could not hang.
+  it('ends for every pattern, with a result or a LlamaError', () => {
+    const out = execFileSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', 'trigger-pattern-sweep.ts'), '5000', '7'], { cwd: repoRoot, timeout: 60_000, encoding: 'utf8' });
+    const { ends } = JSON.parse(out.trim().split('\n').pop()!) as { ends: Record<string, number> };
+    expect(Object.keys(ends).filter((k) => !['ok', 'ERR_INVALID_GRAMMAR', 'ERR_LIMIT_EXCEEDED'].includes(k))).toEqual([]);
+    expect(Object.values(ends).reduce((a, b) => a + b, 0)).toBe(5000);
+    // The sweep covers both outcomes.
+    expect(ends.ok).toBeGreaterThan(100);
+    expect(ends.ERR_INVALID_GRAMMAR).toBeGreaterThan(100);
+  }, 90_000);
 });
 
 describeShared('large but unambiguous grammars', () => {

@@ -245,7 +245,9 @@ function checkTriggerPattern(p: string, caller: Function): void {
     let len = 0;
     let ways = 1;
     while (i < p.length && p[i] !== '|' && p[i] !== ')') {
+      const at = i;
       let a = atom();
+      if (i <= at) syntax('well-formed escapes'); // every atom reads at least one character: the scan ends
       a = quantified(a);
       len = cap(len + a.len);
       ways = cap(ways * a.ways);
@@ -273,8 +275,11 @@ function checkTriggerPattern(p: string, caller: Function): void {
       const e = p[i++] ?? '';
       if (/[1-9]/.test(e) || e === 'k') fail('a pattern without backreferences was expected');
       if (e === 'c') fail('a pattern without \\c control escapes was expected (std::regex reads them differently)');
+      // std::regex (ECMAScript) reads \xHH and \uHHHH; \u{...} is not in its grammar.
+      if (e === 'x' && !/^[0-9a-fA-F]{2}/.test(p.slice(i, i + 2))) syntax('\\x followed by two hex digits');
+      if (e === 'u' && !/^[0-9a-fA-F]{4}/.test(p.slice(i, i + 4))) syntax('\\u followed by four hex digits');
       if (e === 'x') i += 2;
-      else if (e === 'u') i += p[i] === '{' ? p.indexOf('}', i) - i + 1 : 4;
+      else if (e === 'u') i += 4;
       return { len: e === 'b' || e === 'B' ? 0 : 1, ways: 1 };
     }
     if (c === '^' || c === '$') return { len: 0, ways: 1 };
