@@ -4,7 +4,9 @@
 //                  [--scenario contention [--busy-cores 1] [--contention-models stories260k,llama-415m-q8_0]]
 //                  (generation with cores kept busy by the host: fixed thread counts, 'auto' and llama-bench)
 //                  [--scenario server [--server-models stories260k,llama-415m-q8_0] [--server-clients 1,4,16]
-//                   [--server-gen 32]]  (our server against llama-server: streamed two-turn chats from N clients)
+//                   [--server-gen 32] [--server-systems llama-server,llama-addon,llama-addon -t 1,...]]
+//                  (our server against llama-server: streamed two-turn chats from N clients; ours also at
+//                  each fixed thread count, for 'auto' against the best of them under the server's own load)
 // Runs llama.cpp's llama-bench, node-llama-cpp and llama-addon one after another on the same models, sizes
 // and thread count, prints one table with ratios, and writes the results to bench/results/.
 import { spawn, spawnSync } from 'node:child_process';
@@ -41,6 +43,7 @@ const { values } = parseArgs({
     'server-models': { type: 'string', default: 'stories260k,llama-415m-q8_0' },
     'server-clients': { type: 'string', default: '1,4,16' },
     'server-gen': { type: 'string', default: '32' },
+    'server-systems': { type: 'string' },
   },
 });
 const scenarios = values.scenario!.split(',');
@@ -219,6 +222,7 @@ if (scenarios.includes('server')) {
     server = await serverScenario({
       modelIds: values['server-models']!.split(','), clients: values['server-clients']!.split(',').map(Number), gen: Number(values['server-gen']),
       reps: Math.min(Number(values.reps), 3), threads: values.threads ? threads : null, ctxPerSlot: 512,
+      systems: values['server-systems']?.split(',') ?? ['llama-server', 'llama-addon', ...Array.from({ length: sys.physicalCores }, (_, i) => `llama-addon -t ${i + 1}`)],
     });
   } catch (e) {
     log(`server scenario failed: ${(e as Error).message}`);
@@ -296,6 +300,10 @@ if (values.json) {
     lines.push('', '| model | clients | req/s ours / llama-server | tok/s | TTFT p50 (below 1: ours sooner) | TTFT p99 | turn 2 TTFT p50 |', '|---|---|---|---|---|---|---|');
     const x = (v: number | null) => (v === null ? '—' : v.toFixed(3));
     for (const r of server.ratios) lines.push(`| ${r.model} | ${r.clients} | ${x(r.requestsPerSecond)} | ${x(r.tokensPerSecond)} | ${x(r.ttftP50)} | ${x(r.ttftP99)} | ${x(r.turn2TtftP50)} |`);
+    if (server.autoVsBestFixed.some((r) => r.ratio !== null)) {
+      lines.push('', "| model | clients | ours 'auto' / best fixed count, tok/s | best fixed |", '|---|---|---|---|');
+      for (const r of server.autoVsBestFixed) lines.push(`| ${r.model} | ${r.clients} | ${x(r.ratio)} | ${r.best ?? '—'} |`);
+    }
   }
   const notes = all.flatMap((m) => m.results.flatMap((r) => r.notes.map((n) => `${m.id} / ${r.system}: ${n}`)));
   if (notes.length) lines.push('', 'Notes:', ...[...new Set(notes)].map((n) => `- ${n}`));

@@ -46,7 +46,10 @@ interface Running {
   stop(): Promise<void>;
 }
 
-async function start(system: 'llama-server' | 'llama-addon', modelPath: string, o: { slots: number; ctxPerSlot: number; threads: number | null }, logFile: string): Promise<Running> {
+/** 'llama-server', 'llama-addon' (its default threads, 'auto'), or 'llama-addon -t N' (a fixed count). */
+export type ServerSystem = string;
+
+async function start(system: ServerSystem, modelPath: string, o: { slots: number; ctxPerSlot: number; threads: number | null }, logFile: string): Promise<Running> {
   const port = await freePort();
   let cmd: string;
   let argv: string[];
@@ -58,14 +61,18 @@ async function start(system: 'llama-server' | 'llama-addon', modelPath: string, 
       ...(o.threads ? ['-t', String(o.threads), '-tb', String(o.threads)] : []),
     ];
   } else {
+    const fixed = /^llama-addon -t (\d+)$/.exec(system)?.[1];
+    const threads = fixed ? Number(fixed) : system === 'llama-addon' ? o.threads : null;
+    if (!fixed && system !== 'llama-addon') throw new Error(`unknown server system ${system}`);
     cmd = process.execPath;
     argv = [
       '--import', 'tsx', join(repoRoot, 'lib', 'cli.ts'), 'serve', '--model', `m=${modelPath}`, '--port', String(port),
       '--parallel', String(o.slots), '--ctx-size', String(o.ctxPerSlot), '--conversations', '64',
-      ...(o.threads ? ['--threads', String(o.threads)] : []),
+      ...(threads ? ['--threads', String(threads)] : []),
     ];
   }
   const out = createWriteStream(logFile, { flags: 'a' });
+  out.write(`\n==== ${new Date().toISOString()} ${system}\n`);
   const child = spawn(cmd, argv, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout!.pipe(out);
   child.stderr!.pipe(out);
@@ -207,7 +214,7 @@ async function load(url: string, clients: number, conversations: number, o: { ge
 export interface ServerRow {
   model: string;
   clients: number;
-  system: 'llama-server' | 'llama-addon';
+  system: ServerSystem;
   requestsPerSecond: Stat | null;
   tokensPerSecond: Stat | null;
   ttftP50: Stat | null;
@@ -225,17 +232,19 @@ export interface ServerResult {
   threads: number | null;
   reps: number;
   rows: ServerRow[];
-  /** Per model and client count: ours / llama-server for each figure (above 1 is better for rates, worse for times). */
+  /** Per model and client count: ours (at its defaults) / llama-server for each figure (above 1 is better for rates, worse for times). */
   ratios: Array<{ model: string; clients: number; requestsPerSecond: number | null; tokensPerSecond: number | null; ttftP50: number | null; ttftP99: number | null; turn2TtftP50: number | null }>;
+  /** Per model and client count: ours at 'auto' / ours at the best fixed thread count, tok/s (the server's own HTTP load is the host's work). */
+  autoVsBestFixed: Array<{ model: string; clients: number; ratio: number | null; best: string | null }>;
 }
 
-export async function serverScenario(o: { modelIds: string[]; clients: number[]; gen: number; reps: number; threads: number | null; ctxPerSlot: number }): Promise<ServerResult> {
+export async function serverScenario(o: { modelIds: string[]; clients: number[]; gen: number; reps: number; threads: number | null; ctxPerSlot: number; systems: ServerSystem[] }): Promise<ServerResult> {
   const slots = Math.max(...o.clients);
   const logDir = join(tmpdir(), 'llama-addon-bench-server');
   mkdirSync(logDir, { recursive: true });
   const figures = new Map<string, RunFigures[]>();
   const key = (model: string, clients: number, system: string) => `${model}\0${clients}\0${system}`;
-  const systems = ['llama-server', 'llama-addon'] as const;
+  const systems = o.systems;
   for (const id of o.modelIds) {
     const m = models.find((x) => x.id === id);
     if (!m) throw new Error(`unknown model ${id}`);
@@ -264,9 +273,10 @@ export async function serverScenario(o: { modelIds: string[]; clients: number[];
   }
   const rows: ServerRow[] = [];
   const ratios: ServerResult['ratios'] = [];
+  const autoVsBestFixed: ServerResult['autoVsBestFixed'] = [];
   for (const id of o.modelIds) {
     for (const clients of o.clients) {
-      const of = (system: 'llama-server' | 'llama-addon'): ServerRow => {
+      const of = (system: ServerSystem): ServerRow => {
         const fs = figures.get(key(id, clients, system)) ?? [];
         const over = (k: keyof RunFigures) => stat(fs.flatMap((f) => (f[k] === null ? [] : [f[k] as number])));
         return {
@@ -276,12 +286,16 @@ export async function serverScenario(o: { modelIds: string[]; clients: number[];
           eventLoopP99Ms: over('eventLoopP99Ms'), eventLoopMaxMs: over('eventLoopMaxMs'),
         };
       };
-      const ref = of('llama-server');
-      const ours = of('llama-addon');
-      rows.push(ref, ours);
-      const r = (k: 'requestsPerSecond' | 'tokensPerSecond' | 'ttftP50' | 'ttftP99' | 'turn2TtftP50') => (ref[k] && ours[k] ? ours[k]!.median / ref[k]!.median : null);
+      const all = systems.map(of);
+      rows.push(...all);
+      const ref = all.find((r) => r.system === 'llama-server');
+      const ours = all.find((r) => r.system === 'llama-addon');
+      const r = (k: 'requestsPerSecond' | 'tokensPerSecond' | 'ttftP50' | 'ttftP99' | 'turn2TtftP50') => (ref?.[k] && ours?.[k] ? ours[k]!.median / ref[k]!.median : null);
       ratios.push({ model: id, clients, requestsPerSecond: r('requestsPerSecond'), tokensPerSecond: r('tokensPerSecond'), ttftP50: r('ttftP50'), ttftP99: r('ttftP99'), turn2TtftP50: r('turn2TtftP50') });
+      const fixed = all.filter((x) => x.system.startsWith('llama-addon -t') && x.tokensPerSecond);
+      const best = fixed.sort((a, b) => b.tokensPerSecond!.median - a.tokensPerSecond!.median)[0];
+      autoVsBestFixed.push({ model: id, clients, ratio: best && ours?.tokensPerSecond ? ours.tokensPerSecond.median / best.tokensPerSecond!.median : null, best: best?.system ?? null });
     }
   }
-  return { gen: o.gen, slots, ctxPerSlot: o.ctxPerSlot, threads: o.threads, reps: o.reps, rows, ratios };
+  return { gen: o.gen, slots, ctxPerSlot: o.ctxPerSlot, threads: o.threads, reps: o.reps, rows, ratios, autoVsBestFixed };
 }
