@@ -71,10 +71,16 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t p
 }
 
 void Engine::tuneThreads(int32_t maxThreads, int32_t maxThreadsBatch) {
-  if (maxThreads > 0) tuners_[0] = std::make_unique<ThreadTuner>(maxThreads);
-  for (int k = 1; k < 3; k++) {
-    if (maxThreadsBatch > 0) tuners_[k] = std::make_unique<ThreadTuner>(maxThreadsBatch);
-  }
+  maxThreads_ = std::max(0, maxThreads);
+  maxThreadsBatch_ = std::max(0, maxThreadsBatch);
+  for (auto& t : tuners_) t.reset();
+}
+
+int Engine::tunerShape(int32_t nTokens) {
+  if (nTokens < 32) return std::max(1, nTokens);
+  int shape = 32;
+  for (int32_t n = nTokens >> 6; n > 0 && shape < kTunerShapes - 1; n >>= 1) shape++;
+  return shape;
 }
 
 Engine::~Engine() {
@@ -566,15 +572,19 @@ bool Engine::step() {
     // threads: 'auto': this kind of step's tuner picks the count (llama.cpp uses n_threads for steps of one
     // token and n_threads_batch for larger ones).
     int32_t nTokens = batch_.n_tokens;
-    int kind = nTokens == 1 ? 0 : nTokens < 32 ? 1 : 2;
-    ThreadTuner* tuner = tuners_[kind].get();
+    bool single = nTokens == 1;
+    int32_t maxForShape = single ? maxThreads_ : maxThreadsBatch_;
+    ThreadTuner* tuner = nullptr;
+    if (maxForShape > 0) {
+      auto& slot = tuners_[tunerShape(nTokens)];
+      if (!slot) slot = std::make_unique<ThreadTuner>(maxForShape);
+      tuner = slot.get();
+    }
     int32_t threads = 0;
     if (tuner != nullptr) {
-      if (kind < 2 && nTokens != tunedTokens_[kind]) tuner->reset();  // costs of other sizes do not compare
-      tunedTokens_[kind] = nTokens;
       threads = tuner->choose();
-      int32_t tg = kind == 0 ? threads : tgNow_.load();
-      int32_t pp = kind == 0 ? ppNow_.load() : threads;
+      int32_t tg = single ? threads : tgNow_.load();
+      int32_t pp = single ? ppNow_.load() : threads;
       if (tg != llama_n_threads(ctx_) || pp != llama_n_threads_batch(ctx_)) llama_set_n_threads(ctx_, tg, pp);
       tgNow_ = tg;
       ppNow_ = pp;
@@ -591,7 +601,7 @@ bool Engine::step() {
     }
     if (tuner != nullptr && ret == 0) {
       double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - decodeStart).count();
-      tuner->record(threads, kind == 2 ? seconds / nTokens : seconds);
+      tuner->record(threads, nTokens < 32 ? seconds : seconds / nTokens);  // (per token within a size class)
     }
     std::vector<std::shared_ptr<GenState>> finished;
     for (auto& sp : active_) {

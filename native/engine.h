@@ -215,9 +215,15 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::shared_ptr<ModelHandle> draftModel_;
   llama_context* draftCtx_ = nullptr;
   std::unique_ptr<ThreadPools> pools_;  // attached to ctx_ and draftCtx_; freed after them
-  // Steps of one token, of 2 to 31 tokens (several sessions generating, drafts) and of prompt chunks.
-  std::unique_ptr<ThreadTuner> tuners_[3];
-  int32_t tunedTokens_[3] = {0, 0, 0};  // the step size each tuner measured last (a change resets it)
+  // One tuner per shape of step, since step times compare only between steps of the same size: 1 to 31
+  // tokens (one session generating; several, or drafts) by their count, and larger steps (prompt chunks,
+  // often with other sessions' tokens) by size class, 32-63, 64-127, 128-255, 256-511 and 512 or more.
+  // A server mixes these shapes step after step; one tuner for them all compared a small step's cost with a
+  // large one's and moved to the wrong count. Made at a shape's first step.
+  static constexpr int kTunerShapes = 37;
+  static int tunerShape(int32_t nTokens);
+  std::unique_ptr<ThreadTuner> tuners_[kTunerShapes];
+  int32_t maxThreads_ = 0, maxThreadsBatch_ = 0;  // 0: that kind of step does not adapt
   std::atomic<int32_t> tgNow_{0}, ppNow_{0};
   llama_batch draftBatch_{};
   std::vector<std::vector<llama_token>> draftSeqs_;  // tokens each sequence of the draft context holds

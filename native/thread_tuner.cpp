@@ -6,31 +6,40 @@ namespace la {
 
 namespace {
 
-constexpr int32_t kProbeSteps = 3;     // steps a neighbour is tried (the first one warms its threads up)
+constexpr size_t kWindow = 5;          // costs at the current count whose median is its baseline
+constexpr int32_t kProbeSteps = 4;     // steps a neighbour is tried (the first one warms its threads up)
 constexpr int64_t kStartGap = 2;       // steps before the first try (the first step warms the threads up)
 constexpr int64_t kFirstGap = 16;      // steps before a neighbour is tried again, after a move
 constexpr int64_t kMaxGap = 1024;      // the longest wait before trying a neighbour that was slower
-constexpr double kMargin = 0.97;       // a neighbour must be this much faster to move to it
-constexpr double kAlpha = 0.2;         // weight of a new step in the smoothed cost
-constexpr double kSlowdown = 2.0;      // a step this much above the smoothed cost is a sudden slowdown
-constexpr double kClearlyWorse = 2.0;  // a probe's first step this much above: ended at once
+constexpr double kMargin = 0.97;       // a neighbour's median must be this much below to move to it
+constexpr double kSlowdown = 2.0;      // a step this much above the baseline is slow
+constexpr int32_t kSlowRun = 3;        // this many slow steps in a row: the host got busy
+constexpr double kClearlyWorse = 4.0;  // a probe's first step this much above the baseline: ended at once
+
+double median(std::vector<double> v) {
+  if (v.empty()) return -1;
+  std::sort(v.begin(), v.end());
+  size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+}
 
 }  // namespace
 
 ThreadTuner::ThreadTuner(int32_t maxThreads)
     : max_(std::max<int32_t>(1, maxThreads)), cur_(max_), gap_((size_t)max_ + 2, kFirstGap), notBefore_((size_t)max_ + 2, kStartGap) {}
 
+double ThreadTuner::baseline() const { return median(recent_); }
+
 void ThreadTuner::reset() {
-  ema_ = -1;
+  recent_.clear();
   probeLeft_ = 0;
-  probeSum_ = 0;
-  probeSeen_ = 0;
+  probeCosts_.clear();
   slowSteps_ = 0;
 }
 
 int32_t ThreadTuner::choose() {
   if (probeLeft_ > 0) return probe_;
-  if (ema_ < 0 || max_ == 1) return cur_;
+  if (recent_.size() < 3 || max_ == 1) return cur_;
   // A neighbour whose wait is over, alternating between one fewer and one more.
   for (int i = 0; i < 2; i++) {
     bool up = probeUp_ != (i == 1);
@@ -39,8 +48,7 @@ int32_t ThreadTuner::choose() {
     probeUp_ = !up;
     probe_ = n;
     probeLeft_ = kProbeSteps;
-    probeSum_ = 0;
-    probeSeen_ = 0;
+    probeCosts_.clear();
     return probe_;
   }
   return cur_;
@@ -48,57 +56,54 @@ int32_t ThreadTuner::choose() {
 
 void ThreadTuner::record(int32_t threads, double cost) {
   step_++;
+  double base = baseline();
   if (probeLeft_ > 0 && threads == probe_) {
     probeLeft_--;
     bool first = probeLeft_ == kProbeSteps - 1;
-    if (first && cost > ema_ * kClearlyWorse) {
+    if (first && cost > base * kClearlyWorse) {
       probeLeft_ = 0;  // no need to look further
-      probeSum_ = cost;
-      probeSeen_ = 1;
-    }
-    if (!first) {
-      probeSum_ += cost;
-      probeSeen_++;
+      probeCosts_.assign(1, cost);
+    } else if (!first) {
+      probeCosts_.push_back(cost);
     }
     if (probeLeft_ > 0) return;
-    double mean = probeSeen_ > 0 ? probeSum_ / probeSeen_ : cost;
+    double mid = probeCosts_.empty() ? cost : median(probeCosts_);
     size_t p = (size_t)probe_;
-    if (probeSeen_ > 0 && mean < ema_ * kMargin) {
+    if (!probeCosts_.empty() && mid < base * kMargin) {
       // Move; the count left behind may be tried again soon.
       size_t was = (size_t)cur_;
       cur_ = probe_;
-      ema_ = mean;
+      recent_ = probeCosts_;
+      slowSteps_ = 0;
       gap_[was] = kFirstGap;
       notBefore_[was] = step_ + kFirstGap;
       gap_[p] = kFirstGap;
     } else {
       // Slower: wait longer before the next try, the more so the slower it was (a try of a count 5x slower
       // costs 5 steps' time, so it is tried about 5x less often).
-      double ratio = ema_ > 0 ? mean / ema_ : 2.0;
+      double ratio = base > 0 ? mid / base : 2.0;
       double grown = (double)gap_[p] * std::max(2.0, std::min(ratio, 16.0));
       gap_[p] = std::min<int64_t>((int64_t)grown, kMaxGap);
       notBefore_[p] = step_ + gap_[p];
     }
+    probeCosts_.clear();
     return;
   }
   if (threads != cur_) return;
-  if (ema_ < 0) {
-    ema_ = cost;
-    return;
-  }
-  slowSteps_ = cost > ema_ * kSlowdown ? slowSteps_ + 1 : 0;
-  if (slowSteps_ >= 2) {
-    // The host got busy (or something else changed): measure afresh, and try one thread fewer now.
-    ema_ = cost;
+  slowSteps_ = base > 0 && cost > base * kSlowdown ? slowSteps_ + 1 : 0;
+  recent_.push_back(cost);
+  if (recent_.size() > kWindow) recent_.erase(recent_.begin());
+  if (slowSteps_ >= kSlowRun) {
+    // The host got busy (or something else changed): the slow steps are the baseline now, and one thread
+    // fewer is tried at once.
+    recent_.erase(recent_.begin(), recent_.end() - kSlowRun);
     slowSteps_ = 0;
     if (cur_ > 1) {
       gap_[(size_t)cur_ - 1] = kFirstGap;
       notBefore_[(size_t)cur_ - 1] = step_;
       probeUp_ = false;
     }
-    return;
   }
-  ema_ = (1 - kAlpha) * ema_ + kAlpha * cost;
 }
 
 }  // namespace la

@@ -3,12 +3,14 @@
 // host keeps a core busy (an Electron UI, a web server, a build) a thread that the scheduler puts aside
 // stalls all the others: on 2 cores with one busy, 2 threads generated 20x slower than 1.
 //
-// One tuner per kind of step (one token; a few tokens, as several sessions generating; a prompt chunk),
-// since each has its own best count. The tuner keeps a smoothed cost per step for the count in use and
-// now and then tries a neighbour (one thread fewer or more) for a few steps; it moves when the neighbour is
-// faster by a margin. A neighbour that was slower is tried again after twice as long each time (so a count
-// that is 20x slower costs little), and at once when the current count suddenly slows down (the host got
-// busy). Deterministic given the costs, so that test/threads.test.ts can drive it with made-up ones.
+// One tuner per shape of step (native/engine.h), since each has its own best count. The tuner keeps the
+// costs of the last few steps at the count in use, and now and then tries a neighbour (one thread fewer or
+// more) for a few steps; it moves when the neighbour's median cost is below the current count's median by
+// a margin. Medians, not averages: a shared machine's step times have spikes (a thread put aside for a
+// moment) that made an average-based tuner leave the best count. A neighbour that was slower is tried
+// again after longer, the slower it was (so a count that is 20x slower costs little), and at once when the
+// current count's steps become steadily slower (the host got busy). Deterministic given the costs, so that
+// test/threads.test.ts can drive it with made-up ones.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -30,19 +32,21 @@ class ThreadTuner {
   int32_t maxThreads() const { return max_; }
 
  private:
+  // The median of the last costs at cur_ (< 0: none yet).
+  double baseline() const;
+
   int32_t max_;
   int32_t cur_;
-  double ema_ = -1;  // smoothed cost of cur_ (< 0: none yet)
+  std::vector<double> recent_;  // the last costs at cur_, oldest first (at most kWindow)
   int64_t step_ = 0;
   // A probe in progress: the count tried, the steps left and the costs seen.
   int32_t probe_ = 0;
   int32_t probeLeft_ = 0;
-  double probeSum_ = 0;
-  int32_t probeSeen_ = 0;
+  std::vector<double> probeCosts_;
   bool probeUp_ = false;            // which neighbour is tried next
   std::vector<int64_t> gap_;        // steps to wait before trying each count again
   std::vector<int64_t> notBefore_;  // the step from which each count may be tried
-  int32_t slowSteps_ = 0;           // consecutive steps well above the smoothed cost
+  int32_t slowSteps_ = 0;           // consecutive steps well above the baseline
 };
 
 }  // namespace la
