@@ -9,6 +9,7 @@
 #include <string>
 
 #include "engine.h"
+#include "env_gate.h"
 #include "errors.h"
 #include "guard.h"
 
@@ -26,7 +27,8 @@ class EngineTask {
     task->work_ = std::move(work);
     task->done_ = std::move(done);
     task->tsfn_ = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
-                                                "llama-addon.sequenceState", 0, 1);
+                                                "llama-addon.engineTask", 0, 1);
+    task->gate_ = std::make_shared<EnvGate>(env);  // after tsfn_: its cleanup hook runs first (env_gate.h)
     engine->post([task](llama_context* ctx) {
       try {
         if (ctx == nullptr) {
@@ -43,7 +45,13 @@ class EngineTask {
         task->code_ = "ERR_NATIVE";
       }
       Napi::ThreadSafeFunction tsfn = task->tsfn_;
+      std::shared_ptr<EnvGate> gate = task->gate_;  // the callback may delete the task before pass() returns
+      // Through the gate: once the environment is going away (a worker thread terminated), the thread-safe
+      // function may already be freed and nothing is left to settle; the task is then leaked (its JS
+      // references belong to the JS thread).
+      gate->pass([&] {
       napi_status st = tsfn.BlockingCall(task, [](Napi::Env env, Napi::Function, EngineTask* t) {
+        t->gate_->unhook();
         if (env != nullptr) {
           try {
             if (t->error_.empty()) t->deferred_->Resolve(t->done_(env));
@@ -59,8 +67,9 @@ class EngineTask {
         }
         delete t;
       });
-      if (st != napi_ok) delete task;  // the environment is shutting down
       tsfn.Release();
+      (void)st;  // not napi_ok: the function is closing and calls the callback for what it holds, or drops it
+      });
     });
     return promise;
   }
@@ -68,6 +77,7 @@ class EngineTask {
  private:
   std::unique_ptr<Napi::Promise::Deferred> deferred_;
   Napi::ThreadSafeFunction tsfn_;
+  std::shared_ptr<EnvGate> gate_;  // shared: the engine thread holds it past the task's deletion
   Work work_;
   Done done_;
   std::string error_;
