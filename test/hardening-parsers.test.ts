@@ -261,10 +261,20 @@ describeShared('grammar trigger patterns', () => {
       const refused = [
         '([\\s\\S]*)*x$', '(a|a)*(b|b)*(c|c)*(.|.)*z', '(x+)+y', '(.*)\\1\\1z', 'a'.repeat(1001), '<call>[\\s\\S]*', 'a{3,}',
         '(?:.|.)'.repeat(25) + 'X', '.?'.repeat(25), 'a{0,5}'.repeat(10), '.{0,5000}', 'x{0,99999999}', '(a)\\1', '\\cJ',
+        // matches that read nothing still try every way from every position (10: over 100 s for 3 tokens)
+        '(?:(?:){0,7}){0,7}\\b\\B', '(?:(?:){0,10}){0,10}\\b\\B',
       ];
       for (const p of refused) {
         await rejectsWith(s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { patterns: [p] } }), 'ERR_LIMIT_EXCEEDED');
       }
+      // Words are compiled as regular expressions too (std::regex's compiler recurses per character: a word
+      // of 100,000 characters overflowed a stack), and every trigger is searched for at every token.
+      await rejectsWith(s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { words: ['w'.repeat(1001)] } }), 'ERR_LIMIT_EXCEEDED');
+      await rejectsWith(s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { words: ['w'.repeat(100_000)] } }), 'ERR_LIMIT_EXCEEDED');
+      const many = Array.from({ length: 257 }, (_, i) => `w${i}`);
+      await rejectsWith(s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { words: many } }), 'ERR_LIMIT_EXCEEDED');
+      s.reset();
+      expect((await s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { words: ['w'.repeat(1000), ...many.slice(0, 255)] } })).stopReason).toBe('maxTokens');
       for (const p of ['(', 'a)', '[abc', 'a{2,1}', '*a', '\\u{', '\\u{41}', '\\u12', '\\x4', 'a\\x']) {
         await rejectsWith(s.complete('Once', { maxTokens: 4, grammar: 'root ::= "x"', grammarTriggers: { patterns: [p] } }), 'ERR_INVALID_GRAMMAR');
       }

@@ -164,7 +164,16 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
     const t = checkOptions('grammarTriggers', o.grammarTriggers, ['words', 'patterns', 'tokens'], caller);
     if (out.grammar === undefined && schemaLater === undefined) throw invalid('grammarTriggers', 'a grammar or jsonSchema to trigger', o.grammarTriggers, caller);
     const triggers: NonNullable<NativeGenerateOptions['grammarTriggers']> = [];
-    if (t.words !== undefined) for (const w of stringList(t.words, 'grammarTriggers.words', caller)) triggers.push({ type: 'word', value: w });
+    if (t.words !== undefined) {
+      for (const w of stringList(t.words, 'grammarTriggers.words', caller)) {
+        // llama.cpp compiles each word into a regular expression, with std::regex's compiler recursing once per
+        // character: 100,000 characters overflowed the stack of the thread that builds the sampler.
+        if (w.length > MAX_TRIGGER_WORD) {
+          throw llamaError('ERR_LIMIT_EXCEEDED', `Invalid option "grammarTriggers.words": words of at most ${MAX_TRIGGER_WORD} characters were expected, received one of ${w.length}`, caller);
+        }
+        triggers.push({ type: 'word', value: w });
+      }
+    }
     if (t.patterns !== undefined) {
       for (const p of stringList(t.patterns, 'grammarTriggers.patterns', caller)) {
         checkTriggerPattern(p, caller);
@@ -178,6 +187,10 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
       for (const token of t.tokens as number[]) triggers.push({ type: 'token', value: '', token });
     }
     if (triggers.length === 0) throw invalid('grammarTriggers', 'at least one word, pattern or token', o.grammarTriggers, caller);
+    if (triggers.length > MAX_TRIGGERS) {
+      // Each is searched for at every token until one appears.
+      throw llamaError('ERR_LIMIT_EXCEEDED', `Invalid option "grammarTriggers": at most ${MAX_TRIGGERS} words, patterns and tokens in all were expected, received ${triggers.length}`, caller);
+    }
     out.grammarLazy = true;
     out.grammarTriggers = triggers;
   }
@@ -198,6 +211,10 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
 
 /** Longest trigger pattern (characters). */
 export const MAX_TRIGGER_PATTERN = 1000;
+/** Longest trigger word (characters). */
+export const MAX_TRIGGER_WORD = 1000;
+/** Most triggers (words, patterns and tokens together) of one generation. */
+export const MAX_TRIGGERS = 256;
 /** Most characters a trigger pattern's match may read (its longest match, lookaheads included). */
 export const MAX_TRIGGER_SPAN = 4096;
 /** Most ways a trigger pattern may try to match from one position (alternatives × repetition counts), times its span. */
@@ -321,7 +338,8 @@ function checkTriggerPattern(p: string, caller: Function): void {
   const cost = alternation();
   if (i < p.length) syntax('balanced parentheses');
   if (cost.len > MAX_TRIGGER_SPAN) fail(`a pattern whose matches read at most ${MAX_TRIGGER_SPAN} characters was expected (this one: ${cost.len})`);
-  if (cost.len * cost.ways > MAX_TRIGGER_WORK) {
+  // (A pattern whose matches are empty still tries each way from every position: at least one step each.)
+  if (Math.max(cost.len, 1) * cost.ways > MAX_TRIGGER_WORK) {
     fail(`a pattern with fewer ways to try from one position was expected (${cost.ways} ways over ${cost.len} characters; at most ${MAX_TRIGGER_WORK} steps): alternatives and optional parts in a row multiply`);
   }
 }
