@@ -246,7 +246,7 @@ struct Candidate {
 // successors, each stack once (Step), which does not depend on the code point read. All candidates have
 // read the same number of code points.
 void acceptCandidates(const llama_grammar_rules& rules, const Stacks& stacks, std::vector<Candidate>& cands,
-                      std::vector<char>& ok) {
+                      std::vector<char>& ok, bool atTokenStart = true) {
   if (stacks.empty() || cands.empty()) return;
   // The stacks at a character range, which candidates' code points are read by.
   std::vector<const Stack*> chars;
@@ -265,9 +265,12 @@ void acceptCandidates(const llama_grammar_rules& rules, const Stacks& stacks, st
       if (accepted) ok[c.index] = 1;
       continue;
     }
-    // A stack waiting for a token id takes the whole token by its id.
+    // A stack waiting for a token id takes the whole token by its id, at the token's start only: a stack that
+    // reaches a token element after reading part of the token's text is not at a token boundary. (llama.cpp
+    // let it take the token there, and accepting the token then left no parse state: `"a" !<[id]> "b"`
+    // failed every generation with "Unexpected empty grammar stack"; found by a hostile review.)
     bool accepted = false;
-    for (size_t i = 0; !accepted && i < stacks.size(); i++) accepted = !stacks[i].empty() && matchToken(stacks[i].back(), c.id);
+    for (size_t i = 0; atTokenStart && !accepted && i < stacks.size(); i++) accepted = !stacks[i].empty() && matchToken(stacks[i].back(), c.id);
     if (accepted) {
       ok[c.index] = 1;
       continue;
@@ -309,7 +312,7 @@ void acceptCandidates(const llama_grammar_rules& rules, const Stacks& stacks, st
         for (const Stack& t : after[i]) step.add(t);
       }
     }
-    acceptCandidates(rules, next, group, ok);
+    acceptCandidates(rules, next, group, ok, false);
   }
 }
 

@@ -44,7 +44,19 @@ describe.runIf(process.platform === 'linux')('grammars read text as llama.cpp do
     expect(ours.length).toBe(200);
     // Errors compare by code: the limit's message says where it was found, which differs.
     const norm = (c: Case) => JSON.stringify(c, (k, v: unknown) => (k === 'error' ? String(v).split(':')[0] : v));
-    for (let i = 0; i < ours.length; i++) expect(norm(ours[i]), ours[i].grammar).toBe(norm(theirs[i]));
+    // Except where llama.cpp is wrong: its filter let a parse state take a token by its id after reading part
+    // of that token's text (a token element is matched at token boundaries only here; grammar.test.ts), so
+    // seeded generations under grammars with token elements may differ; their texts' matches may not.
+    const tokenElements = (c: Case) => /<\[\d+\]>/.test(c.grammar);
+    const fixedTexts = 8;
+    for (let i = 0; i < ours.length; i++) {
+      if (!tokenElements(ours[i])) expect(norm(ours[i]), ours[i].grammar).toBe(norm(theirs[i]));
+      else {
+        const firstMatches = (c: Case) => norm({ ...c, generated: {}, texts: c.texts.slice(0, fixedTexts), matches: c.matches.slice(0, fixedTexts) });
+        expect(firstMatches(ours[i]), ours[i].grammar).toBe(firstMatches(theirs[i]));
+        expect(ours[i].generated.error ?? '', ours[i].grammar).not.toMatch(/empty grammar stack/);
+      }
+    }
     // The comparison is not vacuous: texts match and fail, generations ran under grammars with token elements.
     const matches = ours.flatMap((c) => c.matches);
     expect(matches.filter((m) => m.ok === true).length).toBeGreaterThan(100);

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from 'vitest'
 import { defineSchema, jsonSchemaToGrammar, loadModel, LlamaError, setLogLevel, type LlamaContext, type LlamaModel } from 'llama-addon';
 import { llamaCppDir, tinySynthetic } from './helpers/models.js';
 import { rejectsWith } from './helpers/errors.js';
+import { prng } from './helpers/prng.js';
 
 setLogLevel('error');
 
@@ -63,6 +64,34 @@ describe('grammar-constrained sampling (random-weight model)', () => {
       expectTypeOf(r.json.active).toEqualTypeOf<boolean | undefined>();
       expect(['admin', 'user', 'guest']).toContain(r.json.role);
       expect(r.json.kind).toBe('person');
+    }
+  });
+
+  // A token element (`<[id]>`, `!<[id]>`) matches a whole token, so only at a token boundary. llama.cpp's
+  // filter let a parse state that reached one after reading part of a token's text take that token by its
+  // id, and accepting it then left no state: `"a" !<[id]> "b"` failed every generation with "Unexpected empty
+  // grammar stack" (found by a hostile review). Random sequences of letters and token elements, several
+  // seeds each: every generation ends, and its tokens line up with the elements.
+  it('matches token elements at token boundaries, after characters too', async () => {
+    const rand = prng(11);
+    const letters = () => Array.from({ length: 1 + Math.floor(rand() * 3) }, () => 'abcdefgh'[Math.floor(rand() * 8)]).join('');
+    const someToken = () => 100 + Math.floor(rand() * (model.vocab.size - 100));
+    for (let round = 0; round < 12; round++) {
+      const [before, after] = [letters(), letters()];
+      const positive = rand() < 0.5;
+      const id = positive ? someToken() : model.tokenize(after, { addBos: false })[0]!;
+      const grammar = `root ::= "${before}" ${positive ? '' : '!'}<[${id}]> "${after}"`;
+      for (const seed of [1, 2]) {
+        using s = ctx.createSession();
+        const r = await s.complete('Hello', { grammar, temperature: 1, seed, maxTokens: 32 });
+        expect(r.stopReason, grammar).toBe('eog');
+        // The token element's token follows exactly the tokens that spell `before`.
+        const k = r.tokens.findIndex((_, i) => model.detokenize(r.tokens.slice(0, i)) === before);
+        expect(k, `${grammar}: ${JSON.stringify(r.text)}`).toBeGreaterThan(0);
+        if (positive) expect(r.tokens[k]).toBe(id);
+        else expect(r.tokens[k]).not.toBe(id);
+        expect(r.text.startsWith(before) && r.text.endsWith(after), `${grammar}: ${JSON.stringify(r.text)}`).toBe(true);
+      }
     }
   });
 
