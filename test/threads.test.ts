@@ -2,6 +2,7 @@
 // (native/thread_tuner.cpp). The tuner is driven here with made-up costs, for the situations it is for (an
 // idle machine, a busy host, one that becomes busy and then quiet again, many cores, noise); then a real
 // context shows the option, the counts in use, and that the output does not depend on them.
+import { availableParallelism } from 'node:os';
 import { describe, expect, it } from 'vitest';
 import { getSystemInfo, LlamaError } from 'llama-addon';
 import { native } from '../lib/native/native.js';
@@ -109,6 +110,15 @@ describe("contexts' threads option", () => {
     expect(fixed.threadsInUse).toEqual({ generation: 1, batch: 1 });
     using f = fixed.createSession();
     expect((await f.complete('Once upon a time', { maxTokens: 24, temperature: 0 })).text).toBe(auto.text);
+  });
+
+  it('caps a count at the logical CPUs: more threads only wait for each other', async () => {
+    const cpus = availableParallelism();
+    await using many = await t.model.createContext({ contextSize: 256, threads: 512, threadsBatch: cpus + 1 });
+    expect(many.threads).toBe(cpus);
+    expect(many.threadsInUse).toEqual({ generation: cpus, batch: cpus });
+    using s = many.createSession();
+    expect((await s.complete('Once upon a time', { maxTokens: 4, temperature: 0 })).tokens).toHaveLength(4);
   });
 
   it('refuses other values with ERR_INVALID_ARGUMENT', async () => {
