@@ -576,8 +576,20 @@ bool Engine::step() {
     int32_t maxForShape = single ? maxThreads_ : maxThreadsBatch_;
     ThreadTuner* tuner = nullptr;
     if (maxForShape > 0) {
-      auto& slot = tuners_[tunerShape(nTokens)];
-      if (!slot) slot = std::make_unique<ThreadTuner>(maxForShape);
+      int shape = tunerShape(nTokens);
+      auto& slot = tuners_[shape];
+      if (!slot) {
+        // A new shape starts from what the nearest shape has learnt (its count, and when to try the others
+        // again), not from scratch: each fresh tuner's first tries cost steps, and a server meets many shapes.
+        const ThreadTuner* near = nullptr;
+        for (int d = 1; near == nullptr && d < kTunerShapes; d++) {
+          for (int k : {shape - d, shape + d}) {
+            if (k >= 2 && k < kTunerShapes && tuners_[k] && (shape >= 2) && near == nullptr) near = tuners_[k].get();
+          }
+        }
+        slot = near != nullptr ? std::make_unique<ThreadTuner>(*near) : std::make_unique<ThreadTuner>(maxForShape);
+        slot->reset();
+      }
       tuner = slot.get();
     }
     int32_t threads = 0;

@@ -8,13 +8,13 @@ namespace {
 
 constexpr size_t kWindow = 5;          // costs at the current count whose median is its baseline
 constexpr int32_t kProbeSteps = 4;     // steps a neighbour is tried (the first one warms its threads up)
-constexpr int64_t kStartGap = 2;       // steps before the first try (the first step warms the threads up)
+constexpr int64_t kStartGap = 8;       // steps before the first try (the first step warms the threads up)
 constexpr int64_t kFirstGap = 16;      // steps before a neighbour is tried again, after a move
 constexpr int64_t kMaxGap = 1024;      // the longest wait before trying a neighbour that was slower
 constexpr double kMargin = 0.97;       // a neighbour's median must be this much below to move to it
 constexpr double kSlowdown = 2.0;      // a step this much above the baseline is slow
 constexpr int32_t kSlowRun = 3;        // this many slow steps in a row: the host got busy
-constexpr double kClearlyWorse = 4.0;  // a probe's first step this much above the baseline: ended at once
+constexpr double kClearlyWorse = 2.5;  // a probe's first step this much above the baseline: ended at once
 
 double median(std::vector<double> v) {
   if (v.empty()) return -1;
