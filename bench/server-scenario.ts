@@ -6,6 +6,7 @@
 // conversation's cache decodes only the new message. Servers take turns, one start each per round.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
+import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -112,44 +113,56 @@ interface Answer {
   text: string;
 }
 
-/** One streamed chat completion: the time to its first content, its tokens (usage) and text. */
-async function complete(url: string, messages: Message[], maxTokens: number, eos: number): Promise<Answer> {
-  const t0 = performance.now();
-  const res = await fetch(`${url}/v1/chat/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({
-      model: 'm', messages, max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true },
-      logit_bias: { [eos]: -100 },
-    }),
+/**
+ * One streamed chat completion: the time to its first content, its tokens (usage) and text. Each request
+ * has its own connection (node:http without an agent), for both servers alike: llama-server closes a
+ * kept-alive connection after a few requests, and fetch's pool reused some as they closed.
+ */
+function complete(url: string, messages: Message[], maxTokens: number, eos: number): Promise<Answer> {
+  const body = JSON.stringify({
+    model: 'm', messages, max_tokens: maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true },
+    logit_bias: { [eos]: -100 },
   });
-  if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
-  let ttft = -1;
-  let text = '';
-  let usage: number | null = null;
-  let deltas = 0;
-  let buf = '';
-  const decoder = new TextDecoder();
-  for await (const part of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(part, { stream: true });
-    let nl: number;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl).trim();
-      buf = buf.slice(nl + 1);
-      if (!line.startsWith('data:')) continue;
-      const data = line.slice(5).trim();
-      if (data === '[DONE]') continue;
-      const j = JSON.parse(data) as { choices?: Array<{ delta?: { content?: string | null } }>; usage?: { completion_tokens?: number } | null };
-      const c = j.choices?.[0]?.delta?.content;
-      if (c) {
-        if (ttft < 0) ttft = performance.now() - t0;
-        text += c;
-        deltas++;
+  const t0 = performance.now();
+  return new Promise<Answer>((resolve, reject) => {
+    const req = request(`${url}/v1/chat/completions`, { method: 'POST', agent: false, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+      if (res.statusCode !== 200) {
+        let text = '';
+        res.on('data', (d: Buffer) => (text += d));
+        res.on('end', () => reject(new Error(`HTTP ${res.statusCode}: ${text}`)));
+        return;
       }
-      if (j.usage?.completion_tokens !== undefined) usage = j.usage.completion_tokens;
-    }
-  }
-  return { ttftMs: ttft < 0 ? performance.now() - t0 : ttft, tokens: usage ?? deltas, text };
+      let ttft = -1;
+      let text = '';
+      let usage: number | null = null;
+      let deltas = 0;
+      let buf = '';
+      res.setEncoding('utf8');
+      res.on('data', (part: string) => {
+        buf += part;
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl).trim();
+          buf = buf.slice(nl + 1);
+          if (!line.startsWith('data:')) continue;
+          const data = line.slice(5).trim();
+          if (data === '[DONE]') continue;
+          const j = JSON.parse(data) as { choices?: Array<{ delta?: { content?: string | null } }>; usage?: { completion_tokens?: number } | null };
+          const c = j.choices?.[0]?.delta?.content;
+          if (c) {
+            if (ttft < 0) ttft = performance.now() - t0;
+            text += c;
+            deltas++;
+          }
+          if (j.usage?.completion_tokens !== undefined) usage = j.usage.completion_tokens;
+        }
+      });
+      res.on('end', () => resolve({ ttftMs: ttft < 0 ? performance.now() - t0 : ttft, tokens: usage ?? deltas, text }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
 }
 
 async function eventLoopDelay(url: string): Promise<{ p99: number; max: number } | null> {

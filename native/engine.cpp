@@ -555,8 +555,15 @@ bool Engine::step() {
         generating = true;
       }
     }
-    // New prompts are decoded in chunks while others generate, so that they do not stall them for long.
-    int32_t promptLimit = generating ? std::min(nBatch_, batch_.n_tokens + promptChunk_) : nBatch_;
+    // New prompts are decoded in chunks while others generate, so that they do not stall them for long: a
+    // chunk per prompt waiting, up to the batch size. (One chunk per step for all of them made prompts that
+    // arrive while others generate wait for each other: 16 clients of the server, 200-token prompts, on the
+    // 415M model: time to first token p50 15 s against llama-server's 7.7 s, which fills whole batches.)
+    int32_t waitingPrompts = 0;
+    for (GenState* g : order) waitingPrompts += !g->hasNext && g->promptPos < g->tokens.size() ? 1 : 0;
+    int32_t promptLimit =
+        generating ? (int32_t)std::min<int64_t>(nBatch_, (int64_t)batch_.n_tokens + (int64_t)promptChunk_ * std::max(1, waitingPrompts))
+                   : nBatch_;
     for (GenState* g : order) {
       while (!g->hasNext && g->promptPos < g->tokens.size() && batch_.n_tokens < promptLimit) {
         bool last = g->promptPos + 1 == g->tokens.size();

@@ -102,6 +102,38 @@ describeShared('abort, break and backpressure (stories260k)', () => {
     await s.complete('Again', { maxTokens: 2 });
   });
 
+  // `break` out of a loop (or abort()) ends the generation on the engine thread a moment later; the next
+  // generate() waits for that instead of failing with ERR_BUSY (found by a hostile review: the message said
+  // "await it, or abort it", and aborting was not enough). Chats still say ERR_BUSY until the reply ends.
+  it('after break or abort(), the next generation waits for the aborted one to end', async () => {
+    await using m = await open();
+    using s = m.ctx.createSession();
+    const first = s.generate('Once upon a time', { maxTokens: 200, temperature: 0 });
+    let seen = 0;
+    for await (const c of first) {
+      seen += c.tokens.length;
+      if (seen >= 3) break;
+    }
+    const next = await s.complete('Once upon a time, in a land', { maxTokens: 4, temperature: 0 });
+    expect(next.usage.completionTokens).toBe(4);
+    expect((await first.result).stopReason).toBe('abort');
+    // The second prompt was planned against what the first left in the cache: the common prefix is reused.
+    expect(next.usage.cachedTokens).toBeGreaterThanOrEqual((await first.result).usage.promptTokens);
+    const third = s.generate('Again', { maxTokens: 100 });
+    third.abort();
+    const again = s.generate('And again', { maxTokens: 2 });
+    expect(() => s.generate('Too soon')).toThrow(expect.objectContaining({ code: 'ERR_BUSY' }));
+    expect((await again.result).usage.completionTokens).toBe(2);
+    expect((await third.result).stopReason).toBe('abort');
+    // A chat still refuses, with a message that says what to do.
+    using chat = m.ctx.createChat({ template: 'chatml' });
+    const reply = chat.send('Hi', { maxTokens: 1000 });
+    for await (const _ of reply) break;
+    expect(() => chat.send('Again')).toThrow(/await its result first/);
+    await reply.result;
+    expect((await chat.send('Again', { maxTokens: 2 }).result).usage.completionTokens).toBe(2);
+  });
+
   it('disposing the context during generation ends it with abort, and later calls throw ERR_DISPOSED', async () => {
     await using m = await open();
     const s = m.ctx.createSession();

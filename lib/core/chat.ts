@@ -401,6 +401,11 @@ export class LlamaChat {
     if (this.#session.disposed) {
       throw llamaError('ERR_DISPOSED', 'The chat has been disposed', this.send);
     }
+    // (A session's generate() waits for an aborted generation to end; a chat cannot, since the reply that is
+    // ending still joins the conversation before this message.)
+    if (this.#session.busy) {
+      throw llamaError('ERR_BUSY', 'Cannot send while the chat generates a reply: await its result first (a reply ended by break or abort() ends a moment later)', this.send);
+    }
     const added: NativeChatMessage[] =
       message === undefined ? [] : [typeof message === 'string' ? { role: 'user', content: message } : checkMessage(message, this.#messages.length, this.send)];
     if (message === undefined && this.#messages.every((m) => m.role === 'system')) {

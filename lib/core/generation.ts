@@ -195,8 +195,16 @@ export class Generation<R extends GenerationResult = GenerationResult> implement
   /** Ends the generation; the stream ends normally and `result.stopReason` is `'abort'`. */
   abort(): void {
     if (this.#final) return;
+    this.#aborting = true;
     this.#native.abort();
     this.#drain = true;
+  }
+
+  #aborting = false;
+
+  /** @internal Aborted (by abort(), `break` or its signal) and not ended yet: the engine is finishing it. */
+  get ending(): boolean {
+    return this.#aborting && this.#final === null;
   }
 
   [Symbol.asyncIterator](): AsyncIterator<GenerationChunk> {

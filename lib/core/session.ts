@@ -306,8 +306,14 @@ export class LlamaSession {
     // A long text is tokenized off the JS thread; the generation starts when its tokens are there.
     let tokenizing: Promise<void> | null = null;
     const empty = () => invalid('input', 'a prompt of at least one token', input, caller);
+    // A generation that was aborted (a `break` out of its loop, say) ends on the engine thread a moment
+    // later: the new one starts after it, instead of failing with ERR_BUSY.
+    const previous = this.#busy === null && this.#running instanceof Generation && this.#running.ending ? this.#running : null;
+    const checkIdle = () => {
+      if (!previous) this.#checkIdle(caller, 'generate');
+    };
     if (input instanceof Promise || (typeof input === 'string' && input.length >= ASYNC_TOKENIZE_CHARS)) {
-      this.#checkIdle(caller, 'generate');
+      checkIdle();
       const tokens: Promise<ArrayLike<number> | LateInput> = input instanceof Promise ? input : model.tokenizeAsync(input);
       tokenizing = tokens.then((t) => {
         if ('tokens' in t) {
@@ -327,7 +333,7 @@ export class LlamaSession {
       const vocabSize = model.vocab.size;
       const bad = prompt.findIndex((t) => !(t >= 0 && t < vocabSize));
       if (bad >= 0) throw invalid('input', `token ids from 0 to ${vocabSize - 1}`, prompt[bad], caller);
-      this.#checkIdle(caller, 'generate');
+      checkIdle();
     }
     const lora = loraKey ?? ctx.loraKey;
     const shift = this.#shift !== false;
@@ -354,12 +360,14 @@ export class LlamaSession {
       return native;
     };
     // A large JSON schema is checked and converted off the JS thread too.
+    const ended = previous ? previous.result.then(() => {}, () => {}) : null;
     const before =
-      schemaLater === undefined
+      schemaLater === undefined && ended === null
         ? tokenizing
         : Promise.all([
             tokenizing,
-            schemaLater.then((p) => {
+            ended,
+            schemaLater?.then((p) => {
               schema = p;
             }),
           ]).then(() => {});
