@@ -6,21 +6,27 @@ namespace la {
 
 namespace {
 
-constexpr size_t kWindow = 5;          // costs at the current count whose median is its baseline
-constexpr int32_t kProbeSteps = 4;     // steps a neighbour is tried (the first one warms its threads up)
-constexpr int64_t kStartGap = 8;       // steps before the first try (the first step warms the threads up)
+constexpr size_t kWindow = 8;          // costs at the current count whose trimmed mean is its baseline
+constexpr int32_t kProbeSteps = 5;     // steps a neighbour is tried (the first one warms its threads up)
+constexpr int64_t kStartGap = 2;       // steps before the first try (the first step warms the threads up)
 constexpr int64_t kFirstGap = 16;      // steps before a neighbour is tried again, after a move
 constexpr int64_t kMaxGap = 1024;      // the longest wait before trying a neighbour that was slower
-constexpr double kMargin = 0.97;       // a neighbour's median must be this much below to move to it
+constexpr double kMargin = 0.97;       // a neighbour's cost must be this much below to move to it
 constexpr double kSlowdown = 2.0;      // a step this much above the baseline is slow
 constexpr int32_t kSlowRun = 3;        // this many slow steps in a row: the host got busy
 constexpr double kClearlyWorse = 2.5;  // a probe's first step this much above the baseline: ended at once
 
-double median(std::vector<double> v) {
+// The mean without the largest value (of three or more): a step time is what throughput pays, stalls
+// included (with a core busy, 2 threads' steps stall often, and that is their cost), while one spike of a
+// shared machine (a thread put aside once) is left out.
+double trimmedMean(const std::vector<double>& v) {
   if (v.empty()) return -1;
-  std::sort(v.begin(), v.end());
-  size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+  double sum = 0, top = v[0];
+  for (double x : v) {
+    sum += x;
+    top = std::max(top, x);
+  }
+  return v.size() >= 3 ? (sum - top) / (double)(v.size() - 1) : sum / (double)v.size();
 }
 
 }  // namespace
@@ -28,7 +34,7 @@ double median(std::vector<double> v) {
 ThreadTuner::ThreadTuner(int32_t maxThreads)
     : max_(std::max<int32_t>(1, maxThreads)), cur_(max_), gap_((size_t)max_ + 2, kFirstGap), notBefore_((size_t)max_ + 2, kStartGap) {}
 
-double ThreadTuner::baseline() const { return median(recent_); }
+double ThreadTuner::baseline() const { return trimmedMean(recent_); }
 
 void ThreadTuner::reset() {
   recent_.clear();
@@ -67,7 +73,7 @@ void ThreadTuner::record(int32_t threads, double cost) {
       probeCosts_.push_back(cost);
     }
     if (probeLeft_ > 0) return;
-    double mid = probeCosts_.empty() ? cost : median(probeCosts_);
+    double mid = probeCosts_.empty() ? cost : trimmedMean(probeCosts_);
     size_t p = (size_t)probe_;
     if (!probeCosts_.empty() && mid < base * kMargin) {
       // Move; the count left behind may be tried again soon.
