@@ -591,10 +591,13 @@ bool Engine::step() {
         const ThreadTuner* near = nullptr;
         for (int d = 1; near == nullptr && d < kTunerShapes; d++) {
           for (int k : {shape - d, shape + d}) {
-            if (k >= 2 && k < kTunerShapes && tuners_[k] && (shape >= 2) && near == nullptr) near = tuners_[k].get();
+            if (k >= 2 && k < kTunerShapes && (k >= 32) == (shape >= 32) && tuners_[k] && shape >= 2 && near == nullptr) near = tuners_[k].get();
           }
         }
-        slot = near != nullptr ? std::make_unique<ThreadTuner>(*near) : std::make_unique<ThreadTuner>(maxForShape);
+        // Steps of 32 tokens or more (prompt chunks) are few and costly: a try of a slower count there costs
+        // seconds (16 chats on the 415M model: a try of 1 thread on 512-token steps cost 5 s of a 32 s run), so
+        // they try other counts only after 64 steps, or at once when their steps slow down (a busy host).
+        slot = near != nullptr ? std::make_unique<ThreadTuner>(*near) : std::make_unique<ThreadTuner>(maxForShape, shape >= 32 ? 64 : 2);
         slot->reset();
       }
       tuner = slot.get();

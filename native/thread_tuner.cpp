@@ -31,8 +31,8 @@ double trimmedMean(const std::vector<double>& v) {
 
 }  // namespace
 
-ThreadTuner::ThreadTuner(int32_t maxThreads)
-    : max_(std::max<int32_t>(1, maxThreads)), cur_(max_), gap_((size_t)max_ + 2, kFirstGap), notBefore_((size_t)max_ + 2, kStartGap) {}
+ThreadTuner::ThreadTuner(int32_t maxThreads, int64_t firstTry)
+    : max_(std::max<int32_t>(1, maxThreads)), cur_(max_), gap_((size_t)max_ + 2, kFirstGap), notBefore_((size_t)max_ + 2, std::max(kStartGap, firstTry)) {}
 
 double ThreadTuner::baseline() const { return trimmedMean(recent_); }
 

@@ -20,7 +20,8 @@ namespace la {
 
 class ThreadTuner {
  public:
-  explicit ThreadTuner(int32_t maxThreads);
+  // `firstTry`: steps before it first tries another count (large steps wait longer: each try costs seconds).
+  explicit ThreadTuner(int32_t maxThreads, int64_t firstTry = 2);
 
   // Threads for the next step.
   int32_t choose();
