@@ -6,7 +6,7 @@ namespace la {
 
 namespace {
 
-constexpr size_t kWindow = 8;          // costs at the current count whose trimmed mean is its baseline
+constexpr size_t kWindow = 8;          // costs at the current count whose mean is its baseline
 constexpr int32_t kProbeSteps = 5;     // steps a neighbour is tried (the first one warms its threads up)
 constexpr int64_t kStartGap = 2;       // steps before the first try (the first step warms the threads up)
 constexpr int64_t kFirstGap = 16;      // steps before a neighbour is tried again, after a move
@@ -16,17 +16,15 @@ constexpr double kSlowdown = 2.0;      // a step this much above the baseline is
 constexpr int32_t kSlowRun = 3;        // this many slow steps in a row: the host got busy
 constexpr double kClearlyWorse = 2.5;  // a probe's first step this much above the baseline: ended at once
 
-// The mean without the largest value (of three or more): a step time is what throughput pays, stalls
-// included (with a core busy, 2 threads' steps stall often, and that is their cost), while one spike of a
-// shared machine (a thread put aside once) is left out.
-double trimmedMean(const std::vector<double>& v) {
+// The mean: a step time is what throughput pays, stalls included (with a core busy, 2 threads' steps
+// stall now and then, and that is their cost: a median, or a mean without the largest value, hid stalls
+// that came once every few steps). Over kWindow steps and a try of kProbeSteps, the spikes of a shared
+// machine average out.
+double meanOf(const std::vector<double>& v) {
   if (v.empty()) return -1;
-  double sum = 0, top = v[0];
-  for (double x : v) {
-    sum += x;
-    top = std::max(top, x);
-  }
-  return v.size() >= 3 ? (sum - top) / (double)(v.size() - 1) : sum / (double)v.size();
+  double sum = 0;
+  for (double x : v) sum += x;
+  return sum / (double)v.size();
 }
 
 }  // namespace
@@ -34,7 +32,7 @@ double trimmedMean(const std::vector<double>& v) {
 ThreadTuner::ThreadTuner(int32_t maxThreads, int64_t firstTry)
     : max_(std::max<int32_t>(1, maxThreads)), cur_(max_), gap_((size_t)max_ + 2, kFirstGap), notBefore_((size_t)max_ + 2, std::max(kStartGap, firstTry)) {}
 
-double ThreadTuner::baseline() const { return trimmedMean(recent_); }
+double ThreadTuner::baseline() const { return meanOf(recent_); }
 
 void ThreadTuner::reset() {
   recent_.clear();
@@ -73,7 +71,7 @@ void ThreadTuner::record(int32_t threads, double cost) {
       probeCosts_.push_back(cost);
     }
     if (probeLeft_ > 0) return;
-    double mid = probeCosts_.empty() ? cost : trimmedMean(probeCosts_);
+    double mid = probeCosts_.empty() ? cost : meanOf(probeCosts_);
     size_t p = (size_t)probe_;
     if (!probeCosts_.empty() && mid < base * kMargin) {
       // Move; the count left behind may be tried again soon.

@@ -6,11 +6,11 @@
 // One tuner per shape of step (native/engine.h), since each has its own best count. The tuner keeps the
 // costs of the last few steps at the count in use, and now and then tries a neighbour (one thread fewer or
 // more) for a few steps; it moves when the neighbour's mean cost is below the current count's by a margin.
-// Each mean leaves out its largest value: a shared machine's step times have spikes (a thread put aside for
-// a moment) that made a tuner with smoothed averages leave the best count, while the stalls a count causes
-// again and again (a core busy) are its real cost, which a median would not see. A neighbour that was slower is tried
-// again after longer, the slower it was (so a count that is 20x slower costs little), and at once when the
-// current count's steps become steadily slower (the host got busy). Deterministic given the costs, so that
+// Plain means over 8 steps and tries of 4: a shared machine's step times have spikes (a thread put aside
+// for a moment) that made a tuner with a smoothed average and 2-step tries leave the best count, while the
+// stalls a count causes (a core busy) are its real cost, which a median (or a trimmed mean) would not see.
+// A neighbour that was slower is tried again after longer, the slower it was (so a count that is 20x slower
+// costs little), and at once when the current count's steps become steadily slower (the host got busy). Deterministic given the costs, so that
 // test/threads.test.ts can drive it with made-up ones.
 #pragma once
 #include <cstdint>
@@ -34,7 +34,7 @@ class ThreadTuner {
   int32_t maxThreads() const { return max_; }
 
  private:
-  // The mean of the last costs at cur_ without the largest (< 0: none yet).
+  // The mean of the last costs at cur_ (< 0: none yet).
   double baseline() const;
 
   int32_t max_;
