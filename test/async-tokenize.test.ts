@@ -202,7 +202,7 @@ describe('chats rendered off the JS thread', () => {
       const first = other.send('Once', { maxTokens: 40 });
       const bad = { type: 'object', properties: Object.fromEntries(Array.from({ length: 800 }, (_, i) => [`f${i}`, { type: 'strng' }])) };
       expect(JSON.stringify(bad).length).toBeGreaterThan(16384);
-      expect(() => other.send(long, { jsonSchema: bad as never })).toThrow(/while the session generates/);
+      expect(() => other.send(long, { jsonSchema: bad as never })).toThrow(/while the chat generates a reply/);
       await first.result;
       await new Promise((r) => setTimeout(r, 300));
       expect(unhandled).toEqual([]);
