@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <shared_mutex>
 
 namespace la {
@@ -68,6 +70,20 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t p
   batch_ = llama_batch_init(nBatch_, 0, 1);
   tgNow_ = llama_n_threads(ctx_);
   ppNow_ = llama_n_threads_batch(ctx_);
+  const char* prof = std::getenv("LLAMA_ADDON_PROFILE");
+  profile_.on = prof != nullptr && prof[0] != '\0' && std::string(prof) != "0";
+}
+
+void Engine::printProfile() const {
+  const Profile& p = profile_;
+  if (!p.on || p.steps == 0) return;
+  double n = (double)p.steps;
+  int64_t rest = p.stepUs - p.decodeUs - p.syncUs - p.sampleUs - p.handleUs;
+  std::fprintf(stderr,
+               "llama-addon engine profile: %lld steps, %lld tokens; per step (us): decode %.1f, sync %.1f, sample %.1f, "
+               "handle %.1f, rest %.1f, total %.1f; %lld of %lld tokens sampled over a subset of the vocabulary\n",
+               (long long)p.steps, (long long)p.tokens, p.decodeUs / n, p.syncUs / n, p.sampleUs / n, p.handleUs / n,
+               rest / n, p.stepUs / n, (long long)p.sampledSubset, (long long)p.sampled);
 }
 
 void Engine::tuneThreads(int32_t maxThreads, int32_t maxThreadsBatch) {
@@ -269,7 +285,10 @@ void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
   g->building.promptTokens = n;
   g->building.evaluatedTokens = n - g->keep;
   if (g->acceptPrompt) {
-    for (llama_token t : g->tokens) common_sampler_accept(g->sampler, t, false);
+    for (llama_token t : g->tokens) {
+      common_sampler_accept(g->sampler, t, false);
+      g->candidates.accept(t);
+    }
   }
   active_.push_back(g);
 }
@@ -427,6 +446,7 @@ void Engine::run() {
   // Stopping: end every generation still running.
   for (auto& g : active_) finish(*g, "abort");
   active_.clear();
+  printProfile();
 }
 
 bool Engine::step() {
@@ -446,6 +466,7 @@ bool Engine::step() {
       if (stopping_) return false;
       commands.swap(commands_);
     }
+    int64_t stepStart = profile_.on ? nowUs() : 0;
     adapters.lock();  // not while waiting: an adapter may load meanwhile
     for (auto& c : commands) {
       // Each command settles whatever happens, or its caller would wait forever.
@@ -625,6 +646,13 @@ bool Engine::step() {
       double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - decodeStart).count();
       tuner->record(threads, nTokens < 32 ? seconds : seconds / nTokens);  // (per token within a size class)
     }
+    int64_t tSample = 0, tHandle = 0;
+    if (profile_.on) {
+      int64_t t0 = nowUs();
+      profile_.decodeUs += t0 - std::chrono::duration_cast<std::chrono::microseconds>(decodeStart.time_since_epoch()).count();
+      if (ret == 0) llama_synchronize(ctx_);
+      profile_.syncUs += nowUs() - t0;
+    }
     std::vector<std::shared_ptr<GenState>> finished;
     for (auto& sp : active_) {
       GenState& g = *sp;
@@ -653,6 +681,7 @@ bool Engine::step() {
         try {
           AbortGuard guard;
           ids = common_sampler_sample_and_accept_n(g.sampler, ctx_, idxs, g.drafts);
+          for (llama_token id : ids) g.candidates.accept(id);
         } catch (const std::exception& e) {
           {
             SamplingFailure f = samplingError(g, e);
@@ -688,11 +717,13 @@ bool Engine::step() {
         }
       } else if (g.iBatch >= 0) {
         llama_token t;
+        int64_t t0 = profile_.on ? nowUs() : 0;
         try {
           // A grammar that leaves no token to choose makes llama.cpp assert: end the request instead.
           AbortGuard guard;
-          t = common_sampler_sample(g.sampler, ctx_, g.iBatch);
+          t = g.candidates.sample(g.sampler, ctx_, g.iBatch);
           common_sampler_accept(g.sampler, t, true);
+          g.candidates.accept(t);
         } catch (const std::exception& e) {
           // In practice: a grammar that allows no token that logitBias left (or none at all).
           {
@@ -701,10 +732,24 @@ bool Engine::step() {
           }
           continue;
         }
+        int64_t t1 = profile_.on ? nowUs() : 0;
         handleToken(g, t, g.iBatch);
+        if (profile_.on) {
+          tSample += t1 - t0;
+          tHandle += nowUs() - t1;
+          profile_.sampled++;
+          profile_.sampledSubset += g.candidates.active() ? 1 : 0;
+        }
       }
     }
     dropFinished();
+    if (profile_.on) {
+      profile_.steps++;
+      profile_.tokens += nTokens;
+      profile_.sampleUs += tSample;
+      profile_.handleUs += tHandle;
+      profile_.stepUs += nowUs() - stepStart;
+    }
   }
   return true;
 }

@@ -15,6 +15,7 @@
 
 #include "llama.h"
 #include "backends.h"
+#include "candidates.h"
 #include "lora.h"
 #include "model.h"
 #include "thread_tuner.h"
@@ -99,6 +100,7 @@ struct GenState {
   int32_t maxTokens = 0;
   std::vector<std::string> stops;
   common_sampler* sampler = nullptr;  // llama.cpp common's sampler: chain, grammar, lazy triggers
+  CandidateFilter candidates;         // samples `sampler`'s chain over the tokens it can keep (candidates.h)
   bool acceptPrompt = false;          // feed prompt tokens to the sampler (penalties)
   std::vector<llama_token> preserved;  // tokens rendered as text (tool-call markers), sorted
   size_t capacity = 32;       // bounded queue, in tokens: the engine pauses this generation when it is full
@@ -236,6 +238,18 @@ class Engine : public std::enable_shared_from_this<Engine> {
   bool stopped_ = false;
   std::vector<std::shared_ptr<GenState>> active_;  // engine thread only
   size_t rr_ = 0;
+  // LLAMA_ADDON_PROFILE=1 (read when the engine is made): where the engine thread's time goes, summed over
+  // the steps that decode, printed to stderr when the engine stops (a developer's tool: see the README's
+  // Performance section). Times in microseconds; `sync` is the wait for the backend to finish the step's
+  // work (llama_decode returns before a GPU is done), `sample` the samplers, `handle` detokenizing, stop
+  // strings and queueing output, `rest` everything else between two decodes.
+  struct Profile {
+    bool on = false;
+    int64_t steps = 0, tokens = 0;
+    int64_t sampled = 0, sampledSubset = 0;  // tokens sampled one at a time, and of those over a subset (candidates.h)
+    int64_t decodeUs = 0, syncUs = 0, sampleUs = 0, handleUs = 0, stepUs = 0;
+  } profile_;
+  void printProfile() const;
 };
 
 int64_t nowUs();

@@ -196,7 +196,10 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   // A grammar is checked and parsed off the JS thread (one of megabytes takes a second); without one the
   // sampler is cheap and built here.
   const bool deferred = g->hasGrammar;
-  if (!deferred) g->sampler = buildSampler(env, engine->model(), sp);
+  if (!deferred) {
+    g->sampler = buildSampler(env, engine->model(), sp);
+    g->candidates.setup(model.vocab, sp);  // (a grammar samples over the whole vocabulary)
+  }
 
   // Notifications to JS: data available, paused on a full queue, done.
   auto sink = std::make_shared<NapiSink>();
