@@ -3,9 +3,9 @@
 #   bash .device/gpu-run.sh   CUDA build (build-cuda/, kept between calls), a GPU smoke check, the GPU and
 #                             backend tests, the bench with every layer offloaded, then the whole test suite;
 #                             everything lands in $OUT as it is made, so a cut-off run still reports.
-# Environment: STEPS (default "build smoke gpu-tests bench suite"), GPU_TESTS (test files of gpu-tests),
+# Environment: STEPS (default "build smoke gpu-tests bench suite"; also "profile": bench/profile.ts after the bench), GPU_TESTS (test files of gpu-tests),
 # EXTRA_CMAKE (more -D flags), BUILD_TARGETS (default "llama_addon llama-bench"), REPS (bench rounds, default 3),
-# MODELS (bench --model flags), BENCH_TIMEOUT and SUITE_TIMEOUT (seconds).
+# MODELS (bench --model flags), BENCH_TIMEOUT, PROFILE_TIMEOUT and SUITE_TIMEOUT (seconds), PROFILE_TOKENS.
 set -uo pipefail
 D="$PWD/.device"
 OUT="${OUT:-/tmp/out}"
@@ -64,6 +64,15 @@ GGML_BACKEND_PATH="$PWD/build-cuda/Release/gpu/libggml-cuda.so" LLAMA_BENCH_BIN=
 echo "bench exit $?" | tee -a "$OUT/steps.txt"
 cp bench/results/latest.json "$OUT/bench.json" 2>/dev/null || true
 cat "$OUT/bench.md"
+fi
+
+if want profile; then
+step profile
+# The engine's per-step profile for greedy generation, sampling over a subset and over the whole vocabulary
+# (bench/profile.ts), on the bench's models (the synthetic ones as the bench step wrote them).
+timeout "${PROFILE_TIMEOUT:-120}" node --import tsx bench/profile.ts --gpu-layers max --tokens "${PROFILE_TOKENS:-256}" --rounds 2 \
+  "$D/models/stories260k.gguf" "$D/models/tinystories-656k-q8_0.gguf" /tmp/bench-models/*.gguf > "$OUT/profile.txt" 2>&1
+echo "profile exit $?" | tee -a "$OUT/steps.txt"; cat "$OUT/profile.txt"
 fi
 
 if want suite; then
