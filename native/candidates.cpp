@@ -3,6 +3,12 @@
 #include <algorithm>
 #include <cstdlib>
 #include <string>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 #include <stdexcept>
 
 namespace la {
@@ -10,7 +16,7 @@ namespace la {
 namespace {
 // The subset pays off while it stays well below the vocabulary.
 constexpr int32_t kMaxK = 1024;
-constexpr int32_t kMinVocab = 1024;
+constexpr int32_t kMinVocab = 256;
 }  // namespace
 
 void CandidateFilter::setup(const llama_vocab* vocab, const common_params_sampling& sp) {
@@ -75,20 +81,42 @@ llama_token CandidateFilter::sample(common_sampler* s, llama_context* ctx, int i
   }
   std::make_heap(heap_.begin(), heap_.end(), greater);  // front: the smallest kept
   float floor = heap_.empty() ? 0.0f : heap_.front().logit;
-  for (; t < nVocab_; t++) {
-    float l = logits[t];
-    if (l >= floor && !special[t]) {
+  auto visit = [&](llama_token x) {
+    float l = logits[x];
+    if (l >= floor && !special[x]) {
       if (l == floor) {
-        ties_.push_back({t, l, 0.0f});
-        continue;
+        ties_.push_back({x, l, 0.0f});
+        return;
       }
       std::pop_heap(heap_.begin(), heap_.end(), greater);
       ties_.push_back(heap_.back());
-      heap_.back() = {t, l, 0.0f};
+      heap_.back() = {x, l, 0.0f};
       std::push_heap(heap_.begin(), heap_.end(), greater);
       floor = heap_.front().logit;
     }
+  };
+  // Most blocks of 16 logits hold none at or above the floor once the heap is full: skip those with one
+  // vector comparison per 4 (a NaN compares false, as in visit()).
+#if defined(__SSE2__)
+  for (; t + 16 <= nVocab_; t += 16) {
+    const __m128 f = _mm_set1_ps(floor);
+    const float* p = logits + t;
+    __m128 hit = _mm_or_ps(_mm_or_ps(_mm_cmpge_ps(_mm_loadu_ps(p), f), _mm_cmpge_ps(_mm_loadu_ps(p + 4), f)),
+                           _mm_or_ps(_mm_cmpge_ps(_mm_loadu_ps(p + 8), f), _mm_cmpge_ps(_mm_loadu_ps(p + 12), f)));
+    if (_mm_movemask_ps(hit) == 0) continue;
+    for (llama_token j = 0; j < 16; j++) visit(t + j);
   }
+#elif defined(__aarch64__)
+  for (; t + 16 <= nVocab_; t += 16) {
+    const float32x4_t f = vdupq_n_f32(floor);
+    const float* p = logits + t;
+    uint32x4_t hit = vorrq_u32(vorrq_u32(vcgeq_f32(vld1q_f32(p), f), vcgeq_f32(vld1q_f32(p + 4), f)),
+                               vorrq_u32(vcgeq_f32(vld1q_f32(p + 8), f), vcgeq_f32(vld1q_f32(p + 12), f)));
+    if (vmaxvq_u32(hit) == 0) continue;
+    for (llama_token j = 0; j < 16; j++) visit(t + j);
+  }
+#endif
+  for (; t < nVocab_; t++) visit(t);
   cand_.clear();
   for (llama_token x : specialList_) cand_.push_back({x, logits[x], 0.0f});
   cand_.insert(cand_.end(), heap_.begin(), heap_.end());

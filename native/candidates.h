@@ -9,7 +9,7 @@
 // included). The chain then runs over that subset, in token order, and keeps exactly the tokens it would
 // keep over the whole vocabulary: the result is the same, except that tokens whose logits are exactly equal
 // may come out of top-k in another order (greedy still takes the lowest token id, as over the whole array).
-// Anything else (a grammar, top-n-sigma, top-k 0, a small vocabulary) samples the usual way.
+// Anything else (a grammar, top-n-sigma, top-k 0, a vocabulary under 256 tokens) samples the usual way.
 #pragma once
 
 #include <cstdint>

@@ -5,7 +5,8 @@
 #                             everything lands in $OUT as it is made, so a cut-off run still reports.
 # Environment: STEPS (default "build smoke gpu-tests bench suite"; also "profile": bench/profile.ts after the bench), GPU_TESTS (test files of gpu-tests),
 # EXTRA_CMAKE (more -D flags), BUILD_TARGETS (default "llama_addon llama-bench"), REPS (bench rounds, default 3),
-# MODELS (bench --model flags), BENCH_TIMEOUT, PROFILE_TIMEOUT and SUITE_TIMEOUT (seconds), PROFILE_TOKENS.
+# MODELS (bench --model flags), BENCH_TIMEOUT, PROFILE_TIMEOUT and SUITE_TIMEOUT (seconds), PROFILE_TOKENS, PROFILE_ARGS
+# (more bench/profile.ts flags).
 set -uo pipefail
 D="$PWD/.device"
 OUT="${OUT:-/tmp/out}"
@@ -70,7 +71,7 @@ if want profile; then
 step profile
 # The engine's per-step profile for greedy generation, sampling over a subset and over the whole vocabulary
 # (bench/profile.ts), on the bench's models (the synthetic ones as the bench step wrote them).
-timeout "${PROFILE_TIMEOUT:-120}" node --import tsx bench/profile.ts --gpu-layers max --tokens "${PROFILE_TOKENS:-256}" --rounds 2 \
+timeout "${PROFILE_TIMEOUT:-120}" node --import tsx bench/profile.ts --gpu-layers max --tokens "${PROFILE_TOKENS:-256}" --rounds 2 ${PROFILE_ARGS:-} \
   "$D/models/stories260k.gguf" "$D/models/tinystories-656k-q8_0.gguf" /tmp/bench-models/*.gguf > "$OUT/profile.txt" 2>&1
 echo "profile exit $?" | tee -a "$OUT/steps.txt"; cat "$OUT/profile.txt"
 fi

@@ -32,7 +32,7 @@ function randomOptions(r: () => number, nVocab: number): GenerateOptions {
   };
 }
 
-for (const file of ['llama-2-tiny-random.gguf', 'tinystories-656k-q8_0.gguf']) {
+for (const file of ['llama-2-tiny-random.gguf', 'tinystories-656k-q8_0.gguf', 'stories260k.gguf']) {
   describeShared(`sampling over the tokens top-k can keep (${file})`, () => {
     let model: LlamaModel;
     let ctx: LlamaContext;
