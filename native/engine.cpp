@@ -81,9 +81,11 @@ void Engine::printProfile() const {
   int64_t rest = p.stepUs - p.decodeUs - p.syncUs - p.sampleUs - p.handleUs;
   std::fprintf(stderr,
                "llama-addon engine profile: %lld steps, %lld tokens; per step (us): decode %.1f, sync %.1f, sample %.1f, "
-               "handle %.1f, rest %.1f, total %.1f; %lld of %lld tokens sampled over a subset of the vocabulary\n",
+               "handle %.1f, rest %.1f, total %.1f; %lld of %lld tokens sampled over a subset of the vocabulary; "
+               "compute graph reused %lld times\n",
                (long long)p.steps, (long long)p.tokens, p.decodeUs / n, p.syncUs / n, p.sampleUs / n, p.handleUs / n,
-               rest / n, p.stepUs / n, (long long)p.sampledSubset, (long long)p.sampled);
+               rest / n, p.stepUs / n, (long long)p.sampledSubset, (long long)p.sampled,
+               (long long)p.graphsReused);
 }
 
 void Engine::tuneThreads(int32_t maxThreads, int32_t maxThreadsBatch) {
@@ -446,6 +448,7 @@ void Engine::run() {
   // Stopping: end every generation still running.
   for (auto& g : active_) finish(*g, "abort");
   active_.clear();
+  if (profile_.on && ctx_ != nullptr) profile_.graphsReused = llama_perf_context(ctx_).n_reused;
   printProfile();
 }
 

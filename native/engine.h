@@ -246,6 +246,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   struct Profile {
     bool on = false;
     int64_t steps = 0, tokens = 0;
+    int64_t graphsReused = 0;  // llama.cpp's count of steps that reused the last step's compute graph
     int64_t sampled = 0, sampledSubset = 0;  // tokens sampled one at a time, and of those over a subset (candidates.h)
     int64_t decodeUs = 0, syncUs = 0, sampleUs = 0, handleUs = 0, stepUs = 0;
   } profile_;
