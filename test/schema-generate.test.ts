@@ -249,7 +249,7 @@ describeShared('JSON schemas with a real model (stories260k)', () => {
     expect((await s.complete('x', { jsonSchema: { const: 'ok' } })).json).toBe('ok');
   });
 
-  // A schema of 16,384 characters or more is compiled and checked by ajv on a worker thread (its compile
+  // A schema of 2,048 characters or more is compiled and checked by ajv on a worker thread (its compile
   // takes about 7 ms per KB on the JS thread): the same results, the same errors.
   it('a large schema is validated on a worker thread, with the same results and errors', async () => {
     const padding = Object.fromEntries(Array.from({ length: 400 }, (_, i) => [`unused${i}`, { type: 'object', properties: { a: { type: 'integer', minimum: i } } }]));

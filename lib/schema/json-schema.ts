@@ -151,8 +151,8 @@ export interface PreparedSchema {
 }
 
 const CACHE_SIZE = 64;
-/** Schemas of this many characters or more are compiled and checked on a worker thread (about 100 ms of compile). */
-const WORKER_SCHEMA_CHARS = 16384;
+/** Schemas of this many characters or more are checked, compiled and validated on a worker thread: the checking pass and the converter take 5-10 ms per KB, so a smaller one holds the JS thread for at most about 20 ms. */
+const WORKER_SCHEMA_CHARS = 2048;
 const prepared = new Map<string, PreparedSchema>();
 const grammars = new Map<string, string>();
 
