@@ -227,8 +227,22 @@ struct SamplingFailure {
   const char* code;
   std::string message;
 };
+// The sampler chose a token that the grammar and logitBias had set to -infinity: there was none to choose.
+struct NoTokenAllowed : std::runtime_error {
+  NoTokenAllowed() : std::runtime_error("every token's logit is -infinity") {}
+};
 static SamplingFailure samplingError(const GenState& g, const std::exception& e) {
   if (dynamic_cast<const GrammarStatesError*>(&e) != nullptr) return {"ERR_LIMIT_EXCEEDED", e.what()};
+  if (auto* r = dynamic_cast<const GrammarRejectedText*>(&e); r != nullptr && g.grammarLazy) {
+    return {"ERR_INVALID_GRAMMAR",
+            "the lazy grammar does not accept the output from its trigger on: it rejected \"" + r->piece +
+                "\" (a lazy grammar constrains the output from the start of what its trigger matched, a word's first "
+                "character or a pattern's first group, so the grammar must begin with that text)"};
+  }
+  if (dynamic_cast<const NoTokenAllowed*>(&e) != nullptr) {
+    return {"ERR_INVALID_GRAMMAR", "no token is allowed here by the grammar and logitBias: the grammar allows no token of this "
+                                   "vocabulary after the text so far, or logitBias bans every one it allows"};
+  }
   if (g.hasGrammar) return {"ERR_INVALID_GRAMMAR", std::string("no token is allowed here by the grammar and logitBias (") + e.what() + ")"};
   return {"ERR_NATIVE", std::string("sampling failed: ") + e.what()};
 }
@@ -725,6 +739,15 @@ bool Engine::step() {
           // A grammar that leaves no token to choose makes llama.cpp assert: end the request instead.
           AbortGuard guard;
           t = g.candidates.sample(g.sampler, ctx_, g.iBatch);
+          if (g.hasGrammar) {
+            // When the grammar leaves nothing, greedy takes the first of equal -infinity logits: say so
+            // rather than fail to accept it.
+            const llama_token_data_array* cur = common_sampler_get_candidates(g.sampler, false);
+            if (cur != nullptr && cur->selected >= 0 && (size_t)cur->selected < cur->size &&
+                cur->data[cur->selected].logit == -INFINITY) {
+              throw NoTokenAllowed();
+            }
+          }
           common_sampler_accept(g.sampler, t, true);
           g.candidates.accept(t);
         } catch (const std::exception& e) {

@@ -109,6 +109,7 @@ struct GenState {
   LoraSet lora;               // adapters this request decodes with (a batch holds one set only)
   int32_t draftMax = 0;       // speculative decoding: most draft tokens per step (0: none)
   bool hasGrammar = false;
+  bool grammarLazy = false;   // the grammar applies from a trigger on
   int32_t lookupNgram = 0;    // prompt lookup: n-gram size to match (0: use the draft model)
   bool stream = true;         // false: no chunks, one notification at the end (complete())
   int64_t tQueued = 0;

@@ -193,6 +193,7 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   g->acceptPrompt = setup.acceptPrompt;
   g->preserved = std::move(setup.preserved);
   g->hasGrammar = !sp.grammar.empty();
+  g->grammarLazy = sp.grammar_lazy;
   // A grammar is checked and parsed off the JS thread (one of megabytes takes a second); without one the
   // sampler is cheap and built here.
   const bool deferred = g->hasGrammar;

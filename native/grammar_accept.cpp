@@ -464,8 +464,8 @@ __attribute__((visibility("default"))) void llama_grammar_accept_token(struct ll
   grammar.stacks = std::move(out);
   grammar.partial_utf8 = decoded.second;
   if (grammar.stacks.empty()) {
-    throw std::runtime_error("Unexpected empty grammar stack after accepting piece: " + piece + " (" +
-                             std::to_string(token) + ")");
+    throw la::GrammarRejectedText("Unexpected empty grammar stack after accepting piece: " + piece + " (" +
+                                      std::to_string(token) + ")", piece);
   }
 }
 // The grammar sampler's filter: every candidate token whose text no parse state can read is set to -inf

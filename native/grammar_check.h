@@ -36,6 +36,14 @@ struct GrammarStatesError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The grammar cannot read a text it is given to accept (grammar_accept.cpp). A token the sampler chose under
+// the grammar is always readable, so in a generation this is a lazy grammar's trigger: llama.cpp hands the
+// grammar the output from the trigger on, and the grammar does not begin with it. `piece` is that text.
+struct GrammarRejectedText : std::runtime_error {
+  GrammarRejectedText(const std::string& message, std::string text) : std::runtime_error(message), piece(std::move(text)) {}
+  std::string piece;
+};
+
 // While one lives, the grammar work of this thread (stack elements written, grammar_accept.cpp) counts against
 // `steps` in all; past it a GrammarStatesError. matchesGrammar holds one (each character's work is bounded,
 // but a text of a million characters with parse states a thousand deep would still take many minutes), and

@@ -157,6 +157,18 @@ describe('grammar-constrained sampling (random-weight model)', () => {
     expect(await model.matchesGrammar('{"a": [1, 2,]}', json)).toBe(false);
   });
 
+  it('says so when a lazy grammar does not begin with what its trigger matched', async () => {
+    // llama.cpp hands the grammar the output from the trigger on: "CALL..." cannot be read by root ::= "x".
+    const bias: Record<number, number> = {};
+    for (const t of model.tokenize('CALL', { addBos: false })) bias[t] = 30;
+    using s = ctx.createSession();
+    const e = await rejectsWith(s.complete('Go:', { grammar: 'root ::= "x"', grammarTriggers: { words: ['CALL'] }, temperature: 0, maxTokens: 40, logitBias: bias }), 'ERR_INVALID_GRAMMAR');
+    expect(e.message).toMatch(/the lazy grammar does not accept the output from its trigger on: it rejected "C/);
+    // A grammar that begins with the trigger's text goes on under the grammar.
+    const ok = await s.complete('Go:', { grammar: 'root ::= "CALL" "(1)"', grammarTriggers: { words: ['CALL'] }, temperature: 0, maxTokens: 40, logitBias: bias });
+    expect(ok.text).toMatch(/CALL\(1\)$/);
+  });
+
   it('applies a lazy grammar only after its trigger', async () => {
     const grammar = 'root ::= "CALL(" [0-9] [0-9] ")"';
     const trigger = model.tokenize('CALL', { addBos: false });
@@ -258,7 +270,9 @@ describe('grammar-constrained sampling (random-weight model)', () => {
     // A grammar that leaves no token once logitBias has banned some: an error, not a crash.
     const banned: Record<number, number> = {};
     for (let t = 0; t < model.vocab.size; t++) if (model.vocab.isEndOfGeneration(t)) banned[t] = -Infinity;
-    expect((await rejectsWith(s.complete('x', { grammar: 'root ::= "ok"', logitBias: banned }), 'ERR_INVALID_GRAMMAR')).message).toMatch(/no token is allowed/);
+    expect((await rejectsWith(s.complete('x', { grammar: 'root ::= "ok"', logitBias: banned }), 'ERR_INVALID_GRAMMAR')).message).toMatch(
+      /no token is allowed here by the grammar and logitBias: the grammar allows no token of this vocabulary after the text so far/,
+    );
     // The session works afterwards.
     expect((await s.complete('x', { grammar: 'root ::= "ok"' })).text).toBe('ok');
   });
