@@ -150,6 +150,32 @@ describe('chats rendered off the JS thread', () => {
     expect(longest, `the event loop was held ${longest.toFixed(0)} ms; one render takes ${syncMs.toFixed(0)} ms`).toBeLessThan(syncMs / 2);
   }, 120_000);
 
+  it("createChat() parses a caller's template off the JS thread (llama.cpp probes it with renders)", async () => {
+    const slowAlways = '{% for i in range(70) %}{% for j in range(70) %}{% endfor %}{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}';
+    // On the JS thread, for comparison (another source, so that the chat's is not cached by it): the first
+    // call parses and probes the template and renders it, the second only renders it.
+    const other = `${slowAlways}{# on the thread #}`;
+    let t = performance.now();
+    model.applyChatTemplate([{ role: 'user', content: 'Hi' }], { template: other });
+    const firstMs = performance.now() - t;
+    t = performance.now();
+    model.applyChatTemplate([{ role: 'user', content: 'Hi' }], { template: other });
+    const syncMs = firstMs - (performance.now() - t);
+    expect(syncMs, 'parsing and probing the template takes a while').toBeGreaterThan(50);
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 1 });
+    const loop = watchEventLoop();
+    t = performance.now();
+    using chat = ctx.createChat({ template: slowAlways });
+    const callMs = performance.now() - t;
+    expect(chat.template).toBe(slowAlways);
+    const r = await chat.send('Hi', { maxTokens: 2, temperature: 0 }).result;
+    const longest = loop.stop();
+    expect(callMs, `createChat() took ${callMs.toFixed(0)} ms; parsing and probing on the thread take ${syncMs.toFixed(0)} ms`).toBeLessThan(syncMs / 2);
+    expect(longest, `the event loop was held ${longest.toFixed(0)} ms; parsing takes ${syncMs.toFixed(0)} ms`).toBeLessThan(syncMs / 2);
+    expect(r.usage.completionTokens).toBe(2);
+    expect(chat.template).toBe(slowAlways);
+  }, 60_000);
+
   it('an abort or a disposal while a render is pending ends the reply at once, not when the render ends', async () => {
     // Slow on every render (about a second here), within the limits.
     const slowAlways = '{% for i in range(70) %}{% for j in range(70) %}{% endfor %}{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}';

@@ -215,7 +215,15 @@ describeShared('chat (stories260k with a template of our own)', () => {
     expect(e.stack).toContain('chat.test.ts');
     expect(failing.messages.map((m) => m.role)).toEqual(['user', 'assistant']);
     failing.dispose();
-    throwsWith(() => ctx.createChat({ template: '{% if %}' }), 'ERR_INVALID_TEMPLATE');
+    // A caller's template is parsed off the JS thread: createChat() returns at once, and a template that does
+    // not parse rejects the first reply (with this call's stack), leaving the conversation as it was.
+    const broken = ctx.createChat({ template: '{% if %}' });
+    const be = await rejectsWith(broken.send('Hi', greedy).result, 'ERR_INVALID_TEMPLATE');
+    expect(be.message).toMatch(/could not be parsed/);
+    expect(be.stack).toContain('chat.test.ts');
+    expect(broken.messages).toEqual([]);
+    await rejectsWith(broken.send('Hi again', greedy).result, 'ERR_INVALID_TEMPLATE');
+    broken.dispose();
     expect(ctx.freeSequences).toBe(3);
   });
 

@@ -260,7 +260,9 @@ export async function tokenizeConversationAsync(model: LlamaModel, rendered: str
  */
 export class LlamaChat {
   #session: LlamaSession;
-  #template: NativeChatTemplate;
+  // A caller's template is parsed off the JS thread: until then, the promise of it (createChat returns at
+  // once; send() waits for it, and rejects with its error).
+  #template: NativeChatTemplate | Promise<NativeChatTemplate>;
   #templateKey: string | null;
   #system: NativeChatMessage | null;
   #messages: NativeChatMessage[];
@@ -279,7 +281,7 @@ export class LlamaChat {
     const a = this.#lastApplied;
     if (!a) return { content: text, reasoning: '', toolCalls: [] };
     try {
-      const p = this.#template.parse(text, { parser: a.parser, format: a.format, generationPrompt: a.generationPrompt, partial });
+      const p = this.#parsed().parse(text, { parser: a.parser, format: a.format, generationPrompt: a.generationPrompt, partial });
       return { content: p.content, reasoning: p.reasoning, toolCalls: p.toolCalls.map((c) => ({ name: c.name, arguments: c.arguments })) };
     } catch {
       return { content: partial ? '' : text, reasoning: '', toolCalls: [] };
@@ -288,7 +290,7 @@ export class LlamaChat {
 
   private constructor(
     session: LlamaSession,
-    template: NativeChatTemplate,
+    template: NativeChatTemplate | Promise<NativeChatTemplate>,
     key: string | null,
     system: NativeChatMessage | null,
     messages: NativeChatMessage[],
@@ -318,7 +320,7 @@ export class LlamaChat {
     const tools = checkTools(o.tools, caller);
     const toolChoice = checkToolChoice(o.toolChoice, tools, caller) ?? 'auto';
     const parallel = optBoolean(o, 'parallelToolCalls', caller) ?? false;
-    const template = ctx.model.chatTemplate(key, caller);
+    const template = ctx.model.chatTemplateSoon(key, caller);
     const system: NativeChatMessage | null = o.systemPrompt !== undefined ? { role: 'system', content: o.systemPrompt } : null;
     let session: LlamaSession;
     let owned = true;
@@ -349,7 +351,19 @@ export class LlamaChat {
 
   /** The chat template's source (Jinja, or a built-in template's name or text). */
   get template(): string {
-    return this.#template.info().source;
+    return this.#template instanceof Promise ? (this.#templateKey ?? '') : this.#template.info().source;
+  }
+
+  /** The template, once parsed (send() waits for it; its error rejects the reply). */
+  async #ready(): Promise<NativeChatTemplate> {
+    if (this.#template instanceof Promise) this.#template = await this.#template;
+    return this.#template;
+  }
+
+  /** The template where a reply has been rendered already, so it is parsed. */
+  #parsed(): NativeChatTemplate {
+    if (this.#template instanceof Promise) throw new LlamaError('ERR_NATIVE', 'The chat template is not parsed yet');
+    return this.#template;
   }
 
   /** True once the chat (or its context) has been disposed. */
@@ -363,7 +377,7 @@ export class LlamaChat {
     if (first?.role === 'system' && this.#keep?.system !== first.content) {
       let sys: number[] = [];
       try {
-        const applied = await this.#template.applyAsync([first], false, applyOptions);
+        const applied = await (await this.#ready()).applyAsync([first], false, applyOptions);
         sys = await tokenizeConversationAsync(this.#session.context.model, applied.prompt, [first]);
       } catch {
         // a template that cannot render a lone system message keeps only the BOS token
@@ -470,7 +484,7 @@ export class LlamaChat {
           applyOptions.jsonSchema = schema.converterText;
           schema.warm();
         }
-        const a = await this.#template.applyAsync(messages, true, applyOptions);
+        const a = await (await this.#ready()).applyAsync(messages, true, applyOptions);
         const tokens = a.prompt.length >= ASYNC_TOKENIZE_CHARS ? await tokenizeConversationAsync(model, a.prompt, messages) : tokenizeConversation(model, a.prompt, messages);
         await this.#keepForAsync(tokens, messages, applyOptions);
         const late = templateOptions(a, applyOptions, schema, opts.grammar, caller);
@@ -506,7 +520,7 @@ export class LlamaChat {
     if (r instanceof LlamaError || (r.stopReason === 'abort' && r.text.length === 0)) return this.#withdraw(added, r);
     let parsed: ReturnType<NativeChatTemplate['parse']>;
     try {
-      parsed = this.#template.parse(r.text, {
+      parsed = this.#parsed().parse(r.text, {
         parser: applied.parser,
         format: applied.format,
         generationPrompt: applied.generationPrompt,

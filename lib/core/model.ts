@@ -129,6 +129,7 @@ export class LlamaModel implements AsyncDisposable {
   readonly #mapped: FileIdentity | null;
   /** Parsed templates by source (null: the model's own, parsed at load); a model's template that failed, its error. */
   #templates = new Map<string | null, NativeChatTemplate | LlamaError>();
+  #pendingTemplates = new Map<string, Promise<NativeChatTemplate>>();
   /** The file the model was loaded from. */
   readonly path: string;
   /** What the model is. */
@@ -309,15 +310,49 @@ export class LlamaModel implements AsyncDisposable {
     return this.#handle(caller);
   }
 
-  /** @internal a parsed chat template, cached per source */
+  /**
+   * @internal A parsed chat template if it is cached (the model's own is parsed at load), or else a promise
+   * of it, parsed off the JS thread: llama.cpp learns what a template supports by rendering it with probe
+   * messages, which may take up to the template's time limit. The promise rejects with the template's
+   * `LlamaError` (it is also handled, so that a chat that never sends raises no unhandled rejection).
+   */
+  chatTemplateSoon(source: string | null, caller: Function): NativeChatTemplate | Promise<NativeChatTemplate> {
+    if (source === null) return this.chatTemplate(null, caller);
+    const h = this.#handle(caller);
+    const known = this.#templates.get(source);
+    if (known instanceof LlamaError) throw llamaError(known.code, known.message, caller);
+    if (known) return known;
+    const pending = this.#pendingTemplates.get(source);
+    if (pending) return pending;
+    const p = (async () => {
+      try {
+        const t = await h.chatTemplateAsync(source);
+        this.#cacheTemplate(source, t);
+        return t;
+      } catch (e) {
+        throw toLlamaError(e);
+      } finally {
+        this.#pendingTemplates.delete(source);
+      }
+    })();
+    p.catch(() => {});
+    this.#pendingTemplates.set(source, p);
+    return p;
+  }
+
+  #cacheTemplate(source: string | null, t: NativeChatTemplate): void {
+    if (this.#templates.size >= 16) this.#templates.delete([...this.#templates.keys()].find((k) => k !== null)!);
+    this.#templates.set(source, t);
+  }
+
+  /** @internal a parsed chat template, cached per source, parsed on the JS thread if it is not */
   chatTemplate(source: string | null, caller: Function): NativeChatTemplate {
     const h = this.#handle(caller);
     let t = this.#templates.get(source);
     if (t instanceof LlamaError) throw llamaError(t.code, t.message, caller);
     if (!t) {
       t = callNative(caller, () => h.chatTemplate(source));
-      if (this.#templates.size >= 16) this.#templates.delete([...this.#templates.keys()].find((k) => k !== null)!);
-      this.#templates.set(source, t);
+      this.#cacheTemplate(source, t);
     }
     return t;
   }
@@ -387,6 +422,7 @@ export class LlamaModel implements AsyncDisposable {
     const h = this.#native;
     this.#native = null;
     this.#templates.clear();
+    this.#pendingTemplates.clear();
     this.#disposing = (async () => {
       await Promise.all([...this.#contexts].map((c) => c.dispose()));
       await h?.dispose();
