@@ -95,10 +95,23 @@ void Engine::tuneThreads(int32_t maxThreads, int32_t maxThreadsBatch) {
 }
 
 int Engine::tunerShape(int32_t nTokens) {
-  if (nTokens < 32) return std::max(1, nTokens);
-  int shape = 32;
+  if (nTokens < kLargeStep) return std::max(1, nTokens);
+  int shape = kLargeStep;
   for (int32_t n = nTokens >> 6; n > 0 && shape < kTunerShapes - 1; n >>= 1) shape++;
   return shape;
+}
+
+const ThreadTuner* Engine::nearestTuner(int shape) const {
+  // Shape 1 (one token) learns alone; the others inherit within their class (steps under kLargeStep tokens,
+  // or prompt chunks), nearest first, the smaller on a tie.
+  if (shape < 2) return nullptr;
+  const bool large = shape >= kLargeStep;
+  for (int d = 1; d < kTunerShapes; d++) {
+    for (int k : {shape - d, shape + d}) {
+      if (k >= 2 && k < kTunerShapes && (k >= kLargeStep) == large && tuners_[k]) return tuners_[k].get();
+    }
+  }
+  return nullptr;
 }
 
 Engine::~Engine() {
@@ -626,16 +639,12 @@ bool Engine::step() {
       if (!slot) {
         // A new shape starts from what the nearest shape has learnt (its count, and when to try the others
         // again), not from scratch: each fresh tuner's first tries cost steps, and a server meets many shapes.
-        const ThreadTuner* near = nullptr;
-        for (int d = 1; near == nullptr && d < kTunerShapes; d++) {
-          for (int k : {shape - d, shape + d}) {
-            if (k >= 2 && k < kTunerShapes && (k >= 32) == (shape >= 32) && tuners_[k] && shape >= 2 && near == nullptr) near = tuners_[k].get();
-          }
-        }
+        const ThreadTuner* near = nearestTuner(shape);
         // Steps of 32 tokens or more (prompt chunks) are few and costly: a try of a slower count there costs
         // seconds (16 chats on the 415M model: a try of 1 thread on 512-token steps cost 5 s of a 32 s run), so
         // they try other counts only after 64 steps, or at once when their steps slow down (a busy host).
-        slot = near != nullptr ? std::make_unique<ThreadTuner>(*near) : std::make_unique<ThreadTuner>(maxForShape, shape >= 32 ? 64 : 2);
+        slot = near != nullptr ? std::make_unique<ThreadTuner>(*near)
+                               : std::make_unique<ThreadTuner>(maxForShape, shape >= kLargeStep ? 64 : 2);
         slot->reset();
       }
       tuner = slot.get();
@@ -661,7 +670,7 @@ bool Engine::step() {
     }
     if (tuner != nullptr && ret == 0) {
       double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - decodeStart).count();
-      tuner->record(threads, nTokens < 32 ? seconds : seconds / nTokens);  // (per token within a size class)
+      tuner->record(threads, nTokens < kLargeStep ? seconds : seconds / nTokens);  // (per token within a size class)
     }
     int64_t tSample = 0, tHandle = 0;
     if (profile_.on) {

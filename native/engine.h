@@ -224,7 +224,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // A server mixes these shapes step after step; one tuner for them all compared a small step's cost with a
   // large one's and moved to the wrong count. Made at a shape's first step.
   static constexpr int kTunerShapes = 37;
+  static constexpr int32_t kLargeStep = 32;  // steps of this many tokens or more: a tuner per size class
   static int tunerShape(int32_t nTokens);
+  // The tuner a new shape starts from: the nearest one made, within its class; null for shape 1 or none.
+  const ThreadTuner* nearestTuner(int shape) const;
   std::unique_ptr<ThreadTuner> tuners_[kTunerShapes];
   int32_t maxThreads_ = 0, maxThreadsBatch_ = 0;  // 0: that kind of step does not adapt
   std::atomic<int32_t> tgNow_{0}, ppNow_{0};
