@@ -20,7 +20,6 @@ namespace la {
 namespace {
 
 std::mutex g_backendsMu;
-std::shared_mutex g_registryMu;
 bool g_initialized = false;
 std::map<std::string, std::string> g_loadedModules;  // module path -> backend name
 
@@ -49,9 +48,9 @@ Napi::Value InitBackends(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string dir = argString(info, 0, "dir");
   std::lock_guard<std::mutex> lock(g_backendsMu);
-  std::shared_lock<std::shared_mutex> reading(g_registryMu, std::defer_lock);
+  std::shared_lock<std::shared_mutex> reading(registryMutex(), std::defer_lock);
   if (!g_initialized) {
-    std::unique_lock<std::shared_mutex> writing(g_registryMu);
+    std::unique_lock<std::shared_mutex> writing(registryMutex());
     beginCapture();
     ggml_backend_load_all_from_path(dir.c_str());
     std::string logged = endCapture();
@@ -85,7 +84,7 @@ Napi::Value LoadBackend(const Napi::CallbackInfo& info) {
   std::string reason;
   try {
     AbortGuard guard;
-    std::unique_lock<std::shared_mutex> writing(g_registryMu);
+    std::unique_lock<std::shared_mutex> writing(registryMutex());
     reg = ggml_backend_load(path.c_str());
   } catch (const std::exception& e) {
     reason = e.what();
@@ -104,7 +103,7 @@ Napi::Value LoadBackend(const Napi::CallbackInfo& info) {
 // backendInfo() -> { backends: string[], devices: [...], cpuFeatures: {...} }
 Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::shared_lock<std::shared_mutex> reading(g_registryMu);
+  std::shared_lock<std::shared_mutex> reading(registryMutex());
   Napi::Object o = Napi::Object::New(env);
   Napi::Array backends = Napi::Array::New(env);
   Napi::Object features = Napi::Object::New(env);
@@ -151,7 +150,7 @@ Napi::Value RpcServe(const Napi::CallbackInfo& info) {
     names.push_back(arr.Get(i).As<Napi::String>().Utf8Value());
   }
   std::vector<ggml_backend_dev_t> devices = devicesByName(env, names);
-  std::shared_lock<std::shared_mutex> reading(g_registryMu);
+  std::shared_lock<std::shared_mutex> reading(registryMutex());
   if (devices.empty()) devices.push_back(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU));
   ggml_backend_reg_t rpc = ggml_backend_reg_by_name("RPC");
   if (rpc == nullptr) throwError(env, "ERR_BACKEND_UNAVAILABLE", "Expected llama.cpp's RPC backend module (libggml-rpc.so) beside the addon, but it is not loaded: build with LLAMA_ADDON_RPC=ON");
@@ -165,10 +164,9 @@ Napi::Value RpcServe(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-std::shared_mutex& registryMutex() { return g_registryMu; }
 
 std::vector<ggml_backend_dev_t> devicesByName(Napi::Env env, const std::vector<std::string>& names) {
-  std::shared_lock<std::shared_mutex> reading(g_registryMu);
+  std::shared_lock<std::shared_mutex> reading(registryMutex());
   std::vector<ggml_backend_dev_t> out;
   for (const auto& n : names) {
     ggml_backend_dev_t d = ggml_backend_dev_by_name(n.c_str());
@@ -181,7 +179,7 @@ std::vector<ggml_backend_dev_t> devicesByName(Napi::Env env, const std::vector<s
 std::vector<ggml_backend_dev_t> rpcDevices(const std::vector<std::string>& endpoints) {
   std::vector<ggml_backend_dev_t> out;
   if (endpoints.empty()) return out;
-  std::shared_lock<std::shared_mutex> reading(g_registryMu);
+  std::shared_lock<std::shared_mutex> reading(registryMutex());
   ggml_backend_reg_t rpc = ggml_backend_reg_by_name("RPC");
   if (rpc == nullptr) throw std::runtime_error("llama.cpp's RPC backend module (libggml-rpc.so) is not loaded: build with LLAMA_ADDON_RPC=ON");
   using add_fn = ggml_backend_reg_t (*)(const char*);
@@ -199,89 +197,7 @@ std::vector<ggml_backend_dev_t> rpcDevices(const std::vector<std::string>& endpo
   return out;
 }
 
-namespace {
-using threadpool_new_fn = ggml_threadpool_t (*)(ggml_threadpool_params*);
-using threadpool_free_fn = void (*)(ggml_threadpool_t);
 
-template <typename Fn>
-Fn cpuProc(const char* name) {
-  std::shared_lock<std::shared_mutex> reading(g_registryMu);
-  ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-  if (cpu == nullptr) return nullptr;
-  return (Fn)ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(cpu), name);
-}
-}  // namespace
-
-namespace {
-
-// Starts `n` threads that wait, then lets them end: whether the system lets this process start that many
-// (address space, RLIMIT_NPROC). ggml's thread pool asserts on a thread it cannot start, after starting the
-// ones before it, and those spin on a pool that is never freed: they would burn the CPU for the life of the
-// process. Asking first keeps a refused thread count an error without that cost.
-void probeThreads(int32_t n) {
-  if (n <= 0) return;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool release = false;
-  std::vector<pthread_t> started;
-  started.reserve((size_t)n);
-  auto wait = [](void* arg) -> void* {
-    auto* ctx = static_cast<std::tuple<std::mutex*, std::condition_variable*, bool*>*>(arg);
-    std::unique_lock<std::mutex> lock(*std::get<0>(*ctx));
-    std::get<1>(*ctx)->wait(lock, [&] { return *std::get<2>(*ctx); });
-    return nullptr;
-  };
-  std::tuple<std::mutex*, std::condition_variable*, bool*> ctx{&mu, &cv, &release};
-  int failed = 0;
-  for (int32_t i = 0; i < n; i++) {
-    pthread_t t;
-    failed = pthread_create(&t, nullptr, wait, &ctx);
-    if (failed != 0) break;
-    started.push_back(t);
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    release = true;
-  }
-  cv.notify_all();
-  for (pthread_t t : started) pthread_join(t, nullptr);
-  if (failed != 0) {
-    throw std::runtime_error("the system refused to start " + std::to_string(n) + " threads for the context (it allowed " +
-                             std::to_string(started.size()) + "): use fewer threads (threads, threadsBatch)");
-  }
-}
-
-}  // namespace
-
-ThreadPools::ThreadPools(int32_t threads, int32_t threadsBatch) {
-  auto make = cpuProc<threadpool_new_fn>("ggml_threadpool_new");
-  if (make == nullptr) return;  // a CPU module without thread pools: ggml manages its threads itself
-  // Each pool starts all but one of its threads (the caller's thread is the first).
-  probeThreads(std::max(0, threads - 1) + (threadsBatch != threads ? std::max(0, threadsBatch - 1) : 0));
-  ggml_threadpool_params p = ggml_threadpool_params_default(threads);
-  tp_ = make(&p);
-  if (threadsBatch != threads) {
-    try {
-      ggml_threadpool_params pb = ggml_threadpool_params_default(threadsBatch);
-      tpBatch_ = make(&pb);
-    } catch (...) {
-      if (auto release = cpuProc<threadpool_free_fn>("ggml_threadpool_free")) release(tp_);
-      tp_ = nullptr;
-      throw;
-    }
-  }
-}
-
-ThreadPools::~ThreadPools() {
-  auto release = cpuProc<threadpool_free_fn>("ggml_threadpool_free");
-  if (release == nullptr) return;
-  if (tpBatch_ != nullptr) release(tpBatch_);
-  if (tp_ != nullptr) release(tp_);
-}
-
-void ThreadPools::attach(llama_context* ctx) const {
-  if (tp_ != nullptr) llama_attach_threadpool(ctx, tp_, tpBatch_ != nullptr ? tpBatch_ : tp_);
-}
 
 void registerBackendExports(Napi::Env env, Napi::Object exports) {
   exports.Set("initBackends", Napi::Function::New(env, InitBackends, "initBackends"));

@@ -4,7 +4,7 @@
 
 #include "grammar_check.h"
 #include "guard.h"
-#include "promise_worker.h"
+#include "large_stack.h"
 #include "common/sampling.h"  // llama.cpp's
 
 #include <algorithm>

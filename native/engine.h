@@ -14,10 +14,10 @@
 #include <vector>
 
 #include "llama.h"
-#include "backends.h"
 #include "candidates.h"
-#include "lora.h"
-#include "model.h"
+#include "lora_set.h"
+#include "model_handle.h"
+#include "thread_pools.h"
 #include "thread_tuner.h"
 
 struct common_sampler;

@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "lora_set.h"
 #include "model.h"
 
 namespace la {
@@ -17,8 +18,6 @@ struct LoraBox {
   llama_adapter_lora* adapter = nullptr;
 };
 
-// The adapters of a request: sorted, so that equal sets compare equal.
-using LoraSet = std::vector<std::pair<llama_adapter_lora*, float>>;
 
 class Lora : public Napi::ObjectWrap<Lora> {
  public:
