@@ -77,6 +77,15 @@ async function main(argv: string[]): Promise<void> {
   await c.run(parsed.values, parsed.positionals, rest);
 }
 
+// Output piped into a reader that stops early (`| head`): end quietly, as other command-line tools do,
+// instead of an unhandled EPIPE error.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on('error', (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EPIPE') process.exit(0);
+    throw e;
+  });
+}
+
 main(process.argv.slice(2)).catch((err: unknown) => {
   if (err instanceof UsageError) usageError(err.message, err.command);
   const e = err as Error & { code?: string };

@@ -308,3 +308,18 @@ describeShared('llama-addon command line', () => {
     }
   });
 });
+
+describeShared('the CLI piped into a reader that stops early', () => {
+  // `llama-addon inspect model.gguf | head -1`: the reader closes the pipe, the next write fails with EPIPE.
+  // The command ends quietly with status 0, as other command-line tools do, not with an unhandled error.
+  it('ends quietly when its output pipe closes (inspect, complete)', async () => {
+    for (const args of [['inspect', shared('stories260k.gguf')], ['complete', '--model', shared('stories260k.gguf'), '--max-tokens', '300', '--temperature', '0', 'Once upon a time']]) {
+      const child = spawn(process.execPath, [...cli, ...args], { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+      let err = '';
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      child.stdout.destroy(); // the reader is gone before the first write
+      const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+      expect({ args: args[0], code, err }).toEqual({ args: args[0], code: 0, err: '' });
+    }
+  }, 120_000);
+});

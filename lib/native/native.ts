@@ -403,6 +403,32 @@ export function loadedAddonFile(): string | undefined {
   return cachedFile;
 }
 
+/**
+ * @internal The one error of a failed load: every place tried and why, what was found, and the fix (the
+ * permission a runtime refused, or a build from source).
+ */
+export function nativeLoadError(failures: readonly string[], platform: string, found: string): LlamaError {
+  // A runtime that refused a permission (Deno: "Requires ffi access to ..."): the binary is fine, the
+  // permission is what is missing.
+  const denied = failures.map((f) => /Requires (\w+) access/.exec(f)?.[1]).find((p): p is string => p !== undefined);
+  if (denied) {
+    return new LlamaError(
+      'ERR_NATIVE_LOAD',
+      `llama-addon could not load its native addon for ${platform}: the runtime refused ${denied} access. Looked for:\n  ${failures.join('\n  ')}\n` +
+        `Fix: allow it (Deno: \`deno run --allow-${denied} ...\`; the addon also needs --allow-read, --allow-env and --allow-sys: see the README's Deno section).`,
+    );
+  }
+  return new LlamaError(
+    'ERR_NATIVE_LOAD',
+    `llama-addon could not load its native addon for ${platform}. Looked for:\n  ${failures.join('\n  ')}\n` +
+      `Found: ${found}.\n` +
+      `Fix: build it from source with \`LLAMA_ADDON_REBUILD=1 npm rebuild llama-addon --foreground-scripts\` ` +
+      `(needs cmake and a C++ compiler; the pinned llama.cpp source comes from npm; 10 minutes or more on 2 cores; ` +
+      `in a clone of the repository: \`npm run build\`), ` +
+      `or set LLAMA_ADDON_BINARY to a built llama_addon.node.`,
+  );
+}
+
 /** Loads the native addon once; on failure throws one error listing every place tried and why. */
 export function native(): NativeAddon {
   if (cached) return cached;
@@ -427,13 +453,5 @@ export function native(): NativeAddon {
     }
   }
   const platform = `${process.platform}-${process.arch}${libc() ? ` (${libc()})` : ''}`;
-  throw new LlamaError(
-    'ERR_NATIVE_LOAD',
-    `llama-addon could not load its native addon for ${platform}. Looked for:\n  ${failures.join('\n  ')}\n` +
-      `Found: ${prebuiltSummary()}.\n` +
-      `Fix: build it from source with \`LLAMA_ADDON_REBUILD=1 npm rebuild llama-addon --foreground-scripts\` ` +
-      `(needs cmake and a C++ compiler; the pinned llama.cpp source comes from npm; 10 minutes or more on 2 cores; ` +
-      `in a clone of the repository: \`npm run build\`), ` +
-      `or set LLAMA_ADDON_BINARY to a built llama_addon.node.`,
-  );
+  throw nativeLoadError(failures, platform, prebuiltSummary());
 }
