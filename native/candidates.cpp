@@ -43,11 +43,11 @@ void CandidateFilter::setup(const llama_vocab* vocab, const common_params_sampli
   trackAccepted_ = penalties;
   special_.assign((size_t)nVocab_, 0);
   specialList_.clear();
+  on_ = true;  // mark() turns it off when the special tokens are too many
   for (const auto& b : sp.logit_bias) mark(b.token);
   int32_t nSuppress = 0;
   const llama_token* suppress = llama_vocab_get_suppress_tokens(vocab, &nSuppress);
   for (int32_t i = 0; i < nSuppress; i++) mark(suppress[i]);
-  on_ = true;
 }
 
 void CandidateFilter::mark(llama_token t) {

@@ -8,7 +8,9 @@
 // that top-k keeps are among those few and the k largest raw logits of the others (ties at the k-th value
 // included). The chain then runs over that subset, in token order, and keeps exactly the tokens it would
 // keep over the whole vocabulary: the result is the same, except that tokens whose logits are exactly equal
-// may come out of top-k in another order (greedy still takes the lowest token id, as over the whole array).
+// may come out of top-k in another order (greedy still takes the lowest token id, as over the whole array;
+// sampling at a temperature may then draw the other of two equal tokens: the same distribution, another
+// draw). Equal logits come from logit biases so large that they swamp the model's (1e38), in practice.
 // Anything else (a grammar, top-n-sigma, top-k 0, a vocabulary under 256 tokens) samples the usual way.
 #pragma once
 

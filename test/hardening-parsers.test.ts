@@ -134,6 +134,15 @@ const templates: Array<[string, string, RegExp?]> = [
   ['indent by a huge string', '{{ ("a\n" * 20000)|indent("        " * 2500) }}', /indent\(\) would build/],
   ['join with a huge separator', '{% set l = [] %}{% for i in range(400) %}{% set _ = l.append("a") %}{% endfor %}{{ l|join("x" * 200000) }}', /join\(\) would build/],
   ['tojson with a huge indent', '{{ messages|tojson(indent=1000000000) }}', /tojson\(\) with an indent/],
+  // Found by a third hostile review: split() made its whole list before the item limit looked at it, in
+  // quadratic time (3,000,000 pieces: over a minute), and builtins over strings of millions of parts ran
+  // past the time limit (title() over "a" * 3000000: 3.2 s).
+  ['split into more pieces than a list holds', '{{ ("a," * 100001).split(",")|length }}', /split\(\) would make a list of more than 100000 items/],
+  ['split on spaces into too many pieces', '{{ ("a " * 150000).split()|length }}', /split\(\) would make a list/],
+  ['rsplit into too many pieces', '{{ ("a," * 150000).rsplit(",")|length }}', /rsplit\(\) would make a list/],
+  ['split of three million pieces', '{{ ("a," * 3000000).split(",")|length }}', /could not end within|took more than/],
+  ['title over three million parts', '{{ ("a" * 3000000)|title|length }}', /could not end within|took more than/],
+  ['replace of the empty string over three million parts', '{{ ("a" * 3000000).replace("", "b")|length }}', /could not end within|took more than|would build/],
 ];
 
 describeShared('chat templates', () => {
@@ -162,9 +171,10 @@ describeShared('chat templates', () => {
 
   it('the sized builtins still render what they did', () => {
     const out = model.applyChatTemplate([{ role: 'user', content: 'hi' }], {
-      template: '{{ "a-b-c"|replace("-", "--") }}|{{ "x y".replace(" ", "") }}|{{ "ab"|replace("", ".") }}|{{ "a\nb"|indent(2) }}|{{ ["p", "q"]|join(", ") }}|{{ messages|length }}',
+      template: '{{ "a-b-c"|replace("-", "--") }}|{{ "x y".replace(" ", "") }}|{{ "ab"|replace("", ".") }}|{{ "a\nb"|indent(2) }}|{{ ["p", "q"]|join(", ") }}|{{ messages|length }}' +
+        '|{{ "a,b,,c".split(",")|join("/") }}|{{ "a,b,,c".split(",", 1)|join("/") }}|{{ "a b  c".split()|join("/") }}|{{ "a<>b<>".split("<>")|length }}|{{ "a,b,,c".rsplit(",", 1)|join("/") }}|{{ ("x," * 99999).split(",")|length }}',
     });
-    expect(out).toBe('a--b--c|xy|.a.b.|a\n  b|p, q|1');
+    expect(out).toBe('a--b--c|xy|.a.b.|a\n  b|p, q|1|a/b//c|a/b,,c|a/b//c|3|a,b,/c|100000');
   });
 
   // Integer arithmetic is exact, as in Python (patches/llama.cpp/0003): the interpreter computed it in

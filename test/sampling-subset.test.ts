@@ -82,7 +82,10 @@ describeShared('sampling over a subset is what the engine does', () => {
     const greedy = await s.complete('Once upon a time', { maxTokens: 8, temperature: 0 });
     const sampled = await s.complete(' and', { maxTokens: 8, temperature: 0.8, seed: 1 });
     const all = await s.complete(' then', { maxTokens: 8, temperature: 0.8, topK: 0, seed: 1 });
-    console.log(greedy.tokens.length + sampled.tokens.length + all.tokens.length);
+    // More than an eighth of the vocabulary biased: the subset would cost what the whole does.
+    const logitBias = Object.fromEntries(Array.from({ length: 5000 }, (_, i) => [i + 100, -1]));
+    const biased = await s.complete(' and then', { maxTokens: 8, temperature: 0.8, seed: 1, logitBias });
+    console.log(greedy.tokens.length + sampled.tokens.length + all.tokens.length + biased.tokens.length);
     await model.dispose();
   `;
   function run(env: Record<string, string>): { tokens: number; subset: number; sampled: number } {
@@ -95,12 +98,12 @@ describeShared('sampling over a subset is what the engine does', () => {
     return { tokens: Number(p.stdout.trim()), subset: Number(m![1]), sampled: Number(m![2]) };
   }
 
-  it('samples greedy and top-k steps over a subset, and top-k 0 or the switch over the whole vocabulary', () => {
+  it('samples greedy and top-k steps over a subset, and top-k 0, a large logitBias or the switch over the whole vocabulary', () => {
     const on = run({});
-    expect(on.tokens).toBe(24);
-    expect(on.sampled).toBe(24);
-    expect(on.subset).toBe(16); // greedy and top-k 40; not top-k 0
+    expect(on.tokens).toBe(32);
+    expect(on.sampled).toBe(32);
+    expect(on.subset).toBe(16); // greedy and top-k 40; not top-k 0, nor 5,000 biased tokens of 32,000
     const off = run({ LLAMA_ADDON_SAMPLE_WHOLE_VOCAB: '1' });
-    expect(off).toEqual({ tokens: 24, subset: 0, sampled: 24 });
+    expect(off).toEqual({ tokens: 32, subset: 0, sampled: 32 });
   });
 });
