@@ -35,10 +35,13 @@ describe('error codes', () => {
   describe('a failed generation has the code the engine named', () => {
     const t = tinyContext();
 
-    it("a chat template that does not parse says llama.cpp's reason", () => {
-      const err = throwsWith(() => t.ctx.createChat({ template: '{% for %}' }), 'ERR_INVALID_TEMPLATE');
+    it("a chat template that does not parse says llama.cpp's reason", async () => {
+      // (A caller's template is parsed off the JS thread: its error rejects the reply.)
+      using chat = t.ctx.createChat({ template: '{% for %}' });
+      const err = await rejectsWith(chat.send('x', { maxTokens: 1 }).result, 'ERR_INVALID_TEMPLATE');
       expect(err.message).not.toMatch(/: std::exception$/);
       expect(err.message).toMatch(/could not be parsed: .{8,}/);
+      expect(() => t.model.applyChatTemplate([{ role: 'user', content: 'x' }], { template: '{% for %}' })).toThrowError(/could not be parsed: .{8,}/);
     });
 
     it('a grammar that leaves no token: ERR_INVALID_GRAMMAR, and the session goes on', async () => {

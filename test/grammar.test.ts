@@ -281,5 +281,8 @@ describe('grammar-constrained sampling (random-weight model)', () => {
     using s = ctx.createSession();
     const e = await rejectsWith(s.complete('x', { jsonSchema: { type: 'array', items: { type: 'string' }, minItems: 50 }, maxTokens: 5 }), 'ERR_INCOMPLETE_OUTPUT');
     expect(e.message).toMatch(/maxTokens/);
+    // Aborted: the message says so, not to raise maxTokens.
+    const a = await rejectsWith(s.complete('x', { jsonSchema: { type: 'array', items: { type: 'string' } }, maxTokens: 50, signal: AbortSignal.abort() }), 'ERR_INCOMPLETE_OUTPUT');
+    expect(a.message).toMatch(/stopReason "abort" after 0 tokens \(it was aborted, or its session or context disposed\)/);
   });
 });

@@ -178,6 +178,31 @@ describeShared('virtual sessions: beam searches and early ends', () => {
     expect(ctx.freeSequences).toBeGreaterThanOrEqual(2);
   }, 60_000);
 
+  // Found by a hostile review: a session disposed while its load() waited for a sequence was later granted
+  // one and kept it, so the context never generated again.
+  it('a session disposed while its load() waits for a sequence gives nothing back late, and the context goes on', async () => {
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 1 });
+    const path = join(fixtures, 'virtual-sessions-dispose-wait.session');
+    const a = ctx.createSession();
+    await a.complete('Once upon a time', { maxTokens: 8, temperature: 0 });
+    await a.save(path);
+    a.dispose();
+    for (const op of ['load', 'load at once'] as const) {
+      const holder = ctx.createSession();
+      const busy = holder.generate('Once', { maxTokens: 60, temperature: 0 });
+      const b = ctx.createSession();
+      const load = b.load(path);
+      if (op === 'load') await new Promise((r) => setTimeout(r, 5));
+      b.dispose();
+      await expect(load).rejects.toMatchObject({ code: 'ERR_DISPOSED' });
+      await busy.result;
+      holder.dispose();
+      expect(ctx.freeSequences).toBe(1);
+      const r = await ctx.createSession().complete('The cat', { maxTokens: 2, temperature: 0 });
+      expect(r.usage.completionTokens).toBe(2);
+    }
+  }, 60_000);
+
   it('a generation that ends before it starts reports nothing as cached', async () => {
     await using ctx = await model.createContext({ contextSize: 256, sequences: 1 });
     const a = ctx.createSession();

@@ -177,6 +177,7 @@ export class Residency {
 
   /** The session gives up its sequence and its saved state (it is disposed, or empties its cache). */
   release(t: Tenant, clear = true): void {
+    this.#dropWaiters(t);
     const seq = this.#seq.get(t);
     if (seq !== undefined) {
       this.#seq.delete(t);
@@ -188,6 +189,18 @@ export class Residency {
     this.#unpark(t);
     this.#used.delete(t);
     this.kick();
+  }
+
+  /**
+   * A session that gives up its sequence no longer waits for one: a wait still queued would be granted a
+   * sequence later and keep it (a session disposed while its load() waited held its context's only
+   * sequence for good, and every later generation waited forever).
+   */
+  #dropWaiters(t: Tenant): void {
+    for (const w of this.#waiters.filter((x) => x.tenant === t)) {
+      this.#waiters = this.#waiters.filter((x) => x !== w);
+      w.fail(new LlamaError('ERR_DISPOSED', 'The session was disposed while it waited for a sequence'));
+    }
   }
 
   /** Drops the session's saved state, if it has one (its cache is empty from now on). */

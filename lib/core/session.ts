@@ -61,7 +61,8 @@ function parseJson(r: GenerationResult, schema: PreparedSchema | undefined): Gen
   } catch {
     return new LlamaError(
       'ERR_INCOMPLETE_OUTPUT',
-      `The output is not complete JSON: the generation ended with stopReason "${r.stopReason}" after ${r.usage.completionTokens} tokens (raise maxTokens, or check the context size)`,
+      `The output is not complete JSON: the generation ended with stopReason "${r.stopReason}" after ${r.usage.completionTokens} tokens` +
+        (r.stopReason === 'abort' ? ' (it was aborted, or its session or context disposed)' : ' (raise maxTokens, or check the context size)'),
     );
   }
   const checked = schema?.check(json) ?? null;
