@@ -259,6 +259,42 @@ describeShared('session files that lie', () => {
     const r = await s.complete('Once upon a time', { maxTokens: 2 });
     expect(r.tokens.length).toBe(2);
   });
+
+  // Found by a hostile review: save() writes beside the name and renames over it, so run as root it replaced
+  // /dev/full (and would /dev/null) with a regular file. Only a regular file or a new name is written.
+  it('save() refuses a device, a FIFO or a folder, and writes through a symbolic link to its file', async () => {
+    const { lstatSync, readlinkSync, statSync, symlinkSync, rmSync } = await import('node:fs');
+    await using ctx = await model.createContext({ contextSize: 256 });
+    using s = ctx.createSession();
+    await s.complete('Once upon a time', { maxTokens: 2, temperature: 0 });
+    const fifo = join(dir, 'save-fifo');
+    rmSync(fifo, { force: true });
+    spawnSync('mkfifo', [fifo]);
+    // A device of the test's own (as /dev/null: char 1,3), so that a regression replaces nothing of the system's.
+    const device = join(dir, 'save-device');
+    rmSync(device, { force: true });
+    const made = spawnSync('mknod', [device, 'c', '1', '3']).status === 0;
+    for (const path of [...(made ? [device] : []), fifo, dir]) {
+      const before = statSync(path);
+      const e = await rejectsWith(s.save(path), 'ERR_IO');
+      expect(e.message).toMatch(/expected a regular file or a new name, received a (device|FIFO|folder)/);
+      const after = statSync(path);
+      expect({ dev: after.rdev, ino: after.ino, mode: after.mode }).toEqual({ dev: before.rdev, ino: before.ino, mode: before.mode });
+    }
+    const real = join(dir, 'real.session');
+    const link = join(dir, 'link.session');
+    rmSync(real, { force: true });
+    rmSync(link, { force: true });
+    await s.save(real);
+    symlinkSync(real, link);
+    await s.save(link);
+    expect(lstatSync(link).isSymbolicLink()).toBe(true);
+    expect(readlinkSync(link)).toBe(real);
+    using t = ctx.createSession();
+    await t.load(link);
+    expect(Array.from(t.tokens)).toEqual(Array.from(s.tokens));
+    expect(t.tokens.length).toBeGreaterThan(2);
+  });
 });
 
 describeShared('a memory-mapped model file changed while in use', () => {

@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto';
 import { constants as bufferConstants } from 'node:buffer';
 import { constants as fsConstants } from 'node:fs';
-import { open, rename, unlink } from 'node:fs/promises';
+import { open, realpath, rename, stat, unlink } from 'node:fs/promises';
 import { LlamaError } from '../base/errors.js';
 import { limits } from '../base/limits.js';
 
@@ -54,7 +54,8 @@ export async function writeSessionFile(path: string, f: Omit<SessionFile, 'heade
   head.writeUInt32LE(VERSION, 8);
   head.writeUInt32LE(json.length, 12);
   const tokens = Buffer.from(Int32Array.from([...f.cache, ...f.history]).buffer);
-  const tmp = `${path}.${process.pid}.${Date.now()}.tmp`;
+  const target = await writableTarget(path);
+  const tmp = `${target}.${process.pid}.${Date.now()}.tmp`;
   try {
     const fh = await open(tmp, 'w');
     try {
@@ -63,11 +64,32 @@ export async function writeSessionFile(path: string, f: Omit<SessionFile, 'heade
     } finally {
       await fh.close();
     }
-    await rename(tmp, path);
+    await rename(tmp, target);
   } catch (e) {
     await unlink(tmp).catch(() => {});
     throw new LlamaError('ERR_IO', `The session could not be written to ${path}: ${(e as Error).message}`, { cause: e });
   }
+}
+
+/**
+ * Where save() writes: the file a symbolic link points to (the link stays), and only a regular file or a new
+ * one. The file is written beside its name and renamed over it, so a device, FIFO or folder there would be
+ * replaced, not written to (run as root, `save('/dev/null')` replaced /dev/null with a file).
+ */
+async function writableTarget(path: string): Promise<string> {
+  let target = path;
+  try {
+    target = await realpath(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return path; // a new file (or a dangling link's name)
+    throw new LlamaError('ERR_IO', `The session could not be written to ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  const st = await stat(target);
+  if (!st.isFile()) {
+    const kind = st.isDirectory() ? 'a folder' : st.isFIFO() ? 'a FIFO' : st.isSocket() ? 'a socket' : 'a device';
+    throw new LlamaError('ERR_IO', `The session could not be written to ${path}: expected a regular file or a new name, received ${kind}`);
+  }
+  return target;
 }
 
 /** Largest session file `load()` reads (bytes): 16 GiB, or what one Buffer can hold where that is less. */
