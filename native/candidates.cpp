@@ -17,6 +17,26 @@ namespace {
 // The subset pays off while it stays well below the vocabulary.
 constexpr int32_t kMaxK = 1024;
 constexpr int32_t kMinVocab = 256;
+// Whether any of the 16 floats at p is at or above f, with one vector comparison per 4 (a NaN compares
+// false, as in the scalar scan). Without vectors: true, and the caller looks at each.
+inline bool anyAtOrAbove(const float* p, float f) {
+#if defined(__SSE2__)
+  const __m128 v = _mm_set1_ps(f);
+  __m128 hit = _mm_or_ps(_mm_or_ps(_mm_cmpge_ps(_mm_loadu_ps(p), v), _mm_cmpge_ps(_mm_loadu_ps(p + 4), v)),
+                         _mm_or_ps(_mm_cmpge_ps(_mm_loadu_ps(p + 8), v), _mm_cmpge_ps(_mm_loadu_ps(p + 12), v)));
+  return _mm_movemask_ps(hit) != 0;
+#elif defined(__aarch64__)
+  const float32x4_t v = vdupq_n_f32(f);
+  uint32x4_t hit = vorrq_u32(vorrq_u32(vcgeq_f32(vld1q_f32(p), v), vcgeq_f32(vld1q_f32(p + 4), v)),
+                             vorrq_u32(vcgeq_f32(vld1q_f32(p + 8), v), vcgeq_f32(vld1q_f32(p + 12), v)));
+  return vmaxvq_u32(hit) != 0;
+#else
+  (void)p;
+  (void)f;
+  return true;
+#endif
+}
+
 }  // namespace
 
 void CandidateFilter::setup(const llama_vocab* vocab, const common_params_sampling& sp) {
@@ -95,27 +115,11 @@ llama_token CandidateFilter::sample(common_sampler* s, llama_context* ctx, int i
       floor = heap_.front().logit;
     }
   };
-  // Most blocks of 16 logits hold none at or above the floor once the heap is full: skip those with one
-  // vector comparison per 4 (a NaN compares false, as in visit()).
-#if defined(__SSE2__)
+  // Most blocks of 16 logits hold none at or above the floor once the heap is full: skip those.
   for (; t + 16 <= nVocab_; t += 16) {
-    const __m128 f = _mm_set1_ps(floor);
-    const float* p = logits + t;
-    __m128 hit = _mm_or_ps(_mm_or_ps(_mm_cmpge_ps(_mm_loadu_ps(p), f), _mm_cmpge_ps(_mm_loadu_ps(p + 4), f)),
-                           _mm_or_ps(_mm_cmpge_ps(_mm_loadu_ps(p + 8), f), _mm_cmpge_ps(_mm_loadu_ps(p + 12), f)));
-    if (_mm_movemask_ps(hit) == 0) continue;
+    if (!anyAtOrAbove(logits + t, floor)) continue;
     for (llama_token j = 0; j < 16; j++) visit(t + j);
   }
-#elif defined(__aarch64__)
-  for (; t + 16 <= nVocab_; t += 16) {
-    const float32x4_t f = vdupq_n_f32(floor);
-    const float* p = logits + t;
-    uint32x4_t hit = vorrq_u32(vorrq_u32(vcgeq_f32(vld1q_f32(p), f), vcgeq_f32(vld1q_f32(p + 4), f)),
-                               vorrq_u32(vcgeq_f32(vld1q_f32(p + 8), f), vcgeq_f32(vld1q_f32(p + 12), f)));
-    if (vmaxvq_u32(hit) == 0) continue;
-    for (llama_token j = 0; j < 16; j++) visit(t + j);
-  }
-#endif
   for (; t < nVocab_; t++) visit(t);
   cand_.clear();
   for (llama_token x : specialList_) cand_.push_back({x, logits[x], 0.0f});
