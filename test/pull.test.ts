@@ -19,11 +19,14 @@ describeShared('pulling models (local HTTP server)', () => {
   let base = '';
   let cutAfter = 0;
   let lieSha = false;
+  // How a resume is answered: from the byte asked for, from the file's start, or from another byte.
+  let resumeFrom: 'asked' | 'start' | 'elsewhere' = 'asked';
   const ranges: string[] = [];
   beforeAll(async () => {
     rmSync(cacheDir, { recursive: true, force: true });
     mkdirSync(cacheDir, { recursive: true });
     server = createServer((req, res) => {
+      if (req.url?.endsWith('/silent.gguf')) return; // accepts the connection and never answers
       if (!req.url?.includes('/resolve/main/stories260k.gguf') && !req.url?.endsWith('/plain.gguf')) {
         res.writeHead(404).end();
         return;
@@ -34,9 +37,14 @@ describeShared('pulling models (local HTTP server)', () => {
         return;
       }
       const range = /bytes=(\d+)-/.exec(req.headers.range ?? '');
-      const start = range ? Number(range[1]) : 0;
+      const asked = range ? Number(range[1]) : 0;
+      const start = resumeFrom === 'start' ? 0 : resumeFrom === 'elsewhere' && asked > 0 ? asked - 1000 : asked;
       ranges.push(req.headers.range ?? 'none');
-      res.writeHead(range ? 206 : 200, { ...headers, 'content-length': String(file.length - start) });
+      res.writeHead(range ? 206 : 200, {
+        ...headers,
+        'content-length': String(file.length - start),
+        ...(range ? { 'content-range': `bytes ${start}-${file.length - 1}/${file.length}` } : {}),
+      });
       if (cutAfter > 0) {
         // send part of the body, then drop the connection
         res.write(file.subarray(start, start + cutAfter), () => res.destroy());
@@ -87,6 +95,43 @@ describeShared('pulling models (local HTTP server)', () => {
     expect(ranges).toEqual(['none', `bytes=${kept}-`]);
     expect(readFileSync(r.path).equals(file)).toBe(true);
     expect(existsSync(partial)).toBe(false);
+  });
+
+  // Found by a hostile review: a resume answered from the file's start was appended to the partial file.
+  it('checks where a resumed transfer starts: from the start it starts over, from elsewhere it is refused', async () => {
+    for (const mode of ['start', 'elsewhere'] as const) {
+      const ref = `hf:owner/resume-${mode}/stories260k.gguf`;
+      const partial = join(cacheDir, 'hf', 'owner', `resume-${mode}`, 'stories260k.gguf.partial');
+      cutAfter = 300_000;
+      await expect(pullModel(ref, { cacheDir })).rejects.toMatchObject({ code: 'ERR_IO' });
+      cutAfter = 0;
+      expect(statSync(partial).size).toBeGreaterThan(0);
+      resumeFrom = mode;
+      try {
+        if (mode === 'start') {
+          const r = await pullModel(ref, { cacheDir });
+          expect(readFileSync(r.path).equals(file)).toBe(true);
+        } else {
+          const e = await pullModel(ref, { cacheDir }).catch((x: unknown) => x);
+          expect(e).toMatchObject({ code: 'ERR_IO' });
+          expect((e as Error).message).toMatch(/resumed .* at byte \d+, not at byte \d+ where the partial file ends; the partial file was deleted/);
+          expect(existsSync(partial)).toBe(false);
+        }
+      } finally {
+        resumeFrom = 'asked';
+      }
+    }
+  });
+
+  it('every failure is a LlamaError: a server that never answers, a bad URL, a cache folder that cannot be made', async () => {
+    const t0 = Date.now();
+    const e = await pullModel(`${base}/silent.gguf`, { cacheDir, stallMs: 300 }).catch((x: unknown) => x);
+    expect(e).toMatchObject({ code: 'ERR_IO' });
+    expect((e as Error).message).toMatch(/sent nothing for 300 ms/);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+    await expect(pullModel(`${base}/x/%E0%A4%A.gguf`, { cacheDir })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    await expect(pullModel(`${base}/plain.gguf`, { cacheDir: '/dev/null' })).rejects.toMatchObject({ code: 'ERR_IO' });
+    await expect(pullModel(`${base}/plain.gguf`, { cacheDir, stallMs: 0 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 
   it('deletes a download whose checksum does not match', async () => {

@@ -1,4 +1,4 @@
-import { existsSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { loadModel, quantize, setLogLevel } from 'llama-addon';
@@ -30,6 +30,29 @@ describeShared('quantize (stories260k, F32)', () => {
     await expect(quantize('/nonexistent.gguf', out, 'Q8_0')).rejects.toMatchObject({ code: 'ERR_MODEL_NOT_FOUND' });
     await expect(quantize(join(fixtures, '..', 'session.test.ts'), out, 'Q8_0')).rejects.toMatchObject({ code: 'ERR_QUANTIZE' });
     expect(existsSync(out)).toBe(false);
-    expect(existsSync(`${out}.partial`)).toBe(false);
+    expect(readdirSync(fixtures).filter((f) => f.startsWith('never.gguf'))).toEqual([]);
+    // A folder where the output should go: ERR_IO, and the folder stays.
+    const folder = join(fixtures, 'quantize-into-folder');
+    mkdirSync(folder, { recursive: true });
+    await expect(quantize(shared('stories260k.gguf'), folder, 'Q8_0')).rejects.toMatchObject({ code: 'ERR_IO' });
+    expect(statSync(folder).isDirectory()).toBe(true);
+  });
+
+  // Found by a hostile review: two calls to the same output shared one temporary file, so the one that
+  // ended first renamed the other's model and resolved with it.
+  it('two calls to the same output each write their own file: the file is whole, and one of the two', async () => {
+    const out = join(fixtures, 'quantize-same.gguf');
+    rmSync(out, { force: true });
+    const results = await Promise.allSettled([
+      quantize(shared('stories260k.gguf'), out, 'Q8_0'),
+      quantize(shared('tinystories-656k-f16.gguf'), out, 'Q4_0'),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'fulfilled']);
+    const header = await readGguf(out);
+    const fileType = header.metadata['general.file_type'];
+    const name = String(header.metadata['general.name']);
+    // Either call's model, whole: its type and name agree.
+    expect([fileType === 7 && /llama/i.test(name), fileType === 2 && /TinyStories/.test(name)]).toContain(true);
+    expect(readdirSync(fixtures).filter((f) => f.startsWith('quantize-same.gguf.'))).toEqual([]);
   });
 });

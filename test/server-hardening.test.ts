@@ -53,6 +53,9 @@ describeShared('server: API key and paths', () => {
     safeEqual.mockClear();
     const cases: Array<[string | undefined, number]> = [
       ['Bearer sekret', 200],
+      ['bearer sekret', 200], // the scheme is case-insensitive (RFC 7235)
+      ['BEARER sekret', 200],
+      ['Basic sekret', 401],
       ['Bearer sekreT', 401], // same length
       ['Bearer s', 401], // a prefix
       ['Bearer sekret-and-more', 401],

@@ -100,6 +100,11 @@ describeShared('OpenAI-compatible server', () => {
     let text = '';
     for await (const c of s) text += c.choices[0]?.text ?? '';
     expect(text).toBe(r.choices[0].text);
+    // With include_usage, the last chunk has the usage and no choices, as for chat completions.
+    const u = await client.completions.create({ model: 'stories', prompt: 'Once upon a time', max_tokens: 12, temperature: 0, stream: true, stream_options: { include_usage: true } });
+    const chunks = [];
+    for await (const c of u) chunks.push(c);
+    expect(chunks.at(-1)).toMatchObject({ choices: [], usage: { prompt_tokens: r.usage!.prompt_tokens, completion_tokens: 12, total_tokens: r.usage!.prompt_tokens + 12 } });
   });
 
   it('embeds, as floats and as base64', async () => {

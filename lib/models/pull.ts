@@ -16,6 +16,11 @@ export interface PullOptions {
   signal?: AbortSignal;
   /** Expected SHA-256 (hex), checked after the download (hub references bring their own). */
   sha256?: string;
+  /**
+   * Milliseconds a server may keep the transfer without sending anything (headers or data) before the pull
+   * ends with `ERR_IO` (the partial file is kept, to resume). Default 60,000.
+   */
+  stallMs?: number;
 }
 
 /** The downloaded file. */
@@ -50,7 +55,12 @@ function parseRef(ref: string): { url: string; file: string; hub: boolean } {
     throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid model reference ${JSON.stringify(ref)}: expected hf:owner/repo/file.gguf or an http(s) URL`);
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new LlamaError('ERR_INVALID_ARGUMENT', `Only http(s) URLs can be pulled, not ${u.protocol}`);
-  const segments = u.pathname.split('/').filter(Boolean).map((p) => decodeURIComponent(p));
+  let segments: string[];
+  try {
+    segments = u.pathname.split('/').filter(Boolean).map((p) => decodeURIComponent(p));
+  } catch {
+    throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid model URL ${JSON.stringify(ref)}: its path is not valid percent-encoding`);
+  }
   if (segments.length === 0 || segments.some((p) => p === '.' || p === '..' || p.includes('/') || p.includes('\\'))) {
     throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid model URL ${JSON.stringify(ref)}: its path must name a file`);
   }
@@ -75,6 +85,38 @@ const fail = (message: string, cause?: unknown) => new LlamaError('ERR_IO', mess
  * @throws LlamaError `ERR_IO` for a failed or corrupt download, `ERR_INVALID_ARGUMENT` for a bad reference.
  */
 export async function pullModel(ref: string, options: PullOptions = {}): Promise<PulledModel> {
+  if (options.stallMs !== undefined && !(Number.isFinite(options.stallMs) && options.stallMs > 0)) {
+    throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid option "stallMs": a positive number of milliseconds was expected, received ${String(options.stallMs)}`);
+  }
+  // Every failure is a LlamaError: the file system's too (a cache folder that cannot be made, a name too long).
+  const stall = new AbortController();
+  const stallMs = options.stallMs ?? 60_000;
+  let stalled = false;
+  let timer: NodeJS.Timeout | null = null;
+  // alive(true): the server answered or sent data, the clock starts again; alive(false): no transfer is
+  // waited for now (hashing, renaming).
+  const alive = (waiting = true) => {
+    if (timer) clearTimeout(timer);
+    timer = waiting
+      ? setTimeout(() => {
+          stalled = true;
+          stall.abort();
+        }, stallMs)
+      : null;
+  };
+  const signal = options.signal ? AbortSignal.any([options.signal, stall.signal]) : stall.signal;
+  try {
+    return await pull(ref, { ...options, signal }, alive);
+  } catch (e) {
+    if (stalled) throw fail(`The server of ${ref} sent nothing for ${stallMs} ms; run it again to resume`, e);
+    if (e instanceof LlamaError) throw e;
+    throw fail(`Could not pull ${ref}: ${(e as Error).message}`, e);
+  } finally {
+    if (timer) clearTimeout(timer);
+  }
+}
+
+async function pull(ref: string, options: PullOptions & { signal: AbortSignal }, alive: (waiting?: boolean) => void): Promise<PulledModel> {
   const { url, file } = parseRef(ref);
   const dest = join(options.cacheDir ?? modelCacheDir(), file);
   const partial = `${dest}.partial`;
@@ -84,7 +126,9 @@ export async function pullModel(ref: string, options: PullOptions = {}): Promise
   let expectedSize: number | null = null;
   let expectedSha = options.sha256?.toLowerCase() ?? null;
   try {
-    const head = await fetch(url, { method: 'HEAD', redirect: 'manual', ...(options.signal ? { signal: options.signal } : {}) });
+    alive();
+    const head = await fetch(url, { method: 'HEAD', redirect: 'manual', signal: options.signal });
+    alive(false);
     const linkedSize = head.headers.get('x-linked-size') ?? (head.status < 300 ? head.headers.get('content-length') : null);
     if (linkedSize && /^\d+$/.test(linkedSize)) expectedSize = Number(linkedSize);
     const etag = head.headers.get('x-linked-etag')?.replace(/^W\//, '').replace(/"/g, '');
@@ -115,13 +159,15 @@ export async function pullModel(ref: string, options: PullOptions = {}): Promise
     await rm(partial);
     have = 0;
   }
+  alive();
   const res = await fetch(url, {
     redirect: 'follow',
     headers: have > 0 ? { Range: `bytes=${have}-` } : {},
-    ...(options.signal ? { signal: options.signal } : {}),
+    signal: options.signal,
   }).catch((e: Error) => {
     throw fail(`Could not download ${url}: ${e.message}`, e);
   });
+  alive();
   if (res.status === 416 && expectedSize !== null && have === expectedSize) {
     // already complete
   } else if (res.status === 416) {
@@ -131,6 +177,20 @@ export async function pullModel(ref: string, options: PullOptions = {}): Promise
     throw fail(`Downloading ${url} failed: HTTP ${res.status}`);
   }
   if (res.status === 200 && have > 0) have = 0; // the server ignored the range: start over
+  if (res.status === 206) {
+    // A resumed transfer must start where the partial file ends (a server that sent the file from its start
+    // had it appended to the partial file, and the result cached as complete).
+    const stated = res.headers.get('content-range');
+    const range = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(stated ?? '');
+    const start = range ? Number(range[1]) : stated === null ? have : NaN;
+    if (start === 0) have = 0;
+    else if (start !== have) {
+      await res.body?.cancel().catch(() => {});
+      await rm(partial, { force: true });
+      throw fail(`The server resumed ${url} at ${range ? `byte ${start}` : 'an unstated offset'}, not at byte ${have} where the partial file ends; the partial file was deleted, run it again`);
+    }
+    if (range && range[3] !== '*' && expectedSize === null) expectedSize = Number(range[3]);
+  }
   const total = expectedSize ?? (res.headers.get('content-length') ? have + Number(res.headers.get('content-length')) : null);
   if (res.status !== 416) {
     let received = have;
@@ -146,6 +206,7 @@ export async function pullModel(ref: string, options: PullOptions = {}): Promise
     try {
       try {
         for await (const chunk of body) {
+          alive();
           received += chunk.byteLength;
           writes = writes.then(async () => {
             if (writeError) return;
@@ -165,12 +226,15 @@ export async function pullModel(ref: string, options: PullOptions = {}): Promise
         if (writeError) throw fail(`Writing ${partial} failed: ${(writeError as Error).message}`, writeError);
         throw fail(`The download of ${url} was interrupted after ${written} bytes; run it again to resume: ${(e as Error).message}`, e);
       }
+      alive(false);
       await writes;
       if (writeError) throw fail(`Writing ${partial} failed: ${(writeError as Error).message}`, writeError);
     } finally {
+      alive(false);
       await out.close();
     }
   }
+  alive(false);
   const size = (await stat(partial)).size;
   if (expectedSize !== null && size !== expectedSize) {
     if (size > expectedSize) await rm(partial);

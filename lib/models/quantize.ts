@@ -1,5 +1,6 @@
 // quantize: llama.cpp's quantizer, off the JS thread.
 import { existsSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { rename, rm, stat } from 'node:fs/promises';
 import { LlamaError, callNative, toLlamaError } from '../base/errors.js';
 import { native } from '../native/native.js';
@@ -17,7 +18,8 @@ export type QuantizationType = keyof typeof quantizationTypes;
  * Quantizes a GGUF model with llama.cpp's quantizer (on a worker thread), writing `output` (through a
  * temporary file, so that a failure leaves nothing half-written). `onProgress` is told the bytes written
  * so far, about every 200 ms. Tensors whose shape a type cannot hold get llama.cpp's fallback type.
- * @throws LlamaError `ERR_INVALID_ARGUMENT` for an unknown type, `ERR_MODEL_NOT_FOUND`, `ERR_QUANTIZE`.
+ * @throws LlamaError `ERR_INVALID_ARGUMENT` for an unknown type, `ERR_MODEL_NOT_FOUND`, `ERR_QUANTIZE`, `ERR_IO`
+ * when `output` cannot be written (a folder, a missing directory).
  */
 export async function quantize(
   input: string,
@@ -30,7 +32,13 @@ export async function quantize(
     throw new LlamaError('ERR_INVALID_ARGUMENT', `Invalid quantization type ${JSON.stringify(type)}: expected one of ${Object.keys(quantizationTypes).join(', ')}`);
   }
   if (!existsSync(input)) throw new LlamaError('ERR_MODEL_NOT_FOUND', `Model file not found: ${input}`);
-  const tmp = `${output}.partial`;
+  const existing = await stat(output).catch(() => null);
+  if (existing && !existing.isFile()) {
+    throw new LlamaError('ERR_IO', `Cannot write the quantized model to ${output}: expected a regular file or a new name, received ${existing.isDirectory() ? 'a folder' : 'something else'}`);
+  }
+  // A temporary file of this call's own: two calls to the same output each write their own and the last to
+  // end replaces the file (a shared name made one call's success rename the other's model).
+  const tmp = `${output}.${process.pid}.${randomBytes(6).toString('hex')}.partial`;
   const promise = callNative(quantize, () => native().quantize(input, tmp, ftype, options.threads ?? 0));
   const timer = options.onProgress
     ? setInterval(() => {
@@ -40,7 +48,11 @@ export async function quantize(
   try {
     await promise;
     if (options.onProgress) options.onProgress((await stat(tmp)).size);
-    await rename(tmp, output);
+    try {
+      await rename(tmp, output);
+    } catch (e) {
+      throw new LlamaError('ERR_IO', `Cannot write the quantized model to ${output}: ${(e as Error).message}`, { cause: e });
+    }
   } catch (e) {
     await rm(tmp, { force: true });
     throw toLlamaError(e);

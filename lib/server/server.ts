@@ -51,9 +51,13 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
   const s: ServerState = { options: o, models, metrics, responses: new ResponseCache(o.cacheResponses, metrics), running: new Set() };
   // The key is compared as SHA-256 digests with timingSafeEqual: the time taken says nothing about the key,
   // its length included.
-  const keyDigest = o.apiKey ? createHash('sha256').update(`Bearer ${o.apiKey}`).digest() : null;
-  const authorized = (header: string | undefined) =>
-    keyDigest === null || timingSafeEqual(createHash('sha256').update(header ?? '').digest(), keyDigest);
+  // The scheme is case-insensitive (RFC 7235: "bearer" and "BEARER" are "Bearer").
+  const keyDigest = o.apiKey ? createHash('sha256').update(o.apiKey).digest() : null;
+  const authorized = (header: string | undefined) => {
+    if (keyDigest === null) return true;
+    const m = /^bearer +(.*)$/is.exec(header ?? '');
+    return timingSafeEqual(createHash('sha256').update(m ? m[1]! : '\0not a bearer token').digest(), keyDigest);
+  };
 
   const app: FastifyInstance = Fastify({
     logger: o.log ? { level: 'info' } : false,

@@ -45,6 +45,10 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
         const r = await gen.result;
         s.metrics.account(e.alias, r);
         send({ id, object: 'text_completion', created, model: e.alias, choices: [{ text: '', index: 0, logprobs: null, finish_reason: finishReason(r) }] });
+        // OpenAI's last chunk with the usage, when asked for (as chat completions do).
+        if ((body.stream_options as { include_usage?: boolean } | undefined)?.include_usage) {
+          send({ id, object: 'text_completion', created, model: e.alias, choices: [], usage: usage(r) });
+        }
       } catch (err) {
         stream.fail(err);
       }
