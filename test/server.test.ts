@@ -392,6 +392,10 @@ describeShared('server: response cache and model replacement', () => {
       expect(a.headers.get('x-cache')).toBeNull();
       expect(b.headers.get('x-cache')).toBe('hit');
       expect((b.json as { choices: unknown }).choices).toEqual((a.json as { choices: unknown }).choices);
+      // A response of its own: another id, of the same kind.
+      const ids = [a, b].map((x) => (x.json as { id: string }).id);
+      expect(ids[1]).not.toBe(ids[0]);
+      expect(ids[1]).toMatch(/^chatcmpl-[0-9a-f]{24}$/);
       // Sampling with neither temperature 0 nor a seed is never cached.
       const c1 = await raw(server.url, '/v1/chat/completions', { ...body, temperature: 1 });
       const c2 = await raw(server.url, '/v1/chat/completions', { ...body, temperature: 1 });

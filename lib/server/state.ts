@@ -138,7 +138,10 @@ export class ResponseCache {
     this.#responses.set(key, hit);
     this.#metrics.cacheHits.inc({ model: e.alias });
     void reply.header('x-cache', 'hit');
-    return { ...(hit as object), created: Math.floor(Date.now() / 1000) };
+    // A response of its own: a new id (OpenAI's are unique per response) and time.
+    const id = (hit as { id?: unknown }).id;
+    const prefix = typeof id === 'string' && id.includes('-') ? id.slice(0, id.indexOf('-')) : 'cmpl';
+    return { ...(hit as object), id: newId(prefix), created: Math.floor(Date.now() / 1000) };
   }
 
   set(key: string | null, response: unknown): void {
