@@ -278,6 +278,136 @@ void checkLeading(const llama_grammar_parser& parser) {
   }
 }
 
+// Left recursion that llama.cpp's check misses: through rules that can match nothing only because they are
+// made of such rules (`x? y?`), which its check does not count as empty but its parser walks through. A
+// cycle of rules that start with each other grows the parse stack when one of its references is followed
+// by more of its alternative (`root ::= ([a-z]? | "x") root " "`: entering it took every byte of memory,
+// found by the fuzzer); a cycle of references that end their alternatives (`(x? " ")+`, which the
+// JSON-schema and tool-call grammars use) comes back to the same stack, and the parser stops there.
+void checkGrowingCycles(const llama_grammar_parser& parser) {
+  const llama_grammar_rules& rules = parser.rules;
+  const size_t n = rules.size();
+  // Rules that can match nothing, transitively; an alternative made only of references waits for each.
+  std::vector<char> nullable(n, 0);
+  {
+    std::vector<uint32_t> pending, altRule, queue;
+    std::vector<std::vector<uint32_t>> users(n);
+    for (size_t r = 0; r < n; r++) {
+      uint32_t refs = 0;
+      bool terminal = false;
+      std::vector<uint32_t> seen;
+      for (const auto& e : rules[r]) {
+        if (e.type == LLAMA_GRETYPE_END || e.type == LLAMA_GRETYPE_ALT) {
+          if (!terminal) {
+            uint32_t a = (uint32_t)pending.size();
+            pending.push_back(refs);
+            altRule.push_back((uint32_t)r);
+            for (uint32_t ref : seen) users[ref].push_back(a);
+            if (refs == 0 && !nullable[r]) {
+              nullable[r] = 1;
+              queue.push_back((uint32_t)r);
+            }
+          }
+          refs = 0;
+          terminal = false;
+          seen.clear();
+          if (e.type == LLAMA_GRETYPE_END) break;
+        } else if (e.type == LLAMA_GRETYPE_RULE_REF && e.value < n) {
+          refs++;
+          seen.push_back(e.value);
+        } else {
+          terminal = true;
+        }
+      }
+    }
+    while (!queue.empty()) {
+      uint32_t s = queue.back();
+      queue.pop_back();
+      for (uint32_t a : users[s]) {
+        if (pending[a] > 0 && --pending[a] == 0 && !nullable[altRule[a]]) {
+          nullable[altRule[a]] = 1;
+          queue.push_back(altRule[a]);
+        }
+      }
+    }
+  }
+  // Leading references, and whether each ends its alternative.
+  struct Edge {
+    uint32_t to;
+    bool tail;
+  };
+  std::vector<std::vector<Edge>> edges(n);
+  for (size_t r = 0; r < n; r++) {
+    bool leading = true;
+    const auto& rule = rules[r];
+    for (size_t i = 0; i < rule.size(); i++) {
+      const auto& e = rule[i];
+      if (e.type == LLAMA_GRETYPE_END || e.type == LLAMA_GRETYPE_ALT) {
+        leading = true;
+        if (e.type == LLAMA_GRETYPE_END) break;
+      } else if (e.type == LLAMA_GRETYPE_RULE_REF && e.value < n) {
+        bool tail = i + 1 >= rule.size() || rule[i + 1].type == LLAMA_GRETYPE_END || rule[i + 1].type == LLAMA_GRETYPE_ALT;
+        if (leading) edges[r].push_back({e.value, tail});
+        leading = leading && nullable[e.value];
+      } else {
+        leading = false;
+      }
+    }
+  }
+  // Strongly connected components (Tarjan's, without recursion).
+  std::vector<int32_t> index(n, -1), low(n, 0), comp(n, -1);
+  std::vector<char> onStack(n, 0);
+  std::vector<uint32_t> stack;
+  int32_t counter = 0, comps = 0;
+  for (uint32_t start = 0; start < n; start++) {
+    if (index[start] >= 0) continue;
+    std::vector<std::pair<uint32_t, size_t>> work{{start, 0}};
+    index[start] = low[start] = counter++;
+    stack.push_back(start);
+    onStack[start] = 1;
+    while (!work.empty()) {
+      auto& [v, next] = work.back();
+      if (next < edges[v].size()) {
+        uint32_t w = edges[v][next++].to;
+        if (index[w] < 0) {
+          index[w] = low[w] = counter++;
+          stack.push_back(w);
+          onStack[w] = 1;
+          work.push_back({w, 0});
+        } else if (onStack[w]) {
+          low[v] = std::min(low[v], index[w]);
+        }
+        continue;
+      }
+      if (low[v] == index[v]) {
+        uint32_t w;
+        do {
+          w = stack.back();
+          stack.pop_back();
+          onStack[w] = 0;
+          comp[w] = comps;
+        } while (w != v);
+        comps++;
+      }
+      uint32_t done = v;
+      work.pop_back();
+      if (!work.empty()) low[work.back().first] = std::min(low[work.back().first], low[done]);
+    }
+  }
+  for (uint32_t r = 0; r < n; r++) {
+    for (const Edge& e : edges[r]) {
+      if (!e.tail && comp[e.to] == comp[r]) {
+        std::string name = "?";
+        for (const auto& kv : parser.symbol_ids) {
+          if (kv.second == e.to) name = kv.first;
+        }
+        throw GrammarSyntaxError("The grammar is left-recursive: rule \"" + name +
+                                 "\" can start with itself (through rules that can match nothing)");
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void checkGrammar(const std::string& gbnf) {
@@ -295,6 +425,7 @@ void checkGrammar(const std::string& gbnf) {
     throw GrammarSyntaxError(why);
   }
   checkLeading(parser);
+  checkGrowingCycles(parser);
 }
 
 }  // namespace la

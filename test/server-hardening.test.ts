@@ -440,6 +440,10 @@ describeShared('server: counting, late errors and checks', () => {
     // Token ids are checked before they become 32-bit integers; logit_bias keys are canonical ids in the vocabulary.
     const wrap = await raw(server.url, '/v1/embeddings', { input: [2 ** 32 + 5] });
     expect(wrap.status).toBe(400);
+    // A field of several forms says every way it failed (2,049 strings read "input must be string").
+    const many = await raw(server.url, '/v1/embeddings', { input: Array.from({ length: 2049 }, () => 'a') });
+    expect(many.status).toBe(400);
+    expect(many.json.error?.message).toMatch(/^Invalid request: input must be string, or must NOT have more than 2048 items/);
     for (const key of ['01', '999999']) {
       const r = await raw(server.url, '/v1/completions', { prompt: 'Once', max_tokens: 1, logit_bias: { [key]: 1 } });
       expect(r.status, key).toBe(400);

@@ -183,7 +183,7 @@ const paramOf: Record<string, string> = { ERR_INVALID_MESSAGE: 'messages' };
 export function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
   const e = (typeof err === 'object' && err !== null ? err : {}) as {
-    validation?: Array<{ instancePath: string; params?: { missingProperty?: string }; message?: string }>;
+    validation?: Array<{ instancePath: string; keyword?: string; params?: { missingProperty?: string }; message?: string }>;
     statusCode?: number;
     code?: string;
     message?: string;
@@ -192,7 +192,11 @@ export function toApiError(err: unknown): ApiError {
   if (Array.isArray(e.validation) && e.validation.length > 0) {
     const v = e.validation[0];
     const param = (v.instancePath.replace(/^\//, '').replace(/\//g, '.') || v.params?.missingProperty) ?? null;
-    return new ApiError(400, `Invalid request: ${param ?? 'body'} ${v.message ?? 'is invalid'}`, 'invalid_request_error', param);
+    // A field that may take several forms (anyOf) fails each of them: say every way it failed, not the first
+    // (2,049 strings for `input` read "input must be string").
+    const ways = [...new Set(e.validation.filter((x) => x.instancePath === v.instancePath && x.keyword !== 'anyOf' && x.message).map((x) => x.message!))];
+    const what = ways.length > 1 ? ways.join(', or ') : (v.message ?? 'is invalid');
+    return new ApiError(400, `Invalid request: ${param ?? 'body'} ${what}`, 'invalid_request_error', param);
   }
   if (e.statusCode === 413 || e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
     return new ApiError(413, 'The request body is too large', 'invalid_request_error', null, 'body_too_large');
