@@ -126,7 +126,9 @@ function mutate(buf: Buffer, mutations: Mutation[]): Buffer {
       p.header[m.key] = m.value;
       buf = build(p, false);
     } else if (m.op === 'token') {
-      if (p.tokens.length >= 4) p.tokens.writeInt32LE(m.value | 0, 4 * (m.index % (p.tokens.length / 4)));
+      // (A file cut short may leave a token area that is not a whole number of tokens.)
+      const whole = Math.floor(p.tokens.length / 4);
+      if (whole > 0) p.tokens.writeInt32LE(m.value | 0, 4 * (m.index % whole));
       buf = build(p, false);
     } else if (m.op === 'state') {
       const where = stateFields(p.state)[m.field];
