@@ -164,6 +164,14 @@ void parseRules(llama_grammar_parser& parser, const std::string& gbnf) {
   if (parser.symbol_ids.find("root") == parser.symbol_ids.end()) throw std::runtime_error("Grammar does not contain a \"root\" symbol");
 }
 
+// A rule's name in the grammar's source ("?" for none).
+std::string ruleName(const llama_grammar_parser& parser, uint32_t id) {
+  for (const auto& kv : parser.symbol_ids) {
+    if (kv.second == id) return kv.first;
+  }
+  return "?";
+}
+
 // The rules each rule can start with (a rule reference preceded only by rules that may match nothing):
 // llama.cpp follows these edges recursively (left-recursion check) and without memory, so a long chain
 // overflows the stack and a wide one takes exponential time. Checked here without recursion.
@@ -227,12 +235,7 @@ void checkLeading(const llama_grammar_parser& parser) {
   std::vector<uint32_t> depth(n, 0);
   std::vector<double> paths(n, 0);
   std::vector<double> starts(n, 0);  // parse states on entering the rule, at most (before deduplication)
-  auto nameOf = [&](uint32_t id) {
-    for (const auto& kv : parser.symbol_ids) {
-      if (kv.second == id) return kv.first;
-    }
-    return std::string("?");
-  };
+  auto nameOf = [&](uint32_t id) { return ruleName(parser, id); };
   for (uint32_t root = 0; root < n; root++) {
     if (state[root] != 0) continue;
     std::vector<std::pair<uint32_t, size_t>> stack{{root, 0}};
@@ -397,11 +400,7 @@ void checkGrowingCycles(const llama_grammar_parser& parser) {
   for (uint32_t r = 0; r < n; r++) {
     for (const Edge& e : edges[r]) {
       if (!e.tail && comp[e.to] == comp[r]) {
-        std::string name = "?";
-        for (const auto& kv : parser.symbol_ids) {
-          if (kv.second == e.to) name = kv.first;
-        }
-        throw GrammarSyntaxError("The grammar is left-recursive: rule \"" + name +
+        throw GrammarSyntaxError("The grammar is left-recursive: rule \"" + ruleName(parser, e.to) +
                                  "\" can start with itself (through rules that can match nothing)");
       }
     }
