@@ -98,6 +98,27 @@ describeShared('input sizes', () => {
   });
   afterAll(() => model.dispose());
 
+  it('token ids are checked as the caller wrote them, each bad item named by its index, in every API that takes them', async () => {
+    // 2**32 + 5 became token 5 in an Int32Array and was detokenized; 2**31 was reported as -2147483648.
+    const bad: Array<[unknown[], number, string]> = [
+      [[1, 2 ** 32 + 5], 1, '4294967301'], [[2 ** 31], 0, '2147483648'], [[3, -1], 1, '-1'], [[512], 0, '512'],
+      [[1, 1.5], 1, '1.5'], [['a', 'b'], 0, '"a"'], [[1, null], 1, 'null'], [[1, [2]], 1, 'an array of length 1'], [[NaN], 0, 'NaN'],
+    ];
+    const ctx = await model.createContext({ contextSize: 64 });
+    try {
+      const s = ctx.createSession();
+      for (const [tokens, at, shown] of bad) {
+        const expected = `expected a token id from 0 to 511 at index ${at}, received ${shown}`;
+        expect(throwsWith(() => model.detokenize(tokens as number[]), 'ERR_INVALID_ARGUMENT').message).toBe(`Invalid option "tokens": ${expected}`);
+        expect(throwsWith(() => s.generate(tokens as number[]), 'ERR_INVALID_ARGUMENT').message).toBe(`Invalid option "input": ${expected}`);
+        await expect(s.complete(tokens as number[], { beams: 2, maxTokens: 1 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT', message: `Invalid option "input": ${expected}` });
+      }
+      expect(throwsWith(() => model.detokenize(Int32Array.of(1, 600)), 'ERR_INVALID_ARGUMENT').message).toBe('Invalid option "tokens": expected a token id from 0 to 511 at index 1, received 600');
+    } finally {
+      await ctx.dispose();
+    }
+  });
+
   it('tokenize takes at most limits.tokenizeBytes, at once and without blocking for long', () => {
     const t0 = Date.now();
     const e = throwsWith(() => model.tokenize('ab'.repeat(50e6)), 'ERR_LIMIT_EXCEEDED');

@@ -440,10 +440,36 @@ describeShared('server: counting, late errors and checks', () => {
     // Token ids are checked before they become 32-bit integers; logit_bias keys are canonical ids in the vocabulary.
     const wrap = await raw(server.url, '/v1/embeddings', { input: [2 ** 32 + 5] });
     expect(wrap.status).toBe(400);
-    // A field of several forms says every way it failed (2,049 strings read "input must be string").
+    // A field of several forms names its forms (2,049 strings read "input must be string"; a prompt of
+    // token ids read "prompt must be string, or must NOT have more than 1 items").
     const many = await raw(server.url, '/v1/embeddings', { input: Array.from({ length: 2049 }, () => 'a') });
     expect(many.status).toBe(400);
-    expect(many.json.error?.message).toMatch(/^Invalid request: input must be string, or must NOT have more than 2048 items/);
+    expect(many.json.error?.message).toBe('Invalid request: input must be a string, an array of token ids, or an array of at most 2048 of either');
+    for (const prompt of [[1, 'a'], Array.from({ length: 17 }, () => 'a'), [[1], 'a'], [], {}, [[]]]) {
+      const bad = await raw(server.url, '/v1/completions', { prompt, max_tokens: 1 });
+      expect(bad.status, JSON.stringify(prompt)).toBe(400);
+      expect(bad.json.error?.message, JSON.stringify(prompt)).toBe('Invalid request: prompt must be a string, an array of token ids, or an array of at most 16 of either');
+      expect(bad.json.error?.param).toBe('prompt');
+    }
+    for (const prompt of [[1, 2 ** 31], [[1], [2 ** 32 + 1]], [512]]) {
+      const bad = await raw(server.url, '/v1/completions', { prompt, max_tokens: 1 });
+      expect(bad.status, JSON.stringify(prompt)).toBe(400);
+      expect(bad.json.error?.message, JSON.stringify(prompt)).toMatch(/^prompt (1 )?holds the token id \d+, outside the vocabulary \(0 to 511\)$/);
+    }
+    // A key that could change a prototype is refused as what it is, not as invalid JSON.
+    for (const [text, key] of [
+      ['{"prompt":"x","__proto__":{"a":1}}', '__proto__'],
+      ['{"prompt":"x","stop":[{"__proto__":1}]}', 'stop[0].__proto__'],
+      ['{"prompt":"x","constructor":{"prototype":{}}}', 'constructor.prototype'],
+    ]) {
+      const res = await fetch(server.url + '/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: text });
+      const body = (await res.json()) as { error: { message: string; code: string } };
+      expect(res.status).toBe(400);
+      expect(body.error).toMatchObject({ code: 'forbidden_key', message: `The request body has the key "${key}", which this server refuses (it could change an object's prototype)` });
+    }
+    const broken = await fetch(server.url + '/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"prompt":"x",}' });
+    expect(broken.status).toBe(400);
+    expect(((await broken.json()) as { error: { message: string } }).error.message).toMatch(/^The request body is not valid JSON: .*position 14/);
     for (const key of ['01', '999999']) {
       const r = await raw(server.url, '/v1/completions', { prompt: 'Once', max_tokens: 1, logit_bias: { [key]: 1 } });
       expect(r.status, key).toBe(400);

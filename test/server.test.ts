@@ -107,6 +107,40 @@ describeShared('OpenAI-compatible server', () => {
     expect(chunks.at(-1)).toMatchObject({ choices: [], usage: { prompt_tokens: r.usage!.prompt_tokens, completion_tokens: 12, total_tokens: r.usage!.prompt_tokens + 12 } });
   });
 
+  it("takes every form of OpenAI's prompt, one choice per prompt, with legacy log-probabilities and their offsets", async () => {
+    const one = async (prompt: string | number[]) => (await client.completions.create({ model: 'stories', prompt, max_tokens: 8, temperature: 0 })).choices[0].text;
+    const model = await loadModel(shared('stories260k.gguf'));
+    const dog = Array.from(model.tokenize('The dog'));
+    await model.dispose();
+    const alone = [await one('Once upon a time'), await one('The dog'), await one(dog)];
+    expect(alone[2]).toBe(alone[1]);
+    const many = await client.completions.create({ model: 'stories', prompt: ['Once upon a time', 'The dog'], max_tokens: 8, temperature: 0, logprobs: 2 });
+    expect(many.choices.map((c) => [c.index, c.text])).toEqual([[0, alone[0]], [1, alone[1]]]);
+    expect(many.usage!.completion_tokens).toBe(16);
+    for (const c of many.choices) {
+      const lp = c.logprobs!;
+      expect(lp.tokens!.join('')).toBe(c.text);
+      // text_offset: where each token starts in the choice's text.
+      expect(lp.text_offset).toEqual(lp.tokens!.map((_, i) => lp.tokens!.slice(0, i).join('').length));
+    }
+    const ids = await client.completions.create({ model: 'stories', prompt: [dog, dog] as unknown as number[], max_tokens: 8, temperature: 0 });
+    expect(ids.choices.map((c) => c.text)).toEqual([alone[1], alone[1]]);
+    // Streamed: each prompt's chunks carry its index, and each ends with its own finish_reason.
+    const stream = await client.completions.create({ model: 'stories', prompt: ['Once upon a time', 'The dog'], max_tokens: 8, temperature: 0, stream: true, logprobs: 1 });
+    const text = ['', ''];
+    const offsets: number[][] = [[], []];
+    const finished: number[] = [];
+    for await (const c of stream) {
+      const ch = c.choices[0];
+      text[ch.index] += ch.text;
+      offsets[ch.index].push(...(ch.logprobs?.text_offset ?? []));
+      if (ch.finish_reason) finished.push(ch.index);
+    }
+    expect(text).toEqual([alone[0], alone[1]]);
+    expect(finished).toEqual([0, 1]);
+    expect(offsets[0]).toEqual(many.choices[0].logprobs!.text_offset);
+  });
+
   it('embeds, as floats and as base64', async () => {
     const r = await client.embeddings.create({ model: 'stories', input: ['Once upon a time', 'The dog ran'] });
     expect(r.data).toHaveLength(2);

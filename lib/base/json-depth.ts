@@ -28,3 +28,28 @@ export function jsonDepth(text: string, limit: number): number {
   }
   return max;
 }
+
+/**
+ * The path of the first key that could poison a prototype when the value is merged into an object:
+ * `__proto__` anywhere, or `constructor` holding an object with a `prototype` key (what fastify's
+ * default parser refuses). Null when there is none. Iterative: the value's depth was bounded before.
+ */
+export function prototypeKeyPath(value: unknown): string | null {
+  const stack: Array<[unknown, string]> = [[value, '']];
+  while (stack.length > 0) {
+    const [v, path] = stack.pop()!;
+    if (v === null || typeof v !== 'object') continue;
+    if (Array.isArray(v)) {
+      for (let i = v.length - 1; i >= 0; i--) stack.push([v[i], `${path}[${i}]`]);
+      continue;
+    }
+    for (const key of Object.keys(v)) {
+      const child = (v as Record<string, unknown>)[key];
+      const at = path === '' ? key : `${path}.${key}`;
+      if (key === '__proto__') return at;
+      if (key === 'constructor' && child !== null && typeof child === 'object' && Object.hasOwn(child, 'prototype')) return `${at}.prototype`;
+      stack.push([child, at]);
+    }
+  }
+  return null;
+}

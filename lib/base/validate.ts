@@ -18,6 +18,39 @@ export function invalid(name: string, expected: string, received: unknown, calle
   return llamaError('ERR_INVALID_ARGUMENT', `Invalid option "${name}": expected ${expected}, received ${describe(received)}`, caller);
 }
 
+/**
+ * Token ids given by a caller: an Int32Array or an array of integers, each in [0, vocabSize) when a
+ * vocabulary size is given. Every caller's token list goes through here, so that a bad item is named by
+ * its index and its own value (not the value it would wrap to in an Int32Array).
+ */
+export function tokenIds(
+  name: string,
+  value: unknown,
+  vocabSize: number | undefined,
+  caller: Function,
+  expected = 'an Int32Array or an array of integer token ids',
+): Int32Array {
+  const range = vocabSize === undefined ? 'an integer token id' : `a token id from 0 to ${vocabSize - 1}`;
+  const badItem = (i: number, v: unknown): LlamaError =>
+    llamaError('ERR_INVALID_ARGUMENT', `Invalid option "${name}": expected ${range} at index ${i}, received ${describe(v)}`, caller);
+  if (value instanceof Int32Array) {
+    if (vocabSize !== undefined) {
+      for (let i = 0; i < value.length; i++) if (value[i]! < 0 || value[i]! >= vocabSize) throw badItem(i, value[i]);
+    }
+    return value;
+  }
+  if (!Array.isArray(value)) throw invalid(name, expected, value, caller);
+  const out = new Int32Array(value.length);
+  for (let i = 0; i < value.length; i++) {
+    const v: unknown = value[i];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0x7fffffff || (vocabSize !== undefined && v >= vocabSize)) {
+      throw badItem(i, v);
+    }
+    out[i] = v;
+  }
+  return out;
+}
+
 /** Checks that `options` is undefined or a plain object and has no keys outside `known`. */
 export function checkOptions(
   what: string,

@@ -26,7 +26,7 @@ export function defaultSequences(model: LlamaModel, contextSize: number): number
   if (perToken <= 0) return 1;
   return Math.max(1, Math.min(4, Math.floor(DEFAULT_SEQUENCES_KV_BYTES / (perToken * contextSize))));
 }
-import { checkOptions, invalid, optBoolean, optInteger, optIntegerOr, optSignal } from '../base/validate.js';
+import { checkOptions, invalid, optBoolean, optInteger, optIntegerOr, optSignal, tokenIds } from '../base/validate.js';
 
 /** Options of {@link LlamaModel.createContext}. */
 export interface ContextOptions {
@@ -359,7 +359,7 @@ export class LlamaContext implements AsyncDisposable {
     if (!Array.isArray(list)) throw invalid('texts', 'a string, an Int32Array, or an array of them', texts, this.embed);
     const inputs = list.map((t) => {
       if (typeof t === 'string') return this.model.tokenize(t);
-      if (t instanceof Int32Array) return t;
+      if (t instanceof Int32Array) return tokenIds('texts', t, this.model.vocab.size, this.embed);
       throw invalid('texts', 'strings or Int32Arrays', t, this.embed);
     });
     if (inputs.length === 0) return [];

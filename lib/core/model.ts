@@ -12,7 +12,7 @@ import type { GgufFile, GgufValue } from '../gguf/types.js';
 import { estimateFromGguf } from './memory.js';
 import type { GpuBackendName } from '../native/native.js';
 import { native, type NativeChatTemplate, type NativeModel } from '../native/native.js';
-import { checkOptions, invalid, optBoolean, optFunction, optSignal } from '../base/validate.js';
+import { checkOptions, invalid, optBoolean, optFunction, optSignal, tokenIds } from '../base/validate.js';
 
 /** Options of {@link loadModel}. */
 export interface LoadModelOptions {
@@ -112,11 +112,6 @@ export interface DetokenizeOptions {
   special?: boolean;
 }
 
-function asTokens(tokens: unknown, caller: Function): Int32Array {
-  if (tokens instanceof Int32Array) return tokens;
-  if (Array.isArray(tokens) && tokens.every((t) => Number.isInteger(t))) return Int32Array.from(tokens as number[]);
-  throw invalid('tokens', 'an Int32Array or an array of integer token ids', tokens, caller);
-}
 
 /**
  * A loaded GGUF model. Create contexts from it to generate text; dispose it (or use `await using`) to free
@@ -238,7 +233,7 @@ export class LlamaModel implements AsyncDisposable {
   /** Turns token ids back into text. */
   detokenize(tokens: Int32Array | readonly number[], options?: DetokenizeOptions): string {
     const h = this.#handle(this.detokenize);
-    const t = asTokens(tokens, this.detokenize);
+    const t = tokenIds('tokens', tokens, this.vocab.size, this.detokenize);
     const o = checkOptions('detokenize', options, ['special'], this.detokenize);
     const special = optBoolean(o, 'special', this.detokenize) ?? false;
     return callNative(this.detokenize, () => h.detokenize(t, special));

@@ -8,7 +8,7 @@ import { DeferredNative, Generation, type GenerationResult, type StopReason } fr
 import type { NativeGenerateOptions, NativeGeneration, NativeGenerationResult } from '../native/native.js';
 import { ASYNC_TOKENIZE_CHARS } from '../base/limits.js';
 import { readSessionFile, writeSessionFile } from './session-file.js';
-import { invalid } from '../base/validate.js';
+import { invalid, tokenIds } from '../base/validate.js';
 
 export type { GenerateOptions } from '../options/generate.js';
 
@@ -232,10 +232,11 @@ export class LlamaSession {
     const lora = loraKey ?? this.#context.loraKey;
     this.#checkIdle(caller, 'search');
     const model = this.#context.model;
-    const prompt = typeof input === 'string' ? Array.from(model.tokenize(input)) : Array.from(input as ArrayLike<number>);
-    if (prompt.length === 0 || !prompt.every((t) => Number.isInteger(t) && t >= 0 && t < model.vocab.size)) {
-      throw invalid('input', 'a prompt of token ids in the vocabulary', input, caller);
-    }
+    const prompt =
+      typeof input === 'string'
+        ? Array.from(model.tokenize(input))
+        : Array.from(tokenIds('input', input, model.vocab.size, caller, 'a string, an Int32Array or an array of token ids'));
+    if (prompt.length === 0) throw invalid('input', 'a prompt of at least one token', input, caller);
     if (prompt.length >= this.#context.contextSize) throw new LlamaError('ERR_CONTEXT_FULL', `The prompt has ${prompt.length} tokens; a sequence of this context holds ${this.#context.contextSize}`);
     const handle = this.#context.handle(caller);
     this.#context.checkBorrow(2 * beams! - 1, caller);
@@ -327,13 +328,8 @@ export class LlamaSession {
       });
     } else {
       if (typeof input === 'string') prompt = Array.from(model.tokenize(input));
-      else if (input instanceof Int32Array) prompt = Array.from(input);
-      else if (Array.isArray(input) && input.every((t) => Number.isInteger(t))) prompt = input.slice();
-      else throw invalid('input', 'a string, an Int32Array or an array of token ids', input, caller);
+      else prompt = Array.from(tokenIds('input', input, model.vocab.size, caller, 'a string, an Int32Array or an array of token ids'));
       if (prompt.length === 0) throw empty();
-      const vocabSize = model.vocab.size;
-      const bad = prompt.findIndex((t) => !(t >= 0 && t < vocabSize));
-      if (bad >= 0) throw invalid('input', `token ids from 0 to ${vocabSize - 1}`, prompt[bad], caller);
       checkIdle();
     }
     const lora = loraKey ?? ctx.loraKey;

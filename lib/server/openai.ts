@@ -107,12 +107,23 @@ export const chatCompletionSchema = {
   },
 } as const;
 
+/** The most prompts one /v1/completions request may hold (each gets a choice of its own, in order). */
+export const MAX_PROMPTS = 16;
+
 export const completionSchema = {
   type: 'object',
   required: ['prompt'],
   properties: {
     ...sampling,
-    prompt: { anyOf: [{ type: 'string' }, { type: 'array', items: { type: 'string' }, minItems: 1, maxItems: 1 }] },
+    prompt: {
+      description: `a string, an array of token ids, or an array of at most ${MAX_PROMPTS} of either`,
+      anyOf: [
+        { type: 'string' },
+        { type: 'array', minItems: 1, maxItems: MAX_PROMPTS, items: { type: 'string' } },
+        { type: 'array', minItems: 1, items: { type: 'integer', minimum: 0 } },
+        { type: 'array', minItems: 1, maxItems: MAX_PROMPTS, items: { type: 'array', minItems: 1, items: { type: 'integer', minimum: 0 } } },
+      ],
+    },
     logprobs: { anyOf: [{ type: 'integer', minimum: 0, maximum: 5 }, { type: 'null' }] },
     echo: { const: false },
   },
@@ -124,6 +135,7 @@ export const embeddingSchema = {
   properties: {
     model: { type: 'string', minLength: 1 },
     input: {
+      description: 'a string, an array of token ids, or an array of at most 2048 of either',
       anyOf: [
         { type: 'string' },
         { type: 'array', minItems: 1, maxItems: 2048, items: { type: 'string' } },
@@ -183,13 +195,20 @@ const paramOf: Record<string, string> = { ERR_INVALID_MESSAGE: 'messages' };
 export function toApiError(err: unknown): ApiError {
   if (err instanceof ApiError) return err;
   const e = (typeof err === 'object' && err !== null ? err : {}) as {
-    validation?: Array<{ instancePath: string; keyword?: string; params?: { missingProperty?: string }; message?: string }>;
+    validation?: Array<{ instancePath: string; keyword?: string; params?: { missingProperty?: string }; message?: string; parentSchema?: { description?: unknown } }>;
     statusCode?: number;
     code?: string;
     message?: string;
   };
   const message = typeof e.message === 'string' && e.message ? e.message : String(err);
   if (Array.isArray(e.validation) && e.validation.length > 0) {
+    // A field of several forms (anyOf) with a description of them: that description, since the branches'
+    // own errors each speak of one form (prompt: [1, "a"] failed as "prompt must be string").
+    const either = e.validation.find((x) => x.keyword === 'anyOf' && typeof x.parentSchema?.description === 'string');
+    if (either) {
+      const param = either.instancePath.replace(/^\//, '').replace(/\//g, '.') || null;
+      return new ApiError(400, `Invalid request: ${param ?? 'body'} must be ${either.parentSchema!.description}`, 'invalid_request_error', param);
+    }
     const v = e.validation[0];
     const param = (v.instancePath.replace(/^\//, '').replace(/\//g, '.') || v.params?.missingProperty) ?? null;
     // A field that may take several forms (anyOf) fails each of them: say every way it failed, not the first

@@ -7,7 +7,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { llamaError } from '../base/errors.js';
-import { jsonDepth } from './limits.js';
+import { jsonDepth, prototypeKeyPath } from './limits.js';
 import { Metrics } from './metrics.js';
 import { ApiError, toApiError } from './openai.js';
 import { resolveServerOptions, type ServerOptions } from './options.js';
@@ -73,21 +73,33 @@ export async function startServer(options: ServerOptions): Promise<LlamaServer> 
       if (socket.writable && !answering?.headersSent) socket.end('HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
       else socket.destroy();
     },
-    ajv: { customOptions: { allErrors: false, coerceTypes: false, removeAdditional: false } },
+    // verbose: errors carry their schema, whose description names a field's forms (see toApiError).
+    ajv: { customOptions: { allErrors: false, coerceTypes: false, removeAdditional: false, verbose: true } },
   });
   app.decorate('llama', s);
   metrics.hook(app);
 
   // Request bodies: at most bodyLimit bytes (else 413), nested at most maxBodyDepth levels (else 400, found
-  // by a scan of the text before JSON.parse), then fastify's own parser (which refuses __proto__ keys).
-  const parseJson = app.getDefaultJsonParser('error', 'error');
+  // by a scan of the text before JSON.parse), then JSON.parse, whose own message says where the text is
+  // not JSON, then refused if a key could poison a prototype (__proto__, constructor.prototype: what
+  // fastify's default parser refuses, there with the wording of invalid JSON).
   app.removeContentTypeParser('application/json');
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (req, body, done) => {
-    if (jsonDepth(body as string, o.maxBodyDepth) > o.maxBodyDepth) {
-      done(new ApiError(400, `The request body nests arrays and objects more than ${o.maxBodyDepth} levels deep`, 'invalid_request_error', null, 'body_too_deep'), undefined);
-      return;
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_req, body, done) => {
+    const text = body as string;
+    const bad = (message: string, code: string) => done(new ApiError(400, message, 'invalid_request_error', null, code), undefined);
+    if (text.length === 0) return bad('The request body is empty; expected a JSON object', 'invalid_json');
+    if (jsonDepth(text, o.maxBodyDepth) > o.maxBodyDepth) {
+      return bad(`The request body nests arrays and objects more than ${o.maxBodyDepth} levels deep`, 'body_too_deep');
     }
-    parseJson(req, body as string, done);
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch (e) {
+      return bad(`The request body is not valid JSON: ${(e as Error).message}`, 'invalid_json');
+    }
+    const poison = prototypeKeyPath(value);
+    if (poison !== null) return bad(`The request body has the key "${poison}", which this server refuses (it could change an object's prototype)`, 'forbidden_key');
+    done(null, value);
   });
 
   // Whatever a request's processing throws ends here, as a status and OpenAI's error body (see toApiError).

@@ -1,7 +1,7 @@
 // POST /v1/completions: OpenAI's (legacy) text completions, with log-probabilities and streaming.
 import type { FastifyInstance } from 'fastify';
 import type { TokenLogprob } from '../../core/generation.js';
-import { completionSchema } from '../openai.js';
+import { ApiError, completionSchema } from '../openai.js';
 import { eventStream } from '../sse.js';
 import { finishReason, newId, requestOptions, state, usage, withRequest } from '../state.js';
 
@@ -10,7 +10,17 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
   app.post('/v1/completions', { schema: { body: completionSchema } }, async (req, reply) => {
     const body = req.body as Record<string, unknown>;
     const e = s.models.entryFor(body.model as string | undefined);
-    const prompt = typeof body.prompt === 'string' ? body.prompt : (body.prompt as string[])[0];
+    // OpenAI's four forms of prompt: a string, token ids, or a list of either; one choice per prompt.
+    const raw = body.prompt as string | number[] | Array<string | number[]>;
+    const prompts: Array<string | number[]> = typeof raw === 'string' || typeof raw[0] === 'number' ? [raw as string | number[]] : (raw as Array<string | number[]>);
+    const vocab = e.model!.vocab.size;
+    prompts.forEach((p, i) => {
+      const id = typeof p === 'string' ? undefined : p.find((t) => t >= vocab);
+      if (id !== undefined) {
+        const which = prompts.length === 1 && raw === p ? 'prompt' : `prompt ${i}`;
+        throw new ApiError(400, `${which} holds the token id ${id}, outside the vocabulary (0 to ${vocab - 1})`, 'invalid_request_error', 'prompt');
+      }
+    });
     const id = newId('cmpl');
     const created = Math.floor(Date.now() / 1000);
     const logprobs = typeof body.logprobs === 'number' ? body.logprobs : undefined;
@@ -18,36 +28,67 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     const hit = s.responses.get(e, rkey, reply);
     if (hit !== undefined) return hit;
     return withRequest(s, req, reply, e, null, async (session, signal) => {
-      const gen = session.generate(prompt, { ...requestOptions(s, body, signal, e.model!.vocab.size), ...(logprobs !== undefined ? { logprobs } : {}) });
-      const legacy = (lp: TokenLogprob[] | undefined) =>
-        lp && {
+      const run = (p: string | number[]) =>
+        session.generate(p, { ...requestOptions(s, body, signal, vocab), ...(logprobs !== undefined ? { logprobs } : {}) });
+      // OpenAI's legacy log-probabilities; text_offset is each token's offset in the choice's text (in
+      // UTF-16 code units, as JavaScript and Python index strings), counted from `start` across chunks.
+      const legacy = (lp: TokenLogprob[] | undefined, start = 0) => {
+        if (!lp) return null;
+        let at = start;
+        return {
           tokens: lp.map((p) => p.text),
           token_logprobs: lp.map((p) => p.logprob),
           top_logprobs: lp.map((p) => Object.fromEntries(p.top.map((a) => [a.text, a.logprob]))),
+          text_offset: lp.map((p) => ((at += p.text.length), at - p.text.length)),
         };
+      };
       if (body.stream !== true) {
-        const r = await gen.result;
-        s.metrics.account(e.alias, r);
-        const response = {
-          id, object: 'text_completion', created, model: e.alias,
-          choices: [{ text: r.text, index: 0, logprobs: legacy(r.logprobs) ?? null, finish_reason: finishReason(r) }],
-          usage: usage(r),
-        };
-        if (r.stopReason !== 'abort') s.responses.set(rkey, response);
+        const choices = [];
+        const total = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, prompt_tokens_details: { cached_tokens: 0 } };
+        let aborted = false;
+        for (const [index, p] of prompts.entries()) {
+          const r = await run(p).result;
+          s.metrics.account(e.alias, r);
+          choices.push({ text: r.text, index, logprobs: legacy(r.logprobs), finish_reason: finishReason(r) });
+          const u = usage(r);
+          total.prompt_tokens += u.prompt_tokens;
+          total.completion_tokens += u.completion_tokens;
+          total.total_tokens += u.total_tokens;
+          total.prompt_tokens_details.cached_tokens += u.prompt_tokens_details.cached_tokens;
+          if (r.stopReason === 'abort') {
+            aborted = true;
+            break;
+          }
+        }
+        const response = { id, object: 'text_completion', created, model: e.alias, choices, usage: total };
+        if (!aborted) s.responses.set(rkey, response);
         return response;
       }
       const stream = eventStream(req, reply, s.metrics);
       const send = stream.send;
       try {
-        for await (const c of gen) {
-          if (c.text) send({ id, object: 'text_completion', created, model: e.alias, choices: [{ text: c.text, index: 0, logprobs: legacy(c.logprobs) ?? null, finish_reason: null }] });
+        const total = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, prompt_tokens_details: { cached_tokens: 0 } };
+        for (const [index, p] of prompts.entries()) {
+          const gen = run(p);
+          let offset = 0;
+          for await (const c of gen) {
+            if (!c.text) continue;
+            send({ id, object: 'text_completion', created, model: e.alias, choices: [{ text: c.text, index, logprobs: legacy(c.logprobs, offset), finish_reason: null }] });
+            offset += c.text.length;
+          }
+          const r = await gen.result;
+          s.metrics.account(e.alias, r);
+          send({ id, object: 'text_completion', created, model: e.alias, choices: [{ text: '', index, logprobs: null, finish_reason: finishReason(r) }] });
+          const u = usage(r);
+          total.prompt_tokens += u.prompt_tokens;
+          total.completion_tokens += u.completion_tokens;
+          total.total_tokens += u.total_tokens;
+          total.prompt_tokens_details.cached_tokens += u.prompt_tokens_details.cached_tokens;
+          if (r.stopReason === 'abort') break;
         }
-        const r = await gen.result;
-        s.metrics.account(e.alias, r);
-        send({ id, object: 'text_completion', created, model: e.alias, choices: [{ text: '', index: 0, logprobs: null, finish_reason: finishReason(r) }] });
         // OpenAI's last chunk with the usage, when asked for (as chat completions do).
         if ((body.stream_options as { include_usage?: boolean } | undefined)?.include_usage) {
-          send({ id, object: 'text_completion', created, model: e.alias, choices: [], usage: usage(r) });
+          send({ id, object: 'text_completion', created, model: e.alias, choices: [], usage: total });
         }
       } catch (err) {
         stream.fail(err);
