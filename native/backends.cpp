@@ -51,10 +51,10 @@ Napi::Value InitBackends(const Napi::CallbackInfo& info) {
   std::shared_lock<std::shared_mutex> reading(registryMutex(), std::defer_lock);
   if (!g_initialized) {
     std::unique_lock<std::shared_mutex> writing(registryMutex());
-    beginCapture();
+    LogCapture capture;
     ggml_backend_load_all_from_path(dir.c_str());
-    std::string logged = endCapture();
     if (ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU) == nullptr) {
+      std::string logged = capture.take();
       throwError(env, "ERR_NATIVE_LOAD",
                  "Expected a CPU backend module (libggml-cpu*.so) beside the addon in " + dir + ", but none loaded" +
                      (logged.empty() ? "" : ": " + logged));
@@ -79,7 +79,7 @@ Napi::Value LoadBackend(const Napi::CallbackInfo& info) {
     o.Set("backend", it->second);
     return o;
   }
-  beginCapture();
+  LogCapture capture;
   ggml_backend_reg_t reg = nullptr;
   std::string reason;
   try {
@@ -89,8 +89,8 @@ Napi::Value LoadBackend(const Napi::CallbackInfo& info) {
   } catch (const std::exception& e) {
     reason = e.what();
   }
-  std::string logged = endCapture();
   if (reg == nullptr) {
+    std::string logged = capture.take();
     if (!logged.empty()) reason = reason.empty() ? logged : logged + "; " + reason;
     o.Set("error", reason.empty() ? "ggml could not load the module" : reason);
     return o;

@@ -86,23 +86,20 @@ std::shared_ptr<ChatTemplateState> buildTemplate(const std::shared_ptr<ModelHand
     return st;
   }
   std::string logged;
+  LogCapture capture;
   try {
     checkTemplateSource(source);
     TemplateBudget budget;  // common renders the template with probe messages to learn what it supports
     // An empty override makes common read the model's template, and use ChatML when it has none.
     // Its parser logs the reason of a failure and throws a bare exception: the log is kept for the error.
-    beginCapture();
     st->jinja = common_chat_templates_init(model->model, fromModel ? std::string() : source);
-    endCapture();
     st->source = common_chat_templates_source(st->jinja.get());
   } catch (const TemplateLimit& e) {
-    endCapture();
     throw CodedError("ERR_LIMIT_EXCEEDED", "The chat template exceeds a limit: " + e.what);
   } catch (const std::bad_alloc&) {
-    endCapture();
     throw;
   } catch (const std::exception& e) {
-    logged = endCapture();
+    logged = capture.take();
     while (!logged.empty() && (logged.back() == '\n' || logged.back() == ' ')) logged.pop_back();
     // A model template that is not valid Jinja: llama.cpp's built-in templates recognize many by content.
     std::vector<common_chat_msg> probe(1);

@@ -1,6 +1,7 @@
 #include "context.h"
 #include "backends.h"
 
+#include <optional>
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -55,9 +56,9 @@ class CreateWorker : public PoolWorker {
   Napi::Promise promise() const { return deferred_.Promise(); }
 
   void Execute() override {
-    beginCapture();
     llama_context* ctx = nullptr;
     std::string reason;
+    std::optional<LogCapture> capture(std::in_place);
     try {
       AbortGuard guard;
       std::shared_lock<std::shared_mutex> registry(registryMutex());
@@ -70,28 +71,29 @@ class CreateWorker : public PoolWorker {
       ctx = nullptr;
       reason = e.what();
     }
-    std::string logged = endCapture();
-    if (!logged.empty()) reason = reason.empty() ? logged : logged + "; " + reason;
     if (ctx == nullptr) {
+      std::string logged = capture->take();
+      if (!logged.empty()) reason = reason.empty() ? logged : logged + "; " + reason;
       SetError("llama.cpp could not create the context" + (reason.empty() ? std::string() : ": " + reason));
       return;
     }
+    capture.reset();  // the context's warnings are logged now
     llama_context* draftCtx = nullptr;
     if (draft_.model) {
       std::string why;
+      LogCapture draftCapture;
       try {
         AbortGuard guard;
-        beginCapture();
         llama_context_params dp = params_;
         dp.embeddings = false;
         std::shared_lock<std::shared_mutex> registry(registryMutex());
         draftCtx = llama_init_from_model(draft_.model->model, dp);
-        why = endCapture();
       } catch (const std::exception& e) {
-        endCapture();
         why = e.what();
       }
       if (draftCtx == nullptr) {
+        std::string logged = draftCapture.take();
+        if (!logged.empty()) why = why.empty() ? logged : logged + "; " + why;
         llama_free(ctx);
         SetError("llama.cpp could not create the draft model's context" + (why.empty() ? std::string() : ": " + why));
         return;

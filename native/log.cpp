@@ -28,9 +28,8 @@ struct PendingLine {
   std::string text;
 };
 thread_local PendingLine t_line;
-thread_local bool t_capturing = false;
 thread_local bool t_sharedStream = false;  // see SharedStreamScope
-thread_local std::string t_captured;
+thread_local LogCapture* t_capture = nullptr;  // the innermost LogCapture of this thread
 
 LogLevel fromGgml(ggml_log_level level, LogLevel previous) {
   switch (level) {
@@ -82,14 +81,17 @@ bool knownHarmless(const std::string& t) {
   return false;
 }
 
+void deliver(int level, std::string text);
+
 void emit(int level, std::string text) {
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
   if (text.empty()) return;
   if (level == (int)LogLevel::Warn && knownHarmless(text)) level = (int)LogLevel::Info;
-  if (t_capturing && level >= (int)LogLevel::Warn) {
-    if (!t_captured.empty()) t_captured += "; ";
-    t_captured += text;
-  }
+  if (t_capture != nullptr && level >= (int)LogLevel::Warn && t_capture->hold(level, text)) return;
+  deliver(level, std::move(text));
+}
+
+void deliver(int level, std::string text) {
   if (level < g_level.load(std::memory_order_relaxed)) return;
   {
     std::lock_guard<std::mutex> lock(g_sink_mutex);
@@ -181,17 +183,47 @@ void setLogLevel(LogLevel level) {
   syncCommonThreshold((int)level);
 }
 
-void beginCapture() {
-  t_capturing = true;
-  t_captured.clear();
+LogCapture::LogCapture() : outer_(t_capture) { t_capture = this; }
+
+LogCapture::~LogCapture() {
+  t_capture = outer_;
+  // Lines that no error took are logged now, in their order (through an outer capture, if any).
+  for (auto& line : held_) {
+    try {
+      emit(line.first, std::move(line.second));
+    } catch (...) {  // a destructor must not throw: a line that cannot be logged is dropped
+    }
+  }
 }
 
-std::string endCapture() {
-  t_capturing = false;
-  std::string out;
-  out.swap(t_captured);
-  return out;
+bool LogCapture::hold(int level, const std::string& text) {
+  if (held_.size() >= kMaxHeld) return false;  // past the bound, lines are logged as they come
+  held_.emplace_back(level, text);
+  return true;
 }
+
+std::string LogCapture::take() {
+  // Errors first (the reason), then warnings, which llama.cpp's quantizer, for one, prints by the dozen:
+  // at most kWarningChars of them, then a count of the rest.
+  std::string errors, warnings;
+  size_t more = 0;
+  for (const auto& line : held_) {
+    if (line.first >= (int)LogLevel::Error) {
+      if (!errors.empty()) errors += "; ";
+      errors += line.second;
+    } else if (warnings.size() + line.second.size() <= kWarningChars) {
+      if (!warnings.empty()) warnings += "; ";
+      warnings += line.second;
+    } else {
+      more++;
+    }
+  }
+  held_.clear();
+  if (more > 0) warnings += (warnings.empty() ? "" : "; ") + std::string("(and ") + std::to_string(more) + " more warnings)";
+  if (errors.empty()) return warnings;
+  return warnings.empty() ? errors : errors + " (warnings: " + warnings + ")";
+}
+
 
 void shutdownLogger() {
   std::lock_guard<std::mutex> lock(g_sink_mutex);

@@ -24,12 +24,11 @@ class LoadLoraWorker : public PoolWorker {
   Napi::Promise promise() const { return deferred_.Promise(); }
 
   void Execute() override {
-    beginCapture();
+    LogCapture capture;
     std::string reason;
     try {
       std::string unusable = checkAdapterFile(path_);
       if (!unusable.empty()) {
-        endCapture();
         SetError("The LoRA adapter " + path_ + " cannot be used: " + unusable);
         return;
       }
@@ -39,8 +38,8 @@ class LoadLoraWorker : public PoolWorker {
       adapter_ = nullptr;
       reason = e.what();
     }
-    std::string logged = endCapture();
     if (adapter_ == nullptr) {
+      std::string logged = capture.take();
       std::string why = logged.empty() ? reason : logged;
       SetError("The LoRA adapter " + path_ + " could not be loaded" + (why.empty() ? std::string() : ": " + why));
     }

@@ -105,7 +105,7 @@ class LoadWorker : public PoolProgressWorker<float> {
       devices_.push_back(nullptr);
       params_.devices = devices_.data();
     }
-    beginCapture();
+    LogCapture capture;
     llama_model* model = nullptr;
     std::string unusable;
     try {
@@ -114,7 +114,6 @@ class LoadWorker : public PoolProgressWorker<float> {
       unusable = e.what();
     }
     if (!unusable.empty()) {
-      endCapture();
       code_ = "ERR_INVALID_MODEL";
       SetError("llama-addon cannot use " + path_ + ": " + unusable);
       return;
@@ -127,9 +126,9 @@ class LoadWorker : public PoolProgressWorker<float> {
       model = nullptr;
       reason_ = e.what();
     }
-    std::string logged = endCapture();
-    if (!logged.empty()) reason_ = reason_.empty() ? logged : logged + "; " + reason_;
     if (model == nullptr) {
+      std::string logged = capture.take();
+      if (!logged.empty()) reason_ = reason_.empty() ? logged : logged + "; " + reason_;
       if (cancelled_->load()) {
         code_ = "ERR_ABORTED";
         SetError("Model load was aborted");

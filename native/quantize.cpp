@@ -27,7 +27,7 @@ class QuantizeWorker : public PoolWorker {
     llama_model_quantize_params p = llama_model_quantize_default_params();
     p.ftype = (llama_ftype)ftype_;
     p.nthread = threads_;
-    beginCapture();
+    LogCapture capture;
     uint32_t rc = 1;
     std::string reason;
     try {
@@ -36,9 +36,10 @@ class QuantizeWorker : public PoolWorker {
     } catch (const std::exception& e) {
       reason = e.what();
     }
-    std::string logged = endCapture();
     if (rc != 0) {
-      std::string why = logged.empty() ? reason : logged;
+      // The exception's reason first: the log before it is mostly warnings about tensors.
+      std::string logged = capture.take();
+      std::string why = reason.empty() ? logged : logged.empty() ? reason : reason + " (llama.cpp logged: " + logged + ")";
       SetError("llama.cpp could not quantize " + in_ + (why.empty() ? std::string() : ": " + why));
     }
   }

@@ -181,23 +181,21 @@ SamplingSetup readSampling(Napi::Env env, const std::shared_ptr<ModelHandle>& mo
 common_sampler* buildSampler(const std::shared_ptr<ModelHandle>& modelPtr, const common_params_sampling& sp) {
   const ModelHandle& model = *modelPtr;
   if (!sp.grammar.empty()) checkGrammarCoded(common_grammar_value(sp.grammar));
-  beginCapture();
+  LogCapture capture;
   common_sampler* s = nullptr;
   std::string error;
   try {
     AbortGuard guard;
     s = common_sampler_init(model.model, const_cast<common_params_sampling&>(sp));
   } catch (const GrammarStatesError&) {
-    endCapture();
     throw;
   } catch (const std::bad_alloc&) {
-    endCapture();
     throw CodedError("ERR_LIMIT_EXCEEDED", "Out of memory while building the sampler");
   } catch (const std::exception& e) {
     error = e.what();
   }
-  std::string logged = endCapture();
   if (s == nullptr) {
+    std::string logged = capture.take();
     if (!sp.grammar.empty() || sp.grammar_lazy) {
       std::string reason = logged.empty() ? error : logged;
       while (!reason.empty() && (reason.back() == '\n' || reason.back() == ' ')) reason.pop_back();

@@ -237,10 +237,10 @@ Napi::Value Context::LoadSequence(const Napi::CallbackInfo& info) {
   return EngineTask::Run(
       env, engine,
       [=](llama_context* ctx) {
-        beginCapture();
+        LogCapture capture;
         size_t n = llama_state_seq_set_data(ctx, data->data(), data->size(), seq);
-        std::string logged = endCapture();
         if (n == 0) {
+          std::string logged = capture.take();
           llama_memory_seq_rm(llama_get_memory(ctx), seq, -1, -1);
           throw std::runtime_error("llama.cpp rejected the sequence state" + (logged.empty() ? "" : ": " + logged));
         }

@@ -131,6 +131,10 @@ describeShared('pulling models (local HTTP server)', () => {
     expect(Date.now() - t0).toBeLessThan(10_000);
     await expect(pullModel(`${base}/x/%E0%A4%A.gguf`, { cacheDir })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     await expect(pullModel(`${base}/plain.gguf`, { cacheDir: '/dev/null' })).rejects.toMatchObject({ code: 'ERR_IO' });
+    // Under /proc, Node's recursive mkdir never returned (ENOENT for a folder whose parent exists): pull hung.
+    for (const dir of ['/proc/llama-cache', '/proc/self/llama/cache', '/dev/null/x']) {
+      await expect(pullModel(`${base}/plain.gguf`, { cacheDir: dir }), dir).rejects.toMatchObject({ code: 'ERR_IO' });
+    }
     await expect(pullModel(`${base}/plain.gguf`, { cacheDir, stallMs: 0 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 

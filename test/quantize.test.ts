@@ -1,7 +1,8 @@
 import { existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
-import { loadModel, quantize, setLogLevel } from 'llama-addon';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { LlamaError, loadModel, quantize, setLogger, setLogLevel } from 'llama-addon';
 import { readGguf } from '../lib/gguf/index.js';
 import { describeShared, fixtures, shared } from './helpers/models.js';
 
@@ -36,6 +37,38 @@ describeShared('quantize (stories260k, F32)', () => {
     mkdirSync(folder, { recursive: true });
     await expect(quantize(shared('stories260k.gguf'), folder, 'Q8_0')).rejects.toMatchObject({ code: 'ERR_IO' });
     expect(statSync(folder).isDirectory()).toBe(true);
+    // A folder that does not exist: ERR_IO, said before llama.cpp reads anything.
+    await expect(quantize(shared('stories260k.gguf'), join(fixtures, 'no-such-folder', 'q.gguf'), 'Q8_0')).rejects.toMatchObject({
+      code: 'ERR_IO',
+      message: expect.stringContaining('expected an existing folder'),
+    });
+  });
+
+  it("puts llama.cpp's reason first and its warnings after, and logs neither twice", async () => {
+    // Q2_K on the 656K model falls back to Q4_0 for every tensor (a warning each); /proc takes no file, so
+    // the quantizer fails at the end. The message used to open with 1 KB of those warnings.
+    const lines: Array<[string, string]> = [];
+    setLogLevel('warn');
+    setLogger((l, m) => lines.push([l, m]));
+    try {
+      const e = await quantize(shared('tinystories-656k-f16.gguf'), '/proc/quantized.gguf', 'Q2_K').catch((x: unknown) => x as LlamaError);
+      expect(e).toBeInstanceOf(LlamaError);
+      expect(e!.code).toBe('ERR_QUANTIZE');
+      expect(e!.message).toMatch(/^llama\.cpp could not quantize \S+: llama_model_quantize: failed to quantize: .* \(warnings: warning: blk\.0\./);
+      expect(e!.message.length).toBeLessThan(1400);
+      await sleep(50);
+      // What the error says is not also logged.
+      expect(lines).toEqual([]);
+      // A quantization that succeeds logs its warnings as before.
+      const out = join(fixtures, 'q2k.gguf');
+      await quantize(shared('tinystories-656k-f16.gguf'), out, 'Q2_K');
+      rmSync(out, { force: true });
+      await sleep(50);
+      expect(lines.filter(([l, m]) => l === 'warn' && m.includes('falling back')).length).toBeGreaterThan(3);
+    } finally {
+      setLogger(null);
+      setLogLevel('error');
+    }
   });
 
   // Found by a hostile review: two calls to the same output shared one temporary file, so the one that

@@ -2,7 +2,8 @@
 // resuming an interrupted transfer and checking size and SHA-256 where the hub gives them.
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
-import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
+import { open, rename, rm, stat } from 'node:fs/promises';
+import { makeFolders } from '../base/folders.js';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { LlamaError } from '../base/errors.js';
@@ -120,7 +121,7 @@ async function pull(ref: string, options: PullOptions & { signal: AbortSignal },
   const { url, file } = parseRef(ref);
   const dest = join(options.cacheDir ?? modelCacheDir(), file);
   const partial = `${dest}.partial`;
-  await mkdir(join(dest, '..'), { recursive: true });
+  await makeFolders(join(dest, '..'));
 
   // What the server says the file is: size and SHA-256 from the hub's headers, where it gives them.
   let expectedSize: number | null = null;

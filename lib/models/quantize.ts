@@ -1,5 +1,6 @@
 // quantize: llama.cpp's quantizer, off the JS thread.
 import { existsSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { rename, rm, stat } from 'node:fs/promises';
 import { LlamaError, callNative, toLlamaError } from '../base/errors.js';
@@ -35,6 +36,10 @@ export async function quantize(
   const existing = await stat(output).catch(() => null);
   if (existing && !existing.isFile()) {
     throw new LlamaError('ERR_IO', `Cannot write the quantized model to ${output}: expected a regular file or a new name, received ${existing.isDirectory() ? 'a folder' : 'something else'}`);
+  }
+  const folder = await stat(dirname(output)).catch(() => null);
+  if (!folder?.isDirectory()) {
+    throw new LlamaError('ERR_IO', `Cannot write the quantized model to ${output}: expected an existing folder ${dirname(output)}, received ${folder ? 'a file' : 'no such folder'}`);
   }
   // A temporary file of this call's own: two calls to the same output each write their own and the last to
   // end replaces the file (a shared name made one call's success rename the other's model).
