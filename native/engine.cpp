@@ -218,10 +218,11 @@ void Engine::stop() {
 }
 
 bool Engine::makeRoom(GenState& g) {
-  // llama.cpp's context shift: keep the first shiftKeep tokens, drop half of the rest, move the others back.
+  // llama.cpp's context shift, as JS asked for it: keep the first shiftKeep tokens, drop the next
+  // shiftDiscard (at most all but the last), move the others back.
   int32_t keep = std::max(0, std::min(g.shiftKeep, g.nPast - 2));
-  int32_t discard = (g.nPast - keep) / 2;
-  if (!g.contextShift || !canShift_ || discard <= 0) {
+  int32_t discard = std::min(g.shiftDiscard, g.nPast - keep - 1);
+  if (!canShift_ || discard <= 0) {
     finish(g, "contextFull");
     return false;
   }
@@ -450,7 +451,7 @@ void Engine::handleToken(GenState& g, llama_token t, int32_t iBatch) {
   }
   if ((int32_t)g.building.tokens.size() >= g.maxTokens) {
     finish(g, "maxTokens");
-  } else if (g.nPast >= nCtxSeq_ && !(g.contextShift && canShift_ && g.nPast - g.shiftKeep >= 2)) {
+  } else if (g.nPast >= nCtxSeq_ && !(canShift_ && g.shiftDiscard > 0 && g.nPast - g.shiftKeep >= 2)) {
     finish(g, "contextFull");
   } else {
     g.hasNext = true;

@@ -94,9 +94,11 @@ struct GenState {
   // Before anything else: drop `discardCount` cached tokens at `discardAt` and move the later ones back
   // (a context shift planned by JS for a prompt that would not fit).
   int32_t discardAt = 0, discardCount = 0;
-  // When the sequence is full: drop half of the tokens after the first `shiftKeep` and go on.
-  bool contextShift = false;
+  // When the sequence is full: drop `shiftDiscard` tokens after the first `shiftKeep`, move the later ones
+  // back, and go on (llama.cpp's context shift). How many is JS's rule (lib/core/session.ts, shiftPlan);
+  // 0: no shift, the generation ends with contextFull.
   int32_t shiftKeep = 0;
+  int32_t shiftDiscard = 0;
   int32_t maxTokens = 0;
   std::vector<std::string> stops;
   common_sampler* sampler = nullptr;  // llama.cpp common's sampler: chain, grammar, lazy triggers

@@ -153,11 +153,9 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   if (!(maxTokens >= 1)) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option maxTokens: expected at least 1");
   g->maxTokens = (int32_t)std::min(maxTokens, (double)INT32_MAX);
   g->capacity = (size_t)std::max(1.0, std::min(num("queueSize", 32), 1e6));
-  Napi::Value shift = opt(o, "contextShift");
-  if (shift.IsBoolean()) g->contextShift = shift.As<Napi::Boolean>().Value();
-  else if (!shift.IsEmpty() && !shift.IsUndefined()) throwArg(env, "contextShift", "a boolean", shift);
   int32_t cap = engine->seqCapacity();
   g->shiftKeep = (int32_t)std::max(0.0, std::min(num("shiftKeep", 0), (double)cap));
+  g->shiftDiscard = (int32_t)std::max(0.0, std::min(num("shiftDiscard", 0), (double)cap));
   g->discardAt = (int32_t)std::max(0.0, std::min(num("discardAt", 0), (double)cap));
   g->discardCount = (int32_t)std::max(0.0, std::min(num("discardCount", 0), (double)cap));
   g->logprobs = (int32_t)std::max(-1.0, std::min(num("logprobs", -1), (double)nVocab));

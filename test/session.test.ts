@@ -146,6 +146,11 @@ describeShared('sessions: cache reuse, fork, save and load, context shift, prefi
     // What the cache holds after the kept prefix is the end of what was generated.
     const tail = Array.from(s.tokens.subarray(4));
     expect(r.tokens.slice(-1 - tail.length, -1)).toEqual(tail);
+    // llama.cpp's rule: each time the sequence is full, half of what follows the kept prefix goes, (256 - 4) / 2
+    // = 126 tokens. The last token is sampled, not decoded.
+    let held = prompt.length;
+    for (let i = 0; i < 599; i++) held = (held >= 256 ? held - 126 : held) + 1;
+    expect(s.tokens.length).toBe(held);
 
     using auto = small.createSession({ contextShift: 'auto' });
     const ra = await auto.complete(PROMPT, { maxTokens: 400, ...greedy });

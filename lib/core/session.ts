@@ -96,6 +96,22 @@ interface Plan {
 }
 
 /**
+ * llama.cpp's context shift, the one rule for the two places it applies. It is decided here; the engine
+ * only moves the cells it is told to (native/engine.cpp, makeRoom and the prompt's discard). A sequence of
+ * `cap` cells keeps its first `keep` tokens (the shift's keep: a system prompt, a BOS) and drops tokens
+ * right after them.
+ */
+const shiftRule = {
+  /** While generating, when the sequence is full: half of what follows the kept prefix (llama.cpp's rule). */
+  whenFull: (cap: number, keep: number): number => Math.floor((cap - keep) / 2),
+  /**
+   * Before a prompt of `length` tokens that does not fit: enough for it and a quarter of the free room, so
+   * that generation does not shift again at once; never the prompt's last token.
+   */
+  forPrompt: (length: number, cap: number, keep: number): number => Math.min(length - keep - 1, length - cap + Math.floor((cap - keep) / 4)),
+};
+
+/**
  * A session: one sequence of a context, with its own KV cache. A new prompt that starts with what the
  * session already holds only decodes the new part (see `usage.cachedTokens`).
  */
@@ -347,8 +363,8 @@ export class LlamaSession {
         this.#setCache(p.tokens.slice(0, p.keep));
       }
       Object.assign(nativeOptions, {
-        contextShift: shift,
         shiftKeep: p.shiftKeep,
+        shiftDiscard: shift ? shiftRule.whenFull(ctx.contextSize, p.shiftKeep) : 0,
         ...(p.discardCount > 0 ? { discardAt: p.shiftKeep, discardCount: p.discardCount } : {}),
       });
       const native = callNative(caller, () => handle.generate(seq, Int32Array.from(p.tokens), p.keep, nativeOptions, onNotify));
@@ -525,8 +541,7 @@ export class LlamaSession {
           caller,
         );
       }
-      // Drop enough after the kept prefix for the prompt and a quarter of the free room to fit.
-      const extra = Math.min(tokens.length - K - 1, tokens.length - cap + Math.floor((cap - K) / 4));
+      const extra = shiftRule.forPrompt(tokens.length, cap, K);
       if (this.#context.canShift && commonPrefix(tokens, cache) >= K + extra) {
         discardCount = extra;
         cache = cut(cache, K, extra);

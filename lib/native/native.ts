@@ -161,9 +161,12 @@ export interface NativeGenerateOptions {
   preservedTokens?: string[];
   /** Text the prompt already ends with, fed to an output or tool-call grammar first. */
   generationPrompt?: string;
-  /** Drop half of the tokens after the first `shiftKeep` when the sequence is full, and go on. */
-  contextShift?: boolean;
+  /**
+   * When the sequence is full, drop `shiftDiscard` tokens after the first `shiftKeep` and go on (0 or
+   * absent: end with contextFull). The engine applies it; the rule of how many is the session's.
+   */
   shiftKeep?: number;
+  shiftDiscard?: number;
   /** Before the prompt: drop `discardCount` cached tokens at `discardAt`, moving the later ones back. */
   discardAt?: number;
   discardCount?: number;
