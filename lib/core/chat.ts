@@ -12,7 +12,8 @@ import { prepareJsonSchema, prepareJsonSchemaSoon, preparedGrammarAsync, type Js
 import type { LlamaModel } from './model.js';
 import { ASYNC_TOKENIZE_CHARS } from '../base/limits.js';
 import type { NativeChatApplied, NativeChatApplyOptions, NativeChatMessage, NativeChatTemplate, NativeGenerateOptions } from '../native/native.js';
-import { commonPrefix, type LateInput, type LlamaSession } from './session.js';
+import { commonPrefix } from './prompt.js';
+import type { LateInput, LlamaSession } from './session.js';
 
 /** Most tokens of a chat reply when `maxTokens` is not given: a reply always ends (context shift is on). */
 export const DEFAULT_CHAT_MAX_TOKENS = 1024;

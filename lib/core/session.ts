@@ -9,6 +9,7 @@ import type { NativeGenerateOptions, NativeGeneration, NativeGenerationResult } 
 import { ASYNC_TOKENIZE_CHARS } from '../base/limits.js';
 import { readSessionFile, writeSessionFile } from './session-file.js';
 import { invalid, tokenIds } from '../base/validate.js';
+import { Prompt } from './prompt.js';
 
 export type { GenerateOptions } from '../options/generate.js';
 
@@ -73,21 +74,11 @@ function parseJson(r: GenerationResult, schema: PreparedSchema | undefined): Gen
 /** Copying cache cells from another session pays off from this many tokens on. */
 const MIN_SHARED_TOKENS = 8;
 
-/** @internal How many tokens two sequences share at their start. */
-export function commonPrefix(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  const n = Math.min(a.length, b.length);
-  let i = 0;
-  while (i < n && a[i] === b[i]) i++;
-  return i;
-}
-
-function cut(tokens: readonly number[], at: number, count: number): number[] {
-  return count > 0 ? tokens.slice(0, at).concat(tokens.slice(at + count)) : tokens.slice();
-}
-
 interface Plan {
-  logical: number[];
-  tokens: number[];
+  /** The whole prompt, as the caller sees it. */
+  logical: Prompt;
+  /** What the sequence will hold: the prompt less what context shifts dropped. */
+  tokens: Prompt;
   keep: number;
   discardCount: number;
   dropped: number;
@@ -117,10 +108,10 @@ const shiftRule = {
  */
 export class LlamaSession {
   #context: LlamaContext;
-  /** The tokens in the sequence's KV cache. */
-  #cache: number[] = [];
+  /** What the sequence's KV cache holds. */
+  #cache: Prompt = Prompt.empty;
   // Context shift: the cache holds history[0, shiftKeep) + history[shiftKeep + dropped, ...).
-  #history: number[] = [];
+  #history: Prompt = Prompt.empty;
   #dropped = 0;
   #shiftKeep = 0;
   #shift: 'auto' | false | { keep: number };
@@ -130,7 +121,7 @@ export class LlamaSession {
   #sharePrefix: boolean;
   #running: { abort(): void } | null = null;
   /** Tokens that stay in the cache while a generation runs (other sessions may copy them). */
-  #stable: number[] = [];
+  #stable: Prompt = Prompt.empty;
   #busy: string | null = null;
   #disposed = false;
 
@@ -162,12 +153,12 @@ export class LlamaSession {
 
   /** @internal (Tenant) its saved KV state was dropped: the cache is empty */
   forgetCache(): void {
-    this.#setCache([]);
+    this.#setCache();
   }
 
   /** The tokens held in this session's KV cache. */
   get tokens(): Int32Array {
-    return Int32Array.from(this.#cache);
+    return Int32Array.from(this.#cache.tokenView());
   }
 
   /** How this session handles a full sequence (see {@link SessionOptions.contextShift}). */
@@ -266,8 +257,9 @@ export class LlamaSession {
       this.#context.residency.kick();
       throw toLlamaError(e);
     }
-    const keep = this.#dropped > 0 || lora !== this.#cacheLora ? 0 : commonPrefix(this.#cache, prompt);
-    this.#setCache(prompt.slice(0, keep));
+    const whole = Prompt.fromTokens(prompt);
+    const keep = this.#dropped > 0 || lora !== this.#cacheLora ? 0 : this.#cache.commonPrefix(whole);
+    this.#setCache(whole.slice(keep));
     this.#cacheLora = lora;
     const t0 = performance.now();
     try {
@@ -278,7 +270,7 @@ export class LlamaSession {
         ...(n.logitBias ? { logitBias: n.logitBias } : {}),
         ...(n.lora ? { lora: n.lora } : {}),
       });
-      this.#setCache(prompt);
+      this.#setCache(whole);
       const all = found.map((h) => ({ text: model.detokenize(h.tokens), tokens: Array.from(h.tokens), logprob: h.logprob, score: h.score, finished: h.finished }));
       const best = all[0] ?? { text: '', tokens: [], logprob: 0, score: 0, finished: false };
       const ms = performance.now() - t0;
@@ -291,7 +283,7 @@ export class LlamaSession {
         beams: all,
       };
     } catch (e) {
-      this.#setCache([]);
+      this.#setCache();
       throw toLlamaError(e);
     } finally {
       this.#busy = null;
@@ -354,22 +346,22 @@ export class LlamaSession {
     // Plans against the cache as it is when the sequence is there, and queues the generation.
     const launch = (seq: number, onNotify: (done: boolean) => void): NativeGeneration => {
       // A cache computed with other LoRA adapters is not reused.
-      if (lora !== this.#cacheLora) this.#setCache([]);
+      if (lora !== this.#cacheLora) this.#setCache();
       this.#cacheLora = lora;
-      const p = this.#plan(prompt, caller);
+      const p = this.#plan(Prompt.fromTokens(prompt), caller);
       const handle = ctx.handle(caller);
       if (p.shareFrom) {
         handle.copySequence(p.shareFrom.sequence!, seq, p.keep);
-        this.#setCache(p.tokens.slice(0, p.keep));
+        this.#setCache(p.tokens.slice(p.keep));
       }
       Object.assign(nativeOptions, {
         shiftKeep: p.shiftKeep,
         shiftDiscard: shift ? shiftRule.whenFull(ctx.contextSize, p.shiftKeep) : 0,
         ...(p.discardCount > 0 ? { discardAt: p.shiftKeep, discardCount: p.discardCount } : {}),
       });
-      const native = callNative(caller, () => handle.generate(seq, Int32Array.from(p.tokens), p.keep, nativeOptions, onNotify));
+      const native = callNative(caller, () => handle.generate(seq, Int32Array.from(p.tokens.tokenView()), p.keep, nativeOptions, onNotify));
       plan = p;
-      this.#stable = p.tokens.slice(0, shift ? Math.min(p.keep, p.shiftKeep) : p.keep);
+      this.#stable = p.tokens.slice(shift ? Math.min(p.keep, p.shiftKeep) : p.keep);
       return native;
     };
     // A large JSON schema is checked and converted off the JS thread too.
@@ -431,7 +423,7 @@ export class LlamaSession {
       promptTokens: promptTokens(),
       // Nothing was decoded, and nothing came from a cache either.
       evaluatedTokens: promptTokens(),
-      sequence: Int32Array.from(this.#cache),
+      sequence: Int32Array.from(this.#cache.tokenView()),
       discarded: 0,
       started: false,
       drafted: 0,
@@ -505,19 +497,19 @@ export class LlamaSession {
     this.#autoKeep = n;
   }
 
-  #shiftKeepFor(prompt: readonly number[]): number {
+  #shiftKeepFor(prompt: Prompt): number {
     const s = this.#shift;
     let keep: number;
     if (s === false) return 0;
     if (typeof s === 'object') keep = s.keep;
     else if (this.#autoKeep !== null) keep = this.#autoKeep;
-    else keep = this.#context.model.vocab.bos !== null && prompt[0] === this.#context.model.vocab.bos ? 1 : 0;
+    else keep = this.#context.model.vocab.bos !== null && prompt.commonPrefix([this.#context.model.vocab.bos]) === 1 ? 1 : 0;
     // At least half of the sequence must stay free to shift in.
     return Math.max(0, Math.min(keep, Math.floor(this.#context.contextSize / 2)));
   }
 
   /** Which tokens to decode, how many cached ones to keep, and whether to shift the cache first. */
-  #plan(logical: number[], caller: Function): Plan {
+  #plan(logical: Prompt, caller: Function): Plan {
     const cap = this.#context.contextSize;
     const shiftOn = this.#shift !== false;
     const K = this.#shiftKeepFor(logical);
@@ -526,10 +518,10 @@ export class LlamaSession {
     // A conversation that already went through a context shift: the cache lacks the dropped tokens.
     if (
       shiftOn && this.#dropped > 0 && this.#shiftKeep === K && logical.length > cap &&
-      logical.length > K + this.#dropped && commonPrefix(logical, this.#history) >= K + this.#dropped
+      logical.length > K + this.#dropped && logical.commonPrefix(this.#history) >= K + this.#dropped
     ) {
       dropped = this.#dropped;
-      tokens = cut(logical, K, dropped);
+      tokens = logical.cut(K, dropped);
     }
     let cache = this.#cache;
     let discardCount = 0;
@@ -542,21 +534,22 @@ export class LlamaSession {
         );
       }
       const extra = shiftRule.forPrompt(tokens.length, cap, K);
-      if (this.#context.canShift && commonPrefix(tokens, cache) >= K + extra) {
-        discardCount = extra;
-        cache = cut(cache, K, extra);
+      const shorter = tokens.cut(K, extra);
+      if (this.#context.canShift && tokens.commonPrefix(cache) >= K + extra) {
+        discardCount = tokens.length - shorter.length;
+        cache = cache.cut(K, discardCount);
       }
-      tokens = cut(tokens, K, extra);
-      dropped += extra;
+      dropped += tokens.length - shorter.length;
+      tokens = shorter;
     }
-    let keep = commonPrefix(tokens, cache);
+    let keep = tokens.commonPrefix(cache);
     let shareFrom: LlamaSession | null = null;
     if (this.#sharePrefix && !this.#context.slidingWindow && discardCount === 0 && dropped === 0) {
       // Another session may hold a longer prefix (the same system prompt): copy its cells.
       let best = keep + MIN_SHARED_TOKENS - 1;
       for (const other of this.#context.sessionsForSharing()) {
         if (other === this || other.#cacheLora !== this.#cacheLora) continue;
-        const l = commonPrefix(tokens, other.sharableTokens());
+        const l = tokens.commonPrefix(other.sharableTokens());
         if (l > best) {
           best = l;
           shareFrom = other;
@@ -568,14 +561,14 @@ export class LlamaSession {
   }
 
   /** @internal tokens at the start of this session's cache that other sessions may copy now */
-  sharableTokens(): readonly number[] {
-    if (this.disposed || this.#busy) return [];
+  sharableTokens(): Prompt {
+    if (this.disposed || this.#busy) return Prompt.empty;
     return this.#running ? this.#stable : this.#cache;
   }
 
   #finished(gen: object, plan: Plan | null, r: NativeGenerationResult): GenerationResult | LlamaError {
     if (this.#running === gen) this.#running = null;
-    this.#stable = [];
+    this.#stable = Prompt.empty;
     // Idle again: the sequence may go to a session that waits for one.
     if (!this.disposed) {
       this.#context.residency.touch(this);
@@ -586,7 +579,7 @@ export class LlamaSession {
       // An error before the engine touched the sequence (a grammar refused while it was built off the JS
       // thread) leaves the cache as it was.
       if (r.started) {
-        this.#setCache([]);
+        this.#setCache();
         const seq = this.sequence;
         if (!this.disposed && seq !== null) this.#context.handle(this.generate).clearSequence(seq);
       }
@@ -598,12 +591,12 @@ export class LlamaSession {
       // Ended before the engine touched the sequence: the cache holds what it held (or the shared copy).
       return this.#result(r, tokens);
     }
-    const cache = Array.from(r.sequence);
+    const cache = Prompt.fromTokens(r.sequence);
     const dropped = plan.dropped + r.discarded;
     this.#cache = cache;
     this.#shiftKeep = plan.shiftKeep;
     this.#dropped = dropped;
-    this.#history = dropped > 0 ? plan.logical.concat(tokens).slice(0, dropped + cache.length) : [];
+    this.#history = dropped > 0 ? plan.logical.concat(tokens).slice(dropped + cache.length) : Prompt.empty;
     return this.#result(r, tokens);
   }
 
@@ -624,7 +617,7 @@ export class LlamaSession {
     };
   }
 
-  #setCache(tokens: number[], history: number[] = [], dropped = 0, shiftKeep = 0): void {
+  #setCache(tokens: Prompt = Prompt.empty, history: Prompt = Prompt.empty, dropped = 0, shiftKeep = 0): void {
     this.#cache = tokens;
     this.#history = history;
     this.#dropped = dropped;
@@ -635,7 +628,7 @@ export class LlamaSession {
   reset(): void {
     this.#checkIdle(this.reset, 'reset');
     const h = this.#context.handle(this.reset);
-    this.#setCache([]);
+    this.#setCache();
     const seq = this.sequence;
     if (seq !== null) h.clearSequence(seq);
     else this.#context.residency.forgetSaved(this);
@@ -650,7 +643,7 @@ export class LlamaSession {
     this.#checkIdle(this.fork, 'fork');
     const s = this.#context.createSession({ contextShift: this.#shift, sharePrefix: this.#sharePrefix });
     s.#copyFrom(this, this.#cache.length);
-    s.#history = this.#history.slice();
+    s.#history = this.#history;
     s.#dropped = this.#dropped;
     s.#shiftKeep = this.#shiftKeep;
     s.#autoKeep = this.#autoKeep;
@@ -671,7 +664,7 @@ export class LlamaSession {
   #copyFrom(src: LlamaSession, length: number): void {
     const h = this.#context.handle(this.fork);
     const res = this.#context.residency;
-    const tokens = src.sharableTokens().slice(0, length);
+    const tokens = src.sharableTokens().slice(length);
     this.#cacheLora = src.#cacheLora;
     if (tokens.length === 0) return;
     const whole = src.idle && tokens.length === src.#cache.length;
@@ -699,7 +692,7 @@ export class LlamaSession {
     const model = this.#context.model;
     this.#busy = 'saves';
     try {
-      const cache = this.#cache.slice();
+      const cache = this.#cache.tokens();
       const res = this.#context.residency;
       // A session that is not resident has its state in host memory already (or gets a sequence for it).
       let state = this.sequence === null ? await res.savedState(this) : null;
@@ -714,7 +707,7 @@ export class LlamaSession {
           savedAt: new Date().toISOString(),
         },
         cache,
-        history: this.#history,
+        history: this.#history.tokens(),
         state: data,
       });
     } catch (e) {
@@ -754,13 +747,13 @@ export class LlamaSession {
       if (!f.cache.concat(f.history).every((t) => t >= 0 && t < model.vocab.size)) {
         throw new LlamaError('ERR_INVALID_STATE', `${path} holds token ids outside the model's vocabulary`);
       }
-      this.#setCache([]);
+      this.#setCache();
       this.#context.residency.forgetSaved(this);
       const seq = await this.#context.residency.wait(this, 0);
       this.#check(this.load);
       await handle.loadSequence(seq, f.state, h.streams);
       this.#check(this.load);
-      this.#setCache(f.cache, h.dropped > 0 ? f.history : [], h.dropped, h.shiftKeep);
+      this.#setCache(Prompt.fromTokens(f.cache), h.dropped > 0 ? Prompt.fromTokens(f.history) : Prompt.empty, h.dropped, h.shiftKeep);
     } catch (e) {
       throw toLlamaError(e);
     } finally {
@@ -774,7 +767,7 @@ export class LlamaSession {
     if (this.#disposed) return;
     this.#running?.abort();
     this.#disposed = true;
-    this.#setCache([]);
+    this.#setCache();
     this.#context.releaseSequence(this);
   }
 
