@@ -164,8 +164,13 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
                "Invalid options contextSize and sequences: their product must be at most 67108864 tokens, received " +
                    std::to_string((int64_t)contextSize * sequences));
   }
+  // kvUnified: one KV buffer of contextSize cells that every sequence draws from (llama.cpp's kv_unified),
+  // so that one sequence alone can use all of it; otherwise each sequence has contextSize cells of its own.
+  Napi::Value unified = opt(o, "kvUnified");
+  if (!unified.IsEmpty() && !unified.IsUndefined() && !unified.IsBoolean()) throwArg(env, "kvUnified", "a boolean", unified);
+  bool kvUnified = unified.IsBoolean() && unified.As<Napi::Boolean>().Value();
   p.n_seq_max = (uint32_t)sequences;
-  p.n_ctx = (uint32_t)contextSize * (uint32_t)sequences;
+  p.n_ctx = kvUnified ? (uint32_t)contextSize : (uint32_t)contextSize * (uint32_t)sequences;
   p.n_batch = (uint32_t)intOption(env, o, "batchSize", 512, 1, 1 << 20);
   p.n_ubatch = std::min<uint32_t>(p.n_batch, (uint32_t)intOption(env, o, "microBatchSize", 512, 1, 1 << 20));
   int32_t threads = intOption(env, o, "threads", common_cpu_get_num_math(), 1, GGML_MAX_N_THREADS);
@@ -178,7 +183,7 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   };
   bool adaptive = flag("adaptiveThreads");
   bool adaptiveBatch = flag("adaptiveThreadsBatch");
-  p.kv_unified = false;
+  p.kv_unified = kvUnified;
   p.no_perf = true;
   Napi::Value fa = opt(o, "flashAttention");
   if (fa.IsBoolean()) {
@@ -307,6 +312,7 @@ Napi::Value Context::Info(const Napi::CallbackInfo& info) {
   o.Set("threadsInUse", engine->threadsInUse());
   o.Set("threadsBatchInUse", engine->threadsBatchInUse());
   o.Set("canShift", llama_memory_can_shift(llama_get_memory(ctx)));
+  o.Set("kvUnified", llama_n_ctx_seq(ctx) == llama_n_ctx(ctx) && llama_n_seq_max(ctx) > 1);
   o.Set("slidingWindow", llama_model_n_swa(engine->model()->model) > 0);
   const char* pooling = "none";
   switch (llama_pooling_type(ctx)) {

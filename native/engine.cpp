@@ -217,6 +217,17 @@ void Engine::stop() {
   pools_.reset();
 }
 
+void Engine::unbatch(GenState& g) {
+  if (g.hasNext) {
+    g.cache.resize(g.cache.size() - (size_t)g.inBatch);  // `next` and its drafts, added when batched
+    g.drafts.clear();
+  } else {
+    g.promptPos -= (size_t)g.inBatch;
+  }
+  g.inBatch = 0;
+  g.iBatch = -1;
+}
+
 bool Engine::makeRoom(GenState& g) {
   // llama.cpp's context shift, as JS asked for it: keep the first shiftKeep tokens, drop the next
   // shiftDiscard (at most all but the last), move the others back.
@@ -679,6 +690,27 @@ bool Engine::step() {
       profile_.decodeUs += t0 - std::chrono::duration_cast<std::chrono::microseconds>(decodeStart.time_since_epoch()).count();
       if (ret == 0) llama_synchronize(ctx_);
       profile_.syncUs += nowUs() - t0;
+    }
+    if (ret == 1) {
+      // No room in the KV cache for this batch (llama.cpp wrote nothing). With one buffer for all sequences
+      // (kvUnified) the others' cells fill it: the generation that put the most tokens in the batch ends
+      // with contextFull, and the others are taken back out of the batch and go on at the next step.
+      GenState* largest = nullptr;
+      for (auto& sp : active_) {
+        if (sp->inBatch > 0 && (largest == nullptr || sp->inBatch > largest->inBatch)) largest = sp.get();
+      }
+      for (auto& sp : active_) {
+        GenState& g = *sp;
+        if (g.inBatch == 0) continue;
+        if (&g == largest) {
+          llama_memory_seq_rm(mem, g.seq, g.nPast, -1);
+          finish(g, "contextFull");
+        } else {
+          unbatch(g);
+        }
+      }
+      dropFinished();
+      return true;
     }
     std::vector<std::shared_ptr<GenState>> finished;
     for (auto& sp : active_) {

@@ -198,7 +198,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
   void run();
   bool step();  // one engine step; false when stopping
   bool runnable(GenState& g);
-  bool makeRoom(GenState& g);  // context shift for a full sequence; false when it is not possible
+  bool makeRoom(GenState& g);
+  // Takes what this step added for `g` back out (the batch did not fit in the KV cache): it goes on next step.
+  void unbatch(GenState& g);  // context shift for a full sequence; false when it is not possible
   void makeDraft(GenState& g, int32_t room);  // fills g.drafts (draft model or prompt lookup)
   void startGeneration(const std::shared_ptr<GenState>& g);
   void handleToken(GenState& g, llama_token t, int32_t iBatch);

@@ -179,6 +179,12 @@ Napi::Value Context::CopySequence(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// KV streams of the context's cache: one per sequence, or one for all with kvUnified (llama.cpp's
+// kv_unified, where each sequence may use all n_ctx cells).
+static uint32_t kvStreams(llama_context* ctx) {
+  return llama_n_ctx_seq(ctx) == llama_n_ctx(ctx) ? 1 : llama_n_seq_max(ctx);
+}
+
 // saveSequence(seq) -> Promise<{ data: Buffer, streams }>: the sequence's KV state. `streams` is 1 when
 // the state was made portable across contexts with any number of sequences.
 Napi::Value Context::SaveSequence(const Napi::CallbackInfo& info) {
@@ -187,8 +193,9 @@ Napi::Value Context::SaveSequence(const Napi::CallbackInfo& info) {
   uint32_t nSeq = llama_n_seq_max(engine->ctx());
   int32_t seq = (int32_t)argInteger(info, 0, "sequence", 0, (int64_t)nSeq - 1);
   bool portable = portableState(*engine->model());
+  uint32_t nStreams = kvStreams(engine->ctx());
   auto data = std::make_shared<std::vector<uint8_t>>();
-  auto streams = std::make_shared<uint32_t>(nSeq);
+  auto streams = std::make_shared<uint32_t>(nStreams);
   return EngineTask::Run(
       env, engine,
       [=](llama_context* ctx) {
@@ -198,7 +205,7 @@ Napi::Value Context::SaveSequence(const Napi::CallbackInfo& info) {
         if (llama_state_seq_get_data(ctx, data->data(), size, seq) != size) {
           throw std::runtime_error("llama.cpp could not copy the sequence state");
         }
-        if (portable && nSeq > 1 && toOneStream(*data, (uint32_t)seq)) *streams = 1;
+        if (portable && nStreams > 1 && toOneStream(*data, (uint32_t)seq)) *streams = 1;
       },
       [=](Napi::Env env) -> Napi::Value {
         Napi::Object o = Napi::Object::New(env);
@@ -220,12 +227,13 @@ Napi::Value Context::LoadSequence(const Napi::CallbackInfo& info) {
   uint32_t streams = (uint32_t)argInteger(info, 2, "streams", 1, 1 << 16);
   Napi::Uint8Array bytes = info[1].As<Napi::Uint8Array>();
   auto data = std::make_shared<std::vector<uint8_t>>(bytes.Data(), bytes.Data() + bytes.ElementLength());
-  if (streams != nSeq) {
-    if (streams != 1 || !portableState(*engine->model()) || !toStreams(*data, (uint32_t)seq, nSeq)) {
+  uint32_t nStreams = kvStreams(engine->ctx());
+  if (streams != nStreams) {
+    if (streams != 1 || !portableState(*engine->model()) || !toStreams(*data, (uint32_t)seq, nStreams)) {
       throwError(env, "ERR_INVALID_STATE",
                  "The state was saved from a context with " + std::to_string(streams) +
-                     " sequences; for this model it loads only into a context with as many, but this one has " +
-                     std::to_string(nSeq));
+                     " KV streams (one per sequence, or one with kvUnified); for this model it loads only into a context with as many, but this one has " +
+                     std::to_string(nStreams));
     }
   }
   if (portableState(*engine->model())) {

@@ -47,6 +47,16 @@ export interface ContextOptions {
    */
   sequences?: number;
   /**
+   * One KV cache of `contextSize` cells that all sequences draw from (llama.cpp's `kv_unified`), instead of
+   * `contextSize` cells for each (default `false`). A session alone can then use the whole context, and
+   * sessions that hold few tokens leave the rest to the others, for the memory of one sequence. Idle
+   * sessions give up their cells when a new prompt needs them (their caches are saved to host memory like
+   * any session's that gives up its sequence); a generation that still finds the shared cache full ends
+   * with `stopReason: 'contextFull'` (with context shift, a session shifts only when it alone fills the
+   * context). Default `sequences` with it: 4.
+   */
+  kvUnified?: boolean;
+  /**
    * Host memory for the KV caches of sessions that gave up their sequence, bytes (default 1 GiB; 0 keeps
    * none). Past it the least recently used caches are dropped, and those sessions decode their tokens
    * again on next use (llama-server's `--cache-ram` works the same way).
@@ -101,7 +111,7 @@ export interface ContextOptions {
   draftTokens?: number;
 }
 
-const contextKeys = ['contextSize', 'batchSize', 'sequences', 'cacheRamBytes', 'threads', 'threadsBatch', 'flashAttention', 'embeddings', 'promptChunkSize', 'pooling', 'lora', 'draftModel', 'lookupNgram', 'draftTokens'] as const;
+const contextKeys = ['contextSize', 'batchSize', 'sequences', 'kvUnified', 'cacheRamBytes', 'threads', 'threadsBatch', 'flashAttention', 'embeddings', 'promptChunkSize', 'pooling', 'lora', 'draftModel', 'lookupNgram', 'draftTokens'] as const;
 
 /**
  * A context: KV cache and compute buffers for up to `sequences` sessions. One engine thread per context
@@ -115,8 +125,13 @@ export class LlamaContext implements AsyncDisposable {
   #waiters: Array<{ grant: () => void; fail: (e: LlamaError) => void }> = [];
   /** The model this context runs. */
   readonly model: LlamaModel;
-  /** Tokens each sequence can hold (after llama.cpp's rounding). */
+  /**
+   * Tokens each sequence can hold (after llama.cpp's rounding). With `kvUnified`, the cells of the one cache
+   * that all sequences share: what a session alone can hold.
+   */
   readonly contextSize: number;
+  /** Whether all sequences share one KV cache (`kvUnified: true`). */
+  readonly kvUnified: boolean;
   /** Number of sequences (sessions that can exist at once). */
   readonly sequences: number;
   /** Most tokens decoded in one step. */
@@ -145,6 +160,7 @@ export class LlamaContext implements AsyncDisposable {
     this.#native = nativeContext;
     const info = nativeContext.info();
     this.contextSize = info.contextSize;
+    this.kvUnified = info.kvUnified && !embeddings;
     this.sequences = info.sequences;
     this.batchSize = info.batchSize;
     this.threads = info.threads;
@@ -154,7 +170,7 @@ export class LlamaContext implements AsyncDisposable {
     this.#info = info;
     this.pooling = info.pooling;
     this.embeddings = embeddings;
-    this.#residency = new Residency(info.sequences, cacheRamBytes, () => this.#native);
+    this.#residency = new Residency(info.sequences, cacheRamBytes, () => this.#native, this.kvUnified ? info.contextSize : null);
   }
 
   /** @internal */
@@ -162,7 +178,9 @@ export class LlamaContext implements AsyncDisposable {
     const o = checkOptions('createContext', options, contextKeys, caller);
     const contextSize = optInteger(o, 'contextSize', 1, 1 << 24, caller) ?? Math.min(model.info.contextLength || 4096, 4096);
     const batchSize = optInteger(o, 'batchSize', 1, 1 << 20, caller);
-    const sequences = optInteger(o, 'sequences', 1, 256, caller) ?? defaultSequences(model, contextSize);
+    const kvUnified = optBoolean(o, 'kvUnified', caller) ?? false;
+    if (kvUnified && o.embeddings === true) throw invalid('kvUnified', 'to be left out for an embedding context (it always shares one cache)', kvUnified, caller);
+    const sequences = optInteger(o, 'sequences', 1, 256, caller) ?? (kvUnified ? 4 : defaultSequences(model, contextSize));
     const cacheRamBytes = optInteger(o, 'cacheRamBytes', 0, Number.MAX_SAFE_INTEGER, caller) ?? DEFAULT_CACHE_RAM_BYTES;
     const threadsOpt = optIntegerOr(o, 'threads', 1, 512, ['auto'], caller) ?? 'auto';
     const threadsBatchOpt = optIntegerOr(o, 'threadsBatch', 1, 512, ['auto'], caller) ?? threadsOpt;
@@ -197,6 +215,7 @@ export class LlamaContext implements AsyncDisposable {
         contextSize,
         ...(batchSize !== undefined ? { batchSize } : {}),
         sequences,
+        ...(kvUnified ? { kvUnified } : {}),
         threads,
         threadsBatch,
         adaptiveThreads: threadsOpt === 'auto',

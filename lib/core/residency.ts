@@ -21,6 +21,8 @@ export interface Tenant {
   readonly idle: boolean;
   /** The saved state was dropped (budget, or its save failed): the session's cache is empty now. */
   forgetCache(): void;
+  /** KV cells its cache holds (as of its last generation). */
+  readonly cells: number;
 }
 
 interface Parked {
@@ -55,10 +57,39 @@ export class Residency {
   #order = 0;
   #closed = false;
 
-  constructor(sequences: number, budget: number, handle: () => NativeContext | null) {
+  /** With one KV cache for all sequences (kvUnified): its cells; null when each sequence has its own. */
+  readonly #sharedCells: number | null;
+
+  constructor(sequences: number, budget: number, handle: () => NativeContext | null, sharedCells: number | null = null) {
     this.#free = Array.from({ length: sequences }, (_, i) => i);
     this.budget = budget;
     this.#handle = handle;
+    this.#sharedCells = sharedCells;
+  }
+
+  /**
+   * With one KV cache for all sequences: makes room for `t` to add `cells` cells, by moving the least
+   * recently used idle sessions' caches to host memory (as when their sequences are taken) until the
+   * resident caches and the new cells fit. Each sequence having cells of its own, nothing to do.
+   */
+  makeRoom(t: Tenant, cells: number): void {
+    const total = this.#sharedCells;
+    const h = this.#handle();
+    if (total === null || !h || this.#closed) return;
+    let used = 0;
+    for (const s of this.#seq.keys()) used += s.cells;
+    while (used + cells > total) {
+      const victim = this.#leastRecentlyUsed(this.#seq.keys(), (s) => s !== t && s.idle && s.cells > 0);
+      if (!victim) return;
+      used -= victim.cells;
+      const seq = this.#seq.get(victim)!;
+      this.#seq.delete(victim);
+      this.#owner.delete(seq);
+      this.#park(victim, h.saveSequence(seq));
+      h.clearSequence(seq);
+      this.#free.push(seq);
+      this.#free.sort((a, b) => a - b);
+    }
   }
 
   /** Resident sequences not held by a session. */
@@ -106,6 +137,8 @@ export class Residency {
     this.#owner.set(seq, t);
     this.touch(t);
     if (parked?.state) {
+      // One KV cache for all sequences: idle sessions' cells make way for the restored ones first.
+      this.makeRoom(t, 0);
       this.#unpark(t);
       // Queued on the engine thread before anything the session queues next.
       h.loadSequence(seq, parked.state.data, parked.state.streams).catch(() => {

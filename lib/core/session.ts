@@ -71,6 +71,9 @@ function parseJson(r: GenerationResult, schema: PreparedSchema | undefined): Gen
   return checked instanceof Promise ? checked.then((e) => e ?? result) : checked ?? result;
 }
 
+/** With one KV cache for all sequences (kvUnified): cells kept free for a generation's output beyond its prompt. */
+const UNIFIED_RESERVE = 256;
+
 /** Copying cache cells from another session pays off from this many tokens on. */
 const MIN_SHARED_TOKENS = 8;
 
@@ -149,6 +152,11 @@ export class LlamaSession {
   /** @internal (Tenant) no generation, search, save or load runs or waits */
   get idle(): boolean {
     return this.#running === null && this.#busy === null && !this.#disposed;
+  }
+
+  /** @internal (Tenant) KV cells its cache holds */
+  get cells(): number {
+    return this.#cache.length;
   }
 
   /** @internal (Tenant) its saved KV state was dropped: the cache is empty */
@@ -359,6 +367,8 @@ export class LlamaSession {
         shiftDiscard: shift ? shiftRule.whenFull(ctx.contextSize, p.shiftKeep) : 0,
         ...(p.discardCount > 0 ? { discardAt: p.shiftKeep, discardCount: p.discardCount } : {}),
       });
+      // One KV cache for all sequences: idle sessions give up their cells for the new prompt and some output.
+      ctx.residency.makeRoom(this, p.tokens.length - p.keep + Math.min(nativeOptions.maxTokens ?? UNIFIED_RESERVE, UNIFIED_RESERVE));
       const native = callNative(caller, () => handle.generate(seq, Int32Array.from(p.tokens.tokenView()), p.keep, nativeOptions, onNotify));
       plan = p;
       this.#stable = p.tokens.slice(shift ? Math.min(p.keep, p.shiftKeep) : p.keep);

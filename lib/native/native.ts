@@ -105,6 +105,8 @@ export interface NativeContextOptions {
   batchSize?: number;
   microBatchSize?: number;
   sequences?: number;
+  /** One KV buffer of contextSize cells for all sequences (llama.cpp's kv_unified). */
+  kvUnified?: boolean;
   threads?: number;
   threadsBatch?: number;
   /** threads: 'auto': each step's count is chosen up to `threads` (native/thread_tuner.h). */
@@ -128,6 +130,8 @@ export interface NativeContextInfo {
   threadsBatchInUse: number;
   /** The KV cache supports moving tokens (context shift). */
   canShift: boolean;
+  /** All sequences share one KV buffer of contextSize cells. */
+  kvUnified: boolean;
   slidingWindow: boolean;
   pooling: 'none' | 'mean' | 'cls' | 'last' | 'rank';
   embeddingSize: number;

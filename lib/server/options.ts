@@ -33,8 +33,13 @@ export interface ServerOptions {
   conversations?: number;
   /** Host memory for those caches, bytes per model (default 1 GiB: the context option `cacheRamBytes`). */
   cacheRamBytes?: number;
-  /** Tokens each of those sessions holds (default: the model's training context, at most 4096). */
+  /**
+   * Tokens each of those sessions holds (default: the model's training context, at most 4096); with
+   * `kvUnified`, the cells of the one KV cache that all of a model's requests share.
+   */
   contextSize?: number;
+  /** One KV cache per model for all its requests (the context option `kvUnified`; default false). */
+  kvUnified?: boolean;
   /**
    * CPU threads of each model's context: a count, or `'auto'` (the default), which adapts to the load of
    * the machine, the server's own request handling included (see the context option `threads`).
@@ -79,6 +84,7 @@ export interface ResolvedServerOptions {
   conversations: number;
   cacheRamBytes?: number;
   contextSize?: number;
+  kvUnified: boolean;
   threads: number | 'auto';
   apiKey?: string;
   maxQueue: number;
@@ -94,7 +100,7 @@ export interface ResolvedServerOptions {
 }
 
 const KEYS = [
-  'models', 'host', 'port', 'parallel', 'conversations', 'cacheRamBytes', 'contextSize', 'threads', 'apiKey', 'maxQueue', 'bodyLimit',
+  'models', 'host', 'port', 'parallel', 'conversations', 'cacheRamBytes', 'contextSize', 'kvUnified', 'threads', 'apiKey', 'maxQueue', 'bodyLimit',
   'maxBodyDepth', 'maxTokensLimit', 'gpuLayers', 'gpu', 'rpcServers', 'log', 'admin', 'cacheResponses',
 ] as const;
 
@@ -143,6 +149,7 @@ export function resolveServerOptions(options: ServerOptions, caller: Function): 
     conversations: Math.max(parallel, optInteger(rec, 'conversations', 1, 1_000_000, caller) ?? 64),
     ...(cacheRamBytes !== undefined ? { cacheRamBytes } : {}),
     ...(contextSize !== undefined ? { contextSize } : {}),
+    kvUnified: optBoolean(rec, 'kvUnified', caller) ?? false,
     threads: optIntegerOr(rec, 'threads', 1, 512, ['auto'], caller) ?? 'auto',
     ...(o.apiKey !== undefined ? { apiKey: o.apiKey } : {}),
     maxQueue: optInteger(rec, 'maxQueue', 0, 1_000_000, caller) ?? 64,

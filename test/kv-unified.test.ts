@@ -1,0 +1,135 @@
+// kvUnified: one KV cache of contextSize cells for all sequences (llama.cpp's kv_unified). A session alone can
+// use all of it; idle sessions give up their cells when a new prompt needs them; generations that together
+// overfill it end one at a time with contextFull, never with an error or a crash.
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { loadModel, setLogLevel, type LlamaModel } from 'llama-addon';
+import { describeShared, shared } from './helpers/models.js';
+import { throwsWith } from './helpers/errors.js';
+
+setLogLevel('error');
+
+const greedy = { temperature: 0 } as const;
+const openings = ['Once upon a time', 'The little dog', 'Lily and Tom', 'One day, a big', 'The sun was', 'A girl named Sue'];
+
+describeShared('kvUnified: one KV cache shared by all sequences', () => {
+  let model: LlamaModel;
+  beforeAll(async () => {
+    model = await loadModel(shared('stories260k.gguf'));
+  });
+  afterAll(() => model.dispose());
+
+  it('lets one session alone use the whole context: the output of a context of that size for one sequence', async () => {
+    await using shared4 = await model.createContext({ contextSize: 512, sequences: 4, kvUnified: true });
+    await using alone = await model.createContext({ contextSize: 512, sequences: 1 });
+    expect(shared4.kvUnified).toBe(true);
+    expect(alone.kvUnified).toBe(false);
+    expect(shared4.contextSize).toBe(512);
+    const a = await shared4.createSession().complete(openings[0], { maxTokens: 450, ...greedy, repeatPenalty: 1.2 });
+    const b = await alone.createSession().complete(openings[0], { maxTokens: 450, ...greedy, repeatPenalty: 1.2 });
+    expect(a.stopReason).toBe('maxTokens');
+    expect(a.text).toBe(b.text);
+    // Without it, the same cells split four ways hold 128 tokens a session.
+    await using split = await model.createContext({ contextSize: 128, sequences: 4 });
+    expect((await split.createSession().complete(openings[0], { maxTokens: 450, ...greedy })).stopReason).toBe('contextFull');
+  });
+
+  it('idle sessions give up their cells to a new prompt and come back as if they had stayed', async () => {
+    // Six conversations of about 180 tokens in 512 shared cells: each turn needs others to leave.
+    async function turns(options: { contextSize: number; sequences: number; kvUnified?: boolean }) {
+      await using ctx = await model.createContext(options);
+      const sessions = openings.map(() => ctx.createSession({ sharePrefix: false }));
+      const out = [];
+      for (let round = 0; round < 2; round++) {
+        for (let i = 0; i < sessions.length; i++) {
+          const prompt = round === 0 ? openings[i] : [...sessions[i].tokens, ...model.tokenize(' and then', { addBos: false })];
+          const r = await sessions[i].complete(prompt, { maxTokens: 90, ...greedy, repeatPenalty: 1.1 });
+          out.push({ text: r.text, cached: r.usage.cachedTokens, stop: r.stopReason });
+        }
+      }
+      return { out, saved: ctx.savedCacheBytes };
+    }
+    const unified = await turns({ contextSize: 512, sequences: 4, kvUnified: true });
+    const separate = await turns({ contextSize: 512, sequences: 6 });
+    expect(unified.out).toEqual(separate.out);
+    expect(unified.out.every((r) => r.stop === 'maxTokens')).toBe(true);
+    // Second turns reused their caches (restored from host memory where they had left).
+    expect(unified.out.slice(6).every((r) => r.cached > 90)).toBe(true);
+    expect(unified.saved).toBeGreaterThan(0);
+  });
+
+  it('generations that together overfill it end one at a time with contextFull, the others go on', async () => {
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 3, kvUnified: true });
+    const runs = await Promise.all(
+      openings.slice(0, 3).map((o) => ctx.createSession().complete(o, { maxTokens: 200, ...greedy, repeatPenalty: 1.2 })),
+    );
+    const stops = runs.map((r) => r.stopReason).sort();
+    expect(stops).not.toContain('error');
+    expect(stops.filter((s) => s === 'contextFull').length).toBeGreaterThanOrEqual(1);
+    // Whatever ended early still holds valid output; the context goes on working afterwards.
+    const after = await ctx.createSession().complete(openings[3], { maxTokens: 20, ...greedy });
+    expect(after.stopReason).toBe('maxTokens');
+    const total = runs.reduce((n, r) => n + r.usage.promptTokens + r.usage.completionTokens, 0);
+    expect(total).toBeLessThanOrEqual(256 + 3 * 200);
+  });
+
+  it('saves a session that loads into a context without it, and back', async () => {
+    const { fixtures } = await import('./helpers/models.js');
+    const { join } = await import('node:path');
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(fixtures, { recursive: true });
+    await using unified = await model.createContext({ contextSize: 512, sequences: 3, kvUnified: true });
+    await using separate = await model.createContext({ contextSize: 512, sequences: 2 });
+    const a = unified.createSession();
+    // Sequence 2 of the shared cache, so that its state is not the first stream's by chance.
+    unified.createSession();
+    await unified.createSession().complete(openings[1], { maxTokens: 4, ...greedy });
+    await unified.createSession().complete(openings[2], { maxTokens: 4, ...greedy });
+    await a.complete(openings[0], { maxTokens: 30, ...greedy });
+    const file = join(fixtures, 'kv-unified.session');
+    await a.save(file);
+    const saved = a.tokens.length;
+    const next = [...a.tokens, ...model.tokenize(' and then', { addBos: false })];
+    const there = separate.createSession();
+    await there.load(file);
+    const r1 = await there.complete(next, { maxTokens: 20, ...greedy });
+    const r2 = await a.complete(next, { maxTokens: 20, ...greedy });
+    expect(r1.text).toBe(r2.text);
+    expect(r1.usage.cachedTokens).toBe(saved);
+    await there.save(file);
+    const back = unified.createSession();
+    await back.load(file);
+    expect(Array.from(back.tokens)).toEqual(Array.from(there.tokens));
+  });
+
+  it('checks the option', async () => {
+    await expect(model.createContext({ kvUnified: 'yes' as never })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    await expect(model.createContext({ kvUnified: true, embeddings: true })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    void throwsWith;
+  });
+});
+
+describeShared('kvUnified in the server', () => {
+  it("keeps each conversation's cache across turns in one shared KV cache", async () => {
+    const { startServer } = await import('llama-addon');
+    const server = await startServer({ models: [{ alias: 's', path: shared('stories260k.gguf') }], port: 0, parallel: 2, contextSize: 512, kvUnified: true, conversations: 8 });
+    try {
+      await server.ready;
+      const chat = async (messages: Array<{ role: string; content: string }>) => {
+        const res = await fetch(`${server.url}/v1/chat/completions`, {
+          method: 'POST', headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ messages, max_tokens: 40, temperature: 0 }),
+        });
+        expect(res.status).toBe(200);
+        return (await res.json()) as { choices: Array<{ message: { content: string } }>; usage: { prompt_tokens_details: { cached_tokens: number } } };
+      };
+      const firsts = [];
+      for (const o of openings.slice(0, 4)) firsts.push(await chat([{ role: 'user', content: o }]));
+      for (let i = 0; i < 4; i++) {
+        const second = await chat([{ role: 'user', content: openings[i] }, { role: 'assistant', content: firsts[i].choices[0].message.content }, { role: 'user', content: 'And then?' }]);
+        expect(second.usage.prompt_tokens_details.cached_tokens, `conversation ${i}`).toBeGreaterThan(10);
+      }
+    } finally {
+      await server.close();
+    }
+  });
+});
