@@ -51,9 +51,43 @@ describe('malformed schemas: ERR_INVALID_SCHEMA naming the keyword and its path'
     const cyclic: Record<string, unknown> = { type: 'object' };
     cyclic.properties = { self: cyclic };
     expectError(cyclic, 'ERR_INVALID_SCHEMA');
-    expectError({ type: 'integer', minimum: 10n }, 'ERR_INVALID_SCHEMA');
+    expectError({ type: 'integer', minimum: 10n }, 'ERR_INVALID_SCHEMA', '#/minimum');
     expect(fails([{ type: 'string' }]).code).toBe('ERR_INVALID_ARGUMENT');
     expect(fails('string').code).toBe('ERR_INVALID_ARGUMENT');
+    // Every value JSON cannot hold, where it is: JSON.stringify would have written NaN, Infinity and holes
+    // as null (a const NaN became const null, and null was returned as the schema's value) and dropped
+    // functions and symbols (a const function became "any value").
+    const nonJson: Array<[unknown, string, string]> = [
+      [{ const: NaN }, '#/const', 'NaN'],
+      [{ const: Infinity }, '#/const', 'Infinity'],
+      [{ enum: [{ a: -Infinity }] }, '#/enum/0/a', '-Infinity'],
+      [{ type: 'number', maximum: Infinity }, '#/maximum', 'Infinity'],
+      // eslint-disable-next-line no-sparse-arrays
+      [{ enum: [1, , 2] }, '#/enum/1', 'a hole in an array'],
+      [{ enum: [1, undefined] }, '#/enum/1', 'undefined'],
+      [{ const: () => 1 }, '#/const', 'a function'],
+      [{ type: 'string', minLength: Symbol('x') }, '#/minLength', 'a symbol'],
+      [{ type: 'object', properties: { 'a/b~c': { const: NaN } } }, '#/properties/a~1b~0c/const', 'NaN'],
+    ];
+    for (const [schema, pointer, what] of nonJson) {
+      const e = expectError(schema, 'ERR_INVALID_SCHEMA', pointer);
+      expect(e.message).toContain(`received ${what}, which JSON cannot hold`);
+    }
+    // A property set to undefined is absent, as in JSON (an optional field of a TypeScript caller).
+    expect(checkJsonSchema({ type: 'string', description: undefined, const: undefined } as JsonSchema).notes).toEqual([]);
+    // Reading the schema may throw (a getter, a Proxy): an invalid schema, not an error of native code.
+    const getter = Object.defineProperty({ type: 'string' }, 'minLength', { enumerable: true, get() { throw new Error('boom'); } });
+    expect(expectError(getter, 'ERR_INVALID_SCHEMA').message).toContain('reading it threw Error: boom');
+  });
+
+  it('resolves percent-encoded $refs once (#/$defs/%25 is the name "%")', () => {
+    const defs = { '%': { type: 'integer' }, '%41': { type: 'boolean' }, 'a b': { type: 'null' } };
+    for (const ref of ['#/$defs/%25', '#/$defs/%2541', '#/$defs/a%20b']) {
+      for (const schema of [{ $defs: defs, $ref: ref }, { $defs: defs, type: 'object', properties: { x: { $ref: ref } }, required: ['x'] }, { $defs: defs, allOf: [{ $ref: ref }] }]) {
+        expect(checkJsonSchema(schema as JsonSchema).notes, `${ref} in ${JSON.stringify(schema)}`).toEqual([]);
+      }
+    }
+    expectError({ $ref: '#/$defs/%E0%A4%A' }, 'ERR_INVALID_SCHEMA', '#/$ref', '$ref');
   });
 
   it('checks against the draft the schema names', () => {

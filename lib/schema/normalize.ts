@@ -127,8 +127,23 @@ function esc(name: string): string {
   return name.replace(/~/g, '~0').replace(/\//g, '~1');
 }
 
+/**
+ * An object for names that come from the schema (property names, $defs): without a prototype, so that
+ * "__proto__" is a key like any other and "constructor" is not found unless it is there.
+ */
+function dict(from?: Obj): Obj {
+  const d = Object.create(null) as Obj;
+  if (from) for (const k of Object.keys(from)) d[k] = from[k];
+  return d;
+}
+
+/** The value of an own property, never an inherited one ("toString" of a schema's properties is absent). */
+function own(o: Obj | undefined, k: string): Json | undefined {
+  return o !== undefined && Object.hasOwn(o, k) ? o[k] : undefined;
+}
+
 function without(o: Obj, keys: readonly string[]): Obj {
-  const out: Obj = {};
+  const out: Obj = dict();
   for (const k of Object.keys(o)) if (!keys.includes(k)) out[k] = o[k];
   return out;
 }
@@ -422,7 +437,7 @@ class Checker {
       // What the merged schema holds must not be merged into itself again further down.
       this.inlining.push(...followed);
       if (!ok) return new Empty('allOf has a false schema', `${ptr}/allOf`);
-      let merged: Obj = {};
+      let merged: Obj = dict();
       for (const p of parts) merged = this.#merge(merged, p, `${ptr}/allOf`);
       return this.norm(merged, ptr);
     } finally {
@@ -497,8 +512,8 @@ class Checker {
           out[k] = [...new Set([...(av as string[]), ...(bv as string[])])];
           break;
         case 'dependentRequired': {
-          const m: Obj = { ...(av as Obj) };
-          for (const [key, deps] of Object.entries(bv as Obj)) m[key] = [...new Set([...((m[key] as string[]) ?? []), ...(deps as string[])])];
+          const m: Obj = dict(av as Obj);
+          for (const [key, deps] of Object.entries(bv as Obj)) m[key] = [...new Set([...((own(m, key) as string[] | undefined) ?? []), ...(deps as string[])])];
           out[k] = m;
           break;
         }
@@ -519,7 +534,7 @@ class Checker {
       const pb = (b.properties as Obj | undefined) ?? {};
       const A = a.additionalProperties;
       const B = b.additionalProperties;
-      const props: Obj = {};
+      const props: Obj = dict();
       for (const name of new Set([...Object.keys(pa), ...Object.keys(pb)])) {
         const parts: Json[] = [];
         if (Object.hasOwn(pa, name)) parts.push(pa[name]);
@@ -783,6 +798,15 @@ class Checker {
     const listed = new Map<string, { raw: Json; ptr: string }>();
     for (const [name, raw] of Object.entries((w.properties as Obj | undefined) ?? {})) listed.set(name, { raw, ptr: `${ptr}/properties/${esc(name)}` });
     const required = new Set<string>((w.required as string[] | undefined) ?? []);
+    // ajv builds a lookup of the listed names as an object literal, where "__proto__" sets the prototype
+    // instead of adding a name: it would count such a property as additional, and refuse valid output.
+    // Unsupported in either mode, since best effort relies on that validator.
+    for (const [where, names] of [['properties', [...listed.keys()]], ['required', [...required]]] as const) {
+      if (names.includes('__proto__')) {
+        const pointer = kw(ptr, where);
+        throw schemaError('ERR_UNSUPPORTED_SCHEMA', `The JSON schema names a property "__proto__" at ${pointer} ("${where}"): the validator (ajv) cannot check a property of that name`, pointer, where);
+      }
+    }
     let addRaw: Json | undefined = w.additionalProperties;
     if (addRaw === undefined && 'unevaluatedProperties' in w && !('patternProperties' in w)) addRaw = w.unevaluatedProperties;
     const open = addRaw !== false;
@@ -853,7 +877,7 @@ class Checker {
       }
     }
 
-    const props: Obj = {};
+    const props: Obj = dict();
     let forbidden = false;
     for (const [name, { raw, ptr: p }] of listed) {
       const n = this.norm(raw, p);
@@ -909,7 +933,7 @@ class Checker {
     }
     const out: Obj = { type: 'object' };
     if (keep.length > 0) {
-      const kept: Obj = {};
+      const kept: Obj = dict();
       for (const n of keep) kept[n] = props[n];
       out.properties = kept;
       const r = keep.filter((n) => required.has(n));
@@ -952,7 +976,7 @@ class Checker {
     if (isObj(s.properties) && Array.isArray(s.required)) {
       const disc = new Map<string, Json[]>();
       for (const r of s.required as string[]) {
-        const p = (s.properties as Obj)[r];
+        const p = own(s.properties as Obj, r);
         if (p === undefined) continue;
         const ps = this.#shape(p, depth + 1);
         if (ps.values) disc.set(r, ps.values);
@@ -1024,7 +1048,7 @@ function productive(n: Json, env: Env): boolean {
   if (Array.isArray(n.anyOf)) return n.anyOf.some((x) => productive(x, env));
   if (n.type === 'object') {
     const props = (n.properties as Obj | undefined) ?? {};
-    return ((n.required as string[] | undefined) ?? []).every((r) => productive(props[r], env));
+    return ((n.required as string[] | undefined) ?? []).every((r) => productive(own(props, r) as Json, env));
   }
   if (n.type === 'array') {
     if (Array.isArray(n.prefixItems)) return n.prefixItems.every((x) => productive(x, env));
@@ -1043,7 +1067,7 @@ function prune(n: Obj, env: Env): Obj {
     const out: Obj = { ...n };
     const req = new Set((n.required as string[] | undefined) ?? []);
     if (isObj(n.properties)) {
-      const props: Obj = {};
+      const props: Obj = dict();
       let dropped = false;
       for (const [k, v] of Object.entries(n.properties)) {
         if (!req.has(k) && !productive(v, env)) dropped = true;
@@ -1137,7 +1161,8 @@ function inPlaceCycle(root: Json): string | null {
       const t = refTarget(root, node.$ref);
       if (t !== null) {
         out.push(t);
-        const target = resolvePointer(root, decodeURIComponent(t.slice(1)));
+        // t is `#` and the pointer, decoded already (decoding it twice made #/$defs/%25 a URIError).
+        const target = resolvePointer(root, t.slice(1));
         if (target !== undefined) todo.push([t, target]);
       }
     }
@@ -1207,7 +1232,7 @@ export function normalizeSchema(root: Json, draft: Draft, mode: SchemaMode, pref
     }
     if (hops > SCHEMA_LIMITS.maxRefChain) overLimit(`a chain of more than ${SCHEMA_LIMITS.maxRefChain} $refs that lead straight to other $refs`, d.pointer, '$ref');
   }
-  const defs: Obj = {};
+  const defs: Obj = dict();
   for (const d of c.defs.values()) if (env.get(d.name)) defs[d.name] = prune(d.node as Obj, env);
   // llama.cpp's converter names a top-level property's rule after the property: one named "" would take the
   // name "root", so such an object is moved into a definition of its own.

@@ -20,30 +20,62 @@ export function schemaText(schema: unknown): string {
   const { maxDepth, maxBytes } = SCHEMA_LIMITS;
   let bytes = 0;
   const onPath = new Set<object>();
-  const stack: Array<[unknown, number, boolean]> = [[schema, 1, false]];
-  while (stack.length > 0) {
-    const [v, depth, exit] = stack.pop()!;
-    if (exit) {
-      onPath.delete(v as object);
-      continue;
+  // A value JSON cannot hold is an error where it is, not a silent change of meaning: JSON.stringify writes
+  // NaN, Infinity, undefined in an array and an array's holes as null, and drops functions and symbols (a
+  // `const` of each became "any value"). A property whose value is undefined is absent, as in JSON.
+  const notJson = (what: string, at: string) =>
+    schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${at}: expected a JSON value, received ${what}, which JSON cannot hold`, at, '');
+  const stack: Array<[unknown, number, boolean, string]> = [[schema, 1, false, '#']];
+  try {
+    while (stack.length > 0) {
+      const [v, depth, exit, at] = stack.pop()!;
+      if (exit) {
+        onPath.delete(v as object);
+        continue;
+      }
+      if (typeof v === 'string') {
+        bytes += v.length + 2;
+        if (LONE_SURROGATE.test(v)) throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${at}: the string ${JSON.stringify(v.slice(0, 40))} has a lone surrogate, which is not Unicode text`, at, '');
+      } else if (typeof v === 'number') {
+        if (!Number.isFinite(v)) throw notJson(String(v), at);
+        bytes += 8;
+      } else if (typeof v === 'boolean') bytes += 8;
+      else if (typeof v === 'bigint') throw notJson('a BigInt', at);
+      else if (v === undefined) throw notJson('undefined', at);
+      else if (typeof v === 'function') throw notJson('a function', at);
+      else if (typeof v === 'symbol') throw notJson('a symbol', at);
+      else if (v !== null && typeof v === 'object') {
+        if (onPath.has(v)) throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${at}: it contains itself (a cycle of objects), which JSON cannot`, at, '');
+        if (depth > maxDepth) overLimit(`objects and arrays nested more than ${maxDepth} deep`);
+        // An object with toJSON (a Date, a class of the caller's) is what it writes: checked below as text.
+        if (typeof (v as { toJSON?: unknown }).toJSON === 'function') continue;
+        onPath.add(v);
+        stack.push([v, depth, true, at]);
+        if (Array.isArray(v)) {
+          bytes += 2 + v.length;
+          for (let i = v.length - 1; i >= 0; i--) {
+            if (!(i in v)) throw notJson('a hole in an array', `${at}/${i}`);
+            stack.push([v[i], depth + 1, false, `${at}/${i}`]);
+          }
+        } else {
+          const entries = Object.entries(v);
+          bytes += 2 + entries.length;
+          for (let i = entries.length - 1; i >= 0; i--) {
+            const [k, x] = entries[i]!;
+            // A property set to undefined is absent, as in JSON (a TypeScript caller's optional field).
+            if (x === undefined) continue;
+            bytes += k.length + 2;
+            if (LONE_SURROGATE.test(k)) throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${at}: the name ${JSON.stringify(k.slice(0, 40))} has a lone surrogate, which is not Unicode text`, at, '');
+            stack.push([x, depth + 1, false, `${at}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`]);
+          }
+        }
+      }
+      if (bytes > maxBytes) overLimit(`more than ${maxBytes} bytes of JSON`);
     }
-    if (typeof v === 'string') {
-      bytes += v.length + 2;
-      if (LONE_SURROGATE.test(v)) throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: the string ${JSON.stringify(v.slice(0, 40))} has a lone surrogate, which is not Unicode text`, '#', '');
-    }
-    else if (typeof v === 'number' || typeof v === 'boolean') bytes += 8;
-    else if (typeof v === 'bigint') throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it holds a BigInt, which JSON cannot', '#', '');
-    else if (v !== null && typeof v === 'object') {
-      if (onPath.has(v)) throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it contains itself (a cycle of objects), which JSON cannot', '#', '');
-      if (depth > maxDepth) overLimit(`objects and arrays nested more than ${maxDepth} deep`);
-      onPath.add(v);
-      stack.push([v, depth, true]);
-      const entries = Array.isArray(v) ? v : Object.entries(v).flat();
-      // (property names are among the entries: they are checked as strings too)
-      bytes += 2 + entries.length;
-      for (const x of entries) stack.push([x, depth + 1, false]);
-    }
-    if (bytes > maxBytes) overLimit(`more than ${maxBytes} bytes of JSON`);
+  } catch (e) {
+    if (e instanceof LlamaError) throw e;
+    // A getter of the caller's that throws, a Proxy: reading the schema failed.
+    throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: reading it threw ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`, '#', '');
   }
   // The text may differ from what was walked (toJSON methods, getters): it is checked again on its own.
   let text: string;
