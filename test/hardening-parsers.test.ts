@@ -232,6 +232,51 @@ describeShared('chat templates', () => {
     expect(model.applyChatTemplate([{ role: 'user', content: 'hi' }], { template: '{{ 7 / 2 }} {{ 2.5 % 1 }}' })).toBe('3.5 0.5');
   }, 120_000);
 
+  // The other ways an integer could wrap (patches/llama.cpp/0008, from a hostile review): unary minus and abs
+  // of -2^63 printed -2^63, |int of a string went through 32 bits ("3000000000" gave 0), and |int of a float
+  // outside 64 bits was undefined behaviour.
+  it('unary minus, abs and int: a sweep of edge values against BigInt', () => {
+    const max = 2n ** 63n - 1n;
+    const min = -(2n ** 63n);
+    const render = (template: string): string | LlamaError => {
+      try {
+        return model.applyChatTemplate([{ role: 'user', content: 'hi' }], { template });
+      } catch (e) {
+        return e as LlamaError;
+      }
+    };
+    const expectValue = (template: string, expected: bigint) => {
+      const out = render(template);
+      if (expected > max || expected < min) {
+        expect(out, template).toBeInstanceOf(LlamaError);
+        expect((out as LlamaError).message, template).toMatch(/integer overflow/);
+      } else expect(out, template).toBe(String(expected));
+    };
+    const edges = [0n, 1n, 2n ** 31n, 2n ** 31n + 1n, 2n ** 32n, 3000000000n, 2n ** 53n + 1n, 2n ** 63n - 1n, 2n ** 63n, 2n ** 64n, 10n ** 20n];
+    let checked = 0;
+    for (const e of [...edges, ...edges.map((v) => -v)]) {
+      // The value as a variable (a literal of -2^63 is its own token), then negated and abs'd.
+      if (e >= min && e <= max) {
+        const set = e === min ? '{% set x = -9223372036854775807 - 1 %}' : `{% set x = ${e < 0n ? `(${e})` : e} %}`;
+        expectValue(`${set}{{ -x }}`, -e);
+        expectValue(`${set}{{ x | abs }}`, e < 0n ? -e : e);
+        checked += 2;
+      }
+      // A string of digits through |int: exact in 64 bits, else an overflow (never the default 0).
+      expectValue(`{{ "${e}" | int }}`, e);
+      checked++;
+    }
+    expect(checked).toBeGreaterThan(50);
+    // (The lexer reads no exponents: floats are written out.)
+    const big = '1000000000000000000000.0';
+    for (const f of [big, `-${big}`, `(${big} * ${big})`, '9300000000000000000.0', '9223372036854775808.0']) {
+      const out = render(`{% set f = ${f} %}{{ f | int }}`);
+      expect(out, f).toBeInstanceOf(LlamaError);
+      expect((out as LlamaError).message).toMatch(/integer overflow in int\(\)/);
+    }
+    expect(render('{{ 9200000000000000000.0 | int }} {{ -2.5 | int }} {{ "abc" | int }} {{ "abc" | int(7) }}')).toBe('9200000000000000000 -2 0 7');
+  });
+
   it('a template that stays within the limits renders', () => {
     const out = model.applyChatTemplate([{ role: 'user', content: 'hi' }], {
       template: '{% for i in range(1000) %}.{% endfor %}{% for m in messages %}{{ m.content }}{% endfor %}',

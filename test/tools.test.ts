@@ -68,7 +68,8 @@ describe('tool calling with the templates of the pinned source', () => {
         temperature: 0, maxTokens: 160, logitBias: steering(model, c), repeatPenalty: 100, penaltyLastN: 1,
       }).result;
       expect(r.toolCalls.length, r.text).toBeGreaterThanOrEqual(1);
-      const complete = r.stopReason === 'eog' ? r.toolCalls : r.toolCalls.slice(0, -1);
+      // A reply cut short keeps only whole, valid calls.
+      const complete = r.toolCalls;
       expect(complete.length, r.text).toBeGreaterThanOrEqual(1);
       for (const call of complete) {
         expect(call.name).toBe('get_weather');
@@ -93,6 +94,49 @@ describe('tool calling with the templates of the pinned source', () => {
     });
   }
 
+  it("validates every call's arguments against its tool's parameters: what the converter cannot enforce is ERR_SCHEMA_MISMATCH", async () => {
+    // llama.cpp's converter does not enforce multipleOf; the call is still checked.
+    await using model = await loadModel(await models.qwen());
+    await using ctx = await model.createContext({ contextSize: 2048 });
+    const c = cases[0];
+    const loose: ChatTool = { name: 'pick', parameters: { type: 'object', properties: { n: { type: 'integer', multipleOf: 1000003 } }, required: ['n'] } };
+    let mismatches = 0;
+    for (const seed of [1, 2, 3, 4]) {
+      using chat = ctx.createChat({ template: template(c.name), tools: [loose], toolChoice: { name: 'pick' } });
+      const e = await chat.send('Pick a number', { temperature: 1, seed, maxTokens: 80, logitBias: steering(model, c), repeatPenalty: 100, penaltyLastN: 1 }).result.catch((x: unknown) => x);
+      if (e instanceof LlamaError) {
+        expect(e.code, e.message).toBe('ERR_SCHEMA_MISMATCH');
+        expect(e.message).toMatch(/^The arguments of the call to "pick": The output does not match the JSON schema/);
+        mismatches++;
+      } else {
+        // Whatever is returned validates.
+        for (const call of (e as { toolCalls: Array<{ arguments: Record<string, unknown> }> }).toolCalls) {
+          expect((call.arguments.n as number) % 1000003).toBe(0);
+        }
+      }
+    }
+    expect(mismatches).toBeGreaterThan(0);
+  });
+
+  it("llama.cpp's converter's warning about a tool's schema goes through the logger, not straight to stderr", async () => {
+    const { setLogger } = await import('llama-addon');
+    await using model = await loadModel(await models.qwen());
+    await using ctx = await model.createContext({ contextSize: 2048 });
+    const lines: Array<[string, string]> = [];
+    setLogLevel('warn');
+    setLogger((level, message) => lines.push([level, message]));
+    try {
+      const tool: ChatTool = { name: 'code', parameters: { type: 'object', properties: { c: { type: 'string', pattern: '^(?!x)[a-z]{2}$' } }, required: ['c'] } };
+      using chat = ctx.createChat({ template: template(cases[0].name), tools: [tool], toolChoice: { name: 'code' } });
+      await chat.send('x', { maxTokens: 2 }).result.catch(() => {});
+      await new Promise((r) => setTimeout(r, 50));
+      expect(lines.some(([level, m]) => level === 'warn' && m.startsWith('JSON schema conversion was incomplete: pattern ^(?!x)'))).toBe(true);
+    } finally {
+      setLogger(null);
+      setLogLevel('error');
+    }
+  });
+
   it('makes parallel calls where the template supports them', async () => {
     await using model = await loadModel(await models.llama3());
     await using ctx = await model.createContext({ contextSize: 2048 });
@@ -103,7 +147,8 @@ describe('tool calling with the templates of the pinned source', () => {
     delete bias[model.vocab.eos!];
     delete bias[model.vocab.eot!];
     const r = await chat.send('Weather in Paris, twice?', { temperature: 0, maxTokens: 200, logitBias: bias, repeatPenalty: 100, penaltyLastN: 1 }).result;
-    const complete = r.stopReason === 'eog' ? r.toolCalls : r.toolCalls.slice(0, -1);
+    // A reply cut short keeps only whole, valid calls.
+      const complete = r.toolCalls;
     expect(complete.length).toBeGreaterThanOrEqual(2);
     for (const call of complete) expect(call).toMatchObject({ name: 'get_weather', arguments: { city: 'Paris', days: 3 } });
     expect(new Set(complete.map((x) => x.id)).size).toBe(complete.length);
@@ -118,7 +163,8 @@ describe('tool calling with the templates of the pinned source', () => {
     delete bias[model.vocab.eos!];
     delete bias[model.vocab.eot!];
     const r = await chat.send('Weather in Paris?', { temperature: 0, maxTokens: 120, logitBias: bias, repeatPenalty: 100, penaltyLastN: 1 }).result;
-    const complete = r.stopReason === 'eog' ? r.toolCalls : r.toolCalls.slice(0, -1);
+    // A reply cut short keeps only whole, valid calls.
+      const complete = r.toolCalls;
     expect(complete.length, r.text).toBeGreaterThanOrEqual(1);
     // Either tool may be called, but each call follows its own schema.
     for (const call of complete) {

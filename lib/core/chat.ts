@@ -110,6 +110,9 @@ function checkToolChoice(v: unknown, tools: readonly NativeTool[], caller: Funct
 
 type NativeTool = NonNullable<NativeChatApplyOptions['tools']>[number];
 
+/** Each tool's parameters, checked and with their validator: every call's arguments are validated. */
+const toolSchemas = new WeakMap<NativeTool, PreparedSchema>();
+
 function checkTools(v: unknown, caller: Function): NativeTool[] {
   if (v === undefined) return [];
   if (!Array.isArray(v)) throw invalid('tools', 'an array of { name, description?, parameters? }', v, caller);
@@ -127,18 +130,21 @@ function checkTools(v: unknown, caller: Function): NativeTool[] {
       throw invalid('tools', 'parameters as a JSON schema object', parameters, caller);
     }
     let text: string;
+    let prepared: PreparedSchema;
     try {
       text = schemaText(parameters);
       // The checking pass finds what no value can satisfy (minLength above maxLength...) before the
       // template's converter sees it; keywords it cannot enforce are left to the template (best effort).
-      prepareJsonSchema(parameters, 'best-effort', caller);
+      prepared = prepareJsonSchema(parameters, 'best-effort', caller);
     } catch (e) {
       // ERR_INVALID_SCHEMA (a cycle, a BigInt) or ERR_LIMIT_EXCEEDED (size, nesting), with the caller's stack
       const err = toLlamaError(e);
       Error.captureStackTrace(err, caller);
       throw err;
     }
-    return { name: tool.name, description: tool.description ?? '', parameters: text };
+    const native: NativeTool = { name: tool.name, description: tool.description ?? '', parameters: text };
+    toolSchemas.set(native, prepared);
+    return native;
   });
 }
 
@@ -530,20 +536,61 @@ export class LlamaChat {
     } catch {
       parsed = { content: r.text, reasoning: '', toolCalls: [] };
     }
-    const calls = parsed.toolCalls.map((c) => ({ id: c.id || callId(), name: c.name, arguments: c.arguments }));
-    const message: NativeChatMessage = { role: 'assistant', content: parsed.content };
-    if (calls.length > 0) message.toolCalls = calls;
-    if (parsed.reasoning) message.reasoning = parsed.reasoning;
-    this.#messages.push(message);
-    const result: ChatResult = {
-      ...r,
-      content: parsed.content,
-      toolCalls: calls.map((c) => ({ id: c.id, name: c.name, arguments: parseArguments(c.arguments) })),
-      ...(parsed.reasoning ? { reasoning: parsed.reasoning } : {}),
+    const all = parsed.toolCalls.map((c) => ({ id: c.id || callId(), name: c.name, arguments: c.arguments }));
+    // Every call's arguments are validated against its tool's parameters, as every json value is: llama.cpp's
+    // converter builds the grammar for tool calls from the schema as given, and enforces what it can.
+    const partial = r.stopReason !== 'eog' && r.stopReason !== 'stop';
+    const finish = (errors: Array<LlamaError | null>): ChatResult | LlamaError | Promise<ChatResult | LlamaError> => {
+      // A reply cut short (maxTokens, an abort) keeps its last call only when that call is whole and valid.
+      const calls = partial && errors.length > 0 && errors[errors.length - 1] !== null ? all.slice(0, -1) : all;
+      const bad = errors.slice(0, calls.length).find((e) => e !== null);
+      const message: NativeChatMessage = { role: 'assistant', content: parsed.content };
+      if (calls.length > 0) message.toolCalls = calls;
+      if (parsed.reasoning) message.reasoning = parsed.reasoning;
+      this.#messages.push(message);
+      if (bad) return bad;
+      const result: ChatResult = {
+        ...r,
+        content: parsed.content,
+        toolCalls: calls.map((c) => ({ id: c.id, name: c.name, arguments: parseArguments(c.arguments) })),
+        ...(parsed.reasoning ? { reasoning: parsed.reasoning } : {}),
+      };
+      return schema ? this.#checkJson(result, parsed.content, schema, r) : result;
     };
-    if (schema && result.json === undefined) {
+    const checks = all.map((c) => this.#checkCall(c.name, c.arguments, r.stopReason));
+    if (checks.some((x) => x instanceof Promise)) return Promise.all(checks).then(finish);
+    return finish(checks as Array<LlamaError | null>);
+  }
+
+  /** Null when a call's arguments are a JSON object that its tool's parameters accept; else the error. */
+  #checkCall(name: string, args: string, stopReason: string): LlamaError | null | Promise<LlamaError | null> {
+    const tool = this.#tools.find((t) => t.name === name);
+    if (!tool) {
+      return new LlamaError('ERR_SCHEMA_MISMATCH', `The reply calls the tool "${name}", which the chat does not offer (it offers ${this.#tools.map((t) => `"${t.name}"`).join(', ') || 'none'})`);
+    }
+    let value: unknown;
+    try {
+      value = JSON.parse(args);
+    } catch {
+      if (stopReason !== 'eog' && stopReason !== 'stop') {
+        return new LlamaError('ERR_INCOMPLETE_OUTPUT', `The reply ended (stopReason "${stopReason}") inside the arguments of its call to "${name}"`);
+      }
+      return new LlamaError('ERR_SCHEMA_MISMATCH', `The arguments of the call to "${name}" are not JSON: ${JSON.stringify(args.slice(0, 80))}`);
+    }
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+      return new LlamaError('ERR_SCHEMA_MISMATCH', `The arguments of the call to "${name}" are not a JSON object: ${JSON.stringify(args.slice(0, 80))}`);
+    }
+    const prepared = toolSchemas.get(tool);
+    if (!prepared) return null;
+    const named = (e: LlamaError | null) => (e === null ? null : Object.assign(new LlamaError(e.code, `The arguments of the call to "${name}": ${e.message}`), { pointer: (e as { pointer?: string }).pointer, keyword: (e as { keyword?: string }).keyword }));
+    const checked = prepared.check(value);
+    return checked instanceof Promise ? checked.then(named) : named(checked);
+  }
+
+  #checkJson(result: ChatResult, content: string, schema: PreparedSchema, r: GenerationResult): ChatResult | LlamaError | Promise<ChatResult | LlamaError> {
+    if (result.json === undefined) {
       try {
-        result.json = JSON.parse(parsed.content) as unknown;
+        result.json = JSON.parse(content) as unknown;
       } catch {
         return new LlamaError('ERR_INCOMPLETE_OUTPUT', `The reply is not complete JSON (stopReason "${r.stopReason}")`);
       }
