@@ -80,6 +80,17 @@ describe('malformed schemas: ERR_INVALID_SCHEMA naming the keyword and its path'
     expect(expectError(getter, 'ERR_INVALID_SCHEMA').message).toContain('reading it threw Error: boom');
   });
 
+  it('a schema that some value satisfies is never called a contradiction (only unsupported)', () => {
+    // Found by a hostile review: each was ERR_INVALID_SCHEMA though {"é": 1}, {"a": 1, "x": 2} and "\ud83d" satisfy it.
+    expectError({ type: 'object', patternProperties: { '^[é😀]{1,2}$': { type: 'integer' } }, additionalProperties: false, minProperties: 1 }, 'ERR_UNSUPPORTED_SCHEMA', '#/minProperties', 'minProperties');
+    expectError({ type: 'object', properties: { a: { type: 'integer' } }, required: ['a'], minProperties: 2 }, 'ERR_UNSUPPORTED_SCHEMA', '#/minProperties', 'minProperties');
+    expectError({ type: 'string', pattern: '^\\uD83D$' }, 'ERR_UNSUPPORTED_SCHEMA', '#/pattern', 'pattern');
+    // The schema itself allows no more properties: a contradiction.
+    expectError({ type: 'object', properties: { a: { type: 'integer' } }, additionalProperties: false, minProperties: 2 }, 'ERR_INVALID_SCHEMA', '#/minProperties', 'minProperties');
+    // "" refers to the document itself, as "#" does (it was "refers outside itself").
+    expect(checkJsonSchema({ type: 'object', properties: { a: { type: 'integer' }, next: { $ref: '' } } } as JsonSchema).notes).toEqual([]);
+  });
+
   it('resolves percent-encoded $refs once (#/$defs/%25 is the name "%")', () => {
     const defs = { '%': { type: 'integer' }, '%41': { type: 'boolean' }, 'a b': { type: 'null' } };
     for (const ref of ['#/$defs/%25', '#/$defs/%2541', '#/$defs/a%20b']) {
@@ -125,7 +136,8 @@ describe('keywords the grammar cannot enforce: ERR_UNSUPPORTED_SCHEMA, or accept
     ['unevaluatedProperties beside allOf', { allOf: [{ properties: { a: {} } }], unevaluatedProperties: false }, '#/unevaluatedProperties', 'unevaluatedProperties'],
     ['$dynamicRef', { $dynamicRef: '#meta' }, '#/$dynamicRef', '$dynamicRef'],
     ['numbers beyond 1e15', { type: 'number', minimum: 1e20 }, '#/minimum', 'minimum'],
-    ['allOf with two patterns', { allOf: [{ type: 'string', pattern: '^a' }, { pattern: 'b$' }] }, '#/allOf/pattern', 'pattern'],
+    // (The pointer is the part that brings the conflict in, a place in the caller's schema.)
+    ['allOf with two patterns', { allOf: [{ type: 'string', pattern: '^a' }, { pattern: 'b$' }] }, '#/allOf/1/pattern', 'pattern'],
     [
       'a recursive $ref merged through allOf',
       { $defs: { n: { type: 'object', properties: { c: { allOf: [{ $ref: '#/$defs/n' }, { required: ['x'] }] } } } }, $ref: '#/$defs/n' },
@@ -201,8 +213,8 @@ describe('contradictions: ERR_INVALID_SCHEMA', () => {
     [{ type: 'string', pattern: '^[^\\s\\S]$' }, '#/pattern', 'pattern'],
     [{ type: 'string', pattern: '^\\d{3}$', maxLength: 2 }, '#/maxLength', 'maxLength'],
     [{ type: 'string', format: 'date', maxLength: 5 }, '#/maxLength', 'maxLength'],
-    [{ allOf: [{ type: 'string' }, { type: 'integer' }] }, '#/allOf/type', 'type'],
-    [{ allOf: [{ const: 1 }, { const: 2 }] }, '#/allOf/const', 'const'],
+    [{ allOf: [{ type: 'string' }, { type: 'integer' }] }, '#/allOf/1/type', 'type'],
+    [{ allOf: [{ const: 1 }, { const: 2 }] }, '#/allOf/1/const', 'const'],
     [{ type: 'object', properties: { a: {} }, minProperties: 2, additionalProperties: false }, '#/minProperties', 'minProperties'],
     [{ type: 'object', properties: { a: {}, b: {} }, required: ['a', 'b'], maxProperties: 1 }, '#/maxProperties', 'maxProperties'],
     [{ type: 'array', prefixItems: [{}, {}], items: false, minItems: 3 }, '#/minItems', 'minItems'],

@@ -356,6 +356,8 @@ class Checker {
 
   ref(value: Json, ptr: string): N {
     if (typeof value !== 'string') invalid(ptr, '$ref', 'must be a string');
+    // "" is this document, as "#" is (a URI reference with nothing to resolve against the base).
+    if (value === '') value = '#';
     if (!value.startsWith('#')) {
       throw schemaError('ERR_UNSUPPORTED_SCHEMA', `The JSON schema refers outside itself at ${kw(ptr, '$ref')}: "${value}" (only references into the schema, #/..., are supported)`, kw(ptr, '$ref'), '$ref');
     }
@@ -384,6 +386,7 @@ class Checker {
 
   /** The raw schema a $ref points to, for merging; a reference back into what is being merged is unsupported. */
   #inline(value: Json, ptr: string, within: readonly string[]): [Json, string | null] {
+    if (value === '') value = '#';
     if (typeof value !== 'string' || !value.startsWith('#')) return this.ref(value, ptr) as never;
     let pointer: string;
     try {
@@ -403,7 +406,7 @@ class Checker {
   }
 
   /** The schemas an allOf stands for, with $refs followed; false when one is false. */
-  #flatten(s: Json, ptr: string, out: Obj[], within: string[], followed: string[]): boolean {
+  #flatten(s: Json, ptr: string, out: Obj[], within: string[], followed: string[], origins: string[] = []): boolean {
     if (s === true) return true;
     if (s === false) return false;
     if (!isObj(s)) invalid(ptr, 'allOf', 'a schema must be an object or a boolean');
@@ -414,17 +417,18 @@ class Checker {
         followed.push(pointer);
         within.push(pointer);
       }
-      const ok = this.#flatten(target, pointer !== null ? `#${pointer}` : ptr, out, within, followed);
+      const ok = this.#flatten(target, pointer !== null ? `#${pointer}` : ptr, out, within, followed, origins);
       if (pointer !== null) within.pop();
       if (!ok) return false;
       rest = without(rest, ['$ref']);
     }
     if (Array.isArray(rest.allOf)) {
       const parts = rest.allOf;
-      for (let i = 0; i < parts.length; i++) if (!this.#flatten(parts[i], `${ptr}/allOf/${i}`, out, within, followed)) return false;
+      for (let i = 0; i < parts.length; i++) if (!this.#flatten(parts[i], `${ptr}/allOf/${i}`, out, within, followed, origins)) return false;
       rest = without(rest, ['allOf']);
     }
     out.push(rest);
+    origins.push(ptr);
     return true;
   }
 
@@ -432,13 +436,17 @@ class Checker {
     const depth = this.inlining.length;
     try {
       const parts: Obj[] = [];
+      const origins: string[] = [];
       const followed: string[] = [];
-      const ok = this.#flatten(w, ptr, parts, [], followed);
+      const ok = this.#flatten(w, ptr, parts, [], followed, origins);
       // What the merged schema holds must not be merged into itself again further down.
       this.inlining.push(...followed);
       if (!ok) return new Empty('allOf has a false schema', `${ptr}/allOf`);
       let merged: Obj = dict();
-      for (const p of parts) merged = this.#merge(merged, p, `${ptr}/allOf`);
+      // A conflict is reported where the part that brings it in is (#/allOf/1, not #/allOf).
+      parts.forEach((p, i) => {
+        merged = this.#merge(merged, p, origins[i]!);
+      });
       return this.norm(merged, ptr);
     } finally {
       this.inlining.length = depth;
@@ -890,12 +898,15 @@ class Checker {
     }
     // What else may appear: nothing ('closed'), any value, or values of a schema.
     let add: 'closed' | 'any' | Obj;
+    // Whether the schema itself allows no other properties (not only the grammar, which closes more).
+    let closedBySchema = addRaw === false && patterns.length === 0;
     if (addRaw === false) add = 'closed';
     else if (addRaw === undefined) add = Object.keys(props).length > 0 || forbidden ? 'closed' : 'any'; // llama.cpp closes listed objects
     else if (addRaw === true) add = 'any';
     else {
       const n = this.norm(addRaw, `${ptr}/additionalProperties`);
       add = n instanceof Empty ? 'closed' : n;
+      if (n instanceof Empty && patterns.length === 0) closedBySchema = true;
     }
     // A property dropped above could come back as an additional one: close the object.
     if (forbidden && add !== 'closed') add = 'closed';
@@ -918,8 +929,9 @@ class Checker {
         }
       }
       if (req.length < w.minProperties) {
-        if (add === 'closed') invalid(ptr, 'minProperties', `minProperties ${w.minProperties}, but the object can have only ${names.length} properties`);
-        this.unsupported(ptr, 'minProperties', 'more properties than those listed (the grammar cannot require additional ones)');
+        // A contradiction only when the schema itself allows no more; else the grammar cannot write them.
+        if (closedBySchema) invalid(ptr, 'minProperties', `minProperties ${w.minProperties}, but the object can have only ${names.length} properties`);
+        this.unsupported(ptr, 'minProperties', `${w.minProperties} properties, more than the ${names.length} the grammar can write here (it writes listed properties only, or cannot require additional ones)`);
       }
     }
     let keep = names;

@@ -255,6 +255,9 @@ class Parser {
             if (lo >= 0xdc00 && lo <= 0xdfff) v = 0x10000 + ((v - 0xd800) << 10) + (lo - 0xdc00);
             else this.i = save;
           }
+          // A lone surrogate matches only strings that are not Unicode text, which the grammar cannot write
+          // (in JSON only as a \u escape): unsupported, not "no string matches" (ajv matches "\ud83d").
+          if (v >= 0xd800 && v <= 0xdfff) this.fail('a lone surrogate (\\u' + v.toString(16).toUpperCase() + ')');
         }
         return [[v, v]];
       }
