@@ -60,6 +60,10 @@ describeShared('embeddings and reranking (stories260k)', () => {
     await expect(gen.embed('x')).rejects.toMatchObject({ code: 'ERR_INVALID_STATE' });
     await using ctx = await model.createContext({ contextSize: 256, embeddings: true, pooling: 'mean' });
     expect(model.info.canRank).toBe(false);
+    // Token ids as a plain array embed as their Int32Array does; a bad id is named by its index.
+    const ids = model.tokenize('Once upon a time');
+    expect(Array.from((await ctx.embed([Array.from(ids)]))[0])).toEqual(Array.from((await ctx.embed(ids))[0]));
+    await expect(ctx.embed([[1, 99999]])).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT', message: 'Invalid option "texts": expected a token id from 0 to 511 at index 1, received 99999' });
     const e = await ctx.rank('query', ['doc']).catch((x: unknown) => x);
     expect(e).toBeInstanceOf(LlamaError);
     expect((e as LlamaError).code).toBe('ERR_INVALID_STATE');

@@ -114,6 +114,14 @@ describeShared('input sizes', () => {
         await expect(s.complete(tokens as number[], { beams: 2, maxTokens: 1 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT', message: `Invalid option "input": ${expected}` });
       }
       expect(throwsWith(() => model.detokenize(Int32Array.of(1, 600)), 'ERR_INVALID_ARGUMENT').message).toBe('Invalid option "tokens": expected a token id from 0 to 511 at index 1, received 600');
+      // Lazy grammar trigger tokens: the same wording.
+      expect(throwsWith(() => s.generate('x', { grammar: 'root ::= "a"', grammarTriggers: { tokens: [3, 2 ** 32 + 5] } }), 'ERR_INVALID_ARGUMENT').message)
+        .toBe('Invalid option "grammarTriggers.tokens": expected a token id from 0 to 511 at index 1, received 4294967301');
+      // logitBias keys name a token only in its decimal form (" 407", "407.0", "0x197" and "" named one through Number()).
+      for (const key of [' 407', '407.0', '0x197', '407e0', '+407', '', '01', '-0']) {
+        expect(throwsWith(() => s.generate('x', { logitBias: { [key]: 1 } }), 'ERR_INVALID_ARGUMENT').message, JSON.stringify(key)).toContain('token ids from 0 to 511 as keys');
+      }
+      expect((await s.complete('x', { logitBias: { '407': 1, 0: 0 }, maxTokens: 1 })).usage.completionTokens).toBe(1);
     } finally {
       await ctx.dispose();
     }

@@ -456,6 +456,21 @@ describeShared('server: counting, late errors and checks', () => {
       expect(bad.status, JSON.stringify(prompt)).toBe(400);
       expect(bad.json.error?.message, JSON.stringify(prompt)).toMatch(/^prompt (1 )?holds the token id \d+, outside the vocabulary \(0 to 511\)$/);
     }
+    // What OpenAI's API requires or this server cannot do is a 400 that says so, never silently ignored.
+    const refused: Array<[string, Record<string, unknown>, RegExp]> = [
+      ['/v1/chat/completions', { messages: [{ role: 'user', content: null }] }, /^Invalid request: messages\.0\.content must be a string or an array of text parts/],
+      ['/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }, { role: 'tool', content: 'r' }] }, /^Invalid request: messages\.1 must have required property 'tool_call_id'/],
+      ['/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], tool_choice: 'required' }, /^tool_choice "required" needs tools/],
+      ['/v1/completions', { prompt: 'x', echo: true }, /^Invalid request: echo must be false \(echoing the prompt is not supported\)/],
+      ['/v1/completions', { prompt: 'x', best_of: 3 }, /^Invalid request: best_of must be 1/],
+      ['/v1/completions', { prompt: 'x', suffix: 'y' }, /^Invalid request: suffix must be empty or null/],
+    ];
+    for (const [path, body, message] of refused) {
+      const r = await raw(server.url, path, { max_tokens: 1, ...body });
+      expect(r.status, JSON.stringify(body)).toBe(400);
+      expect(r.json.error?.message, JSON.stringify(body)).toMatch(message);
+    }
+    expect((await raw(server.url, '/v1/completions', { prompt: 'x', max_tokens: 1, suffix: null, best_of: 1, echo: false })).status).toBe(200);
     // A key that could change a prototype is refused as what it is, not as invalid JSON.
     for (const [text, key] of [
       ['{"prompt":"x","__proto__":{"a":1}}', '__proto__'],

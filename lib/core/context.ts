@@ -370,7 +370,7 @@ export class LlamaContext implements AsyncDisposable {
    * @throws LlamaError `ERR_INVALID_STATE` for a context without `embeddings: true`, `ERR_CONTEXT_FULL` for an
    * input longer than the context's `batchSize`.
    */
-  async embed(texts: string | Int32Array | ReadonlyArray<string | Int32Array>, options?: { normalize?: boolean }): Promise<Float32Array[]> {
+  async embed(texts: string | Int32Array | ReadonlyArray<string | Int32Array | readonly number[]>, options?: { normalize?: boolean }): Promise<Float32Array[]> {
     const o = checkOptions('embed', options, ['normalize'], this.embed);
     const normalize = optBoolean(o, 'normalize', this.embed) ?? true;
     this.#embedding(this.embed);
@@ -378,8 +378,8 @@ export class LlamaContext implements AsyncDisposable {
     if (!Array.isArray(list)) throw invalid('texts', 'a string, an Int32Array, or an array of them', texts, this.embed);
     const inputs = list.map((t) => {
       if (typeof t === 'string') return this.model.tokenize(t);
-      if (t instanceof Int32Array) return tokenIds('texts', t, this.model.vocab.size, this.embed);
-      throw invalid('texts', 'strings or Int32Arrays', t, this.embed);
+      if (t instanceof Int32Array || Array.isArray(t)) return tokenIds('texts', t, this.model.vocab.size, this.embed);
+      throw invalid('texts', 'strings, Int32Arrays or arrays of token ids', t, this.embed);
     });
     if (inputs.length === 0) return [];
     return this.#embedTokens(inputs, normalize, this.embed);

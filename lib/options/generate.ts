@@ -4,7 +4,7 @@ import { prepareJsonSchemaSoon, preparedGrammar, preparedGrammarAsync, type Json
 import { parseLora, type LoraSpec } from '../core/lora.js';
 import { parseSampling, SAMPLING_OPTION_NAMES, type SamplingOptions } from './sampling.js';
 import type { NativeGenerateOptions } from '../native/native.js';
-import { checkOptions, invalid, optInteger, optNumber, optSignal } from '../base/validate.js';
+import { checkOptions, invalid, optInteger, optNumber, optSignal, tokenIds } from '../base/validate.js';
 
 /** Triggers of a lazy grammar: text is free until one appears, and follows the grammar from there on. */
 export interface GrammarTriggers {
@@ -114,9 +114,11 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
     if (lb === null || typeof lb !== 'object') throw invalid('logitBias', 'an object or Map of token id to bias', lb, caller);
     const entries = lb instanceof Map ? [...lb.entries()] : Object.entries(lb);
     out.logitBias = entries.map(([k, v]) => {
-      const token = Number(k);
+      // An object's keys are strings: only a token id's own decimal form names it (" 407", "407.0", "0x197"
+      // and "" did, through Number()), as in the server.
+      const token = typeof k === 'string' ? (/^(0|[1-9][0-9]{0,9})$/.test(k) ? Number(k) : NaN) : k;
       if (!Number.isInteger(token) || token < 0 || token >= vocabSize) {
-        throw invalid('logitBias', `token ids from 0 to ${vocabSize - 1}`, k, caller);
+        throw invalid('logitBias', `token ids from 0 to ${vocabSize - 1} as keys`, k, caller);
       }
       if (typeof v !== 'number' || Number.isNaN(v) || v === Infinity) {
         throw invalid('logitBias', 'finite biases or -Infinity', v, caller);
@@ -181,10 +183,8 @@ export function parseGenerateOptions(options: GenerateOptions | undefined, vocab
       }
     }
     if (t.tokens !== undefined) {
-      if (!Array.isArray(t.tokens) || !t.tokens.every((x) => Number.isInteger(x) && x >= 0 && x < vocabSize)) {
-        throw invalid('grammarTriggers.tokens', `token ids from 0 to ${vocabSize - 1}`, t.tokens, caller);
-      }
-      for (const token of t.tokens as number[]) triggers.push({ type: 'token', value: '', token });
+      if (!Array.isArray(t.tokens)) throw invalid('grammarTriggers.tokens', 'an array of token ids', t.tokens, caller);
+      for (const token of tokenIds('grammarTriggers.tokens', t.tokens, vocabSize, caller)) triggers.push({ type: 'token', value: '', token });
     }
     if (triggers.length === 0) throw invalid('grammarTriggers', 'at least one word, pattern or token', o.grammarTriggers, caller);
     if (triggers.length > MAX_TRIGGERS) {

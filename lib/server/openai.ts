@@ -6,6 +6,15 @@ import { samplingRequestSchema } from '../options/sampling.js';
 const message = {
   type: 'object',
   required: ['role'],
+  // As OpenAI's API: a tool result names the call it answers, and a user, system or developer message
+  // has content (only an assistant's may be null, beside its tool_calls).
+  allOf: [
+    { if: { properties: { role: { const: 'tool' } } }, then: { required: ['tool_call_id'] } },
+    {
+      if: { properties: { role: { enum: ['system', 'developer', 'user'] } } },
+      then: { required: ['content'], properties: { content: { description: 'a string or an array of text parts (null only for an assistant)', anyOf: [{ type: 'string' }, { type: 'array' }] } } },
+    },
+  ],
   properties: {
     role: { enum: ['system', 'developer', 'user', 'assistant', 'tool'] },
     content: {
@@ -125,7 +134,9 @@ export const completionSchema = {
       ],
     },
     logprobs: { anyOf: [{ type: 'integer', minimum: 0, maximum: 5 }, { type: 'null' }] },
-    echo: { const: false },
+    echo: { const: false, description: 'false (echoing the prompt is not supported)' },
+    best_of: { const: 1, description: '1 (best_of is not supported)' },
+    suffix: { anyOf: [{ const: '' }, { type: 'null' }], description: 'empty or null (suffix is not supported)' },
   },
 } as const;
 
@@ -202,9 +213,9 @@ export function toApiError(err: unknown): ApiError {
   };
   const message = typeof e.message === 'string' && e.message ? e.message : String(err);
   if (Array.isArray(e.validation) && e.validation.length > 0) {
-    // A field of several forms (anyOf) with a description of them: that description, since the branches'
-    // own errors each speak of one form (prompt: [1, "a"] failed as "prompt must be string").
-    const either = e.validation.find((x) => x.keyword === 'anyOf' && typeof x.parentSchema?.description === 'string');
+    // A field whose schema describes what it takes (a field of several forms, anyOf, whose branches' own errors
+    // each speak of one form: prompt: [1, "a"] failed as "prompt must be string"; a constant): that description.
+    const either = e.validation.find((x) => typeof x.parentSchema?.description === 'string' && x.keyword !== 'if');
     if (either) {
       const param = either.instancePath.replace(/^\//, '').replace(/\//g, '.') || null;
       return new ApiError(400, `Invalid request: ${param ?? 'body'} must be ${either.parentSchema!.description}`, 'invalid_request_error', param);

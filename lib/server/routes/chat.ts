@@ -66,6 +66,9 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     }));
     const tc = body.tool_choice as string | { function: { name: string } } | undefined;
     const toolChoice: ToolChoice | undefined = tc === undefined ? undefined : typeof tc === 'string' ? (tc as ToolChoice) : { name: tc.function.name };
+    if (toolChoice !== undefined && toolChoice !== 'auto' && toolChoice !== 'none' && !tools?.length) {
+      throw new ApiError(400, `tool_choice ${JSON.stringify(body.tool_choice)} needs tools, but the request has none`, 'invalid_request_error', 'tool_choice');
+    }
     const wantLogprobs = body.logprobs === true;
     const streaming = body.stream === true;
     // The conversation this request continues: its messages before the new one.
