@@ -22,58 +22,12 @@ namespace la {
 
 namespace {
 
-// The JSON-schema converter prints its warnings to stderr: catch them in a temporary file while it runs,
-// one conversion at a time in the process, and put back whatever else other threads wrote meanwhile.
-class StderrCapture {
- public:
-  StderrCapture() {
-#ifndef _WIN32
-    fflush(stderr);
-    tmp_ = tmpfile();
-    if (tmp_ != nullptr) {
-      saved_ = dup(2);
-      if (saved_ < 0 || dup2(fileno(tmp_), 2) < 0) {
-        if (saved_ >= 0) close(saved_);
-        saved_ = -1;
-      }
-    }
-#endif
-  }
-  // Everything written to stderr meanwhile.
-  std::string finish() {
-    std::string out;
-#ifndef _WIN32
-    if (saved_ >= 0) {
-      fflush(stderr);
-      dup2(saved_, 2);
-      close(saved_);
-      saved_ = -1;
-      rewind(tmp_);
-      char buf[4096];
-      size_t n;
-      while ((n = fread(buf, 1, sizeof buf, tmp_)) > 0 && out.size() < (1u << 20)) out.append(buf, n);
-    }
-    if (tmp_ != nullptr) {
-      fclose(tmp_);
-      tmp_ = nullptr;
-    }
-#endif
-    return out;
-  }
-  ~StderrCapture() { finish(); }
-
- private:
-  FILE* tmp_ = nullptr;
-  int saved_ = -1;
-};
-
-std::mutex g_stderrMu;
 
 // A grammar llama.cpp can take safely (grammar_check.h), or a thrown ERR_INVALID_GRAMMAR/ERR_LIMIT_EXCEEDED.
 
-void checkGrammarOrThrow(const std::string& gbnf) {
+void checkGrammarOrThrow(const std::string& gbnf, int32_t nVocab = -1) {
   try {
-    checkGrammar(gbnf);
+    checkGrammar(gbnf, nVocab);
   } catch (const GrammarLimitError& e) {
     throw CodedError("ERR_LIMIT_EXCEEDED", e.what());
   } catch (const GrammarSyntaxError& e) {
@@ -82,7 +36,7 @@ void checkGrammarOrThrow(const std::string& gbnf) {
 }
 
 llama_grammar* parseGrammar(const llama_vocab* vocab, const std::string& gbnf) {
-  checkGrammarOrThrow(gbnf);
+  checkGrammarOrThrow(gbnf, vocab != nullptr ? llama_vocab_n_tokens(vocab) : -1);
   llama_grammar* g = llama_grammar_init_impl(vocab, gbnf.c_str(), "root", false, nullptr, 0, nullptr, 0);
   if (g == nullptr) throw CodedError("ERR_INVALID_GRAMMAR", "The grammar could not be parsed");
   return g;
@@ -119,26 +73,19 @@ std::string convertSchema(const std::string& schema, bool bestEffort) {
     throw CodedError("ERR_LIMIT_EXCEEDED", "The JSON schema nests objects and arrays more than " +
                                                std::to_string(kSchemaMaxDepth) + " deep");
   }
-  std::string grammar, error, printed;
+  // The converter's warnings (what it could not translate) are read from it (patches/llama.cpp/0009); the
+  // line it also logs is taken out of the log here, since this reports them itself.
+  std::string grammar, error, warning;
   {
-    std::lock_guard<std::mutex> lock(g_stderrMu);
-    StderrCapture capture;
+    LogCapture capture;
     try {
       grammar = json_schema_to_grammar(common_json::parse(schema));
+      warning = json_schema_to_grammar_warnings();
     } catch (const std::exception& e) {
       error = e.what();
     }
-    printed = capture.finish();
+    capture.takeLine("JSON schema conversion was incomplete: ");
   }
-  std::string warning;
-  const std::string marker = "WARNING: JSON schema conversion was incomplete: ";
-  size_t at = printed.find(marker);
-  if (at != std::string::npos) {
-    size_t end = printed.find('\n', at);
-    warning = printed.substr(at + marker.size(), end == std::string::npos ? std::string::npos : end - at - marker.size());
-    printed.erase(at, end == std::string::npos ? std::string::npos : end - at + 1);
-  }
-  if (!printed.empty()) std::fwrite(printed.data(), 1, printed.size(), stderr);  // other threads' output
   if (!error.empty()) throw CodedError("ERR_INVALID_GRAMMAR", "The JSON schema could not be converted to a grammar: " + error);
   if (!warning.empty()) {
     if (!bestEffort) {
@@ -202,7 +149,7 @@ bool matchGrammar(const llama_vocab* vocab, const std::string& gbnf, const std::
 
 }  // namespace
 
-void checkGrammarCoded(const std::string& gbnf) { checkGrammarOrThrow(gbnf); }
+void checkGrammarCoded(const std::string& gbnf, int32_t nVocab) { checkGrammarOrThrow(gbnf, nVocab); }
 
 // jsonSchemaToGrammar(schema: string, bestEffort?: boolean) -> string
 Napi::Value JsonSchemaToGrammar(const Napi::CallbackInfo& info) {

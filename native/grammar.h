@@ -14,7 +14,7 @@ namespace la {
 
 // Checks that llama.cpp can take a GBNF grammar safely (grammar_check.h): throws CodedError
 // ERR_INVALID_GRAMMAR or ERR_LIMIT_EXCEEDED. Any thread.
-void checkGrammarCoded(const std::string& gbnf);
+void checkGrammarCoded(const std::string& gbnf, int32_t nVocab = -1);
 
 // Limits on JSON schemas given to the converter (lib/base/limits.ts documents them).
 constexpr size_t kSchemaMaxBytes = 1u << 20;  // schema text, bytes

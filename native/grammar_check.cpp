@@ -1,5 +1,7 @@
 #include "grammar_check.h"
 
+#include <set>
+
 #include <algorithm>
 #include <cctype>
 #include <cstring>
@@ -149,7 +151,15 @@ void parseRules(llama_grammar_parser& parser, const std::string& gbnf) {
     return pos;
   };
   const char* pos = space(gbnf.c_str());
-  while (*pos) pos = parser.parse_rule(pos);
+  std::set<std::string> defined;
+  while (*pos) {
+    // A rule defined twice: llama.cpp takes the last definition and drops the first without a word.
+    const char* end = pos;
+    while ((*end >= 'a' && *end <= 'z') || (*end >= 'A' && *end <= 'Z') || (*end >= '0' && *end <= '9') || *end == '-' || *end == '_') end++;
+    std::string name(pos, end);
+    if (!name.empty() && !defined.insert(name).second) throw std::runtime_error("The rule \"" + name + "\" is defined twice");
+    pos = parser.parse_rule(pos);
+  }
   for (const auto& rule : parser.rules) {
     if (rule.empty()) throw std::runtime_error("Undefined rule");
     for (const auto& elem : rule) {
@@ -409,7 +419,7 @@ void checkGrowingCycles(const llama_grammar_parser& parser) {
 
 }  // namespace
 
-void checkGrammar(const std::string& gbnf) {
+void checkGrammar(const std::string& gbnf, int32_t nVocab) {
   scanText(gbnf);
   llama_grammar_parser parser;
   try {
@@ -422,6 +432,16 @@ void checkGrammar(const std::string& gbnf) {
     std::string why = e.what();
     if (why.size() > 200) why = why.substr(0, 200) + "...";
     throw GrammarSyntaxError(why);
+  }
+  if (nVocab >= 0) {
+    for (const auto& rule : parser.rules) {
+      for (const auto& e : rule) {
+        if ((e.type == LLAMA_GRETYPE_TOKEN || e.type == LLAMA_GRETYPE_TOKEN_NOT) && (int64_t)e.value >= nVocab) {
+          throw GrammarSyntaxError("The token reference <[" + std::to_string(e.value) + "]> names no token: the vocabulary has tokens 0 to " +
+                                   std::to_string(nVocab - 1));
+        }
+      }
+    }
   }
   checkLeading(parser);
   checkGrowingCycles(parser);

@@ -3,6 +3,7 @@
 // ordered repetition bounds. The limits are documented in lib/base/limits.ts and README's Errors section.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -58,6 +59,7 @@ class GrammarWorkBudget {
 };
 
 // Throws GrammarSyntaxError or GrammarLimitError; returns when llama.cpp can take the grammar safely.
-void checkGrammar(const std::string& gbnf);
+// nVocab >= 0: token references (<[id]>, !<[id]>) must name tokens of a vocabulary of that size.
+void checkGrammar(const std::string& gbnf, int32_t nVocab = -1);
 
 }  // namespace la

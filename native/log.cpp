@@ -137,7 +137,9 @@ void onLog(ggml_log_level level, const char* text, void*) {
 // its verbosity threshold lets it through: keep that threshold where ours is.
 void syncCommonThreshold(int level) {
 #ifdef __linux__
-  static const int thold[] = {5, 3, 2, 1, -1};  // Debug, Info, Warn, Error, Silent (common's LOG_LEVEL_*)
+  // Warnings always reach common_log_add (our emit() filters them by level after captures have seen them):
+  // an operation that fails puts them in its error whatever the level.
+  static const int thold[] = {5, 3, 2, 2, 2};  // Debug, Info, Warn, Error, Silent (common's LOG_LEVEL_*)
   common_log_set_verbosity_thold(thold[std::min(std::max(level, 0), 4)]);
 #else
   (void)level;  // no interposition of common_log_add: common's own logger stays silent
@@ -203,6 +205,17 @@ bool LogCapture::hold(int level, const std::string& text) {
   if (held_.size() >= kMaxHeld) return false;  // past the bound, lines are logged as they come
   held_.emplace_back(level, text);
   return true;
+}
+
+std::string LogCapture::takeLine(const std::string& marker) {
+  for (auto it = held_.begin(); it != held_.end(); ++it) {
+    size_t at = it->second.find(marker);
+    if (at == std::string::npos) continue;
+    std::string rest = it->second.substr(at + marker.size());
+    held_.erase(it);
+    return rest;
+  }
+  return std::string();
 }
 
 std::string LogCapture::take() {

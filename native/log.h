@@ -24,6 +24,9 @@ class LogCapture {
   LogCapture(const LogCapture&) = delete;
   LogCapture& operator=(const LogCapture&) = delete;
   std::string take();
+  // Takes the first held line that contains `marker` out (it is not logged): the text after the marker, or
+  // "" when no held line has it.
+  std::string takeLine(const std::string& marker);
   bool hold(int level, const std::string& text);  // @internal: from the log callback
 
  private:

@@ -180,7 +180,7 @@ SamplingSetup readSampling(Napi::Env env, const std::shared_ptr<ModelHandle>& mo
 
 common_sampler* buildSampler(const std::shared_ptr<ModelHandle>& modelPtr, const common_params_sampling& sp) {
   const ModelHandle& model = *modelPtr;
-  if (!sp.grammar.empty()) checkGrammarCoded(common_grammar_value(sp.grammar));
+  if (!sp.grammar.empty()) checkGrammarCoded(common_grammar_value(sp.grammar), llama_vocab_n_tokens(model.vocab));
   LogCapture capture;
   common_sampler* s = nullptr;
   std::string error;

@@ -262,6 +262,19 @@ describe('grammar-constrained sampling (random-weight model)', () => {
       expect(e.message).toMatch(/grammar could not be parsed/);
     }
     expect((await rejectsWith(s.complete('x', { grammar: 'root ::= foo' }), 'ERR_INVALID_GRAMMAR')).message).toMatch(/Undefined rule identifier 'foo'/);
+    // A rule defined twice (llama.cpp kept the last without a word), and a token reference past the
+    // vocabulary (it parsed, then failed at the first token with "no token is allowed").
+    const n = ctx.model.vocab.size;
+    for (const [g, message] of [
+      ['root ::= "a"\nroot ::= "b"', /The rule "root" is defined twice/],
+      ['root ::= x\nx ::= "a"\nx ::= "b"', /The rule "x" is defined twice/],
+      ['root ::= <[999999]>', new RegExp(`The token reference <\\[999999\\]> names no token: the vocabulary has tokens 0 to ${n - 1}`)],
+      [`root ::= "a" !<[${n}]>`, new RegExp(`The token reference <\\[${n}\\]> names no token`)],
+    ] as const) {
+      expect((await rejectsWith(s.complete('x', { grammar: g, maxTokens: 2 }), 'ERR_INVALID_GRAMMAR')).message).toMatch(message);
+    }
+    await expect(ctx.model.matchesGrammar('a', 'root ::= "a"\nroot ::= "b"')).rejects.toMatchObject({ code: 'ERR_INVALID_GRAMMAR' });
+    expect((await s.complete('x', { grammar: `root ::= <[${n - 1}]> | "a"`, maxTokens: 1 })).usage.completionTokens).toBe(1);
     // Schemas are checked before conversion (test/schema-*.test.ts): their errors have codes of their own.
     expect(() => jsonSchemaToGrammar({ type: 'object', properties: { a: { $ref: '#/$defs/missing' } } })).toThrowError(/does not resolve/);
     await rejectsWith(s.complete('x', { jsonSchema: { $ref: 'https://example.com/remote.json' } }), 'ERR_UNSUPPORTED_SCHEMA');

@@ -68,3 +68,24 @@ describe('llama.cpp logs go through the library', () => {
     expect(() => setLogger('console' as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT' }));
   });
 });
+
+describe("the JSON-schema converter's warnings", () => {
+  it('are read from the converter at every log level, and logged once (they went to stderr, caught by redirecting it)', async () => {
+    const { native } = await import('../lib/native/native.js');
+    const n = native() as unknown as { jsonSchemaToGrammar(schema: string, bestEffort?: boolean): string };
+    const schema = '{"type":"string","pattern":"^(?!x)a$"}';
+    const lines: Array<[string, string]> = [];
+    setLogger((l, m) => lines.push([l, m]));
+    for (const level of ['silent', 'error', 'warn'] as const) {
+      setLogLevel(level);
+      // Strict: the warning is the error, whatever the level.
+      expect(() => n.jsonSchemaToGrammar(schema, false)).toThrow(/uses what the grammar cannot enforce: pattern \^\(\?!x\)a\$ is not supported/);
+      expect(n.jsonSchemaToGrammar(schema, true)).toContain('root ::=');
+    }
+    await sleep(50);
+    // Logged once, at warn, for the best-effort conversion only.
+    expect(lines.filter(([, m]) => m.includes('conversion was incomplete'))).toEqual([
+      ['warn', 'JSON schema conversion was incomplete (best effort): pattern ^(?!x)a$ is not supported (unsupported group syntax), accepting any string'],
+    ]);
+  });
+});
