@@ -1,6 +1,7 @@
 // A sequence's KV state: copying it between sequences, saving it to bytes and loading it back, with every
 // count and position checked against the context before llama.cpp reads it (a crafted state must not
 // hang or poison the context). Runs on the engine thread (EngineTask).
+#include <vector>
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -95,17 +96,20 @@ std::string checkKvState(const std::vector<uint8_t>& d, uint32_t maxCells, bool 
     }
     if (cellExt) return {};  // cells carry model-specific extras: llama.cpp checks the rest
     if (!need((uint64_t)cells * 12)) return "it is truncated (its cell list is cut off)";
-    int64_t last = -1;
+    // Positions within the sequence and each at most once. Not necessarily increasing: a cache that all
+    // sequences share (kvUnified) lists a sequence's cells in the order they lie in it, which after
+    // concurrent decoding and freed holes is not position order (llama.cpp's restore takes any order).
+    std::vector<bool> used(cells > 0 ? maxCells : 0, false);
     for (uint32_t c = 0; c < cells; c++, at += 12) {
       int32_t pos;
       std::memcpy(&pos, d.data() + at, 4);
       uint32_t nSeq = readU32(d, at + 4);
       if (nSeq != 1) return "cell " + std::to_string(c) + " belongs to " + std::to_string(nSeq) + " sequences (expected 1)";
-      if (pos < 0 || (uint32_t)pos >= maxCells || pos <= last) {
-        return "cell " + std::to_string(c) + " has position " + std::to_string(pos) + " (expected increasing positions from 0 to " +
+      if (pos < 0 || (uint32_t)pos >= maxCells || used[(uint32_t)pos]) {
+        return "cell " + std::to_string(c) + " has position " + std::to_string(pos) + " (expected distinct positions from 0 to " +
                std::to_string(maxCells - 1) + ")";
       }
-      last = pos;
+      used[(uint32_t)pos] = true;
     }
     // The data section (llama_kv_cache::state_write_data): every layer's K rows, then its V rows or, when V is
     // transposed, V's elements. Its length follows from the counts in it; llama.cpp checks the counts against

@@ -50,10 +50,13 @@ export interface ContextOptions {
    * One KV cache of `contextSize` cells that all sequences draw from (llama.cpp's `kv_unified`), instead of
    * `contextSize` cells for each (default `false`). A session alone can then use the whole context, and
    * sessions that hold few tokens leave the rest to the others, for the memory of one sequence. Idle
-   * sessions give up their cells when a new prompt needs them (their caches are saved to host memory like
-   * any session's that gives up its sequence); a generation that still finds the shared cache full ends
-   * with `stopReason: 'contextFull'` (with context shift, a session shifts only when it alone fills the
-   * context). Default `sequences` with it: 4.
+   * sessions give up their cells when a new prompt, a restore or a load needs them (their caches are saved
+   * to host memory like any session's that gives up its sequence). A generation starts when its prompt
+   * and reserved output (up to 256 tokens) fit beside the generating sessions' cells, else it waits; one
+   * whose output outgrows its reserve and finds the cache full ends with `stopReason: 'contextFull'` (with
+   * context shift, a session shifts only when it alone fills the context). Output equals that without it
+   * up to floating-point rounding (where cells lie changes the order of attention sums). Default
+   * `sequences` with it: 4.
    */
   kvUnified?: boolean;
   /**
@@ -154,13 +157,13 @@ export class LlamaContext implements AsyncDisposable {
   /** @internal identifies the context's default LoRA set */
   readonly loraKey: string;
 
-  private constructor(model: LlamaModel, nativeContext: NativeContext, embeddings: boolean, loraKey: string, cacheRamBytes: number, adaptive: boolean) {
+  private constructor(model: LlamaModel, nativeContext: NativeContext, embeddings: boolean, loraKey: string, cacheRamBytes: number, adaptive: boolean, kvUnified: boolean) {
     this.loraKey = loraKey;
     this.model = model;
     this.#native = nativeContext;
     const info = nativeContext.info();
     this.contextSize = info.contextSize;
-    this.kvUnified = info.kvUnified && !embeddings;
+    this.kvUnified = kvUnified;
     this.sequences = info.sequences;
     this.batchSize = info.batchSize;
     this.threads = info.threads;
@@ -231,7 +234,7 @@ export class LlamaContext implements AsyncDisposable {
       }),
     );
     try {
-      return new LlamaContext(model, await promise, embeddings === true, lora?.key ?? '', cacheRamBytes, threadsOpt === 'auto');
+      return new LlamaContext(model, await promise, embeddings === true, lora?.key ?? '', cacheRamBytes, threadsOpt === 'auto', kvUnified);
     } catch (e) {
       throw toLlamaError(e);
     }

@@ -34,6 +34,7 @@ interface Parked {
 
 interface Waiter {
   tenant: Tenant;
+  cells: number;
   priority: number;
   order: number;
   grant(seq: number): void;
@@ -121,14 +122,16 @@ export class Residency {
    * used idle session (whose state is saved first). Its own saved state is restored into it. Undefined when
    * it has to wait: every resident session is busy, or its own state is still being saved.
    */
-  acquire(t: Tenant, spare?: Tenant): number | undefined {
+  acquire(t: Tenant, spare?: Tenant, cells = 0): number | undefined {
     const held = this.#seq.get(t);
     if (held !== undefined) {
+      if (!this.#roomFor(t, cells)) return undefined;
       this.touch(t);
       return held;
     }
     const h = this.#handle();
     if (!h || this.#closed) return undefined;
+    if (!this.#roomFor(t, cells)) return undefined;
     const parked = this.#parked.get(t);
     if (parked && !parked.state) return undefined; // restored once its save has finished
     const seq = this.#free.shift() ?? this.#evictFor(t, h, spare);
@@ -141,18 +144,39 @@ export class Residency {
       this.makeRoom(t, 0);
       this.#unpark(t);
       // Queued on the engine thread before anything the session queues next.
-      h.loadSequence(seq, parked.state.data, parked.state.streams).catch(() => {
-        // Our own state, into a sequence of the same context: only memory can fail it. The session starts over.
+      const failed = () => {
+        // Our own state, into a sequence of the same context: only memory (or, with one cache for all
+        // sequences, room) can fail it. The session starts over: its tokens are decoded again.
         if (this.#seq.get(t) === seq) this.#handle()?.clearSequence(seq);
         t.forgetCache();
-      });
+      };
+      try {
+        h.loadSequence(seq, parked.state.data, parked.state.streams).catch(failed);
+      } catch {
+        // A check before the engine's queue refused it (thrown, not rejected): the same.
+        failed();
+      }
     }
     return seq;
   }
 
+  /**
+   * With one KV cache for all sequences: whether `t` may start work that will hold `cells` cells now. The
+   * cells of sessions that are busy (generating) cannot be made free; idle ones can ({@link makeRoom}).
+   * Work that would overfill the cache beside busy sessions waits for them (both would otherwise end with
+   * contextFull); work alone, or with each sequence's own cells, always may.
+   */
+  #roomFor(t: Tenant, cells: number): boolean {
+    const total = this.#sharedCells;
+    if (total === null || cells <= 0) return true;
+    let busy = 0;
+    for (const s of this.#seq.keys()) if (s !== t && !s.idle) busy += s.cells;
+    return busy === 0 || busy + cells <= total;
+  }
+
   /** Waits for {@link acquire} to succeed (priority first, then arrival). */
-  wait(t: Tenant, priority: number, signal?: AbortSignal): Promise<number> {
-    const now = this.acquire(t);
+  wait(t: Tenant, priority: number, signal?: AbortSignal, cells = 0): Promise<number> {
+    const now = this.acquire(t, undefined, cells);
     if (now !== undefined) return Promise.resolve(now);
     if (this.#closed || !this.#handle()) return Promise.reject(new LlamaError('ERR_DISPOSED', 'The context has been disposed'));
     return new Promise<number>((resolve, reject) => {
@@ -162,6 +186,7 @@ export class Residency {
       };
       const waiter: Waiter = {
         tenant: t,
+        cells,
         priority,
         order: this.#order++,
         grant: (seq) => {
@@ -276,7 +301,15 @@ export class Residency {
   kick(): void {
     for (const wake of this.#changes.splice(0)) wake();
     for (const w of [...this.#waiters]) {
-      const seq = this.acquire(w.tenant);
+      let seq: number | undefined;
+      try {
+        seq = this.acquire(w.tenant, undefined, w.cells);
+      } catch (e) {
+        // Nothing a waiter does may strand the others, or escape from a microtask.
+        this.#waiters = this.#waiters.filter((x) => x !== w);
+        w.fail(e instanceof LlamaError ? e : new LlamaError('ERR_NATIVE', `Could not make the session resident: ${(e as Error)?.message ?? String(e)}`));
+        continue;
+      }
       if (seq === undefined) continue;
       this.#waiters = this.#waiters.filter((x) => x !== w);
       w.grant(seq);

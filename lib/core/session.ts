@@ -125,6 +125,8 @@ export class LlamaSession {
   #running: { abort(): void } | null = null;
   /** Tokens that stay in the cache while a generation runs (other sessions may copy them). */
   #stable: Prompt = Prompt.empty;
+  /** Cells the running generation may fill: its prompt and the output reserved for it (kvUnified). */
+  #growing = 0;
   #busy: string | null = null;
   #disposed = false;
 
@@ -154,9 +156,9 @@ export class LlamaSession {
     return this.#running === null && this.#busy === null && !this.#disposed;
   }
 
-  /** @internal (Tenant) KV cells its cache holds */
+  /** @internal (Tenant) KV cells its cache holds, or will hold by the end of the generation that runs */
   get cells(): number {
-    return this.#cache.length;
+    return this.#running ? Math.max(this.#cache.length, this.#growing) : this.#cache.length;
   }
 
   /** @internal (Tenant) its saved KV state was dropped: the cache is empty */
@@ -367,8 +369,11 @@ export class LlamaSession {
         shiftDiscard: shift ? shiftRule.whenFull(ctx.contextSize, p.shiftKeep) : 0,
         ...(p.discardCount > 0 ? { discardAt: p.shiftKeep, discardCount: p.discardCount } : {}),
       });
-      // One KV cache for all sequences: idle sessions give up their cells for the new prompt and some output.
-      ctx.residency.makeRoom(this, p.tokens.length - p.keep + Math.min(nativeOptions.maxTokens ?? UNIFIED_RESERVE, UNIFIED_RESERVE));
+      // One KV cache for all sequences: idle sessions give up their cells for the new prompt and some output
+      // (counted as this session's while it runs, so that other sessions' room is made around it).
+      const reserve = Math.min(nativeOptions.maxTokens ?? UNIFIED_RESERVE, UNIFIED_RESERVE);
+      this.#growing = p.tokens.length + reserve;
+      ctx.residency.makeRoom(this, p.tokens.length - p.keep + reserve);
       const native = callNative(caller, () => handle.generate(seq, Int32Array.from(p.tokens.tokenView()), p.keep, nativeOptions, onNotify));
       plan = p;
       this.#stable = p.tokens.slice(shift ? Math.min(p.keep, p.shiftKeep) : p.keep);
@@ -387,7 +392,11 @@ export class LlamaSession {
             }),
           ]).then(() => {});
     const residency = ctx.residency;
-    const seq = before ? undefined : residency.acquire(this);
+    // With one KV cache for all sequences, a generation starts when its prompt and reserved output fit
+    // beside the busy sessions' cells (idle ones make way); otherwise it waits for them.
+    const footprint = () => (ctx.kvUnified ? prompt.length + Math.min(nativeOptions.maxTokens ?? UNIFIED_RESERVE, UNIFIED_RESERVE) : 0);
+    if (!before) this.#growing = footprint();
+    const seq = before ? undefined : residency.acquire(this, undefined, footprint());
     const waiting: { native: DeferredNative | null } = { native: null };
     const gen: Generation<R> = new Generation<R>(
       (onNotify) => {
@@ -409,7 +418,7 @@ export class LlamaSession {
       const out = transform ? transform(e) : e;
       return out instanceof LlamaError ? out : e;
     };
-    if (waiting.native) this.#launchLater(gen, waiting.native, launch, () => prompt.length, nativeOptions.priority ?? 0, before, failure);
+    if (waiting.native) this.#launchLater(gen, waiting.native, launch, () => prompt.length, nativeOptions.priority ?? 0, before, failure, footprint);
     return gen;
   }
 
@@ -425,6 +434,7 @@ export class LlamaSession {
     priority: number,
     before: Promise<void> | null,
     failure: (e: LlamaError) => LlamaError,
+    footprint: () => number = () => 0,
   ): void {
     const notStarted = (stopReason: 'abort'): NativeGenerationResult => ({
       stopReason,
@@ -448,7 +458,7 @@ export class LlamaSession {
       gen.fail(failure(toLlamaError(e)));
     };
     const start = () =>
-      this.#context.residency.wait(this, priority, deferred.controller.signal).then(
+      ((this.#growing = footprint()), this.#context.residency.wait(this, priority, deferred.controller.signal, footprint())).then(
         (seq) => {
           if (deferred.aborted || this.disposed) {
             deferred.end(notStarted('abort'));
@@ -579,6 +589,7 @@ export class LlamaSession {
   #finished(gen: object, plan: Plan | null, r: NativeGenerationResult): GenerationResult | LlamaError {
     if (this.#running === gen) this.#running = null;
     this.#stable = Prompt.empty;
+    this.#growing = 0;
     // Idle again: the sequence may go to a session that waits for one.
     if (!this.disposed) {
       this.#context.residency.touch(this);
@@ -761,6 +772,8 @@ export class LlamaSession {
       this.#context.residency.forgetSaved(this);
       const seq = await this.#context.residency.wait(this, 0);
       this.#check(this.load);
+      // One KV cache for all sequences: idle sessions give up their cells for the loaded ones.
+      this.#context.residency.makeRoom(this, f.cache.length);
       await handle.loadSequence(seq, f.state, h.streams);
       this.#check(this.load);
       this.#setCache(Prompt.fromTokens(f.cache), h.dropped > 0 ? Prompt.fromTokens(f.history) : Prompt.empty, h.dropped, h.shiftKeep);
