@@ -70,6 +70,9 @@ void scanText(const std::string& gbnf) {
       endRule();
       p++;
     } else if (c == '"' || c == '[') {
+      // An empty character class: llama.cpp reads it as nothing at all, so that it matched the empty
+      // string where no character can match ("[^]" is any character).
+      if (c == '[' && p[1] == ']') throw GrammarSyntaxError("The grammar has an empty character class [], which no character matches");
       const char* start = p;
       char close = c == '"' ? '"' : ']';
       p++;

@@ -268,6 +268,7 @@ describe('grammar-constrained sampling (random-weight model)', () => {
     for (const [g, message] of [
       ['root ::= "a"\nroot ::= "b"', /The rule "root" is defined twice/],
       ['root ::= x\nx ::= "a"\nx ::= "b"', /The rule "x" is defined twice/],
+      ['root ::= [] "a"', /empty character class \[\], which no character matches/],
       ['root ::= <[999999]>', new RegExp(`The token reference <\\[999999\\]> names no token: the vocabulary has tokens 0 to ${n - 1}`)],
       [`root ::= "a" !<[${n}]>`, new RegExp(`The token reference <\\[${n}\\]> names no token`)],
     ] as const) {
