@@ -73,6 +73,10 @@ void scanText(const std::string& gbnf) {
       // An empty character class: llama.cpp reads it as nothing at all, so that it matched the empty
       // string where no character can match ("[^]" is any character).
       if (c == '[' && p[1] == ']') throw GrammarSyntaxError("The grammar has an empty character class [], which no character matches");
+      // "[^]" reads as "any character" in regular expressions, but llama.cpp reads it as nothing at all.
+      if (c == '[' && p[1] == '^' && p[2] == ']') {
+        throw GrammarSyntaxError("The grammar has an empty negated class [^], which llama.cpp reads as nothing at all; write [\\x00-\\U0010FFFF] for any character");
+      }
       const char* start = p;
       char close = c == '"' ? '"' : ']';
       p++;
@@ -82,6 +86,17 @@ void scanText(const std::string& gbnf) {
       }
       if (*p) p++;
       item(c == '"' ? (double)(p - start) : 2.0);
+    } else if (c == '<' && p[1] == '[') {
+      // A token reference <[id]>: llama.cpp reads the id into 32 bits, so <[4294967596]> became token 300.
+      const char* digits = p + 2;
+      const char* end = digits;
+      while (*end >= '0' && *end <= '9') end++;
+      if (end - digits > 10 || (end > digits && std::strtoull(digits, nullptr, 10) > 2147483647ull)) {
+        throw GrammarSyntaxError("The token reference <[" + std::string(digits, (size_t)std::min<ptrdiff_t>(end - digits, 40)) +
+                                 "]> names no token (token ids are below 2^31)");
+      }
+      p = end;
+      item(1);
     } else if (std::isalnum((unsigned char)c) || c == '_' || c == '-' || c == '.') {
       while (std::isalnum((unsigned char)*p) || *p == '_' || *p == '-') p++;
       if (c == '.') p++;

@@ -91,7 +91,7 @@ describe('llama-addon: version, help, usage errors', () => {
       for (const [flag, def] of [
         ['--max-tokens N', '512'], ['--temperature X', '0.8'], ['--top-k N', '40'], ['--top-p X', '0.95'], ['--min-p X', '0.05'],
         ['--typical-p X', '1'], ['--repeat-penalty X', '1'], ['--presence-penalty X', '0'], ['--frequency-penalty X', '0'],
-        ['--penalty-last-n N', '64'], ['--seed N', 'random'],
+        ['--penalty-last-n N', '64'], ['--seed N', 'random'], ['--threads N|auto', "auto: up to the physical cores, adapting to the machine's load"],
       ]) {
         expect(r.stdout, flag).toMatch(new RegExp(`^  ${flag.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} +\\S.*\\(default: ${def}\\)$`, 'm'));
       }

@@ -20,6 +20,13 @@ describeShared('the process exits cleanly', () => {
     expect(r.stdout).toContain('end of script unconsumed');
   });
 
+  it('not before acquireSession() has its session: the wait keeps the process alive', () => {
+    const r = run('acquire-wait');
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).toContain('acquired a session');
+    expect(r.stdout).toContain('end of script acquire-wait');
+  });
+
   it('after aborting a waiting generation whose result is awaited', () => {
     const r = run('abort-paused');
     expect(r.status, r.stderr).toBe(0);

@@ -269,6 +269,10 @@ describe('grammar-constrained sampling (random-weight model)', () => {
       ['root ::= "a"\nroot ::= "b"', /The rule "root" is defined twice/],
       ['root ::= x\nx ::= "a"\nx ::= "b"', /The rule "x" is defined twice/],
       ['root ::= [] "a"', /empty character class \[\], which no character matches/],
+      ['root ::= [^] "a"', /empty negated class \[\^\], which llama\.cpp reads as nothing at all/],
+      // Ids past 32 bits wrapped (<[4294967596]> became token 300); the message names the id as written.
+      ['root ::= <[4294967596]>', /The token reference <\[4294967596\]> names no token \(token ids are below 2\^31\)/],
+      ['root ::= !<[18446744073709552116]>', /The token reference <\[18446744073709552116\]> names no token/],
       ['root ::= <[999999]>', new RegExp(`The token reference <\\[999999\\]> names no token: the vocabulary has tokens 0 to ${n - 1}`)],
       [`root ::= "a" !<[${n}]>`, new RegExp(`The token reference <\\[${n}\\]> names no token`)],
     ] as const) {

@@ -275,6 +275,14 @@ describeShared('chat templates', () => {
       expect((out as LlamaError).message).toMatch(/integer overflow in int\(\)/);
     }
     expect(render('{{ 9200000000000000000.0 | int }} {{ -2.5 | int }} {{ "abc" | int }} {{ "abc" | int(7) }}')).toBe('9200000000000000000 -2 0 7');
+    // Strings are read whole, as Jinja does: an integer, else a float, else the default ("12abc" gave 12,
+    // "1e3"|int gave 1, "1e400"|float gave 0.0).
+    expect(render('{{ "1e3" | int }} {{ " 42 " | int }} {{ "12abc" | int }} {{ "12abc" | float }} {{ "1e400" | float }} {{ "2.5" | float }}')).toBe('1000 42 0 0.0 inf 2.5');
+    for (const t of ['{{ "1e30" | int }}', '{{ "inf" | int }}', '{{ "9.3e18" | int }}']) {
+      const out = render(t);
+      expect(out, t).toBeInstanceOf(LlamaError);
+      expect((out as LlamaError).message, t).toMatch(/integer overflow in int\(\)/);
+    }
   });
 
   it('a template that stays within the limits renders', () => {

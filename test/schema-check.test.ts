@@ -73,11 +73,25 @@ describe('malformed schemas: ERR_INVALID_SCHEMA naming the keyword and its path'
       const e = expectError(schema, 'ERR_INVALID_SCHEMA', pointer);
       expect(e.message).toContain(`received ${what}, which JSON cannot hold`);
     }
+    // Only plain data: a Date, RegExp, Map, Buffer or typed array wrote as something else, and an own toJSON
+    // replaced the schema (a hostile review's {type:'string', toJSON} became an integer schema).
+    for (const [schema, pointer, what] of [
+      [{ type: 'string', toJSON: () => ({ type: 'integer' }) }, '#/toJSON', 'a function'],
+      [{ const: new Date(0) }, '#/const', 'a Date'],
+      [{ const: /x/ }, '#/const', 'a RegExp'],
+      [{ const: Buffer.from('hi') }, '#/const', 'a Buffer'],
+      [{ enum: [new Uint8Array([1])] }, '#/enum/0', 'a Uint8Array'],
+      [new Map([['type', 'string']]), '#', 'a Map'],
+    ] as Array<[unknown, string, string]>) {
+      expect(expectError(schema, 'ERR_INVALID_SCHEMA', pointer).message).toContain(`received ${what}, which JSON cannot hold`);
+    }
     // A property set to undefined is absent, as in JSON (an optional field of a TypeScript caller).
     expect(checkJsonSchema({ type: 'string', description: undefined, const: undefined } as JsonSchema).notes).toEqual([]);
     // Reading the schema may throw (a getter, a Proxy): an invalid schema, not an error of native code.
     const getter = Object.defineProperty({ type: 'string' }, 'minLength', { enumerable: true, get() { throw new Error('boom'); } });
-    expect(expectError(getter, 'ERR_INVALID_SCHEMA').message).toContain('reading it threw Error: boom');
+    expect(expectError(getter, 'ERR_INVALID_SCHEMA', '#/minLength').message).toContain('reading it threw Error: boom');
+    const deep = Object.defineProperty({}, 'type', { enumerable: true, get() { throw new Error('deep'); } });
+    expectError({ type: 'object', properties: { a: deep } }, 'ERR_INVALID_SCHEMA', '#/properties/a/type');
   });
 
   it('a schema that some value satisfies is never called a contradiction (only unsupported)', () => {

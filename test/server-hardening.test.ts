@@ -451,10 +451,20 @@ describeShared('server: counting, late errors and checks', () => {
       expect(bad.json.error?.message, JSON.stringify(prompt)).toBe('Invalid request: prompt must be a string, an array of token ids, or an array of at most 16 of either');
       expect(bad.json.error?.param).toBe('prompt');
     }
-    for (const prompt of [[1, 2 ** 31], [[1], [2 ** 32 + 1]], [512]]) {
+    // ajv's list of types reads as words ("must be number,null" before).
+    const hot = await raw(server.url, '/v1/completions', { prompt: 'x', max_tokens: 1, temperature: 'hot' });
+    expect(hot.json.error?.message).toBe('Invalid request: temperature must be number or null');
+    // Each bad id is named by its prompt, index and value, as the library's API does.
+    for (const [prompt, message] of [
+      [[1, 2 ** 31], 'prompt: expected a token id from 0 to 511 at index 1, received 2147483648'],
+      [[[1], [2, 2 ** 32 + 1]], 'prompt 1: expected a token id from 0 to 511 at index 1, received 4294967297'],
+      [[512], 'prompt: expected a token id from 0 to 511 at index 0, received 512'],
+      [[1, -3], 'prompt: expected a token id from 0 to 511 at index 1, received -3'],
+      [[1, 2.5], 'prompt: expected a token id from 0 to 511 at index 1, received 2.5'],
+    ] as Array<[unknown, string]>) {
       const bad = await raw(server.url, '/v1/completions', { prompt, max_tokens: 1 });
       expect(bad.status, JSON.stringify(prompt)).toBe(400);
-      expect(bad.json.error?.message, JSON.stringify(prompt)).toMatch(/^prompt (1 )?holds the token id \d+, outside the vocabulary \(0 to 511\)$/);
+      expect(bad.json.error?.message, JSON.stringify(prompt)).toBe(message);
     }
     // What OpenAI's API requires or this server cannot do is a 400 that says so, never silently ignored.
     const refused: Array<[string, Record<string, unknown>, RegExp]> = [
@@ -482,6 +492,17 @@ describeShared('server: counting, late errors and checks', () => {
       expect(res.status).toBe(400);
       expect(body.error).toMatchObject({ code: 'forbidden_key', message: `The request body has the key "${key}", which this server refuses (it could change an object's prototype)` });
     }
+    // Also inside a tool call's arguments, which are JSON inside the body's JSON.
+    const args = await raw(server.url, '/v1/chat/completions', {
+      max_tokens: 1,
+      messages: [
+        { role: 'user', content: 'a' },
+        { role: 'assistant', content: null, tool_calls: [{ id: 'x', type: 'function', function: { name: 'f', arguments: '{"a":{"__proto__":{"p":1}}}' } }] },
+        { role: 'tool', tool_call_id: 'x', content: 'r' },
+      ],
+    });
+    expect(args.status).toBe(400);
+    expect(args.json.error).toMatchObject({ code: 'forbidden_key', message: expect.stringContaining('have the key "a.__proto__"') });
     const broken = await fetch(server.url + '/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"prompt":"x",}' });
     expect(broken.status).toBe(400);
     expect(((await broken.json()) as { error: { message: string } }).error.message).toMatch(/^The request body is not valid JSON: .*position 14/);

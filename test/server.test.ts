@@ -162,6 +162,10 @@ describeShared('OpenAI-compatible server', () => {
         response_format: { type: 'json_schema', json_schema: { name: 'person', schema } },
       });
       expect(validate(JSON.parse(r.choices[0].message.content!))).toBe(true);
+      // /v1/completions takes response_format too (it was ignored: free text, 200).
+      const c = await raw(server.url, '/v1/completions', { model: 'stories', prompt: 'A person as JSON:', seed, temperature: 1, max_tokens: 200, response_format: { type: 'json_schema', json_schema: { name: 'person', schema } } });
+      expect(c.status, c.text.slice(0, 300)).toBe(200);
+      expect(validate(JSON.parse((c.json as { choices: Array<{ text: string }> }).choices[0].text))).toBe(true);
     }
   });
 

@@ -100,6 +100,22 @@ export function int(o: Common & { min?: number; max?: number; default?: number; 
   };
 }
 
+/** An integer within [min, max], or the word `auto` (the library's `threads: 'auto'`). */
+export function intOrAuto(o: Common & { min?: number; max?: number }): Flag<number | 'auto'> {
+  return {
+    type: 'string',
+    placeholder: 'N|auto',
+    ...o,
+    expected: `${range('an integer', o.min, o.max)}, or auto`,
+    convert: (raw) => {
+      if (raw.trim() === 'auto') return 'auto';
+      if (!integer.test(raw.trim())) return undefined;
+      const v = Number(raw);
+      return (o.min !== undefined && v < o.min) || (o.max !== undefined && v > o.max) ? undefined : v;
+    },
+  };
+}
+
 /** Text (non-empty unless `allowEmpty`). */
 export function str(o: Common & { default: string; allowEmpty?: boolean }): Flag<string> & { default: string };
 export function str(o: Common & { required: true; allowEmpty?: boolean }): Flag<string> & { required: true };

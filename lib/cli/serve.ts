@@ -1,6 +1,6 @@
 // serve: the OpenAI-compatible server, its chat page, and the signals that stop or reload it.
 import { basename } from 'node:path';
-import { bool, command, int, str, strs, UsageError } from './args.js';
+import { bool, command, int, intOrAuto, str, strs, UsageError } from './args.js';
 import { bytes, onSignals, readModelHeader, startedByNpm } from './output.js';
 import { gpuFlag, gpuLayersFlag, gpuOption, modelPath, rpcFlag } from './shared.js';
 
@@ -46,7 +46,7 @@ running requests finish for up to 10 s and exits; a second one exits at once.`,
     'cache-ram': int({ min: 0, max: Number.MAX_SAFE_INTEGER, placeholder: 'MIB', defaultText: '1024', description: 'host memory for those caches, MiB per model' }),
     'ctx-size': int({ min: 1, max: 1 << 24, defaultText: "the model's training context, at most 4096", description: 'tokens each of those requests can hold' }),
     'kv-unified': bool({ description: "one KV cache of --ctx-size tokens per model that all its requests share (llama.cpp's --kv-unified)" }),
-    threads: int({ min: 1, max: 512, defaultText: "'auto': adapts to the machine's load", description: 'CPU threads of each model' }),
+    threads: intOrAuto({ min: 1, max: 512, defaultText: "auto: adapts to the machine's load", description: 'CPU threads of each model' }),
     'api-key': str({ placeholder: 'KEY', description: 'require Authorization: Bearer KEY; the chat page then opens as /?key=KEY' }),
     'max-queue': int({ min: 0, max: 1_000_000, default: 64, description: 'requests that may wait per model before a 429' }),
     'max-tokens': int({ min: 1, max: 2 ** 31 - 1, default: 4096, description: "largest max_tokens a request may ask for, and a request's default" }),

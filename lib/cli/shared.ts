@@ -3,7 +3,7 @@ import type { GpuOption } from '../native/backends.js';
 import type { GenerateOptions } from '../options/generate.js';
 import type { LlamaModel } from '../core/model.js';
 import { samplingFlagSpecs } from '../options/sampling.js';
-import { choice, custom, int, num, str, strs, type Flag, type Values } from './args.js';
+import { choice, custom, int, intOrAuto, num, str, strs, type Flag, type Values } from './args.js';
 import { loadingLine, transferLine } from './output.js';
 
 /** The default most tokens of an answer of `chat` and `complete`: without a limit, a small model may never stop. */
@@ -51,7 +51,7 @@ export const rpcFlag = custom<string[]>({
 /** Where a model runs: the context's size and threads, the GPU and RPC servers. */
 export const runFlags = {
   'ctx-size': int({ min: 1, max: 1 << 24, defaultText: "the model's training context, at most 4096", description: 'tokens the context holds' }),
-  threads: int({ min: 1, max: 512, defaultText: 'the physical cores', description: 'CPU threads for generation' }),
+  threads: intOrAuto({ min: 1, max: 512, defaultText: "auto: up to the physical cores, adapting to the machine's load", description: 'CPU threads for generation' }),
   gpu: gpuFlag,
   'gpu-layers': gpuLayersFlag,
   rpc: rpcFlag,

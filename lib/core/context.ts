@@ -298,24 +298,31 @@ export class LlamaContext implements AsyncDisposable {
     checkSessionOptions(rest, this.acquireSession);
     if (this.#sessions.size >= this.sequences || this.#waiters.length > 0) {
       if (signal?.aborted) throw new LlamaError('ERR_ABORTED', 'Waiting for a session was aborted');
-      await new Promise<void>((resolve, reject) => {
-        const waiter = {
-          grant: () => {
-            signal?.removeEventListener('abort', onAbort);
-            resolve();
-          },
-          fail: (e: LlamaError) => {
-            signal?.removeEventListener('abort', onAbort);
-            reject(e);
-          },
-        };
-        const onAbort = () => {
-          this.#waiters = this.#waiters.filter((w) => w !== waiter);
-          reject(new LlamaError('ERR_ABORTED', 'Waiting for a session was aborted'));
-        };
-        signal?.addEventListener('abort', onAbort, { once: true });
-        this.#waiters.push(waiter);
-      });
+      // The wait keeps the process alive, as a pending socket does: a script that awaits it at top level
+      // otherwise ended with code 13 ("unsettled top-level await") before a session was disposed elsewhere.
+      const alive = setInterval(() => {}, 2 ** 30);
+      try {
+        await new Promise<void>((resolve, reject) => {
+          const waiter = {
+            grant: () => {
+              signal?.removeEventListener('abort', onAbort);
+              resolve();
+            },
+            fail: (e: LlamaError) => {
+              signal?.removeEventListener('abort', onAbort);
+              reject(e);
+            },
+          };
+          const onAbort = () => {
+            this.#waiters = this.#waiters.filter((w) => w !== waiter);
+            reject(new LlamaError('ERR_ABORTED', 'Waiting for a session was aborted'));
+          };
+          signal?.addEventListener('abort', onAbort, { once: true });
+          this.#waiters.push(waiter);
+        });
+      } finally {
+        clearInterval(alive);
+      }
       if (this.disposed) throw new LlamaError('ERR_DISPOSED', 'The context was disposed while waiting for a session');
     }
     return this.#newSession(rest, this.acquireSession);

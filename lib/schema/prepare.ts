@@ -47,8 +47,14 @@ export function schemaText(schema: unknown): string {
       else if (v !== null && typeof v === 'object') {
         if (onPath.has(v)) throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${at}: it contains itself (a cycle of objects), which JSON cannot`, at, '');
         if (depth > maxDepth) overLimit(`objects and arrays nested more than ${maxDepth} deep`);
-        // An object with toJSON (a Date, a class of the caller's) is what it writes: checked below as text.
-        if (typeof (v as { toJSON?: unknown }).toJSON === 'function') continue;
+        // Plain objects and arrays only: a Date, RegExp, Map, Buffer or typed array writes as something else
+        // (a string, {}, {"type":"Buffer",...}), and an own toJSON replaced the whole schema: each is an
+        // error where it is, not a silent change (a toJSON function is refused as the function it is).
+        const proto = Object.getPrototypeOf(v) as unknown;
+        if (!Array.isArray(v) && proto !== Object.prototype && proto !== null) {
+          const name = (v as { constructor?: { name?: unknown } }).constructor?.name;
+          throw notJson(typeof name === 'string' && name ? `a ${name}` : 'an object that is not plain data', at);
+        }
         onPath.add(v);
         stack.push([v, depth, true, at]);
         if (Array.isArray(v)) {
@@ -58,10 +64,18 @@ export function schemaText(schema: unknown): string {
             stack.push([v[i], depth + 1, false, `${at}/${i}`]);
           }
         } else {
-          const entries = Object.entries(v);
-          bytes += 2 + entries.length;
-          for (let i = entries.length - 1; i >= 0; i--) {
-            const [k, x] = entries[i]!;
+          const keys = Object.keys(v);
+          bytes += 2 + keys.length;
+          for (let i = keys.length - 1; i >= 0; i--) {
+            const k = keys[i]!;
+            let x: unknown;
+            try {
+              x = (v as Record<string, unknown>)[k];
+            } catch (e) {
+              // A getter of the caller's that throws: where it is.
+              const where = `${at}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`;
+              throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${where}: reading it threw ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`, where, '');
+            }
             // A property set to undefined is absent, as in JSON (a TypeScript caller's optional field).
             if (x === undefined) continue;
             bytes += k.length + 2;

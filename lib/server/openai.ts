@@ -65,6 +65,19 @@ const sampling = {
   n: { type: 'integer', minimum: 1, maximum: 1 },
   logit_bias: { type: 'object', additionalProperties: { type: 'number', minimum: -100, maximum: 100 } },
   user: { type: 'string' },
+  // OpenAI's structured output, on both endpoints (llama-server's /completion takes a schema too).
+  response_format: {
+    type: 'object',
+    required: ['type'],
+    properties: {
+      type: { enum: ['text', 'json_object', 'json_schema'] },
+      json_schema: {
+        type: 'object',
+        required: ['schema'],
+        properties: { name: { type: 'string' }, schema: { type: 'object' }, strict: { type: ['boolean', 'null'] } },
+      },
+    },
+  },
 } as const;
 
 export const chatCompletionSchema = {
@@ -73,18 +86,6 @@ export const chatCompletionSchema = {
   properties: {
     ...sampling,
     messages: { type: 'array', minItems: 1, items: message },
-    response_format: {
-      type: 'object',
-      required: ['type'],
-      properties: {
-        type: { enum: ['text', 'json_object', 'json_schema'] },
-        json_schema: {
-          type: 'object',
-          required: ['schema'],
-          properties: { name: { type: 'string' }, schema: { type: 'object' }, strict: { type: ['boolean', 'null'] } },
-        },
-      },
-    },
     tools: {
       type: 'array',
       items: {
@@ -129,8 +130,9 @@ export const completionSchema = {
       anyOf: [
         { type: 'string' },
         { type: 'array', minItems: 1, maxItems: MAX_PROMPTS, items: { type: 'string' } },
-        { type: 'array', minItems: 1, items: { type: 'integer', minimum: 0 } },
-        { type: 'array', minItems: 1, maxItems: MAX_PROMPTS, items: { type: 'array', minItems: 1, items: { type: 'integer', minimum: 0 } } },
+        // Token ids are numbers here; the route checks each (index and value) against the vocabulary.
+        { type: 'array', minItems: 1, items: { type: 'number' } },
+        { type: 'array', minItems: 1, maxItems: MAX_PROMPTS, items: { type: 'array', minItems: 1, items: { type: 'number' } } },
       ],
     },
     logprobs: { anyOf: [{ type: 'integer', minimum: 0, maximum: 5 }, { type: 'null' }] },
@@ -225,7 +227,9 @@ export function toApiError(err: unknown): ApiError {
     // A field that may take several forms (anyOf) fails each of them: say every way it failed, not the first
     // (2,049 strings for `input` read "input must be string").
     const ways = [...new Set(e.validation.filter((x) => x.instancePath === v.instancePath && x.keyword !== 'anyOf' && x.message).map((x) => x.message!))];
-    const what = ways.length > 1 ? ways.join(', or ') : (v.message ?? 'is invalid');
+    // ajv lists a field's types with commas ("must be number,null"): say them as words.
+    const words = (m: string) => m.replace(/^must be ([a-z]+(?:,[a-z]+)+)$/, (_all, list: string) => `must be ${list.split(',').join(' or ')}`);
+    const what = ways.length > 1 ? ways.map(words).join(', or ') : words(v.message ?? 'is invalid');
     return new ApiError(400, `Invalid request: ${param ?? 'body'} ${what}`, 'invalid_request_error', param);
   }
   if (e.statusCode === 413 || e.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {

@@ -9,6 +9,7 @@ import { SAMPLING_OPTIONS, samplingFromRequest } from '../options/sampling.js';
 import type { LlamaSession } from '../core/session.js';
 import type { Metrics } from './metrics.js';
 import { ApiError } from './openai.js';
+import type { JsonSchema } from '../schema/json-schema.js';
 import type { ResolvedServerOptions } from './options.js';
 import type { Entry, ModelRegistry } from './registry.js';
 
@@ -149,4 +150,11 @@ export class ResponseCache {
     this.#responses.set(key, response);
     while (this.#responses.size > this.#size) this.#responses.delete(this.#responses.keys().next().value!);
   }
+}
+
+/** The schema a request's `response_format` asks for (json_schema, or json_object: any object), if any. */
+export function responseSchema(body: Record<string, unknown>): JsonSchema | undefined {
+  const rf = body.response_format as { type: string; json_schema?: { schema: JsonSchema } } | undefined;
+  if (rf?.type === 'json_schema' && !rf.json_schema) throw new ApiError(400, 'response_format.json_schema is required with type json_schema', 'invalid_request_error', 'response_format.json_schema');
+  return rf?.type === 'json_schema' ? rf.json_schema!.schema : rf?.type === 'json_object' ? { type: 'object' } : undefined;
 }

@@ -31,6 +31,17 @@ switch (mode) {
     }
     break;
   }
+  case 'acquire-wait': {
+    // acquireSession waits for a session to go; the only thing that ends the wait is an unref'd timer, so
+    // the wait itself must keep the process alive (it ended with code 13, "unsettled top-level await").
+    const one = await model.createContext({ contextSize: 256, sequences: 1 });
+    const held = one.createSession();
+    setTimeout(() => held.dispose(), 300).unref();
+    const got = await one.acquireSession();
+    console.log(`acquired ${got.disposed ? 'disposed' : 'a session'}`);
+    got.dispose();
+    break;
+  }
   case 'undisposed-running': {
     const gen = session.generate('Once upon a time', { ...endless, maxTokens: 300 });
     gen.result.then((r) => console.log(`done ${r.usage.completionTokens}`));

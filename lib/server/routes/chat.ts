@@ -7,10 +7,10 @@ import type { ChatResult, ChatTool, ToolChoice } from '../../core/chat.js';
 import type { ChatMessage } from '../../core/chat-template.js';
 import type { Generation } from '../../core/generation.js';
 import { prepareJsonSchemaSoon, type JsonSchema } from '../../schema/json-schema.js';
-import { jsonDepth } from '../limits.js';
+import { jsonDepth, prototypeKeyPath } from '../limits.js';
 import { ApiError, chatCompletionSchema } from '../openai.js';
 import { eventStream } from '../sse.js';
-import { finishReason, newId, openaiLogprobs, requestOptions, state, usage, withRequest } from '../state.js';
+import { finishReason, newId, openaiLogprobs, requestOptions, responseSchema, state, usage, withRequest } from '../state.js';
 
 const conversationKey = (messages: ReadonlyArray<{ role: string; content: string }>) =>
   createHash('sha256').update(JSON.stringify(messages.map((m) => [m.role, m.content]))).digest('hex');
@@ -26,9 +26,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
   app.post('/v1/chat/completions', { schema: { body: chatCompletionSchema } }, async function chatCompletions(req, reply) {
     const { maxBodyDepth } = s.options;
     const body = req.body as Record<string, unknown> & { messages: Array<Record<string, unknown>> };
-    const rf = body.response_format as { type: string; json_schema?: { schema: JsonSchema } } | undefined;
-    const jsonSchema: JsonSchema | undefined = rf?.type === 'json_schema' ? rf.json_schema?.schema : rf?.type === 'json_object' ? { type: 'object' } : undefined;
-    if (rf?.type === 'json_schema' && !rf.json_schema) throw new ApiError(400, 'response_format.json_schema is required with type json_schema', 'invalid_request_error', 'response_format.json_schema');
+    const jsonSchema = responseSchema(body);
     // A large schema's checking pass runs on the validator's worker thread (the chat then finds it cached),
     // before the request takes its model: a reload meanwhile must not free the model it would use.
     if (jsonSchema !== undefined) await prepareJsonSchemaSoon(jsonSchema, 'strict', chatCompletions);
@@ -49,6 +47,11 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
             if (args === null || typeof args !== 'object' || Array.isArray(args)) throw new Error('not an object');
           } catch {
             throw new ApiError(400, `messages: the arguments of tool call ${c.id} are not a JSON object`, 'invalid_request_error', 'messages');
+          }
+          // The arguments are JSON inside the body's JSON: the same keys are refused there as anywhere.
+          const poison = prototypeKeyPath(args);
+          if (poison !== null) {
+            throw new ApiError(400, `messages: the arguments of tool call ${c.id} have the key "${poison}", which this server refuses (it could change an object's prototype)`, 'invalid_request_error', 'messages', 'forbidden_key');
           }
           return { id: c.id, name: c.function.name, arguments: args };
         });

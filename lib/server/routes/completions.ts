@@ -3,22 +3,27 @@ import type { FastifyInstance } from 'fastify';
 import type { TokenLogprob } from '../../core/generation.js';
 import { ApiError, completionSchema } from '../openai.js';
 import { eventStream } from '../sse.js';
-import { finishReason, newId, requestOptions, state, usage, withRequest } from '../state.js';
+import { prepareJsonSchemaSoon } from '../../schema/json-schema.js';
+import { finishReason, newId, requestOptions, responseSchema, state, usage, withRequest } from '../state.js';
 
 export async function completionRoutes(app: FastifyInstance): Promise<void> {
   const s = state(app);
-  app.post('/v1/completions', { schema: { body: completionSchema } }, async (req, reply) => {
+  app.post('/v1/completions', { schema: { body: completionSchema } }, async function completions(req, reply) {
     const body = req.body as Record<string, unknown>;
+    // A large schema's checking pass runs on the validator's worker thread, before the request takes its model.
+    const jsonSchema = responseSchema(body);
+    if (jsonSchema !== undefined) await prepareJsonSchemaSoon(jsonSchema, 'strict', completions);
     const e = s.models.entryFor(body.model as string | undefined);
     // OpenAI's four forms of prompt: a string, token ids, or a list of either; one choice per prompt.
     const raw = body.prompt as string | number[] | Array<string | number[]>;
     const prompts: Array<string | number[]> = typeof raw === 'string' || typeof raw[0] === 'number' ? [raw as string | number[]] : (raw as Array<string | number[]>);
     const vocab = e.model!.vocab.size;
     prompts.forEach((p, i) => {
-      const id = typeof p === 'string' ? undefined : p.find((t) => t >= vocab);
-      if (id !== undefined) {
+      if (typeof p === 'string') return;
+      const j = p.findIndex((t) => !(Number.isInteger(t) && t >= 0 && t < vocab));
+      if (j >= 0) {
         const which = prompts.length === 1 && raw === p ? 'prompt' : `prompt ${i}`;
-        throw new ApiError(400, `${which} holds the token id ${id}, outside the vocabulary (0 to ${vocab - 1})`, 'invalid_request_error', 'prompt');
+        throw new ApiError(400, `${which}: expected a token id from 0 to ${vocab - 1} at index ${j}, received ${p[j]}`, 'invalid_request_error', 'prompt');
       }
     });
     const id = newId('cmpl');
@@ -29,7 +34,7 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     if (hit !== undefined) return hit;
     return withRequest(s, req, reply, e, null, async (session, signal) => {
       const run = (p: string | number[]) =>
-        session.generate(p, { ...requestOptions(s, body, signal, vocab), ...(logprobs !== undefined ? { logprobs } : {}) });
+        session.generate(p, { ...requestOptions(s, body, signal, vocab), ...(logprobs !== undefined ? { logprobs } : {}), ...(jsonSchema !== undefined ? { jsonSchema } : {}) });
       // OpenAI's legacy log-probabilities; text_offset is each token's offset in the choice's text (in
       // UTF-16 code units, as JavaScript and Python index strings), counted from `start` across chunks.
       const legacy = (lp: TokenLogprob[] | undefined, start = 0) => {
