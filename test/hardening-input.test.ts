@@ -380,7 +380,8 @@ describe('values that JSON cannot hold', () => {
       ['a cyclic tool schema', () => ctx.createChat({ tools: [{ name: 'f', parameters: cyclic as never }] }), 'ERR_INVALID_SCHEMA'],
       ['a tool schema 5000 deep', () => ctx.createChat({ tools: [{ name: 'f', parameters: deep as never }] }), 'ERR_LIMIT_EXCEEDED'],
       ['a BigInt in a tool schema', () => ctx.createChat({ tools: [{ name: 'f', parameters: { type: 'object', default: 5n } as never }] }), 'ERR_INVALID_SCHEMA'],
-      ['a schema whose toJSON nests 5000 deep', () => jsonSchemaToGrammar({ toJSON: () => deep } as never), 'ERR_LIMIT_EXCEEDED'],
+      // A schema is plain data: a toJSON is refused as the function it is, wherever it would lead.
+      ['a schema whose toJSON nests 5000 deep', () => jsonSchemaToGrammar({ toJSON: () => deep } as never), 'ERR_INVALID_SCHEMA'],
       ['a schema whose toJSON is cyclic', () => jsonSchemaToGrammar({ toJSON: () => cyclic } as never), 'ERR_INVALID_SCHEMA'],
       ['cyclic tool-call arguments', () => ctx.createChat({ messages: [{ role: 'assistant', content: '', toolCalls: [{ id: 'a', name: 'f', arguments: cyclic }] }] }), 'ERR_INVALID_ARGUMENT'],
     ];
