@@ -95,7 +95,7 @@ struct GenState {
   // (a context shift planned by JS for a prompt that would not fit).
   int32_t discardAt = 0, discardCount = 0;
   // When the sequence is full: drop `shiftDiscard` tokens after the first `shiftKeep`, move the later ones
-  // back, and go on (llama.cpp's context shift). How many is JS's rule (lib/core/session.ts, shiftPlan);
+  // back, and go on (llama.cpp's context shift). How many is JS's rule (lib/core/session.ts, shiftRule);
   // 0: no shift, the generation ends with contextFull.
   int32_t shiftKeep = 0;
   int32_t shiftDiscard = 0;
@@ -198,9 +198,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
   void run();
   bool step();  // one engine step; false when stopping
   bool runnable(GenState& g);
-  bool makeRoom(GenState& g);
+  bool makeRoom(GenState& g);  // context shift for a full sequence; false when it is not possible
   // Takes what this step added for `g` back out (the batch did not fit in the KV cache): it goes on next step.
-  void unbatch(GenState& g);  // context shift for a full sequence; false when it is not possible
+  void unbatch(GenState& g);
   void makeDraft(GenState& g, int32_t room);  // fills g.drafts (draft model or prompt lookup)
   void startGeneration(const std::shared_ptr<GenState>& g);
   void handleToken(GenState& g, llama_token t, int32_t iBatch);

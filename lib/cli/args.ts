@@ -102,17 +102,12 @@ export function int(o: Common & { min?: number; max?: number; default?: number; 
 
 /** An integer within [min, max], or the word `auto` (the library's `threads: 'auto'`). */
 export function intOrAuto(o: Common & { min?: number; max?: number }): Flag<number | 'auto'> {
+  const n = int(o);
   return {
-    type: 'string',
-    placeholder: 'N|auto',
-    ...o,
-    expected: `${range('an integer', o.min, o.max)}, or auto`,
-    convert: (raw) => {
-      if (raw.trim() === 'auto') return 'auto';
-      if (!integer.test(raw.trim())) return undefined;
-      const v = Number(raw);
-      return (o.min !== undefined && v < o.min) || (o.max !== undefined && v > o.max) ? undefined : v;
-    },
+    ...n,
+    placeholder: o.placeholder ?? 'N|auto',
+    expected: `${n.expected}, or auto`,
+    convert: (raw) => (raw.trim() === 'auto' ? 'auto' : n.convert(raw)),
   };
 }
 

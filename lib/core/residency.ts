@@ -83,12 +83,7 @@ export class Residency {
       const victim = this.#leastRecentlyUsed(this.#seq.keys(), (s) => s !== t && s.idle && s.cells > 0);
       if (!victim) return;
       used -= victim.cells;
-      const seq = this.#seq.get(victim)!;
-      this.#seq.delete(victim);
-      this.#owner.delete(seq);
-      this.#park(victim, h.saveSequence(seq));
-      h.clearSequence(seq);
-      this.#free.push(seq);
+      this.#free.push(this.#evict(victim, h));
       this.#free.sort((a, b) => a - b);
     }
   }
@@ -361,7 +356,11 @@ export class Residency {
 
   #evictFor(requester: Tenant, h: NativeContext, spare?: Tenant): number | undefined {
     const victim = this.#leastRecentlyUsed(this.#seq.keys(), (s) => s !== requester && s !== spare && s.idle);
-    if (!victim) return undefined;
+    return victim ? this.#evict(victim, h) : undefined;
+  }
+
+  /** Moves an idle session's cache to host memory and takes its sequence, which it returns (emptied). */
+  #evict(victim: Tenant, h: NativeContext): number {
     const seq = this.#seq.get(victim)!;
     this.#seq.delete(victim);
     this.#owner.delete(seq);

@@ -353,6 +353,8 @@ export class LlamaSession {
     const lora = loraKey ?? ctx.loraKey;
     const shift = this.#shift !== false;
     let plan: Plan | null = null;
+    // Output cells kept free beside the prompt in a shared KV cache (read late: a chat's options come with its tokens).
+    const reserved = () => Math.min(nativeOptions.maxTokens ?? UNIFIED_RESERVE, UNIFIED_RESERVE);
     // Plans against the cache as it is when the sequence is there, and queues the generation.
     const launch = (seq: number, onNotify: (done: boolean) => void): NativeGeneration => {
       // A cache computed with other LoRA adapters is not reused.
@@ -371,7 +373,7 @@ export class LlamaSession {
       });
       // One KV cache for all sequences: idle sessions give up their cells for the new prompt and some output
       // (counted as this session's while it runs, so that other sessions' room is made around it).
-      const reserve = Math.min(nativeOptions.maxTokens ?? UNIFIED_RESERVE, UNIFIED_RESERVE);
+      const reserve = reserved();
       this.#growing = p.tokens.length + reserve;
       ctx.residency.makeRoom(this, p.tokens.length - p.keep + reserve);
       const native = callNative(caller, () => handle.generate(seq, Int32Array.from(p.tokens.tokenView()), p.keep, nativeOptions, onNotify));
@@ -394,9 +396,9 @@ export class LlamaSession {
     const residency = ctx.residency;
     // With one KV cache for all sequences, a generation starts when its prompt and reserved output fit
     // beside the busy sessions' cells (idle ones make way); otherwise it waits for them.
-    const footprint = () => (ctx.kvUnified ? prompt.length + Math.min(nativeOptions.maxTokens ?? UNIFIED_RESERVE, UNIFIED_RESERVE) : 0);
+    const footprint = () => (ctx.kvUnified ? prompt.length + reserved() : 0);
     if (!before) this.#growing = footprint();
-    const seq = before ? undefined : residency.acquire(this, undefined, footprint());
+    const seq = before ? undefined : residency.acquire(this, undefined, this.#growing);
     const waiting: { native: DeferredNative | null } = { native: null };
     const gen: Generation<R> = new Generation<R>(
       (onNotify) => {
@@ -457,8 +459,11 @@ export class LlamaSession {
       this.#context.residency.kick();
       gen.fail(failure(toLlamaError(e)));
     };
-    const start = () =>
-      ((this.#growing = footprint()), this.#context.residency.wait(this, priority, deferred.controller.signal, footprint())).then(
+    const start = () => {
+      // The cells this generation will hold count as this session's while it waits (kvUnified).
+      const cells = footprint();
+      this.#growing = cells;
+      return this.#context.residency.wait(this, priority, deferred.controller.signal, cells).then(
         (seq) => {
           if (deferred.aborted || this.disposed) {
             deferred.end(notStarted('abort'));
@@ -472,6 +477,7 @@ export class LlamaSession {
         },
         () => deferred.end(notStarted('abort')),
       );
+    };
     if (!before) {
       void start();
       return;

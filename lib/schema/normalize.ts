@@ -45,7 +45,7 @@ export function schemaError(code: 'ERR_INVALID_SCHEMA' | 'ERR_UNSUPPORTED_SCHEMA
 
 /** The pointer of a keyword of the schema object at `at`. */
 function kw(at: string, keyword: string): string {
-  return keyword ? `${at}/${keyword.replace(/~/g, '~0').replace(/\//g, '~1')}` : at;
+  return keyword ? `${at}/${esc(keyword)}` : at;
 }
 
 /** ERR_INVALID_SCHEMA for `keyword` of the schema object at `at` (or at `exact`). */
@@ -123,7 +123,8 @@ export function deepEqual(a: Json, b: Json): boolean {
   return ka.length === Object.keys(ob).length && ka.every((k) => Object.hasOwn(ob, k) && deepEqual((a as Obj)[k], ob[k]));
 }
 
-function esc(name: string): string {
+/** A name as a JSON pointer's token (RFC 6901: ~ is ~0, / is ~1). */
+export function esc(name: string): string {
   return name.replace(/~/g, '~0').replace(/\//g, '~1');
 }
 

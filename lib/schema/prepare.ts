@@ -5,7 +5,7 @@ import { LlamaError } from '../base/errors.js';
 import { jsonDepth } from '../base/json-depth.js';
 import { draftOf, metaCheck, type Draft } from './ajv.js';
 import { SCHEMA_LIMITS } from './limits.js';
-import { isObj, normalizeSchema, overLimit, schemaError, type Json, type SchemaMode, type SchemaNote } from './normalize.js';
+import { esc, isObj, normalizeSchema, overLimit, schemaError, type Json, type SchemaMode, type SchemaNote } from './normalize.js';
 
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
@@ -23,6 +23,8 @@ export function schemaText(schema: unknown): string {
   // A value JSON cannot hold is an error where it is, not a silent change of meaning: JSON.stringify writes
   // NaN, Infinity, undefined in an array and an array's holes as null, and drops functions and symbols (a
   // `const` of each became "any value"). A property whose value is undefined is absent, as in JSON.
+  const threw = (e: unknown, at: string) =>
+    schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema${at === '#' ? '' : ` at ${at}`}: reading it threw ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`, at, '');
   const notJson = (what: string, at: string) =>
     schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${at}: expected a JSON value, received ${what}, which JSON cannot hold`, at, '');
   const stack: Array<[unknown, number, boolean, string]> = [[schema, 1, false, '#']];
@@ -68,19 +70,19 @@ export function schemaText(schema: unknown): string {
           bytes += 2 + keys.length;
           for (let i = keys.length - 1; i >= 0; i--) {
             const k = keys[i]!;
+            const where = `${at}/${esc(k)}`;
             let x: unknown;
             try {
               x = (v as Record<string, unknown>)[k];
             } catch (e) {
               // A getter of the caller's that throws: where it is.
-              const where = `${at}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`;
-              throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${where}: reading it threw ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`, where, '');
+              throw threw(e, where);
             }
             // A property set to undefined is absent, as in JSON (a TypeScript caller's optional field).
             if (x === undefined) continue;
             bytes += k.length + 2;
             if (LONE_SURROGATE.test(k)) throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema at ${at}: the name ${JSON.stringify(k.slice(0, 40))} has a lone surrogate, which is not Unicode text`, at, '');
-            stack.push([x, depth + 1, false, `${at}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}`]);
+            stack.push([x, depth + 1, false, where]);
           }
         }
       }
@@ -88,18 +90,18 @@ export function schemaText(schema: unknown): string {
     }
   } catch (e) {
     if (e instanceof LlamaError) throw e;
-    // A getter of the caller's that throws, a Proxy: reading the schema failed.
-    throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: reading it threw ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`, '#', '');
+    // A Proxy's trap that throws (ownKeys, getPrototypeOf): reading the schema failed.
+    throw threw(e, '#');
   }
-  // The text may differ from what was walked (toJSON methods, getters): it is checked again on its own.
+  // The text may differ from what was walked (getters and Proxies may answer twice): it is checked again.
   let text: string;
   try {
     text = JSON.stringify(schema);
   } catch (e) {
-    if (e instanceof RangeError) overLimit(`objects and arrays nested more than ${maxDepth} deep (through toJSON)`);
+    if (e instanceof RangeError) overLimit(`objects and arrays nested more than ${maxDepth} deep (through a getter or Proxy)`);
     throw schemaError('ERR_INVALID_SCHEMA', `Invalid JSON schema: it cannot be written as JSON: ${(e as Error).message}`, '#', '');
   }
-  if (typeof text !== 'string') throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it writes as no JSON at all (toJSON gave undefined)', '#', '');
+  if (typeof text !== 'string') throw schemaError('ERR_INVALID_SCHEMA', 'Invalid JSON schema: it writes as no JSON at all (a Proxy gave undefined)', '#', '');
   const size = Buffer.byteLength(text);
   if (size > maxBytes) overLimit(`${size} bytes of JSON (at most ${maxBytes})`);
   if (jsonDepth(text, maxDepth) > maxDepth) overLimit(`objects and arrays nested more than ${maxDepth} deep`);

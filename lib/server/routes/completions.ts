@@ -1,10 +1,22 @@
 // POST /v1/completions: OpenAI's (legacy) text completions, with log-probabilities and streaming.
 import type { FastifyInstance } from 'fastify';
-import type { TokenLogprob } from '../../core/generation.js';
+import type { GenerationResult, TokenLogprob } from '../../core/generation.js';
 import { ApiError, completionSchema } from '../openai.js';
 import { eventStream } from '../sse.js';
 import { prepareJsonSchemaSoon } from '../../schema/json-schema.js';
 import { finishReason, newId, requestOptions, responseSchema, state, usage, withRequest } from '../state.js';
+
+/** OpenAI's usage of a response with a choice per prompt: the sums of theirs. */
+function summed(results: readonly GenerationResult[]) {
+  const all = results.map(usage);
+  const sum = (f: (u: ReturnType<typeof usage>) => number) => all.reduce((n, u) => n + f(u), 0);
+  return {
+    prompt_tokens: sum((u) => u.prompt_tokens),
+    completion_tokens: sum((u) => u.completion_tokens),
+    total_tokens: sum((u) => u.total_tokens),
+    prompt_tokens_details: { cached_tokens: sum((u) => u.prompt_tokens_details.cached_tokens) },
+  };
+}
 
 export async function completionRoutes(app: FastifyInstance): Promise<void> {
   const s = state(app);
@@ -49,30 +61,26 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
       };
       if (body.stream !== true) {
         const choices = [];
-        const total = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, prompt_tokens_details: { cached_tokens: 0 } };
+        const results: GenerationResult[] = [];
         let aborted = false;
         for (const [index, p] of prompts.entries()) {
           const r = await run(p).result;
           s.metrics.account(e.alias, r);
           choices.push({ text: r.text, index, logprobs: legacy(r.logprobs), finish_reason: finishReason(r) });
-          const u = usage(r);
-          total.prompt_tokens += u.prompt_tokens;
-          total.completion_tokens += u.completion_tokens;
-          total.total_tokens += u.total_tokens;
-          total.prompt_tokens_details.cached_tokens += u.prompt_tokens_details.cached_tokens;
+          results.push(r);
           if (r.stopReason === 'abort') {
             aborted = true;
             break;
           }
         }
-        const response = { id, object: 'text_completion', created, model: e.alias, choices, usage: total };
+        const response = { id, object: 'text_completion', created, model: e.alias, choices, usage: summed(results) };
         if (!aborted) s.responses.set(rkey, response);
         return response;
       }
       const stream = eventStream(req, reply, s.metrics);
       const send = stream.send;
       try {
-        const total = { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0, prompt_tokens_details: { cached_tokens: 0 } };
+        const results: GenerationResult[] = [];
         for (const [index, p] of prompts.entries()) {
           const gen = run(p);
           let offset = 0;
@@ -84,16 +92,12 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
           const r = await gen.result;
           s.metrics.account(e.alias, r);
           send({ id, object: 'text_completion', created, model: e.alias, choices: [{ text: '', index, logprobs: null, finish_reason: finishReason(r) }] });
-          const u = usage(r);
-          total.prompt_tokens += u.prompt_tokens;
-          total.completion_tokens += u.completion_tokens;
-          total.total_tokens += u.total_tokens;
-          total.prompt_tokens_details.cached_tokens += u.prompt_tokens_details.cached_tokens;
+          results.push(r);
           if (r.stopReason === 'abort') break;
         }
         // OpenAI's last chunk with the usage, when asked for (as chat completions do).
         if ((body.stream_options as { include_usage?: boolean } | undefined)?.include_usage) {
-          send({ id, object: 'text_completion', created, model: e.alias, choices: [], usage: total });
+          send({ id, object: 'text_completion', created, model: e.alias, choices: [], usage: summed(results) });
         }
       } catch (err) {
         stream.fail(err);
