@@ -219,7 +219,7 @@ void Engine::stop() {
 
 void Engine::unbatch(GenState& g) {
   if (g.hasNext) {
-    g.cache.resize(g.cache.size() - (size_t)g.inBatch);  // `next` and its drafts, added when batched
+    g.cache.truncate(g.cache.size() - (size_t)g.inBatch);  // `next` and its drafts, added when batched
     g.drafts.clear();
   } else {
     g.promptPos -= (size_t)g.inBatch;
@@ -231,19 +231,48 @@ void Engine::unbatch(GenState& g) {
 bool Engine::makeRoom(GenState& g) {
   // llama.cpp's context shift, as JS asked for it: keep the first shiftKeep tokens, drop the next
   // shiftDiscard (at most all but the last), move the others back.
-  int32_t keep = std::max(0, std::min(g.shiftKeep, g.nPast - 2));
-  int32_t discard = std::min(g.shiftDiscard, g.nPast - keep - 1);
-  if (!canShift_ || discard <= 0) {
+  // A cut never splits a media chunk: the kept prefix ends before one, the dropped part takes it whole.
+  // The last position always stays.
+  int32_t keep = (int32_t)g.cache.boundaryBefore((size_t)std::max(0, std::min(g.shiftKeep, g.nPast - 2)));
+  int32_t end = (int32_t)g.cache.boundaryAfter((size_t)std::min(keep + std::max(0, g.shiftDiscard), g.nPast - 1));
+  int32_t discard = end - keep;
+  if (!canShift_ || discard <= 0 || end > g.nPast - 1) {
     finish(g, "contextFull");
     return false;
   }
   llama_memory_t mem = llama_get_memory(ctx_);
   llama_memory_seq_rm(mem, g.seq, keep, keep + discard);
   llama_memory_seq_add(mem, g.seq, keep + discard, g.nPast, -discard);
-  g.cache.erase(g.cache.begin() + keep, g.cache.begin() + keep + discard);
+  g.cache.erase((size_t)keep, (size_t)(keep + discard));
   g.nPast -= discard;
   g.shiftedFrom = keep;
   g.building.discarded += discard;
+  return true;
+}
+
+bool Engine::decodeMedia(GenState& g) {
+  MediaChunk* m = g.prompt.mediaAt(g.promptPos);
+  int32_t n = m->positions();
+  int32_t ret;
+  std::string failure;
+  try {
+    AbortGuard guard;
+    ret = m->decode(ctx_, g.seq, g.nPast);
+  } catch (const std::exception& e) {
+    ret = -100;
+    failure = e.what();
+  }
+  if (ret != 0) {
+    llama_memory_seq_rm(llama_get_memory(ctx_), g.seq, g.nPast, -1);
+    finish(g, ret == 1 ? "contextFull" : "error", ret == 1 ? "" : "ERR_DECODE",
+           ret == 1 ? ""
+                    : "the media chunk at position " + std::to_string(g.promptPos) + " did not decode: " +
+                          (failure.empty() ? "status " + std::to_string(ret) : failure));
+    return false;
+  }
+  g.promptPos += (size_t)n;
+  g.nPast += n;
+  g.shiftedFrom = -1;  // its llama_decode applied any pending shift
   return true;
 }
 
@@ -294,6 +323,12 @@ bool Engine::runnable(GenState& g) {
 
 void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
   llama_memory_t mem = llama_get_memory(ctx_);
+  int32_t n = (int32_t)g->prompt.size();
+  if (n == 0 || g->prompt[(size_t)n - 1] == LLAMA_TOKEN_NULL) {
+    // Its last position's logits choose the first token: a media chunk's decode leaves none to sample.
+    finish(*g, "error", "ERR_INVALID_ARGUMENT", n == 0 ? "the prompt is empty" : "the prompt ends with a media chunk; it must end with text");
+    return;
+  }
   if (g->discardCount > 0) {
     // JS planned a context shift for this prompt: the cache holds the tokens it was planned against.
     if (canShift_ && llama_memory_seq_pos_max(mem, g->seq) + 1 >= g->discardAt + g->discardCount) {
@@ -304,11 +339,10 @@ void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
       g->keep = std::min(g->keep, g->discardAt);
     }
   }
-  int32_t n = (int32_t)g->tokens.size();
   // The last token must be decoded again for its logits, even when everything is cached.
-  // Never trust `keep` beyond what the cache really holds for the sequence.
+  // Never trust `keep` beyond what the cache really holds for the sequence, nor inside a media chunk.
   llama_pos held = llama_memory_seq_pos_max(mem, g->seq) + 1;
-  g->keep = std::max(0, std::min({g->keep, n - 1, (int32_t)held}));
+  g->keep = (int32_t)g->prompt.boundaryBefore((size_t)std::max(0, std::min({g->keep, n - 1, (int32_t)held})));
   if (!llama_memory_seq_rm(mem, g->seq, g->keep, -1)) {
     // Partial removal is not possible for every model (recurrent state): start the sequence afresh.
     llama_memory_seq_rm(mem, g->seq, -1, -1);
@@ -319,14 +353,16 @@ void Engine::startGeneration(const std::shared_ptr<GenState>& g) {
     llama_memory_seq_rm(mem, g->seq, -1, -1);
     g->keep = 0;
   }
-  g->cache = g->tokens;
+  g->cache = g->prompt;
+  if (g->prompt.hasMedia()) g->draftMax = 0;  // drafts read the cache as tokens (speculative.cpp)
   g->promptPos = (size_t)g->keep;
   g->nPast = g->keep;
   g->tStart = nowUs();
   g->building.promptTokens = n;
   g->building.evaluatedTokens = n - g->keep;
   if (g->acceptPrompt) {
-    for (llama_token t : g->tokens) {
+    for (llama_token t : g->prompt.tokens()) {
+      if (t == LLAMA_TOKEN_NULL) continue;  // inside a media chunk
       common_sampler_accept(g->sampler, t, false);
       g->candidates.accept(t);
     }
@@ -404,8 +440,8 @@ void Engine::finish(GenState& g, const char* reason, const std::string& code, co
     llama_memory_seq_rm(llama_get_memory(ctx_), g.seq, g.shiftedFrom, -1);
     g.nPast = std::min(g.nPast, g.shiftedFrom);
   }
-  g.cache.resize(std::min(g.cache.size(), (size_t)std::max(0, g.nPast)));
-  r.sequence.assign(g.cache.begin(), g.cache.end());
+  g.cache.truncate(std::min(g.cache.size(), (size_t)std::max(0, g.nPast)));
+  r.sequence = g.cache.tokens();
   r.started = g.tStart != 0;
   if (g.tStart == 0) g.tStart = tEnd;
   int64_t tFirst = g.tFirst != 0 ? g.tFirst : tEnd;
@@ -608,11 +644,11 @@ bool Engine::step() {
                                    g->maxTokens - (int32_t)g->building.tokens.size() - 1});
           if (room > 0) makeDraft(*g, room);
         }
-        g->cache.push_back(g->next);
+        g->cache.pushText(g->next);
         add(*g, g->next, true);
         g->iFirst = g->iBatch;
         for (llama_token d : g->drafts) {
-          g->cache.push_back(d);
+          g->cache.pushText(d);
           add(*g, d, true);
         }
         generating = true;
@@ -623,14 +659,19 @@ bool Engine::step() {
     // arrive while others generate wait for each other: 16 clients of the server, 200-token prompts, on the
     // 415M model: time to first token p50 15 s against llama-server's 7.7 s, which fills whole batches.)
     int32_t waitingPrompts = 0;
-    for (GenState* g : order) waitingPrompts += !g->hasNext && g->promptPos < g->tokens.size() ? 1 : 0;
+    for (GenState* g : order) waitingPrompts += !g->hasNext && g->promptPos < g->prompt.size() ? 1 : 0;
     int32_t promptLimit =
         generating ? (int32_t)std::min<int64_t>(nBatch_, (int64_t)batch_.n_tokens + (int64_t)promptChunk_ * std::max(1, waitingPrompts))
                    : nBatch_;
     for (GenState* g : order) {
-      while (!g->hasNext && g->promptPos < g->tokens.size() && batch_.n_tokens < promptLimit) {
-        bool last = g->promptPos + 1 == g->tokens.size();
-        add(*g, g->tokens[g->promptPos], last);
+      while (!g->hasNext && g->promptPos < g->prompt.size() && batch_.n_tokens < promptLimit) {
+        if (g->prompt.mediaAt(g->promptPos) != nullptr) {
+          // A media chunk decodes on its own, after the text before it: that text is decoded first.
+          if (g->inBatch > 0 || !decodeMedia(*g)) break;
+          continue;
+        }
+        bool last = g->promptPos + 1 == g->prompt.size();
+        add(*g, g->prompt[g->promptPos], last);
         g->promptPos++;
       }
     }
@@ -756,7 +797,7 @@ bool Engine::step() {
         int32_t valid = g.nPast - (int32_t)k + (int32_t)ids.size() - 1;
         llama_memory_seq_rm(mem, g.seq, valid, -1);
         g.nPast = valid - ((int32_t)ids.size() - 1);
-        g.cache.resize((size_t)g.nPast);
+        g.cache.truncate((size_t)g.nPast);
         g.drafts.clear();
         for (size_t j = 0; j < ids.size(); j++) {
           handleToken(g, ids[j], idxs[j]);
@@ -770,7 +811,7 @@ bool Engine::step() {
             break;
           }
           if (j + 1 < ids.size()) {  // an accepted draft: decoded already
-            g.cache.push_back(ids[j]);
+            g.cache.pushText(ids[j]);
             g.nPast++;
           }
         }

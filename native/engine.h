@@ -17,6 +17,7 @@
 #include "candidates.h"
 #include "lora_set.h"
 #include "model_handle.h"
+#include "prompt.h"
 #include "thread_pools.h"
 #include "thread_tuner.h"
 
@@ -89,8 +90,8 @@ struct GenState {
 
   // configuration
   int32_t seq = 0;
-  std::vector<llama_token> tokens;  // the whole sequence: kept prefix + new prompt
-  int32_t keep = 0;                 // tokens already in the KV cache that stay
+  PromptTokens prompt;  // the whole sequence: kept prefix + new prompt (prompt.h: text tokens and media)
+  int32_t keep = 0;     // positions already in the KV cache that stay
   // Before anything else: drop `discardCount` cached tokens at `discardAt` and move the later ones back
   // (a context shift planned by JS for a prompt that would not fit).
   int32_t discardAt = 0, discardCount = 0;
@@ -123,7 +124,7 @@ struct GenState {
   llama_token next = 0;
   int32_t iBatch = -1;
   int32_t inBatch = 0;
-  std::vector<llama_token> cache;  // what the sequence holds (prompt, then each token as it is decoded)
+  PromptTokens cache;  // what the sequence holds (prompt, then each token as it is decoded)
   int32_t shiftedFrom = -1;        // cells from here on were moved and no decode has rotated them yet
   std::vector<llama_token> drafts;  // this step's draft tokens, decoded after `next`
   int32_t iFirst = -1;              // batch row of `next`
@@ -198,6 +199,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   void run();
   bool step();  // one engine step; false when stopping
   bool runnable(GenState& g);
+  // Decodes the media chunk at g.promptPos (its own llama_decode); false: g ended (contextFull, error).
+  bool decodeMedia(GenState& g);
   bool makeRoom(GenState& g);  // context shift for a full sequence; false when it is not possible
   // Takes what this step added for `g` back out (the batch did not fit in the KV cache): it goes on next step.
   void unbatch(GenState& g);

@@ -147,7 +147,9 @@ Napi::Value Context::Generate(const Napi::CallbackInfo& info) {
   };
   auto g = std::make_shared<GenState>();
   g->seq = seq;
-  g->tokens.assign(tokens.Data(), tokens.Data() + n);
+  // JS's prompt as the engine's chunks (prompt.h). Text only: no API produces media yet; a media item would be
+  // read here as its MediaChunk.
+  g->prompt = PromptTokens(std::vector<llama_token>(tokens.Data(), tokens.Data() + n));
   g->keep = std::min<int32_t>(keep, (int32_t)n);
   double maxTokens = num("maxTokens", (double)INT32_MAX);
   if (!(maxTokens >= 1)) throwError(env, "ERR_INVALID_ARGUMENT", "Invalid option maxTokens: expected at least 1");

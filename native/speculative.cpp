@@ -12,7 +12,8 @@ namespace la {
 
 void Engine::makeDraft(GenState& g, int32_t room) {
   // What the target will hold once `next` is decoded.
-  std::vector<llama_token> history(g.cache.begin(), g.cache.begin() + std::min<size_t>(g.cache.size(), (size_t)g.nPast));
+  const std::vector<llama_token>& cached = g.cache.tokens();  // text only: drafting is off with media (engine.cpp)
+  std::vector<llama_token> history(cached.begin(), cached.begin() + (ptrdiff_t)std::min<size_t>(cached.size(), (size_t)g.nPast));
   history.push_back(g.next);
   if (g.lookupNgram > 0 || draftCtx_ == nullptr) {
     // Prompt lookup: the continuation of the latest earlier occurrence of the last n tokens.

@@ -20,6 +20,11 @@ interface HarnessResult {
   stopReason: string;
   tokens: number[];
   text: string;
+  evaluated: number;
+  discarded: number;
+  sequence: number[];
+  mediaDecodes: number;
+  error?: string;
 }
 
 describeShared('the engine without Node (native/harness)', () => {
@@ -32,7 +37,10 @@ describeShared('the engine without Node (native/harness)', () => {
   }, 600_000);
 
   function run(...args: Array<string | number>): HarnessResult[] {
-    const r = spawnSync(bin, [shared('stories260k.gguf'), ...args.map(String)], { encoding: 'utf8', timeout: 120_000 });
+    return runWith({}, ...args);
+  }
+  function runWith(env: Record<string, string>, ...args: Array<string | number>): HarnessResult[] {
+    const r = spawnSync(bin, [shared('stories260k.gguf'), ...args.map(String)], { encoding: 'utf8', timeout: 120_000, env: { ...process.env, ...env } });
     expect(r.status, r.stderr).toBe(0);
     return r.stdout.trim().split('\n').map((l) => JSON.parse(l) as HarnessResult);
   }
@@ -45,7 +53,7 @@ describeShared('the engine without Node (native/harness)', () => {
     await model.dispose();
 
     const [one] = run('Once upon a time', 24);
-    expect(one).toEqual({ seq: 0, stopReason: 'maxTokens', tokens: expected.tokens, text: expected.text });
+    expect(one).toMatchObject({ seq: 0, stopReason: 'maxTokens', tokens: expected.tokens, text: expected.text, mediaDecodes: 0 });
 
     // Three sequences decoded in one batch per step give the same tokens.
     const three = run('Once upon a time', 24, 3);
@@ -61,4 +69,58 @@ describeShared('the engine without Node (native/harness)', () => {
       expect(expected.text.startsWith(r.text) || r.text.startsWith(expected.text)).toBe(true);
     }
   }, 120_000);
+
+  // A prompt is chunks down to the engine (native/prompt.h): media chunks fill several positions and decode on
+  // their own. The harness's stand-in media chunk decodes prompt tokens in a llama_decode of its own, so its
+  // output must be the all-text prompt's; every cut the engine makes (the kept prefix, a context shift) keeps
+  // a chunk whole.
+  const story = 'Once upon a time there was a little girl';
+
+  it.skipIf(!configured)('decodes a media chunk in its place and keeps it whole in every cut', () => {
+    const [text] = run(story, 12);
+    const [media] = runWith({ HARNESS_MEDIA: '3:7' }, story, 12);
+    expect(media.tokens).toEqual(text.tokens);
+    expect(media.evaluated).toBe(text.evaluated);
+    expect(media.mediaDecodes).toBe(1);
+    // The sequence holds the chunk's positions (LLAMA_TOKEN_NULL), the text around it as it was.
+    expect(media.sequence).toEqual([...text.sequence.slice(0, 3), -1, -1, -1, -1, ...text.sequence.slice(7)]);
+
+    // A second turn that keeps 5 positions (inside the chunk) decodes again from the chunk's start; one that
+    // keeps 8 (after it) reuses it. Two sequences at once, each with its own chunk.
+    const inside = runWith({ HARNESS_MEDIA: '3:7', HARNESS_KEEP2: '5' }, story, 12, 2);
+    expect(inside).toHaveLength(4);
+    for (const r of inside.slice(2)) {
+      expect(r.tokens).toEqual(text.tokens);
+      expect(r.evaluated).toBe(text.evaluated - 3);
+      expect(r.mediaDecodes).toBe(2);
+    }
+    const after = runWith({ HARNESS_MEDIA: '3:7', HARNESS_KEEP2: '8' }, story, 12)[1];
+    expect(after.tokens).toEqual(text.tokens);
+    expect(after.evaluated).toBe(text.evaluated - 8);
+    expect(after.mediaDecodes).toBe(1);
+
+    // Context shifts in 64 cells (llama.cpp makes 256 of them), 400 tokens. Keep 3, drop 20: the chunk at 3..6
+    // goes whole, the same cut as the text prompt's, and the same output.
+    const shiftText = runWith({ HARNESS_CTX: '64', HARNESS_SHIFT: '3:20' }, story, 400)[0];
+    const shiftMedia = runWith({ HARNESS_CTX: '64', HARNESS_MEDIA: '3:7', HARNESS_SHIFT: '3:20' }, story, 400)[0];
+    expect(shiftText.discarded).toBeGreaterThan(0);
+    expect(shiftMedia).toMatchObject({ stopReason: 'maxTokens', tokens: shiftText.tokens, discarded: shiftText.discarded, sequence: shiftText.sequence });
+    // Keep 5, drop 2: both ends fall inside the chunk, so the first shift keeps 3 and drops it whole (4).
+    const split = runWith({ HARNESS_CTX: '64', HARNESS_MEDIA: '3:7', HARNESS_SHIFT: '5:2' }, story, 400)[0];
+    expect(split.stopReason).toBe('maxTokens');
+    expect(split.discarded).toBeGreaterThan(0);
+    expect(split.sequence).not.toContain(-1);
+    expect(split.sequence.slice(0, 5)).toEqual([...text.sequence.slice(0, 3), ...text.sequence.slice(7, 9)]);
+
+    // A prompt that ends with media has no logits to start from.
+    const [ends] = runWith({ HARNESS_MEDIA: '1:12' }, story, 12);
+    expect(ends).toMatchObject({ stopReason: 'error', tokens: [] });
+    expect(ends.error).toMatch(/ends with a media chunk/);
+  }, 120_000);
+
+  it.skipIf(!configured)('cuts and bounds media chunks as a plain model of them does (random prompts)', () => {
+    const r = spawnSync(bin, ['--prompt-sweep'], { encoding: 'utf8', timeout: 60_000 });
+    expect(r.status, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { promptSweep: number }).promptSweep).toBeGreaterThan(10_000);
+  });
 });
