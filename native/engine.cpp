@@ -66,6 +66,7 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t p
   nBatch_ = (int32_t)llama_n_batch(ctx_);
   nCtxSeq_ = (int32_t)llama_n_ctx_seq(ctx_);
   canShift_ = llama_memory_can_shift(llama_get_memory(ctx_));
+  sharedCells_ = llama_n_seq_max(ctx_) > 1 && llama_n_ctx_seq(ctx_) == llama_n_ctx(ctx_);
   nSwa_ = llama_model_n_swa(model_->model);
   batch_ = llama_batch_init(nBatch_, 0, 1);
   tgNow_ = llama_n_threads(ctx_);
@@ -442,6 +443,15 @@ void Engine::finish(GenState& g, const char* reason, const std::string& code, co
   }
   g.cache.truncate(std::min(g.cache.size(), (size_t)std::max(0, g.nPast)));
   r.sequence = g.cache.tokens();
+  if (g.evict && ctx_ != nullptr) {
+    // The sequence's cells go to host memory with the result (`sequence` says what they hold), and leave
+    // the KV cache. A state that cannot be copied is dropped: the session decodes its tokens again.
+    r.evicted = true;
+    size_t size = llama_state_seq_get_size(ctx_, g.seq);
+    r.evictedState.resize(size);
+    if (size == 0 || llama_state_seq_get_data(ctx_, r.evictedState.data(), size, g.seq) != size) r.evictedState.clear();
+    llama_memory_seq_rm(llama_get_memory(ctx_), g.seq, -1, -1);
+  }
   r.started = g.tStart != 0;
   if (g.tStart == 0) g.tStart = tEnd;
   int64_t tFirst = g.tFirst != 0 ? g.tFirst : tEnd;
@@ -736,15 +746,27 @@ bool Engine::step() {
       // No room in the KV cache for this batch (llama.cpp wrote nothing). With one buffer for all sequences
       // (kvUnified) the others' cells fill it: the generation that put the most tokens in the batch ends
       // with contextFull, and the others are taken back out of the batch and go on at the next step.
+      // Its cells would stay its session's cache and go on filling the buffer, so that the next to outgrow it
+      // would end too: while others go on, they move to host memory with the result (JS keeps them within
+      // cacheRamBytes, lib/core/residency.ts) and the sequence is emptied.
       GenState* largest = nullptr;
       for (auto& sp : active_) {
-        if (sp->inBatch > 0 && (largest == nullptr || sp->inBatch > largest->inBatch)) largest = sp.get();
+        if (sp->inBatch > 0 && (largest == nullptr || sp->inBatch > largest->inBatch ||
+                                (sp->inBatch == largest->inBatch && sp->nPast > largest->nPast))) {
+          largest = sp.get();
+        }
       }
+      bool othersGoOn = std::any_of(active_.begin(), active_.end(), [&](const std::shared_ptr<GenState>& sp) {
+        if (sp.get() == largest) return false;
+        std::lock_guard<std::mutex> lock(sp->mu);
+        return !sp->done;
+      });
       for (auto& sp : active_) {
         GenState& g = *sp;
         if (g.inBatch == 0) continue;
         if (&g == largest) {
           llama_memory_seq_rm(mem, g.seq, g.nPast, -1);
+          g.evict = sharedCells_ && othersGoOn;
           finish(g, "contextFull");
         } else {
           unbatch(g);

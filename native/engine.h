@@ -65,6 +65,10 @@ struct GenResult {
   int32_t discarded = 0;          // tokens dropped by context shifts during this generation
   int32_t drafted = 0, accepted = 0;  // speculative decoding: draft tokens proposed and accepted
   bool started = false;           // false: it ended before the engine touched the sequence
+  // Its cells left the shared KV cache (kvUnified) for others to grow into: their state (llama.cpp's
+  // per-sequence state, one stream), empty when it could not be copied.
+  bool evicted = false;
+  std::vector<uint8_t> evictedState;
   double promptMs = 0, generateMs = 0, timeToFirstTokenMs = 0;
 };
 
@@ -126,6 +130,7 @@ struct GenState {
   int32_t inBatch = 0;
   PromptTokens cache;  // what the sequence holds (prompt, then each token as it is decoded)
   int32_t shiftedFrom = -1;        // cells from here on were moved and no decode has rotated them yet
+  bool evict = false;              // finish() moves the sequence's cells to the result (GenResult::evicted)
   std::vector<llama_token> drafts;  // this step's draft tokens, decoded after `next`
   int32_t iFirst = -1;              // batch row of `next`
   std::string pending;
@@ -218,6 +223,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int32_t nBatch_ = 0;
   int32_t nCtxSeq_ = 0;
   bool canShift_ = false;
+  bool sharedCells_ = false;  // one KV buffer for several sequences (kvUnified)
   int32_t nSwa_ = 0;
   int32_t promptChunk_ = 0;
   LoraSet currentLora_;  // adapters set on the context

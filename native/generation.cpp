@@ -285,6 +285,10 @@ static Napi::Object resultObject(Napi::Env env, const GenResult& r) {
   o.Set("accepted", r.accepted);
   if (!r.probs.empty()) o.Set("logprobs", probsArray(env, r.probs));
   o.Set("started", r.started);
+  if (r.evicted) {
+    o.Set("evicted", r.evictedState.empty() ? env.Null()
+                                            : Napi::Buffer<uint8_t>::Copy(env, r.evictedState.data(), r.evictedState.size()).As<Napi::Value>());
+  }
   o.Set("promptMs", r.promptMs);
   o.Set("generateMs", r.generateMs);
   o.Set("timeToFirstTokenMs", r.timeToFirstTokenMs);

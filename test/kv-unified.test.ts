@@ -1,6 +1,6 @@
 // kvUnified: one KV cache of contextSize cells for all sequences (llama.cpp's kv_unified). A session alone can
-// use all of it; idle sessions give up their cells when a new prompt needs them; generations that together
-// overfill it end one at a time with contextFull, never with an error or a crash.
+// use all of it; idle sessions give up their cells when a new prompt needs them; of generations that together
+// overfill it, one ends with contextFull and leaves room for the others, never with an error or a crash.
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { loadModel, setLogLevel, type LlamaModel } from 'llama-addon';
 import { describeShared, shared } from './helpers/models.js';
@@ -70,18 +70,37 @@ describeShared('kvUnified: one KV cache shared by all sequences', () => {
     expect(runs.map((r) => r.text)).toEqual(alone);
   });
 
-  it('generations that outgrow what they reserved end with contextFull when the cache is full, never with an error', async () => {
-    // Each reserves 256 cells of output; 400 each outgrow 1024 cells together. The engine ends the one that
-    // needed the most cells at the step that found no room, and takes the others back out of the batch.
+  it('generations that outgrow what they reserved: one ends with contextFull, its cells go to host memory, the others finish', async () => {
+    // Each reserves 256 cells of output; 400 each outgrow 1024 cells together. At the step that finds no room
+    // the engine ends the one that needed the most cells and moves its cache to host memory, so that the
+    // others have room to finish (its cells used to stay, and the next to outgrow its reserve ended too).
     await using ctx = await model.createContext({ contextSize: 1024, sequences: 3, kvUnified: true });
-    const runs = await Promise.all(openings.slice(0, 3).map((o) => ctx.createSession().complete(o, { maxTokens: 400, ...greedy, repeatPenalty: 1.2 })));
-    for (const r of runs) expect(['contextFull', 'maxTokens']).toContain(r.stopReason);
-    expect(runs.some((r) => r.stopReason === 'contextFull')).toBe(true);
-    const total = runs.reduce((n, r) => n + r.usage.promptTokens + r.usage.completionTokens, 0);
-    expect(total).toBeLessThanOrEqual(1024 + 3);
+    const sessions = openings.slice(0, 3).map(() => ctx.createSession());
+    const runs = await Promise.all(sessions.map((s, i) => s.complete(openings[i], { maxTokens: 400, ...greedy, repeatPenalty: 1.2 })));
+    expect(runs.map((r) => r.stopReason).sort()).toEqual(['contextFull', 'maxTokens', 'maxTokens']);
+    const full = sessions[runs.findIndex((r) => r.stopReason === 'contextFull')];
+    expect(full.sequence).toBeNull();
+    expect(ctx.savedCacheBytes).toBeGreaterThan(0);
+    // Its next turn comes back from host memory: everything it held is reused.
+    const held = full.tokens.length;
+    expect(held).toBeGreaterThan(200);
+    const next = await full.complete([...full.tokens, ...model.tokenize(' and', { addBos: false })], { maxTokens: 10, ...greedy });
+    expect(next.stopReason).toBe('maxTokens');
+    expect(next.usage.cachedTokens).toBe(held);
     // The context goes on working afterwards.
     const after = await ctx.createSession().complete(openings[3], { maxTokens: 20, ...greedy });
     expect(after.stopReason).toBe('maxTokens');
+
+    // With no budget for host memory the cache is dropped: the next turn decodes it again, nothing fails.
+    await using tight = await model.createContext({ contextSize: 1024, sequences: 3, kvUnified: true, cacheRamBytes: 0 });
+    const three = openings.slice(0, 3).map(() => tight.createSession());
+    const ends = await Promise.all(three.map((s, i) => s.complete(openings[i], { maxTokens: 400, ...greedy, repeatPenalty: 1.2 })));
+    expect(ends.map((r) => r.stopReason).sort()).toEqual(['contextFull', 'maxTokens', 'maxTokens']);
+    const dropped = three[ends.findIndex((r) => r.stopReason === 'contextFull')];
+    expect(dropped.tokens.length).toBe(0);
+    expect(tight.savedCacheBytes).toBe(0);
+    const again = await dropped.complete(openings[0], { maxTokens: 10, ...greedy });
+    expect(again).toMatchObject({ stopReason: 'maxTokens', usage: { cachedTokens: 0 } });
   });
 
   it('saves a session that loads into a context without it, and back', async () => {

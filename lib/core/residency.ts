@@ -256,6 +256,30 @@ export class Residency {
     }
   }
 
+  /**
+   * The engine moved the session's cells out of the shared KV cache as its generation ended (contextFull,
+   * while others went on): it gives up its sequence, and its cache waits in host memory as if it had been
+   * evicted (within the budget), or is forgotten when the state could not be copied.
+   */
+  evicted(t: Tenant, state: SavedState | null): void {
+    const seq = this.#seq.get(t);
+    if (seq !== undefined) {
+      this.#seq.delete(t);
+      this.#owner.delete(seq);
+      this.#free.push(seq);
+      this.#free.sort((a, b) => a - b);
+    }
+    this.#unpark(t);
+    if (state) {
+      const p: Parked = { state: null, pending: null, bytes: 0 };
+      this.#parked.set(t, p);
+      this.#account(t, p, state);
+    } else {
+      t.forgetCache();
+    }
+    this.kick();
+  }
+
   /** Drops the session's saved state, if it has one (its cache is empty from now on). */
   forgetSaved(t: Tenant): void {
     this.#unpark(t);

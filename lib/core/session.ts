@@ -624,6 +624,10 @@ export class LlamaSession {
     this.#shiftKeep = plan.shiftKeep;
     this.#dropped = dropped;
     this.#history = dropped > 0 ? plan.logical.concat(tokens).slice(dropped + cache.length) : Prompt.empty;
+    if (r.evicted !== undefined && !this.disposed) {
+      // Its cells left the shared KV cache for the generations that go on: the cache waits in host memory.
+      this.#context.residency.evicted(this, r.evicted ? { data: r.evicted, streams: 1 } : null);
+    }
     return this.#result(r, tokens);
   }
 

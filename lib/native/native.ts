@@ -204,6 +204,12 @@ export interface NativeGenerationResult {
   discarded: number;
   /** False when it ended before the engine touched the sequence. */
   started: boolean;
+  /**
+   * Present when the engine moved the sequence's cells out of a shared KV cache (kvUnified) as the generation
+   * ended with contextFull while others went on: their state (one stream, `sequence` says what it holds), or
+   * null when it could not be copied. The sequence is empty.
+   */
+  evicted?: Uint8Array | null;
   logprobs?: NativeTokenLogprob[];
   drafted: number;
   accepted: number;
