@@ -47,7 +47,10 @@ interface Running {
   stop(): Promise<void>;
 }
 
-/** 'llama-server', 'llama-addon' (its default threads, 'auto'), or 'llama-addon -t N' (a fixed count). */
+/**
+ * 'llama-server', or 'llama-addon' (its default threads, 'auto'), with ' -t N' for a fixed count and/or
+ * ' --kv-unified' for one KV cache of all slots' cells (as llama-server's default).
+ */
 export type ServerSystem = string;
 
 async function start(system: ServerSystem, modelPath: string, o: { slots: number; ctxPerSlot: number; threads: number | null }, logFile: string): Promise<Running> {
@@ -62,13 +65,17 @@ async function start(system: ServerSystem, modelPath: string, o: { slots: number
       ...(o.threads ? ['-t', String(o.threads), '-tb', String(o.threads)] : []),
     ];
   } else {
-    const fixed = /^llama-addon -t (\d+)$/.exec(system)?.[1];
-    const threads = fixed ? Number(fixed) : system === 'llama-addon' ? o.threads : null;
-    if (!fixed && system !== 'llama-addon') throw new Error(`unknown server system ${system}`);
+    const m = /^llama-addon(?: -t (\d+))?( --kv-unified)?$/.exec(system);
+    if (!m) throw new Error(`unknown server system ${system}`);
+    const fixed = m[1];
+    const unified = m[2] !== undefined;
+    const threads = fixed ? Number(fixed) : o.threads;
     cmd = process.execPath;
     argv = [
       '--import', 'tsx', join(repoRoot, 'lib', 'cli.ts'), 'serve', '--model', `m=${modelPath}`, '--port', String(port),
-      '--parallel', String(o.slots), '--ctx-size', String(o.ctxPerSlot), '--conversations', '64',
+      // With one KV cache for all requests, --ctx-size is its cells: as many as the slots' together.
+      '--parallel', String(o.slots), '--ctx-size', String(unified ? o.slots * o.ctxPerSlot : o.ctxPerSlot), '--conversations', '64',
+      ...(unified ? ['--kv-unified'] : []),
       ...(threads ? ['--threads', String(threads)] : []),
     ];
   }

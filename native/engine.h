@@ -204,6 +204,11 @@ class Engine : public std::enable_shared_from_this<Engine> {
   void run();
   bool step();  // one engine step; false when stopping
   bool runnable(GenState& g);
+  // Orders the step's rows by sequence and fills small gaps between sequences with placeholder rows, so that
+  // llama.cpp decodes the step in as few passes as it can (engine.cpp); dropPlaceholders() takes their cells
+  // back after the decode.
+  void arrangeBatch();
+  void dropPlaceholders();
   // Decodes the media chunk at g.promptPos (its own llama_decode); false: g ended (contextFull, error).
   bool decodeMedia(GenState& g);
   bool makeRoom(GenState& g);  // context shift for a full sequence; false when it is not possible
@@ -224,6 +229,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int32_t nCtxSeq_ = 0;
   bool canShift_ = false;
   bool sharedCells_ = false;  // one KV buffer for several sequences (kvUnified)
+  int32_t nStreams_ = 1;      // KV streams: one per sequence, or one (kvUnified, or one sequence)
+  bool placeholdersOk_ = false;  // arrangeBatch may fill missing sequences with placeholder rows
+  llama_token placeholderToken_ = 0;
+  std::vector<std::pair<llama_seq_id, llama_pos>> placeholders_;  // this step's placeholder rows
   int32_t nSwa_ = 0;
   int32_t promptChunk_ = 0;
   LoraSet currentLora_;  // adapters set on the context
@@ -262,6 +271,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // strings and queueing output, `rest` everything else between two decodes.
   struct Profile {
     bool on = false;
+    bool steps_ = false;  // LLAMA_ADDON_PROFILE=steps: also a line per step
     int64_t steps = 0, tokens = 0;
     int64_t graphsReused = 0;  // llama.cpp's count of steps that reused the last step's compute graph
     int64_t sampled = 0, sampledSubset = 0;  // tokens sampled one at a time, and of those over a subset (candidates.h)
