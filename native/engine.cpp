@@ -68,6 +68,7 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t p
   canShift_ = llama_memory_can_shift(llama_get_memory(ctx_));
   sharedCells_ = llama_n_seq_max(ctx_) > 1 && llama_n_ctx_seq(ctx_) == llama_n_ctx(ctx_);
   nStreams_ = sharedCells_ ? 1 : (int32_t)llama_n_seq_max(ctx_);
+  nSwa_ = llama_model_n_swa(model_->model);
   {
     const char* off = std::getenv("LLAMA_ADDON_NO_PLACEHOLDERS");  // tests compare with and without
     placeholdersOk_ = canShift_ && nSwa_ == 0 && !llama_model_is_recurrent(model_->model) &&
@@ -75,7 +76,6 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t p
     llama_token bos = llama_vocab_bos(model_->vocab);
     placeholderToken_ = bos >= 0 && bos < llama_vocab_n_tokens(model_->vocab) ? bos : 0;
   }
-  nSwa_ = llama_model_n_swa(model_->model);
   batch_ = llama_batch_init(nBatch_, 0, 1);
   tgNow_ = llama_n_threads(ctx_);
   ppNow_ = llama_n_threads_batch(ctx_);
