@@ -148,6 +148,12 @@ std::string checkKvState(const std::vector<uint8_t>& d, uint32_t maxCells, bool 
 
 }  // namespace
 
+// KV streams of the context's cache: one per sequence, or one for all with kvUnified (llama.cpp's
+// kv_unified, where each sequence may use all n_ctx cells).
+static uint32_t kvStreams(llama_context* ctx) {
+  return llama_n_ctx_seq(ctx) == llama_n_ctx(ctx) ? 1 : llama_n_seq_max(ctx);
+}
+
 // copySequence(src, dst, length): dst holds the first `length` cached tokens of src afterwards (in order
 // with the generations queued before). The data is copied, so the two share nothing afterwards.
 Napi::Value Context::CopySequence(const Napi::CallbackInfo& info) {
@@ -163,6 +169,13 @@ Napi::Value Context::CopySequence(const Napi::CallbackInfo& info) {
     llama_memory_t mem = llama_get_memory(ctx);
     llama_memory_seq_rm(mem, dst, -1, -1);
     if (length == 0) return;
+    if (kvStreams(ctx) == 1) {
+      // One KV stream for all sequences (kvUnified): the cells take the destination too, at once and with no
+      // room needed (a state round trip needed as many free cells as the source held, and failed in a full
+      // shared cache).
+      llama_memory_seq_cp(mem, src, dst, 0, length);
+      return;
+    }
     // Each sequence has its own KV stream: llama.cpp's seq_cp between streams only schedules a copy for
     // the next decode, which a save before it would miss. A state round trip copies at once.
     try {
@@ -181,12 +194,6 @@ Napi::Value Context::CopySequence(const Napi::CallbackInfo& info) {
     }
   });
   return env.Undefined();
-}
-
-// KV streams of the context's cache: one per sequence, or one for all with kvUnified (llama.cpp's
-// kv_unified, where each sequence may use all n_ctx cells).
-static uint32_t kvStreams(llama_context* ctx) {
-  return llama_n_ctx_seq(ctx) == llama_n_ctx(ctx) ? 1 : llama_n_seq_max(ctx);
 }
 
 // saveSequence(seq) -> Promise<{ data: Buffer, streams }>: the sequence's KV state. `streams` is 1 when

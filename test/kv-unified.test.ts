@@ -2,7 +2,7 @@
 // use all of it; idle sessions give up their cells when a new prompt needs them; of generations that together
 // overfill it, one ends with contextFull and leaves room for the others, never with an error or a crash.
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { loadModel, setLogLevel, type LlamaModel } from 'llama-addon';
+import { loadModel, setLogger, setLogLevel, type LlamaModel } from 'llama-addon';
 import { describeShared, shared } from './helpers/models.js';
 import { throwsWith } from './helpers/errors.js';
 
@@ -101,6 +101,28 @@ describeShared('kvUnified: one KV cache shared by all sequences', () => {
     expect(tight.savedCacheBytes).toBe(0);
     const again = await dropped.complete(openings[0], { maxTokens: 10, ...greedy });
     expect(again).toMatchObject({ stopReason: 'maxTokens', usage: { cachedTokens: 0 } });
+  });
+
+  it('a new session shares another one\'s prefix in place, even when the shared cache is full', async () => {
+    // Two chats of 400 tokens in 512 shared cells: the second waits for the first, whose cache then fills the
+    // cache. Copying the shared prompt prefix used to go through a state round trip that needed room for the
+    // whole source (llama.cpp logged "failed to find 444 available cells", and the copy was lost).
+    const errors: string[] = [];
+    setLogger((level, message) => {
+      if (level === 'error' || level === 'warn') errors.push(message);
+    });
+    try {
+      await using ctx = await model.createContext({ contextSize: 512, kvUnified: true });
+      const [a, b] = [ctx.createChat(), ctx.createChat()];
+      const [ra, rb] = await Promise.all([a.send('long 1', { maxTokens: 400, ...greedy }).result, b.send('long 2', { maxTokens: 400, ...greedy }).result]);
+      expect([ra.stopReason, rb.stopReason]).toEqual(['maxTokens', 'maxTokens']);
+      // Whichever ran second started from the other's prompt prefix (the chat template's opening).
+      expect(Math.max(ra.usage.cachedTokens, rb.usage.cachedTokens)).toBeGreaterThan(10);
+      expect(errors).toEqual([]);
+    } finally {
+      setLogger(null);
+      setLogLevel('error');
+    }
   });
 
   it('saves a session that loads into a context without it, and back', async () => {
