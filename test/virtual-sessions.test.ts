@@ -203,6 +203,23 @@ describeShared('virtual sessions: beam searches and early ends', () => {
     }
   }, 60_000);
 
+  it('a session disposed right after save() (before it has a sequence) gets none: the sequences stay free', async () => {
+    // An empty session's save() takes a sequence after its first await; a dispose() in between used to leave
+    // that sequence taken for good, and once all were, every later generation waited forever.
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 4 });
+    for (let i = 0; i < 6; i++) {
+      const s = ctx.createSession();
+      const save = s.save(join(fixtures, `virtual-sessions-save-dispose-${i}.session`));
+      s.dispose();
+      await expect(save).rejects.toMatchObject({ code: 'ERR_DISPOSED' });
+      expect(s.sequence).toBeNull();
+      expect(ctx.freeSequences).toBe(4);
+    }
+    // A beam search of 2 needs every sequence (3 besides its own).
+    const r = await ctx.createSession().complete('The cat', { maxTokens: 2, temperature: 0, beams: 2 });
+    expect(r.tokens).toHaveLength(2);
+  }, 60_000);
+
   it('a generation that ends before it starts reports nothing as cached', async () => {
     await using ctx = await model.createContext({ contextSize: 256, sequences: 1 });
     const a = ctx.createSession();

@@ -23,6 +23,8 @@ export interface Tenant {
   forgetCache(): void;
   /** KV cells its cache holds (as of its last generation). */
   readonly cells: number;
+  /** Disposed: it gets no sequence (one granted after its dispose() would never be given back). */
+  readonly disposed: boolean;
 }
 
 interface Parked {
@@ -118,6 +120,7 @@ export class Residency {
    * it has to wait: every resident session is busy, or its own state is still being saved.
    */
   acquire(t: Tenant, spare?: Tenant, cells = 0): number | undefined {
+    if (t.disposed) return undefined;
     const held = this.#seq.get(t);
     if (held !== undefined) {
       if (!this.#roomFor(t, cells)) return undefined;
@@ -171,6 +174,7 @@ export class Residency {
 
   /** Waits for {@link acquire} to succeed (priority first, then arrival). */
   wait(t: Tenant, priority: number, signal?: AbortSignal, cells = 0): Promise<number> {
+    if (t.disposed) return Promise.reject(new LlamaError('ERR_DISPOSED', 'The session was disposed'));
     const now = this.acquire(t, undefined, cells);
     if (now !== undefined) return Promise.resolve(now);
     if (this.#closed || !this.#handle()) return Promise.reject(new LlamaError('ERR_DISPOSED', 'The context has been disposed'));

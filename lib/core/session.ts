@@ -148,6 +148,7 @@ export class LlamaSession {
    * session needs it while this one is idle. See {@link ContextOptions.cacheRamBytes}.
    */
   get sequence(): number | null {
+    if (this.#disposed) return null;
     return this.#context.residency.sequenceOf(this) ?? null;
   }
 
