@@ -12,6 +12,7 @@
 #include "env_gate.h"
 #include "errors.h"
 #include "guard.h"
+#include "large_stack.h"
 
 namespace la {
 
@@ -37,6 +38,9 @@ class EngineTask {
         }
         AbortGuard guard;
         task->work_(ctx);
+      } catch (const CodedError& e) {
+        task->error_ = e.what();
+        task->code_ = e.code;
       } catch (const std::exception& e) {
         task->error_ = e.what();
         if (task->code_.empty()) task->code_ = "ERR_INVALID_STATE";

@@ -261,6 +261,10 @@ Napi::Value Context::LoadSequence(const Napi::CallbackInfo& info) {
         if (n == 0) {
           std::string logged = capture.take();
           llama_memory_seq_rm(llama_get_memory(ctx), seq, -1, -1);
+          if (logged.find("available cells") != std::string::npos) {
+            // A valid state, but the KV cache (shared, with kvUnified) has no room for its cells now.
+            throw CodedError("ERR_CONTEXT_FULL", "The KV cache has no room for the state's cells now: " + logged);
+          }
           throw std::runtime_error("llama.cpp rejected the sequence state" + (logged.empty() ? "" : ": " + logged));
         }
       },

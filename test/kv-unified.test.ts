@@ -125,6 +125,32 @@ describeShared('kvUnified: one KV cache shared by all sequences', () => {
     }
   });
 
+  it('a load() beside a generation waits for room: neither is cut short, and the loaded cache is whole', async () => {
+    // 344 cached tokens to load while another session generates 300 tokens (4 + 256 reserved) in 512 shared
+    // cells. The load used to take the generation's reserved cells (it ended with contextFull at 165 tokens),
+    // or failed with ERR_INVALID_STATE when the cells were not free ("failed to find 344 available cells").
+    const { fixtures } = await import('./helpers/models.js');
+    const { join } = await import('node:path');
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(fixtures, { recursive: true });
+    const file = join(fixtures, 'kv-unified-load-beside.session');
+    await using ctx = await model.createContext({ contextSize: 512, sequences: 4, kvUnified: true });
+    const a = ctx.createSession();
+    await a.complete(openings[0], { maxTokens: 340, ...greedy });
+    const held = a.tokens.length;
+    await a.save(file);
+    a.dispose();
+    const b = ctx.createSession();
+    const gb = b.complete('The dog', { maxTokens: 300, ...greedy });
+    await new Promise((r) => setTimeout(r, 30));
+    const c = ctx.createSession();
+    await c.load(file);
+    expect((await gb).stopReason).toBe('maxTokens');
+    expect(c.tokens.length).toBe(held);
+    const next = await c.complete([...c.tokens, ...model.tokenize(' and', { addBos: false })], { maxTokens: 8, ...greedy });
+    expect(next.usage.cachedTokens).toBe(held);
+  });
+
   it('saves a session that loads into a context without it, and back', async () => {
     const { fixtures } = await import('./helpers/models.js');
     const { join } = await import('node:path');

@@ -129,9 +129,10 @@ export class Residency {
     }
     const h = this.#handle();
     if (!h || this.#closed) return undefined;
-    if (!this.#roomFor(t, cells)) return undefined;
     const parked = this.#parked.get(t);
     if (parked && !parked.state) return undefined; // restored once its save has finished
+    // A restore brings its cells back: with one KV cache for all sequences they need room too.
+    if (!this.#roomFor(t, parked?.state ? Math.max(cells, t.cells) : cells)) return undefined;
     const seq = this.#free.shift() ?? this.#evictFor(t, h, spare);
     if (seq === undefined) return undefined;
     this.#seq.set(t, seq);

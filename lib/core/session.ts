@@ -781,9 +781,10 @@ export class LlamaSession {
       }
       this.#setCache();
       this.#context.residency.forgetSaved(this);
-      const seq = await this.#context.residency.wait(this, 0);
+      // One KV cache for all sequences: the load waits for room beside generating sessions (their prompts and
+      // reserved output), as a generation does, and idle sessions give up their cells for it.
+      const seq = await this.#context.residency.wait(this, 0, undefined, f.cache.length);
       this.#check(this.load);
-      // One KV cache for all sequences: idle sessions give up their cells for the loaded ones.
       this.#context.residency.makeRoom(this, f.cache.length);
       await handle.loadSequence(seq, f.state, h.streams);
       this.#check(this.load);
