@@ -149,6 +149,14 @@ describeShared('kvUnified: one KV cache shared by all sequences', () => {
     expect(c.tokens.length).toBe(held);
     const next = await c.complete([...c.tokens, ...model.tokenize(' and', { addBos: false })], { maxTokens: 8, ...greedy });
     expect(next.usage.cachedTokens).toBe(held);
+
+    // Three loads at once, each of more than half the cells: they take turns (each counted while it loads),
+    // and the earlier ones move to host memory. They used to fail with ERR_CONTEXT_FULL one run in two.
+    const three = [0, 1, 2].map(() => ctx.createSession());
+    await Promise.all(three.map((x) => x.load(file)));
+    for (const x of three) expect(x.tokens.length).toBe(held);
+    const again = await three[0].complete([...three[0].tokens, ...model.tokenize(' and', { addBos: false })], { maxTokens: 8, ...greedy });
+    expect(again.usage.cachedTokens).toBe(held);
   });
 
   it('saves a session that loads into a context without it, and back', async () => {

@@ -159,7 +159,7 @@ export class LlamaSession {
 
   /** @internal (Tenant) KV cells its cache holds, or will hold by the end of the generation that runs */
   get cells(): number {
-    return this.#running ? Math.max(this.#cache.length, this.#growing) : this.#cache.length;
+    return this.#running || this.#busy === 'loads' ? Math.max(this.#cache.length, this.#growing) : this.#cache.length;
   }
 
   /** @internal (Tenant) its saved KV state was dropped: the cache is empty */
@@ -783,6 +783,9 @@ export class LlamaSession {
       this.#context.residency.forgetSaved(this);
       // One KV cache for all sequences: the load waits for room beside generating sessions (their prompts and
       // reserved output), as a generation does, and idle sessions give up their cells for it.
+      // The cells it will load count as this session's while it waits and loads (kvUnified), so that loads
+      // at once make room for each other.
+      this.#growing = f.cache.length;
       const seq = await this.#context.residency.wait(this, 0, undefined, f.cache.length);
       this.#check(this.load);
       this.#context.residency.makeRoom(this, f.cache.length);
@@ -792,6 +795,7 @@ export class LlamaSession {
     } catch (e) {
       throw toLlamaError(e);
     } finally {
+      this.#growing = 0;
       this.#busy = null;
       this.#context.residency.kick();
     }
