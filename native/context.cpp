@@ -312,7 +312,7 @@ Napi::Value Context::Info(const Napi::CallbackInfo& info) {
   o.Set("threadsInUse", engine->threadsInUse());
   o.Set("threadsBatchInUse", engine->threadsBatchInUse());
   o.Set("canShift", llama_memory_can_shift(llama_get_memory(ctx)));
-  o.Set("kvUnified", llama_n_ctx_seq(ctx) == llama_n_ctx(ctx) && llama_n_seq_max(ctx) > 1);
+  o.Set("kvUnified", kvStreams(ctx) == 1 && llama_n_seq_max(ctx) > 1);
   o.Set("slidingWindow", llama_model_n_swa(engine->model()->model) > 0);
   const char* pooling = "none";
   switch (llama_pooling_type(ctx)) {

@@ -66,8 +66,8 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t p
   nBatch_ = (int32_t)llama_n_batch(ctx_);
   nCtxSeq_ = (int32_t)llama_n_ctx_seq(ctx_);
   canShift_ = llama_memory_can_shift(llama_get_memory(ctx_));
-  sharedCells_ = llama_n_seq_max(ctx_) > 1 && llama_n_ctx_seq(ctx_) == llama_n_ctx(ctx_);
-  nStreams_ = sharedCells_ ? 1 : (int32_t)llama_n_seq_max(ctx_);
+  nStreams_ = (int32_t)kvStreams(ctx_);
+  sharedCells_ = nStreams_ == 1 && llama_n_seq_max(ctx_) > 1;
   nSwa_ = llama_model_n_swa(model_->model);
   {
     const char* off = std::getenv("LLAMA_ADDON_NO_PLACEHOLDERS");  // tests compare with and without
@@ -81,7 +81,7 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t p
   ppNow_ = llama_n_threads_batch(ctx_);
   const char* prof = std::getenv("LLAMA_ADDON_PROFILE");
   profile_.on = prof != nullptr && prof[0] != '\0' && std::string(prof) != "0";
-  profile_.steps_ = profile_.on && std::string(prof) == "steps";
+  profile_.perStep = profile_.on && std::string(prof) == "steps";
 }
 
 void Engine::printProfile() const {
@@ -835,7 +835,7 @@ bool Engine::step() {
       if (ret == 0) llama_synchronize(ctx_);
       profile_.syncUs += nowUs() - t0;
     }
-    if (profile_.steps_) {
+    if (profile_.perStep) {
       // LLAMA_ADDON_PROFILE=steps: each step's rows as runs of one sequence (seq x tokens), and its decode time.
       std::string rows;
       for (int32_t i = 0; i < batch_.n_tokens;) {

@@ -159,6 +159,12 @@ struct GenState {
   bool full() const { return queuedTokens >= capacity; }
 };
 
+// KV streams of a context's cache: one per sequence, or one for all with kvUnified (llama.cpp's kv_unified,
+// where each sequence may use all n_ctx cells) or a single sequence.
+inline uint32_t kvStreams(llama_context* ctx) {
+  return llama_n_ctx_seq(ctx) == llama_n_ctx(ctx) ? 1 : llama_n_seq_max(ctx);
+}
+
 class Engine : public std::enable_shared_from_this<Engine> {
  public:
   // promptChunk: most prompt tokens per step while other generations are producing tokens. draftCtx: a
@@ -271,7 +277,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // strings and queueing output, `rest` everything else between two decodes.
   struct Profile {
     bool on = false;
-    bool steps_ = false;  // LLAMA_ADDON_PROFILE=steps: also a line per step
+    bool perStep = false;  // LLAMA_ADDON_PROFILE=steps: also a line per step
     int64_t steps = 0, tokens = 0;
     int64_t graphsReused = 0;  // llama.cpp's count of steps that reused the last step's compute graph
     int64_t sampled = 0, sampledSubset = 0;  // tokens sampled one at a time, and of those over a subset (candidates.h)

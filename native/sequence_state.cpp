@@ -148,12 +148,6 @@ std::string checkKvState(const std::vector<uint8_t>& d, uint32_t maxCells, bool 
 
 }  // namespace
 
-// KV streams of the context's cache: one per sequence, or one for all with kvUnified (llama.cpp's
-// kv_unified, where each sequence may use all n_ctx cells).
-static uint32_t kvStreams(llama_context* ctx) {
-  return llama_n_ctx_seq(ctx) == llama_n_ctx(ctx) ? 1 : llama_n_seq_max(ctx);
-}
-
 // copySequence(src, dst, length): dst holds the first `length` cached tokens of src afterwards (in order
 // with the generations queued before). The data is copied, so the two share nothing afterwards.
 Napi::Value Context::CopySequence(const Napi::CallbackInfo& info) {

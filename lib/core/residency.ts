@@ -236,17 +236,21 @@ export class Residency {
   /** The session gives up its sequence and its saved state (it is disposed, or empties its cache). */
   release(t: Tenant, clear = true): void {
     this.#dropWaiters(t);
-    const seq = this.#seq.get(t);
-    if (seq !== undefined) {
-      this.#seq.delete(t);
-      this.#owner.delete(seq);
-      if (clear) this.#handle()?.clearSequence(seq);
-      this.#free.push(seq);
-      this.#free.sort((a, b) => a - b);
-    }
+    this.#vacate(t, clear);
     this.#unpark(t);
     this.#used.delete(t);
     this.kick();
+  }
+
+  /** The session's sequence, if it holds one, becomes free (emptied first when `clear`). */
+  #vacate(t: Tenant, clear: boolean): void {
+    const seq = this.#seq.get(t);
+    if (seq === undefined) return;
+    this.#seq.delete(t);
+    this.#owner.delete(seq);
+    if (clear) this.#handle()?.clearSequence(seq);
+    this.#free.push(seq);
+    this.#free.sort((a, b) => a - b);
   }
 
   /**
@@ -267,13 +271,7 @@ export class Residency {
    * evicted (within the budget), or is forgotten when the state could not be copied.
    */
   evicted(t: Tenant, state: SavedState | null): void {
-    const seq = this.#seq.get(t);
-    if (seq !== undefined) {
-      this.#seq.delete(t);
-      this.#owner.delete(seq);
-      this.#free.push(seq);
-      this.#free.sort((a, b) => a - b);
-    }
+    this.#vacate(t, false); // the engine emptied it
     this.#unpark(t);
     if (state) {
       const p: Parked = { state: null, pending: null, bytes: 0 };
