@@ -7,8 +7,26 @@ import { LlamaChat, type ChatOptions } from './chat.js';
 import { parseLora, type LoraSpec } from './lora.js';
 import { LlamaSession, type SessionOptions } from './session.js';
 import { Residency } from './residency.js';
-import { kvBytesPerToken } from './memory.js';
+import { attentionShape, kvBytesPerToken } from './memory.js';
 import { getSystemInfo } from '../native/system.js';
+
+/** Key and value heads of at most this many dimensions run without flash attention on the CPU (`flashAttention: 'auto'`). */
+const SMALL_HEAD_DIMENSIONS = 8;
+/** The most attention scores (bytes) that `flashAttention: 'auto'` lets a context keep by turning flash attention off. */
+const PLAIN_ATTENTION_SCORES_BYTES = 256 * 2 ** 20;
+
+/**
+ * What `flashAttention: 'auto'` asks of llama.cpp: false for small heads on the CPU (see
+ * {@link ContextOptions.flashAttention}), else `'auto'` (llama.cpp's choice). `microBatch`: tokens per
+ * micro-batch, which the attention scores of plain attention grow with.
+ */
+function autoFlashAttention(model: LlamaModel, contextSize: number, microBatch: number): false | 'auto' {
+  if (model.placement.devices.length > 0) return 'auto';  // a GPU or an RPC server may run the attention
+  const shape = attentionShape(model.metadata);
+  if (shape === null || Math.max(shape.keyLength, shape.valueLength) > SMALL_HEAD_DIMENSIONS) return 'auto';
+  if (shape.heads * contextSize * microBatch * 4 > PLAIN_ATTENTION_SCORES_BYTES) return 'auto';
+  return false;
+}
 
 /** Default of {@link ContextOptions.cacheRamBytes}: 1 GiB. */
 export const DEFAULT_CACHE_RAM_BYTES = 2 ** 30;
@@ -81,7 +99,14 @@ export interface ContextOptions {
   threads?: number | 'auto';
   /** CPU threads for prompt processing and steps of several tokens: a count or `'auto'` (default: `threads`). */
   threadsBatch?: number | 'auto';
-  /** Flash attention: `true`, `false`, or `'auto'` (the default: llama.cpp decides). */
+  /**
+   * Flash attention: `true`, `false`, or `'auto'` (the default). `'auto'` turns it off for a model that runs
+   * on the CPU alone and whose key and value heads have at most 8 dimensions (stories260k's shape), as long as
+   * the attention scores it then keeps (heads × `contextSize` × micro-batch, 4 bytes each) stay under 256 MiB:
+   * llama.cpp's CPU flash-attention kernel ran such heads half as fast as plain attention, prompts and
+   * generation alike (`bench/results/2026-11-30-flash-attention.txt`). Otherwise llama.cpp decides (on where
+   * the attention runs). {@link LlamaContext.flashAttention} says what was asked of llama.cpp.
+   */
   flashAttention?: boolean | 'auto';
   /** An embedding context: {@link LlamaContext.embed} (and {@link LlamaContext.rank}) instead of generation. */
   embeddings?: boolean;
@@ -143,6 +168,12 @@ export class LlamaContext implements AsyncDisposable {
   readonly threads: number;
   /** Whether the thread counts adapt to the machine's load (`threads: 'auto'`, the default). */
   readonly adaptiveThreads: boolean;
+  /**
+   * Flash attention as asked of llama.cpp: `true`, `false`, or `'auto'` (llama.cpp enables it where the
+   * device supports it). The option's `'auto'` becomes `false` for small heads on the CPU
+   * ({@link ContextOptions.flashAttention}).
+   */
+  readonly flashAttention: boolean | 'auto';
   /** Whether the KV cache can move tokens, which context shift needs (true for most models). */
   readonly canShift: boolean;
   /** The model uses sliding-window attention (sessions then do not share cache cells). */
@@ -157,8 +188,9 @@ export class LlamaContext implements AsyncDisposable {
   /** @internal identifies the context's default LoRA set */
   readonly loraKey: string;
 
-  private constructor(model: LlamaModel, nativeContext: NativeContext, embeddings: boolean, loraKey: string, cacheRamBytes: number, adaptive: boolean, kvUnified: boolean) {
+  private constructor(model: LlamaModel, nativeContext: NativeContext, embeddings: boolean, loraKey: string, cacheRamBytes: number, adaptive: boolean, kvUnified: boolean, flashAttention: boolean | 'auto') {
     this.loraKey = loraKey;
+    this.flashAttention = flashAttention;
     this.model = model;
     this.#native = nativeContext;
     const info = nativeContext.info();
@@ -193,9 +225,10 @@ export class LlamaContext implements AsyncDisposable {
     const cpus = typeof os.availableParallelism === 'function' ? os.availableParallelism() : Math.max(1, os.cpus().length);
     const threads = threadsOpt === 'auto' ? physical : Math.min(threadsOpt, cpus);
     const threadsBatch = threadsBatchOpt === 'auto' ? physical : Math.min(threadsBatchOpt, cpus);
-    const fa = o.flashAttention;
-    if (fa !== undefined && fa !== 'auto' && typeof fa !== 'boolean') throw invalid('flashAttention', 'true, false or "auto"', fa, caller);
+    const faOpt = o.flashAttention;
+    if (faOpt !== undefined && faOpt !== 'auto' && typeof faOpt !== 'boolean') throw invalid('flashAttention', 'true, false or "auto"', faOpt, caller);
     const embeddings = optBoolean(o, 'embeddings', caller);
+    const fa = typeof faOpt === 'boolean' ? faOpt : autoFlashAttention(model, contextSize, embeddings === true ? (batchSize ?? 512) : Math.min(batchSize ?? 512, 512));
     const promptChunkSize = optInteger(o, 'promptChunkSize', 1, 1 << 20, caller);
     const pooling = o.pooling;
     if (pooling !== undefined && !['mean', 'cls', 'last', 'none', 'rank'].includes(pooling as string)) {
@@ -223,7 +256,7 @@ export class LlamaContext implements AsyncDisposable {
         threadsBatch,
         adaptiveThreads: threadsOpt === 'auto',
         adaptiveThreadsBatch: threadsBatchOpt === 'auto',
-        ...(fa !== undefined ? { flashAttention: fa as boolean | 'auto' } : {}),
+        flashAttention: fa,
         ...(embeddings !== undefined ? { embeddings } : {}),
         ...(promptChunkSize !== undefined ? { promptChunkSize } : {}),
         ...(pooling !== undefined ? { pooling: pooling as NonNullable<ContextOptions['pooling']> } : {}),
@@ -234,7 +267,7 @@ export class LlamaContext implements AsyncDisposable {
       }),
     );
     try {
-      return new LlamaContext(model, await promise, embeddings === true, lora?.key ?? '', cacheRamBytes, threadsOpt === 'auto', kvUnified);
+      return new LlamaContext(model, await promise, embeddings === true, lora?.key ?? '', cacheRamBytes, threadsOpt === 'auto', kvUnified, fa);
     } catch (e) {
       throw toLlamaError(e);
     }

@@ -78,6 +78,22 @@ export function kvBytesPerToken(m: Readonly<Record<string, GgufValue>>): number 
   return total;
 }
 
+/**
+ * The attention heads' shape from a model's GGUF metadata: query heads (the first layer's) and the
+ * dimensions of each key and value head; null when the metadata has no heads. @internal
+ */
+export function attentionShape(m: Readonly<Record<string, GgufValue>>): { heads: number; keyLength: number; valueLength: number } | null {
+  const arch = typeof m['general.architecture'] === 'string' ? m['general.architecture'] : 'llama';
+  const key = (k: string) => m[`${arch}.${k}`];
+  const embd = num(key('embedding_length')) ?? 0;
+  const headCount = key('attention.head_count');
+  const heads = num(Array.isArray(headCount) ? headCount[0] : headCount) ?? 0;
+  if (heads <= 0 || embd <= 0) return null;
+  const keyLength = num(key('attention.key_length')) ?? Math.floor(embd / heads);
+  const valueLength = num(key('attention.value_length')) ?? Math.floor(embd / heads);
+  return { heads, keyLength, valueLength };
+}
+
 /** Memory a model needs for `options`, computed from its header (`gguf`) and the free device memory. */
 export function estimateFromGguf(
   gguf: GgufFile,
