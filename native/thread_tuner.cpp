@@ -15,6 +15,11 @@ constexpr double kMargin = 0.97;       // a neighbour's cost must be this much b
 constexpr double kSlowdown = 2.0;      // a step this much above the baseline is slow
 constexpr int32_t kSlowRun = 3;        // this many slow steps in a row: the host got busy
 constexpr double kClearlyWorse = 2.5;  // a probe's first step this much above the baseline: ended at once
+// A probe's first two steps both this much above the baseline: ended after them. On an idle machine the
+// count below the best is steadily slower (2 cores: 1 thread's steps took 1.9x 2 threads' on the 415M
+// model), and 5-step tries of it cost the server bench 10 steps' time in 70 (4 clients); a spike (a thread
+// put aside for a moment) seldom hits both steps, so a better count is not given up for one.
+constexpr double kSlowerTwice = 1.5;
 
 // The mean: a step time is what throughput pays, stalls included (with a core busy, 2 threads' steps
 // stall now and then, and that is their cost: a median, or a mean without the largest value, hid stalls
@@ -67,8 +72,11 @@ void ThreadTuner::record(int32_t threads, double cost) {
     if (first && cost > base * kClearlyWorse) {
       probeLeft_ = 0;  // no need to look further
       probeCosts_.assign(1, cost);
-    } else if (!first) {
+    } else if (first) {
+      probeFirst_ = cost;
+    } else {
       probeCosts_.push_back(cost);
+      if (probeCosts_.size() == 1 && probeFirst_ > base * kSlowerTwice && cost > base * kSlowerTwice) probeLeft_ = 0;
     }
     if (probeLeft_ > 0) return;
     double mid = probeCosts_.empty() ? cost : meanOf(probeCosts_);

@@ -9,6 +9,7 @@
 // Plain means over 8 steps and tries of 4: a shared machine's step times have spikes (a thread put aside
 // for a moment) that made a tuner with a smoothed average and 2-step tries leave the best count, while the
 // stalls a count causes (a core busy) are its real cost, which a median (or a trimmed mean) would not see.
+// A try ends after its first step when that is far slower, and after two when both are clearly slower.
 // A neighbour that was slower is tried again after longer, the slower it was (so a count that is 20x slower
 // costs little), and at once when the current count's steps become steadily slower (the host got busy). Deterministic given the costs, so that
 // test/threads.test.ts can drive it with made-up ones.
@@ -44,7 +45,8 @@ class ThreadTuner {
   // A probe in progress: the count tried, the steps left and the costs seen.
   int32_t probe_ = 0;
   int32_t probeLeft_ = 0;
-  std::vector<double> probeCosts_;
+  std::vector<double> probeCosts_;  // the probe's costs after its first step
+  double probeFirst_ = 0;            // the probe's first step (its threads warming up)
   bool probeUp_ = false;            // which neighbour is tried next
   std::vector<int64_t> gap_;        // steps to wait before trying each count again
   std::vector<int64_t> notBefore_;  // the step from which each count may be tried
