@@ -48,8 +48,9 @@ interface Running {
 }
 
 /**
- * 'llama-server', or 'llama-addon' (its default threads, 'auto'), with ' -t N' for a fixed count and/or
- * ' --kv-unified' for one KV cache of all slots' cells (as llama-server's default).
+ * 'llama-server', with options of its own after the name ('llama-server -fa off'), or 'llama-addon' (its
+ * default threads, 'auto'), with ' -t N' for a fixed count and/or ' --kv-unified' for one KV cache of all
+ * slots' cells. Ratios are ours at our defaults against llama-server at its own.
  */
 export type ServerSystem = string;
 
@@ -57,12 +58,14 @@ async function start(system: ServerSystem, modelPath: string, o: { slots: number
   const port = await freePort();
   let cmd: string;
   let argv: string[];
-  if (system === 'llama-server') {
+  if (system === 'llama-server' || system.startsWith('llama-server ')) {
     cmd = llamaServerPath();
     argv = [
       '-m', modelPath, '--host', '127.0.0.1', '--port', String(port), '-np', String(o.slots), '-c', String(o.slots * o.ctxPerSlot),
       '--chat-template', 'chatml', '--no-webui',
       ...(o.threads ? ['-t', String(o.threads), '-tb', String(o.threads)] : []),
+      // 'llama-server -fa off' and the like: its own options after the name.
+      ...system.split(' ').slice(1).filter(Boolean),
     ];
   } else {
     const m = /^llama-addon(?: -t (\d+))?( --kv-unified)?$/.exec(system);
