@@ -37,6 +37,9 @@ struct DraftConfig {
   std::shared_ptr<ModelHandle> model;  // draft model, or null
   int32_t tokens = 0;                  // most draft tokens per step (0: no speculation)
   int32_t lookupNgram = 0;             // prompt lookup n-gram size (0: off)
+  // Flash attention of the draft model's context: the main context's unless draftFlashAttention says
+  // (JS decides 'auto' per model: the draft's heads may differ).
+  std::optional<llama_flash_attn_type> flashAttn;
 };
 
 class CreateWorker : public PoolWorker {
@@ -86,6 +89,7 @@ class CreateWorker : public PoolWorker {
         AbortGuard guard;
         llama_context_params dp = params_;
         dp.embeddings = false;
+        if (draft_.flashAttn) dp.flash_attn_type = *draft_.flashAttn;
         std::shared_lock<std::shared_mutex> registry(registryMutex());
         draftCtx = llama_init_from_model(draft_.model->model, dp);
       } catch (const std::exception& e) {
@@ -241,6 +245,14 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   if ((draft.model || lookup > 0) && (llama_model_is_recurrent(model->model) || llama_model_is_hybrid(model->model))) {
     // Rejected drafts are taken back out of the cache, which recurrent state cannot do.
     throwError(env, "ERR_INVALID_ARGUMENT", "Speculative decoding needs a model whose cache can drop tokens; this model keeps recurrent state");
+  }
+  Napi::Value dfa = opt(o, "draftFlashAttention");
+  if (dfa.IsBoolean()) {
+    draft.flashAttn = dfa.As<Napi::Boolean>().Value() ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+  } else if (dfa.IsString() && dfa.As<Napi::String>().Utf8Value() == "auto") {
+    draft.flashAttn = LLAMA_FLASH_ATTN_TYPE_AUTO;
+  } else if (!dfa.IsEmpty() && !dfa.IsUndefined()) {
+    throwArg(env, "draftFlashAttention", "true, false or \"auto\"", dfa);
   }
   draft.lookupNgram = draft.model ? 0 : lookup;
   draft.tokens = draft.model || lookup > 0 ? intOption(env, o, "draftTokens", draft.model ? 8 : 10, 1, 64) : 0;

@@ -259,6 +259,13 @@ Napi::Value Context::LoadSequence(const Napi::CallbackInfo& info) {
             // A valid state, but the KV cache (shared, with kvUnified) has no room for its cells now.
             throw CodedError("ERR_CONTEXT_FULL", "The KV cache has no room for the state's cells now: " + logged);
           }
+          if (logged.find("V transposition") != std::string::npos) {
+            // llama.cpp keeps V transposed without flash attention: a state saved with the other setting.
+            throw CodedError("ERR_INVALID_STATE",
+                             "The session state was saved by a context whose flash attention differs from this one's "
+                             "(llama.cpp stores V transposed without it): load it into a context created with the "
+                             "flashAttention of the one that saved it (ctx.flashAttention says; llama.cpp: " + logged + ")");
+          }
           throw std::runtime_error("llama.cpp rejected the sequence state" + (logged.empty() ? "" : ": " + logged));
         }
       },

@@ -20,6 +20,9 @@ constexpr double kClearlyWorse = 2.5;  // a probe's first step this much above t
 // with 4 sequences, 1.38x with one), and 5-step tries of it cost a 4-client server run 10 of its 70 steps;
 // a spike (a thread put aside for a moment) seldom hits both steps, so a better count is not given up for one.
 constexpr double kSlowerTwice = 1.25;
+// ... but only while the current count's recent steps are steady (the slowest at most this much above the
+// fastest): where they vary (a load that comes and goes), two steps say too little, and a try runs its 5.
+constexpr double kSteady = 1.5;
 
 // The mean: a step time is what throughput pays, stalls included (with a core busy, 2 threads' steps
 // stall now and then, and that is their cost: a median, or a mean without the largest value, hid stalls
@@ -38,6 +41,21 @@ ThreadTuner::ThreadTuner(int32_t maxThreads, int64_t firstTry)
     : max_(std::max<int32_t>(1, maxThreads)), cur_(max_), gap_((size_t)max_ + 2, kFirstGap), notBefore_((size_t)max_ + 2, std::max(kStartGap, firstTry)) {}
 
 double ThreadTuner::baseline() const { return meanOf(recent_); }
+
+int64_t ThreadTuner::jittered(int64_t gap) {
+  // 0.75x to 1.25x the gap, from a fixed-seed generator (the tuner stays deterministic given the costs): a
+  // host whose load comes back every 16 steps (a hostile review) made every try of a better count land on
+  // its slow steps when the waits were powers of two, and the tuner kept the worse count 3x as long.
+  rng_ = rng_ * 6364136223846793005ULL + 1442695040888963407ULL;
+  double u = (double)(rng_ >> 11) / 9007199254740992.0;
+  return std::max<int64_t>(1, (int64_t)((double)gap * (0.75 + 0.5 * u)));
+}
+
+bool ThreadTuner::steady() const {
+  if (recent_.empty()) return false;
+  auto [lo, hi] = std::minmax_element(recent_.begin(), recent_.end());
+  return *hi <= *lo * kSteady;
+}
 
 void ThreadTuner::reset() {
   recent_.clear();
@@ -76,7 +94,7 @@ void ThreadTuner::record(int32_t threads, double cost) {
       probeFirst_ = cost;
     } else {
       probeCosts_.push_back(cost);
-      if (probeCosts_.size() == 1 && probeFirst_ > base * kSlowerTwice && cost > base * kSlowerTwice) probeLeft_ = 0;
+      if (probeCosts_.size() == 1 && steady() && probeFirst_ > base * kSlowerTwice && cost > base * kSlowerTwice) probeLeft_ = 0;
     }
     if (probeLeft_ > 0) return;
     double mid = probeCosts_.empty() ? cost : meanOf(probeCosts_);
@@ -96,7 +114,7 @@ void ThreadTuner::record(int32_t threads, double cost) {
       double ratio = base > 0 ? mid / base : 2.0;
       double grown = (double)gap_[p] * std::max(2.0, std::min(ratio, 16.0));
       gap_[p] = std::min<int64_t>((int64_t)grown, kMaxGap);
-      notBefore_[p] = step_ + gap_[p];
+      notBefore_[p] = step_ + jittered(gap_[p]);
     }
     probeCosts_.clear();
     return;

@@ -9,7 +9,8 @@
 // Plain means over 8 steps and tries of 4: a shared machine's step times have spikes (a thread put aside
 // for a moment) that made a tuner with a smoothed average and 2-step tries leave the best count, while the
 // stalls a count causes (a core busy) are its real cost, which a median (or a trimmed mean) would not see.
-// A try ends after its first step when that is far slower, and after two when both are clearly slower.
+// A try ends after its first step when that is far slower, and after two when both are clearly slower and
+// the current count's steps are steady.
 // A neighbour that was slower is tried again after longer, the slower it was (so a count that is 20x slower
 // costs little), and at once when the current count's steps become steadily slower (the host got busy). Deterministic given the costs, so that
 // test/threads.test.ts can drive it with made-up ones.
@@ -37,6 +38,11 @@ class ThreadTuner {
  private:
   // The mean of the last costs at cur_ (< 0: none yet).
   double baseline() const;
+  // Whether the costs at cur_ vary little (a short try can tell a slower count from them).
+  bool steady() const;
+  // `gap` steps, give or take a quarter (so that tries do not keep meeting a periodic load in step).
+  int64_t jittered(int64_t gap);
+  uint64_t rng_ = 0x9e3779b97f4a7c15ULL;
 
   int32_t max_;
   int32_t cur_;

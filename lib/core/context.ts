@@ -28,6 +28,17 @@ function autoFlashAttention(model: LlamaModel, contextSize: number, microBatch: 
   return false;
 }
 
+/**
+ * `flashAttention: 'auto'` for a context: small heads on the CPU turn it off only where each sequence has
+ * a KV stream of its own. Where one stream holds several sequences (`kvUnified`, and every embedding
+ * context), llama.cpp's flash-attention kernel skips the cells a token may not see and plain attention
+ * computes them all: plain attention ran slower there (a hostile review: 8 sessions of stories260k with
+ * `kvUnified`, 0.9-1.9x the time; embeddings of 8 texts at once, 2-2.5x) and kept far larger scores.
+ */
+function contextFlashAttention(model: LlamaModel, contextSize: number, microBatch: number, oneStream: boolean): false | 'auto' {
+  return oneStream ? 'auto' : autoFlashAttention(model, contextSize, microBatch);
+}
+
 /** Default of {@link ContextOptions.cacheRamBytes}: 1 GiB. */
 export const DEFAULT_CACHE_RAM_BYTES = 2 ** 30;
 
@@ -102,10 +113,13 @@ export interface ContextOptions {
   /**
    * Flash attention: `true`, `false`, or `'auto'` (the default). `'auto'` turns it off for a model that runs
    * on the CPU alone and whose key and value heads have at most 8 dimensions (stories260k's shape), as long as
-   * the attention scores it then keeps (heads × `contextSize` × micro-batch, 4 bytes each) stay under 256 MiB:
+   * the attention scores it then keeps (heads × `contextSize` × micro-batch, 4 bytes each) come to at most
+   * 256 MiB, and each sequence has a KV stream of its own (not `kvUnified`, not an embedding context):
    * llama.cpp's CPU flash-attention kernel ran such heads half as fast as plain attention, prompts and
    * generation alike (`bench/results/2026-11-30-flash-attention.txt`). Otherwise llama.cpp decides (on where
-   * the attention runs). {@link LlamaContext.flashAttention} says what was asked of llama.cpp.
+   * the attention runs). A draft model's context decides for the draft's heads.
+   * {@link LlamaContext.flashAttention} says what was asked of llama.cpp. A saved session loads only into a
+   * context with the same flash attention as the one that saved it (`ERR_INVALID_STATE` otherwise).
    */
   flashAttention?: boolean | 'auto';
   /** An embedding context: {@link LlamaContext.embed} (and {@link LlamaContext.rank}) instead of generation. */
@@ -228,7 +242,8 @@ export class LlamaContext implements AsyncDisposable {
     const faOpt = o.flashAttention;
     if (faOpt !== undefined && faOpt !== 'auto' && typeof faOpt !== 'boolean') throw invalid('flashAttention', 'true, false or "auto"', faOpt, caller);
     const embeddings = optBoolean(o, 'embeddings', caller);
-    const fa = typeof faOpt === 'boolean' ? faOpt : autoFlashAttention(model, contextSize, embeddings === true ? (batchSize ?? 512) : Math.min(batchSize ?? 512, 512));
+    const microBatch = Math.min(batchSize ?? 512, 512);
+    const fa = typeof faOpt === 'boolean' ? faOpt : contextFlashAttention(model, contextSize, microBatch, kvUnified || embeddings === true);
     const promptChunkSize = optInteger(o, 'promptChunkSize', 1, 1 << 20, caller);
     const pooling = o.pooling;
     if (pooling !== undefined && !['mean', 'cls', 'last', 'none', 'rank'].includes(pooling as string)) {
@@ -239,12 +254,15 @@ export class LlamaContext implements AsyncDisposable {
     const lookupNgram = optInteger(o, 'lookupNgram', 2, 16, caller);
     const draftTokens = optInteger(o, 'draftTokens', 1, 64, caller);
     let draftModel: NativeModel | undefined;
+    let draftFa: boolean | 'auto' | undefined;
     if (o.draftModel !== undefined) {
       const dm = o.draftModel as LlamaModel;
       if (dm === null || typeof dm !== 'object' || typeof (dm as { nativeHandle?: unknown }).nativeHandle !== 'function') {
         throw invalid('draftModel', 'a loaded LlamaModel', o.draftModel, caller);
       }
       draftModel = dm.nativeHandle(caller);
+      // The draft model's own heads decide its context's 'auto' (it has a KV stream per sequence, as ours).
+      if (typeof faOpt !== 'boolean') draftFa = contextFlashAttention(dm, contextSize, microBatch, kvUnified);
     }
     const promise = callNative(caller, () =>
       nativeModel.createContext({
@@ -262,6 +280,7 @@ export class LlamaContext implements AsyncDisposable {
         ...(pooling !== undefined ? { pooling: pooling as NonNullable<ContextOptions['pooling']> } : {}),
         ...(lora ? { lora: lora.pairs } : {}),
         ...(draftModel ? { draftModel } : {}),
+        ...(draftFa !== undefined ? { draftFlashAttention: draftFa } : {}),
         ...(lookupNgram !== undefined ? { lookupNgram } : {}),
         ...(draftTokens !== undefined ? { draftTokens } : {}),
       }),

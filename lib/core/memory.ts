@@ -79,7 +79,7 @@ export function kvBytesPerToken(m: Readonly<Record<string, GgufValue>>): number 
 }
 
 /**
- * The attention heads' shape from a model's GGUF metadata: query heads (the first layer's) and the
+ * The attention heads' shape from a model's GGUF metadata: query heads (the most of any layer) and the
  * dimensions of each key and value head; null when the metadata has no heads. @internal
  */
 export function attentionShape(m: Readonly<Record<string, GgufValue>>): { heads: number; keyLength: number; valueLength: number } | null {
@@ -87,7 +87,8 @@ export function attentionShape(m: Readonly<Record<string, GgufValue>>): { heads:
   const key = (k: string) => m[`${arch}.${k}`];
   const embd = num(key('embedding_length')) ?? 0;
   const headCount = key('attention.head_count');
-  const heads = num(Array.isArray(headCount) ? headCount[0] : headCount) ?? 0;
+  // Per-layer counts (an array): the most any layer has (layers without attention have 0).
+  const heads = Array.isArray(headCount) ? Math.max(0, ...headCount.map((h) => num(h) ?? 0)) : num(headCount) ?? 0;
   if (heads <= 0 || embd <= 0) return null;
   const keyLength = num(key('attention.key_length')) ?? Math.floor(embd / heads);
   const valueLength = num(key('attention.value_length')) ?? Math.floor(embd / heads);

@@ -113,6 +113,8 @@ export interface NativeContextOptions {
   adaptiveThreads?: boolean;
   adaptiveThreadsBatch?: boolean;
   flashAttention?: boolean | 'auto';
+  /** The draft model's context (default: `flashAttention`). */
+  draftFlashAttention?: boolean | 'auto';
   embeddings?: boolean;
   pooling?: 'none' | 'mean' | 'cls' | 'last' | 'rank';
 }
