@@ -826,7 +826,7 @@ bool Engine::step() {
     dropPlaceholders();
     if (tuner != nullptr && ret == 0) {
       double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - decodeStart).count();
-      tuner->record(threads, nTokens < kLargeStep ? seconds : seconds / nTokens);  // (per token within a size class)
+      tuner->record(threads, nTokens < kLargeStep ? seconds : seconds / nTokens, seconds);  // (per token within a size class)
     }
     int64_t tSample = 0, tHandle = 0;
     if (profile_.on) {

@@ -1,13 +1,23 @@
 #include "thread_tuner.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace la {
 
 namespace {
 
-constexpr size_t kWindow = 8;          // costs at the current count whose mean is its baseline
-constexpr int32_t kProbeSteps = 5;     // steps a neighbour is tried (the first one warms its threads up)
+constexpr size_t kWindow = 8;          // costs at the current count whose mean is its baseline (at least)
+constexpr int32_t kProbeSteps = 5;     // steps a neighbour is tried (the first one warms its threads up; at least)
+// Tiny steps: the window and a try also span this much time at least (up to kMaxWindow and kMaxProbeSteps
+// steps). A thread that must wait for a busy core stalls a step now and then, for a scheduler slice or more
+// (stories260k without flash attention, 0.3 ms steps, one core busy: 2 threads' steps took 0.2-0.5 ms but
+// 4 ms or 110 ms every few dozen), and 8 steps or a 4-step try of such a count mostly saw none of it: the
+// tuner kept 2 threads at 0.4-0.6 of 1's speed.
+constexpr double kWindowSeconds = 0.025;
+constexpr double kProbeSeconds = 0.012;
+constexpr size_t kMaxWindow = 256;
+constexpr int32_t kMaxProbeSteps = 64;
 constexpr int64_t kStartGap = 2;       // steps before the first try (the first step warms the threads up)
 constexpr int64_t kFirstGap = 16;      // steps before a neighbour is tried again, after a move
 constexpr int64_t kMaxGap = 1024;      // the longest wait before trying a neighbour that was slower
@@ -59,8 +69,10 @@ bool ThreadTuner::steady() const {
 
 void ThreadTuner::reset() {
   recent_.clear();
+  recentSeconds_.clear();
   probeLeft_ = 0;
   probeCosts_.clear();
+  probeSeconds_.clear();
   slowSteps_ = 0;
 }
 
@@ -74,26 +86,33 @@ int32_t ThreadTuner::choose() {
     if (n < 1 || n > max_ || step_ < notBefore_[(size_t)n]) continue;
     probeUp_ = !up;
     probe_ = n;
-    probeLeft_ = kProbeSteps;
+    // As many steps as kProbeSeconds takes at the current count's pace (at least kProbeSteps).
+    double pace = meanOf(recentSeconds_);
+    int32_t steps = pace > 0 ? (int32_t)std::ceil(kProbeSeconds / pace) + 1 : kProbeSteps;
+    probeLeft_ = probeSteps_ = std::clamp(steps, kProbeSteps, kMaxProbeSteps);
     probeCosts_.clear();
+    probeSeconds_.clear();
     return probe_;
   }
   return cur_;
 }
 
-void ThreadTuner::record(int32_t threads, double cost) {
+void ThreadTuner::record(int32_t threads, double cost, double seconds) {
+  if (seconds < 0) seconds = cost;
   step_++;
   double base = baseline();
   if (probeLeft_ > 0 && threads == probe_) {
     probeLeft_--;
-    bool first = probeLeft_ == kProbeSteps - 1;
+    bool first = probeLeft_ == probeSteps_ - 1;
     if (first && cost > base * kClearlyWorse) {
       probeLeft_ = 0;  // no need to look further
       probeCosts_.assign(1, cost);
+      probeSeconds_.assign(1, seconds);
     } else if (first) {
       probeFirst_ = cost;
     } else {
       probeCosts_.push_back(cost);
+      probeSeconds_.push_back(seconds);
       if (probeCosts_.size() == 1 && steady() && probeFirst_ > base * kSlowerTwice && cost > base * kSlowerTwice) probeLeft_ = 0;
     }
     if (probeLeft_ > 0) return;
@@ -104,6 +123,7 @@ void ThreadTuner::record(int32_t threads, double cost) {
       size_t was = (size_t)cur_;
       cur_ = probe_;
       recent_ = probeCosts_;
+      recentSeconds_ = probeSeconds_;
       slowSteps_ = 0;
       gap_[was] = kFirstGap;
       notBefore_[was] = step_ + kFirstGap;
@@ -117,16 +137,26 @@ void ThreadTuner::record(int32_t threads, double cost) {
       notBefore_[p] = step_ + jittered(gap_[p]);
     }
     probeCosts_.clear();
+    probeSeconds_.clear();
     return;
   }
   if (threads != cur_) return;
   slowSteps_ = base > 0 && cost > base * kSlowdown ? slowSteps_ + 1 : 0;
   recent_.push_back(cost);
-  if (recent_.size() > kWindow) recent_.erase(recent_.begin());
+  recentSeconds_.push_back(seconds);
+  // The last kWindow steps, or more while they span less than kWindowSeconds.
+  double span = 0;
+  for (double x : recentSeconds_) span += x;
+  while (recent_.size() > kWindow && (recent_.size() > kMaxWindow || span - recentSeconds_.front() >= kWindowSeconds)) {
+    span -= recentSeconds_.front();
+    recent_.erase(recent_.begin());
+    recentSeconds_.erase(recentSeconds_.begin());
+  }
   if (slowSteps_ >= kSlowRun) {
     // The host got busy (or something else changed): the slow steps are the baseline now, and one thread
     // fewer is tried at once.
     recent_.erase(recent_.begin(), recent_.end() - kSlowRun);
+    recentSeconds_.erase(recentSeconds_.begin(), recentSeconds_.end() - kSlowRun);
     slowSteps_ = 0;
     if (cur_ > 1) {
       gap_[(size_t)cur_ - 1] = kFirstGap;

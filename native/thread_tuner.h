@@ -27,8 +27,9 @@ class ThreadTuner {
 
   // Threads for the next step.
   int32_t choose();
-  // The cost of the step just run with `threads` (seconds, per token where steps differ in size).
-  void record(int32_t threads, double cost);
+  // The cost of the step just run with `threads` (seconds, per token where steps differ in size), and how
+  // long the step took (seconds; < 0: `cost`), which sizes the window and the tries of tiny steps.
+  void record(int32_t threads, double cost, double seconds = -1);
   // The step's shape changed (costs before and after do not compare): start measuring again.
   void reset();
 
@@ -46,12 +47,15 @@ class ThreadTuner {
 
   int32_t max_;
   int32_t cur_;
-  std::vector<double> recent_;  // the last costs at cur_, oldest first (at most kWindow)
+  std::vector<double> recent_;         // the last costs at cur_, oldest first (kWindow, or kWindowSeconds' worth)
+  std::vector<double> recentSeconds_;  // their steps' durations
   int64_t step_ = 0;
   // A probe in progress: the count tried, the steps left and the costs seen.
   int32_t probe_ = 0;
   int32_t probeLeft_ = 0;
   std::vector<double> probeCosts_;  // the probe's costs after its first step
+  std::vector<double> probeSeconds_;
+  int32_t probeSteps_ = 0;          // the steps the probe in progress was given
   double probeFirst_ = 0;            // the probe's first step (its threads warming up)
   bool probeUp_ = false;            // which neighbour is tried next
   std::vector<int64_t> gap_;        // steps to wait before trying each count again

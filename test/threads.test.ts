@@ -98,6 +98,20 @@ describe('the thread tuner under a periodic load', () => {
   });
 });
 
+describe('the thread tuner with tiny steps', () => {
+  it('sees the stalls a busy core causes now and then: its window and tries span milliseconds, not 8 steps', () => {
+    // stories260k without flash attention, one core busy: 1 thread's steps take 0.33 ms; 2 threads' mostly
+    // 0.3 ms, but 12x now and then and 300x rarely (a scheduler slice or more). Over 8 steps, or a 4-step
+    // try, 2 threads mostly looked faster, and the tuner ran at 0.38-0.52 of 1 thread's speed.
+    for (const seed of [1, 2, 3]) {
+      const r = prng(seed);
+      const stall = Array.from({ length: 6000 }, () => { const x = r(); return x < 0.005 ? 300 : x < 0.03 ? 12 : 1; });
+      const cost: Cost = (n, i) => (n === 2 ? 0.0003 * stall[i] : 0.00033);
+      expect(againstBest(2, simulate(2, 6000, cost), cost), `seed ${seed}`).toBeGreaterThan(0.6);
+    }
+  });
+});
+
 describe('the thread tuner on a shared machine', () => {
   // Step times there have spikes: a thread put aside for a moment makes a step 2-8x slower now and then.
   // A tuner that compared a smoothed average with tries of 2 steps left the best count after a few spikes
