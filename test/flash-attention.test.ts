@@ -30,14 +30,14 @@ describe("flashAttention: 'auto' on the CPU", () => {
     }
   });
 
-  it("stays with llama.cpp where one KV stream holds several sequences (kvUnified, embeddings), and decides a draft model's own", async () => {
+  it("stays with llama.cpp in an embedding context, decides a kvUnified context's as the others', and a draft model's for its heads", async () => {
     const small = await synthetic('fa-64-8', { embeddingLength: 64, layers: 1, heads: 8, headsKv: 4, feedForwardLength: 64, type: 'f16', seed: 5 });
     const large = await synthetic('fa-128-4', { embeddingLength: 128, layers: 1, heads: 4, headsKv: 2, feedForwardLength: 64, type: 'f16', seed: 5 });
     await using model = await loadModel(small);
     await using other = await loadModel(large);
-    for (const o of [{ kvUnified: true }, { embeddings: true }] as const) {
+    for (const [o, want] of [[{ kvUnified: true }, false], [{ embeddings: true }, 'auto']] as const) {
       await using ctx = await model.createContext({ contextSize: 256, ...o });
-      expect({ ...o, fa: ctx.flashAttention }).toEqual({ ...o, fa: 'auto' });
+      expect({ ...o, fa: ctx.flashAttention }).toEqual({ ...o, fa: want });
     }
     // Same vocabulary (both synthetic from the same one): either can draft for the other, each with its own heads.
     await using a = await other.createContext({ contextSize: 256, draftModel: model });

@@ -29,14 +29,15 @@ function autoFlashAttention(model: LlamaModel, contextSize: number, microBatch: 
 }
 
 /**
- * `flashAttention: 'auto'` for a context: small heads on the CPU turn it off only where each sequence has
- * a KV stream of its own. Where one stream holds several sequences (`kvUnified`, and every embedding
- * context), llama.cpp's flash-attention kernel skips the cells a token may not see and plain attention
- * computes them all: plain attention ran slower there (a hostile review: 8 sessions of stories260k with
- * `kvUnified`, 0.9-1.9x the time; embeddings of 8 texts at once, 2-2.5x) and kept far larger scores.
+ * `flashAttention: 'auto'` for a context. Generation contexts of a model decide alike, kvUnified or not, so
+ * that their sessions' states (whose V layout flash attention decides) move between them. An embedding
+ * context keeps no session state and holds several sequences in one KV stream, where llama.cpp's
+ * flash-attention kernel skips the cells a token may not see and plain attention computes them all (a
+ * hostile review: embeddings of 8 texts at once took 2-2.5x the time without it, and one context could not
+ * allocate its scores): it leaves the choice to llama.cpp.
  */
-function contextFlashAttention(model: LlamaModel, contextSize: number, microBatch: number, oneStream: boolean): false | 'auto' {
-  return oneStream ? 'auto' : autoFlashAttention(model, contextSize, microBatch);
+function contextFlashAttention(model: LlamaModel, contextSize: number, microBatch: number, embeddings: boolean): false | 'auto' {
+  return embeddings ? 'auto' : autoFlashAttention(model, contextSize, microBatch);
 }
 
 /** Default of {@link ContextOptions.cacheRamBytes}: 1 GiB. */
@@ -114,7 +115,8 @@ export interface ContextOptions {
    * Flash attention: `true`, `false`, or `'auto'` (the default). `'auto'` turns it off for a model that runs
    * on the CPU alone and whose key and value heads have at most 8 dimensions (stories260k's shape), as long as
    * the attention scores it then keeps (heads × `contextSize` × micro-batch, 4 bytes each) come to at most
-   * 256 MiB, and each sequence has a KV stream of its own (not `kvUnified`, not an embedding context):
+   * 256 MiB, in a generation context (not an embedding context; `kvUnified` or not, so that sessions move
+   * between a model's contexts):
    * llama.cpp's CPU flash-attention kernel ran such heads half as fast as plain attention, prompts and
    * generation alike (`bench/results/2026-11-30-flash-attention.txt`). Otherwise llama.cpp decides (on where
    * the attention runs). A draft model's context decides for the draft's heads.
@@ -243,7 +245,7 @@ export class LlamaContext implements AsyncDisposable {
     if (faOpt !== undefined && faOpt !== 'auto' && typeof faOpt !== 'boolean') throw invalid('flashAttention', 'true, false or "auto"', faOpt, caller);
     const embeddings = optBoolean(o, 'embeddings', caller);
     const microBatch = Math.min(batchSize ?? 512, 512);
-    const fa = typeof faOpt === 'boolean' ? faOpt : contextFlashAttention(model, contextSize, microBatch, kvUnified || embeddings === true);
+    const fa = typeof faOpt === 'boolean' ? faOpt : contextFlashAttention(model, contextSize, microBatch, embeddings === true);
     const promptChunkSize = optInteger(o, 'promptChunkSize', 1, 1 << 20, caller);
     const pooling = o.pooling;
     if (pooling !== undefined && !['mean', 'cls', 'last', 'none', 'rank'].includes(pooling as string)) {
@@ -261,8 +263,8 @@ export class LlamaContext implements AsyncDisposable {
         throw invalid('draftModel', 'a loaded LlamaModel', o.draftModel, caller);
       }
       draftModel = dm.nativeHandle(caller);
-      // The draft model's own heads decide its context's 'auto' (it has a KV stream per sequence, as ours).
-      if (typeof faOpt !== 'boolean') draftFa = contextFlashAttention(dm, contextSize, microBatch, kvUnified);
+      // The draft model's own heads decide its context's 'auto'.
+      if (typeof faOpt !== 'boolean') draftFa = contextFlashAttention(dm, contextSize, microBatch, false);
     }
     const promise = callNative(caller, () =>
       nativeModel.createContext({
