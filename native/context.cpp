@@ -157,6 +157,15 @@ int32_t intOption(Napi::Env env, const Napi::Object& o, const char* key, int32_t
   return (int32_t)d;
 }
 
+// A flash-attention option: true, false or "auto"; absent: none.
+std::optional<llama_flash_attn_type> flashAttnOption(Napi::Env env, const Napi::Object& o, const char* key) {
+  Napi::Value v = opt(o, key);
+  if (v.IsBoolean()) return v.As<Napi::Boolean>().Value() ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+  if (v.IsString() && v.As<Napi::String>().Utf8Value() == "auto") return LLAMA_FLASH_ATTN_TYPE_AUTO;
+  if (!v.IsEmpty() && !v.IsUndefined()) throwArg(env, key, "true, false or \"auto\"", v);
+  return std::nullopt;
+}
+
 }  // namespace
 
 Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, Napi::Object o) {
@@ -189,14 +198,7 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   bool adaptiveBatch = flag("adaptiveThreadsBatch");
   p.kv_unified = kvUnified;
   p.no_perf = true;
-  Napi::Value fa = opt(o, "flashAttention");
-  if (fa.IsBoolean()) {
-    p.flash_attn_type = fa.As<Napi::Boolean>().Value() ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-  } else if (fa.IsString() && fa.As<Napi::String>().Utf8Value() == "auto") {
-    p.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_AUTO;
-  } else if (!fa.IsEmpty() && !fa.IsUndefined()) {
-    throwArg(env, "flashAttention", "true, false or \"auto\"", fa);
-  }
+  if (auto fa = flashAttnOption(env, o, "flashAttention")) p.flash_attn_type = *fa;
   Napi::Value emb = opt(o, "embeddings");
   if (emb.IsBoolean()) p.embeddings = emb.As<Napi::Boolean>().Value();
   else if (!emb.IsEmpty() && !emb.IsUndefined()) throwArg(env, "embeddings", "a boolean", emb);
@@ -246,14 +248,7 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
     // Rejected drafts are taken back out of the cache, which recurrent state cannot do.
     throwError(env, "ERR_INVALID_ARGUMENT", "Speculative decoding needs a model whose cache can drop tokens; this model keeps recurrent state");
   }
-  Napi::Value dfa = opt(o, "draftFlashAttention");
-  if (dfa.IsBoolean()) {
-    draft.flashAttn = dfa.As<Napi::Boolean>().Value() ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-  } else if (dfa.IsString() && dfa.As<Napi::String>().Utf8Value() == "auto") {
-    draft.flashAttn = LLAMA_FLASH_ATTN_TYPE_AUTO;
-  } else if (!dfa.IsEmpty() && !dfa.IsUndefined()) {
-    throwArg(env, "draftFlashAttention", "true, false or \"auto\"", dfa);
-  }
+  draft.flashAttn = flashAttnOption(env, o, "draftFlashAttention");
   draft.lookupNgram = draft.model ? 0 : lookup;
   draft.tokens = draft.model || lookup > 0 ? intOption(env, o, "draftTokens", draft.model ? 8 : 10, 1, 64) : 0;
   auto* worker = new CreateWorker(env, std::move(model), p, promptChunk, std::move(lora), std::move(draft), adaptive, adaptiveBatch);
