@@ -15,8 +15,12 @@ function run(env: Record<string, string>) {
     env: { ...process.env, LLAMA_ADDON_PROFILE: 'steps', ...env },
   });
   expect(r.status, r.stderr).toBe(0);
-  const steps = r.stderr.split('\n').filter((l) => l.startsWith('llama-addon step:')).map((l) => l.slice(l.indexOf(':', 18) + 1).trim());
-  return { out: JSON.parse(r.stdout.trim().split('\n').pop()!) as { first: string[]; busy: Array<string | null>; idle: Array<{ text: string; cached: number; held: number }>; states: number[] }, steps };
+  const lines = r.stderr.split('\n');
+  const rows = (ls: string[]) => ls.filter((l) => l.startsWith('llama-addon step:')).map((l) => l.slice(l.indexOf(':', 18) + 1).trim());
+  // The busy phase (six generate, 2 and 3 idle), between the child's marks.
+  const busySteps = rows(lines.slice(lines.indexOf('phase: busy'), lines.indexOf('phase: after')));
+  expect(busySteps.length).toBeGreaterThan(0);
+  return { out: JSON.parse(r.stdout.trim().split('\n').pop()!) as { first: string[]; busy: Array<string | null>; idle: Array<{ text: string; cached: number; held: number }>; states: number[] }, steps: rows(lines), busySteps };
 }
 
 describeShared('one pass per step (placeholder rows for missing sequences)', () => {
@@ -29,9 +33,9 @@ describeShared('one pass per step (placeholder rows for missing sequences)', () 
     // The six generate in steps whose rows run 0..7 in order, 2 and 3 as placeholders; without them the
     // step leaves 2 and 3 out (two runs of ids: two passes).
     const all = '0x1 1x1 2x1 3x1 4x1 5x1 6x1 7x1';
-    expect(withRows.steps.filter((s) => s === all).length).toBeGreaterThan(20);
-    expect(without.steps.filter((s) => s === '0x1 1x1 4x1 5x1 6x1 7x1').length).toBeGreaterThan(20);
-    expect(without.steps).not.toContain(all);
+    expect(withRows.busySteps.filter((s) => s === all).length).toBeGreaterThan(20);
+    expect(without.busySteps.filter((s) => s === '0x1 1x1 4x1 5x1 6x1 7x1').length).toBeGreaterThan(20);
+    expect(without.busySteps).not.toContain(all);
     // Every step's rows are in order of sequence.
     for (const s of withRows.steps) {
       const seqs = s.split(' ').map((r) => Number(r.split('x')[0]));

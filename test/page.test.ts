@@ -331,7 +331,8 @@ describe.runIf(available || process.env.CI)('the built-in chat page (headless Ch
 
     await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.url });
     await page.click('.msg.assistant .copy');
-    expect(await page.locator('.msg.assistant .copy').textContent()).toBe('Copied');
+    // The label changes once the clipboard write resolves (and back after 1.2 s): wait for it, not a moment.
+    await expect.poll(() => page.locator('.msg.assistant .copy').textContent(), { interval: 20 }).toBe('Copied');
     expect(await page.evaluate('navigator.clipboard.readText()')).toBe('Answer **two**');
     await done();
   });

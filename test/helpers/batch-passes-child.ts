@@ -13,9 +13,12 @@ const ctx = await model.createContext({ contextSize: 256, sequences: 8, threads:
 const sessions = Array.from({ length: 8 }, () => ctx.createSession({ sharePrefix: false }));
 const greedy = { temperature: 0, repeatPenalty: 1.1 } as const;
 const first = await Promise.all(sessions.map((s, i) => s.complete(`Story ${i}: once upon a time`, { maxTokens: 2 + i, ...greedy })));
+// The parent reads the busy phase's steps between these marks (the first phase may run all eight at once).
+process.stderr.write('phase: busy\n');
 const busy = await Promise.all(
   sessions.map((s, i) => (i === 2 || i === 3 ? null : s.complete([...s.tokens, ...model.tokenize(' and then', { addBos: false })], { maxTokens: 40, ...greedy }))),
 );
+process.stderr.write('phase: after\n');
 // What the idle sessions' sequences hold now: their saved states, byte for byte as without placeholders.
 const states: number[] = [];
 for (const i of [2, 3]) {
