@@ -18,26 +18,20 @@ const PLAIN_ATTENTION_SCORES_BYTES = 256 * 2 ** 20;
 /**
  * What `flashAttention: 'auto'` asks of llama.cpp: false for small heads on the CPU (see
  * {@link ContextOptions.flashAttention}), else `'auto'` (llama.cpp's choice). `microBatch`: tokens per
- * micro-batch, which the attention scores of plain attention grow with.
+ * micro-batch, which the attention scores of plain attention grow with. Generation contexts of a model
+ * decide alike, kvUnified or not, so that their sessions' states (whose V layout flash attention decides)
+ * move between them. An embedding context keeps no session state and holds several sequences in one KV
+ * stream, where llama.cpp's flash-attention kernel skips the cells a token may not see and plain attention
+ * computes them all (a hostile review: embeddings of 8 texts at once took 2-2.5x the time without it, and
+ * one context could not allocate its scores): it leaves the choice to llama.cpp.
  */
-function autoFlashAttention(model: LlamaModel, contextSize: number, microBatch: number): false | 'auto' {
+function autoFlashAttention(model: LlamaModel, contextSize: number, microBatch: number, embeddings: boolean): false | 'auto' {
+  if (embeddings) return 'auto';
   if (model.placement.devices.length > 0) return 'auto';  // a GPU or an RPC server may run the attention
   const shape = attentionShape(model.metadata);
   if (shape === null || Math.max(shape.keyLength, shape.valueLength) > SMALL_HEAD_DIMENSIONS) return 'auto';
   if (shape.heads * contextSize * microBatch * 4 > PLAIN_ATTENTION_SCORES_BYTES) return 'auto';
   return false;
-}
-
-/**
- * `flashAttention: 'auto'` for a context. Generation contexts of a model decide alike, kvUnified or not, so
- * that their sessions' states (whose V layout flash attention decides) move between them. An embedding
- * context keeps no session state and holds several sequences in one KV stream, where llama.cpp's
- * flash-attention kernel skips the cells a token may not see and plain attention computes them all (a
- * hostile review: embeddings of 8 texts at once took 2-2.5x the time without it, and one context could not
- * allocate its scores): it leaves the choice to llama.cpp.
- */
-function contextFlashAttention(model: LlamaModel, contextSize: number, microBatch: number, embeddings: boolean): false | 'auto' {
-  return embeddings ? 'auto' : autoFlashAttention(model, contextSize, microBatch);
 }
 
 /** Default of {@link ContextOptions.cacheRamBytes}: 1 GiB. */
@@ -245,7 +239,7 @@ export class LlamaContext implements AsyncDisposable {
     if (faOpt !== undefined && faOpt !== 'auto' && typeof faOpt !== 'boolean') throw invalid('flashAttention', 'true, false or "auto"', faOpt, caller);
     const embeddings = optBoolean(o, 'embeddings', caller);
     const microBatch = Math.min(batchSize ?? 512, 512);
-    const fa = typeof faOpt === 'boolean' ? faOpt : contextFlashAttention(model, contextSize, microBatch, embeddings === true);
+    const fa = typeof faOpt === 'boolean' ? faOpt : autoFlashAttention(model, contextSize, microBatch, embeddings === true);
     const promptChunkSize = optInteger(o, 'promptChunkSize', 1, 1 << 20, caller);
     const pooling = o.pooling;
     if (pooling !== undefined && !['mean', 'cls', 'last', 'none', 'rank'].includes(pooling as string)) {
@@ -264,7 +258,7 @@ export class LlamaContext implements AsyncDisposable {
       }
       draftModel = dm.nativeHandle(caller);
       // The draft model's own heads decide its context's 'auto'.
-      if (typeof faOpt !== 'boolean') draftFa = contextFlashAttention(dm, contextSize, microBatch, false);
+      if (typeof faOpt !== 'boolean') draftFa = autoFlashAttention(dm, contextSize, microBatch, false);
     }
     const promise = callNative(caller, () =>
       nativeModel.createContext({

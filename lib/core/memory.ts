@@ -57,24 +57,39 @@ export interface MemoryEstimate {
 const num = (v: GgufValue | undefined): number | undefined => (typeof v === 'number' ? v : typeof v === 'bigint' ? Number(v) : undefined);
 
 /**
- * Bytes of F16 keys and values one token takes in all layers, from a model's GGUF metadata (0 when the
- * metadata does not say: an architecture without attention heads). @internal
+ * A model's attention metadata (`<arch>.*` keys), read once for the functions below: the first layer's
+ * query heads (llama.cpp's head dimension defaults to the embedding over them), each layer's KV heads, and
+ * the key and value head dimensions given `heads` (the metadata's, or the embedding over `heads`).
  */
-export function kvBytesPerToken(m: Readonly<Record<string, GgufValue>>): number {
+function attentionMetadata(m: Readonly<Record<string, GgufValue>>) {
   const arch = typeof m['general.architecture'] === 'string' ? m['general.architecture'] : 'llama';
   const key = (k: string) => m[`${arch}.${k}`];
-  const layers = num(key('block_count')) ?? 0;
   const embd = num(key('embedding_length')) ?? 0;
   const headCount = key('attention.head_count');
   const heads = num(Array.isArray(headCount) ? headCount[0] : headCount) ?? 1;
   const kv = key('attention.head_count_kv');
-  const keyLength = num(key('attention.key_length')) ?? Math.floor(embd / heads);
-  const valueLength = num(key('attention.value_length')) ?? Math.floor(embd / heads);
+  return {
+    key,
+    embd,
+    layers: num(key('block_count')) ?? 0,
+    headCount,
+    heads,
+    headsKv: (i: number): number => (Array.isArray(kv) ? num(kv[i]) ?? heads : num(kv) ?? heads),
+    keyLength: (h = heads): number => num(key('attention.key_length')) ?? Math.floor(embd / h),
+    valueLength: (h = heads): number => num(key('attention.value_length')) ?? Math.floor(embd / h),
+  };
+}
+
+/**
+ * Bytes of F16 keys and values one token takes in all layers, from a model's GGUF metadata (0 when the
+ * metadata does not say: an architecture without attention heads). @internal
+ */
+export function kvBytesPerToken(m: Readonly<Record<string, GgufValue>>): number {
+  const a = attentionMetadata(m);
+  const keyLength = a.keyLength();
+  const valueLength = a.valueLength();
   let total = 0;
-  for (let i = 0; i < layers; i++) {
-    const headsKv = Array.isArray(kv) ? num(kv[i]) ?? heads : num(kv) ?? heads;
-    total += headsKv * (keyLength + valueLength) * 2;
-  }
+  for (let i = 0; i < a.layers; i++) total += a.headsKv(i) * (keyLength + valueLength) * 2;
   return total;
 }
 
@@ -83,16 +98,11 @@ export function kvBytesPerToken(m: Readonly<Record<string, GgufValue>>): number 
  * dimensions of each key and value head; null when the metadata has no heads. @internal
  */
 export function attentionShape(m: Readonly<Record<string, GgufValue>>): { heads: number; keyLength: number; valueLength: number } | null {
-  const arch = typeof m['general.architecture'] === 'string' ? m['general.architecture'] : 'llama';
-  const key = (k: string) => m[`${arch}.${k}`];
-  const embd = num(key('embedding_length')) ?? 0;
-  const headCount = key('attention.head_count');
+  const a = attentionMetadata(m);
   // Per-layer counts (an array): the most any layer has (layers without attention have 0).
-  const heads = Array.isArray(headCount) ? Math.max(0, ...headCount.map((h) => num(h) ?? 0)) : num(headCount) ?? 0;
-  if (heads <= 0 || embd <= 0) return null;
-  const keyLength = num(key('attention.key_length')) ?? Math.floor(embd / heads);
-  const valueLength = num(key('attention.value_length')) ?? Math.floor(embd / heads);
-  return { heads, keyLength, valueLength };
+  const heads = Array.isArray(a.headCount) ? Math.max(0, ...a.headCount.map((h) => num(h) ?? 0)) : num(a.headCount) ?? 0;
+  if (heads <= 0 || a.embd <= 0) return null;
+  return { heads, keyLength: a.keyLength(heads), valueLength: a.valueLength(heads) };
 }
 
 /** Memory a model needs for `options`, computed from its header (`gguf`) and the free device memory. */
@@ -102,19 +112,12 @@ export function estimateFromGguf(
   deviceFree: number,
 ): MemoryEstimate {
   const m = gguf.metadata;
-  const arch = typeof m['general.architecture'] === 'string' ? m['general.architecture'] : 'llama';
-  const key = (k: string) => m[`${arch}.${k}`];
-  const layers = num(key('block_count')) ?? 0;
-  const embd = num(key('embedding_length')) ?? 0;
-  const heads = num(Array.isArray(key('attention.head_count')) ? (key('attention.head_count') as GgufValue[])[0] : key('attention.head_count')) ?? 1;
+  const a = attentionMetadata(m);
+  const { key, layers, embd, heads } = a;
   const ff = num(Array.isArray(key('feed_forward_length')) ? (key('feed_forward_length') as GgufValue[])[0] : key('feed_forward_length')) ?? 4 * embd;
-  const headsKvOf = (i: number): number => {
-    const v = key('attention.head_count_kv');
-    if (Array.isArray(v)) return num(v[i]) ?? heads;
-    return num(v) ?? heads;
-  };
-  const keyLength = num(key('attention.key_length')) ?? Math.floor(embd / heads);
-  const valueLength = num(key('attention.value_length')) ?? Math.floor(embd / heads);
+  const headsKvOf = a.headsKv;
+  const keyLength = a.keyLength();
+  const valueLength = a.valueLength();
   const trained = num(key('context_length')) ?? 4096;
   const contextSize = o.contextSize ?? Math.min(trained, 4096);
   const ubatch = o.microBatchSize ?? 512;
