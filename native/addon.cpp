@@ -48,18 +48,27 @@ void Cleanup(Napi::Env, AddonData* data) {
   delete data;
 }
 
-// simulateThreadTuner(maxThreads, steps, cost: (threads, step) => seconds) -> Int32Array of the counts a
-// ThreadTuner chose, step by step, against made-up costs (test/threads.test.ts; not part of the public API).
+// simulateThreadTuner(maxThreads, steps, cost: (threads, step) => seconds, waits?: (step) => core-seconds per
+// second) -> Int32Array of the counts a ThreadTuner chose, step by step, against made-up costs and run-queue
+// waits (test/threads.test.ts; not part of the public API).
 Napi::Value SimulateThreadTuner(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int32_t maxThreads = (int32_t)argInteger(info, 0, "maxThreads", 1, 512);
   int32_t steps = (int32_t)argInteger(info, 1, "steps", 0, 1 << 20);
   if (!info[2].IsFunction()) throwArg(env, "cost", "a function", info[2]);
   Napi::Function cost = info[2].As<Napi::Function>();
+  if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsFunction()) throwArg(env, "waits", "a function or undefined", info[3]);
+  Napi::Function waits = info.Length() > 3 && info[3].IsFunction() ? info[3].As<Napi::Function>() : Napi::Function();
   ThreadTuner tuner(maxThreads);
   Napi::Int32Array out = Napi::Int32Array::New(env, (size_t)steps);
   for (int32_t i = 0; i < steps; i++) {
-    int32_t n = tuner.choose();
+    double w = -1;
+    if (!waits.IsEmpty()) {
+      Napi::Value v = waits.Call({Napi::Number::New(env, i)});
+      if (!v.IsNumber()) throwArg(env, "waits", "a function returning a number", v);
+      w = v.As<Napi::Number>().DoubleValue();
+    }
+    int32_t n = tuner.choose(w);
     out[(size_t)i] = n;
     Napi::Value c = cost.Call({Napi::Number::New(env, n), Napi::Number::New(env, i)});
     if (!c.IsNumber()) throwArg(env, "cost", "a function returning a number", c);

@@ -608,6 +608,12 @@ void Engine::handleToken(GenState& g, llama_token t, int32_t iBatch) {
 }
 
 void Engine::run() {
+  {
+    // The threads whose waits the tuners read: this one (ggml's first) and the pools' (none known: all).
+    std::vector<int> watched = pools_ ? pools_->workerThreads() : std::vector<int>{};
+    if (!watched.empty()) watched.push_back(RunQueueMeter::currentThread());
+    waits_.watch(watched);
+  }
   for (;;) {
     try {
       if (!step()) break;
@@ -806,7 +812,8 @@ bool Engine::step() {
     }
     int32_t threads = 0;
     if (tuner != nullptr) {
-      threads = tuner->choose();
+      waits_.sample();
+      threads = tuner->choose(waits_.waits());
       int32_t tg = single ? threads : tgNow_.load();
       int32_t pp = single ? ppNow_.load() : threads;
       if (tg != llama_n_threads(ctx_) || pp != llama_n_threads_batch(ctx_)) llama_set_n_threads(ctx_, tg, pp);
@@ -836,7 +843,8 @@ bool Engine::step() {
       profile_.syncUs += nowUs() - t0;
     }
     if (profile_.perStep) {
-      // LLAMA_ADDON_PROFILE=steps: each step's rows as runs of one sequence (seq x tokens), and its decode time.
+      // LLAMA_ADDON_PROFILE=steps: each step's rows as runs of one sequence (seq x tokens), its decode time and
+      // the run-queue waits the tuners see (-1: unknown).
       std::string rows;
       for (int32_t i = 0; i < batch_.n_tokens;) {
         int32_t j = i;
@@ -844,8 +852,9 @@ bool Engine::step() {
         rows += " " + std::to_string(batch_.seq_id[i][0]) + "x" + std::to_string(j - i);
         i = j;
       }
-      std::fprintf(stderr, "llama-addon step: %d tokens, %d threads, %.1f ms:%s\n", nTokens, threads,
-                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - decodeStart).count(), rows.c_str());
+      std::fprintf(stderr, "llama-addon step: %d tokens, %d threads, %.1f ms, run-queue waits %.3f:%s\n", nTokens, threads,
+                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - decodeStart).count(),
+                   waits_.waits(), rows.c_str());
     }
     if (ret == 1) {
       // No room in the KV cache for this batch (llama.cpp wrote nothing). With one buffer for all sequences

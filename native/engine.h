@@ -18,6 +18,7 @@
 #include "lora_set.h"
 #include "model_handle.h"
 #include "prompt.h"
+#include "run_queue.h"
 #include "thread_pools.h"
 #include "thread_tuner.h"
 
@@ -257,6 +258,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // The tuner a new shape starts from: the nearest one made, within its class; null for shape 1 or none.
   const ThreadTuner* nearestTuner(int shape) const;
   std::unique_ptr<ThreadTuner> tuners_[kTunerShapes];
+  RunQueueMeter waits_;  // the compute threads' run-queue waits, for the tuners
   int32_t maxThreads_ = 0, maxThreadsBatch_ = 0;  // 0: that kind of step does not adapt
   std::atomic<int32_t> tgNow_{0}, ppNow_{0};
   llama_batch draftBatch_{};

@@ -3,6 +3,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <iterator>
 #include <condition_variable>
 #include <mutex>
 #include <shared_mutex>
@@ -13,6 +14,7 @@
 
 #include "ggml-backend.h"
 #include "registry.h"
+#include "run_queue.h"
 
 namespace la {
 
@@ -75,6 +77,9 @@ ThreadPools::ThreadPools(int32_t threads, int32_t threadsBatch) {
   if (make == nullptr) return;  // a CPU module without thread pools: ggml manages its threads itself
   // Each pool starts all but one of its threads (the caller's thread is the first).
   probeThreads(std::max(0, threads - 1) + (threadsBatch != threads ? std::max(0, threadsBatch - 1) : 0));
+  // The threads that appear while the pools start are theirs (another thread of the process started at the
+  // same moment would be counted too: its waits would only add to the signal).
+  std::vector<int> before = RunQueueMeter::processThreads();
   ggml_threadpool_params p = ggml_threadpool_params_default(threads);
   tp_ = make(&p);
   if (threadsBatch != threads) {
@@ -87,6 +92,8 @@ ThreadPools::ThreadPools(int32_t threads, int32_t threadsBatch) {
       throw;
     }
   }
+  std::vector<int> after = RunQueueMeter::processThreads();
+  std::set_difference(after.begin(), after.end(), before.begin(), before.end(), std::back_inserter(workers_));
 }
 
 ThreadPools::~ThreadPools() {

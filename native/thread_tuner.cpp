@@ -33,6 +33,10 @@ constexpr double kSlowerTwice = 1.25;
 // ... but only while the current count's recent steps are steady (the slowest at most this much above the
 // fastest): where they vary (a load that comes and goes), two steps say too little, and a try runs its 5.
 constexpr double kSteady = 1.5;
+// Waits (core-seconds per second, the compute threads together) below which a count fewer is not tried
+// again: idle, 2 threads of the 415M model generating waited 0.02-0.03 (the JS thread's wake-ups), a server
+// under its own load 0.03-0.1; with a core kept busy, 0.6-0.8.
+constexpr double kQuietWaits = 0.1;
 
 // The mean: a step time is what throughput pays, stalls included (with a core busy, 2 threads' steps
 // stall now and then, and that is their cost: a median, or a mean without the largest value, hid stalls
@@ -76,14 +80,25 @@ void ThreadTuner::reset() {
   slowSteps_ = 0;
 }
 
-int32_t ThreadTuner::choose() {
+int32_t ThreadTuner::choose(double waits) {
   if (probeLeft_ > 0) return probe_;
   if (recent_.size() < 3 || max_ == 1) return cur_;
+  // Threads that hardly wait for a CPU: one put aside stalls the others at most that much, and a count fewer
+  // costs 1/(n-1) more work per thread; below half of that (and at most kQuietWaits) a try cannot win.
+  bool quiet = waits >= 0 && waits < std::min(kQuietWaits, 0.5 / (double)std::max(1, cur_ - 1));
   // A neighbour whose wait is over, alternating between one fewer and one more.
   for (int i = 0; i < 2; i++) {
     bool up = probeUp_ != (i == 1);
     int32_t n = up ? cur_ + 1 : cur_ - 1;
     if (n < 1 || n > max_ || step_ < notBefore_[(size_t)n]) continue;
+    size_t k = (size_t)n;
+    if (!up && quiet && gap_[k] > kFirstGap && gap_[k] < kMaxGap) {
+      // Tried since the last move and slower, and nothing has changed: put off, the wait growing as if it
+      // had been tried (so that a count 20x slower is still tried now and then, at the longest wait).
+      gap_[k] = std::min<int64_t>(gap_[k] * 2, kMaxGap);
+      notBefore_[k] = step_ + jittered(gap_[k]);
+      continue;
+    }
     probeUp_ = !up;
     probe_ = n;
     // As many steps as kProbeSeconds takes at the current count's pace (at least kProbeSteps).

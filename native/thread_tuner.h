@@ -25,8 +25,11 @@ class ThreadTuner {
   // `firstTry`: steps before it first tries another count (large steps wait longer: each try costs seconds).
   explicit ThreadTuner(int32_t maxThreads, int64_t firstTry = 2);
 
-  // Threads for the next step.
-  int32_t choose();
+  // Threads for the next step. `waits`: core-seconds per second that the compute threads waited for a CPU
+  // lately (native/run_queue.h; < 0: unknown). While they hardly wait, a count fewer that was tried and
+  // found slower is not tried again (only the host's load could make it faster), until its wait has grown
+  // to the longest, or steps slow down.
+  int32_t choose(double waits = -1);
   // The cost of the step just run with `threads` (seconds, per token where steps differ in size), and how
   // long the step took (seconds; < 0: `cost`), which sizes the window and the tries of tiny steps.
   void record(int32_t threads, double cost, double seconds = -1);

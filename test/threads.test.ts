@@ -10,7 +10,7 @@ import { tinyContext } from './helpers/tiny-context.js';
 import { prng } from './helpers/prng.js';
 
 type Cost = (threads: number, step: number) => number;
-const simulate = (max: number, steps: number, cost: Cost) => Array.from(native().simulateThreadTuner(max, steps, cost));
+const simulate = (max: number, steps: number, cost: Cost, waits?: (step: number) => number) => Array.from(native().simulateThreadTuner(max, steps, cost, waits));
 /** The total cost of the counts chosen, against that of the best fixed count over the same steps. */
 function againstBest(max: number, chosen: number[], cost: Cost, from = 0, to = chosen.length): number {
   let total = 0;
@@ -142,6 +142,70 @@ describe('the thread tuner on a shared machine', () => {
       expect(againstBest(2, simulate(2, 6000, idle), idle), `idle, seed ${seed}`).toBeGreaterThan(0.95);
       expect(againstBest(2, simulate(2, 6000, busy), busy), `busy, seed ${seed}`).toBeGreaterThan(0.93);
     }
+  });
+});
+
+describe('the thread tuner with run-queue waits (native/run_queue.cpp)', () => {
+  // What the engine reads from the compute threads' schedstat: core-seconds per second they waited for a CPU.
+  // Idle: 0.02-0.03 (the JS thread's wake-ups); a server under its own load 0.03-0.1; a core kept busy 0.6-0.8.
+  const idleRatios = [1.9, 1.38, 1.1];
+
+  it('does not try again a count found slower while the threads hardly wait', () => {
+    for (const ratio of idleRatios) {
+      const cost: Cost = (n) => (n === 2 ? 1 / ratio : 1);
+      const blind = simulate(2, 20_000, cost).filter((n) => n === 1).length;
+      const quiet = simulate(2, 20_000, cost, () => 0.02);
+      const tries = quiet.filter((n) => n === 1).length;
+      // The first try (it is how the tuner learns what this machine does idle), then only at the longest
+      // wait (1024 steps, give or take a quarter): a few steps in 20,000.
+      expect(tries, `${ratio}x`).toBeLessThan(blind);
+      expect(tries, `${ratio}x`).toBeLessThanOrEqual(ratio > 1.2 ? 2 + 2 * 26 : 5 + 5 * 26);
+      expect(quiet.slice(0, 10)).toContain(1);
+    }
+  });
+
+  it('still moves when the host gets busy, whether steps slow down a lot or a little', () => {
+    // From step 3000 a core is busy: the threads wait, and 1 thread is the faster count.
+    for (const [twoBusy, oneBusy] of [
+      [20, 1],
+      [1.3, 1.1],
+    ] as const) {
+      const busy = (i: number) => i >= 3000;
+      const cost: Cost = (n, i) => (busy(i) ? (n === 2 ? twoBusy : oneBusy) : n === 2 ? 0.6 : 1);
+      const waits = (i: number) => (busy(i) ? 0.7 : 0.02);
+      const chosen = simulate(2, 9000, cost, waits);
+      expect(chosen.slice(0, 3000).filter((n) => n === 2).length, `${twoBusy}x`).toBeGreaterThan(2980);
+      // A step 20x slower is noticed at once; 1.3x within the longest wait between tries.
+      const moved = chosen.indexOf(1, 3000) - 3000;
+      expect(moved, `${twoBusy}x`).toBeLessThan(twoBusy > 2 ? 10 : 1300);
+      expect(againstBest(2, chosen, cost, 4500, 9000), `${twoBusy}x`).toBeGreaterThan(0.9);
+    }
+  });
+
+  it('at 1 thread on a busy host still tries 2 again, and keeps 2 once the host is quiet', () => {
+    const busy = (i: number) => i < 4000;
+    const cost: Cost = (n, i) => (busy(i) ? (n === 2 ? 20 : 1) : n === 2 ? 0.6 : 1);
+    // At 1 thread a busy host leaves the one thread a core: it hardly waits, and 2 are tried all the same.
+    const waits = (i: number) => (busy(i) ? 0.05 : 0.02);
+    const chosen = simulate(2, 8000, cost, waits);
+    expect(chosen.slice(100, 4000).filter((n) => n === 1).length).toBeGreaterThan(3800);
+    expect(chosen.slice(5500).filter((n) => n === 2).length).toBeGreaterThan(2490);
+  });
+
+  it('with many threads, counts the waits against what one thread fewer costs', () => {
+    // 16 threads, 0.05 core-seconds of waits per second: one thread fewer costs 1/15 more work per thread, so
+    // such waits are not quiet there (tries go on), while for 2 threads they are.
+    const cost: Cost = (n) => 1 / n + 0.001 * Math.abs(n - 16);
+    const many = simulate(16, 6000, cost, () => 0.05).filter((n) => n === 15).length;
+    const manyBlind = simulate(16, 6000, cost).filter((n) => n === 15).length;
+    expect(many).toBe(manyBlind);
+    const two: Cost = (n) => (n === 2 ? 0.6 : 1);
+    expect(simulate(2, 6000, two, () => 0.05).filter((n) => n === 1).length).toBeLessThan(simulate(2, 6000, two).filter((n) => n === 1).length);
+  });
+
+  it('refuses waits that are not a function returning a number', () => {
+    expect(() => native().simulateThreadTuner(2, 10, () => 1, 'x' as never)).toThrow(/waits/);
+    expect(() => native().simulateThreadTuner(2, 10, () => 1, (() => 'x') as never)).toThrow(/waits/);
   });
 });
 
