@@ -49,8 +49,9 @@ interface Running {
 
 /**
  * 'llama-server', with options of its own after the name ('llama-server -fa off'), or 'llama-addon' (its
- * default threads, 'auto'), with ' -t N' for a fixed count and/or ' --kv-unified' for one KV cache of all
- * slots' cells. Ratios are ours at our defaults against llama-server at its own.
+ * default threads, 'auto'), with ' -t N' for a fixed count, ' --kv-unified' for one KV cache of all
+ * slots' cells, and then other options of `llama-addon serve` ('llama-addon --batch-size 512'). Ratios are
+ * ours at our defaults against llama-server at its own.
  */
 export type ServerSystem = string;
 
@@ -68,10 +69,12 @@ async function start(system: ServerSystem, modelPath: string, o: { slots: number
       ...system.split(' ').slice(1).filter(Boolean),
     ];
   } else {
-    const m = /^llama-addon(?: -t (\d+))?( --kv-unified)?$/.exec(system);
+    const m = /^llama-addon(?: -t (\d+))?( --kv-unified)?((?: --[a-z-]+ \S+)*)$/.exec(system);
     if (!m) throw new Error(`unknown server system ${system}`);
     const fixed = m[1];
     const unified = m[2] !== undefined;
+    // 'llama-addon --batch-size 512' and the like: options of `llama-addon serve` after the name.
+    const own = m[3]!.split(' ').filter(Boolean);
     const threads = fixed ? Number(fixed) : o.threads;
     cmd = process.execPath;
     argv = [
@@ -80,6 +83,7 @@ async function start(system: ServerSystem, modelPath: string, o: { slots: number
       '--parallel', String(o.slots), '--ctx-size', String(unified ? o.slots * o.ctxPerSlot : o.ctxPerSlot), '--conversations', '64',
       ...(unified ? ['--kv-unified'] : []),
       ...(threads ? ['--threads', String(threads)] : []),
+      ...own,
     ];
   }
   const out = createWriteStream(logFile, { flags: 'a' });

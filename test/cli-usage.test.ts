@@ -72,7 +72,7 @@ describe('llama-addon: version, help, usage errors', () => {
       ['--model [ALIAS=]FILE', null], ['--host HOST', '127.0.0.1'], ['--port N', '8080'], ['--parallel N', '4'],
       ['--ctx-size N', "the model's training context, at most 4096"], ['--api-key KEY', null], ['--max-queue N', '64'],
       ['--max-tokens N', '4096'], ['--body-limit BYTES', '1048576'], ['--max-body-depth N', '128'], ['--cache-responses N', '0'],
-      ['--kv-unified', null], ['--admin', null], ['--log', null], ['--gpu auto|cuda|vulkan|metal|off', 'auto'], ['--gpu-layers N|auto|max', 'auto'], ['--rpc HOST:PORT,...', null],
+      ['--kv-unified', null], ['--batch-size N', '2048'], ['--admin', null], ['--log', null], ['--gpu auto|cuda|vulkan|metal|off', 'auto'], ['--gpu-layers N|auto|max', 'auto'], ['--rpc HOST:PORT,...', null],
     ];
     const lines = r.stdout.split('\n');
     for (const [flag, def] of flags) {

@@ -290,6 +290,35 @@ async function waitFor(check: () => Promise<boolean>, ms = 5000): Promise<void> 
   }
 }
 
+// batchSize: llama-server's 2048 by default, so that a burst of prompts shares few steps (each adds a pass
+// over the weights for the requests generating meanwhile); the context gets what the option says.
+describeShared('server: batchSize', () => {
+  it("creates each model's context with batchSize 2048 by default, or the one given", async () => {
+    for (const [given, expected] of [
+      [undefined, 2048],
+      [512, 512],
+    ] as const) {
+      const model = await loadModel(shared('stories260k.gguf'));
+      const createContext = model.createContext.bind(model);
+      const seen: number[] = [];
+      model.createContext = async (o) => {
+        const ctx = await createContext(o);
+        seen.push(ctx.batchSize);
+        return ctx;
+      };
+      const server = await startServer({ models: [{ alias: 'm', path: shared('stories260k.gguf'), model }], port: 0, parallel: 2, contextSize: 4096, ...(given ? { batchSize: given } : {}) });
+      try {
+        await server.ready;
+        const r = await fetch(`${server.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages: [{ role: 'user', content: 'Hi' }], max_tokens: 2 }) });
+        expect(r.status).toBe(200);
+        expect(seen).toEqual([expected]);
+      } finally {
+        await server.close();
+      }
+    }
+  });
+});
+
 describeShared('server: reload memory', () => {
   it('frees a replaced model once its running request ends, and the one it was given', async () => {
     const given = await loadModel(shared('stories260k.gguf'));
@@ -370,6 +399,9 @@ describe('server options', () => {
       [{ models: [{ ...model, model: 42 }] }, 'models'],
       [{ models: [model], threads: 0 }, 'threads'],
       [{ models: [model], threads: 'max' }, 'threads'],
+      [{ models: [model], batchSize: 0 }, 'batchSize'],
+      [{ models: [model], batchSize: 512.5 }, 'batchSize'],
+      [{ models: [model], batchSize: '2048' }, 'batchSize'],
     ];
     for (const [options, name] of bad) {
       const e = await rejectsWith(startServer(options as never), 'ERR_INVALID_ARGUMENT');

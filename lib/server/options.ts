@@ -4,6 +4,9 @@ import type { GpuOption } from '../native/backends.js';
 import type { LlamaModel } from '../core/model.js';
 import { checkOptions, invalid, optBoolean, optInteger, optIntegerOr } from '../base/validate.js';
 
+/** Default of {@link ServerOptions.batchSize}: llama-server's. */
+export const DEFAULT_SERVER_BATCH_SIZE = 2048;
+
 /** A model the server serves, under an alias that requests name in `model`. */
 export interface ServerModel {
   alias: string;
@@ -40,6 +43,14 @@ export interface ServerOptions {
   contextSize?: number;
   /** One KV cache per model for all its requests (the context option `kvUnified`; default false). */
   kvUnified?: boolean;
+  /**
+   * Most tokens of each model's context decoded in one step (the context option `batchSize`; default 2048,
+   * llama-server's `--batch-size`; its micro-batches stay at most 512 tokens). When several prompts wait,
+   * each step takes a chunk of each of them up to this size, and the requests generating meanwhile get
+   * their next token once per step: a larger value costs them fewer passes over the weights (each step adds
+   * one for their tokens) but makes them wait longer for it while a burst of prompts is decoded.
+   */
+  batchSize?: number;
   /**
    * CPU threads of each model's context: a count, or `'auto'` (the default), which adapts to the load of
    * the machine, the server's own request handling included (see the context option `threads`).
@@ -85,6 +96,7 @@ export interface ResolvedServerOptions {
   cacheRamBytes?: number;
   contextSize?: number;
   kvUnified: boolean;
+  batchSize: number;
   threads: number | 'auto';
   apiKey?: string;
   maxQueue: number;
@@ -100,7 +112,7 @@ export interface ResolvedServerOptions {
 }
 
 const KEYS = [
-  'models', 'host', 'port', 'parallel', 'conversations', 'cacheRamBytes', 'contextSize', 'kvUnified', 'threads', 'apiKey', 'maxQueue', 'bodyLimit',
+  'models', 'host', 'port', 'parallel', 'conversations', 'cacheRamBytes', 'contextSize', 'kvUnified', 'batchSize', 'threads', 'apiKey', 'maxQueue', 'bodyLimit',
   'maxBodyDepth', 'maxTokensLimit', 'gpuLayers', 'gpu', 'rpcServers', 'log', 'admin', 'cacheResponses',
 ] as const;
 
@@ -150,6 +162,7 @@ export function resolveServerOptions(options: ServerOptions, caller: Function): 
     ...(cacheRamBytes !== undefined ? { cacheRamBytes } : {}),
     ...(contextSize !== undefined ? { contextSize } : {}),
     kvUnified: optBoolean(rec, 'kvUnified', caller) ?? false,
+    batchSize: optInteger(rec, 'batchSize', 1, 1 << 20, caller) ?? DEFAULT_SERVER_BATCH_SIZE,
     threads: optIntegerOr(rec, 'threads', 1, 512, ['auto'], caller) ?? 'auto',
     ...(o.apiKey !== undefined ? { apiKey: o.apiKey } : {}),
     maxQueue: optInteger(rec, 'maxQueue', 0, 1_000_000, caller) ?? 64,

@@ -85,7 +85,7 @@ export class ModelRegistry {
         : await loadModel(e.path, { gpuLayers: o.gpuLayers, ...(o.gpu !== undefined ? { gpu: o.gpu } : {}), ...(o.rpcServers ? { rpcServers: o.rpcServers } : {}) });
       this.live.add(e);
       const contextSize = o.contextSize ?? Math.min(e.model.info.contextLength || 4096, 4096);
-      e.ctx = await e.model.createContext({ contextSize, sequences: o.parallel, ...(o.kvUnified ? { kvUnified: true } : {}), threads: o.threads, ...(o.cacheRamBytes !== undefined ? { cacheRamBytes: o.cacheRamBytes } : {}) });
+      e.ctx = await e.model.createContext({ contextSize, sequences: o.parallel, batchSize: o.batchSize, ...(o.kvUnified ? { kvUnified: true } : {}), threads: o.threads, ...(o.cacheRamBytes !== undefined ? { cacheRamBytes: o.cacheRamBytes } : {}) });
       e.state = 'ready';
     } catch (err) {
       e.state = 'error';

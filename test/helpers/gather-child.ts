@@ -1,0 +1,31 @@
+// A child process for test/gather.test.ts: four prompts submitted a fraction of a millisecond apart to an
+// engine with nothing to run, after a warm-up that gives it the pace of its steps. Prints `phase:` marks on
+// stderr around them (the engine's step trace is on stderr too, with LLAMA_ADDON_PROFILE=steps from the
+// parent) and the texts as one line of JSON.
+import { loadModel, setLogLevel } from 'llama-addon';
+
+setLogLevel('error');
+const model = await loadModel(process.argv[2]!);
+const ctx = await model.createContext({ contextSize: 512, sequences: 4, batchSize: 2048, threads: 1 });
+const greedy = { temperature: 0, maxTokens: 200 } as const;
+const text = (i: number) => `Prompt ${i}: ` + 'the quick brown fox jumps over the lazy dog '.repeat(10);
+const warm = ctx.createSession();
+await warm.complete(text(9), { ...greedy, maxTokens: 8 });
+warm.dispose();
+const sessions = Array.from({ length: 4 }, () => ctx.createSession({ sharePrefix: false }));
+// Token ids, so that nothing asynchronous stands between a call and its submission to the engine.
+const prompts = sessions.map((_, i) => model.tokenize(text(i)));
+process.stderr.write('phase: burst\n');
+const results: Array<Promise<string>> = [];
+for (const [i, s] of sessions.entries()) {
+  results.push(s.complete(prompts[i]!, greedy).then((r) => r.text));
+  const until = performance.now() + 0.3;
+  while (performance.now() < until) {
+    // 0.3 ms between submissions, as requests parsed one after another reach it
+  }
+}
+const texts = await Promise.all(results);
+process.stderr.write('phase: after\n');
+console.log(JSON.stringify({ texts }));
+await ctx.dispose();
+await model.dispose();
