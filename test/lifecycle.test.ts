@@ -238,6 +238,15 @@ describe('errors keep the process running', () => {
       message: 'Invalid option "contextSize": expected an integer from 1 to 16777216, received -5',
     });
     await expect(model.createContext({ sequences: 0 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    // A step holds a token of every sequence: a smaller batch was llama.cpp's assertion, as ERR_CONTEXT_CREATE.
+    for (const [sequences, batchSize] of [[2, 1], [4, 3], [16, 8]]) {
+      await expect(model.createContext({ contextSize: 64, sequences, batchSize })).rejects.toMatchObject({
+        code: 'ERR_INVALID_ARGUMENT',
+        message: `Invalid option "batchSize": expected an integer of at least sequences (${sequences}), received ${batchSize}`,
+      });
+    }
+    const equal = await model.createContext({ contextSize: 64, sequences: 4, batchSize: 4 });
+    await equal.dispose();
     await expect(model.createContext({ flashAttention: 'yes' as never })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     await expect(model.createContext({ contextSise: 5 } as never)).rejects.toMatchObject({
       code: 'ERR_INVALID_ARGUMENT',

@@ -6,6 +6,7 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { expect, it } from 'vitest';
+import { loadModel, type LlamaSession } from 'llama-addon';
 import { describeShared, repoRoot, shared } from './helpers/models.js';
 
 describeShared('the sequences of sessions that generate together', () => {
@@ -32,4 +33,36 @@ describeShared('the sequences of sessions that generate together', () => {
     // Session 0's cache went to host memory and came back whole.
     expect(out.cachedBack).toBe(out.heldBack);
   }, 180_000);
+});
+
+describeShared('the sequence given up for a new session', () => {
+  it("is not a recently used one's next to a busy session when host memory cannot keep its cache", async () => {
+    // cacheRamBytes: 0 keeps no evicted cache: the hot conversation (used last, next to the busy one) must
+    // keep its sequence, and the cold one (least recently used) give up its own (a hostile review).
+    for (const cacheRamBytes of [0, 2 ** 30]) {
+      const model = await loadModel(shared('stories260k.gguf'));
+      const ctx = await model.createContext({ contextSize: 256, sequences: 3, threads: 1, cacheRamBytes });
+      const g = { temperature: 0 } as const;
+      const [cold, hot, busy] = [0, 1, 2].map(() => ctx.createSession({ sharePrefix: false })) as [LlamaSession, LlamaSession, LlamaSession];
+      await cold.complete('Cold: once upon a time there was a cat', { ...g, maxTokens: 8 });
+      await hot.complete('Hot: once upon a time there was a dog', { ...g, maxTokens: 8 });
+      await busy.complete('Busy: once upon a time there was a frog', { ...g, maxTokens: 2 });
+      await hot.complete([...hot.tokens], { ...g, maxTokens: 4 });
+      expect([cold.sequence, hot.sequence, busy.sequence]).toEqual([0, 1, 2]);
+      const hotTokens = [...hot.tokens];
+      const coldTokens = [...cold.tokens];
+      const running = busy.complete([...busy.tokens], { ...g, maxTokens: 100 });
+      const fresh = ctx.createSession({ sharePrefix: false });
+      const f = fresh.complete('New: a bird', { ...g, maxTokens: 4 });
+      // With room in host memory the neighbour of the busy sequence goes (its cache comes back whole);
+      // without, the least recently used.
+      expect(fresh.sequence, `cacheRamBytes ${cacheRamBytes}`).toBe(cacheRamBytes > 0 ? 1 : 0);
+      await Promise.all([running, f]);
+      const h = await hot.complete(hotTokens, { ...g, maxTokens: 1 });
+      expect(h.usage.cachedTokens).toBe(hotTokens.length - 1);
+      const c = await cold.complete(coldTokens, { ...g, maxTokens: 1 });
+      expect(c.usage.cachedTokens).toBe(cacheRamBytes > 0 ? coldTokens.length - 1 : 0);
+      await model.dispose();
+    }
+  });
 });

@@ -402,6 +402,8 @@ describe('server options', () => {
       [{ models: [model], batchSize: 0 }, 'batchSize'],
       [{ models: [model], batchSize: 512.5 }, 'batchSize'],
       [{ models: [model], batchSize: '2048' }, 'batchSize'],
+      // A step holds a token of every running request (llama.cpp asserted on a smaller batch).
+      [{ models: [model], parallel: 4, batchSize: 2 }, 'batchSize'],
     ];
     for (const [options, name] of bad) {
       const e = await rejectsWith(startServer(options as never), 'ERR_INVALID_ARGUMENT');

@@ -59,13 +59,17 @@ export interface ContextOptions {
    * llama.cpp rounds it up to a multiple of 256.
    */
   contextSize?: number;
-  /** Most tokens decoded in one step (default 512). Prompts longer than this are decoded in chunks. */
+  /**
+   * Most tokens decoded in one step (default 512; at least `sequences`, else `ERR_INVALID_ARGUMENT`).
+   * Prompts longer than this are decoded in chunks.
+   */
   batchSize?: number;
   /**
    * Sequences resident in the KV cache at once: how many sessions generate in parallel, each
    * with `contextSize` tokens of its own. Any number of sessions and chats can exist: a session that
-   * needs a sequence while all are taken gets the one of the least recently used idle session, whose cache
-   * is saved to host memory (see `cacheRamBytes`) and restored when it is used again. Work that finds every
+   * needs a sequence while all are taken gets an idle session's (the least recently used, or one next to a
+   * generating session's where host memory holds its cache), whose cache is saved to host memory (see
+   * `cacheRamBytes`) and restored when it is used again. Work that finds every
    * sequence busy waits for one (higher `priority` first, then in order). Default: as many as fit in
    * 256 MiB of KV cache (F16) at `contextSize` tokens each, from 1 to 4 (a 1B model at 4096 tokens: 2).
    */
@@ -215,7 +219,7 @@ export class LlamaContext implements AsyncDisposable {
     this.#info = info;
     this.pooling = info.pooling;
     this.embeddings = embeddings;
-    this.#residency = new Residency(info.sequences, cacheRamBytes, () => this.#native, this.kvUnified ? info.contextSize : null);
+    this.#residency = new Residency(info.sequences, cacheRamBytes, () => this.#native, this.kvUnified ? info.contextSize : null, kvBytesPerToken(model.metadata));
   }
 
   /** @internal */
@@ -226,6 +230,9 @@ export class LlamaContext implements AsyncDisposable {
     const kvUnified = optBoolean(o, 'kvUnified', caller) ?? false;
     if (kvUnified && o.embeddings === true) throw invalid('kvUnified', 'to be left out for an embedding context (it always shares one cache)', kvUnified, caller);
     const sequences = optInteger(o, 'sequences', 1, 256, caller) ?? (kvUnified ? 4 : defaultSequences(model, contextSize));
+    // A step can hold a token of every sequence: llama.cpp asserts on a batch smaller than the sequences
+    // (GGML_ASSERT(n_outputs_max <= cparams.n_outputs_max); found by a hostile review).
+    if (batchSize !== undefined && batchSize < sequences) throw invalid('batchSize', `an integer of at least sequences (${sequences})`, batchSize, caller);
     const cacheRamBytes = optInteger(o, 'cacheRamBytes', 0, Number.MAX_SAFE_INTEGER, caller) ?? DEFAULT_CACHE_RAM_BYTES;
     const threadsOpt = optIntegerOr(o, 'threads', 1, 512, ['auto'], caller) ?? 'auto';
     const threadsBatchOpt = optIntegerOr(o, 'threadsBatch', 1, 512, ['auto'], caller) ?? threadsOpt;

@@ -1,7 +1,8 @@
 // Sessions are never scarce: a context has a few sequences resident in its KV cache, and any number of
-// sessions. A session gets a sequence when it needs one (to generate, search, fork); when none is free, the
-// least recently used idle session gives up its own: its KV state is saved to host memory (llama.cpp's
-// per-sequence state API, through the engine thread, in order with everything queued there) and restored
+// sessions. A session gets a sequence when it needs one (to generate, search, fork); when none is free, an
+// idle session gives up its own (the least recently used, or one next to a generating session's; #take):
+// its KV state is saved to host memory (llama.cpp's per-sequence state API, through the engine thread, in
+// order with everything queued there) and restored
 // when that session is used again. Saved states stay within a byte budget (`cacheRamBytes`); past it the
 // oldest are dropped, and those sessions decode their tokens again on next use. Work that cannot get a
 // sequence now (every resident session is busy) waits: higher priority first, then in order of arrival.
@@ -55,6 +56,8 @@ export class Residency {
   #tick = 0;
   #parked = new Map<Tenant, Parked>();
   #parkedBytes = 0;
+  /** Bytes a KV cell takes in a saved state: the most seen so far, or the model's estimate (0: unknown). */
+  #bytesPerCell = 0;
   #waiters: Waiter[] = [];
   #changes: Array<() => void> = [];
   #order = 0;
@@ -63,7 +66,12 @@ export class Residency {
   /** With one KV cache for all sequences (kvUnified): its cells; null when each sequence has its own. */
   readonly #sharedCells: number | null;
 
-  constructor(sequences: number, budget: number, handle: () => NativeContext | null, sharedCells: number | null = null) {
+  /**
+   * `bytesPerCell`: what a KV cell of the model takes (F16 keys and values; lib/core/memory.ts), until saves
+   * show what it takes in a saved state.
+   */
+  constructor(sequences: number, budget: number, handle: () => NativeContext | null, sharedCells: number | null = null, bytesPerCell = 0) {
+    this.#bytesPerCell = bytesPerCell;
     this.#free = Array.from({ length: sequences }, (_, i) => i);
     this.budget = budget;
     this.#handle = handle;
@@ -388,9 +396,10 @@ export class Residency {
    * pass more for each gap at every step (4 chats on the 415M model holding sequences 0 and 13-15: steps of
    * 60-75 ms against 45-55 ms for 9-12). The sequence chosen is next to a busy one where it can be: a free
    * one, else the first of the longest run of free ones (where sessions that come next can join it), else,
-   * when one must be evicted anyway, an idle session's next to a busy one (the least
-   * recently used of those; its cache waits in host memory as any evicted one does). With one KV cache for
-   * all sequences (kvUnified) ids do not matter: the lowest free, else the least recently used idle.
+   * when one must be evicted anyway, an idle session's next to a busy one (the least recently used of those,
+   * where host memory can keep its cache as any evicted one's), else the least recently used idle one.
+   * With one KV cache for all sequences (kvUnified) ids do not matter: the lowest free, else the least
+   * recently used idle.
    */
   #take(t: Tenant, h: NativeContext, spare?: Tenant): number | undefined {
     if (this.#sharedCells !== null) return this.#free.shift() ?? this.#evictFor(t, h, spare);
@@ -403,8 +412,12 @@ export class Residency {
       return this.#free.splice(i, 1)[0];
     }
     const evictable = (s: Tenant) => s !== t && s !== spare && s.idle;
+    // One next to a busy session may be recently used (a conversation between turns): it is taken before the
+    // least recently used only where host memory keeps its cache without dropping another's (the bytes a
+    // cell takes); otherwise its next turn would decode it all again.
+    const kept = (s: Tenant) => this.#bytesPerCell > 0 && s.cells * this.#bytesPerCell <= this.budget - this.#parkedBytes;
     const victim =
-      this.#leastRecentlyUsed(this.#seq.keys(), (s) => evictable(s) && nextToBusy(this.#seq.get(s)!)) ??
+      this.#leastRecentlyUsed(this.#seq.keys(), (s) => evictable(s) && nextToBusy(this.#seq.get(s)!) && kept(s)) ??
       this.#leastRecentlyUsed(this.#seq.keys(), evictable);
     return victim ? this.#evict(victim, h) : undefined;
   }
@@ -457,6 +470,7 @@ export class Residency {
   }
 
   #account(t: Tenant, p: Parked, state: SavedState): void {
+    if (t.cells > 0) this.#bytesPerCell = Math.max(this.#bytesPerCell, state.data.byteLength / t.cells);
     p.state = state;
     p.pending = null;
     p.bytes = state.data.byteLength;

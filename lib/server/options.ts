@@ -45,7 +45,8 @@ export interface ServerOptions {
   kvUnified?: boolean;
   /**
    * Most tokens of each model's context decoded in one step (the context option `batchSize`; default 2048,
-   * llama-server's `--batch-size`; its micro-batches stay at most 512 tokens). When several prompts wait,
+   * llama-server's `--batch-size`, or `parallel` if larger; at least `parallel`; its micro-batches stay at
+   * most 512 tokens). A prompt alone is decoded 512 tokens a step at most, so that a step stays short. When several prompts wait,
    * each step takes a chunk of each of them up to this size, and the requests generating meanwhile get
    * their next token once per step: a larger value costs them fewer passes over the weights (each step adds
    * one for their tokens) but makes them wait longer for it while a burst of prompts is decoded.
@@ -153,6 +154,9 @@ export function resolveServerOptions(options: ServerOptions, caller: Function): 
   const parallel = optInteger(rec, 'parallel', 1, 256, caller) ?? 4;
   const contextSize = optInteger(rec, 'contextSize', 1, 1 << 24, caller);
   const cacheRamBytes = optInteger(rec, 'cacheRamBytes', 0, Number.MAX_SAFE_INTEGER, caller);
+  const batchSize = optInteger(rec, 'batchSize', 1, 1 << 20, caller) ?? Math.max(DEFAULT_SERVER_BATCH_SIZE, parallel);
+  // A step holds a token of every running request (the context option's own check, before anything loads).
+  if (batchSize < parallel) throw invalid('batchSize', `an integer of at least parallel (${parallel})`, batchSize, caller);
   return {
     models,
     host: o.host ?? '127.0.0.1',
@@ -162,7 +166,7 @@ export function resolveServerOptions(options: ServerOptions, caller: Function): 
     ...(cacheRamBytes !== undefined ? { cacheRamBytes } : {}),
     ...(contextSize !== undefined ? { contextSize } : {}),
     kvUnified: optBoolean(rec, 'kvUnified', caller) ?? false,
-    batchSize: optInteger(rec, 'batchSize', 1, 1 << 20, caller) ?? DEFAULT_SERVER_BATCH_SIZE,
+    batchSize,
     threads: optIntegerOr(rec, 'threads', 1, 512, ['auto'], caller) ?? 'auto',
     ...(o.apiKey !== undefined ? { apiKey: o.apiKey } : {}),
     maxQueue: optInteger(rec, 'maxQueue', 0, 1_000_000, caller) ?? 64,
