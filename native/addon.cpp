@@ -68,7 +68,7 @@ Napi::Value SimulateThreadTuner(const Napi::CallbackInfo& info) {
       if (!v.IsNumber()) throwArg(env, "waits", "a function returning a number", v);
       w = v.As<Napi::Number>().DoubleValue();
     }
-    int32_t n = tuner.choose(w);
+    int32_t n = tuner.choose(w, w);
     out[(size_t)i] = n;
     Napi::Value c = cost.Call({Napi::Number::New(env, n), Napi::Number::New(env, i)});
     if (!c.IsNumber()) throwArg(env, "cost", "a function returning a number", c);

@@ -233,6 +233,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   llama_context* ctx_;
   llama_batch batch_{};
   int32_t nBatch_ = 0;
+  int32_t nUbatch_ = 0;
   int32_t nCtxSeq_ = 0;
   bool canShift_ = false;
   bool sharedCells_ = false;  // one KV buffer for several sequences (kvUnified)
@@ -245,7 +246,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // Microseconds a token of a large step (a prompt chunk) took lately (0: none yet): what a prompt's decode
   // will take, which sizes the wait for other prompts that arrive with it (step()).
   double promptTokenUs_ = 0;
-  double smallStepUs_ = 0;  // and a step of fewer tokens (generating): what a generation's tokens will take
+  double genStepUs_ = 0;  // and a step of generations alone: what a generation's tokens will take
   LoraSet currentLora_;  // adapters set on the context
   int32_t loraRun_ = 0;  // steps decoded with currentLora_ in a row while other sets waited
   std::shared_ptr<ModelHandle> draftModel_;
@@ -258,6 +259,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // large one's and moved to the wrong count. Made at a shape's first step.
   static constexpr int kTunerShapes = 37;
   static constexpr double kGatherMaxUs = 8000;  // the longest wait for prompts arriving together (step())
+  static constexpr int32_t kGatherTokens = 32;  // generated tokens counted in what a generation will take
   static constexpr int32_t kLargeStep = 32;  // steps of this many tokens or more: a tuner per size class
   static int tunerShape(int32_t nTokens);
   // The tuner a new shape starts from: the nearest one made, within its class; null for shape 1 or none.

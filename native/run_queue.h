@@ -21,6 +21,8 @@ class RunQueueMeter {
   // Core-seconds the watched threads waited for a CPU per second, the larger of the last two windows
   // (kInterval or longer each); < 0 while unknown.
   double waits() const { return windows_[0] < 0 || windows_[1] < 0 ? -1 : std::max(windows_[0], windows_[1]); }
+  // The smaller of the two: waits that lasted (< 0 while unknown).
+  double sustained() const { return windows_[0] < 0 || windows_[1] < 0 ? -1 : std::min(windows_[0], windows_[1]); }
 
   // The calling thread's id (Linux; 0 elsewhere).
   static int currentThread();

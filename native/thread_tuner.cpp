@@ -37,6 +37,9 @@ constexpr double kSteady = 1.5;
 // again: idle, 2 threads of the 415M model generating waited 0.02-0.03 (the JS thread's wake-ups), a server
 // under its own load 0.03-0.1; with a core kept busy, 0.6-0.8.
 constexpr double kQuietWaits = 0.1;
+// Waits (over 100 ms at least) from which the host is busy: a rise to them from quiet tries one thread
+// fewer at once. A server's own prompt phases reached 0.45 in single 50 ms windows.
+constexpr double kBusyWaits = 0.5;
 
 // The mean: a step time is what throughput pays, stalls included (with a core busy, 2 threads' steps
 // stall now and then, and that is their cost: a median, or a mean without the largest value, hid stalls
@@ -80,12 +83,22 @@ void ThreadTuner::reset() {
   slowSteps_ = 0;
 }
 
-int32_t ThreadTuner::choose(double waits) {
+int32_t ThreadTuner::choose(double waits, double sustained) {
   if (probeLeft_ > 0) return probe_;
   if (recent_.size() < 3 || max_ == 1) return cur_;
   // Threads that hardly wait for a CPU: one put aside stalls the others at most that much, and a count fewer
   // costs 1/(n-1) more work per thread; below half of that (and at most kQuietWaits) a try cannot win.
   bool quiet = waits >= 0 && waits < std::min(kQuietWaits, 0.5 / (double)std::max(1, cur_ - 1));
+  // The threads began to wait for a CPU for 100 ms or more (the host got busy): one fewer is tried at once, as after a run of
+  // slow steps, which a moderate load need not cause (the 415M model's steps went from 17 to 45-60 ms, and
+  // 2 threads ran ~440 more steps; a hostile review).
+  bool busy = sustained >= kBusyWaits;
+  if (busy && !wasBusy_ && cur_ > 1) {
+    gap_[(size_t)cur_ - 1] = kFirstGap;
+    notBefore_[(size_t)cur_ - 1] = step_;
+    probeUp_ = false;
+  }
+  wasBusy_ = busy;
   // A neighbour whose wait is over, alternating between one fewer and one more.
   for (int i = 0; i < 2; i++) {
     bool up = probeUp_ != (i == 1);
@@ -169,7 +182,9 @@ void ThreadTuner::record(int32_t threads, double cost, double seconds) {
   }
   if (slowSteps_ >= kSlowRun) {
     // The host got busy (or something else changed): the slow steps are the baseline now, and one thread
-    // fewer is tried at once.
+    // fewer is tried at once. (Each slow step joins the window first, raising the mean the next is compared
+    // with: a run at 3x the earlier pace is needed, where 2x stays unnoticed; a load that rises gently is
+    // seen by the threads' run-queue waits instead, in choose().)
     recent_.erase(recent_.begin(), recent_.end() - kSlowRun);
     recentSeconds_.erase(recentSeconds_.begin(), recentSeconds_.end() - kSlowRun);
     slowSteps_ = 0;

@@ -28,8 +28,9 @@ class ThreadTuner {
   // Threads for the next step. `waits`: core-seconds per second that the compute threads waited for a CPU
   // lately (native/run_queue.h; < 0: unknown). While they hardly wait, a count fewer that was tried and
   // found slower is not tried again (only the host's load could make it faster), until its wait has grown
-  // to the longest, or steps slow down.
-  int32_t choose(double waits = -1);
+  // to the longest, or steps slow down. `sustained`: the waits of the last 100 ms at least (the smaller of
+  // two windows): a rise of those from quiet to busy tries one thread fewer at once.
+  int32_t choose(double waits = -1, double sustained = -1);
   // The cost of the step just run with `threads` (seconds, per token where steps differ in size), and how
   // long the step took (seconds; < 0: `cost`), which sizes the window and the tries of tiny steps.
   void record(int32_t threads, double cost, double seconds = -1);
@@ -64,6 +65,7 @@ class ThreadTuner {
   std::vector<int64_t> gap_;        // steps to wait before trying each count again
   std::vector<int64_t> notBefore_;  // the step from which each count may be tried
   int32_t slowSteps_ = 0;           // consecutive steps well above the baseline
+  bool wasBusy_ = false;            // the sustained waits were busy at the last choose()
 };
 
 }  // namespace la

@@ -1,6 +1,6 @@
 // Prompts that reach an idle engine together are decoded together (native/engine.cpp, step()): requests
 // arrive a few milliseconds apart, and a prompt that starts a step ahead of the others leaves them passes
-// of their own at the end, so the engine waits up to 0.5% of what the generations will take (8 ms at most; here 200 tokens of a 60M model: about 3 ms)
+// of their own at the end, so the engine waits up to 0.5% of what the generations will take (8 ms at most; here about 280 prompt tokens and 32 generated ones of a 130M model: over 1 ms)
 // for others before it starts.
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -11,7 +11,7 @@ import { repoRoot, synthetic } from './helpers/models.js';
 describe('prompts that arrive together', () => {
   it('start in one step, and generate in step', async () => {
     // Large enough that its steps take milliseconds (a tiny model's requests do not wait at all).
-    const path = await synthetic('gather-60m', { embeddingLength: 512, layers: 8, heads: 8, headsKv: 8, feedForwardLength: 1536, type: 'q8_0', seed: 11 });
+    const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
     const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', 'gather-child.ts'), path], {
       cwd: repoRoot,
       encoding: 'utf8',

@@ -175,9 +175,12 @@ describe('the thread tuner with run-queue waits (native/run_queue.cpp)', () => {
       const waits = (i: number) => (busy(i) ? 0.7 : 0.02);
       const chosen = simulate(2, 9000, cost, waits);
       expect(chosen.slice(0, 3000).filter((n) => n === 2).length, `${twoBusy}x`).toBeGreaterThan(2980);
-      // A step 20x slower is noticed at once; 1.3x within the longest wait between tries.
+      // Noticed at once: by the slow steps (20x), or by the waits' rise (1.3x, which slow steps alone did not
+      // show for ~440 steps of the 415M model in a hostile review).
       const moved = chosen.indexOf(1, 3000) - 3000;
-      expect(moved, `${twoBusy}x`).toBeLessThan(twoBusy > 2 ? 10 : 1300);
+      expect(moved, `${twoBusy}x`).toBeLessThan(10);
+      // Without the waits, a rise of 1.3x waits for the next try (up to the longest wait, 1024 steps or so).
+      if (twoBusy < 2) expect(simulate(2, 9000, cost).indexOf(1, 3000) - 3000).toBeGreaterThan(50);
       expect(againstBest(2, chosen, cost, 4500, 9000), `${twoBusy}x`).toBeGreaterThan(0.9);
     }
   });

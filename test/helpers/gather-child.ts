@@ -8,7 +8,7 @@ setLogLevel('error');
 const model = await loadModel(process.argv[2]!);
 const ctx = await model.createContext({ contextSize: 512, sequences: 4, batchSize: 2048, threads: 1 });
 const greedy = { temperature: 0, maxTokens: 200 } as const;
-const text = (i: number) => `Prompt ${i}: ` + 'the quick brown fox jumps over the lazy dog '.repeat(10);
+const text = (i: number) => `Prompt ${i}: ` + 'the quick brown fox jumps over the lazy dog '.repeat(25);
 const warm = ctx.createSession();
 await warm.complete(text(9), { ...greedy, maxTokens: 8 });
 warm.dispose();
