@@ -1,36 +1,24 @@
 // Prompts that reach an idle engine together are decoded together (native/engine.cpp, step()): requests
 // arrive a few milliseconds apart, and a prompt that starts a step ahead of the others leaves them passes
-// of their own at the end, so the engine waits up to 0.5% of what the generations will take (8 ms at most; here about 280 prompt tokens and 32 generated ones of a 130M model: over 1 ms)
-// for others before it starts.
-import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
-import { expect, it } from 'vitest';
-import { describe } from 'vitest';
-import { repoRoot, synthetic } from './helpers/models.js';
+// of their own at the end, so the engine waits for others before it starts, up to 0.5% of what the
+// generations will take (8 ms at most; here about 280 prompt tokens and 32 generated ones of a 130M model:
+// over 1 ms).
+import { describe, expect, it } from 'vitest';
+import { synthetic } from './helpers/models.js';
+import { stepTrace } from './helpers/step-trace.js';
 
 describe('prompts that arrive together', () => {
   it('start in one step, and generate in step', async () => {
     // Large enough that its steps take milliseconds (a tiny model's requests do not wait at all).
     const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
-    const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', 'gather-child.ts'), path], {
-      cwd: repoRoot,
-      encoding: 'utf8',
-      timeout: 180_000,
-      env: { ...process.env, LLAMA_ADDON_PROFILE: 'steps' },
-    });
-    expect(r.status, r.stderr).toBe(0);
-    const lines = r.stderr.split('\n');
-    const steps = lines
-      .slice(lines.indexOf('phase: burst'), lines.indexOf('phase: after'))
-      .filter((l) => l.startsWith('llama-addon step:'))
-      .map((l) => l.slice(l.indexOf(':', 18) + 1).trim().split(' ').map((row) => row.split('x').map(Number) as [number, number]));
+    const { steps, stdout } = stepTrace('gather-child.ts', [path], 'burst');
     // The first step holds the four prompts whole, each on its own sequence ...
     expect(steps[0]!.length, JSON.stringify(steps[0])).toBe(4);
     for (const [, rows] of steps[0]!) expect(rows).toBeGreaterThan(40);
     // ... and the steps after it a row of each, until the four end.
     const generating = steps.slice(1, 40);
     expect(generating.every((s) => s.length === 4 && s.every(([, rows]) => rows === 1)), JSON.stringify(generating.slice(0, 3))).toBe(true);
-    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { texts: string[] };
+    const out = JSON.parse(stdout.trim().split('\n').pop()!) as { texts: string[] };
     expect(out.texts).toHaveLength(4);
   }, 240_000);
 });

@@ -3,32 +3,21 @@
 // generate together should hold neighbouring sequences: a session gets a free sequence next to a busy one,
 // and, when one must be evicted, an idle session's next to a busy one rather than the least recently used
 // one far away. The evicted caches wait in host memory as before.
-import { spawnSync } from 'node:child_process';
-import { join } from 'node:path';
 import { expect, it } from 'vitest';
 import { loadModel, type LlamaSession } from 'llama-addon';
-import { describeShared, repoRoot, shared } from './helpers/models.js';
+import { describeShared, shared } from './helpers/models.js';
+import { stepTrace } from './helpers/step-trace.js';
 
 describeShared('the sequences of sessions that generate together', () => {
   it('are neighbours, even where the least recently used idle sessions hold sequences far apart', () => {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', 'sequence-choice-child.ts'), shared('stories260k.gguf')], {
-      cwd: repoRoot,
-      encoding: 'utf8',
-      timeout: 120_000,
-      env: { ...process.env, LLAMA_ADDON_PROFILE: 'steps' },
-    });
-    expect(r.status, r.stderr).toBe(0);
-    const lines = r.stderr.split('\n');
-    const steps = lines
-      .slice(lines.indexOf('phase: busy'), lines.indexOf('phase: after'))
-      .filter((l) => l.startsWith('llama-addon step:'))
-      .map((l) => l.slice(l.indexOf(':', 18) + 1).trim().split(' ').map((row) => Number(row.split('x')[0])));
+    const { steps: trace, stdout } = stepTrace('sequence-choice-child.ts', [shared('stories260k.gguf')], 'busy');
+    const steps = trace.map((rows) => rows.map(([seq]) => seq));
     // The three generate together in most steps, on one run of consecutive sequences (the least recently
     // used were 0, 8 and 15: three runs, three passes a step).
     const together = steps.filter((seqs) => seqs.length === 3);
     expect(together.length).toBeGreaterThan(15);
     for (const seqs of together) expect(seqs[2]! - seqs[0]!, seqs.join(' ')).toBe(2);
-    const out = JSON.parse(r.stdout.trim().split('\n').pop()!) as { texts: string[]; cachedBack: number; heldBack: number };
+    const out = JSON.parse(stdout.trim().split('\n').pop()!) as { texts: string[]; cachedBack: number; heldBack: number };
     expect(out.texts.every((t) => t.length > 0)).toBe(true);
     // Session 0's cache went to host memory and came back whole.
     expect(out.cachedBack).toBe(out.heldBack);

@@ -1,0 +1,28 @@
+// Runs a child script with LLAMA_ADDON_PROFILE=steps and reads the engine's step trace from its stderr:
+// each step's rows as [sequence, rows] pairs, between the `phase: <name>` mark the child writes and the
+// next `phase:` mark (native/engine.cpp prints `llama-addon step: ... : 0x1 1x40 ...`).
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { expect } from 'vitest';
+import { repoRoot } from './models.js';
+
+export type StepRows = Array<[seq: number, rows: number]>;
+
+export function stepTrace(child: string, args: string[], phase: string): { steps: StepRows[]; stdout: string } {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', child), ...args], {
+    cwd: repoRoot,
+    encoding: 'utf8',
+    timeout: 180_000,
+    env: { ...process.env, LLAMA_ADDON_PROFILE: 'steps' },
+  });
+  expect(r.status, r.stderr).toBe(0);
+  const lines = r.stderr.split('\n');
+  const from = lines.indexOf(`phase: ${phase}`);
+  expect(from, `the child's "phase: ${phase}" mark`).toBeGreaterThanOrEqual(0);
+  const to = lines.findIndex((l, i) => i > from && l.startsWith('phase:'));
+  const steps = lines
+    .slice(from, to < 0 ? undefined : to)
+    .filter((l) => l.startsWith('llama-addon step:'))
+    .map((l) => l.slice(l.indexOf(':', 18) + 1).trim().split(' ').map((row) => row.split('x').map(Number) as [number, number]));
+  return { steps, stdout: r.stdout };
+}
