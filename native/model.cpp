@@ -378,6 +378,18 @@ std::vector<llama_token> tokenizeText(const ModelHandle& h, const std::string& t
   }
   if (n < 0) throw TokenizeError("llama.cpp could not tokenize the text (" + std::to_string(n) + ")");
   tokens.resize((size_t)n);
+  // A tokenizer can emit an id its vocabulary does not have: RWKV's emits the unknown token for what it
+  // cannot match, and a file may set tokenizer.ggml.unknown_token_id to none (0xFFFFFFFF, -1) or past the
+  // end (found by the fuzzer). Nothing may pass such an id on (to detokenize, or a decode).
+  const int32_t nVocab = llama_vocab_n_tokens(h.vocab);
+  for (size_t i = 0; i < tokens.size(); i++) {
+    if (tokens[i] < 0 || tokens[i] >= nVocab) {
+      throw TokenizeError("The model's tokenizer produced token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
+                          ", outside its vocabulary of " + std::to_string(nVocab) +
+                          " tokens: the file's vocabulary is broken (a special token id, such as tokenizer.ggml.unknown_token_id, "
+                          "that the tokenizer uses is unset or out of range)");
+    }
+  }
   return tokens;
 }
 
