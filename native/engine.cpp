@@ -863,18 +863,20 @@ bool Engine::step() {
       ret = -100;
       failure = e.what();
     }
+    const double decodeSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - decodeStart).count();
     dropPlaceholders();
-    if (ret == 0 && (nTokens >= kLargeStep || promptRows == 0)) {
-      // The pace the wait for prompts arriving together is sized by: a token of a large step, and a step
-      // of generations alone (a short prompt's step took 3x a token's on stories260k and counted as one).
-      double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - decodeStart).count();
-      double& avg = nTokens >= kLargeStep ? promptTokenUs_ : genStepUs_;
-      if (nTokens >= kLargeStep) us /= nTokens;
+    if (ret == 0 && (promptRows >= kLargeStep || promptRows == 0)) {
+      // The pace the wait for prompts arriving together is sized by: a token of a step with a large prompt
+      // chunk, and a step of generations alone, however many (a short prompt's step took 3x a token's on
+      // stories260k and counted as one; 32 generations' step is no prompt token's pace either).
+      double us = decodeSeconds * 1e6;
+      double& avg = promptRows > 0 ? promptTokenUs_ : genStepUs_;
+      if (promptRows > 0) us /= nTokens;
       avg = avg > 0 ? 0.7 * avg + 0.3 * us : us;
     }
     if (tuner != nullptr && ret == 0) {
-      double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - decodeStart).count();
-      tuner->record(threads, nTokens < kLargeStep ? seconds : seconds / nTokens, seconds);  // (per token within a size class)
+      tuner->record(threads, nTokens < kLargeStep ? decodeSeconds : decodeSeconds / nTokens,
+                    decodeSeconds);  // (per token within a size class)
     }
     int64_t tSample = 0, tHandle = 0;
     if (profile_.on) {
@@ -894,7 +896,7 @@ bool Engine::step() {
         i = j;
       }
       std::fprintf(stderr, "llama-addon step: %d tokens, %d threads, %.1f ms, run-queue waits %.3f:%s\n", nTokens, threads,
-                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - decodeStart).count(),
+                   decodeSeconds * 1e3,
                    waits_.waits(), rows.c_str());
     }
     if (ret == 1) {

@@ -5,13 +5,14 @@
 // over 1 ms).
 import { describe, expect, it } from 'vitest';
 import { synthetic } from './helpers/models.js';
-import { stepTrace } from './helpers/step-trace.js';
+import { stepTraces } from './helpers/step-trace.js';
 
 describe('prompts that arrive together', () => {
   it('start in one step, and generate in step', async () => {
     // Large enough that its steps take milliseconds (a tiny model's requests do not wait at all).
     const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
-    const { steps, stdout } = stepTrace('gather-child.ts', [path], 'burst');
+    const { phases, stdout } = stepTraces('gather-child.ts', [path], ['burst', 'alone']);
+    const steps = phases.burst!;
     // The first step holds the four prompts whole, each on its own sequence ...
     expect(steps[0]!.length, JSON.stringify(steps[0])).toBe(4);
     for (const [, rows] of steps[0]!) expect(rows).toBeGreaterThan(40);
@@ -20,5 +21,9 @@ describe('prompts that arrive together', () => {
     expect(generating.every((s) => s.length === 4 && s.every(([, rows]) => rows === 1)), JSON.stringify(generating.slice(0, 3))).toBe(true);
     const out = JSON.parse(stdout.trim().split('\n').pop()!) as { texts: string[] };
     expect(out.texts).toHaveLength(4);
+    // A long prompt alone on a context with batchSize 2048 takes steps of one 512-token micro-batch.
+    const alone = phases.alone!;
+    const promptSteps = alone.filter((s) => s[0]![1] > 1).map((s) => s[0]![1]);
+    expect(promptSteps, JSON.stringify(alone)).toEqual([512, 512, 176]);
   }, 240_000);
 });

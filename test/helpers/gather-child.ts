@@ -1,7 +1,7 @@
 // A child process for test/gather.test.ts: four prompts submitted a fraction of a millisecond apart to an
 // engine with nothing to run, after a warm-up that gives it the pace of its steps. Prints `phase:` marks on
 // stderr around them (the engine's step trace is on stderr too, with LLAMA_ADDON_PROFILE=steps from the
-// parent) and the texts as one line of JSON.
+// parent) and the texts as one line of JSON. Then one long prompt alone (phase `alone`).
 import { loadModel, setLogLevel } from 'llama-addon';
 
 setLogLevel('error');
@@ -26,6 +26,14 @@ for (const [i, s] of sessions.entries()) {
 }
 const texts = await Promise.all(results);
 process.stderr.write('phase: after\n');
-console.log(JSON.stringify({ texts }));
 await ctx.dispose();
+// A prompt alone, on a context that may decode 2,048 tokens a step: it still takes steps of one 512-token
+// micro-batch, so that a request arriving meanwhile (or an abort) waits for one of those, not for all of it.
+const wide = await model.createContext({ contextSize: 2048, sequences: 2, batchSize: 2048, threads: 1 });
+const alone = model.tokenize('the quick brown fox jumps over the lazy dog '.repeat(140)).slice(0, 1200);
+process.stderr.write('phase: alone\n');
+await wide.createSession().complete(alone, { ...greedy, maxTokens: 2 });
+process.stderr.write('phase: end\n');
+console.log(JSON.stringify({ texts, alone: alone.length }));
+await wide.dispose();
 await model.dispose();

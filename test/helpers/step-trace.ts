@@ -9,6 +9,12 @@ import { repoRoot } from './models.js';
 export type StepRows = Array<[seq: number, rows: number]>;
 
 export function stepTrace(child: string, args: string[], phase: string): { steps: StepRows[]; stdout: string } {
+  const { phases, stdout } = stepTraces(child, args, [phase]);
+  return { steps: phases[phase]!, stdout };
+}
+
+/** The same, for several phases of one run of the child. */
+export function stepTraces(child: string, args: string[], names: string[]): { phases: Record<string, StepRows[]>; stdout: string } {
   const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', child), ...args], {
     cwd: repoRoot,
     encoding: 'utf8',
@@ -17,12 +23,15 @@ export function stepTrace(child: string, args: string[], phase: string): { steps
   });
   expect(r.status, r.stderr).toBe(0);
   const lines = r.stderr.split('\n');
-  const from = lines.indexOf(`phase: ${phase}`);
-  expect(from, `the child's "phase: ${phase}" mark`).toBeGreaterThanOrEqual(0);
-  const to = lines.findIndex((l, i) => i > from && l.startsWith('phase:'));
-  const steps = lines
-    .slice(from, to < 0 ? undefined : to)
-    .filter((l) => l.startsWith('llama-addon step:'))
-    .map((l) => l.slice(l.indexOf(':', 18) + 1).trim().split(' ').map((row) => row.split('x').map(Number) as [number, number]));
-  return { steps, stdout: r.stdout };
+  const phases: Record<string, StepRows[]> = {};
+  for (const phase of names) {
+    const from = lines.indexOf(`phase: ${phase}`);
+    expect(from, `the child's "phase: ${phase}" mark`).toBeGreaterThanOrEqual(0);
+    const to = lines.findIndex((l, i) => i > from && l.startsWith('phase:'));
+    phases[phase] = lines
+      .slice(from, to < 0 ? undefined : to)
+      .filter((l) => l.startsWith('llama-addon step:'))
+      .map((l) => l.slice(l.indexOf(':', 18) + 1).trim().split(' ').map((row) => row.split('x').map(Number) as [number, number]));
+  }
+  return { phases, stdout: r.stdout };
 }
