@@ -63,6 +63,7 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t p
     draftBatch_ = llama_batch_init((int32_t)llama_n_batch(draftCtx_), 0, 1);
     draftSeqs_.resize(llama_n_seq_max(draftCtx_));
   }
+  llama_set_abort_callback(ctx_, &Engine::abortStep, this);
   nBatch_ = (int32_t)llama_n_batch(ctx_);
   nUbatch_ = (int32_t)llama_n_ubatch(ctx_);
   nCtxSeq_ = (int32_t)llama_n_ctx_seq(ctx_);
@@ -201,10 +202,31 @@ void Engine::wake() {
   cv_.notify_one();
 }
 
+namespace {
+thread_local bool t_cuttingOff = false;
+}  // namespace
+
+bool cuttingOffStep() { return t_cuttingOff; }
+
+bool Engine::abortStep(void* engine) {
+  // Called by ggml's first compute thread, which is the engine thread itself (ggml_graph_compute runs it as
+  // thread 0), or by Metal's encoders while the engine thread waits in llama_decode: stepGens_ does not
+  // change while a decode runs, and the generations it points to live in active_ until after it.
+  auto* self = static_cast<Engine*>(engine);
+  bool cut = self->stopRequested_.load(std::memory_order_relaxed);
+  if (!cut && !self->stepGens_.empty()) {  // a task's decode (beams, embeddings) ends only on stop
+    cut = std::all_of(self->stepGens_.begin(), self->stepGens_.end(),
+                      [](const GenState* g) { return g->aborted.load(std::memory_order_relaxed); });
+  }
+  if (cut) t_cuttingOff = true;  // (on the thread that will log about it; cleared after llama_decode)
+  return cut;
+}
+
 void Engine::stop() {
   std::lock_guard<std::mutex> stopLock(stopMu_);
   if (stopped_) return;
   stopped_ = true;
+  stopRequested_ = true;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
@@ -856,6 +878,10 @@ bool Engine::step() {
     auto decodeStart = std::chrono::steady_clock::now();
     int32_t ret;
     std::string failure;
+    stepGens_.clear();
+    for (auto& sp : active_) {
+      if (sp->inBatch > 0) stepGens_.push_back(sp.get());
+    }
     try {
       AbortGuard guard;
       ret = llama_decode(ctx_, batch_);
@@ -863,6 +889,8 @@ bool Engine::step() {
       ret = -100;
       failure = e.what();
     }
+    t_cuttingOff = false;
+    stepGens_.clear();
     const double decodeSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - decodeStart).count();
     dropPlaceholders();
     if (ret == 0 && (promptRows >= kLargeStep || promptRows == 0)) {
@@ -895,8 +923,8 @@ bool Engine::step() {
         rows += " " + std::to_string(batch_.seq_id[i][0]) + "x" + std::to_string(j - i);
         i = j;
       }
-      std::fprintf(stderr, "llama-addon step: %d tokens, %d threads, %.1f ms, run-queue waits %.3f:%s\n", nTokens, threads,
-                   decodeSeconds * 1e3,
+      std::fprintf(stderr, "llama-addon step: %d tokens, %d threads, %.1f ms%s, run-queue waits %.3f:%s\n", nTokens, threads,
+                   decodeSeconds * 1e3, ret == 2 ? " (aborted)" : "",
                    waits_.waits(), rows.c_str());
     }
     if (ret == 1) {
@@ -937,8 +965,16 @@ bool Engine::step() {
       GenState& g = *sp;
       if (g.inBatch == 0) continue;
       if (ret != 0) {
-        // Undo what this step may have written for the sequence and end the request.
-        llama_memory_seq_rm(mem, g.seq, g.nPast, -1);
+        // Undo what this step may have written for the sequence and end the request. A recurrent state
+        // cannot drop a part (llama.cpp refuses): the sequence then starts over.
+        if (!llama_memory_seq_rm(mem, g.seq, g.nPast, -1)) {
+          llama_memory_seq_rm(mem, g.seq, -1, -1);
+          g.nPast = 0;
+        }
+        if (ret == 2) {  // cut off by abortStep(): every generation in it was aborted, or the context stops
+          finish(g, "abort");
+          continue;
+        }
         finish(g, ret == 1 ? "contextFull" : "error", ret == 1 ? "" : "ERR_DECODE",
                ret == 1            ? ""
                : failure.empty() ? "llama_decode failed with status " + std::to_string(ret)

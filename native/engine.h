@@ -275,6 +275,13 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::condition_variable cv_;
   std::deque<Command> commands_;
   bool stopping_ = false;
+  // llama.cpp's abort callback, asked between the nodes of a step's compute graph: a step ends at once when
+  // the context stops, or when every generation in it was aborted (a long prompt alone: an abort or a
+  // dispose waits for a node, not for the step's seconds). Generations that share the step with one that
+  // goes on are not cut off: they end after it, as before.
+  static bool abortStep(void* engine);
+  std::atomic<bool> stopRequested_{false};
+  std::vector<GenState*> stepGens_;  // this step's generations, while it decodes; engine thread only
   std::mutex stopMu_;
   bool stopped_ = false;
   std::vector<std::shared_ptr<GenState>> active_;  // engine thread only
@@ -296,6 +303,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
 };
 
 int64_t nowUs();
+// Whether a llama_decode on this thread is being cut off on purpose (Engine::abortStep): the warnings and
+// errors llama.cpp logs about it are then logged at the debug level (native/log.cpp).
+bool cuttingOffStep();
 // Notifications to JS are coalesced: at most one per this interval while tokens keep coming, so a fast
 // model does not wake the JS thread (and take a core from ggml) for every token. The first chunk, a full
 // queue and the end are notified at once.

@@ -1,4 +1,5 @@
 #include "log.h"
+#include "engine.h"  // cuttingOffStep()
 
 #include <atomic>
 #include <cstdio>
@@ -90,6 +91,9 @@ void emit(int level, std::string text) {
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
   if (text.empty()) return;
   if (level == (int)LogLevel::Warn && knownHarmless(text)) level = (int)LogLevel::Info;
+  // A step cut off on purpose (an abort, a dispose): llama.cpp's "failed to compute graph" errors and its
+  // warning that it removed the step's cells are what was asked for.
+  if (level >= (int)LogLevel::Warn && cuttingOffStep()) level = (int)LogLevel::Debug;
   if (t_capture != nullptr && level >= (int)LogLevel::Warn && t_capture->hold(level, text)) return;
   deliver(level, std::move(text));
 }

@@ -36,6 +36,7 @@ class LogCapture {
   std::vector<std::pair<int, std::string>> held_;
 };
 void registerLogExports(Napi::Env env, Napi::Object exports);
+
 // While one lives on a thread (creating a context whose sequences share one KV stream, each within a
 // context size no larger than the training context), llama.cpp's "n_ctx_seq > n_ctx_train" is not a warning.
 class SharedStreamScope {

@@ -13,8 +13,12 @@ export function stepTrace(child: string, args: string[], phase: string): { steps
   return { steps: phases[phase]!, stdout };
 }
 
-/** The same, for several phases of one run of the child. */
-export function stepTraces(child: string, args: string[], names: string[]): { phases: Record<string, StepRows[]>; stdout: string } {
+/** The same, for several phases of one run of the child; `lines` has each phase's step lines as printed. */
+export function stepTraces(
+  child: string,
+  args: string[],
+  names: string[],
+): { phases: Record<string, StepRows[]>; lines: Record<string, string[]>; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, ['--import', 'tsx', join(repoRoot, 'test', 'helpers', child), ...args], {
     cwd: repoRoot,
     encoding: 'utf8',
@@ -24,14 +28,13 @@ export function stepTraces(child: string, args: string[], names: string[]): { ph
   expect(r.status, r.stderr).toBe(0);
   const lines = r.stderr.split('\n');
   const phases: Record<string, StepRows[]> = {};
+  const stepLines: Record<string, string[]> = {};
   for (const phase of names) {
     const from = lines.indexOf(`phase: ${phase}`);
     expect(from, `the child's "phase: ${phase}" mark`).toBeGreaterThanOrEqual(0);
     const to = lines.findIndex((l, i) => i > from && l.startsWith('phase:'));
-    phases[phase] = lines
-      .slice(from, to < 0 ? undefined : to)
-      .filter((l) => l.startsWith('llama-addon step:'))
-      .map((l) => l.slice(l.indexOf(':', 18) + 1).trim().split(' ').map((row) => row.split('x').map(Number) as [number, number]));
+    stepLines[phase] = lines.slice(from, to < 0 ? undefined : to).filter((l) => l.startsWith('llama-addon step:'));
+    phases[phase] = stepLines[phase]!.map((l) => l.slice(l.indexOf(':', 18) + 1).trim().split(' ').map((row) => row.split('x').map(Number) as [number, number]));
   }
-  return { phases, stdout: r.stdout };
+  return { phases, lines: stepLines, stdout: r.stdout, stderr: r.stderr };
 }

@@ -1,0 +1,33 @@
+// An abort or a dispose cuts off the step that is decoding (llama.cpp's abort callback, native/engine.cpp
+// abortStep()), where it used to wait for the step to end: a 512-token step of a 7B model on a CPU takes
+// tens of seconds. Only steps whose every generation was aborted are cut off (or any, when the context
+// stops); what the step wrote is taken back out of the sequence.
+import { describe, expect, it } from 'vitest';
+import { synthetic } from './helpers/models.js';
+import { stepTraces } from './helpers/step-trace.js';
+
+describe('an abort while a long prompt decodes', () => {
+  it('ends the step, not after it, and leaves the session usable', async () => {
+    // Large enough that a 512-token step takes a second or so (the same model as test/gather.test.ts).
+    const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
+    const { lines, stdout, stderr } = stepTraces('abort-step-child.ts', [path], ['full', 'abort', 'dispose']);
+    const out = JSON.parse(stdout.trim().split('\n').pop()!) as {
+      fullMs: number; abortMs: number; abortedReason: string; after: string; afterCached: number; fresh: string; disposeMs: number; cutReason: string;
+    };
+    // The trace marks a step that llama.cpp cut off: one in each of the two parts, none in a step that ran out.
+    const cutOff = (phase: string) => lines[phase]!.filter((l) => l.includes('(aborted)')).length;
+    expect(lines.full!.length).toBeGreaterThan(0);
+    expect(cutOff('full')).toBe(0);
+    expect(cutOff('abort'), lines.abort!.join('\n')).toBe(1);
+    expect(cutOff('dispose'), lines.dispose!.join('\n')).toBe(1);
+    expect(out.abortedReason).toBe('abort');
+    expect(out.cutReason).toBe('abort');
+    // Settled well within the time one whole 512-token step took in the same run.
+    expect(out.abortMs, JSON.stringify(out)).toBeLessThan(out.fullMs / 2);
+    expect(out.disposeMs, JSON.stringify(out)).toBeLessThan(out.fullMs / 2);
+    // llama.cpp's errors about a graph it did not finish are what was asked for: not logged as errors.
+    expect(stderr).not.toMatch(/failed to (compute graph|decode)/);
+    // Nothing of the cut-off step stays in the sequence: the session's next answer is a fresh context's.
+    expect(out.after).toBe(out.fresh);
+  }, 240_000);
+});
