@@ -49,7 +49,7 @@ void Cleanup(Napi::Env, AddonData* data) {
 }
 
 // simulateThreadTuner(maxThreads, steps, cost: (threads, step) => seconds, waits?: (step) => core-seconds per
-// second) -> Int32Array of the counts a ThreadTuner chose, step by step, against made-up costs and run-queue
+// second, idle?: (step) => idle cores) -> Int32Array of the counts a ThreadTuner chose, step by step, against made-up costs and run-queue
 // waits (test/threads.test.ts; not part of the public API).
 Napi::Value SimulateThreadTuner(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -59,6 +59,8 @@ Napi::Value SimulateThreadTuner(const Napi::CallbackInfo& info) {
   Napi::Function cost = info[2].As<Napi::Function>();
   if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsFunction()) throwArg(env, "waits", "a function or undefined", info[3]);
   Napi::Function waits = info.Length() > 3 && info[3].IsFunction() ? info[3].As<Napi::Function>() : Napi::Function();
+  if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsFunction()) throwArg(env, "idle", "a function or undefined", info[4]);
+  Napi::Function idleFn = info.Length() > 4 && info[4].IsFunction() ? info[4].As<Napi::Function>() : Napi::Function();
   ThreadTuner tuner(maxThreads);
   Napi::Int32Array out = Napi::Int32Array::New(env, (size_t)steps);
   for (int32_t i = 0; i < steps; i++) {
@@ -68,7 +70,13 @@ Napi::Value SimulateThreadTuner(const Napi::CallbackInfo& info) {
       if (!v.IsNumber()) throwArg(env, "waits", "a function returning a number", v);
       w = v.As<Napi::Number>().DoubleValue();
     }
-    int32_t n = tuner.choose(w, w);
+    double idle = -1;
+    if (!idleFn.IsEmpty()) {
+      Napi::Value v = idleFn.Call({Napi::Number::New(env, i)});
+      if (!v.IsNumber()) throwArg(env, "idle", "a function returning a number", v);
+      idle = v.As<Napi::Number>().DoubleValue();
+    }
+    int32_t n = tuner.choose(w, w, idle);
     out[(size_t)i] = n;
     Napi::Value c = cost.Call({Napi::Number::New(env, n), Napi::Number::New(env, i)});
     if (!c.IsNumber()) throwArg(env, "cost", "a function returning a number", c);

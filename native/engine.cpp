@@ -868,7 +868,7 @@ bool Engine::step() {
     int32_t threads = 0;
     if (tuner != nullptr) {
       waits_.sample();
-      threads = tuner->choose(waits_.waits(), waits_.sustained());
+      threads = tuner->choose(waits_.waits(), waits_.sustained(), waits_.idleCores());
       int32_t tg = single ? threads : tgNow_.load();
       int32_t pp = single ? ppNow_.load() : threads;
       if (tg != llama_n_threads(ctx_) || pp != llama_n_threads_batch(ctx_)) llama_set_n_threads(ctx_, tg, pp);
@@ -914,8 +914,8 @@ bool Engine::step() {
       profile_.syncUs += nowUs() - t0;
     }
     if (profile_.perStep) {
-      // LLAMA_ADDON_PROFILE=steps: each step's rows as runs of one sequence (seq x tokens), its decode time and
-      // the run-queue waits the tuners see (-1: unknown).
+      // LLAMA_ADDON_PROFILE=steps: each step's rows as runs of one sequence (seq x tokens), its decode time,
+      // and the run-queue waits and idle cores the tuners see (-1: unknown).
       std::string rows;
       for (int32_t i = 0; i < batch_.n_tokens;) {
         int32_t j = i;
@@ -923,9 +923,8 @@ bool Engine::step() {
         rows += " " + std::to_string(batch_.seq_id[i][0]) + "x" + std::to_string(j - i);
         i = j;
       }
-      std::fprintf(stderr, "llama-addon step: %d tokens, %d threads, %.1f ms%s, run-queue waits %.3f:%s\n", nTokens, threads,
-                   decodeSeconds * 1e3, ret == 2 ? " (aborted)" : "",
-                   waits_.waits(), rows.c_str());
+      std::fprintf(stderr, "llama-addon step: %d tokens, %d threads, %.1f ms%s, run-queue waits %.3f, idle cores %.2f:%s\n", nTokens,
+                   threads, decodeSeconds * 1e3, ret == 2 ? " (aborted)" : "", waits_.waits(), waits_.idleCores(), rows.c_str());
     }
     if (ret == 1) {
       // No room in the KV cache for this batch (llama.cpp wrote nothing). With one buffer for all sequences

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 #ifdef __linux__
@@ -65,6 +66,7 @@ void RunQueueMeter::watch(const std::vector<int>& tids) {
   }
   started_ = false;
   windows_[0] = windows_[1] = -1;
+  idle_[0] = idle_[1] = lastIdle_ = -1;
 }
 
 bool RunQueueMeter::read(uint64_t& ns) const {
@@ -92,6 +94,34 @@ bool RunQueueMeter::read(uint64_t& ns) const {
 #endif
 }
 
+bool RunQueueMeter::readIdle(double& seconds) {
+#ifdef __linux__
+  // The first line of /proc/stat: "cpu  user nice system idle iowait irq ..." in clock ticks, all CPUs.
+  int fd = ::open("/proc/stat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buf[256];
+  ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 4 || std::strncmp(buf, "cpu ", 4) != 0) return false;
+  buf[n] = '\0';
+  unsigned long long f[5] = {0, 0, 0, 0, 0};
+  char* p = buf + 4;
+  for (auto& x : f) {
+    char* end = nullptr;
+    x = std::strtoull(p, &end, 10);
+    if (end == p) return false;
+    p = end;
+  }
+  static const long hz = ::sysconf(_SC_CLK_TCK);
+  if (hz <= 0) return false;
+  seconds = (double)(f[3] + f[4]) / (double)hz;
+  return true;
+#else
+  (void)seconds;
+  return false;
+#endif
+}
+
 void RunQueueMeter::sample() {
   if (unavailable_) return;
   auto now = std::chrono::steady_clock::now();
@@ -107,6 +137,17 @@ void RunQueueMeter::sample() {
     windows_[1] = windows_[0];
     // A thread that ended (or another that took its id) can make the sum go back: that window is unknown.
     windows_[0] = ns >= lastNs_ ? (double)(ns - lastNs_) / 1e9 / seconds : -1;
+  }
+  double idle = -1;
+  if (readIdle(idle)) {
+    if (started_ && lastIdle_ >= 0) {
+      double seconds = std::chrono::duration<double>(now - last_).count();
+      idle_[1] = idle_[0];
+      idle_[0] = idle >= lastIdle_ ? (idle - lastIdle_) / seconds : -1;
+    }
+    lastIdle_ = idle;
+  } else {
+    idle_[0] = idle_[1] = lastIdle_ = -1;
   }
   started_ = true;
   last_ = now;

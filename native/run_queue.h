@@ -24,6 +24,10 @@ class RunQueueMeter {
   // The smaller of the two: waits that lasted (< 0 while unknown).
   double sustained() const { return windows_[0] < 0 || windows_[1] < 0 ? -1 : std::min(windows_[0], windows_[1]); }
 
+  // Cores the whole machine left idle per second, the larger of the last two windows (Linux: /proc/stat's
+  // idle and iowait time; < 0 while unknown): under half a core, a count more has no core to run on.
+  double idleCores() const { return idle_[0] < 0 || idle_[1] < 0 ? -1 : std::max(idle_[0], idle_[1]); }
+
   // The calling thread's id (Linux; 0 elsewhere).
   static int currentThread();
   // The ids of the process's threads now (Linux; empty elsewhere).
@@ -40,6 +44,10 @@ class RunQueueMeter {
   std::chrono::steady_clock::time_point last_;
   uint64_t lastNs_ = 0;
   double windows_[2] = {-1, -1};
+  // The machine's idle time so far (seconds; false when unreadable).
+  static bool readIdle(double& seconds);
+  double lastIdle_ = -1;
+  double idle_[2] = {-1, -1};
 };
 
 }  // namespace la

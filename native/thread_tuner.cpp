@@ -21,6 +21,12 @@ constexpr int32_t kMaxProbeSteps = 64;
 constexpr int64_t kStartGap = 2;       // steps before the first try (the first step warms the threads up)
 constexpr int64_t kFirstGap = 16;      // steps before a neighbour is tried again, after a move
 constexpr int64_t kMaxGap = 1024;      // the longest wait before trying a neighbour that was slower
+// ... in time, where that is more steps: stories260k with a core busy, 1 thread's steps 0.3 ms: a try of 2
+// threads every 1,024 steps (0.3 s) stalled for a scheduler slice (100 ms) now and then.
+constexpr double kMaxGapSeconds = 1.0;
+// Idle cores below which the machine has none for a thread more (see choose()).
+constexpr double kFreeCore = 0.5;
+constexpr int64_t kFullGaps = 4;
 constexpr double kMargin = 0.97;       // a neighbour's cost must be this much below to move to it
 constexpr double kSlowdown = 2.0;      // a step this much above the baseline is slow
 constexpr int32_t kSlowRun = 3;        // this many slow steps in a row: the host got busy
@@ -33,6 +39,11 @@ constexpr double kSlowerTwice = 1.25;
 // ... but only while the current count's recent steps are steady (the slowest at most this much above the
 // fastest): where they vary (a load that comes and goes), two steps say too little, and a try runs its 5.
 constexpr double kSteady = 1.5;
+// A try of tiny steps spans kProbeSeconds (dozens of steps): once a quarter of it is run, a mean this much
+// above the baseline ends it, steady or not. With a core busy, stories260k's 1-thread steps varied too much
+// to be steady (0.2-0.5 ms), and each try of 2 threads ran its ~50 steps at 1.9x: 5% of the steps, 0.95 of
+// the best count in the simulator.
+constexpr double kSlowerSoFar = 1.5;
 // Waits (core-seconds per second, the compute threads together) below which a count fewer is not tried
 // again: idle, 2 threads of the 415M model generating waited 0.02-0.03 (the JS thread's wake-ups), a server
 // under its own load 0.03-0.1; with a core kept busy, 0.6-0.8.
@@ -68,6 +79,12 @@ int64_t ThreadTuner::jittered(int64_t gap) {
   return std::max<int64_t>(1, (int64_t)((double)gap * (0.75 + 0.5 * u)));
 }
 
+int64_t ThreadTuner::longestGap() const {
+  double pace = meanOf(recentSeconds_);
+  if (pace <= 0) return kMaxGap;
+  return std::max<int64_t>(kMaxGap, (int64_t)std::min(kMaxGapSeconds / pace, 1e9));
+}
+
 bool ThreadTuner::steady() const {
   if (recent_.empty()) return false;
   auto [lo, hi] = std::minmax_element(recent_.begin(), recent_.end());
@@ -83,7 +100,7 @@ void ThreadTuner::reset() {
   slowSteps_ = 0;
 }
 
-int32_t ThreadTuner::choose(double waits, double sustained) {
+int32_t ThreadTuner::choose(double waits, double sustained, double idle) {
   if (probeLeft_ > 0) return probe_;
   if (recent_.size() < 3 || max_ == 1) return cur_;
   // Threads that hardly wait for a CPU: one put aside stalls the others at most that much, and a count fewer
@@ -99,21 +116,36 @@ int32_t ThreadTuner::choose(double waits, double sustained) {
     probeUp_ = false;
   }
   wasBusy_ = busy;
+  // The machine had no idle core and now has one (the host's work ended): a count more is tried at once.
+  bool machineFull = idle >= 0 && idle < kFreeCore;
+  if (!machineFull && idle >= 0 && wasFull_ && cur_ < max_) {
+    gap_[(size_t)cur_ + 1] = kFirstGap;
+    notBefore_[(size_t)cur_ + 1] = step_;
+    probeUp_ = true;
+  }
+  if (idle >= 0) wasFull_ = machineFull;
   // A neighbour whose wait is over, alternating between one fewer and one more.
   for (int i = 0; i < 2; i++) {
     bool up = probeUp_ != (i == 1);
     int32_t n = up ? cur_ + 1 : cur_ - 1;
     if (n < 1 || n > max_ || step_ < notBefore_[(size_t)n]) continue;
     size_t k = (size_t)n;
-    if (!up && quiet && gap_[k] > kFirstGap && gap_[k] < kMaxGap) {
-      // Tried since the last move and slower, and nothing has changed: put off, the wait growing as if it
-      // had been tried (so that a count 20x slower is still tried now and then, at the longest wait).
-      gap_[k] = std::min<int64_t>(gap_[k] * 2, kMaxGap);
+    // A count more while the machine has no idle core (the host's work, or ours, holds them all): its
+    // thread would wait for a core, and stall the others at every barrier.
+    // Such a try fails but can cost a scheduler slice (100 ms): it waits up to kFullGaps longest gaps.
+    bool full = up && machineFull;
+    int64_t longest = full ? kFullGaps * longestGap() : longestGap();
+    if (((!up && quiet && gap_[k] > kFirstGap) || full) && gap_[k] < longest) {
+      // Tried since the last move and slower (or, a count more, no core for it, even right after a move
+      // from it), and nothing has changed: put off, the wait growing as if it had been tried (so that a
+      // count 20x slower is still tried now and then, at the longest wait).
+      gap_[k] = std::min<int64_t>(gap_[k] * 2, longest);
       notBefore_[k] = step_ + jittered(gap_[k]);
       continue;
     }
     probeUp_ = !up;
     probe_ = n;
+    probeFreeCore_ = up && idle >= kFreeCore;
     // As many steps as kProbeSeconds takes at the current count's pace (at least kProbeSteps).
     double pace = meanOf(recentSeconds_);
     int32_t steps = pace > 0 ? (int32_t)std::ceil(kProbeSeconds / pace) + 1 : kProbeSteps;
@@ -132,7 +164,10 @@ void ThreadTuner::record(int32_t threads, double cost, double seconds) {
   if (probeLeft_ > 0 && threads == probe_) {
     probeLeft_--;
     bool first = probeLeft_ == probeSteps_ - 1;
-    if (first && cost > base * kClearlyWorse) {
+    // (Not a count more on a machine with an idle core: its first step wakes a thread that slept while
+    // unused, which took 28 ms against 0.3 ms steps of stories260k on an idle machine, and every try of 2
+    // threads ended there, leaving 1 thread at 0.8 of 2's speed.)
+    if (first && cost > base * kClearlyWorse && !probeFreeCore_) {
       probeLeft_ = 0;  // no need to look further
       probeCosts_.assign(1, cost);
       probeSeconds_.assign(1, seconds);
@@ -142,6 +177,10 @@ void ThreadTuner::record(int32_t threads, double cost, double seconds) {
       probeCosts_.push_back(cost);
       probeSeconds_.push_back(seconds);
       if (probeCosts_.size() == 1 && steady() && probeFirst_ > base * kSlowerTwice && cost > base * kSlowerTwice) probeLeft_ = 0;
+      if (probeSteps_ > kProbeSteps && (int32_t)probeCosts_.size() >= std::max(4, probeSteps_ / 4) &&
+          meanOf(probeCosts_) > base * kSlowerSoFar) {
+        probeLeft_ = 0;
+      }
     }
     if (probeLeft_ > 0) return;
     double mid = probeCosts_.empty() ? cost : meanOf(probeCosts_);
@@ -161,7 +200,7 @@ void ThreadTuner::record(int32_t threads, double cost, double seconds) {
       // costs 5 steps' time, so it is tried about 5x less often).
       double ratio = base > 0 ? mid / base : 2.0;
       double grown = (double)gap_[p] * std::max(2.0, std::min(ratio, 16.0));
-      gap_[p] = std::min<int64_t>((int64_t)grown, kMaxGap);
+      gap_[p] = std::min<int64_t>((int64_t)grown, longestGap());
       notBefore_[p] = step_ + jittered(gap_[p]);
     }
     probeCosts_.clear();

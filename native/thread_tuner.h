@@ -30,7 +30,9 @@ class ThreadTuner {
   // found slower is not tried again (only the host's load could make it faster), until its wait has grown
   // to the longest, or steps slow down. `sustained`: the waits of the last 100 ms at least (the smaller of
   // two windows): a rise of those from quiet to busy tries one thread fewer at once.
-  int32_t choose(double waits = -1, double sustained = -1);
+  // `idle`: cores the machine left idle lately (< 0: unknown); under half a core, a count more that was
+  // tried and found slower is not tried again (it has no core to run on) until its wait is the longest.
+  int32_t choose(double waits = -1, double sustained = -1, double idle = -1);
   // The cost of the step just run with `threads` (seconds, per token where steps differ in size), and how
   // long the step took (seconds; < 0: `cost`), which sizes the window and the tries of tiny steps.
   void record(int32_t threads, double cost, double seconds = -1);
@@ -45,6 +47,9 @@ class ThreadTuner {
   double baseline() const;
   // Whether the costs at cur_ vary little (a short try can tell a slower count from them).
   bool steady() const;
+  // The longest wait before a count that was slower is tried again: kMaxGap steps, or kMaxGapSeconds at
+  // the current count's pace where that is more (tiny steps: a try can stall for a scheduler slice).
+  int64_t longestGap() const;
   // `gap` steps, give or take a quarter (so that tries do not keep meeting a periodic load in step).
   int64_t jittered(int64_t gap);
   uint64_t rng_ = 0x9e3779b97f4a7c15ULL;
@@ -62,10 +67,12 @@ class ThreadTuner {
   int32_t probeSteps_ = 0;          // the steps the probe in progress was given
   double probeFirst_ = 0;            // the probe's first step (its threads warming up)
   bool probeUp_ = false;            // which neighbour is tried next
+  bool probeFreeCore_ = false;      // the probe in progress is of a count more, with an idle core for it
   std::vector<int64_t> gap_;        // steps to wait before trying each count again
   std::vector<int64_t> notBefore_;  // the step from which each count may be tried
   int32_t slowSteps_ = 0;           // consecutive steps well above the baseline
   bool wasBusy_ = false;            // the sustained waits were busy at the last choose()
+  bool wasFull_ = false;            // the machine had no idle core at the last choose() that knew
 };
 
 }  // namespace la

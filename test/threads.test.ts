@@ -10,7 +10,8 @@ import { tinyContext } from './helpers/tiny-context.js';
 import { prng } from './helpers/prng.js';
 
 type Cost = (threads: number, step: number) => number;
-const simulate = (max: number, steps: number, cost: Cost, waits?: (step: number) => number) => Array.from(native().simulateThreadTuner(max, steps, cost, waits));
+const simulate = (max: number, steps: number, cost: Cost, waits?: (step: number) => number, idle?: (step: number) => number) =>
+  Array.from(native().simulateThreadTuner(max, steps, cost, waits, idle));
 /** The total cost of the counts chosen, against that of the best fixed count over the same steps. */
 function againstBest(max: number, chosen: number[], cost: Cost, from = 0, to = chosen.length): number {
   let total = 0;
@@ -112,6 +113,67 @@ describe('the thread tuner with tiny steps', () => {
   });
 });
 
+describe('the thread tuner with tiny steps that vary', () => {
+  it('ends a try of a count that is clearly slower after a quarter of it, steady or not', () => {
+    // stories260k with a core busy: 1 thread's steps 0.25 ms but varying by up to 1.8x (not steady, so a
+    // try's first two steps cannot end it), 2 threads' twice as long. Each try of 2 threads ran its ~50
+    // steps: 5% of the steps at 2 threads, 0.95 of 1 thread's speed; now 1.5% and 0.985.
+    for (const seed of [1, 2, 3]) {
+      const r = prng(seed);
+      const jitter = Array.from({ length: 8000 }, () => 1 + 0.8 * r());
+      const cost: Cost = (n, i) => (n === 2 ? 0.0005 : 0.00025) * jitter[i]!;
+      const chosen = simulate(2, 8000, cost);
+      expect(chosen.filter((n) => n === 2).length, `seed ${seed}`).toBeLessThan(200);
+      expect(againstBest(2, chosen, cost), `seed ${seed}`).toBeGreaterThan(0.975);
+    }
+  });
+});
+
+describe('the thread tuner on a machine with no idle core', () => {
+  // stories260k with a core busy: a try of 2 threads now and then stalls a step for a scheduler slice
+  // (100 ms against 0.3 ms steps; seen in the step trace). While the machine has no idle core (/proc/stat),
+  // a count more that was slower waits 4x longer before it is tried again; when a core turns idle, it is
+  // tried at once.
+  const N = 20_000;
+  const stalls = (seed: number) => {
+    const r = prng(seed);
+    return Array.from({ length: N }, () => r() < 0.2);
+  };
+  it('tries a count more seldom while no core is idle', () => {
+    for (const seed of [1, 2, 3]) {
+      const stall = stalls(seed);
+      const cost: Cost = (n, i) => (n === 2 ? (stall[i] ? 0.1 : 0.00025) : 0.0003);
+      const blind = againstBest(2, simulate(2, N, cost), cost);
+      const full = againstBest(2, simulate(2, N, cost, undefined, () => 0.1), cost);
+      expect(full, `seed ${seed}`).toBeGreaterThan(0.9);
+      expect(full, `seed ${seed}`).toBeGreaterThan(blind + 0.05);
+    }
+  });
+  it('does not give up a count more for its first step, which wakes a sleeping thread, when a core is idle', () => {
+    // After the busy half, 2 threads are the faster (0.25 against 0.3 ms), but the first step of 2 after
+    // steps of 1 takes 28 ms (the pool's second thread slept). Ending each try at that step kept 1 thread
+    // for good: 4 steps of the second half at 2 threads.
+    let prev = 2;
+    const cost: Cost = (n, i) => {
+      const c = i < N / 2 ? (n === 2 ? 0.0006 : 0.0003) : n === 2 ? (prev === 1 ? 0.028 : 0.00025) : 0.0003;
+      prev = n;
+      return c;
+    };
+    const chosen = simulate(2, N, cost, () => 0.02, (i) => (i < N / 2 ? 0.1 : 1));
+    expect(chosen.slice(0, N / 2).filter((n) => n === 1).length).toBeGreaterThan(0.95 * (N / 2));
+    expect(chosen.slice(N / 2).filter((n) => n === 2).length).toBeGreaterThan(0.95 * (N / 2));
+  });
+  it('tries it at once when a core turns idle, and keeps it', () => {
+    for (const seed of [1, 2, 3]) {
+      const stall = stalls(seed);
+      const cost: Cost = (n, i) => (i < N / 2 ? (n === 2 ? (stall[i] ? 0.1 : 0.00025) : 0.0003) : n === 2 ? 0.0002 : 0.0003);
+      const chosen = simulate(2, N, cost, undefined, (i) => (i < N / 2 ? 0.1 : 1));
+      expect(chosen.indexOf(2, N / 2) - N / 2, `seed ${seed}`).toBeLessThan(50);
+      expect(chosen.slice(N / 2).filter((n) => n === 2).length, `seed ${seed}`).toBeGreaterThan(0.95 * (N / 2));
+    }
+  });
+});
+
 describe('the thread tuner on a shared machine', () => {
   // Step times there have spikes: a thread put aside for a moment makes a step 2-8x slower now and then.
   // A tuner that compared a smoothed average with tries of 2 steps left the best count after a few spikes
@@ -208,6 +270,7 @@ describe('the thread tuner with run-queue waits (native/run_queue.cpp)', () => {
 
   it('refuses waits that are not a function returning a number', () => {
     expect(() => native().simulateThreadTuner(2, 10, () => 1, 'x' as never)).toThrow(/waits/);
+    expect(() => native().simulateThreadTuner(2, 10, () => 1, undefined, (() => 'x') as never)).toThrow(/idle/);
     expect(() => native().simulateThreadTuner(2, 10, () => 1, (() => 'x') as never)).toThrow(/waits/);
   });
 });

@@ -321,7 +321,13 @@ export interface NativeAddon {
   ): { promise: Promise<NativeModel>; abort(): void };
   systemInfo(): NativeSystemInfo;
   /** A ThreadTuner driven by made-up costs: the counts it chose, step by step (tests only). */
-  simulateThreadTuner(maxThreads: number, steps: number, cost: (threads: number, step: number) => number, waits?: (step: number) => number): Int32Array;
+  simulateThreadTuner(
+    maxThreads: number,
+    steps: number,
+    cost: (threads: number, step: number) => number,
+    waits?: (step: number) => number,
+    idle?: (step: number) => number,
+  ): Int32Array;
   backendInfo(): NativeBackendInfo;
   /** Loads the CPU module best for this CPU and the other non-GPU modules in `dir`; returns backend names. */
   initBackends(dir: string): string[];
