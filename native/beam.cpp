@@ -13,6 +13,16 @@
 namespace la {
 
 namespace {
+// A decode of the search: status 2 is the context stopping (Engine::abortStep cuts a task's decode only then).
+void decodeOrThrow(llama_context* ctx, const llama_batch& batch, const char* where) {
+  int32_t ret = llama_decode(ctx, batch);
+  if (ret == 2) throw CodedError("ERR_DISPOSED", "The context was disposed during the beam search");
+  if (ret != 0) throw std::runtime_error(std::string("llama_decode failed ") + where + " (status " + std::to_string(ret) + ")");
+}
+}  // namespace
+
+
+namespace {
 
 struct Beam {
   std::vector<llama_token> tokens;
@@ -67,7 +77,7 @@ std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vo
         if (pos + 1 == n) lastRow = i;
         pos++;
       }
-      if (llama_decode(ctx, batch) != 0) throw std::runtime_error("llama_decode failed on the prompt");
+      decodeOrThrow(ctx, batch, "on the prompt");
     }
 
     std::vector<Beam> alive{Beam{{}, 0.0, home, lastRow}};
@@ -130,7 +140,7 @@ std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vo
       for (auto& b : next) {
         b.row = batchAdd(batch, b.tokens.back(), n + (llama_pos)b.tokens.size() - 1, b.seq, true);
       }
-      if (llama_decode(ctx, batch) != 0) throw std::runtime_error("llama_decode failed during beam search");
+      decodeOrThrow(ctx, batch, "during beam search");
       // The beams that did not continue free their sequences; the sets swap roles.
       for (llama_seq_id s : setA) {
         if (s != home) llama_memory_seq_rm(mem, s, -1, -1);

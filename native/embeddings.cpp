@@ -79,6 +79,8 @@ Napi::Value Context::Embed(const Napi::CallbackInfo& info) {
           int32_t ret = encoder ? llama_encode(ctx, batch) : llama_decode(ctx, batch);
           if (ret != 0) {
             for (auto& pl : placed) llama_memory_seq_rm(mem, pl.second, -1, -1);
+            // Status 2: cut off because the context is being disposed (Engine::abortStep).
+            if (ret == 2) throw CodedError("ERR_DISPOSED", "The context was disposed while it computed embeddings");
             throw std::runtime_error("llama.cpp failed to compute embeddings (status " + std::to_string(ret) + ")");
           }
           int32_t row = 0;

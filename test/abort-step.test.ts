@@ -10,9 +10,10 @@ describe('an abort while a long prompt decodes', () => {
   it('ends the step, not after it, and leaves the session usable', async () => {
     // Large enough that a 512-token step takes a second or so (the same model as test/gather.test.ts).
     const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
-    const { lines, stdout, stderr } = stepTraces('abort-step-child.ts', [path], ['full', 'abort', 'dispose']);
+    const { lines, stdout, stderr } = stepTraces('abort-step-child.ts', [path], ['full', 'abort', 'dispose', 'tasks']);
     const out = JSON.parse(stdout.trim().split('\n').pop()!) as {
       fullMs: number; abortMs: number; abortedReason: string; after: string; afterCached: number; fresh: string; disposeMs: number; cutReason: string;
+      beam: string; beamDisposeMs: number; embed: string; embedDisposeMs: number;
     };
     // The trace marks a step that llama.cpp cut off: one in each of the two parts, none in a step that ran out.
     const cutOff = (phase: string) => lines[phase]!.filter((l) => l.includes('(aborted)')).length;
@@ -27,6 +28,11 @@ describe('an abort while a long prompt decodes', () => {
     expect(out.disposeMs, JSON.stringify(out)).toBeLessThan(out.fullMs / 2);
     // llama.cpp's errors about a graph it did not finish are what was asked for: not logged as errors.
     expect(stderr).not.toMatch(/failed to (compute graph|decode)/);
+    // A beam search and embeddings in flight: cut off by the dispose, rejected with ERR_DISPOSED.
+    expect(out.beam).toBe('ERR_DISPOSED');
+    expect(out.embed).toBe('ERR_DISPOSED');
+    expect(out.beamDisposeMs, JSON.stringify(out)).toBeLessThan(out.fullMs / 2);
+    expect(out.embedDisposeMs, JSON.stringify(out)).toBeLessThan(out.fullMs / 2);
     // Nothing of the cut-off step stays in the sequence: the session's next answer is a fresh context's.
     expect(out.after).toBe(out.fresh);
   }, 240_000);

@@ -40,6 +40,23 @@ const t1 = performance.now();
 await ctx.dispose();
 const disposeMs = performance.now() - t1;
 const cutResult = await cut;
+
+// Work that runs on the engine as a whole (a beam search, embeddings) is cut off by a dispose too, and
+// rejects with ERR_DISPOSED.
+process.stderr.write('phase: tasks\n');
+const settle = (p: Promise<unknown>) => p.then(() => 'resolved', (e: { code?: string }) => String(e.code));
+ctx = await model.createContext({ ...options, sequences: 8 });
+const beam = settle(ctx.createSession().complete(long.slice(0, 1000), { beams: 4, maxTokens: 64 }));
+await intoTheStep();
+const t2 = performance.now();
+await ctx.dispose();
+const beamDisposeMs = performance.now() - t2;
+ctx = await model.createContext({ contextSize: 2048, embeddings: true, threads: 1 });
+const embed = settle(ctx.embed(Array.from({ length: 8 }, (_, i) => `text ${i} ` + 'the quick brown fox jumps over the lazy dog '.repeat(40))));
+await intoTheStep();
+const t3 = performance.now();
+await ctx.dispose();
+const embedDisposeMs = performance.now() - t3;
 process.stderr.write('phase: end\n');
 console.log(
   JSON.stringify({
@@ -51,6 +68,10 @@ console.log(
     fresh: fresh.text,
     disposeMs,
     cutReason: cutResult.stopReason,
+    beam: await beam,
+    beamDisposeMs,
+    embed: await embed,
+    embedDisposeMs,
   }),
 );
 await model.dispose();
