@@ -72,6 +72,24 @@ describeShared('speculative decoding (tinystories-656k F16 with its Q8_0 as draf
     expect(next.tokens).toEqual((await p.complete(more, { maxTokens: 40, temperature: 0 })).tokens);
   });
 
+  it('is disposed with its draft model, promptly, and the target model goes on', async () => {
+    const ownDraft = await loadModel(shared('tinystories-656k-q8_0.gguf'));
+    const ctx = await target.createContext({ contextSize: 512, draftModel: ownDraft });
+    const s = ctx.createSession();
+    const gen = s.generate(PROMPTS[0], { maxTokens: 400, temperature: 0, queueSize: 1 });
+    for await (const _ of gen) break;  // it is generating (with drafts)
+    const again = s.generate(PROMPTS[1], { maxTokens: 400, temperature: 0 });
+    await ownDraft.dispose();
+    // The context went with it (it drafted with that model at every step): the generation ended with it.
+    expect(ctx.disposed).toBe(true);
+    expect((await again.result).stopReason).toBe('abort');
+    expect(() => ctx.createSession()).toThrow(expect.objectContaining({ code: 'ERR_DISPOSED' }));
+    // A context made afterwards with the disposed model as its draft is refused.
+    await expect(target.createContext({ contextSize: 512, draftModel: ownDraft })).rejects.toMatchObject({ code: 'ERR_DISPOSED' });
+    using plain = (await target.createContext({ contextSize: 512 })).createSession();
+    expect((await plain.complete(PROMPTS[0], { maxTokens: 8, temperature: 0 })).tokens).toHaveLength(8);
+  });
+
   it('refuses a draft model with another vocabulary', async () => {
     await using other = await loadModel(shared('stories260k.gguf'));
     await expect(target.createContext({ draftModel: other })).rejects.toThrow(/vocabulary differs/);

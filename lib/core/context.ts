@@ -141,6 +141,7 @@ export interface ContextOptions {
   /**
    * Speculative decoding with a draft model: a smaller model with the same vocabulary proposes
    * `draftTokens` tokens, which this model checks in one batch. The output is the same as without it.
+   * Disposing the draft model disposes this context too.
    */
   draftModel?: LlamaModel;
   /**

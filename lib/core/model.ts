@@ -119,7 +119,8 @@ export interface DetokenizeOptions {
  */
 export class LlamaModel implements AsyncDisposable {
   #native: NativeModel | null;
-  #contexts = new Set<LlamaContext>();
+  #contexts = new Set<LlamaContext>();  // made from this model, or using it as their draftModel
+  #draftOf = new Map<LlamaContext, LlamaModel>();  // this model's contexts that use another model as draftModel
   #disposing: Promise<void> | null = null;
   readonly #mapped: FileIdentity | null;
   /** Parsed templates by source (null: the model's own, parsed at load); a model's template that failed, its error. */
@@ -375,6 +376,16 @@ export class LlamaModel implements AsyncDisposable {
     await this.#checkMapped(this.createContext);
     const ctx = await LlamaContext.create(this, h, options, this.createContext);
     this.#contexts.add(ctx);
+    // Disposing the draft model disposes the context too: its engine drafts with that model at every step.
+    const draft = options?.draftModel;
+    if (draft instanceof LlamaModel && draft !== this) {
+      if (draft.disposed) {
+        await ctx.dispose();
+        throw llamaError('ERR_DISPOSED', 'The draft model was disposed while the context was created', this.createContext);
+      }
+      draft.#contexts.add(ctx);
+      this.#draftOf.set(ctx, draft);
+    }
     return ctx;
   }
 
@@ -406,11 +417,14 @@ export class LlamaModel implements AsyncDisposable {
   /** @internal */
   forgetContext(ctx: LlamaContext): void {
     this.#contexts.delete(ctx);
+    const draft = this.#draftOf.get(ctx);
+    if (draft) draft.#contexts.delete(ctx);
+    this.#draftOf.delete(ctx);
   }
 
   /**
-   * Frees the model and every context made from it. Generations still running end with
-   * `stopReason: 'abort'`. Calling it again does nothing; any other use afterwards throws `ERR_DISPOSED`.
+   * Frees the model and every context made from it or using it as its `draftModel`. Generations still
+   * running end with `stopReason: 'abort'`. Calling it again does nothing; any other use afterwards throws `ERR_DISPOSED`.
    */
   dispose(): Promise<void> {
     if (this.#disposing) return this.#disposing;
