@@ -681,7 +681,9 @@ bool Engine::step() {
       // maxTokens; 8 ms at most, and none under 1 ms: a request to a tiny model does not wait). An abort or
       // a stop ends the wait.
       bool idle = std::none_of(active_.begin(), active_.end(), [&](const std::shared_ptr<GenState>& g) { return runnable(*g); });
-      if (idle && promptTokenUs_ > 0 && genStepUs_ > 0) {
+      // (A prompt token's pace is known only after a step with 32 prompt tokens or more: until then, and
+      // for traffic of short prompts only, what the generations will take is counted alone.)
+      if (idle && genStepUs_ > 0) {
         double us = 0;
         for (const Command& c : commands_) {
           if (c.kind != Command::Generate) continue;
@@ -914,8 +916,9 @@ bool Engine::step() {
       profile_.syncUs += nowUs() - t0;
     }
     if (profile_.perStep) {
-      // LLAMA_ADDON_PROFILE=steps: each step's rows as runs of one sequence (seq x tokens), its decode time,
-      // and the run-queue waits and idle cores the tuners see (-1: unknown).
+      // LLAMA_ADDON_PROFILE=steps: each step's rows as runs of one sequence (seq x tokens), its threads (the
+      // tuner's choice, or the fixed count), its decode time, and the run-queue waits and idle cores the
+      // tuners see (-1: unknown, and not read with fixed threads).
       std::string rows;
       for (int32_t i = 0; i < batch_.n_tokens;) {
         int32_t j = i;
@@ -924,7 +927,7 @@ bool Engine::step() {
         i = j;
       }
       std::fprintf(stderr, "llama-addon step: %d tokens, %d threads, %.1f ms%s, run-queue waits %.3f, idle cores %.2f:%s\n", nTokens,
-                   threads, decodeSeconds * 1e3, ret == 2 ? " (aborted)" : "", waits_.waits(), waits_.idleCores(), rows.c_str());
+                   threads != 0 ? threads : (single ? (int)llama_n_threads(ctx_) : (int)llama_n_threads_batch(ctx_)), decodeSeconds * 1e3, ret == 2 ? " (aborted)" : "", waits_.waits(), waits_.idleCores(), rows.c_str());
     }
     if (ret == 1) {
       // No room in the KV cache for this batch (llama.cpp wrote nothing). With one buffer for all sequences

@@ -11,7 +11,8 @@ describe('prompts that arrive together', () => {
   it('start in one step, and generate in step', async () => {
     // Large enough that its steps take milliseconds (a tiny model's requests do not wait at all).
     const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
-    const { phases, stdout } = stepTraces('gather-child.ts', [path], ['burst', 'alone']);
+    const deeper = await synthetic('gather-230m', { embeddingLength: 768, layers: 24, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 12 });
+    const { phases, stdout } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'alone', 'short']);
     const steps = phases.burst!;
     // The first step holds the four prompts whole, each on its own sequence ...
     expect(steps[0]!.length, JSON.stringify(steps[0])).toBe(4);
@@ -25,5 +26,9 @@ describe('prompts that arrive together', () => {
     const alone = phases.alone!;
     const promptSteps = alone.filter((s) => s[0]![1] > 1).map((s) => s[0]![1]);
     expect(promptSteps, JSON.stringify(alone)).toEqual([512, 512, 176]);
+    // Short prompts (under 32 tokens) on a context that never decoded a long one are gathered as well
+    // (the wait was sized by a prompt token's pace, which only steps of 32 prompt tokens or more measure).
+    const short = phases.short!;
+    expect(short[0]!.length, JSON.stringify(short.slice(0, 3))).toBe(4);
   }, 240_000);
 });

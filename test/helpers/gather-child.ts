@@ -33,7 +33,22 @@ const wide = await model.createContext({ contextSize: 2048, sequences: 2, batchS
 const alone = model.tokenize('the quick brown fox jumps over the lazy dog '.repeat(140)).slice(0, 1200);
 process.stderr.write('phase: alone\n');
 await wide.createSession().complete(alone, { ...greedy, maxTokens: 2 });
+// Short prompts only (under 32 tokens each), on a context that has never decoded a long one: gathered too.
+process.stderr.write('phase: short-warm-up\n');
+// A model twice as deep (argv[3]): its steps take ~10 ms, so that 32 of them make a wait of over 1 ms.
+const deeper = await loadModel(process.argv[3]!);
+const fresh = await deeper.createContext({ contextSize: 512, sequences: 4, batchSize: 2048, threads: 1 });
+const shortWarm = fresh.createSession();
+await shortWarm.complete('Hello there', { ...greedy, maxTokens: 8 });
+shortWarm.dispose();
+const shortSessions = Array.from({ length: 4 }, () => fresh.createSession({ sharePrefix: false }));
+const shortPrompts = shortSessions.map((_, i) => deeper.tokenize(`Short prompt number ${i}, please.`));
+process.stderr.write('phase: short\n');
+// In one tick: the engine's wait is sized by what they will take (here ~2 ms), and the first submission wakes it.
+await Promise.all(shortSessions.map((s, i) => s.complete(shortPrompts[i]!, { ...greedy, maxTokens: 40 })));
 process.stderr.write('phase: end\n');
+await fresh.dispose();
+await deeper.dispose();
 console.log(JSON.stringify({ texts, alone: alone.length }));
 await wide.dispose();
 await model.dispose();
