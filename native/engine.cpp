@@ -64,6 +64,7 @@ Engine::Engine(std::shared_ptr<ModelHandle> model, llama_context* ctx, int32_t p
     draftSeqs_.resize(llama_n_seq_max(draftCtx_));
   }
   llama_set_abort_callback(ctx_, &Engine::abortStep, this);
+  if (draftCtx_ != nullptr) llama_set_abort_callback(draftCtx_, &Engine::abortStep, this);  // (makeDraft)
   nBatch_ = (int32_t)llama_n_batch(ctx_);
   nUbatch_ = (int32_t)llama_n_ubatch(ctx_);
   nCtxSeq_ = (int32_t)llama_n_ctx_seq(ctx_);
@@ -207,6 +208,7 @@ thread_local bool t_cuttingOff = false;
 }  // namespace
 
 bool cuttingOffStep() { return t_cuttingOff; }
+void endCutOff() { t_cuttingOff = false; }
 
 bool Engine::abortStep(void* engine) {
   // Called by ggml's first compute thread, which is the engine thread itself (ggml_graph_compute runs it as

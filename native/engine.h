@@ -306,6 +306,7 @@ int64_t nowUs();
 // Whether a llama_decode on this thread is being cut off on purpose (Engine::abortStep): the warnings and
 // errors llama.cpp logs about it are then logged at the debug level (native/log.cpp).
 bool cuttingOffStep();
+void endCutOff();  // after such a llama_decode returns
 // Notifications to JS are coalesced: at most one per this interval while tokens keep coming, so a fast
 // model does not wake the JS thread (and take a core from ggml) for every token. The first chunk, a full
 // queue and the end are notified at once.

@@ -3,6 +3,7 @@
 // tens of seconds. Only steps whose every generation was aborted are cut off (or any, when the context
 // stops); what the step wrote is taken back out of the sequence.
 import { describe, expect, it } from 'vitest';
+import { loadModel, setLogLevel } from 'llama-addon';
 import { synthetic } from './helpers/models.js';
 import { stepTraces } from './helpers/step-trace.js';
 
@@ -35,5 +36,33 @@ describe('an abort while a long prompt decodes', () => {
     expect(out.embedDisposeMs, JSON.stringify(out)).toBeLessThan(out.fullMs / 2);
     // Nothing of the cut-off step stays in the sequence: the session's next answer is a fresh context's.
     expect(out.after).toBe(out.fresh);
+  }, 240_000);
+
+  it("cuts off a draft model's decode too", async () => {
+    // After the first token, the draft model decodes the whole history (1,800 tokens) to catch up: an abort
+    // then waited for it (4.5 s; found by a hostile review). It now settles within a node of that decode.
+    setLogLevel('error');
+    const targetPath = await synthetic('draft-target-60m', { embeddingLength: 512, layers: 8, heads: 8, headsKv: 8, feedForwardLength: 1536, type: 'q8_0', seed: 13 });
+    const draftPath = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
+    await using target = await loadModel(targetPath);
+    await using draft = await loadModel(draftPath);
+    await using ctx = await target.createContext({ contextSize: 2048, sequences: 1, batchSize: 2048, threads: 1, draftModel: draft });
+    const long = target.tokenize('the quick brown fox jumps over the lazy dog '.repeat(200)).slice(0, 1800);
+    const ac = new AbortController();
+    const t0 = performance.now();
+    const gen = ctx.createSession().generate(long, { temperature: 0, maxTokens: 20, signal: ac.signal });
+    let firstMs = 0;
+    let settleMs = 0;
+    for await (const _ of gen) {
+      firstMs = performance.now() - t0;  // the prompt's decode, at 1 thread
+      await new Promise((r) => setTimeout(r, 100));  // the draft model is catching up now
+      const t1 = performance.now();
+      ac.abort();
+      await gen.result;
+      settleMs = performance.now() - t1;
+      break;
+    }
+    expect((await gen.result).stopReason).toBe('abort');
+    expect(settleMs, `first token after ${firstMs.toFixed(0)} ms`).toBeLessThan(firstMs / 2);
   }, 240_000);
 });
