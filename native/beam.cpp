@@ -19,10 +19,6 @@ void decodeOrThrow(llama_context* ctx, const llama_batch& batch, const char* whe
   if (ret == 2) throw CodedError("ERR_DISPOSED", "The context was disposed during the beam search");
   if (ret != 0) throw std::runtime_error(std::string("llama_decode failed ") + where + " (status " + std::to_string(ret) + ")");
 }
-}  // namespace
-
-
-namespace {
 
 struct Beam {
   std::vector<llama_token> tokens;

@@ -208,7 +208,11 @@ thread_local bool t_cuttingOff = false;
 }  // namespace
 
 bool cuttingOffStep() { return t_cuttingOff; }
-void endCutOff() { t_cuttingOff = false; }
+
+Engine::DecodingFor::~DecodingFor() {
+  gens.clear();
+  t_cuttingOff = false;
+}
 
 bool Engine::abortStep(void* engine) {
   // Called by ggml's first compute thread, which is the engine thread itself (ggml_graph_compute runs it as
@@ -882,19 +886,20 @@ bool Engine::step() {
     auto decodeStart = std::chrono::steady_clock::now();
     int32_t ret;
     std::string failure;
-    stepGens_.clear();
-    for (auto& sp : active_) {
-      if (sp->inBatch > 0) stepGens_.push_back(sp.get());
+    {
+      stepGens_.clear();
+      for (auto& sp : active_) {
+        if (sp->inBatch > 0) stepGens_.push_back(sp.get());
+      }
+      DecodingFor decoding{stepGens_};
+      try {
+        AbortGuard guard;
+        ret = llama_decode(ctx_, batch_);
+      } catch (const std::exception& e) {
+        ret = -100;
+        failure = e.what();
+      }
     }
-    try {
-      AbortGuard guard;
-      ret = llama_decode(ctx_, batch_);
-    } catch (const std::exception& e) {
-      ret = -100;
-      failure = e.what();
-    }
-    t_cuttingOff = false;
-    stepGens_.clear();
     const double decodeSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - decodeStart).count();
     dropPlaceholders();
     if (ret == 0 && (promptRows >= kLargeStep || promptRows == 0)) {
@@ -928,8 +933,10 @@ bool Engine::step() {
         rows += " " + std::to_string(batch_.seq_id[i][0]) + "x" + std::to_string(j - i);
         i = j;
       }
-      std::fprintf(stderr, "llama-addon step: %d tokens, %d threads, %.1f ms%s, run-queue waits %.3f, idle cores %.2f:%s\n", nTokens,
-                   threads != 0 ? threads : (single ? (int)llama_n_threads(ctx_) : (int)llama_n_threads_batch(ctx_)), decodeSeconds * 1e3, ret == 2 ? " (aborted)" : "", waits_.waits(), waits_.idleCores(), rows.c_str());
+      int shown = threads != 0 ? threads : (single ? (int)llama_n_threads(ctx_) : (int)llama_n_threads_batch(ctx_));
+      std::fprintf(stderr, "llama-addon step: %d tokens, %d threads, %.1f ms%s, run-queue waits %.3f, idle cores %.2f:%s\n",
+                   nTokens, shown, decodeSeconds * 1e3, ret == 2 ? " (aborted)" : "", waits_.waits(), waits_.idleCores(),
+                   rows.c_str());
     }
     if (ret == 1) {
       // No room in the KV cache for this batch (llama.cpp wrote nothing). With one buffer for all sequences

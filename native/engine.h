@@ -282,6 +282,11 @@ class Engine : public std::enable_shared_from_this<Engine> {
   static bool abortStep(void* engine);
   std::atomic<bool> stopRequested_{false};
   std::vector<GenState*> stepGens_;  // this step's generations, while it decodes; engine thread only
+  // Holds stepGens_ for one decode (of the target or the draft model); then clears it and the cut-off mark.
+  struct DecodingFor {
+    std::vector<GenState*>& gens;
+    ~DecodingFor();
+  };
   std::mutex stopMu_;
   bool stopped_ = false;
   std::vector<std::shared_ptr<GenState>> active_;  // engine thread only
@@ -306,7 +311,6 @@ int64_t nowUs();
 // Whether a llama_decode on this thread is being cut off on purpose (Engine::abortStep): the warnings and
 // errors llama.cpp logs about it are then logged at the debug level (native/log.cpp).
 bool cuttingOffStep();
-void endCutOff();  // after such a llama_decode returns
 // Notifications to JS are coalesced: at most one per this interval while tokens keep coming, so a fast
 // model does not wake the JS thread (and take a core from ggml) for every token. The first chunk, a full
 // queue and the end are notified at once.

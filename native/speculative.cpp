@@ -47,13 +47,7 @@ void Engine::makeDraft(GenState& g, int32_t room) {
   // The draft model's decodes are cut off when this generation is aborted (or the context stops), as the
   // target's steps are (Engine::abortStep): a long history for the draft model took seconds.
   stepGens_.assign(1, &g);
-  struct Uncut {
-    std::vector<GenState*>& gens;
-    ~Uncut() {
-      gens.clear();
-      endCutOff();
-    }
-  } uncut{stepGens_};
+  DecodingFor decoding{stepGens_};
   auto decode = [&](const llama_token* toks, size_t n, size_t pos0) {
     for (size_t off = 0; off < n; off += (size_t)nb) {
       size_t m = std::min(n - off, (size_t)nb);
