@@ -13,12 +13,21 @@
 namespace la {
 
 namespace {
-// A decode of the search: status 2 is the context stopping (Engine::abortStep cuts a task's decode only then).
-void decodeOrThrow(llama_context* ctx, const llama_batch& batch, const char* where) {
+// The search's abort, cutting off a decode (Engine::abortStep): what the decode wrote is taken back out.
+struct Aborted {};
+
+// A decode of the search: status 2 is the decode cut off (Engine::abortStep), for the search's abort or
+// for the context stopping.
+void decodeOrThrow(llama_context* ctx, const llama_batch& batch, const char* where, const std::atomic<bool>* cancel) {
   int32_t ret = llama_decode(ctx, batch);
-  if (ret == 2) throw CodedError("ERR_DISPOSED", "The context was disposed during the beam search");
+  if (ret == 2) {
+    if (cancel != nullptr && cancel->load()) throw Aborted{};
+    throw CodedError("ERR_DISPOSED", "The context was disposed during the beam search");
+  }
   if (ret != 0) throw std::runtime_error(std::string("llama_decode failed ") + where + " (status " + std::to_string(ret) + ")");
 }
+
+bool cancelled(const std::atomic<bool>* cancel) { return cancel != nullptr && cancel->load(); }
 
 struct Beam {
   std::vector<llama_token> tokens;
@@ -39,7 +48,7 @@ double scoreOf(double logprob, size_t length, float penalty) {
 
 }  // namespace
 
-std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vocab, const BeamParams& p) {
+BeamOutcome beamSearch(llama_context* ctx, const llama_vocab* vocab, const BeamParams& p, const std::atomic<bool>* cancel) {
   const int32_t k = p.beams;
   const int32_t nVocab = llama_vocab_n_tokens(vocab);
   const int32_t nBatch = (int32_t)llama_n_batch(ctx);
@@ -61,25 +70,41 @@ std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vo
     }
   };
   const int32_t n = (int32_t)p.prompt.size();
+  BeamOutcome outcome;
+  if (cancelled(cancel)) {  // aborted before it ran: the home sequence keeps its cache as it was
+    outcome.aborted = true;
+    outcome.kept = p.keep;
+    return outcome;
+  }
+  int32_t decoded = p.keep;  // prompt tokens in the home sequence so far
   try {
     // The prompt, into the home sequence (its cached prefix stays).
     llama_memory_seq_rm(mem, home, p.keep, -1);
     int32_t pos = p.keep;
     int32_t lastRow = -1;
     while (pos < n) {
+      if (cancelled(cancel)) throw Aborted{};
       batch.n_tokens = 0;
       while (pos < n && batch.n_tokens < nBatch) {
         int32_t i = batchAdd(batch, p.prompt[(size_t)pos], pos, home, pos + 1 == n);
         if (pos + 1 == n) lastRow = i;
         pos++;
       }
-      decodeOrThrow(ctx, batch, "on the prompt");
+      decodeOrThrow(ctx, batch, "on the prompt", cancel);
+      decoded = pos;
     }
 
     std::vector<Beam> alive{Beam{{}, 0.0, home, lastRow}};
     std::vector<BeamHypothesis> finished;
     std::vector<float> lp((size_t)nVocab);
     for (int32_t step = 0; step < p.maxTokens && !alive.empty() && n + step < cap; step++) {
+      // Aborted between two steps, or during the last one's decode (whose beams are then not taken): the
+      // beams found so far are the result, as those of a search with this step's maxTokens would be.
+      if (cancelled(cancel)) {
+        outcome.aborted = true;
+        break;
+      }
+      const size_t finishedBefore = finished.size();
       // Expand every beam by its 2k most likely tokens (log-softmax of the biased logits).
       std::vector<Candidate> cands;
       for (size_t b = 0; b < alive.size(); b++) {
@@ -136,7 +161,13 @@ std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vo
       for (auto& b : next) {
         b.row = batchAdd(batch, b.tokens.back(), n + (llama_pos)b.tokens.size() - 1, b.seq, true);
       }
-      decodeOrThrow(ctx, batch, "during beam search");
+      try {
+        decodeOrThrow(ctx, batch, "during beam search", cancel);
+      } catch (const Aborted&) {
+        outcome.aborted = true;  // `alive` still holds the beams before this step
+        finished.resize(finishedBefore);
+        break;
+      }
       // The beams that did not continue free their sequences; the sets swap roles.
       for (llama_seq_id s : setA) {
         if (s != home) llama_memory_seq_rm(mem, s, -1, -1);
@@ -151,7 +182,16 @@ std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vo
     // The home sequence keeps the prompt: whichever beam used it last, its first n cells are the prompt's.
     llama_memory_seq_rm(mem, home, n, -1);
     clearOthers();
-    return finished;
+    outcome.hypotheses = std::move(finished);
+    outcome.kept = n;
+    return outcome;
+  } catch (const Aborted&) {
+    // During the prompt: the home sequence keeps the batches decoded before the cut-off one.
+    llama_memory_seq_rm(mem, home, decoded, -1);
+    clearOthers();
+    outcome.aborted = true;
+    outcome.kept = decoded;
+    return outcome;
   } catch (...) {
     llama_memory_seq_rm(mem, home, -1, -1);
     clearOthers();
@@ -160,8 +200,9 @@ std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vo
 }
 
 
-// beamSearch(sequences: number[], tokens: Int32Array, keep, { beams, maxTokens, lengthPenalty, logitBias })
-//   -> Promise<[{ tokens: Int32Array, logprob, score, finished }]>, best first.
+// beamSearch(sequences: number[], tokens: Int32Array, keep, { beams, maxTokens, lengthPenalty, logitBias, lora, abortId })
+//   -> Promise<{ beams: [{ tokens: Int32Array, logprob, score, finished }] (best first), aborted, kept }>.
+// abortId (a positive integer): abortTask(abortId) ends the search (see BeamOutcome).
 Napi::Value Context::BeamSearch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto engine = engineOrThrow(env);
@@ -191,20 +232,30 @@ Napi::Value Context::BeamSearch(const Napi::CallbackInfo& info) {
   bp.logitBias = readLogitBias(env, o, llama_vocab_n_tokens(model.vocab));
   Napi::Value lora = opt(o, "lora");
   LoraSet set = lora.IsEmpty() || lora.IsUndefined() ? defaultLora_ : readLoraSet(env, lora, model);
+  std::shared_ptr<std::atomic<bool>> cancel;
+  Napi::Value aid = opt(o, "abortId");
+  if (!aid.IsUndefined()) {
+    if (!aid.IsNumber()) throwArg(env, "abortId", "a positive integer", aid);
+    double id = aid.As<Napi::Number>().DoubleValue();
+    if (!(id >= 1 && id <= 4294967295.0) || std::floor(id) != id) throwArg(env, "abortId", "a positive integer", aid);
+    cancel = std::make_shared<std::atomic<bool>>(false);
+    taskAborts_.add((uint32_t)id, cancel);
+  }
   auto params = std::make_shared<BeamParams>(std::move(bp));
   Engine* eng = engine.get();
-  auto out = std::make_shared<std::vector<BeamHypothesis>>();
+  auto out = std::make_shared<BeamOutcome>();
   const llama_vocab* vocab = model.vocab;
   return EngineTask::Run(
       env, engine,
       [=](llama_context* ctx) {
+        Engine::CancellableTask running{*eng, cancel.get()};
         eng->applyLora(set);
-        *out = beamSearch(ctx, vocab, *params);
+        *out = beamSearch(ctx, vocab, *params, cancel.get());
       },
       [=](Napi::Env env) -> Napi::Value {
-        Napi::Array res = Napi::Array::New(env, out->size());
-        for (uint32_t i = 0; i < out->size(); i++) {
-          const BeamHypothesis& h = (*out)[i];
+        Napi::Array res = Napi::Array::New(env, out->hypotheses.size());
+        for (uint32_t i = 0; i < out->hypotheses.size(); i++) {
+          const BeamHypothesis& h = out->hypotheses[i];
           Napi::Object ho = Napi::Object::New(env);
           ho.Set("tokens", int32Array(env, h.tokens));
           ho.Set("logprob", h.logprob);
@@ -212,8 +263,22 @@ Napi::Value Context::BeamSearch(const Napi::CallbackInfo& info) {
           ho.Set("finished", h.finished);
           res.Set(i, ho);
         }
-        return res;
+        Napi::Object r = Napi::Object::New(env);
+        r.Set("beams", res);
+        r.Set("aborted", out->aborted);
+        r.Set("kept", out->kept);
+        return r;
       });
+}
+
+// abortTask(abortId): ends the task started with this abortId (a beam search), if it has not ended. Returns
+// whether there was one.
+Napi::Value Context::AbortTask(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsNumber()) throwArg(env, "abortId", "a positive integer", info[0]);
+  double id = info[0].As<Napi::Number>().DoubleValue();
+  if (!(id >= 1 && id <= 4294967295.0) || std::floor(id) != id) throwArg(env, "abortId", "a positive integer", info[0]);
+  return Napi::Boolean::New(env, taskAborts_.abort((uint32_t)id));
 }
 
 }  // namespace la

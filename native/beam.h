@@ -1,6 +1,7 @@
 // Beam search over parallel sequences of a context. llama.cpp removed its own; this one keeps k beams, each
 // in its own sequence, and copies a parent's KV cells into a child's sequence as beams branch.
 #pragma once
+#include <atomic>
 #include <vector>
 
 #include "llama.h"
@@ -24,8 +25,17 @@ struct BeamHypothesis {
   bool finished = false;            // ended with an end-of-generation token
 };
 
-// Runs on the engine thread. Returns up to `beams` hypotheses, best first. seqs[0] keeps the prompt
-// afterwards; the other sequences are emptied. Throws on decode failure.
-std::vector<BeamHypothesis> beamSearch(llama_context* ctx, const llama_vocab* vocab, const BeamParams& p);
+struct BeamOutcome {
+  std::vector<BeamHypothesis> hypotheses;  // up to `beams`, best first
+  bool aborted = false;                    // `cancel` was set: the beams found so far, unfinished ones included
+  int32_t kept = 0;                        // prompt tokens seqs[0] holds afterwards (all of them unless aborted
+                                           // before the prompt was decoded)
+};
+
+// Runs on the engine thread. seqs[0] keeps the prompt (or, aborted before it was decoded, the part `kept`
+// says) afterwards; the other sequences are emptied. `cancel`, when set, ends the search before its next
+// decode, or cuts off the decode running (with Engine::CancellableTask). Throws on decode failure, and with
+// ERR_DISPOSED when the context stops.
+BeamOutcome beamSearch(llama_context* ctx, const llama_vocab* vocab, const BeamParams& p, const std::atomic<bool>* cancel);
 
 }  // namespace la

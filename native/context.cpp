@@ -269,6 +269,7 @@ void Context::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod<&Context::LoadSequence>("loadSequence"),
                                         InstanceMethod<&Context::Embed>("embed"),
                                         InstanceMethod<&Context::BeamSearch>("beamSearch"),
+                                        InstanceMethod<&Context::AbortTask>("abortTask"),
                                         InstanceMethod<&Context::Info>("info"),
                                         InstanceMethod<&Context::Dispose>("dispose"),
                                     });

@@ -220,7 +220,11 @@ bool Engine::abortStep(void* engine) {
   // change while a decode runs, and the generations it points to live in active_ until after it.
   auto* self = static_cast<Engine*>(engine);
   bool cut = self->stopRequested_.load(std::memory_order_relaxed);
-  if (!cut && !self->stepGens_.empty()) {  // a task's decode (beams, embeddings) ends only on stop
+  if (!cut) {
+    const std::atomic<bool>* task = self->taskCancel_.load(std::memory_order_relaxed);
+    cut = task != nullptr && task->load(std::memory_order_relaxed);
+  }
+  if (!cut && !self->stepGens_.empty()) {  // a task's decode (beams, embeddings) ends only on stop or its abort
     cut = std::all_of(self->stepGens_.begin(), self->stepGens_.end(),
                       [](const GenState* g) { return g->aborted.load(std::memory_order_relaxed); });
   }

@@ -197,6 +197,16 @@ class Engine : public std::enable_shared_from_this<Engine> {
   int32_t threadsInUse() const { return tgNow_.load(); }
   int32_t threadsBatchInUse() const { return ppNow_.load(); }
 
+  // Engine thread only: while a task runs that can be aborted (a beam search), the flag its abort sets; a
+  // decode of the task is then cut off as soon as it is set (abortStep). Null again when the task ends.
+  struct CancellableTask {
+    Engine& engine;
+    CancellableTask(Engine& e, const std::atomic<bool>* flag) : engine(e) { e.taskCancel_.store(flag); }
+    ~CancellableTask() { engine.taskCancel_.store(nullptr); }
+  };
+  // Whether the context is stopping (disposed): a cut-off decode was for that, not for an abort.
+  bool stopRequested() const { return stopRequested_.load(); }
+
   llama_context* ctx() const { return ctx_; }
   const std::shared_ptr<ModelHandle>& model() const { return model_; }
   int32_t seqCapacity() const { return nCtxSeq_; }
@@ -281,6 +291,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // goes on are not cut off: they end after it, as before.
   static bool abortStep(void* engine);
   std::atomic<bool> stopRequested_{false};
+  std::atomic<const std::atomic<bool>*> taskCancel_{nullptr};  // (CancellableTask)
   std::vector<GenState*> stepGens_;  // this step's generations, while it decodes; engine thread only
   // Holds stepGens_ for one decode (of the target or the draft model); then clears it and the cut-off mark.
   struct DecodingFor {

@@ -15,6 +15,7 @@ describe('an abort while a long prompt decodes', () => {
     const out = JSON.parse(stdout.trim().split('\n').pop()!) as {
       fullMs: number; abortMs: number; abortedReason: string; after: string; afterCached: number; fresh: string; disposeMs: number; cutReason: string;
       beam: string; beamDisposeMs: number; embed: string; embedDisposeMs: number;
+      beamAbortReason: string; beamAbortTokens: number; beamAbortMs: number; beamAfter: string;
     };
     // The trace marks a step that llama.cpp cut off: one in each of the two parts, none in a step that ran out.
     const cutOff = (phase: string) => lines[phase]!.filter((l) => l.includes('(aborted)')).length;
@@ -34,8 +35,13 @@ describe('an abort while a long prompt decodes', () => {
     expect(out.embed).toBe('ERR_DISPOSED');
     expect(out.beamDisposeMs, JSON.stringify(out)).toBeLessThan(out.fullMs / 2);
     expect(out.embedDisposeMs, JSON.stringify(out)).toBeLessThan(out.fullMs / 2);
+    // A beam search's signal cuts off its prompt's decode: it ends with what it found (nothing yet).
+    expect(out.beamAbortReason).toBe('abort');
+    expect(out.beamAbortTokens).toBe(0);
+    expect(out.beamAbortMs, JSON.stringify(out)).toBeLessThan(out.fullMs / 2);
     // Nothing of the cut-off step stays in the sequence: the session's next answer is a fresh context's.
     expect(out.after).toBe(out.fresh);
+    expect(out.beamAfter).toBe(out.fresh);
   }, 240_000);
 
   it("cuts off a draft model's decode too", async () => {

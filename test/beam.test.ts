@@ -102,3 +102,75 @@ describeShared('beam search (stories260k, checked against exhaustive search)', (
     await expect(s.complete(PROMPT, { beams: 2, topK: 3 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 });
+
+describeShared('beam search: signal and dispose (stories260k)', () => {
+  let model: LlamaModel;
+  beforeAll(async () => {
+    model = await loadModel(shared('stories260k.gguf'));
+  });
+  afterAll(() => model.dispose());
+  const eog = () => ({ [model.vocab.eos ?? 2]: -Infinity }); // every search runs to maxTokens unless aborted (2,000 tokens: seconds)
+  const settle = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  it('an abort mid-search returns the beams found so far: those of a search as long', async () => {
+    await using ctx = await model.createContext({ contextSize: 2048, sequences: 9 });
+    // Aborts at several moments: each returns the beams of a search whose maxTokens is their length.
+    for (const delay of [5, 20, 60]) {
+      using s = ctx.createSession();
+      const ac = new AbortController();
+      const pending = s.complete(PROMPT, { beams: 4, maxTokens: 2000, logitBias: eog(), signal: ac.signal });
+      await settle(delay);
+      const t0 = performance.now();
+      ac.abort();
+      const r = await pending;
+      expect(performance.now() - t0).toBeLessThan(500);
+      expect(r.stopReason).toBe('abort');
+      expect(r.tokens.length).toBeLessThan(2000);
+      expect(r.usage.completionTokens).toBe(r.tokens.length);
+      // The session holds the prompt, the borrowed sequences are free again, and a search as long finds the same.
+      expect(Array.from(s.tokens)).toEqual(Array.from(model.tokenize(PROMPT)));
+      expect(ctx.freeSequences).toBe(8);
+      using fresh = ctx.createSession();
+      const ref = await fresh.complete(PROMPT, { beams: 4, maxTokens: Math.max(1, r.tokens.length), logitBias: eog() });
+      if (r.tokens.length > 0) expect(r.beams).toEqual(ref.beams);
+      expect(ref.stopReason).toBe('maxTokens');
+    }
+  });
+
+  it('an aborted signal returns at once; session.dispose() ends a search; an abort ends a wait for sequences', async () => {
+    await using ctx = await model.createContext({ contextSize: 2048, sequences: 8 });
+    using s = ctx.createSession();
+    const before = await s.complete(PROMPT, { maxTokens: 1, temperature: 0 });
+    expect(before.stopReason).not.toBe('abort');
+    const r = await s.complete(PROMPT + ' there', { beams: 3, maxTokens: 10, signal: AbortSignal.abort() });
+    expect(r).toMatchObject({ stopReason: 'abort', text: '', tokens: [], beams: [] });
+    // Nothing ran: the session's cache is as it was.
+    expect((await s.complete(PROMPT + ' there', { maxTokens: 1, temperature: 0 })).usage.cachedTokens).toBe(model.tokenize(PROMPT).length);
+
+    const doomed = ctx.createSession();
+    const running = doomed.complete(PROMPT, { beams: 4, maxTokens: 2000, logitBias: eog() });
+    await settle(20);
+    const t0 = performance.now();
+    doomed.dispose();
+    const d = await running;
+    expect(performance.now() - t0).toBeLessThan(500);
+    expect(d.stopReason).toBe('abort');
+    expect(d.tokens.length).toBeLessThan(2000);
+    // Its sequences are free again: a search that needs all of them runs.
+    using other = ctx.createSession();
+    expect((await other.complete(PROMPT, { beams: 3, maxTokens: 3 })).stopReason).not.toBe('abort');
+
+    // A search that waits for sequences (a busy session holds one of the 8 it needs) ends at its abort.
+    const busy = ctx.createSession().generate(PROMPT, { maxTokens: 400, logitBias: eog(), temperature: 0 });
+    const waitAbort = new AbortController();
+    using waiting = ctx.createSession();
+    const waited = waiting.complete(PROMPT, { beams: 4, maxTokens: 5, signal: waitAbort.signal });
+    await settle(20);
+    waitAbort.abort();
+    expect(await waited).toMatchObject({ stopReason: 'abort', tokens: [] });
+    busy.abort();
+    await busy.result;
+
+    await expect(s.complete(PROMPT, { beams: 2, signal: 'now' as never })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+  });
+});

@@ -508,11 +508,13 @@ export class LlamaContext implements AsyncDisposable {
 
   /**
    * @internal the session's sequence and `n` more for a while (beam search), from free ones and idle
-   * sessions, all at once; waits until they can be had. Rejects when the session or context is disposed.
+   * sessions, all at once; waits until they can be had. Resolves null once `stopped()` (the search was
+   * aborted; checked at each kick of the residency); rejects when the session or context is disposed.
    */
-  async borrowSequences(n: number, session: LlamaSession): Promise<{ seq: number; extra: number[] }> {
+  async borrowSequences(n: number, session: LlamaSession, stopped: () => boolean): Promise<{ seq: number; extra: number[] } | null> {
     for (;;) {
       this.handle(this.borrowSequences);
+      if (stopped()) return null;  // aborted while it waited
       if (session.disposed) throw new LlamaError('ERR_DISPOSED', 'The session was disposed while its search waited for sequences');
       const got = this.#residency.acquireWith(session, n);
       if (got) return got;

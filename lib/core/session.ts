@@ -24,8 +24,10 @@ export interface BeamOptions {
   /**
    * Beam search with this many beams instead of sampling: the result is the most likely continuation found
    * (by `score`), and `beams` lists all of them. It uses `2 × beams − 1` free sequences of the context
-   * besides the session's own, and takes `maxTokens`, `logitBias` and `lengthPenalty` (other sampling
-   * options do not apply).
+   * besides the session's own, and takes `maxTokens`, `logitBias`, `lengthPenalty`, `lora` and `signal`
+   * (other sampling options do not apply). `signal` or `session.dispose()` ends it at once, between two of
+   * its steps or in the middle of a decode: the result then has `stopReason: 'abort'` and the beams found
+   * so far, which are those a search with their length as `maxTokens` finds.
    */
   beams?: number;
   /** Beams are ranked by `logprob / length^lengthPenalty` (default 1; 0 ranks by log-probability alone). */
@@ -72,6 +74,10 @@ function parseJson(r: GenerationResult, schema: PreparedSchema | undefined): Gen
 }
 
 /** With one KV cache for all sequences (kvUnified): cells kept free for a generation's output beyond its prompt. */
+/** Ids that end a beam search (native abortTask), unique in the process. */
+let lastAbortId = 0;
+const nextAbortId = () => (lastAbortId = (lastAbortId % 0xffffffff) + 1);
+
 const UNIFIED_RESERVE = 256;
 
 /** Copying cache cells from another session pays off from this many tokens on. */
@@ -123,6 +129,8 @@ export class LlamaSession {
   #cacheLora = '';
   #sharePrefix: boolean;
   #running: { abort(): void } | null = null;
+  /** Ends the beam search that is running (or waiting for sequences). */
+  #abortSearch: (() => void) | null = null;
   /** Tokens that stay in the cache while a generation runs (other sessions may copy them). */
   #stable: Prompt = Prompt.empty;
   /** Cells the running generation may fill: its prompt and the output reserved for it (kvUnified). */
@@ -231,8 +239,8 @@ export class LlamaSession {
 
   async #beamSearch(input: string | Int32Array | readonly number[], options: GenerateOptions & BeamOptions, caller: Function): Promise<GenerationResult> {
     const { beams, lengthPenalty, ...rest } = options;
-    const unsupported = Object.keys(rest).filter((k) => !['maxTokens', 'logitBias', 'temperature', 'lora'].includes(k));
-    if (unsupported.length) throw invalid(unsupported[0], `no ${unsupported[0]} with beams (beam search takes maxTokens, logitBias and lengthPenalty)`, (rest as Record<string, unknown>)[unsupported[0]], caller);
+    const unsupported = Object.keys(rest).filter((k) => !['maxTokens', 'logitBias', 'temperature', 'lora', 'signal'].includes(k));
+    if (unsupported.length) throw invalid(unsupported[0], `no ${unsupported[0]} with beams (beam search takes maxTokens, logitBias, lengthPenalty, lora and signal)`, (rest as Record<string, unknown>)[unsupported[0]], caller);
     if (!Number.isInteger(beams) || beams! < 1 || beams! > Math.min(64, this.#context.batchSize)) {
       throw invalid('beams', `an integer from 1 to ${Math.min(64, this.#context.batchSize)} (the context's batchSize)`, beams, caller);
     }
@@ -242,8 +250,13 @@ export class LlamaSession {
     if (lengthPenalty !== undefined && (typeof lengthPenalty !== 'number' || !Number.isFinite(lengthPenalty))) {
       throw invalid('lengthPenalty', 'a finite number', lengthPenalty, caller);
     }
-    const { native: n, loraKey } = parseGenerateOptions(
-      { ...(rest.maxTokens !== undefined ? { maxTokens: rest.maxTokens } : {}), ...(rest.logitBias ? { logitBias: rest.logitBias } : {}), ...(rest.lora ? { lora: rest.lora } : {}) },
+    const { native: n, loraKey, signal } = parseGenerateOptions(
+      {
+        ...(rest.maxTokens !== undefined ? { maxTokens: rest.maxTokens } : {}),
+        ...(rest.logitBias ? { logitBias: rest.logitBias } : {}),
+        ...(rest.lora ? { lora: rest.lora } : {}),
+        ...('signal' in rest ? { signal: rest.signal } : {}),
+      },
       this.#context.model.vocab.size,
       caller,
     );
@@ -258,47 +271,70 @@ export class LlamaSession {
     if (prompt.length >= this.#context.contextSize) throw new LlamaError('ERR_CONTEXT_FULL', `The prompt has ${prompt.length} tokens; a sequence of this context holds ${this.#context.contextSize}`);
     const handle = this.#context.handle(caller);
     this.#context.checkBorrow(2 * beams! - 1, caller);
-    this.#busy = 'searches';
-    let seq: number;
-    let extra: number[];
-    try {
-      ({ seq, extra } = await this.#context.borrowSequences(2 * beams! - 1, this));
-    } catch (e) {
-      this.#busy = null;
-      this.#context.residency.kick();
-      throw toLlamaError(e);
-    }
-    const whole = Prompt.fromTokens(prompt);
-    const keep = this.#dropped > 0 || lora !== this.#cacheLora ? 0 : this.#cache.commonPrefix(whole);
-    this.#setCache(whole.slice(keep));
-    this.#cacheLora = lora;
     const t0 = performance.now();
-    try {
-      const found = await handle.beamSearch([seq, ...extra], Int32Array.from(prompt), keep, {
-        beams: beams!,
-        ...(n.maxTokens !== undefined ? { maxTokens: n.maxTokens } : {}),
-        ...(lengthPenalty !== undefined ? { lengthPenalty } : {}),
-        ...(n.logitBias ? { logitBias: n.logitBias } : {}),
-        ...(n.lora ? { lora: n.lora } : {}),
-      });
-      this.#setCache(whole);
+    const result = (found: Array<{ tokens: Int32Array; logprob: number; score: number; finished: boolean }>, aborted: boolean, cached: number): GenerationResult => {
       const all = found.map((h) => ({ text: model.detokenize(h.tokens), tokens: Array.from(h.tokens), logprob: h.logprob, score: h.score, finished: h.finished }));
       const best = all[0] ?? { text: '', tokens: [], logprob: 0, score: 0, finished: false };
       const ms = performance.now() - t0;
       return {
         text: best.text,
         tokens: best.tokens,
-        stopReason: best.finished ? 'eog' : 'maxTokens',
-        usage: { promptTokens: prompt.length, cachedTokens: Math.min(keep, prompt.length - 1), completionTokens: best.tokens.length },
+        stopReason: aborted ? 'abort' : best.finished ? 'eog' : 'maxTokens',
+        usage: { promptTokens: prompt.length, cachedTokens: cached, completionTokens: best.tokens.length },
         timings: { promptMs: 0, generateMs: ms, timeToFirstTokenMs: ms, tokensPerSecond: ms > 0 ? (best.tokens.length * 1000) / ms : 0 },
         beams: all,
       };
+    };
+    // An abort (the signal, or dispose()) before the search has its sequences ends the wait for them; once
+    // the search runs, it ends the search (native: abortTask).
+    let abortRequested = signal?.aborted ?? false;
+    let abortNative: (() => void) | null = null;
+    const abort = () => {
+      abortRequested = true;
+      abortNative?.();
+      this.#context.residency.kick();
+    };
+    if (abortRequested) return result([], true, 0);
+    signal?.addEventListener('abort', abort, { once: true });
+    this.#abortSearch = abort;
+    this.#busy = 'searches';
+    let seq: number;
+    let extra: number[] = [];
+    try {
+      const got = await this.#context.borrowSequences(2 * beams! - 1, this, () => abortRequested);
+      if (got === null) return result([], true, 0);
+      ({ seq, extra } = got);
+      const whole = Prompt.fromTokens(prompt);
+      const keep = this.#dropped > 0 || lora !== this.#cacheLora ? 0 : this.#cache.commonPrefix(whole);
+      this.#setCache(whole.slice(keep));
+      this.#cacheLora = lora;
+      const abortId = nextAbortId();
+      abortNative = () => handle.abortTask(abortId);
+      const pending = handle.beamSearch([seq, ...extra], Int32Array.from(prompt), keep, {
+        beams: beams!,
+        ...(n.maxTokens !== undefined ? { maxTokens: n.maxTokens } : {}),
+        ...(lengthPenalty !== undefined ? { lengthPenalty } : {}),
+        ...(n.logitBias ? { logitBias: n.logitBias } : {}),
+        ...(n.lora ? { lora: n.lora } : {}),
+        abortId,
+      });
+      if (abortRequested) abortNative();  // (an abort while the prompt above was prepared cannot happen: no await)
+      try {
+        const done = await pending;
+        if (!this.#disposed) this.#setCache(whole.slice(done.kept));
+        return result(done.beams, done.aborted, Math.min(keep, done.kept, prompt.length - 1));
+      } catch (e) {
+        this.#setCache();
+        throw e;
+      }
     } catch (e) {
-      this.#setCache();
       throw toLlamaError(e);
     } finally {
+      signal?.removeEventListener('abort', abort);
+      this.#abortSearch = null;
       this.#busy = null;
       this.#context.returnSequences(extra);
+      this.#context.residency.kick();
     }
   }
 
@@ -805,6 +841,7 @@ export class LlamaSession {
   dispose(): void {
     if (this.#disposed) return;
     this.#running?.abort();
+    this.#abortSearch?.();
     this.#disposed = true;
     this.#setCache();
     this.#context.releaseSequence(this);

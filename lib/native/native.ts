@@ -249,8 +249,17 @@ export interface NativeContext {
     sequences: number[],
     tokens: Int32Array,
     keep: number,
-    options: { beams: number; maxTokens?: number; lengthPenalty?: number; logitBias?: Array<[number, number]>; lora?: Array<[NativeLora, number]> },
-  ): Promise<Array<{ tokens: Int32Array; logprob: number; score: number; finished: boolean }>>;
+    options: { beams: number; maxTokens?: number; lengthPenalty?: number; logitBias?: Array<[number, number]>; lora?: Array<[NativeLora, number]>; abortId?: number },
+  ): Promise<{
+    /** Best first; after an abort, the beams found so far (unfinished ones included). */
+    beams: Array<{ tokens: Int32Array; logprob: number; score: number; finished: boolean }>;
+    /** `abortTask(abortId)` ended it. */
+    aborted: boolean;
+    /** Prompt tokens the home sequence holds afterwards: all, unless aborted before the prompt was decoded. */
+    kept: number;
+  }>;
+  /** Ends the beam search started with this `abortId`, if it has not ended; whether there was one. */
+  abortTask(abortId: number): boolean;
   info(): NativeContextInfo;
   dispose(): Promise<void>;
 }

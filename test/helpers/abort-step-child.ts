@@ -51,6 +51,19 @@ await intoTheStep();
 const t2 = performance.now();
 await ctx.dispose();
 const beamDisposeMs = performance.now() - t2;
+// A beam search's own abort (its signal) cuts off its prompt's decode too; the session goes on from the
+// batches decoded before it (none here).
+ctx = await model.createContext({ ...options, sequences: 8 });
+const searcher = ctx.createSession();
+const beamAc = new AbortController();
+const searching = searcher.complete(long.slice(0, 1000), { beams: 4, maxTokens: 64, signal: beamAc.signal });
+await intoTheStep();
+const t4 = performance.now();
+beamAc.abort();
+const beamAborted = await searching;
+const beamAbortMs = performance.now() - t4;
+const beamAfter = await searcher.complete(question, greedy);
+await ctx.dispose();
 ctx = await model.createContext({ contextSize: 2048, embeddings: true, threads: 1 });
 const embed = settle(ctx.embed(Array.from({ length: 8 }, (_, i) => `text ${i} ` + 'the quick brown fox jumps over the lazy dog '.repeat(40))));
 await intoTheStep();
@@ -70,6 +83,10 @@ console.log(
     cutReason: cutResult.stopReason,
     beam: await beam,
     beamDisposeMs,
+    beamAbortReason: beamAborted.stopReason,
+    beamAbortTokens: beamAborted.tokens.length,
+    beamAbortMs,
+    beamAfter: beamAfter.text,
     embed: await embed,
     embedDisposeMs,
   }),
