@@ -318,7 +318,7 @@ export class LlamaSession {
         ...(n.lora ? { lora: n.lora } : {}),
         abortId,
       });
-      if (abortRequested) abortNative();  // (an abort while the prompt above was prepared cannot happen: no await)
+      if (abortRequested) abortNative();  // aborted between the grant of the sequences and this line
       try {
         const done = await pending;
         if (!this.#disposed) this.#setCache(whole.slice(done.kept));
