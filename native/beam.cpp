@@ -29,6 +29,12 @@ void decodeOrThrow(llama_context* ctx, const llama_batch& batch, const char* whe
 
 bool cancelled(const std::atomic<bool>* cancel) { return cancel != nullptr && cancel->load(); }
 
+uint32_t readAbortId(Napi::Env env, const Napi::Value& v) {
+  double id = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : 0;
+  if (!(id >= 1 && id <= 4294967295.0) || std::floor(id) != id) throwArg(env, "abortId", "a positive integer", v);
+  return (uint32_t)id;
+}
+
 struct Beam {
   std::vector<llama_token> tokens;
   double logprob = 0;
@@ -235,11 +241,8 @@ Napi::Value Context::BeamSearch(const Napi::CallbackInfo& info) {
   std::shared_ptr<std::atomic<bool>> cancel;
   Napi::Value aid = opt(o, "abortId");
   if (!aid.IsUndefined()) {
-    if (!aid.IsNumber()) throwArg(env, "abortId", "a positive integer", aid);
-    double id = aid.As<Napi::Number>().DoubleValue();
-    if (!(id >= 1 && id <= 4294967295.0) || std::floor(id) != id) throwArg(env, "abortId", "a positive integer", aid);
     cancel = std::make_shared<std::atomic<bool>>(false);
-    taskAborts_.add((uint32_t)id, cancel);
+    taskAborts_.add(readAbortId(env, aid), cancel);
   }
   auto params = std::make_shared<BeamParams>(std::move(bp));
   Engine* eng = engine.get();
@@ -275,10 +278,7 @@ Napi::Value Context::BeamSearch(const Napi::CallbackInfo& info) {
 // whether there was one.
 Napi::Value Context::AbortTask(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsNumber()) throwArg(env, "abortId", "a positive integer", info[0]);
-  double id = info[0].As<Napi::Number>().DoubleValue();
-  if (!(id >= 1 && id <= 4294967295.0) || std::floor(id) != id) throwArg(env, "abortId", "a positive integer", info[0]);
-  return Napi::Boolean::New(env, taskAborts_.abort((uint32_t)id));
+  return Napi::Boolean::New(env, taskAborts_.abort(readAbortId(env, info[0])));
 }
 
 }  // namespace la
