@@ -132,7 +132,9 @@ describeShared('beam search: signal and dispose (stories260k)', () => {
       // same beams. (Run in the same session, so in the same sequences: other sequences can split the steps
       // into other passes, whose rounding can swap near-tied beams. Its first step's logits come from the
       // cached prompt's last token decoded alone, so log-probabilities agree to rounding.)
-      expect(Array.from(s.tokens)).toEqual(Array.from(model.tokenize(PROMPT)));
+      // (Aborted before its prompt was decoded, the session holds the part decoded: here none.)
+      const prompt = Array.from(model.tokenize(PROMPT));
+      expect(Array.from(s.tokens)).toEqual(r.tokens.length > 0 ? prompt : prompt.slice(0, s.tokens.length));
       expect(ctx.freeSequences).toBe(8);
       const ref = await s.complete(PROMPT, { beams: 4, maxTokens: Math.max(1, r.tokens.length), logitBias: eog() });
       expect(ref.stopReason).toBe('maxTokens');
