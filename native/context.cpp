@@ -217,8 +217,16 @@ Napi::Value Context::Create(Napi::Env env, std::shared_ptr<ModelHandle> model, N
   // splits a batch of texts of different lengths into equal slices per sequence, and a text spread over
   // several micro-batches is pooled from its last slice only; one unified stream keeps each text whole.
   if (p.embeddings) {
-    p.n_ubatch = p.n_batch;
     p.kv_unified = true;
+    // llama.cpp reserves the compute graph for min(n_ctx, n_ubatch) tokens rounded up to a multiple of the
+    // sequences, but leaves the outputs at the unrounded count: mean and rank pooling then fail to build
+    // (GGML_ASSERT ggml_can_mul_mat) with 3, 5, 6 or 7 sequences. A batch that is a multiple of the
+    // sequences and not above the context (which llama.cpp only pads up) is not rounded. A text (which
+    // must fit in the context's cells anyway) can lose up to sequences - 1 tokens of batchSize: ctx.batchSize
+    // and ERR_CONTEXT_FULL say the count in use.
+    uint32_t ub = std::min(p.n_batch, p.n_ctx);
+    if (ub % p.n_seq_max != 0) ub = std::max(p.n_seq_max, ub / p.n_seq_max * p.n_seq_max);
+    p.n_batch = p.n_ubatch = ub;
   }
 
   int32_t promptChunk = intOption(env, o, "promptChunkSize", std::min<int32_t>(128, (int32_t)p.n_batch), 1, 1 << 20);

@@ -39,6 +39,35 @@ describeShared('embeddings and reranking (stories260k)', () => {
     });
   }
 
+  // Found by a hostile review: contexts of 3, 5, 6 or 7 sequences with mean pooling failed to create (llama.cpp
+  // rounds the reserved micro-batch up to a multiple of the sequences, not its outputs), and so did the
+  // CLI's `embed` of 3 texts. A sweep of shapes: every one creates, embeds as a one-sequence context does,
+  // and takes a text as long as its batchSize but not one token more.
+  it('creates an embedding context of any number of sequences, context size and batch size', async () => {
+    const [reference] = await (await model.createContext({ contextSize: 256, sequences: 1, embeddings: true, pooling: 'mean' })).embed(TEXTS[2]);
+    const long = Array.from(model.tokenize('Once upon a time there was a girl. '.repeat(400), { addBos: false }));
+    let shapes = 0;
+    for (const sequences of [1, 2, 3, 4, 5, 6, 7, 9, 12, 17]) {
+      for (const [contextSize, batchSize] of [[64, undefined], [300, undefined], [1000, undefined], [1000, 100], [2048, 1000]] as const) {
+        for (const pooling of ['mean', 'last', 'none'] as const) {
+          const shape = JSON.stringify({ sequences, contextSize, batchSize, pooling });
+          await using ctx = await model.createContext({ contextSize, sequences, embeddings: true, pooling, ...(batchSize ? { batchSize } : {}) });
+          // What a text may hold: the batch size asked for (at most the context's cells, contextSize for each
+          // sequence), or up to sequences - 1 less.
+          const limit = Math.min(batchSize ?? 512, contextSize * sequences);
+          expect(ctx.batchSize, shape).toBeLessThanOrEqual(limit);
+          expect(ctx.batchSize, shape).toBeGreaterThan(limit - sequences);
+          const out = await ctx.embed([...TEXTS, long.slice(0, ctx.batchSize)]);
+          expect(out, shape).toHaveLength(TEXTS.length + 1);
+          if (pooling === 'mean') expect(maxDiff(out[2]!, reference!), shape).toBeLessThan(1e-4);
+          await expect(ctx.embed([long.slice(0, ctx.batchSize + 1)]), shape).rejects.toMatchObject({ code: 'ERR_CONTEXT_FULL' });
+          shapes++;
+        }
+      }
+    }
+    expect(shapes).toBe(150);
+  }, 120_000);
+
   it('normalizes only when asked, and returns every token with pooling none', async () => {
     await using ctx = await model.createContext({ contextSize: 256, sequences: 2, embeddings: true, pooling: 'mean' });
     const [raw] = await ctx.embed('Once upon a time', { normalize: false });
