@@ -15,11 +15,14 @@ namespace la {
 namespace {
 // The search's abort, cutting off a decode (Engine::abortStep): what the decode wrote is taken back out.
 struct Aborted {};
+// No room for a decode in the KV cache (status 1; one KV cache shared by all sequences is full).
+struct Full {};
 
 // A decode of the search: status 2 is the decode cut off (Engine::abortStep), for the search's abort or
 // for the context stopping.
 void decodeOrThrow(llama_context* ctx, const llama_batch& batch, const char* where, const std::atomic<bool>* cancel) {
   int32_t ret = llama_decode(ctx, batch);
+  if (ret == 1) throw Full{};
   if (ret == 2) {
     if (cancel != nullptr && cancel->load()) throw Aborted{};
     throw CodedError("ERR_DISPOSED", "The context was disposed during the beam search");
@@ -96,14 +99,23 @@ BeamOutcome beamSearch(llama_context* ctx, const llama_vocab* vocab, const BeamP
         if (pos + 1 == n) lastRow = i;
         pos++;
       }
-      decodeOrThrow(ctx, batch, "on the prompt", cancel);
+      try {
+        decodeOrThrow(ctx, batch, "on the prompt", cancel);
+      } catch (const Full&) {
+        throw CodedError("ERR_CONTEXT_FULL", "The KV cache has no room for the prompt's " + std::to_string(n - p.keep) +
+                                                 " new tokens beside the other sequences' cells");
+      }
       decoded = pos;
     }
 
     std::vector<Beam> alive{Beam{{}, 0.0, home, lastRow}};
     std::vector<BeamHypothesis> finished;
     std::vector<float> lp((size_t)nVocab);
-    for (int32_t step = 0; step < p.maxTokens && !alive.empty() && n + step < cap; step++) {
+    for (int32_t step = 0; step < p.maxTokens && !alive.empty(); step++) {
+      if (n + step >= cap) {  // the sequence is full: the beams so far, as when the KV cache has no room
+        outcome.full = true;
+        break;
+      }
       // Aborted between two steps, or during the last one's decode (whose beams are then not taken): the
       // beams found so far are the result, as those of a search with this step's maxTokens would be.
       if (cancelled(cancel)) {
@@ -171,6 +183,10 @@ BeamOutcome beamSearch(llama_context* ctx, const llama_vocab* vocab, const BeamP
         decodeOrThrow(ctx, batch, "during beam search", cancel);
       } catch (const Aborted&) {
         outcome.aborted = true;  // `alive` still holds the beams before this step
+        finished.resize(finishedBefore);
+        break;
+      } catch (const Full&) {
+        outcome.full = true;  // likewise
         finished.resize(finishedBefore);
         break;
       }
@@ -269,6 +285,7 @@ Napi::Value Context::BeamSearch(const Napi::CallbackInfo& info) {
         Napi::Object r = Napi::Object::New(env);
         r.Set("beams", res);
         r.Set("aborted", out->aborted);
+        r.Set("full", out->full);
         r.Set("kept", out->kept);
         return r;
       });

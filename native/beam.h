@@ -28,6 +28,7 @@ struct BeamHypothesis {
 struct BeamOutcome {
   std::vector<BeamHypothesis> hypotheses;  // up to `beams`, best first
   bool aborted = false;                    // `cancel` was set: the beams found so far, unfinished ones included
+  bool full = false;                       // ended because the sequence, or the shared KV cache, had no room
   int32_t kept = 0;                        // prompt tokens seqs[0] holds afterwards (all of them unless aborted
                                            // before the prompt was decoded)
 };

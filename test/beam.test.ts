@@ -183,3 +183,41 @@ describeShared('beam search: signal and dispose (stories260k)', () => {
     await expect(s.complete(PROMPT, { beams: 2, signal: 'now' as never })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
   });
 });
+
+// Found by a hostile review: with one KV cache for all sequences (kvUnified), a search failed with
+// ERR_INVALID_STATE where an idle session held cells (a generation made them free), or where its beams
+// outgrew the cache; and a search that filled its sequence said 'maxTokens'.
+describeShared('beam search at the end of the KV cache (stories260k)', () => {
+  let model: LlamaModel;
+  beforeAll(async () => {
+    model = await loadModel(shared('stories260k.gguf'));
+  });
+  afterAll(() => model.dispose());
+  const tokens = (n: number) => [1, ...Array.from({ length: n - 1 }, (_, i) => 300 + (i % 150))];
+
+  it('makes room from idle sessions, and ends with contextFull when the cache or the sequence is full', async () => {
+    await using shared = await model.createContext({ contextSize: 256, sequences: 8, threads: 1, kvUnified: true });
+    using idle = shared.createSession();
+    await idle.complete(tokens(150), { maxTokens: 2, temperature: 0 });
+    using s = shared.createSession();
+    // 200 prompt tokens beside the idle session's 151 cells of 256: it gives them up, as for a generation.
+    const r = await s.complete(tokens(200), { beams: 1, maxTokens: 8 });
+    expect(r.stopReason).toBe('maxTokens');
+    expect(r.tokens).toHaveLength(8);
+    expect(shared.savedCacheBytes).toBeGreaterThan(0);
+    // Four beams outgrow the 56 cells left after the prompt: the beams found when the cache filled.
+    const full = await s.complete(tokens(200), { beams: 4, maxTokens: 100 });
+    expect(full.stopReason).toBe('contextFull');
+    expect(full.tokens.length).toBeGreaterThan(0);
+    expect(full.tokens.length).toBeLessThan(56);
+    // Everything is usable afterwards: the idle session comes back, and the searching one goes on.
+    expect((await idle.complete(tokens(150), { maxTokens: 2, temperature: 0 })).usage.cachedTokens).toBe(149);
+    expect((await s.complete(tokens(200), { maxTokens: 4, temperature: 0 })).tokens).toHaveLength(4);
+
+    // Each sequence with cells of its own: the sequence's end.
+    await using own = await model.createContext({ contextSize: 256, sequences: 8, threads: 1 });
+    const end = await own.createSession().complete(tokens(200), { beams: 4, maxTokens: 100 });
+    expect(end.stopReason).toBe('contextFull');
+    expect(end.tokens).toHaveLength(56);
+  });
+});

@@ -24,8 +24,9 @@ export interface BeamOptions {
   /**
    * Beam search with this many beams instead of sampling: the result is the most likely continuation found
    * (by `score`), and `beams` lists all of them. It uses `2 × beams − 1` free sequences of the context
-   * besides the session's own, and takes `maxTokens`, `logitBias`, `lengthPenalty`, `lora` and `signal`
-   * (other sampling options do not apply). `signal` or `session.dispose()` ends it at once, between two of
+   * besides the session's own, and takes `maxTokens` (default 32), `logitBias`, `lengthPenalty`, `lora` and
+   * `signal` (`temperature` is ignored; other sampling options are `ERR_INVALID_ARGUMENT`). A full sequence
+   * (or shared KV cache) ends it with `stopReason: 'contextFull'` and the beams found so far. `signal` or `session.dispose()` ends it at once, between two of
    * its steps or in the middle of a decode: the result then has `stopReason: 'abort'` and the beams found
    * so far, which are those a search with their length as `maxTokens` finds.
    */
@@ -272,14 +273,14 @@ export class LlamaSession {
     const handle = this.#context.handle(caller);
     this.#context.checkBorrow(2 * beams! - 1, caller);
     const t0 = performance.now();
-    const result = (found: Array<{ tokens: Int32Array; logprob: number; score: number; finished: boolean }>, aborted: boolean, cached: number): GenerationResult => {
+    const result = (found: Array<{ tokens: Int32Array; logprob: number; score: number; finished: boolean }>, aborted: boolean, cached: number, full = false): GenerationResult => {
       const all = found.map((h) => ({ text: model.detokenize(h.tokens), tokens: Array.from(h.tokens), logprob: h.logprob, score: h.score, finished: h.finished }));
       const best = all[0] ?? { text: '', tokens: [], logprob: 0, score: 0, finished: false };
       const ms = performance.now() - t0;
       return {
         text: best.text,
         tokens: best.tokens,
-        stopReason: aborted ? 'abort' : best.finished ? 'eog' : 'maxTokens',
+        stopReason: aborted ? 'abort' : best.finished ? 'eog' : full ? 'contextFull' : 'maxTokens',
         usage: { promptTokens: prompt.length, cachedTokens: cached, completionTokens: best.tokens.length },
         timings: { promptMs: 0, generateMs: ms, timeToFirstTokenMs: ms, tokensPerSecond: ms > 0 ? (best.tokens.length * 1000) / ms : 0 },
         beams: all,
@@ -308,6 +309,9 @@ export class LlamaSession {
       const keep = this.#dropped > 0 || lora !== this.#cacheLora ? 0 : this.#cache.commonPrefix(whole);
       this.#setCache(whole.slice(keep));
       this.#cacheLora = lora;
+      // One KV cache for all sequences: idle sessions give up their cells for the prompt and the beams' tokens
+      // (each step adds one cell per beam; what beams share is shared), as for a generation's reserve.
+      if (this.#context.kvUnified) this.#context.residency.makeRoom(this, prompt.length - keep + beams! * Math.min(n.maxTokens ?? 32, UNIFIED_RESERVE));
       const abortId = nextAbortId();
       abortNative = () => handle.abortTask(abortId);
       const pending = handle.beamSearch([seq, ...extra], Int32Array.from(prompt), keep, {
@@ -322,7 +326,7 @@ export class LlamaSession {
       try {
         const done = await pending;
         if (!this.#disposed) this.#setCache(whole.slice(done.kept));
-        return result(done.beams, done.aborted, Math.min(keep, done.kept, prompt.length - 1));
+        return result(done.beams, done.aborted, Math.min(keep, done.kept, prompt.length - 1), done.full);
       } catch (e) {
         this.#setCache();
         throw e;

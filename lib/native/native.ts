@@ -255,6 +255,8 @@ export interface NativeContext {
     beams: Array<{ tokens: Int32Array; logprob: number; score: number; finished: boolean }>;
     /** `abortTask(abortId)` ended it. */
     aborted: boolean;
+    /** It ended because the sequence, or the KV cache all sequences share, had no room for another step. */
+    full: boolean;
     /** Prompt tokens the home sequence holds afterwards: all, unless aborted before the prompt was decoded. */
     kept: number;
   }>;
