@@ -113,7 +113,7 @@ export const chatCompletionSchema = {
     },
     parallel_tool_calls: { type: 'boolean' },
     logprobs: { type: ['boolean', 'null'] },
-    top_logprobs: { type: 'integer', minimum: 0, maximum: 20 },
+    top_logprobs: { type: ['integer', 'null'], minimum: 0, maximum: 20 },
   },
 } as const;
 
@@ -139,6 +139,9 @@ export const completionSchema = {
     echo: { const: false, description: 'false (echoing the prompt is not supported)' },
     best_of: { const: 1, description: '1 (best_of is not supported)' },
     suffix: { anyOf: [{ const: '' }, { type: 'null' }], description: 'empty or null (suffix is not supported)' },
+    // A client that sends tools here expects tool calls, which only /v1/chat/completions makes.
+    tools: { not: {}, description: 'absent (tools and tool_choice are for /v1/chat/completions)' },
+    tool_choice: { not: {}, description: 'absent (tools and tool_choice are for /v1/chat/completions)' },
   },
 } as const;
 

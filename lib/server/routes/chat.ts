@@ -73,6 +73,10 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
       throw new ApiError(400, `tool_choice ${JSON.stringify(body.tool_choice)} needs tools, but the request has none`, 'invalid_request_error', 'tool_choice');
     }
     const wantLogprobs = body.logprobs === true;
+    // OpenAI's rule: top_logprobs asks for alternatives of the log-probabilities that logprobs turns on.
+    if (body.top_logprobs !== undefined && body.top_logprobs !== null && !wantLogprobs) {
+      throw new ApiError(400, 'top_logprobs needs logprobs: true', 'invalid_request_error', 'top_logprobs');
+    }
     const streaming = body.stream === true;
     // The conversation this request continues: its messages before the new one.
     const key = history.length > 0 ? conversationKey(history) : null;
