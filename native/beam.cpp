@@ -198,7 +198,10 @@ BeamOutcome beamSearch(llama_context* ctx, const llama_vocab* vocab, const BeamP
       std::swap(setA, setB);
       alive = std::move(next);
     }
-    for (auto& b : alive) finished.push_back({b.tokens, b.logprob, scoreOf(b.logprob, b.tokens.size(), p.lengthPenalty), false});
+    for (auto& b : alive) {
+      // (Ended before its first step, by an abort or a full sequence: no beam, rather than an empty one.)
+      if (!b.tokens.empty()) finished.push_back({b.tokens, b.logprob, scoreOf(b.logprob, b.tokens.size(), p.lengthPenalty), false});
+    }
     std::stable_sort(finished.begin(), finished.end(), [](const BeamHypothesis& a, const BeamHypothesis& c) { return a.score > c.score; });
     if ((int32_t)finished.size() > k) finished.resize((size_t)k);
     // The home sequence keeps the prompt: whichever beam used it last, its first n cells are the prompt's.
@@ -236,7 +239,12 @@ Napi::Value Context::BeamSearch(const Napi::CallbackInfo& info) {
   Napi::Object o = info[3].As<Napi::Object>();
   BeamParams bp;
   Napi::Array seqs = info[0].As<Napi::Array>();
-  for (uint32_t i = 0; i < seqs.Length(); i++) bp.seqs.push_back(seqs.Get(i).As<Napi::Number>().Int32Value());
+  for (uint32_t i = 0; i < seqs.Length(); i++) {
+    Napi::Value v = seqs.Get(i);
+    double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0 && d < (double)llama_n_seq_max(engine->ctx())) || std::floor(d) != d) throwArg(env, "sequences", "sequence ids of the context", v);
+    bp.seqs.push_back((llama_seq_id)d);
+  }
   bp.beams = (int32_t)opt(o, "beams").As<Napi::Number>().Int32Value();
   if (bp.beams < 1 || (int32_t)bp.seqs.size() != 2 * bp.beams) {
     throwError(env, "ERR_INVALID_ARGUMENT", "Beam search with " + std::to_string(bp.beams) + " beams needs " +

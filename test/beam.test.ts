@@ -194,6 +194,7 @@ describeShared('beam search at the end of the KV cache (stories260k)', () => {
   });
   afterAll(() => model.dispose());
   const tokens = (n: number) => [1, ...Array.from({ length: n - 1 }, (_, i) => 300 + (i % 150))];
+  const eogBan = () => ({ [model.vocab.eos ?? 2]: -Infinity });
 
   it('makes room from idle sessions, and ends with contextFull when the cache or the sequence is full', async () => {
     await using shared = await model.createContext({ contextSize: 256, sequences: 8, threads: 1, kvUnified: true });
@@ -214,10 +215,33 @@ describeShared('beam search at the end of the KV cache (stories260k)', () => {
     expect((await idle.complete(tokens(150), { maxTokens: 2, temperature: 0 })).usage.cachedTokens).toBe(149);
     expect((await s.complete(tokens(200), { maxTokens: 4, temperature: 0 })).tokens).toHaveLength(4);
 
+    // A prompt that leaves no cell for the first step's beams: no beam at all (it was one empty beam).
+    using tight = shared.createSession();
+    const none = await tight.complete(tokens(255), { beams: 4, maxTokens: 10 });
+    expect(none).toMatchObject({ stopReason: 'contextFull', tokens: [], beams: [] });
+
     // Each sequence with cells of its own: the sequence's end.
     await using own = await model.createContext({ contextSize: 256, sequences: 8, threads: 1 });
     const end = await own.createSession().complete(tokens(200), { beams: 4, maxTokens: 100 });
     expect(end.stopReason).toBe('contextFull');
     expect(end.tokens).toHaveLength(56);
+  });
+
+  // Found by a hostile review: a session whose cache waited in host memory, with no room for it beside a
+  // busy session's cells, was given no sequence and the search failed with ERR_NATIVE. It waits now.
+  it('waits, as a generation does, when its saved cache cannot come back beside busy sessions', async () => {
+    await using ctx = await model.createContext({ contextSize: 256, sequences: 8, threads: 1, kvUnified: true });
+    using a = ctx.createSession();
+    await a.complete(tokens(150), { maxTokens: 2, temperature: 0 });
+    using b = ctx.createSession();
+    // B's prompt takes A's cells (A's cache moves to host memory), and B goes on generating.
+    const busy = b.generate(tokens(180), { maxTokens: 40, temperature: 0, logitBias: eogBan() });
+    await new Promise((r) => setTimeout(r, 50));
+    const search = a.complete(tokens(150), { beams: 2, maxTokens: 5 });
+    expect((await busy.result).stopReason).toBe('maxTokens');
+    const r = await search;
+    expect(r.stopReason).toBe('maxTokens');
+    expect(r.tokens).toHaveLength(5);
+    expect(ctx.freeSequences).toBeGreaterThanOrEqual(6);
   });
 });

@@ -509,8 +509,8 @@ describeShared('server: counting, late errors and checks', () => {
       ['/v1/completions', { prompt: 'x', best_of: 3 }, /^Invalid request: best_of must be 1/],
       ['/v1/completions', { prompt: 'x', suffix: 'y' }, /^Invalid request: suffix must be empty or null/],
       // Found by a hostile review: these were accepted and ignored.
-      ['/v1/completions', { prompt: 'x', tools: [] }, /^Invalid request: tools must be absent \(tools and tool_choice are for \/v1\/chat\/completions\)/],
-      ['/v1/completions', { prompt: 'x', tool_choice: 'auto' }, /^Invalid request: tool_choice must be absent/],
+      ['/v1/completions', { prompt: 'x', tools: [] }, /^Invalid request: tools must be absent or null \(tools and tool_choice are for \/v1\/chat\/completions\)/],
+      ['/v1/completions', { prompt: 'x', tool_choice: 'auto' }, /^Invalid request: tool_choice must be absent or null/],
       ['/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], top_logprobs: 2 }, /^top_logprobs needs logprobs: true/],
       ['/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], top_logprobs: 2, logprobs: false }, /^top_logprobs needs logprobs: true/],
     ];
@@ -521,6 +521,7 @@ describeShared('server: counting, late errors and checks', () => {
     }
     expect((await raw(server.url, '/v1/completions', { prompt: 'x', max_tokens: 1, suffix: null, best_of: 1, echo: false })).status).toBe(200);
     expect((await raw(server.url, '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 1, top_logprobs: null })).status).toBe(200);
+    expect((await raw(server.url, '/v1/completions', { prompt: 'x', max_tokens: 1, tools: null, tool_choice: null })).status).toBe(200);
     const withTop = await raw(server.url, '/v1/chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 1, logprobs: true, top_logprobs: 2 });
     expect(withTop.status).toBe(200);
     expect((withTop.json as { choices: Array<{ logprobs: { content: Array<{ top_logprobs: unknown[] }> } }> }).choices[0]!.logprobs.content[0]!.top_logprobs).toHaveLength(2);

@@ -225,7 +225,9 @@ export class Residency {
     const own = this.#seq.get(t) === undefined ? 1 : 0;
     const idle = [...this.#seq.keys()].filter((s) => s !== t && s.idle).length;
     if (this.#free.length + idle < n + own) return undefined;
-    const seq = this.acquire(t)!;
+    // (The session's own: undefined when its saved cells cannot come back yet beside busy sessions'.)
+    const seq = this.acquire(t);
+    if (seq === undefined) return undefined;
     const extra: number[] = [];
     while (extra.length < n) extra.push(this.#free.shift() ?? this.#evictFor(t, h)!);
     return { seq, extra };

@@ -140,8 +140,8 @@ export const completionSchema = {
     best_of: { const: 1, description: '1 (best_of is not supported)' },
     suffix: { anyOf: [{ const: '' }, { type: 'null' }], description: 'empty or null (suffix is not supported)' },
     // A client that sends tools here expects tool calls, which only /v1/chat/completions makes.
-    tools: { not: {}, description: 'absent (tools and tool_choice are for /v1/chat/completions)' },
-    tool_choice: { not: {}, description: 'absent (tools and tool_choice are for /v1/chat/completions)' },
+    tools: { type: 'null', description: 'absent or null (tools and tool_choice are for /v1/chat/completions)' },
+    tool_choice: { type: 'null', description: 'absent or null (tools and tool_choice are for /v1/chat/completions)' },
   },
 } as const;
 
