@@ -204,8 +204,6 @@ class Engine : public std::enable_shared_from_this<Engine> {
     CancellableTask(Engine& e, const std::atomic<bool>* flag) : engine(e) { e.taskCancel_.store(flag); }
     ~CancellableTask() { engine.taskCancel_.store(nullptr); }
   };
-  // Whether the context is stopping (disposed): a cut-off decode was for that, not for an abort.
-  bool stopRequested() const { return stopRequested_.load(); }
 
   llama_context* ctx() const { return ctx_; }
   const std::shared_ptr<ModelHandle>& model() const { return model_; }

@@ -26,9 +26,10 @@ export interface BeamOptions {
    * (by `score`), and `beams` lists all of them. It uses `2 × beams − 1` free sequences of the context
    * besides the session's own, and takes `maxTokens` (default 32), `logitBias`, `lengthPenalty`, `lora` and
    * `signal` (`temperature` is ignored; other sampling options are `ERR_INVALID_ARGUMENT`). A full sequence
-   * (or shared KV cache) ends it with `stopReason: 'contextFull'` and the beams found so far. `signal` or `session.dispose()` ends it at once, between two of
-   * its steps or in the middle of a decode: the result then has `stopReason: 'abort'` and the beams found
-   * so far, which are those a search with their length as `maxTokens` finds.
+   * (or shared KV cache) ends it with `stopReason: 'contextFull'` and the beams found so far. `signal` or
+   * `session.dispose()` ends it at once, between two of its steps or in the middle of a decode: the result
+   * then has `stopReason: 'abort'` and the beams found so far, which are those a search with their length
+   * as `maxTokens` finds.
    */
   beams?: number;
   /** Beams are ranked by `logprob / length^lengthPenalty` (default 1; 0 ranks by log-probability alone). */
@@ -74,11 +75,11 @@ function parseJson(r: GenerationResult, schema: PreparedSchema | undefined): Gen
   return checked instanceof Promise ? checked.then((e) => e ?? result) : checked ?? result;
 }
 
-/** With one KV cache for all sequences (kvUnified): cells kept free for a generation's output beyond its prompt. */
 /** Ids that end a beam search (native abortTask), unique in the process. */
 let lastAbortId = 0;
 const nextAbortId = () => (lastAbortId = (lastAbortId % 0xffffffff) + 1);
 
+/** With one KV cache for all sequences (kvUnified): cells kept free for a generation's output beyond its prompt. */
 const UNIFIED_RESERVE = 256;
 
 /** Copying cache cells from another session pays off from this many tokens on. */
@@ -337,8 +338,7 @@ export class LlamaSession {
       signal?.removeEventListener('abort', abort);
       this.#abortSearch = null;
       this.#busy = null;
-      this.#context.returnSequences(extra);
-      this.#context.residency.kick();
+      this.#context.returnSequences(extra);  // (which kicks the residency: the session is idle again)
     }
   }
 
