@@ -651,6 +651,7 @@ void Engine::run() {
     try {
       if (!step()) break;
       flushDeferredNotifications();
+      stepEndUs_ = nowUs();
     } catch (const std::exception& e) {
       // Nothing may escape the engine thread: end what is running with the error and go on.
       for (auto& g : active_) finish(*g, "error", "ERR_NATIVE", std::string("engine error: ") + e.what());
@@ -685,29 +686,42 @@ bool Engine::step() {
       // Prompts that arrive together (a burst of clients) are best decoded together: then they generate
       // in step, a row each in one pass, and their next turns arrive together too, where one that starts a
       // step ahead of the others leaves them passes of their own at the end. Requests reach the engine a
-      // few milliseconds apart (each is parsed, templated and tokenized in turn), so an engine that had
-      // nothing to run waits for more, up to 0.5% of what the generations that came will take at the pace
-      // of recent steps (their new prompt tokens and up to 32 of their tokens: many end sooner than their
-      // maxTokens; 8 ms at most, and none under 1 ms: a request to a tiny model does not wait). An abort or
-      // a stop ends the wait.
+      // millisecond or so apart (each is parsed, templated and tokenized in turn: 16 clients' burst spread
+      // over 16 ms), so an engine that had nothing to run waits for more while they come: up to 0.5% of what
+      // the generations that came will take together at the pace of recent steps (their new prompt tokens,
+      // then up to 32 steps of generation together: many end sooner than their maxTokens), counted from the
+      // first one's arrival or from the end of the last step, whichever is later (the next turns of clients
+      // whose answers ended in one step arrive while the engine is still busy with the next, and reached it
+      // a step apart), 20 ms at most, and none under 1 ms (a request to a tiny model does not wait). The
+      // wait ends as soon as their prompts fill a batch, and at an abort or a stop. (It does not end when
+      // they seem to stop coming: the first of a burst came alone, 7 to 9 ms before the others, in 2 of 6
+      // turns of 4 clients, and a quiet time of 6 ms cut them apart.)
       bool idle = std::none_of(active_.begin(), active_.end(), [&](const std::shared_ptr<GenState>& g) { return runnable(*g); });
-      // (A prompt token's pace is known only after a step with 32 prompt tokens or more: until then, and
-      // for traffic of short prompts only, what the generations will take is counted alone.)
+      // (A prompt token's pace is known after a step with 8 prompt tokens or more; until then, and for
+      // traffic of short prompts only, what the generations will take is counted alone.)
       if (idle && genStepUs_ > 0) {
-        double us = 0;
-        for (const Command& c : commands_) {
-          if (c.kind != Command::Generate) continue;
-          us = std::max(us, (double)((int64_t)c.gen->prompt.size() - std::max(0, c.gen->keep)) * promptTokenUs_ +
-                                (double)std::clamp(c.gen->maxTokens, 0, kGatherTokens) * genStepUs_);
-        }
-        double waitUs = std::min(kGatherMaxUs, 0.005 * us);
-        if (waitUs >= 1000) {
-          cv_.wait_for(lock, std::chrono::microseconds((int64_t)waitUs), [&] {
-            return stopping_ || std::any_of(commands_.begin(), commands_.end(), [](const Command& c) {
-                     return c.kind == Command::Generate && c.gen->aborted.load();
-                   });
-          });
+        for (;;) {
+          double promptUs = 0, genUs = 0;
+          int64_t first = INT64_MAX, promptTokens = 0;
+          bool abort = false;
+          for (const Command& c : commands_) {
+            if (c.kind != Command::Generate) continue;
+            int64_t fresh = std::max<int64_t>(0, (int64_t)c.gen->prompt.size() - std::max(0, c.gen->keep));
+            promptUs += (double)fresh * promptTokenUs_;
+            genUs = std::max(genUs, (double)std::clamp(c.gen->maxTokens, 0, kGatherTokens) * genStepUs_);
+            promptTokens += fresh;
+            first = std::min(first, c.gen->tQueued);
+            abort = abort || c.gen->aborted.load();
+          }
+          double waitUs = std::min(kGatherMaxUs, 0.005 * (promptUs + genUs));
+          if (abort || first == INT64_MAX || waitUs < 1000 || promptTokens >= nBatch_) break;
+          int64_t left = std::max(first, stepEndUs_) + (int64_t)waitUs - nowUs();
+          if (left <= 0) break;
+          size_t seen = commands_.size();
+          // Woken by the next arrival (or an abort, or a stop), then counted again.
+          cv_.wait_for(lock, std::chrono::microseconds(left), [&] { return stopping_ || commands_.size() != seen; });
           if (stopping_) return false;
+          if (commands_.size() == seen) break;  // the time is up
         }
       }
       commands.swap(commands_);
@@ -826,17 +840,38 @@ bool Engine::step() {
     // chunk per prompt waiting, up to the batch size. (One chunk per step for all of them made prompts that
     // arrive while others generate wait for each other: 16 clients of the server, 200-token prompts, on the
     // 415M model: time to first token p50 15 s against llama-server's 7.7 s, which fills whole batches.)
-    int32_t waitingPrompts = 0;
-    for (GenState* g : order) waitingPrompts += !g->hasNext && g->promptPos < g->prompt.size() ? 1 : 0;
+    // Prompts that were waiting before any of the running generations had its first token came with them
+    // (a burst of clients cut by the batch size) and are decoded as if nothing were generating, so that the
+    // burst generates in step: cut into 128-token chunks, the 16 prompts of 16 clients on the 415M model
+    // finished over 5 steps, and their answers, and so their next turns, ended over 5 steps too.
+    int64_t firstTokenAt = INT64_MAX;
+    for (const GenState* g : next) firstTokenAt = std::min(firstTokenAt, g->tFirst);
+    int64_t waitingPrompts = 0, burstPrompts = 0;
+    for (GenState* g : order) {
+      if (g->hasNext || g->promptPos >= g->prompt.size()) continue;
+      (g->tQueued < firstTokenAt ? burstPrompts : waitingPrompts)++;
+    }
     // With nothing generating, a micro-batch per waiting prompt: prompts that arrive together fit one step,
     // while a prompt alone takes steps of one micro-batch, which are as fast per token, so that an abort or
     // a new request waits for one of those rather than for a whole batch (a 2,000-token prompt of the 415M
     // model with batchSize 2048: an abort settled after 10.7 s, against 1.8 s; found by a hostile review).
     int32_t promptLimit =
-        generating ? (int32_t)std::min<int64_t>(nBatch_, (int64_t)batch_.n_tokens + (int64_t)promptChunk_ * std::max(1, waitingPrompts))
-                   : (int32_t)std::min<int64_t>(nBatch_, (int64_t)nUbatch_ * std::max(1, waitingPrompts));
+        generating ? (int32_t)std::min<int64_t>(nBatch_, (int64_t)batch_.n_tokens + (int64_t)promptChunk_ * waitingPrompts +
+                                                             (int64_t)nUbatch_ * burstPrompts)
+                   : (int32_t)std::min<int64_t>(nBatch_, (int64_t)nUbatch_ * std::max<int64_t>(1, waitingPrompts + burstPrompts));
     const int32_t genRows = batch_.n_tokens;
+    // Prompts take their places first come, first served (within a priority): a prompt cut at the end of
+    // one step finishes first in the next, and prompts that arrived together finish together, so that they
+    // generate in step. (Taking turns left a prompt cut after 88 of 245 tokens waiting while 5 that came
+    // after it were decoded whole: 16 clients on the 415M model.)
+    std::vector<GenState*> prompts;
     for (GenState* g : order) {
+      if (!g->hasNext && g->promptPos < g->prompt.size()) prompts.push_back(g);
+    }
+    std::stable_sort(prompts.begin(), prompts.end(), [](const GenState* a, const GenState* b) {
+      return a->priority != b->priority ? a->priority > b->priority : a->tQueued < b->tQueued;
+    });
+    for (GenState* g : prompts) {
       while (!g->hasNext && g->promptPos < g->prompt.size() && batch_.n_tokens < promptLimit) {
         if (g->prompt.mediaAt(g->promptPos) != nullptr) {
           // A media chunk decodes on its own, after the text before it: that text is decoded first.
@@ -906,10 +941,12 @@ bool Engine::step() {
     }
     const double decodeSeconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - decodeStart).count();
     dropPlaceholders();
-    if (ret == 0 && (promptRows >= kLargeStep || promptRows == 0)) {
+    if (ret == 0 && (promptRows >= kLargeStep || promptRows == 0 || (promptTokenUs_ == 0 && promptRows >= 8))) {
       // The pace the wait for prompts arriving together is sized by: a token of a step with a large prompt
       // chunk, and a step of generations alone, however many (a short prompt's step took 3x a token's on
-      // stories260k and counted as one; 32 generations' step is no prompt token's pace either).
+      // stories260k and counted as one; 32 generations' step is no prompt token's pace either). Until a large
+      // chunk has come, a step of 8 prompt tokens or more gives a first guess, on the high side (a server's
+      // first burst of clients after a short warm-up found no pace, and waited for generations only: 2.7 ms).
       double us = decodeSeconds * 1e6;
       double& avg = promptRows > 0 ? promptTokenUs_ : genStepUs_;
       if (promptRows > 0) us /= nTokens;

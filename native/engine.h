@@ -255,6 +255,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // will take, which sizes the wait for other prompts that arrive with it (step()).
   double promptTokenUs_ = 0;
   double genStepUs_ = 0;  // and a step of generations alone: what a generation's tokens will take
+  int64_t stepEndUs_ = 0;  // when the last step ended (nowUs()): the wait for prompts arriving together counts from it
   LoraSet currentLora_;  // adapters set on the context
   int32_t loraRun_ = 0;  // steps decoded with currentLora_ in a row while other sets waited
   std::shared_ptr<ModelHandle> draftModel_;
@@ -266,7 +267,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // A server mixes these shapes step after step; one tuner for them all compared a small step's cost with a
   // large one's and moved to the wrong count. Made at a shape's first step.
   static constexpr int kTunerShapes = 37;
-  static constexpr double kGatherMaxUs = 8000;  // the longest wait for prompts arriving together (step())
+  static constexpr double kGatherMaxUs = 20000; // the longest wait for prompts arriving together (step())
   static constexpr int32_t kGatherTokens = 32;  // generated tokens counted in what a generation will take
   static constexpr int32_t kLargeStep = 32;  // steps of this many tokens or more: a tuner per size class
   static int tunerShape(int32_t nTokens);

@@ -12,7 +12,7 @@ describe('prompts that arrive together', () => {
     // Large enough that its steps take milliseconds (a tiny model's requests do not wait at all).
     const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
     const deeper = await synthetic('gather-230m', { embeddingLength: 768, layers: 24, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 12 });
-    const { phases, stdout } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'alone', 'short']);
+    const { phases, stdout } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'overflow', 'late', 'alone', 'short']);
     const steps = phases.burst!;
     // The first step holds the four prompts whole, each on its own sequence ...
     expect(steps[0]!.length, JSON.stringify(steps[0])).toBe(4);
@@ -20,8 +20,30 @@ describe('prompts that arrive together', () => {
     // ... and the steps after it a row of each, until the four end.
     const generating = steps.slice(1, 40);
     expect(generating.every((s) => s.length === 4 && s.every(([, rows]) => rows === 1)), JSON.stringify(generating.slice(0, 3))).toBe(true);
-    const out = JSON.parse(stdout.trim().split('\n').pop()!) as { texts: string[] };
+    const out = JSON.parse(stdout.trim().split('\n').pop()!) as { texts: string[]; prompts: number[]; late: number };
     expect(out.texts).toHaveLength(4);
+    // Six prompts of ~255 tokens with batchSize 1024: the first step holds four and the start of the
+    // fifth; the next one the rest of the fifth and all of the sixth (they came with the others), beside a
+    // row of each of the four; from then on all six generate in step, a row each.
+    const overflow = phases.overflow!;
+    const [one, two] = [new Map(overflow[0]), new Map(overflow[1])];
+    expect([...one.values()].reduce((a, b) => a + b), JSON.stringify(overflow[0])).toBe(1024);
+    const length = out.prompts[0]!;
+    expect(new Set(out.prompts).size).toBe(1);  // "Prompt 0: ..." to "Prompt 5: ...": one length
+    const whole = Math.floor(1024 / length);
+    expect(one.size, JSON.stringify(overflow[0])).toBe(whole + 1);
+    const cut = [...one].find(([, rows]) => rows < length)!;
+    expect(cut[1]).toBe(1024 - whole * length);
+    // The rest of the prompt cut off, the prompts after it whole, and a row of each that started.
+    expect(two.size, JSON.stringify(overflow[1])).toBe(6);
+    expect(two.get(cut[0]), JSON.stringify(overflow[1])).toBe(length - cut[1]);
+    expect([...two.values()].reduce((a, b) => a + b), JSON.stringify(overflow[1])).toBe(6 * length - 1024 + whole);
+    const inStep = overflow.slice(2, 20);
+    expect(inStep.every((s) => s.length === 6 && s.every(([, rows]) => rows === 1)), JSON.stringify(inStep.slice(0, 3))).toBe(true);
+    // A prompt that comes while a session generates: chunks of 128 tokens beside that session's row.
+    const late = phases.late!.filter((s) => s.length === 2 && s.some(([, rows]) => rows > 1));
+    const lateRows = late.map((s) => s.map(([, rows]) => rows).sort((a, b) => a - b));
+    expect(lateRows, JSON.stringify(phases.late)).toEqual([[1, 128], [1, 128], [1, out.late - 256]]);
     // A long prompt alone on a context with batchSize 2048 takes steps of one 512-token micro-batch.
     const alone = phases.alone!;
     const promptSteps = alone.filter((s) => s[0]![1] > 1).map((s) => s[0]![1]);

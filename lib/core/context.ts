@@ -131,17 +131,21 @@ export interface ContextOptions {
    */
   pooling?: 'mean' | 'cls' | 'last' | 'none' | 'rank';
   /**
-   * Most prompt tokens decoded in one step while other sessions are generating (default 128, at most
-   * `batchSize`): a long new prompt is split so that it does not stall the running generations for long.
-   * With nothing generating, prompts are decoded `batchSize` tokens at a time.
+   * Most tokens of each waiting prompt decoded in one step while other sessions are generating (default
+   * 128, at most `batchSize` in all): a long new prompt is split so that it does not stall the running
+   * generations for long. With nothing generating, prompts are decoded 512 tokens each a step, up to
+   * `batchSize`, and so are the prompts that came with the running ones (a burst the first step could
+   * not hold).
    */
   promptChunkSize?: number;
   /** LoRA adapters every request of this context uses unless it names its own. */
   lora?: readonly LoraSpec[];
   /**
    * Speculative decoding with a draft model: a smaller model with the same vocabulary proposes
-   * `draftTokens` tokens, which this model checks in one batch. The output is the same as without it.
-   * Disposing the draft model disposes this context too.
+   * `draftTokens` tokens, which this model checks in one batch. Greedy output is the same as without it
+   * (up to near-ties, as for any batch shape); sampled output follows the same distribution and repeats
+   * itself for a `seed`, but need not match plain decoding's token for token (see the README's
+   * *Speculative decoding*). Disposing the draft model disposes this context too.
    */
   draftModel?: LlamaModel;
   /**

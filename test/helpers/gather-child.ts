@@ -27,6 +27,38 @@ for (const [i, s] of sessions.entries()) {
 const texts = await Promise.all(results);
 process.stderr.write('phase: after\n');
 await ctx.dispose();
+// Six prompts together, more than one batch holds: the ones cut off finish in the next step, whole (they
+// came with the ones that started), so that all six generate in step.
+const six = await model.createContext({ contextSize: 512, sequences: 6, batchSize: 1024, threads: 1 });
+const sixWarm = six.createSession();
+await sixWarm.complete(text(9), { ...greedy, maxTokens: 8 });
+sixWarm.dispose();
+const sixSessions = Array.from({ length: 6 }, () => six.createSession({ sharePrefix: false }));
+const sixPrompts = sixSessions.map((_, i) => model.tokenize(text(i)));
+process.stderr.write('phase: overflow\n');
+const sixDone: Array<Promise<unknown>> = [];
+for (const [i, s] of sixSessions.entries()) {
+  sixDone.push(s.complete(sixPrompts[i]!, { ...greedy, maxTokens: 24 }));
+  const until = performance.now() + 0.3;
+  while (performance.now() < until) {
+    // as above
+  }
+}
+await Promise.all(sixDone);
+// A prompt that comes while another session generates is decoded in chunks of promptChunkSize tokens (the
+// default, 128), so that it does not stall the other for long.
+const [first, late] = [six.createSession({ sharePrefix: false }), six.createSession({ sharePrefix: false })];
+process.stderr.write('phase: late\n');
+const running = first.generate('Once upon a time', { ...greedy, maxTokens: 60 });
+const iterator = running[Symbol.asyncIterator]();
+await iterator.next();  // its first token: it is generating
+const lateDone = late.complete(model.tokenize(text(7)), { ...greedy, maxTokens: 2 });
+for (let c = await iterator.next(); !c.done; c = await iterator.next()) {
+  // the rest of its tokens
+}
+await lateDone;
+process.stderr.write('phase: late-end\n');
+await six.dispose();
 // A prompt alone, on a context that may decode 2,048 tokens a step: it still takes steps of one 512-token
 // micro-batch, so that a request arriving meanwhile (or an abort) waits for one of those, not for all of it.
 const wide = await model.createContext({ contextSize: 2048, sequences: 2, batchSize: 2048, threads: 1 });
@@ -49,6 +81,6 @@ await Promise.all(shortSessions.map((s, i) => s.complete(shortPrompts[i]!, { ...
 process.stderr.write('phase: end\n');
 await fresh.dispose();
 await deeper.dispose();
-console.log(JSON.stringify({ texts, alone: alone.length }));
+console.log(JSON.stringify({ texts, alone: alone.length, prompts: sixPrompts.map((p) => p.length), late: model.tokenize(text(7)).length }));
 await wide.dispose();
 await model.dispose();
