@@ -1,50 +1,46 @@
 // A child process for test/gather.test.ts: four prompts submitted a fraction of a millisecond apart to an
 // engine with nothing to run, after a warm-up that gives it the pace of its steps. Prints `phase:` marks on
 // stderr around them (the engine's step trace is on stderr too, with LLAMA_ADDON_PROFILE=steps from the
-// parent) and the texts as one line of JSON. Then one long prompt alone (phase `alone`).
+// parent) and the texts as one line of JSON. Then six prompts that one batch cannot hold (phase `overflow`),
+// a prompt that comes while another session generates (`late`), one long prompt alone (`alone`), and short
+// prompts on a context that never decoded a long one (`short`).
 import { loadModel, setLogLevel } from 'llama-addon';
 
 setLogLevel('error');
 const model = await loadModel(process.argv[2]!);
-const ctx = await model.createContext({ contextSize: 512, sequences: 4, batchSize: 2048, threads: 1 });
 const greedy = { temperature: 0, maxTokens: 200 } as const;
 const text = (i: number) => `Prompt ${i}: ` + 'the quick brown fox jumps over the lazy dog '.repeat(25);
-const warm = ctx.createSession();
-await warm.complete(text(9), { ...greedy, maxTokens: 8 });
-warm.dispose();
-const sessions = Array.from({ length: 4 }, () => ctx.createSession({ sharePrefix: false }));
-// Token ids, so that nothing asynchronous stands between a call and its submission to the engine.
-const prompts = sessions.map((_, i) => model.tokenize(text(i)));
-process.stderr.write('phase: burst\n');
-const results: Array<Promise<string>> = [];
-for (const [i, s] of sessions.entries()) {
-  results.push(s.complete(prompts[i]!, greedy).then((r) => r.text));
-  const until = performance.now() + 0.3;
-  while (performance.now() < until) {
-    // 0.3 ms between submissions, as requests parsed one after another reach it
+type Context = Awaited<ReturnType<typeof model.createContext>>;
+
+/** After a warm-up that gives the engine its pace, `n` prompts submitted 0.3 ms apart (phase `phase`). */
+async function burst(ctx: Context, n: number, phase: string, maxTokens: number): Promise<{ texts: string[]; prompts: number[] }> {
+  const warm = ctx.createSession();
+  await warm.complete(text(9), { ...greedy, maxTokens: 8 });
+  warm.dispose();
+  const sessions = Array.from({ length: n }, () => ctx.createSession({ sharePrefix: false }));
+  // Token ids, so that nothing asynchronous stands between a call and its submission to the engine.
+  const prompts = sessions.map((_, i) => model.tokenize(text(i)));
+  process.stderr.write(`phase: ${phase}\n`);
+  const results: Array<Promise<string>> = [];
+  for (const [i, s] of sessions.entries()) {
+    results.push(s.complete(prompts[i]!, { ...greedy, maxTokens }).then((r) => r.text));
+    const until = performance.now() + 0.3;
+    while (performance.now() < until) {
+      // 0.3 ms between submissions, as requests parsed one after another reach it
+    }
   }
+  const texts = await Promise.all(results);
+  process.stderr.write(`phase: after-${phase}\n`);
+  return { texts, prompts: prompts.map((p) => p.length) };
 }
-const texts = await Promise.all(results);
-process.stderr.write('phase: after\n');
+
+const ctx = await model.createContext({ contextSize: 512, sequences: 4, batchSize: 2048, threads: 1 });
+const { texts } = await burst(ctx, 4, 'burst', greedy.maxTokens);
 await ctx.dispose();
 // Six prompts together, more than one batch holds: the ones cut off finish in the next step, whole (they
 // came with the ones that started), so that all six generate in step.
 const six = await model.createContext({ contextSize: 512, sequences: 6, batchSize: 1024, threads: 1 });
-const sixWarm = six.createSession();
-await sixWarm.complete(text(9), { ...greedy, maxTokens: 8 });
-sixWarm.dispose();
-const sixSessions = Array.from({ length: 6 }, () => six.createSession({ sharePrefix: false }));
-const sixPrompts = sixSessions.map((_, i) => model.tokenize(text(i)));
-process.stderr.write('phase: overflow\n');
-const sixDone: Array<Promise<unknown>> = [];
-for (const [i, s] of sixSessions.entries()) {
-  sixDone.push(s.complete(sixPrompts[i]!, { ...greedy, maxTokens: 24 }));
-  const until = performance.now() + 0.3;
-  while (performance.now() < until) {
-    // as above
-  }
-}
-await Promise.all(sixDone);
+const { prompts: sixPrompts } = await burst(six, 6, 'overflow', 24);
 // A prompt that comes while another session generates is decoded in chunks of promptChunkSize tokens (the
 // default, 128), so that it does not stall the other for long.
 const [first, late] = [six.createSession({ sharePrefix: false }), six.createSession({ sharePrefix: false })];
@@ -81,6 +77,6 @@ await Promise.all(shortSessions.map((s, i) => s.complete(shortPrompts[i]!, { ...
 process.stderr.write('phase: end\n');
 await fresh.dispose();
 await deeper.dispose();
-console.log(JSON.stringify({ texts, alone: alone.length, prompts: sixPrompts.map((p) => p.length), late: model.tokenize(text(7)).length }));
+console.log(JSON.stringify({ texts, alone: alone.length, prompts: sixPrompts, late: model.tokenize(text(7)).length }));
 await wide.dispose();
 await model.dispose();
