@@ -136,6 +136,15 @@ describeShared('pulling models (local HTTP server)', () => {
       await expect(pullModel(`${base}/plain.gguf`, { cacheDir: dir }), dir).rejects.toMatchObject({ code: 'ERR_IO' });
     }
     await expect(pullModel(`${base}/plain.gguf`, { cacheDir, stallMs: 0 })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
+    // A host that cannot be reached: the message says why (fetch's own says only "fetch failed"; a
+    // newcomer offline saw nothing more).
+    const closed = createServer();
+    await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+    const port = (closed.address() as AddressInfo).port;
+    await new Promise<void>((r) => closed.close(() => r()));
+    const refused = await pullModel(`http://127.0.0.1:${port}/m.gguf`, { cacheDir }).catch((x: unknown) => x);
+    expect(refused).toMatchObject({ code: 'ERR_IO' });
+    expect((refused as Error).message).toMatch(/^Could not reach http:\/\/127\.0\.0\.1:\d+\/m\.gguf: fetch failed: .*ECONNREFUSED/);
   });
 
   it('deletes a download whose checksum does not match', async () => {

@@ -80,6 +80,21 @@ const PULL_WRITE_AHEAD = 64 * 1024 * 1024;
 const fail = (message: string, cause?: unknown) => new LlamaError('ERR_IO', message, cause === undefined ? undefined : { cause });
 
 /**
+ * What went wrong in a transfer, in words: fetch's own message is "fetch failed" or "terminated", and the
+ * reason (no DNS, refused, reset, a timeout) is on its `cause` chain (`getaddrinfo ENOTFOUND huggingface.co`).
+ */
+function networkReason(e: unknown): string {
+  const parts: string[] = [];
+  for (let x: unknown = e, depth = 0; x !== undefined && x !== null && depth < 5; depth++) {
+    const { message, code } = x as { message?: unknown; code?: unknown };
+    const text = typeof message === 'string' && message !== '' ? message : typeof code === 'string' ? code : String(x);
+    if (!parts.some((p) => p.includes(text))) parts.push(text);
+    x = (x as { cause?: unknown }).cause;
+  }
+  return parts.join(': ');
+}
+
+/**
  * Downloads a model (`hf:owner/repo/file.gguf` or a URL) into the cache, or finds it there. An interrupted
  * download resumes where it stopped (HTTP range request); the size and SHA-256 the hub publishes for the
  * file (its `x-linked-size` and `x-linked-etag` headers) are checked, and a mismatch deletes the file.
@@ -143,7 +158,7 @@ async function pull(ref: string, options: PullOptions & { signal: AbortSignal },
       const size = (await stat(dest)).size;
       return { path: dest, size, sha256: await sha256Of(dest), downloaded: false };
     }
-    throw fail(`Could not reach ${url}: ${(e as Error).message}`, e);
+    throw fail(`Could not reach ${url}: ${networkReason(e)}`, e);
   }
 
   if (existsSync(dest)) {
@@ -166,7 +181,7 @@ async function pull(ref: string, options: PullOptions & { signal: AbortSignal },
     headers: have > 0 ? { Range: `bytes=${have}-` } : {},
     signal: options.signal,
   }).catch((e: Error) => {
-    throw fail(`Could not download ${url}: ${e.message}`, e);
+    throw fail(`Could not download ${url}: ${networkReason(e)}`, e);
   });
   alive();
   if (res.status === 416 && expectedSize !== null && have === expectedSize) {
@@ -225,7 +240,7 @@ async function pull(ref: string, options: PullOptions & { signal: AbortSignal },
       } catch (e) {
         await writes;
         if (writeError) throw fail(`Writing ${partial} failed: ${(writeError as Error).message}`, writeError);
-        throw fail(`The download of ${url} was interrupted after ${written} bytes; run it again to resume: ${(e as Error).message}`, e);
+        throw fail(`The download of ${url} was interrupted after ${written} bytes; run it again to resume: ${networkReason(e)}`, e);
       }
       alive(false);
       await writes;
