@@ -12,7 +12,7 @@ describe('prompts that arrive together', () => {
     // Large enough that its steps take milliseconds (a tiny model's requests do not wait at all).
     const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
     const deeper = await synthetic('gather-230m', { embeddingLength: 768, layers: 24, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 12 });
-    const { phases, stdout } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'overflow', 'late', 'alone', 'short']);
+    const { phases, stdout } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'overflow', 'late', 'long-burst', 'alone', 'short']);
     const steps = phases.burst!;
     // The first step holds the four prompts whole, each on its own sequence ...
     expect(steps[0]!.length, JSON.stringify(steps[0])).toBe(4);
@@ -44,6 +44,18 @@ describe('prompts that arrive together', () => {
     const late = phases.late!.filter((s) => s.length === 2 && s.some(([, rows]) => rows > 1));
     const lateRows = late.map((s) => s.map(([, rows]) => rows).sort((a, b) => a - b));
     expect(lateRows, JSON.stringify(phases.late)).toEqual([[1, 128], [1, 128], [1, out.late - 256]]);
+    // A 1,200-token prompt that came with a short one, with batchSize 512: the first step holds the short
+    // one and 512 tokens in all; while the rest does not fit one step, it goes in chunks of 128 beside the
+    // short one's tokens (not 511 at a time: the short one would get a token every 511 prompt tokens), and
+    // once it fits, whole.
+    const mixed = phases['long-burst']!;
+    expect(mixed[0]!.reduce((a, [, rows]) => a + rows, 0), JSON.stringify(mixed[0])).toBe(512);
+    const firstPart = mixed[0]!.find(([, rows]) => rows > 100)![1];
+    const chunks = mixed.slice(1).filter((s) => s.some(([, rows]) => rows > 1)).map((s) => s.map(([, rows]) => rows).sort((a, b) => a - b));
+    const rest = 1200 - firstPart;
+    const expected = Array.from({ length: Math.ceil(Math.max(0, rest - 511) / 128) }, () => 128);
+    expected.push(rest - 128 * expected.length);
+    expect(chunks, JSON.stringify(mixed.slice(0, 6))).toEqual(expected.map((p) => [1, p]));
     // A long prompt alone on a context with batchSize 2048 takes steps of one 512-token micro-batch.
     const alone = phases.alone!;
     const promptSteps = alone.filter((s) => s[0]![1] > 1).map((s) => s[0]![1]);

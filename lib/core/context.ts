@@ -134,8 +134,8 @@ export interface ContextOptions {
    * Most tokens of each waiting prompt decoded in one step while other sessions are generating (default
    * 128, at most `batchSize` in all): a long new prompt is split so that it does not stall the running
    * generations for long. With nothing generating, prompts are decoded 512 tokens each a step, up to
-   * `batchSize`, and so are the prompts that came with the running ones (a burst the first step could
-   * not hold).
+   * `batchSize`; prompts that came with the running ones (a burst the first step could not hold) are
+   * decoded whole once their rest fits one step.
    */
   promptChunkSize?: number;
   /** LoRA adapters every request of this context uses unless it names its own. */

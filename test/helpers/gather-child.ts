@@ -55,6 +55,20 @@ for (let c = await iterator.next(); !c.done; c = await iterator.next()) {
 await lateDone;
 process.stderr.write('phase: late-end\n');
 await six.dispose();
+// A long prompt that came with a short one, too long for the next step: while the short one generates, it
+// is decoded in chunks of 128 tokens, so that the short one gets a token every chunk.
+const mixed = await model.createContext({ contextSize: 2048, sequences: 2, batchSize: 512, threads: 1 });
+const mixedWarm = mixed.createSession();
+await mixedWarm.complete(text(9), { ...greedy, maxTokens: 8 });
+mixedWarm.dispose();
+const [shortOne, longOne] = [mixed.createSession({ sharePrefix: false }), mixed.createSession({ sharePrefix: false })];
+const longPrompt = model.tokenize('the quick brown fox jumps over the lazy dog '.repeat(140)).slice(0, 1200);
+process.stderr.write('phase: long-burst\n');
+const shortDone = shortOne.complete(model.tokenize('Once upon a time'), { ...greedy, maxTokens: 40 });
+const longDone = longOne.complete(longPrompt, { ...greedy, maxTokens: 2 });
+await Promise.all([shortDone, longDone]);
+process.stderr.write('phase: after-long-burst\n');
+await mixed.dispose();
 // A prompt alone, on a context that may decode 2,048 tokens a step: it still takes steps of one 512-token
 // micro-batch, so that a request arriving meanwhile (or an abort) waits for one of those, not for all of it.
 const wide = await model.createContext({ contextSize: 2048, sequences: 2, batchSize: 2048, threads: 1 });
