@@ -718,10 +718,16 @@ bool Engine::step() {
           int64_t left = std::max(first, stepEndUs_) + (int64_t)waitUs - nowUs();
           if (left <= 0) break;
           size_t seen = commands_.size();
-          // Woken by the next arrival (or an abort, or a stop), then counted again.
-          cv_.wait_for(lock, std::chrono::microseconds(left), [&] { return stopping_ || commands_.size() != seen; });
+          // Woken by the next arrival, an abort (Generation::Abort wakes the engine) or a stop, then counted
+          // again. (Without the abort in the condition, an AbortSignal's abort waited out the window: a
+          // hostile review.)
+          auto anyAborted = [&] {
+            return std::any_of(commands_.begin(), commands_.end(),
+                               [](const Command& c) { return c.kind == Command::Generate && c.gen->aborted.load(); });
+          };
+          cv_.wait_for(lock, std::chrono::microseconds(left), [&] { return stopping_ || commands_.size() != seen || anyAborted(); });
           if (stopping_) return false;
-          if (commands_.size() == seen) break;  // the time is up
+          if (commands_.size() == seen) break;  // the time is up, or an abort
         }
       }
       commands.swap(commands_);
@@ -847,8 +853,15 @@ bool Engine::step() {
     // steps, and their answers, and so their next turns, ended over 5 steps too. Where it does not fit (a
     // long prompt that came with a short one), they are chunked as any prompt, so that the generations
     // that started go on meanwhile, a token a chunk, rather than a token every 512 prompt tokens.
-    int64_t firstTokenAt = INT64_MAX;
-    for (const GenState* g : next) firstTokenAt = std::min(firstTokenAt, g->tFirst);
+    // (Since the engine's current run of generating steps began, not the running ones' first tokens: a
+    // prompt that came while another generated was taken for part of a burst once that one had ended, and
+    // decoded whole beside a generation that came after it; a hostile review.)
+    if (next.empty()) {
+      generatingSince_ = INT64_MAX;
+    } else if (generatingSince_ == INT64_MAX) {
+      for (const GenState* g : next) generatingSince_ = std::min(generatingSince_, g->tFirst);
+    }
+    const int64_t firstTokenAt = generatingSince_;
     int64_t waitingPrompts = 0, burstPrompts = 0, burstRest = 0;
     for (GenState* g : order) {
       if (g->hasNext || g->promptPos >= g->prompt.size()) continue;
@@ -872,7 +885,10 @@ bool Engine::step() {
     // Prompts take their places first come, first served (within a priority): a prompt cut at the end of
     // one step finishes first in the next, and prompts that arrived together finish together, so that they
     // generate in step. (Taking turns left a prompt cut after 88 of 245 tokens waiting while 5 that came
-    // after it were decoded whole: 16 clients on the 415M model.)
+    // after it were decoded whole: 16 clients on the 415M model.) While others generate, each takes at most
+    // promptChunkSize tokens (a burst that fits, its rest) before those after it take theirs, then what is
+    // left of the step's share goes first come, first served too: a short prompt that came just after a long
+    // one is not kept waiting for all of it (1,800 tokens ahead of 10: the 10 waited 1.7 s; a hostile review).
     std::vector<GenState*> prompts;
     for (GenState* g : order) {
       if (!g->hasNext && g->promptPos < g->prompt.size()) prompts.push_back(g);
@@ -880,8 +896,23 @@ bool Engine::step() {
     std::stable_sort(prompts.begin(), prompts.end(), [](const GenState* a, const GenState* b) {
       return a->priority != b->priority ? a->priority > b->priority : a->tQueued < b->tQueued;
     });
-    for (GenState* g : prompts) {
-      while (!g->hasNext && g->promptPos < g->prompt.size() && batch_.n_tokens < promptLimit) {
+    std::vector<int64_t> share(prompts.size(), 0);
+    int64_t budget = std::max<int64_t>(0, (int64_t)promptLimit - batch_.n_tokens);
+    for (size_t i = 0; i < prompts.size(); i++) {
+      const GenState* g = prompts[i];
+      int64_t rest = (int64_t)(g->prompt.size() - g->promptPos);
+      int64_t cap = !generating || (burstFits && g->tQueued < firstTokenAt) ? rest : std::min<int64_t>(rest, promptChunk_);
+      share[i] = std::min(cap, budget);
+      budget -= share[i];
+    }
+    for (size_t i = 0; i < prompts.size() && budget > 0; i++) {
+      int64_t more = std::min((int64_t)(prompts[i]->prompt.size() - prompts[i]->promptPos) - share[i], budget);
+      share[i] += more;
+      budget -= more;
+    }
+    for (size_t i = 0; i < prompts.size(); i++) {
+      GenState* g = prompts[i];
+      for (int64_t added = 0; added < share[i] && !g->hasNext && g->promptPos < g->prompt.size() && batch_.n_tokens < promptLimit;) {
         if (g->prompt.mediaAt(g->promptPos) != nullptr) {
           // A media chunk decodes on its own, after the text before it: that text is decoded first.
           if (g->inBatch > 0 || !decodeMedia(*g)) break;
@@ -890,6 +921,7 @@ bool Engine::step() {
         bool last = g->promptPos + 1 == g->prompt.size();
         add(*g, g->prompt[g->promptPos], last);
         g->promptPos++;
+        added++;
       }
     }
     const int32_t promptRows = batch_.n_tokens - genRows;

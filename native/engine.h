@@ -255,6 +255,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // will take, which sizes the wait for other prompts that arrive with it (step()).
   double promptTokenUs_ = 0;
   double genStepUs_ = 0;  // and a step of generations alone: what a generation's tokens will take
+  int64_t generatingSince_ = INT64_MAX;  // the first token of the current run of steps with generations (step())
   int64_t stepEndUs_ = 0;  // when the last step ended (nowUs()): the wait for prompts arriving together counts from it
   LoraSet currentLora_;  // adapters set on the context
   int32_t loraRun_ = 0;  // steps decoded with currentLora_ in a row while other sets waited

@@ -12,7 +12,7 @@ describe('prompts that arrive together', () => {
     // Large enough that its steps take milliseconds (a tiny model's requests do not wait at all).
     const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
     const deeper = await synthetic('gather-230m', { embeddingLength: 768, layers: 24, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 12 });
-    const { phases, stdout } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'overflow', 'late', 'long-burst', 'alone', 'short']);
+    const { phases, stdout } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'overflow', 'late', 'reclass', 'long-burst', 'alone', 'short']);
     const steps = phases.burst!;
     // The first step holds the four prompts whole, each on its own sequence ...
     expect(steps[0]!.length, JSON.stringify(steps[0])).toBe(4);
@@ -20,7 +20,11 @@ describe('prompts that arrive together', () => {
     // ... and the steps after it a row of each, until the four end.
     const generating = steps.slice(1, 40);
     expect(generating.every((s) => s.length === 4 && s.every(([, rows]) => rows === 1)), JSON.stringify(generating.slice(0, 3))).toBe(true);
-    const out = JSON.parse(stdout.trim().split('\n').pop()!) as { texts: string[]; prompts: number[]; late: number };
+    const out = JSON.parse(stdout.trim().split('\n').pop()!) as { texts: string[]; prompts: number[]; late: number; abortSettle: number[] };
+    // An abort in the engine's wait for more prompts (20 ms here) settles at once: the median of 5 under
+    // 10 ms (it waited out the window, 14-20 ms, before; a hostile review).
+    const settle = [...out.abortSettle].sort((a, b) => a - b)[2]!;
+    expect(settle, JSON.stringify(out.abortSettle)).toBeLessThan(10);
     expect(out.texts).toHaveLength(4);
     // Six prompts of ~255 tokens with batchSize 1024: the first step holds four and the start of the
     // fifth; the next one the rest of the fifth and all of the sixth (they came with the others), beside a
@@ -44,6 +48,17 @@ describe('prompts that arrive together', () => {
     const late = phases.late!.filter((s) => s.length === 2 && s.some(([, rows]) => rows > 1));
     const lateRows = late.map((s) => s.map(([, rows]) => rows).sort((a, b) => a - b));
     expect(lateRows, JSON.stringify(phases.late)).toEqual([[1, 128], [1, 128], [1, out.late - 256]]);
+    // P (420 tokens) and Q (a few) come while G generates: the first step with them holds Q whole beside
+    // P's first chunk (128, and what Q left of its 128), and P goes on in chunks of 128 after G has ended
+    // and while Q generates (it came while G generated, so it is no part of a burst with Q).
+    const reclass = phases.reclass!;
+    const pSeq = reclass.flatMap((s) => s).reduce((a, b) => (b[1] > a[1] ? b : a))[0];
+    const withP = reclass.filter((s) => s.some(([q, rows]) => q === pSeq && rows > 1));
+    const pRows = withP.map((s) => s.find(([q]) => q === pSeq)![1]);
+    expect(withP[0]!.some(([q, rows]) => q !== pSeq && rows > 1), `Q's prompt beside P's first chunk: ${JSON.stringify(withP[0])}`).toBe(true);
+    expect(pRows[0], JSON.stringify(pRows)).toBeLessThanOrEqual(256);
+    expect(pRows.slice(1).every((r) => r <= 128), JSON.stringify(reclass)).toBe(true);
+    expect(pRows.reduce((a, b) => a + b), JSON.stringify(pRows)).toBe(420);
     // A 1,200-token prompt that came with a short one, with batchSize 512: the first step holds the short
     // one and 512 tokens in all; while the rest does not fit one step, it goes in chunks of 128 beside the
     // short one's tokens (not 511 at a time: the short one would get a token every 511 prompt tokens), and

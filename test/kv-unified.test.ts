@@ -229,6 +229,78 @@ describeShared('kvUnified: one KV cache shared by all sequences', () => {
     }
   });
 
+  // Found by a hostile review: short requests that kept coming passed a long prompt that waited for room,
+  // as long as they came (15 s, 471 of them).
+  it('a prompt that waits for room is not passed by requests that came after it', async () => {
+    await using ctx = await model.createContext({ contextSize: 1024, sequences: 8, kvUnified: true });
+    const words = openings.join(' ').split(' ');
+    const text = (n: number, i: number) => Array.from({ length: n }, (_, k) => words[(i + k) % words.length]).join(' ');
+    let stop = false;
+    let longQueued = 0;
+    let longStarted = 0;
+    let passed = 0;
+    const lane = async (l: number) => {
+      for (let i = 0; !stop; i++) {
+        const s = ctx.createSession({ sharePrefix: false });
+        const queued = performance.now();
+        const g = s.generate(text(30, l * 100 + i), { temperature: 0.8, seed: i, maxTokens: 80 });
+        let first = true;
+        for await (const _chunk of g) {
+          if (first && longQueued > 0 && longStarted === 0 && queued > longQueued) passed++;
+          first = false;
+        }
+        await g.result;
+        s.dispose();
+      }
+    };
+    const lanes: Array<Promise<void>> = [];
+    for (let l = 0; l < 6; l++) {
+      lanes.push(lane(l));
+      await new Promise((r) => setTimeout(r, 7));
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    const long = ctx.createSession({ sharePrefix: false });
+    longQueued = performance.now();
+    const g = long.generate(text(500, 1), { ...greedy, maxTokens: 256 });
+    const chunks = g[Symbol.asyncIterator]();
+    const first = chunks.next();
+    const started = await Promise.race([first.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 15_000))]);
+    longStarted = performance.now();
+    stop = true;
+    expect(started, 'the long prompt started within 15 s while short requests kept coming').toBe(true);
+    await first;
+    // (Read on: a generation nobody reads pauses, and holds its cells, which the lanes wait for.)
+    const rest = (async () => {
+      for (let c = await chunks.next(); !c.done; c = await chunks.next()) {
+        // the rest
+      }
+    })();
+    await Promise.all([...lanes, rest]);
+    expect((await g.result).tokens.length).toBeGreaterThan(0);
+    expect(passed, 'short requests queued after the long prompt that started before it').toBe(0);
+  }, 60_000);
+
+  // A session whose next turn waits runs nothing: its cells do not keep an earlier prompt waiting for room,
+  // which would wait for that session's turn in return.
+  it('a waiting session\'s cells make way for a prompt that waited before it', async () => {
+    await using ctx = await model.createContext({ contextSize: 1024, sequences: 4, kvUnified: true });
+    const words = openings.join(' ').split(' ');
+    const text = (n: number, i: number) => Array.from({ length: n }, (_, k) => words[(i + k) % words.length]).join(' ');
+    const holder = ctx.createSession({ sharePrefix: false });
+    await holder.complete(text(250, 3), { ...greedy, maxTokens: 8 });
+    const runner = ctx.createSession({ sharePrefix: false });
+    const running = runner.complete(text(200, 5), { ...greedy, maxTokens: 200 });
+    await new Promise((r) => setTimeout(r, 5));
+    const big = ctx.createSession({ sharePrefix: false }).complete(text(450, 7), { ...greedy, maxTokens: 64 });
+    await new Promise((r) => setTimeout(r, 5));
+    const again = holder.complete(' and then', { ...greedy, maxTokens: 16 });
+    const all = Promise.all([running, big, again]);
+    const outcome = await Promise.race([all.then(() => 'done'), new Promise((r) => setTimeout(() => r('stuck'), 20_000))]);
+    expect(outcome).toBe('done');
+    const [r1, r2, r3] = await all;
+    expect([r1.tokens.length, r2.tokens.length, r3.tokens.length].every((n) => n > 0)).toBe(true);
+  }, 60_000);
+
   it('checks the option', async () => {
     await expect(model.createContext({ kvUnified: 'yes' as never })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });
     await expect(model.createContext({ kvUnified: true, embeddings: true })).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT' });

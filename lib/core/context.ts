@@ -131,9 +131,9 @@ export interface ContextOptions {
    */
   pooling?: 'mean' | 'cls' | 'last' | 'none' | 'rank';
   /**
-   * Most tokens of each waiting prompt decoded in one step while other sessions are generating (default
-   * 128, at most `batchSize` in all): a long new prompt is split so that it does not stall the running
-   * generations for long. With nothing generating, prompts are decoded 512 tokens each a step, up to
+   * Tokens of each waiting prompt decoded in one step while other sessions are generating (default 128,
+   * at most `batchSize` in all; what a shorter prompt leaves of its share goes to the others, first come,
+   * first served): a long new prompt is split so that it does not stall the running generations for long. With nothing generating, prompts are decoded 512 tokens each a step, up to
    * `batchSize`; prompts that came with the running ones (a burst the first step could not hold) are
    * decoded whole once their rest fits one step.
    */

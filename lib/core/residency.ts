@@ -90,7 +90,7 @@ export class Residency {
     let used = 0;
     for (const s of this.#seq.keys()) used += s.cells;
     while (used + cells > total) {
-      const victim = this.#leastRecentlyUsed(this.#seq.keys(), (s) => s !== t && s.idle && s.cells > 0);
+      const victim = this.#leastRecentlyUsed(this.#seq.keys(), (s) => s !== t && (s.idle || this.#waiting(s)) && s.cells > 0);
       if (!victim) return;
       used -= victim.cells;
       this.#free.push(this.#evict(victim, h));
@@ -176,15 +176,45 @@ export class Residency {
   #roomFor(t: Tenant, cells: number): boolean {
     const total = this.#sharedCells;
     if (total === null || cells <= 0) return true;
+    // (Sessions waiting here run nothing: their cells can go to host memory too, as idle ones' do. Counted
+    // as busy, a session's second turn waiting behind a prompt that waited for room kept it waiting.)
     let busy = 0;
-    for (const s of this.#seq.keys()) if (s !== t && !s.idle) busy += s.cells;
+    for (const s of this.#seq.keys()) if (s !== t && !s.idle && !this.#waiting(s)) busy += s.cells;
     return busy === 0 || busy + cells <= total;
+  }
+
+  /**
+   * With one KV cache for all sequences: whether `w` waits for room (its cells do not fit beside the running
+   * sessions' now), rather than for a sequence or for its own save.
+   */
+  #waitsForRoom(w: Waiter): boolean {
+    if (this.#sharedCells === null || w.cells <= 0) return false;
+    const held = this.#seq.has(w.tenant);
+    const parked = this.#parked.get(w.tenant);
+    if (!held && parked && !parked.state) return false;
+    return !this.#roomFor(w.tenant, !held && parked?.state ? Math.max(w.cells, w.tenant.cells) : w.cells);
+  }
+
+  /** The session waits here for a sequence or for room (nothing runs for it). */
+  #waiting(t: Tenant): boolean {
+    return this.#waiters.some((w) => w.tenant === t);
+  }
+
+  /**
+   * {@link acquire} for work of `priority` that needs `cells` (kvUnified), unless work of the same or a
+   * higher priority waits for room already: then it waits behind it. (Short requests coming all the time
+   * passed a 600-token prompt that waited for room, and kept it waiting as long as they came; a hostile
+   * review.)
+   */
+  acquireInTurn(t: Tenant, priority: number, cells: number): number | undefined {
+    const queued = this.#sharedCells !== null && cells > 0 && this.#waiters.some((w) => w.priority >= priority && this.#waitsForRoom(w));
+    return queued ? undefined : this.acquire(t, undefined, cells);
   }
 
   /** Waits for {@link acquire} to succeed (priority first, then arrival). */
   wait(t: Tenant, priority: number, signal?: AbortSignal, cells = 0): Promise<number> {
     if (t.disposed) return Promise.reject(new LlamaError('ERR_DISPOSED', 'The session was disposed'));
-    const now = this.acquire(t, undefined, cells);
+    const now = this.acquireInTurn(t, priority, cells);
     if (now !== undefined) return Promise.resolve(now);
     if (this.#closed || !this.#handle()) return Promise.reject(new LlamaError('ERR_DISPOSED', 'The context has been disposed'));
     return new Promise<number>((resolve, reject) => {
@@ -332,7 +362,10 @@ export class Residency {
   /** Something changed (a session went idle, a sequence came free): serve the waiters that can be served. */
   kick(): void {
     for (const wake of this.#changes.splice(0)) wake();
+    // In order (priority, then arrival); once one waits for room, those after it that need room wait too.
+    let roomTaken = false;
     for (const w of [...this.#waiters]) {
+      if (roomTaken && w.cells > 0) continue;
       let seq: number | undefined;
       try {
         seq = this.acquire(w.tenant, undefined, w.cells);
@@ -342,7 +375,10 @@ export class Residency {
         w.fail(e instanceof LlamaError ? e : new LlamaError('ERR_NATIVE', `Could not make the session resident: ${(e as Error)?.message ?? String(e)}`));
         continue;
       }
-      if (seq === undefined) continue;
+      if (seq === undefined) {
+        roomTaken ||= this.#waitsForRoom(w);
+        continue;
+      }
       this.#waiters = this.#waiters.filter((x) => x !== w);
       w.grant(seq);
     }

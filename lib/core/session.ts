@@ -439,7 +439,7 @@ export class LlamaSession {
     // beside the busy sessions' cells (idle ones make way); otherwise it waits for them.
     const footprint = () => (ctx.kvUnified ? prompt.length + reserved() : 0);
     if (!before) this.#growing = footprint();
-    const seq = before ? undefined : residency.acquire(this, undefined, this.#growing);
+    const seq = before ? undefined : residency.acquireInTurn(this, nativeOptions.priority ?? 0, this.#growing);
     const waiting: { native: DeferredNative | null } = { native: null };
     const gen: Generation<R> = new Generation<R>(
       (onNotify) => {

@@ -54,6 +54,21 @@ for (let c = await iterator.next(); !c.done; c = await iterator.next()) {
 }
 await lateDone;
 process.stderr.write('phase: late-end\n');
+// Prompts that came while another generated stay prompts that came while others generate, after that one
+// ends: a long one (P) and a short one (Q, which starts generating) come while G generates 3 tokens.
+// Q's few tokens go in the first step beside P's chunk, not after all of P.
+const [gSession, pSession, qSession] = [0, 1, 2].map(() => six.createSession({ sharePrefix: false }));
+process.stderr.write('phase: reclass\n');
+const gGen = gSession!.generate('Once upon a time', { ...greedy, maxTokens: 4 });
+const gChunks = gGen[Symbol.asyncIterator]();
+await gChunks.next();
+const pDone = pSession!.complete(model.tokenize('the quick brown fox jumps over the lazy dog '.repeat(60)).slice(0, 420), { ...greedy, maxTokens: 2 });
+const qDone = qSession!.complete(model.tokenize('Lily and Tom'), { ...greedy, maxTokens: 40 });
+for (let c = await gChunks.next(); !c.done; c = await gChunks.next()) {
+  // G's other tokens
+}
+await Promise.all([pDone, qDone]);
+process.stderr.write('phase: reclass-end\n');
 await six.dispose();
 // A long prompt that came with a short one, too long for the next step: while the short one generates, it
 // is decoded in chunks of 128 tokens, so that the short one gets a token every chunk.
@@ -69,6 +84,28 @@ const longDone = longOne.complete(longPrompt, { ...greedy, maxTokens: 2 });
 await Promise.all([shortDone, longDone]);
 process.stderr.write('phase: after-long-burst\n');
 await mixed.dispose();
+// An abort ends the idle engine's wait for more prompts: a 2,000-token prompt (a wait of 20 ms, the most),
+// aborted by its signal right after it reached the engine, settles at once, not at the end of the wait.
+const abortCtx = await model.createContext({ contextSize: 4096, sequences: 2, batchSize: 4096, threads: 1 });
+const abortWarm = abortCtx.createSession();
+await abortWarm.complete(text(9), { ...greedy, maxTokens: 8 });
+abortWarm.dispose();
+const abortPrompt = model.tokenize('the quick brown fox jumps over the lazy dog '.repeat(240)).slice(0, 2000);
+const abortSettle: number[] = [];
+for (let i = 0; i < 5; i++) {
+  const s = abortCtx.createSession({ sharePrefix: false });
+  await new Promise((r) => setTimeout(r, 30));
+  const ac = new AbortController();
+  const gen = s.generate(abortPrompt, { ...greedy, maxTokens: 32, signal: ac.signal });
+  await new Promise((r) => setImmediate(r));  // it reaches the engine, which starts its wait
+  const t0 = performance.now();
+  ac.abort();
+  const r = await gen.result;
+  abortSettle.push(performance.now() - t0);
+  if (r.stopReason !== 'abort') throw new Error(`expected an abort, got ${r.stopReason}`);
+  s.dispose();
+}
+await abortCtx.dispose();
 // A prompt alone, on a context that may decode 2,048 tokens a step: it still takes steps of one 512-token
 // micro-batch, so that a request arriving meanwhile (or an abort) waits for one of those, not for all of it.
 const wide = await model.createContext({ contextSize: 2048, sequences: 2, batchSize: 2048, threads: 1 });
@@ -91,6 +128,6 @@ await Promise.all(shortSessions.map((s, i) => s.complete(shortPrompts[i]!, { ...
 process.stderr.write('phase: end\n');
 await fresh.dispose();
 await deeper.dispose();
-console.log(JSON.stringify({ texts, alone: alone.length, prompts: sixPrompts, late: model.tokenize(text(7)).length }));
+console.log(JSON.stringify({ texts, alone: alone.length, prompts: sixPrompts, abortSettle, late: model.tokenize(text(7)).length }));
 await wide.dispose();
 await model.dispose();
