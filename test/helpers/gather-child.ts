@@ -12,11 +12,17 @@ const greedy = { temperature: 0, maxTokens: 200 } as const;
 const text = (i: number) => `Prompt ${i}: ` + 'the quick brown fox jumps over the lazy dog '.repeat(25);
 type Context = Awaited<ReturnType<typeof model.createContext>>;
 
-/** After a warm-up that gives the engine its pace, `n` prompts submitted 0.3 ms apart (phase `phase`). */
-async function burst(ctx: Context, n: number, phase: string, maxTokens: number): Promise<{ texts: string[]; prompts: number[] }> {
+/** A context whose engine has decoded a prompt: it knows the pace of its steps (and sizes its waits by it). */
+async function warmed(options: Parameters<typeof model.createContext>[0]): Promise<Context> {
+  const ctx = await model.createContext(options);
   const warm = ctx.createSession();
   await warm.complete(text(9), { ...greedy, maxTokens: 8 });
   warm.dispose();
+  return ctx;
+}
+
+/** `n` prompts submitted 0.3 ms apart (phase `phase`). */
+async function burst(ctx: Context, n: number, phase: string, maxTokens: number): Promise<{ texts: string[]; prompts: number[] }> {
   const sessions = Array.from({ length: n }, () => ctx.createSession({ sharePrefix: false }));
   // Token ids, so that nothing asynchronous stands between a call and its submission to the engine.
   const prompts = sessions.map((_, i) => model.tokenize(text(i)));
@@ -34,12 +40,12 @@ async function burst(ctx: Context, n: number, phase: string, maxTokens: number):
   return { texts, prompts: prompts.map((p) => p.length) };
 }
 
-const ctx = await model.createContext({ contextSize: 512, sequences: 4, batchSize: 2048, threads: 1 });
+const ctx = await warmed({ contextSize: 512, sequences: 4, batchSize: 2048, threads: 1 });
 const { texts } = await burst(ctx, 4, 'burst', greedy.maxTokens);
 await ctx.dispose();
 // Six prompts together, more than one batch holds: the ones cut off finish in the next step, whole (they
 // came with the ones that started), so that all six generate in step.
-const six = await model.createContext({ contextSize: 512, sequences: 6, batchSize: 1024, threads: 1 });
+const six = await warmed({ contextSize: 512, sequences: 6, batchSize: 1024, threads: 1 });
 const { prompts: sixPrompts } = await burst(six, 6, 'overflow', 24);
 // A prompt that comes while another session generates is decoded in chunks of promptChunkSize tokens (the
 // default, 128), so that it does not stall the other for long.
@@ -72,10 +78,7 @@ process.stderr.write('phase: reclass-end\n');
 await six.dispose();
 // A long prompt that came with a short one, too long for the next step: while the short one generates, it
 // is decoded in chunks of 128 tokens, so that the short one gets a token every chunk.
-const mixed = await model.createContext({ contextSize: 2048, sequences: 2, batchSize: 512, threads: 1 });
-const mixedWarm = mixed.createSession();
-await mixedWarm.complete(text(9), { ...greedy, maxTokens: 8 });
-mixedWarm.dispose();
+const mixed = await warmed({ contextSize: 2048, sequences: 2, batchSize: 512, threads: 1 });
 const [shortOne, longOne] = [mixed.createSession({ sharePrefix: false }), mixed.createSession({ sharePrefix: false })];
 const longPrompt = model.tokenize('the quick brown fox jumps over the lazy dog '.repeat(140)).slice(0, 1200);
 process.stderr.write('phase: long-burst\n');
@@ -86,10 +89,7 @@ process.stderr.write('phase: after-long-burst\n');
 await mixed.dispose();
 // An abort ends the idle engine's wait for more prompts: a 2,000-token prompt (a wait of 20 ms, the most),
 // aborted by its signal right after it reached the engine, settles at once, not at the end of the wait.
-const abortCtx = await model.createContext({ contextSize: 4096, sequences: 2, batchSize: 4096, threads: 1 });
-const abortWarm = abortCtx.createSession();
-await abortWarm.complete(text(9), { ...greedy, maxTokens: 8 });
-abortWarm.dispose();
+const abortCtx = await warmed({ contextSize: 4096, sequences: 2, batchSize: 4096, threads: 1 });
 const abortPrompt = model.tokenize('the quick brown fox jumps over the lazy dog '.repeat(240)).slice(0, 2000);
 const abortSettle: number[] = [];
 for (let i = 0; i < 5; i++) {
