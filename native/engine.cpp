@@ -846,16 +846,16 @@ bool Engine::step() {
     // chunk per prompt waiting, up to the batch size. (One chunk per step for all of them made prompts that
     // arrive while others generate wait for each other: 16 clients of the server, 200-token prompts, on the
     // 415M model: time to first token p50 15 s against llama-server's 7.7 s, which fills whole batches.)
-    // Prompts that were waiting before any of the running generations had its first token came with them
-    // (a burst of clients cut by the batch size). Where the rest of them fits this step (the batch, and a
+    // Prompts that were waiting before the engine's current run of generating steps began (its first token)
+    // came with those generations (a burst of clients cut by the batch size). Where the rest of them fits this step (the batch, and a
     // micro-batch each, as with nothing generating), it is decoded whole, so that the burst generates in
     // step: cut into 128-token chunks, the 16 prompts of 16 clients on the 415M model finished over 5
     // steps, and their answers, and so their next turns, ended over 5 steps too. Where it does not fit (a
     // long prompt that came with a short one), they are chunked as any prompt, so that the generations
     // that started go on meanwhile, a token a chunk, rather than a token every 512 prompt tokens.
-    // (Since the engine's current run of generating steps began, not the running ones' first tokens: a
-    // prompt that came while another generated was taken for part of a burst once that one had ended, and
-    // decoded whole beside a generation that came after it; a hostile review.)
+    // (Not the first tokens of the generations running now: a prompt that came while another generated was
+    // taken for part of a burst once that one had ended, and decoded whole beside a later one; a hostile
+    // review.)
     if (next.empty()) {
       generatingSince_ = INT64_MAX;
     } else if (generatingSince_ == INT64_MAX) {
