@@ -48,17 +48,19 @@ describe('prompts that arrive together', () => {
     const late = phases.late!.filter((s) => s.length === 2 && s.some(([, rows]) => rows > 1));
     const lateRows = late.map((s) => s.map(([, rows]) => rows).sort((a, b) => a - b));
     expect(lateRows, JSON.stringify(phases.late)).toEqual([[1, 128], [1, 128], [1, out.late - 256]]);
-    // P (420 tokens) and Q (a few) come while G generates: the first step with them holds Q whole beside
-    // P's first chunk (128, and what Q left of its 128), and P goes on in chunks of 128 after G has ended
-    // and while Q generates (it came while G generated, so it is no part of a burst with Q).
+    // P (420 tokens) and Q (a few) come while G generates, promptChunkSize 32: P goes in chunks (32, and
+    // what Q left of its 32, at most), and Q's prompt goes in the first or second step that holds P's, not
+    // after all of P (it went in the 8th: P took both shares while it waited; a hostile review). (Which
+    // step first holds P depends on when the two reach the engine, a few microseconds apart.)
     const reclass = phases.reclass!;
     const pSeq = reclass.flatMap((s) => s).reduce((a, b) => (b[1] > a[1] ? b : a))[0];
     const withP = reclass.filter((s) => s.some(([q, rows]) => q === pSeq && rows > 1));
     const pRows = withP.map((s) => s.find(([q]) => q === pSeq)![1]);
-    expect(withP[0]!.some(([q, rows]) => q !== pSeq && rows > 1), `Q's prompt beside P's first chunk: ${JSON.stringify(withP[0])}`).toBe(true);
-    expect(pRows[0], JSON.stringify(pRows)).toBeLessThanOrEqual(256);
-    expect(pRows.slice(1).every((r) => r <= 128), JSON.stringify(reclass)).toBe(true);
+    expect(pRows.every((r) => r <= 64), JSON.stringify(withP)).toBe(true);
     expect(pRows.reduce((a, b) => a + b), JSON.stringify(pRows)).toBe(420);
+    const qAt = withP.findIndex((s) => s.some(([q, rows]) => q !== pSeq && rows > 1));
+    expect(qAt, `Q's prompt beside P's first or second chunk: ${JSON.stringify(withP.slice(0, 3))}`).toBeGreaterThanOrEqual(0);
+    expect(qAt).toBeLessThanOrEqual(1);
     // A 1,200-token prompt that came with a short one, with batchSize 512: the first step holds the short
     // one and 512 tokens in all; while the rest does not fit one step, it goes in chunks of 128 beside the
     // short one's tokens (not 511 at a time: the short one would get a token every 511 prompt tokens), and

@@ -60,12 +60,12 @@ for (let c = await iterator.next(); !c.done; c = await iterator.next()) {
 }
 await lateDone;
 process.stderr.write('phase: late-end\n');
-// Prompts that came while another generated stay prompts that came while others generate, after that one
-// ends: a long one (P) and a short one (Q, which starts generating) come while G generates 3 tokens.
-// Q's few tokens go in the first step beside P's chunk, not after all of P.
-const [gSession, pSession, qSession] = [0, 1, 2].map(() => six.createSession({ sharePrefix: false }));
+// A long prompt (P) and a short one (Q) come while G generates (60 tokens: it still does when they come),
+// with promptChunkSize 32: P goes in chunks, and Q's few tokens are not kept waiting for all of P.
+const chunky = await warmed({ contextSize: 512, sequences: 3, batchSize: 1024, threads: 1, promptChunkSize: 32 });
+const [gSession, pSession, qSession] = [0, 1, 2].map(() => chunky.createSession({ sharePrefix: false }));
 process.stderr.write('phase: reclass\n');
-const gGen = gSession!.generate('Once upon a time', { ...greedy, maxTokens: 4 });
+const gGen = gSession!.generate('Once upon a time', { ...greedy, maxTokens: 60 });
 const gChunks = gGen[Symbol.asyncIterator]();
 await gChunks.next();
 const pDone = pSession!.complete(model.tokenize('the quick brown fox jumps over the lazy dog '.repeat(60)).slice(0, 420), { ...greedy, maxTokens: 2 });
@@ -75,6 +75,7 @@ for (let c = await gChunks.next(); !c.done; c = await gChunks.next()) {
 }
 await Promise.all([pDone, qDone]);
 process.stderr.write('phase: reclass-end\n');
+await chunky.dispose();
 await six.dispose();
 // A long prompt that came with a short one, too long for the next step: while the short one generates, it
 // is decoded in chunks of 128 tokens, so that the short one gets a token every chunk.
