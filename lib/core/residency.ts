@@ -130,17 +130,16 @@ export class Residency {
   acquire(t: Tenant, spare?: Tenant, cells = 0): number | undefined {
     if (t.disposed) return undefined;
     const held = this.#seq.get(t);
+    const need = this.#cellsNeeded(t, cells);
     if (held !== undefined) {
-      if (!this.#roomFor(t, cells)) return undefined;
+      if (!this.#roomFor(t, need!)) return undefined;
       this.touch(t);
       return held;
     }
     const h = this.#handle();
     if (!h || this.#closed) return undefined;
     const parked = this.#parked.get(t);
-    if (parked && !parked.state) return undefined; // restored once its save has finished
-    // A restore brings its cells back: with one KV cache for all sequences they need room too.
-    if (!this.#roomFor(t, parked?.state ? Math.max(cells, t.cells) : cells)) return undefined;
+    if (need === null || !this.#roomFor(t, need)) return undefined;
     const seq = this.#take(t, h, spare);
     if (seq === undefined) return undefined;
     this.#seq.set(t, seq);
@@ -189,10 +188,21 @@ export class Residency {
    */
   #waitsForRoom(w: Waiter): boolean {
     if (this.#sharedCells === null || w.cells <= 0) return false;
-    const held = this.#seq.has(w.tenant);
-    const parked = this.#parked.get(w.tenant);
-    if (!held && parked && !parked.state) return false;
-    return !this.#roomFor(w.tenant, !held && parked?.state ? Math.max(w.cells, w.tenant.cells) : w.cells);
+    const need = this.#cellsNeeded(w.tenant, w.cells);
+    return need !== null && !this.#roomFor(w.tenant, need);
+  }
+
+  /**
+   * The cells `t` needs room for to start work of `cells` ({@link acquire}): those, or, where its saved
+   * state comes back into a sequence, at least its own (a restore brings its cells back, and with one KV
+   * cache for all sequences they need room too). Null while its state is still being saved (restored once
+   * the save has finished).
+   */
+  #cellsNeeded(t: Tenant, cells: number): number | null {
+    if (this.#seq.has(t)) return cells;
+    const parked = this.#parked.get(t);
+    if (parked && !parked.state) return null;
+    return parked?.state ? Math.max(cells, t.cells) : cells;
   }
 
   /** The session waits here for a sequence or for room (nothing runs for it). */
@@ -363,9 +373,9 @@ export class Residency {
   kick(): void {
     for (const wake of this.#changes.splice(0)) wake();
     // In order (priority, then arrival); once one waits for room, those after it that need room wait too.
-    let roomTaken = false;
+    let aheadWaitsForRoom = false;
     for (const w of [...this.#waiters]) {
-      if (roomTaken && w.cells > 0) continue;
+      if (aheadWaitsForRoom && w.cells > 0) continue;
       let seq: number | undefined;
       try {
         seq = this.acquire(w.tenant, undefined, w.cells);
@@ -376,7 +386,7 @@ export class Residency {
         continue;
       }
       if (seq === undefined) {
-        roomTaken ||= this.#waitsForRoom(w);
+        aheadWaitsForRoom ||= this.#waitsForRoom(w);
         continue;
       }
       this.#waiters = this.#waiters.filter((x) => x !== w);
