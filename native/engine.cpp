@@ -516,11 +516,19 @@ void Engine::push(GenState& g, Chunk&& c) {
       g.pauseNotified = true;
       notify = true;
     }
-    if (notify) notifySink(g);
+    // JS is woken once the step's tokens are all handled (flushDeferredNotifications): a wake-up here would
+    // let the JS thread take this core in the middle of the step's handling, for each generation in turn.
+    if (notify) g.notifyAtStepEnd = true;
   }
 }
 
 void Engine::flushDeferredNotifications() {
+  for (auto& sp : active_) {
+    GenState& g = *sp;
+    std::lock_guard<std::mutex> lock(g.mu);
+    if (g.notifyAtStepEnd && !g.done) notifySink(g);
+    g.notifyAtStepEnd = false;
+  }
   bool anyRunnable = false;
   for (auto& g : active_) anyRunnable = anyRunnable || runnable(*g);
   int64_t now = nowUs();

@@ -149,6 +149,7 @@ struct GenState {
   bool done = false;
   bool notifyPending = false;
   bool deferredNotify = false;  // data arrived within kNotifyIntervalUs of the last notification
+  bool notifyAtStepEnd = false;  // a notification push() decided on, sent when the step ends
   int64_t lastNotifyUs = 0;
   bool pauseNotified = false;
   GenResult result;
