@@ -828,6 +828,34 @@ bool Engine::step() {
       if (g->hasNext && (int32_t)next.size() < nBatch_) next.push_back(g);
     }
     std::sort(next.begin(), next.end(), [](const GenState* a, const GenState* b) { return a->seq < b->seq; });
+    if (next.empty()) {
+      generatingSince_ = INT64_MAX;
+    } else if (generatingSince_ == INT64_MAX) {
+      for (const GenState* g : next) generatingSince_ = std::min(generatingSince_, g->tFirst);
+    }
+    const int64_t firstTokenAt = generatingSince_;
+    // A burst whose rest is decoded whole in this step (below) decodes it alone: the generations that came
+    // with it, started a step ahead, wait for it, and from the next step they all generate in step. (With a
+    // row of each beside it, one KV stream per sequence made llama.cpp split the step into more passes over
+    // the weights: micro-batches hold as many tokens of each of a run of sequences, and a generation's one
+    // token made a pass of one token a sequence. And those that started ahead ended a step ahead, a tail
+    // step of their own, and their clients' next turns came a step apart: 16 clients on the 415M model.)
+    // They lose no time: that step takes the burst's prompts' time either way.
+    {
+      int64_t burstRest = 0, burstPrompts = 0;
+      bool media = false;  // a media chunk decodes on its own: the rest may not go in one step
+      for (GenState* g : order) {
+        if (g->hasNext || g->promptPos >= g->prompt.size() || g->tQueued >= firstTokenAt) continue;
+        burstPrompts++;
+        burstRest += (int64_t)(g->prompt.size() - g->promptPos);
+        media = media || g->prompt.hasMedia();
+      }
+      int64_t others = (int64_t)std::count_if(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued >= firstTokenAt; });
+      bool holdBurst = burstPrompts > 0 && !media && burstRest <= std::min<int64_t>((int64_t)nBatch_ - others, (int64_t)nUbatch_ * burstPrompts);
+      if (holdBurst) {
+        next.erase(std::remove_if(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued < firstTokenAt; }), next.end());
+      }
+    }
     for (size_t gi = 0; gi < next.size(); gi++) {
       GenState* g = next[gi];
       if (batch_.n_tokens < nBatch_) {
@@ -864,12 +892,6 @@ bool Engine::step() {
     // (Not the first tokens of the generations running now: a prompt that came while another generated was
     // taken for part of a burst once that one had ended, and decoded whole beside a later one; a hostile
     // review.)
-    if (next.empty()) {
-      generatingSince_ = INT64_MAX;
-    } else if (generatingSince_ == INT64_MAX) {
-      for (const GenState* g : next) generatingSince_ = std::min(generatingSince_, g->tFirst);
-    }
-    const int64_t firstTokenAt = generatingSince_;
     int64_t waitingPrompts = 0, burstPrompts = 0, burstRest = 0;
     for (GenState* g : order) {
       if (g->hasNext || g->promptPos >= g->prompt.size()) continue;

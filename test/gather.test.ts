@@ -27,8 +27,9 @@ describe('prompts that arrive together', () => {
     expect(settle, JSON.stringify(out.abortSettle)).toBeLessThan(10);
     expect(out.texts).toHaveLength(4);
     // Six prompts of ~255 tokens with batchSize 1024: the first step holds four and the start of the
-    // fifth; the next one the rest of the fifth and all of the sixth (they came with the others), beside a
-    // row of each of the four; from then on all six generate in step, a row each.
+    // fifth; the next one the rest of the fifth and all of the sixth (they came with the others) alone: the
+    // four that started wait for them (a row of each beside them made llama.cpp split the step into more
+    // passes over the weights, and the four ended a step ahead); from then on all six generate in step.
     const overflow = phases.overflow!;
     const [one, two] = [new Map(overflow[0]), new Map(overflow[1])];
     expect([...one.values()].reduce((a, b) => a + b), JSON.stringify(overflow[0])).toBe(1024);
@@ -38,10 +39,11 @@ describe('prompts that arrive together', () => {
     expect(one.size, JSON.stringify(overflow[0])).toBe(whole + 1);
     const cut = [...one].find(([, rows]) => rows < length)!;
     expect(cut[1]).toBe(1024 - whole * length);
-    // The rest of the prompt cut off, the prompts after it whole, and a row of each that started.
-    expect(two.size, JSON.stringify(overflow[1])).toBe(6);
+    // The rest of the prompt cut off and the prompts after it whole, and nothing else.
+    expect(two.size, JSON.stringify(overflow[1])).toBe(6 - whole);
     expect(two.get(cut[0]), JSON.stringify(overflow[1])).toBe(length - cut[1]);
-    expect([...two.values()].reduce((a, b) => a + b), JSON.stringify(overflow[1])).toBe(6 * length - 1024 + whole);
+    expect([...two.values()].reduce((a, b) => a + b), JSON.stringify(overflow[1])).toBe(6 * length - 1024);
+    expect([...one.keys()].filter((q) => q !== cut[0]).some((q) => two.has(q)), JSON.stringify(overflow.slice(0, 2))).toBe(false);
     const inStep = overflow.slice(2, 20);
     expect(inStep.every((s) => s.length === 6 && s.every(([, rows]) => rows === 1)), JSON.stringify(inStep.slice(0, 3))).toBe(true);
     // A prompt that comes while a session generates: chunks of 128 tokens beside that session's row.
@@ -64,15 +66,17 @@ describe('prompts that arrive together', () => {
     // A 1,200-token prompt that came with a short one, with batchSize 512: the first step holds the short
     // one and 512 tokens in all; while the rest does not fit one step, it goes in chunks of 128 beside the
     // short one's tokens (not 511 at a time: the short one would get a token every 511 prompt tokens), and
-    // once it fits, whole.
+    // once it fits, whole, alone (the short one waits for it, and then they generate in step).
     const mixed = phases['long-burst']!;
     expect(mixed[0]!.reduce((a, [, rows]) => a + rows, 0), JSON.stringify(mixed[0])).toBe(512);
     const firstPart = mixed[0]!.find(([, rows]) => rows > 100)![1];
     const chunks = mixed.slice(1).filter((s) => s.some(([, rows]) => rows > 1)).map((s) => s.map(([, rows]) => rows).sort((a, b) => a - b));
     const rest = 1200 - firstPart;
-    const expected = Array.from({ length: Math.ceil(Math.max(0, rest - 511) / 128) }, () => 128);
-    expected.push(rest - 128 * expected.length);
-    expect(chunks, JSON.stringify(mixed.slice(0, 6))).toEqual(expected.map((p) => [1, p]));
+    const expected = Array.from({ length: Math.ceil(Math.max(0, rest - 512) / 128) }, () => [1, 128]);
+    expected.push([rest - 128 * expected.length]);
+    expect(chunks, JSON.stringify(mixed.slice(0, 6))).toEqual(expected);
+    const afterRest = mixed.findIndex((s) => s.length === 1 && s[0]![1] > 1) + 1;
+    expect(mixed[afterRest]?.map(([, rows]) => rows), JSON.stringify(mixed.slice(afterRest - 1, afterRest + 2))).toEqual([1, 1]);
     // A long prompt alone on a context with batchSize 2048 takes steps of one 512-token micro-batch.
     const alone = phases.alone!;
     const promptSteps = alone.filter((s) => s[0]![1] > 1).map((s) => s[0]![1]);
