@@ -834,6 +834,20 @@ bool Engine::step() {
       for (const GenState* g : next) generatingSince_ = std::min(generatingSince_, g->tFirst);
     }
     const int64_t firstTokenAt = generatingSince_;
+    // Prompts that were waiting before the engine's current run of generating steps began (its first token)
+    // came with those generations: a burst of clients cut by the batch size (below). The others came later.
+    int64_t waitingPrompts = 0, burstPrompts = 0, burstRest = 0;
+    bool burstMedia = false;  // a media chunk decodes on its own: the burst's rest may not go in one step
+    for (GenState* g : order) {
+      if (g->hasNext || g->promptPos >= g->prompt.size()) continue;
+      if (g->tQueued < firstTokenAt) {
+        burstPrompts++;
+        burstRest += (int64_t)(g->prompt.size() - g->promptPos);
+        burstMedia = burstMedia || g->prompt.hasMedia();
+      } else {
+        waitingPrompts++;
+      }
+    }
     // A burst whose rest is decoded whole in this step (below) decodes it alone: the generations that came
     // with it, started a step ahead, wait for it, and from the next step they all generate in step. (With a
     // row of each beside it, one KV stream per sequence made llama.cpp split the step into more passes over
@@ -841,20 +855,9 @@ bool Engine::step() {
     // token made a pass of one token a sequence. And those that started ahead ended a step ahead, a tail
     // step of their own, and their clients' next turns came a step apart: 16 clients on the 415M model.)
     // They lose no time: that step takes the burst's prompts' time either way.
-    {
-      int64_t burstRest = 0, burstPrompts = 0;
-      bool media = false;  // a media chunk decodes on its own: the rest may not go in one step
-      for (GenState* g : order) {
-        if (g->hasNext || g->promptPos >= g->prompt.size() || g->tQueued >= firstTokenAt) continue;
-        burstPrompts++;
-        burstRest += (int64_t)(g->prompt.size() - g->promptPos);
-        media = media || g->prompt.hasMedia();
-      }
-      int64_t others = (int64_t)std::count_if(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued >= firstTokenAt; });
-      bool holdBurst = burstPrompts > 0 && !media && burstRest <= std::min<int64_t>((int64_t)nBatch_ - others, (int64_t)nUbatch_ * burstPrompts);
-      if (holdBurst) {
-        next.erase(std::remove_if(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued < firstTokenAt; }), next.end());
-      }
+    int64_t laterGens = std::count_if(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued >= firstTokenAt; });
+    if (burstPrompts > 0 && !burstMedia && burstRest <= std::min<int64_t>((int64_t)nBatch_ - laterGens, (int64_t)nUbatch_ * burstPrompts)) {
+      next.erase(std::remove_if(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued < firstTokenAt; }), next.end());
     }
     for (size_t gi = 0; gi < next.size(); gi++) {
       GenState* g = next[gi];
@@ -882,8 +885,7 @@ bool Engine::step() {
     // chunk per prompt waiting, up to the batch size. (One chunk per step for all of them made prompts that
     // arrive while others generate wait for each other: 16 clients of the server, 200-token prompts, on the
     // 415M model: time to first token p50 15 s against llama-server's 7.7 s, which fills whole batches.)
-    // Prompts that were waiting before the engine's current run of generating steps began (its first token)
-    // came with those generations (a burst of clients cut by the batch size). Where the rest of them fits this step (the batch, and a
+    // Where the rest of a burst (above) fits this step (the batch, and a
     // micro-batch each, as with nothing generating), it is decoded whole, so that the burst generates in
     // step: cut into 128-token chunks, the 16 prompts of 16 clients on the 415M model finished over 5
     // steps, and their answers, and so their next turns, ended over 5 steps too. Where it does not fit (a
@@ -892,16 +894,6 @@ bool Engine::step() {
     // (Not the first tokens of the generations running now: a prompt that came while another generated was
     // taken for part of a burst once that one had ended, and decoded whole beside a later one; a hostile
     // review.)
-    int64_t waitingPrompts = 0, burstPrompts = 0, burstRest = 0;
-    for (GenState* g : order) {
-      if (g->hasNext || g->promptPos >= g->prompt.size()) continue;
-      if (g->tQueued < firstTokenAt) {
-        burstPrompts++;
-        burstRest += (int64_t)(g->prompt.size() - g->promptPos);
-      } else {
-        waitingPrompts++;
-      }
-    }
     bool burstFits = burstPrompts > 0 && burstRest <= std::min<int64_t>((int64_t)nBatch_ - batch_.n_tokens, (int64_t)nUbatch_ * burstPrompts);
     // With nothing generating, a micro-batch per waiting prompt: prompts that arrive together fit one step,
     // while a prompt alone takes steps of one micro-batch, which are as fast per token, so that an abort or
