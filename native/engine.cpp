@@ -836,7 +836,7 @@ bool Engine::step() {
     const int64_t firstTokenAt = generatingSince_;
     // Prompts that were waiting before the engine's current run of generating steps began (its first token)
     // came with those generations: a burst of clients cut by the batch size (below). The others came later.
-    int64_t waitingPrompts = 0, burstPrompts = 0, burstRest = 0;
+    int64_t waitingPrompts = 0, burstPrompts = 0, burstRest = 0, waitingChunks = 0;
     bool burstMedia = false;  // a media chunk decodes on its own: the burst's rest may not go in one step
     for (GenState* g : order) {
       if (g->hasNext || g->promptPos >= g->prompt.size()) continue;
@@ -846,6 +846,7 @@ bool Engine::step() {
         burstMedia = burstMedia || g->prompt.hasMedia();
       } else {
         waitingPrompts++;
+        waitingChunks += std::min<int64_t>((int64_t)(g->prompt.size() - g->promptPos), promptChunk_);
       }
     }
     // A burst whose rest is decoded whole in this step (below) decodes it alone: the generations that came
@@ -854,12 +855,22 @@ bool Engine::step() {
     // the weights: micro-batches hold as many tokens of each of a run of sequences, and a generation's one
     // token made a pass of one token a sequence. And those that started ahead ended a step ahead, a tail
     // step of their own, and their clients' next turns came a step apart: 16 clients on the 415M model.)
-    // They lose no time: that step takes the burst's prompts' time either way.
-    int64_t laterGens = std::count_if(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued >= firstTokenAt; });
-    if (burstPrompts > 0 && !burstMedia && burstRest <= std::min<int64_t>((int64_t)nBatch_ - laterGens, (int64_t)nUbatch_ * burstPrompts)) {
-      next.erase(std::remove_if(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued < firstTokenAt; }), next.end());
-    }
+    // They lose a step: that step takes the burst's prompts' time either way (it is made as if they
+    // generated in it: prompts that came later take their chunks, not more), and their next token comes
+    // from the step after it. A generation waits so once at most, and only where the rest fits beside the later generations' rows, drafts included, and the
+    // chunks of the prompts that came later (which may go first, by priority). (Waits
+    // that repeated while a prompt of a higher priority, or drafts, took the step kept a generation out
+    // for seconds; a hostile review.)
+    std::stable_partition(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued >= firstTokenAt || g->heldOnce; });
+    const size_t firstOfBurst = (size_t)std::count_if(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued >= firstTokenAt || g->heldOnce; });
+    bool held = false;
     for (size_t gi = 0; gi < next.size(); gi++) {
+      if (gi == firstOfBurst && burstPrompts > 0 && !burstMedia &&
+          burstRest <= std::min<int64_t>((int64_t)nBatch_ - batch_.n_tokens - waitingChunks, (int64_t)nUbatch_ * burstPrompts)) {
+        for (size_t k = gi; k < next.size(); k++) next[k]->heldOnce = true;
+        held = true;
+        break;
+      }
       GenState* g = next[gi];
       if (batch_.n_tokens < nBatch_) {
         if (g->nPast >= nCtxSeq_ && !makeRoom(*g)) continue;
@@ -881,6 +892,7 @@ bool Engine::step() {
         generating = true;
       }
     }
+    generating = generating || held;
     // New prompts are decoded in chunks while others generate, so that they do not stall them for long: a
     // chunk per prompt waiting, up to the batch size. (One chunk per step for all of them made prompts that
     // arrive while others generate wait for each other: 16 clients of the server, 200-token prompts, on the

@@ -12,7 +12,7 @@ describe('prompts that arrive together', () => {
     // Large enough that its steps take milliseconds (a tiny model's requests do not wait at all).
     const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
     const deeper = await synthetic('gather-230m', { embeddingLength: 768, layers: 24, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 12 });
-    const { phases, stdout } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'overflow', 'late', 'reclass', 'long-burst', 'alone', 'short']);
+    const { phases, stdout } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'overflow', 'late', 'reclass', 'long-burst', 'prio-hold', 'alone', 'short']);
     const steps = phases.burst!;
     // The first step holds the four prompts whole, each on its own sequence ...
     expect(steps[0]!.length, JSON.stringify(steps[0])).toBe(4);
@@ -77,6 +77,16 @@ describe('prompts that arrive together', () => {
     expect(chunks, JSON.stringify(mixed.slice(0, 6))).toEqual(expected);
     const afterRest = mixed.findIndex((s) => s.length === 1 && s[0]![1] > 1) + 1;
     expect(mixed[afterRest]?.map(([, rows]) => rows), JSON.stringify(mixed.slice(afterRest - 1, afterRest + 2))).toEqual([1, 1]);
+    // With a prompt of a higher priority taking its chunks first, the short one waits for the long one's
+    // rest once at most: between its first token and its end, it is missing from one step or none.
+    const prio = phases['prio-hold']!;
+    const shortSeq = prio[0]!.reduce((a, b) => (b[1] < a[1] ? b : a))[0];
+    const withShort = prio.map((s) => s.some(([q]) => q === shortSeq));
+    const from = withShort.indexOf(true, 1);
+    const to = withShort.lastIndexOf(true);
+    const missing = withShort.slice(from, to + 1).filter((x) => !x).length;
+    expect(prio.some((s) => s.length >= 2 && s.some(([q, rows]) => q !== shortSeq && rows > 1)), JSON.stringify(prio.slice(0, 8))).toBe(true);
+    expect(missing, JSON.stringify(prio.slice(0, 12))).toBeLessThanOrEqual(1);
     // A long prompt alone on a context with batchSize 2048 takes steps of one 512-token micro-batch.
     const alone = phases.alone!;
     const promptSteps = alone.filter((s) => s[0]![1] > 1).map((s) => s[0]![1]);

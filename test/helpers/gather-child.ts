@@ -88,6 +88,22 @@ const longDone = longOne.complete(longPrompt, { ...greedy, maxTokens: 2 });
 await Promise.all([shortDone, longDone]);
 process.stderr.write('phase: after-long-burst\n');
 await mixed.dispose();
+// The same, and a long prompt of a higher priority (H) that comes once the short one generates: H's chunks
+// go first in each step, and the short one waits for the long one's rest once at most (it waited in every
+// step while H took them, 8 steps; a hostile review).
+const prio = await warmed({ contextSize: 2048, sequences: 3, batchSize: 512, threads: 1 });
+const [sPrio, lPrio, hPrio] = [0, 1, 2].map(() => prio.createSession({ sharePrefix: false }));
+const hPrompt = model.tokenize('the quick brown fox jumps over the lazy dog '.repeat(140)).slice(0, 1000);
+process.stderr.write('phase: prio-hold\n');
+const sPrioGen = sPrio!.generate(model.tokenize('Once upon a time'), { ...greedy, maxTokens: 60 });
+const lPrioDone = lPrio!.complete(longPrompt, { ...greedy, maxTokens: 2 });
+let hPrioDone: Promise<unknown> | undefined;
+for await (const chunk of sPrioGen) {
+  if (chunk.tokens.length > 0) hPrioDone ??= hPrio!.complete(hPrompt, { ...greedy, maxTokens: 2, priority: 5 });
+}
+await Promise.all([lPrioDone, hPrioDone]);
+process.stderr.write('phase: after-prio-hold\n');
+await prio.dispose();
 // An abort ends the idle engine's wait for more prompts: a 2,000-token prompt (a wait of 20 ms, the most),
 // aborted by its signal right after it reached the engine, settles at once, not at the end of the wait.
 const abortCtx = await warmed({ contextSize: 4096, sequences: 2, batchSize: 4096, threads: 1 });
