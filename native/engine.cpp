@@ -523,18 +523,15 @@ void Engine::push(GenState& g, Chunk&& c) {
 }
 
 void Engine::flushDeferredNotifications() {
-  for (auto& sp : active_) {
-    GenState& g = *sp;
-    std::lock_guard<std::mutex> lock(g.mu);
-    if (g.notifyAtStepEnd && !g.done) notifySink(g);
-    g.notifyAtStepEnd = false;
-  }
   bool anyRunnable = false;
   for (auto& g : active_) anyRunnable = anyRunnable || runnable(*g);
   int64_t now = nowUs();
   for (auto& sp : active_) {
     GenState& g = *sp;
     std::lock_guard<std::mutex> lock(g.mu);
+    // What push() decided on during the step, sent first, as push() once sent it.
+    if (g.notifyAtStepEnd && !g.done) notifySink(g);
+    g.notifyAtStepEnd = false;
     // Flush when the interval has passed, or when the engine is about to sleep.
     if (g.deferredNotify && !g.notifyPending && !g.done && (!anyRunnable || now - g.lastNotifyUs >= kNotifyIntervalUs)) {
       g.deferredNotify = false;
@@ -857,12 +854,13 @@ bool Engine::step() {
     // step of their own, and their clients' next turns came a step apart: 16 clients on the 415M model.)
     // They lose a step: that step takes the burst's prompts' time either way (it is made as if they
     // generated in it: prompts that came later take their chunks, not more), and their next token comes
-    // from the step after it. A generation waits so once at most, and only where the rest fits beside the later generations' rows, drafts included, and the
-    // chunks of the prompts that came later (which may go first, by priority). (Waits
-    // that repeated while a prompt of a higher priority, or drafts, took the step kept a generation out
-    // for seconds; a hostile review.)
-    std::stable_partition(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued >= firstTokenAt || g->heldOnce; });
-    const size_t firstOfBurst = (size_t)std::count_if(next.begin(), next.end(), [&](const GenState* g) { return g->tQueued >= firstTokenAt || g->heldOnce; });
+    // from the step after it. A generation waits so once at most, and only where the rest fits beside the
+    // later generations' rows, drafts included, and the chunks of the prompts that came later (which may
+    // go first, by priority). (Waits that repeated while a prompt of a higher priority, or drafts, took
+    // the step kept a generation out for seconds; a hostile review.) The later ones go first below.
+    const size_t firstOfBurst = (size_t)(std::stable_partition(next.begin(), next.end(), [&](const GenState* g) {
+                                           return g->tQueued >= firstTokenAt || g->heldOnce;
+                                         }) - next.begin());
     bool held = false;
     for (size_t gi = 0; gi < next.size(); gi++) {
       if (gi == firstOfBurst && burstPrompts > 0 && !burstMedia &&

@@ -121,9 +121,9 @@ struct GenState {
   int32_t lookupNgram = 0;    // prompt lookup: n-gram size to match (0: use the draft model)
   bool stream = true;         // false: no chunks, one notification at the end (complete())
   int64_t tQueued = 0;
-  bool heldOnce = false;  // it has waited a step for the rest of the burst it came with (Engine::step)
 
   // engine thread only
+  bool heldOnce = false;  // it has waited a step for the rest of the burst it came with (Engine::step)
   size_t promptPos = 0;
   int32_t nPast = 0;
   bool hasNext = false;
