@@ -85,6 +85,44 @@ Napi::Value SimulateThreadTuner(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// simulateThreadTuners(maxThreads, steps, tokens: (step) => tokens, cost: (threads, tokens, step) => seconds,
+// waits?: (step) => core-seconds per second) -> Int32Array of the counts the engine's tuners (one per shape of
+// step, made as the engine makes them) chose, step by step (test/threads.test.ts; not part of the public API).
+Napi::Value SimulateThreadTuners(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int32_t maxThreads = (int32_t)argInteger(info, 0, "maxThreads", 1, 512);
+  int32_t steps = (int32_t)argInteger(info, 1, "steps", 0, 1 << 20);
+  if (!info[2].IsFunction()) throwArg(env, "tokens", "a function", info[2]);
+  Napi::Function tokensFn = info[2].As<Napi::Function>();
+  if (!info[3].IsFunction()) throwArg(env, "cost", "a function", info[3]);
+  Napi::Function cost = info[3].As<Napi::Function>();
+  if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsFunction()) throwArg(env, "waits", "a function or undefined", info[4]);
+  Napi::Function waits = info.Length() > 4 && info[4].IsFunction() ? info[4].As<Napi::Function>() : Napi::Function();
+  ThreadTuners tuners;
+  Napi::Int32Array out = Napi::Int32Array::New(env, (size_t)steps);
+  for (int32_t i = 0; i < steps; i++) {
+    Napi::Value t = tokensFn.Call({Napi::Number::New(env, i)});
+    if (!t.IsNumber() || t.As<Napi::Number>().DoubleValue() < 1 || t.As<Napi::Number>().DoubleValue() > 1 << 20) {
+      throwArg(env, "tokens", "a function returning a count of tokens from 1", t);
+    }
+    int32_t nTokens = (int32_t)t.As<Napi::Number>().DoubleValue();
+    double w = -1;
+    if (!waits.IsEmpty()) {
+      Napi::Value v = waits.Call({Napi::Number::New(env, i)});
+      if (!v.IsNumber()) throwArg(env, "waits", "a function returning a number", v);
+      w = v.As<Napi::Number>().DoubleValue();
+    }
+    ThreadTuner& tuner = tuners.forStep(nTokens, maxThreads);
+    int32_t n = tuner.choose(w, w, -1);
+    out[(size_t)i] = n;
+    Napi::Value c = cost.Call({Napi::Number::New(env, n), Napi::Number::New(env, nTokens), Napi::Number::New(env, i)});
+    if (!c.IsNumber()) throwArg(env, "cost", "a function returning a number", c);
+    double seconds = c.As<Napi::Number>().DoubleValue();
+    tuner.record(n, ThreadTuners::costOf(nTokens, seconds), seconds);
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace la
 
@@ -118,6 +156,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   la::registerBackendExports(env, exports);
   exports.Set("systemInfo", Napi::Function::New(env, la::SystemInfo, "systemInfo"));
   exports.Set("simulateThreadTuner", Napi::Function::New(env, la::SimulateThreadTuner, "simulateThreadTuner"));
+  exports.Set("simulateThreadTuners", Napi::Function::New(env, la::SimulateThreadTuners, "simulateThreadTuners"));
   // Called from process.on('exit'): stops every engine thread while llama.cpp's statics still exist.
   exports.Set("shutdown", Napi::Function::New(
                               env,

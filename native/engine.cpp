@@ -104,27 +104,7 @@ void Engine::printProfile() const {
 void Engine::tuneThreads(int32_t maxThreads, int32_t maxThreadsBatch) {
   maxThreads_ = std::max(0, maxThreads);
   maxThreadsBatch_ = std::max(0, maxThreadsBatch);
-  for (auto& t : tuners_) t.reset();
-}
-
-int Engine::tunerShape(int32_t nTokens) {
-  if (nTokens < kLargeStep) return std::max(1, nTokens);
-  int shape = kLargeStep;
-  for (int32_t n = nTokens >> 6; n > 0 && shape < kTunerShapes - 1; n >>= 1) shape++;
-  return shape;
-}
-
-const ThreadTuner* Engine::nearestTuner(int shape) const {
-  // Shape 1 (one token) learns alone; the others inherit within their class (steps under kLargeStep tokens,
-  // or prompt chunks), nearest first, the smaller on a tie.
-  if (shape < 2) return nullptr;
-  const bool large = shape >= kLargeStep;
-  for (int d = 1; d < kTunerShapes; d++) {
-    for (int k : {shape - d, shape + d}) {
-      if (k >= 2 && k < kTunerShapes && (k >= kLargeStep) == large && tuners_[k]) return tuners_[k].get();
-    }
-  }
-  return nullptr;
+  tuners_.resetAll();
 }
 
 Engine::~Engine() {
@@ -970,20 +950,12 @@ bool Engine::step() {
     int32_t maxForShape = single ? maxThreads_ : maxThreadsBatch_;
     ThreadTuner* tuner = nullptr;
     if (maxForShape > 0) {
-      int shape = tunerShape(nTokens);
-      auto& slot = tuners_[shape];
-      if (!slot) {
-        // A new shape starts from what the nearest shape has learnt (its count, and when to try the others
-        // again), not from scratch: each fresh tuner's first tries cost steps, and a server meets many shapes.
-        const ThreadTuner* near = nearestTuner(shape);
-        // Steps of 32 tokens or more (prompt chunks) are few and costly: a try of a slower count there costs
-        // seconds (16 chats on the 415M model: a try of 1 thread on 512-token steps cost 5 s of a 32 s run), so
-        // they try other counts only after 64 steps, or at once when their steps slow down (a busy host).
-        slot = near != nullptr ? std::make_unique<ThreadTuner>(*near)
-                               : std::make_unique<ThreadTuner>(maxForShape, shape >= kLargeStep ? 64 : 2);
-        slot->reset();
+      int from = -1;
+      tuner = &tuners_.forStep(nTokens, maxForShape, &from);
+      if (profile_.perStep && from >= 0) {
+        std::fprintf(stderr, "llama-addon tuner: shape %d starts %s%d\n", ThreadTuners::shapeOf(nTokens),
+                     from > 0 ? "from shape " : "fresh at ", from > 0 ? from : maxForShape);
       }
-      tuner = slot.get();
     }
     int32_t threads = 0;
     if (tuner != nullptr) {
@@ -1026,8 +998,7 @@ bool Engine::step() {
       avg = avg > 0 ? 0.7 * avg + 0.3 * us : us;
     }
     if (tuner != nullptr && ret == 0) {
-      tuner->record(threads, nTokens < kLargeStep ? decodeSeconds : decodeSeconds / nTokens,
-                    decodeSeconds);  // (per token within a size class)
+      tuner->record(threads, ThreadTuners::costOf(nTokens, decodeSeconds), decodeSeconds);  // (per token within a size class)
     }
     int64_t tSample = 0, tHandle = 0;
     if (profile_.on) {

@@ -264,19 +264,10 @@ class Engine : public std::enable_shared_from_this<Engine> {
   std::shared_ptr<ModelHandle> draftModel_;
   llama_context* draftCtx_ = nullptr;
   std::unique_ptr<ThreadPools> pools_;  // attached to ctx_ and draftCtx_; freed after them
-  // One tuner per shape of step, since step times compare only between steps of the same size: 1 to 31
-  // tokens (one session generating; several, or drafts) by their count, and larger steps (prompt chunks,
-  // often with other sessions' tokens) by size class, 32-63, 64-127, 128-255, 256-511 and 512 or more.
-  // A server mixes these shapes step after step; one tuner for them all compared a small step's cost with a
-  // large one's and moved to the wrong count. Made at a shape's first step.
-  static constexpr int kTunerShapes = 37;
   static constexpr double kGatherMaxUs = 20000; // the longest wait for prompts arriving together (step())
   static constexpr int32_t kGatherTokens = 32;  // generated tokens counted in what a generation will take
-  static constexpr int32_t kLargeStep = 32;  // steps of this many tokens or more: a tuner per size class
-  static int tunerShape(int32_t nTokens);
-  // The tuner a new shape starts from: the nearest one made, within its class; null for shape 1 or none.
-  const ThreadTuner* nearestTuner(int shape) const;
-  std::unique_ptr<ThreadTuner> tuners_[kTunerShapes];
+  static constexpr int32_t kLargeStep = ThreadTuners::kLargeStep;
+  ThreadTuners tuners_;  // a tuner per shape of step (native/thread_tuner.h)
   RunQueueMeter waits_;  // the compute threads' run-queue waits, for the tuners
   int32_t maxThreads_ = 0, maxThreadsBatch_ = 0;  // 0: that kind of step does not adapt
   std::atomic<int32_t> tgNow_{0}, ppNow_{0};

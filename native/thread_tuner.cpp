@@ -85,6 +85,8 @@ int64_t ThreadTuner::longestGap() const {
   return std::max<int64_t>(kMaxGap, (int64_t)std::min(kMaxGapSeconds / pace, 1e9));
 }
 
+bool ThreadTuner::fewerWasSlower() const { return max_ > 1 && cur_ == max_ && gap_[(size_t)max_ - 1] > kFirstGap; }
+
 bool ThreadTuner::steady() const {
   if (recent_.empty()) return false;
   auto [lo, hi] = std::minmax_element(recent_.begin(), recent_.end());
@@ -233,6 +235,72 @@ void ThreadTuner::record(int32_t threads, double cost, double seconds) {
       probeUp_ = false;
     }
   }
+}
+
+int ThreadTuners::shapeOf(int32_t nTokens) {
+  if (nTokens < kLargeStep) return std::max(1, nTokens);
+  int shape = kLargeStep;
+  for (int32_t n = nTokens >> 6; n > 0 && shape < kShapes - 1; n >>= 1) shape++;
+  return shape;
+}
+
+void ThreadTuners::resetAll() {
+  for (auto& t : tuners_) {
+    if (t) t->reset();
+  }
+}
+
+const ThreadTuner* ThreadTuners::startFor(int shape, int32_t maxThreads) const {
+  // A new shape starts from what the nearest shape has learnt (its count, and when to try the others again),
+  // not from scratch: each fresh tuner's first tries cost steps, and a server meets many shapes. Nearest
+  // first, the smaller on a tie, within its class (steps under kLargeStep tokens, or prompt chunks); shape 1
+  // (one token) is nobody's nearest, and learns alone.
+  if (shape < 2) return nullptr;
+  const bool large = shape >= kLargeStep;
+  const ThreadTuner* near = nullptr;
+  for (int d = 1; d < kShapes && near == nullptr; d++) {
+    for (int k : {shape - d, shape + d}) {
+      if (k >= 2 && k < kShapes && (k >= kLargeStep) == large && tuners_[k] && tuners_[k]->maxThreads() == maxThreads) {
+        near = tuners_[k].get();
+        break;
+      }
+    }
+  }
+  // Where that one knows nothing against keeping every thread (none made, or one that has not tried fewer: a
+  // server's warm-up prompt of 31 tokens made one that ran a single step), a smaller shape of the class,
+  // shape 1 included, that keeps every thread and found one fewer slower is the better start: a step of more
+  // tokens has more work between the same barriers, so a thread fewer costs it more still (the 415M model on
+  // 2 idle cores: 1 thread's steps 1.4x 2 threads' with one sequence, 1.9x with four), and a fresh tuner's
+  // tries of it cost a fresh server's first 4-client round 4 of its 70 steps at 1.9x (2% of the round).
+  if (!large && (near == nullptr || (near->current() == near->maxThreads() && !near->fewerWasSlower()))) {
+    for (int k = shape - 1; k >= 1; k--) {
+      const ThreadTuner* t = tuners_[k].get();
+      if (t != nullptr && t->maxThreads() == maxThreads && t->fewerWasSlower()) return t;
+    }
+  }
+  return near;
+}
+
+ThreadTuner& ThreadTuners::forStep(int32_t nTokens, int32_t maxThreads, int* startedFrom) {
+  int shape = shapeOf(nTokens);
+  auto& slot = tuners_[shape];
+  if (startedFrom != nullptr) *startedFrom = -1;
+  if (!slot || slot->maxThreads() != std::max<int32_t>(1, maxThreads)) {
+    const ThreadTuner* from = startFor(shape, maxThreads);
+    if (startedFrom != nullptr) {
+      *startedFrom = 0;
+      for (int k = 1; k < kShapes; k++) {
+        if (from != nullptr && tuners_[k].get() == from) *startedFrom = k;
+      }
+    }
+    // Steps of 32 tokens or more (prompt chunks) are few and costly: a try of a slower count there costs
+    // seconds (16 chats on the 415M model: a try of 1 thread on 512-token steps cost 5 s of a 32 s run), so
+    // they try other counts only after 64 steps, or at once when their steps slow down (a busy host).
+    slot = from != nullptr ? std::make_unique<ThreadTuner>(*from)
+                           : std::make_unique<ThreadTuner>(maxThreads, shape >= kLargeStep ? 64 : 2);
+    slot->reset();
+  }
+  return *slot;
 }
 
 }  // namespace la

@@ -16,6 +16,7 @@
 // test/threads.test.ts can drive it with made-up ones.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace la {
@@ -40,6 +41,8 @@ class ThreadTuner {
   void reset();
 
   int32_t current() const { return cur_; }
+  // At the most threads, with one fewer tried since the last move and found slower.
+  bool fewerWasSlower() const;
   int32_t maxThreads() const { return max_; }
 
  private:
@@ -73,6 +76,30 @@ class ThreadTuner {
   int32_t slowSteps_ = 0;           // consecutive steps well above the baseline
   bool wasBusy_ = false;            // the sustained waits were busy at the last choose()
   bool wasFull_ = false;            // the machine had no idle core at the last choose() that knew
+};
+
+// One tuner per shape of step, since step times compare only between steps of the same size: 1 to 31
+// tokens (one session generating; several, or drafts) by their count, and larger steps (prompt chunks,
+// often with other sessions' tokens) by size class, 32-63, 64-127, 128-255, 256-511 and 512 or more.
+// A server mixes these shapes step after step; one tuner for them all compared a small step's cost with a
+// large one's and moved to the wrong count. Each is made at its shape's first step, from what the others
+// have learnt (forStep()). What a step costs its tuner: its time, or per token from kLargeStep tokens on.
+class ThreadTuners {
+ public:
+  static constexpr int kShapes = 37;
+  static constexpr int32_t kLargeStep = 32;  // steps of this many tokens or more: a tuner per size class
+  static int shapeOf(int32_t nTokens);
+  // The tuner of a step of `nTokens` whose counts go up to `maxThreads`; `startedFrom`, where this step made
+  // it: the shape it started from, or 0 (fresh); -1 where it was made before.
+  ThreadTuner& forStep(int32_t nTokens, int32_t maxThreads, int* startedFrom = nullptr);
+  // What the step cost (seconds per token from kLargeStep tokens on).
+  static double costOf(int32_t nTokens, double seconds) { return nTokens < kLargeStep ? seconds : seconds / nTokens; }
+  void resetAll();
+
+ private:
+  // The tuner a new shape starts from (see forStep()).
+  const ThreadTuner* startFor(int shape, int32_t maxThreads) const;
+  std::unique_ptr<ThreadTuner> tuners_[kShapes];
 };
 
 }  // namespace la

@@ -275,6 +275,45 @@ describe('the thread tuner with run-queue waits (native/run_queue.cpp)', () => {
   });
 });
 
+describe("the engine's tuners, one per shape of step", () => {
+  // A fresh server on 2 idle cores, as in the bench's server scenario (the 415M model): a 31-token warm-up
+  // prompt, one client's single-token steps, then 4 clients' prompts (976 tokens) and their 4-token steps.
+  // 1 thread's steps took 1.4x 2 threads' with one sequence, 1.9x with four, and 1.9x per prompt token.
+  const tokens = (i: number) => (i === 0 ? 31 : i <= 300 ? 1 : i === 301 ? 976 : 4);
+  const cost = (n: number, t: number) => (t === 1 ? (n === 2 ? 0.018 : 0.025) : t >= 32 ? 0.0037 * t * (n === 2 ? 1 : 1.9) : n === 2 ? 0.043 : 0.08);
+  const simulate = (steps: number, c: typeof cost, waits?: (i: number) => number) =>
+    Array.from(native().simulateThreadTuners(2, steps, tokens, c, waits));
+
+  it('start a new shape of several tokens from the single-token steps that found a thread fewer slower', () => {
+    for (const waits of [undefined, () => 0.05, () => 0.02]) {
+      const chosen = simulate(372, cost, waits);
+      // The single-token steps try 1 thread once, early; the 4-token steps (70 of them, a 4-client round)
+      // do not try it again (a fresh tuner tried it for 2 steps, and 2 more 32 steps later).
+      expect(chosen.slice(1, 20)).toContain(1);
+      expect(chosen.slice(302).filter((n) => n === 1)).toEqual([]);
+    }
+  });
+
+  it('where one thread was the faster for single tokens (a tiny model), a new shape learns on its own', () => {
+    // stories260k: 1 thread beats 2 on single tokens; with 4 tokens either may win.
+    for (const fourBest of [1, 2]) {
+      const c = (n: number, t: number) => (t === 1 ? (n === 1 ? 0.0003 : 0.0005) : t >= 32 ? 0.00002 * t : n === fourBest ? 0.0004 : 0.0008);
+      const chosen = simulate(2000, c);
+      expect(chosen.slice(100, 300).filter((n) => n === 1).length).toBeGreaterThan(180);
+      expect(chosen.slice(1800).filter((n) => n === fourBest).length).toBeGreaterThan(190);
+    }
+  });
+
+  it('on a busy host, where the single-token steps moved to 1 thread, do not start a new shape at 2', () => {
+    // A core busy: 2 threads 20x slower at every size. The 4-token steps start from the nearest small shape
+    // made (the warm-up's 31 tokens, which knows nothing) and drop the waiting thread within a few steps.
+    const c = (n: number, t: number) => (n === 2 ? 20 : 1) * (t === 1 ? 0.018 : t >= 32 ? 0.0037 * t : 0.043);
+    const chosen = simulate(372, c, () => 0.7);
+    expect(chosen.slice(20, 300).filter((n) => n === 2).length).toBeLessThan(10);
+    expect(chosen.slice(302).filter((n) => n === 2).length).toBeLessThan(10);
+  });
+});
+
 describe("contexts' threads option", () => {
   const t = tinyContext();
 

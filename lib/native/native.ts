@@ -339,6 +339,17 @@ export interface NativeAddon {
     waits?: (step: number) => number,
     idle?: (step: number) => number,
   ): Int32Array;
+  /**
+   * The engine's tuners (one per shape of step, native/thread_tuner.h) driven by made-up steps: `tokens`
+   * gives each step's size, `cost` its seconds at a count; the counts chosen, step by step (tests only).
+   */
+  simulateThreadTuners(
+    maxThreads: number,
+    steps: number,
+    tokens: (step: number) => number,
+    cost: (threads: number, tokens: number, step: number) => number,
+    waits?: (step: number) => number,
+  ): Int32Array;
   backendInfo(): NativeBackendInfo;
   /** Loads the CPU module best for this CPU and the other non-GPU modules in `dir`; returns backend names. */
   initBackends(dir: string): string[];
