@@ -278,6 +278,7 @@ void Context::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod<&Context::Embed>("embed"),
                                         InstanceMethod<&Context::BeamSearch>("beamSearch"),
                                         InstanceMethod<&Context::AbortTask>("abortTask"),
+                                        InstanceMethod<&Context::ExpectPrompts>("expectPrompts"),
                                         InstanceMethod<&Context::Info>("info"),
                                         InstanceMethod<&Context::Dispose>("dispose"),
                                     });
@@ -313,6 +314,14 @@ std::shared_ptr<Engine> Context::engineOrThrow(Napi::Env env) const {
   return engine_;
 }
 
+// expectPrompts(delta): prompts on their way to this context, counted up (+1) when a request arrives and down
+// (-1) when its generation is queued or it fails (Engine::expectPrompts). After disposal: nothing to wait for.
+Napi::Value Context::ExpectPrompts(const Napi::CallbackInfo& info) {
+  int32_t delta = (int32_t)argInteger(info, 0, "delta", -1024, 1024);
+  if (engine_) engine_->expectPrompts(delta);
+  return info.Env().Undefined();
+}
+
 Napi::Value Context::Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   auto engine = engineOrThrow(env);
@@ -327,6 +336,7 @@ Napi::Value Context::Info(const Napi::CallbackInfo& info) {
   o.Set("threadsBatch", threadsBatch_);
   o.Set("threadsInUse", engine->threadsInUse());
   o.Set("threadsBatchInUse", engine->threadsBatchInUse());
+  o.Set("promptsExpected", engine->promptsExpected());
   o.Set("canShift", llama_memory_can_shift(llama_get_memory(ctx)));
   o.Set("kvUnified", kvStreams(ctx) == 1 && llama_n_seq_max(ctx) > 1);
   o.Set("slidingWindow", llama_model_n_swa(engine->model()->model) > 0);

@@ -29,6 +29,7 @@ class Context : public Napi::ObjectWrap<Context> {
   Napi::Value Embed(const Napi::CallbackInfo& info);
   Napi::Value BeamSearch(const Napi::CallbackInfo& info);
   Napi::Value AbortTask(const Napi::CallbackInfo& info);
+  Napi::Value ExpectPrompts(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   std::shared_ptr<Engine> engineOrThrow(Napi::Env env) const;

@@ -101,6 +101,19 @@ void Engine::printProfile() const {
                (long long)p.graphsReused);
 }
 
+void Engine::expectPrompts(int32_t delta) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    expected_ = std::max<int32_t>(0, expected_ + delta);
+  }
+  cv_.notify_all();
+}
+
+int32_t Engine::promptsExpected() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return expected_;
+}
+
 void Engine::tuneThreads(int32_t maxThreads, int32_t maxThreadsBatch) {
   maxThreads_ = std::max(0, maxThreads);
   maxThreadsBatch_ = std::max(0, maxThreadsBatch);
@@ -680,10 +693,21 @@ bool Engine::step() {
       // a step apart), 20 ms at most, and none under 1 ms (a request to a tiny model does not wait). The
       // wait ends as soon as their prompts fill a batch, and at an abort or a stop. (It does not end when
       // they seem to stop coming: the first of a burst came alone, 7 to 9 ms before the others, in 2 of 6
-      // turns of 4 clients, and a quiet time of 6 ms cut them apart.)
+      // turns of 4 clients, and a quiet time of 6 ms cut them apart.) Where 4 waits in a row found no
+      // company, there is none, until a prompt comes within the window the last one would have had.
       bool idle = std::none_of(active_.begin(), active_.end(), [&](const std::shared_ptr<GenState>& g) { return runnable(*g); });
+      if (missWindowEnd_ != 0) {
+        // A prompt that came within the window the last wait would have had, were it not cut: a burst (the
+        // first of 4 clients' turns went alone, and the others came 1-10 ms later): the full wait is back.
+        for (const Command& c : commands_) {
+          if (c.kind == Command::Generate && c.gen->tQueued <= missWindowEnd_) gatherAlone_ = 0;
+        }
+        if (nowUs() > missWindowEnd_) missWindowEnd_ = 0;
+      }
       // (A prompt token's pace is known after a step with 8 prompt tokens or more; until then, and for
       // traffic of short prompts only, what the generations will take is counted alone.)
+      double gatherFullUs = 0;
+      int64_t gatherFirst = INT64_MAX;
       if (idle && genStepUs_ > 0) {
         for (;;) {
           double promptUs = 0, genUs = 0;
@@ -699,8 +723,25 @@ bool Engine::step() {
             abort = abort || c.gen->aborted.load();
           }
           double waitUs = std::min(kGatherMaxUs, 0.005 * (promptUs + genUs));
-          if (abort || first == INT64_MAX || waitUs < 1000 || promptTokens >= nBatch_) break;
-          int64_t left = std::max(first, stepEndUs_) + (int64_t)waitUs - nowUs();
+          gatherFullUs = std::max(gatherFullUs, waitUs);
+          gatherFirst = first;
+          // Prompts that kept coming alone (one client, or requests far apart): no wait, until one misses
+          // the step of another (see below). A lone client's every request waited its window in vain (7 ms
+          // of its 0.9 s TTFT on the 415M model; 20 ms on larger ones).
+          if (gatherAlone_ >= kGatherAloneRuns) waitUs = 0;
+          // Prompts on their way (expectPrompts(): requests that have arrived and are being prepared) are
+          // waited for longer, up to 5% of that work and kGatherExpectedUs from the first one's arrival: they
+          // are coming, and the wait ends when they do. Without them, 4 clients' second turns, which reach
+          // the server within a millisecond, went to the engine 5-9 ms apart (each parsed, rendered and
+          // tokenized in turn) and were split in 2 of 3 rounds (40 tokens, then 120: 762-820 ms against
+          // 700 for all 160 in one step).
+          int32_t expecting = expected_;
+          double expectedUs = expecting > 0 ? std::min(kGatherExpectedUs, 0.05 * (promptUs + genUs)) : 0;
+          if (expectedUs < 1000) expectedUs = 0;
+          if (abort || first == INT64_MAX || (waitUs < 1000 && expectedUs == 0) || promptTokens >= nBatch_) break;
+          int64_t until = waitUs < 1000 ? first : std::max(first, stepEndUs_) + (int64_t)waitUs;
+          until = std::max(until, first + (int64_t)expectedUs);
+          int64_t left = until - nowUs();
           if (left <= 0) break;
           size_t seen = commands_.size();
           // Woken by the next arrival, an abort (Generation::Abort wakes the engine) or a stop, then counted
@@ -710,9 +751,24 @@ bool Engine::step() {
             return std::any_of(commands_.begin(), commands_.end(),
                                [](const Command& c) { return c.kind == Command::Generate && c.gen->aborted.load(); });
           };
-          cv_.wait_for(lock, std::chrono::microseconds(left), [&] { return stopping_ || commands_.size() != seen || anyAborted(); });
+          cv_.wait_for(lock, std::chrono::microseconds(left), [&] {
+            return stopping_ || commands_.size() != seen || anyAborted() || expected_ != expecting;
+          });
           if (stopping_) return false;
-          if (commands_.size() == seen) break;  // the time is up, or an abort
+          if (commands_.size() == seen && expected_ == expecting) break;  // the time is up, or an abort
+        }
+        // Whether this wait found company, and what it would have waited, to tell whether a prompt that
+        // comes later would have joined it.
+        int generations = (int)std::count_if(commands_.begin(), commands_.end(), [](const Command& c) { return c.kind == Command::Generate; });
+        if (gatherFirst != INT64_MAX) {
+          if (profile_.perStep) {
+            // LLAMA_ADDON_PROFILE=steps: how long the engine waited for prompts arriving together, for how many.
+            std::fprintf(stderr, "llama-addon gather: %d prompts, waited %.1f ms of a window of %.1f ms%s\n", generations,
+                         (double)(nowUs() - gatherFirst) / 1000.0, gatherFullUs / 1000.0,
+                         gatherAlone_ >= kGatherAloneRuns ? " (skipped: prompts came alone)" : "");
+          }
+          gatherAlone_ = generations > 1 ? 0 : std::min(gatherAlone_ + 1, kGatherAloneRuns);
+          missWindowEnd_ = gatherFirst + (int64_t)gatherFullUs;
         }
       }
       commands.swap(commands_);

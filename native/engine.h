@@ -192,6 +192,11 @@ class Engine : public std::enable_shared_from_this<Engine> {
   // llama_context. Idempotent; must not be called from the engine thread.
   void stop();
 
+  // Prompts on their way (JS thread): requests that arrived and are being prepared (a server's request
+  // parsed, its chat rendered and tokenized), counted up when one arrives and down when its generation is
+  // queued or it fails. An engine that waits for prompts arriving together waits for these too (step()).
+  void expectPrompts(int32_t delta);
+  int32_t promptsExpected();
   // threads: 'auto' (before start()): each decode step's thread count is chosen by a ThreadTuner, one per kind
   // of step, up to these counts (thread_tuner.h). 0 keeps the context's fixed count for that kind.
   void tuneThreads(int32_t maxThreads, int32_t maxThreadsBatch);
@@ -265,6 +270,14 @@ class Engine : public std::enable_shared_from_this<Engine> {
   llama_context* draftCtx_ = nullptr;
   std::unique_ptr<ThreadPools> pools_;  // attached to ctx_ and draftCtx_; freed after them
   static constexpr double kGatherMaxUs = 20000; // the longest wait for prompts arriving together (step())
+  static constexpr double kGatherExpectedUs = 50000; // ... while more are on their way (expectPrompts())
+  int32_t expected_ = 0;  // prompts on their way (expectPrompts(); under mu_)
+  // Waits for prompts arriving together that found none in a row (engine thread); from kGatherAloneRuns on,
+  // there is no wait, until a prompt arrives before missWindowEnd_ (nowUs(); 0: none), the end of the window
+  // the last wait would have had.
+  static constexpr int kGatherAloneRuns = 4;
+  int gatherAlone_ = 0;
+  int64_t missWindowEnd_ = 0;
   static constexpr int32_t kGatherTokens = 32;  // generated tokens counted in what a generation will take
   static constexpr int32_t kLargeStep = ThreadTuners::kLargeStep;
   ThreadTuners tuners_;  // a tuner per shape of step (native/thread_tuner.h)

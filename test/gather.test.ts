@@ -2,7 +2,8 @@
 // arrive a few milliseconds apart, and a prompt that starts a step ahead of the others leaves them passes
 // of their own at the end, so the engine waits for others before it starts, up to 0.5% of what the
 // generations will take (8 ms at most; here about 280 prompt tokens and 32 generated ones of a 130M model:
-// over 1 ms).
+// over 1 ms). Prompts known to be on their way (LlamaContext.expectPrompt(), which the server and chats
+// use) are waited for longer, and where waits keep finding no company there is none, until a burst comes.
 import { describe, expect, it } from 'vitest';
 import { synthetic } from './helpers/models.js';
 import { stepTraces } from './helpers/step-trace.js';
@@ -12,7 +13,7 @@ describe('prompts that arrive together', () => {
     // Large enough that its steps take milliseconds (a tiny model's requests do not wait at all).
     const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
     const deeper = await synthetic('gather-230m', { embeddingLength: 768, layers: 24, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 12 });
-    const { phases, stdout } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'overflow', 'late', 'reclass', 'long-burst', 'prio-hold', 'alone', 'short']);
+    const { phases, stdout, stderr } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'overflow', 'late', 'reclass', 'long-burst', 'prio-hold', 'alone', 'short', 'expected', 'expected-control', 'lone', 'lone-burst', 'lone-burst-again']);
     const steps = phases.burst!;
     // The first step holds the four prompts whole, each on its own sequence ...
     expect(steps[0]!.length, JSON.stringify(steps[0])).toBe(4);
@@ -95,5 +96,26 @@ describe('prompts that arrive together', () => {
     // (the wait was sized by a prompt token's pace, which only steps of 32 prompt tokens or more measure).
     const short = phases.short!;
     expect(short[0]!.length, JSON.stringify(short.slice(0, 3))).toBe(4);
+    // A prompt 25 ms behind another, past the usual wait (~10 ms here): in the first step with it where the
+    // context was told it was coming, in a step of its own where it was not.
+    expect(phases.expected![0]!.map(([, rows]) => rows), JSON.stringify(phases.expected!.slice(0, 2))).toEqual([250, 250]);
+    const control = phases['expected-control']!;
+    expect(control.slice(0, 2).map((s) => s.map(([, rows]) => rows)), JSON.stringify(control.slice(0, 3))).toEqual([[250], [250]]);
+    // The engine's waits (its `llama-addon gather:` lines) in each phase.
+    const waits = (phase: string) => {
+      const lines = stderr.split('\n');
+      const from = lines.indexOf(`phase: ${phase}`);
+      const to = lines.findIndex((l, i) => i > from && l.startsWith('phase:'));
+      return lines.slice(from, to).filter((l) => l.startsWith('llama-addon gather:'));
+    };
+    // Prompts that came alone: the first four waited (the warm-up, before the engine knew its pace, did
+    // not), then no more.
+    const lone = waits('lone');
+    expect(lone.map((l) => l.includes('skipped')), lone.join('\n')).toEqual([false, false, false, false, true, true]);
+    // A burst then: the first of it went alone, without waiting; the second, a step later ...
+    expect(waits('lone-burst').map((l) => l.includes('skipped')), waits('lone-burst').join('\n')).toEqual([true]);
+    expect(phases['lone-burst']!.slice(0, 2).map((s) => s.map(([, rows]) => rows))).toEqual([[200], [200]]);
+    // ... which brought the wait back: the next burst starts in one step.
+    expect(phases['lone-burst-again']![0]!.map(([, rows]) => rows), JSON.stringify(phases['lone-burst-again']!.slice(0, 2))).toEqual([200, 200]);
   }, 240_000);
 });

@@ -329,6 +329,23 @@ export class LlamaContext implements AsyncDisposable {
     return this.#residency;
   }
 
+  /**
+   * @internal A prompt on its way to this context (a request being parsed, a chat rendered and tokenized):
+   * an idle engine waits for it (up to 50 ms), to decode it in one step with others that arrive together.
+   * Call the function returned once its generation is queued, or it failed (more calls do nothing).
+   */
+  expectPrompt(): () => void {
+    const h = this.#native;
+    if (h === null) return () => {};
+    h.expectPrompts(1);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      if (this.#native === h) h.expectPrompts(-1);
+    };
+  }
+
   /** @internal */
   handle(caller: Function): NativeContext {
     if (this.#native === null) {

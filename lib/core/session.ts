@@ -495,7 +495,10 @@ export class LlamaSession {
       generateMs: 0,
       timeToFirstTokenMs: 0,
     });
+    // A prompt being prepared (tokenized, a chat rendered) is on its way to the engine until it is queued.
+    const queued = before ? this.#context.expectPrompt() : () => {};
     const failed = (e: unknown) => {
+      queued();
       if (this.#running === gen) this.#running = null;
       this.#context.residency.kick();
       gen.fail(failure(toLlamaError(e)));
@@ -507,16 +510,21 @@ export class LlamaSession {
       return this.#context.residency.wait(this, priority, deferred.controller.signal, cells).then(
         (seq) => {
           if (deferred.aborted || this.disposed) {
+            queued();
             deferred.end(notStarted('abort'));
             return;
           }
           try {
             deferred.attach(launch(seq, deferred.notify));
+            queued();
           } catch (e) {
             failed(e);
           }
         },
-        () => deferred.end(notStarted('abort')),
+        () => {
+          queued();
+          deferred.end(notStarted('abort'));
+        },
       );
     };
     if (!before) {
@@ -530,6 +538,7 @@ export class LlamaSession {
     const onAbort = () => {
       if (settled) return;
       settled = true;
+      queued();
       if (this.#running === gen) this.#running = null;
       this.#context.residency.kick();
       deferred.end(notStarted('abort'));
@@ -540,12 +549,17 @@ export class LlamaSession {
         if (settled) return;
         settled = true;
         signal.removeEventListener('abort', onAbort);
-        if (deferred.aborted || this.disposed) deferred.end(notStarted('abort'));
-        else void start();
+        if (deferred.aborted || this.disposed) {
+          queued();
+          deferred.end(notStarted('abort'));
+        } else {
+          void start();
+        }
       },
       (e: unknown) => {
         if (settled) return;
         settled = true;
+        queued();
         signal.removeEventListener('abort', onAbort);
         // Disposal (of the session, its context or model) while the prompt was prepared ends the
         // generation as aborted, as it does a running one.

@@ -130,6 +130,8 @@ export interface NativeContextInfo {
   /** The counts the last decode steps used (below `threads` when adapting). */
   threadsInUse: number;
   threadsBatchInUse: number;
+  /** Prompts on their way (expectPrompts()) now. */
+  promptsExpected: number;
   /** The KV cache supports moving tokens (context shift). */
   canShift: boolean;
   /** All sequences share one KV buffer of contextSize cells. */
@@ -262,6 +264,11 @@ export interface NativeContext {
   }>;
   /** Ends the beam search started with this `abortId`, if it has not ended; whether there was one. */
   abortTask(abortId: number): boolean;
+  /**
+   * Prompts on their way to this context: +1 when a request arrives, -1 when its generation is queued or it
+   * fails. An idle engine waits for them to decode them together (up to 50 ms). Nothing after disposal.
+   */
+  expectPrompts(delta: number): void;
   info(): NativeContextInfo;
   dispose(): Promise<void>;
 }

@@ -35,8 +35,12 @@ export async function withRequest<T>(
   reply: FastifyReply,
   e: Entry,
   key: string | null,
-  fn: (session: LlamaSession, signal: AbortSignal) => Promise<T>,
+  fn: (session: LlamaSession, signal: AbortSignal, started: () => void) => Promise<T>,
 ): Promise<T> {
+  // The request's prompt is on its way to the engine (which waits for prompts arriving together) until `fn`
+  // has started its generation and calls `started` (the session counts it from there while it renders and
+  // tokenizes), or the request fails first.
+  const started = e.ctx?.expectPrompt() ?? (() => {});
   const controller = new AbortController();
   const onClose = () => {
     if (reply.raw.writableFinished) return;
@@ -49,8 +53,9 @@ export async function withRequest<T>(
   let session: LlamaSession | null = null;
   try {
     session = await s.models.acquire(e, key, controller.signal);
-    return await fn(session, controller.signal);
+    return await fn(session, controller.signal, started);
   } finally {
+    started();
     s.running.delete(controller);
     reply.raw.off('close', onClose);
     if (session) s.models.release(e, session);

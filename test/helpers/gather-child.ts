@@ -144,6 +144,62 @@ process.stderr.write('phase: short\n');
 await Promise.all(shortSessions.map((s, i) => s.complete(shortPrompts[i]!, { ...greedy, maxTokens: 40 })));
 process.stderr.write('phase: end\n');
 await fresh.dispose();
+// Prompts on their way (a server's request being parsed, rendered and tokenized) are waited for: B comes
+// 25 ms after A, past the engine's usual wait for A (0.5% of their work, ~10 ms here), but A's context was
+// told that another prompt was coming (as the server tells it for each request it prepares), so both go
+// in the first step (phase `expected`); the same without the word, apart (`expected-control`).
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const expectCtx = await deeper.createContext({ contextSize: 2048, sequences: 2, batchSize: 2048, threads: 1 });
+const expectWarm = expectCtx.createSession();
+await expectWarm.complete(deeper.tokenize(text(8)), { ...greedy, maxTokens: 8 });
+expectWarm.dispose();
+const pair = async (phase: string, expecting: boolean) => {
+  const [a, b] = [expectCtx.createSession({ sharePrefix: false }), expectCtx.createSession({ sharePrefix: false })];
+  const [pa, pb] = [deeper.tokenize(`${phase} A. ${text(1).repeat(3)}`).slice(0, 250), deeper.tokenize(`${phase} B. ${text(2).repeat(3)}`).slice(0, 250)];
+  process.stderr.write(`phase: ${phase}\n`);
+  const queued = expecting ? (expectCtx as unknown as { expectPrompt(): () => void }).expectPrompt() : () => {};
+  const aDone = a.complete(pa, { ...greedy, maxTokens: 4 });
+  await sleep(25);
+  const bDone = b.complete(pb, { ...greedy, maxTokens: 4 });
+  queued();
+  await Promise.all([aDone, bDone]);
+  a.dispose();
+  b.dispose();
+};
+await pair('expected', true);
+await pair('expected-control', false);
+await expectCtx.dispose();
+// Prompts that keep coming alone (one client): after 4 waits that found no company, none (phase `lone`);
+// a burst then (two prompts 0.3 ms apart) finds the first gone alone (`lone-burst`), and the second's
+// arrival within the window the wait would have had brings the wait back: the next burst starts together
+// (`lone-burst-again`).
+const loneCtx = await deeper.createContext({ contextSize: 2048, sequences: 2, batchSize: 2048, threads: 1 });
+const loneWarm = loneCtx.createSession();
+await loneWarm.complete(deeper.tokenize(text(8)), { ...greedy, maxTokens: 8 });
+loneWarm.dispose();
+process.stderr.write('phase: lone\n');
+for (let i = 0; i < 6; i++) {
+  const s = loneCtx.createSession({ sharePrefix: false });
+  await s.complete(deeper.tokenize(`Alone ${i}. ${text(i)}`).slice(0, 200), { ...greedy, maxTokens: 4 });
+  s.dispose();
+}
+process.stderr.write('phase: lone-burst\n');
+for (let k = 0; k < 2; k++) {
+  const two = [loneCtx.createSession({ sharePrefix: false }), loneCtx.createSession({ sharePrefix: false })];
+  const done: Array<Promise<unknown>> = [];
+  for (const [i, s] of two.entries()) {
+    done.push(s.complete(deeper.tokenize(`Burst ${k} ${i}. ${text(i)}`).slice(0, 200), { ...greedy, maxTokens: 4 }));
+    const until = performance.now() + 0.3;
+    while (performance.now() < until) {
+      // 0.3 ms apart
+    }
+  }
+  await Promise.all(done);
+  for (const s of two) s.dispose();
+  if (k === 0) process.stderr.write('phase: lone-burst-again\n');
+}
+process.stderr.write('phase: lone-end\n');
+await loneCtx.dispose();
 await deeper.dispose();
 console.log(JSON.stringify({ texts, alone: alone.length, prompts: sixPrompts, abortSettle, late: model.tokenize(text(7)).length }));
 await wide.dispose();

@@ -83,7 +83,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
     const rkey = s.responses.key(e, 'chat', body);
     const hit = s.responses.get(e, rkey, reply);
     if (hit !== undefined) return hit;
-    return withRequest(s, req, reply, e, key, async (session, signal) => {
+    return withRequest(s, req, reply, e, key, async (session, signal, started) => {
       const chat = e.ctx!.createChat({
         session,
         messages: history,
@@ -95,6 +95,7 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
         ...(jsonSchema !== undefined ? { jsonSchema } : {}),
       };
       const gen: Generation<ChatResult> = chat.send(last.role === 'user' ? last : undefined, opts);
+      started();
       const finish = (r: ChatResult) => {
         s.metrics.account(e.alias, r);
         const reply = { role: 'assistant' as const, content: r.content };

@@ -44,9 +44,12 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     const rkey = s.responses.key(e, 'completions', body);
     const hit = s.responses.get(e, rkey, reply);
     if (hit !== undefined) return hit;
-    return withRequest(s, req, reply, e, null, async (session, signal) => {
-      const run = (p: string | number[]) =>
-        session.generate(p, { ...requestOptions(s, body, signal, vocab), ...(logprobs !== undefined ? { logprobs } : {}), ...(jsonSchema !== undefined ? { jsonSchema } : {}) });
+    return withRequest(s, req, reply, e, null, async (session, signal, started) => {
+      const run = (p: string | number[]) => {
+        const gen = session.generate(p, { ...requestOptions(s, body, signal, vocab), ...(logprobs !== undefined ? { logprobs } : {}), ...(jsonSchema !== undefined ? { jsonSchema } : {}) });
+        started();  // (the first prompt's; the next ones go one after another)
+        return gen;
+      };
       // OpenAI's legacy log-probabilities; text_offset is each token's offset in the choice's text (in
       // UTF-16 code units, as JavaScript and Python index strings), counted from `start` across chunks.
       const legacy = (lp: TokenLogprob[] | undefined, start = 0) => {
