@@ -725,10 +725,12 @@ bool Engine::step() {
           double waitUs = std::min(kGatherMaxUs, 0.005 * (promptUs + genUs));
           gatherFullUs = std::max(gatherFullUs, waitUs);
           gatherFirst = first;
-          // Prompts that kept coming alone (one client, or requests far apart): no wait, until one misses
-          // the step of another (see below). A lone client's every request waited its window in vain (7 ms
-          // of its 0.9 s TTFT on the 415M model; 20 ms on larger ones).
-          if (gatherAlone_ >= kGatherAloneRuns) waitUs = 0;
+          // Prompts that kept coming alone (one client, or requests far apart): a wait of 1 ms, until one
+          // misses the step of another (see below). A lone client's every request waited its window in vain
+          // (7 ms of its 0.9 s TTFT on the 415M model; 20 ms on larger ones); with no wait at all, a burst
+          // of prompts submitted 0.3 ms apart after lone ones was split in 2 of 4 tries (a hostile review).
+          // Prompts known to be on their way are still waited for (below).
+          if (gatherAlone_ >= kGatherAloneRuns) waitUs = std::min(waitUs, kGatherAloneUs);
           // Prompts on their way (expectPrompts(): requests that have arrived and are being prepared) are
           // waited for longer, up to 5% of that work and kGatherExpectedUs from the first one's arrival: they
           // are coming, and the wait ends when they do. Without them, 4 clients' second turns, which reach
@@ -739,7 +741,7 @@ bool Engine::step() {
           double expectedUs = expecting > 0 ? std::min(kGatherExpectedUs, 0.05 * (promptUs + genUs)) : 0;
           if (expectedUs < 1000) expectedUs = 0;
           if (abort || first == INT64_MAX || (waitUs < 1000 && expectedUs == 0) || promptTokens >= nBatch_) break;
-          int64_t until = waitUs < 1000 ? first : std::max(first, stepEndUs_) + (int64_t)waitUs;
+          int64_t until = waitUs < 1000 ? first : (gatherAlone_ >= kGatherAloneRuns ? first : std::max(first, stepEndUs_)) + (int64_t)waitUs;
           until = std::max(until, first + (int64_t)expectedUs);
           int64_t left = until - nowUs();
           if (left <= 0) break;
@@ -765,7 +767,7 @@ bool Engine::step() {
             // LLAMA_ADDON_PROFILE=steps: how long the engine waited for prompts arriving together, for how many.
             std::fprintf(stderr, "llama-addon gather: %d prompts, waited %.1f ms of a window of %.1f ms%s\n", generations,
                          (double)(nowUs() - gatherFirst) / 1000.0, gatherFullUs / 1000.0,
-                         gatherAlone_ >= kGatherAloneRuns ? " (skipped: prompts came alone)" : "");
+                         gatherAlone_ >= kGatherAloneRuns ? " (cut to 1 ms: prompts came alone)" : "");
           }
           gatherAlone_ = generations > 1 ? 0 : std::min(gatherAlone_ + 1, kGatherAloneRuns);
           missWindowEnd_ = gatherFirst + (int64_t)gatherFullUs;

@@ -1,5 +1,5 @@
 // Prompts on their way: while a prompt is being prepared (a chat rendered and tokenized off the JS thread, a
-// server's request between its handler's start and its generation), its context counts it, and an idle
+// server's request from when it has a session until its generation starts), its context counts it, and an idle
 // engine waits for it to decode it with others that arrive together (native/engine.cpp, step();
 // test/gather.test.ts shows the steps). The count must come back to zero however the preparation ends, or
 // every later request would wait for a prompt that never comes.
@@ -50,6 +50,23 @@ describe('prompts on their way', () => {
     expect(expected(t.ctx)).toBe(0);
   });
 
+  it('are not counted while they wait for a sequence: they cannot come before a running one ends', async () => {
+    // One sequence, held by a generation paused on its full queue (nobody reads it).
+    const a = t.ctx.createSession();
+    const held = a.generate('Once upon a time', { temperature: 0, maxTokens: 200 });
+    using chat = t.ctx.createChat({ template: TEMPLATE });
+    const reply = chat.send('Hello', { temperature: 0, maxTokens: 4 });
+    expect(expected(t.ctx)).toBe(1);  // rendering
+    // Rendered, it waits for the sequence: no longer on its way (an idle engine waited for it in vain).
+    for (let i = 0; i < 200 && expected(t.ctx) > 0; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(expected(t.ctx)).toBe(0);
+    held.abort();
+    await held.result;
+    a.dispose();
+    expect((await reply.result).text.length).toBeGreaterThan(0);
+    expect(expected(t.ctx)).toBe(0);
+  });
+
   it("count a server's request from its handler until its generation starts, or it fails", async () => {
     // withRequest (lib/server/state.ts) with a stand-in for the request, its reply and the registry.
     const session = {} as LlamaSession;
@@ -76,6 +93,20 @@ describe('prompts on their way', () => {
     // No session for it (the server closes).
     const closing = state(() => Promise.reject(new Error('closing')));
     await expect(withRequest(closing, {} as never, reply(), entry, null, async () => null)).rejects.toThrow('closing');
+    expect(expected(t.ctx)).toBe(0);
+    // Waiting for a session (every one busy), it is not on its way yet: only once it has one.
+    let grant!: (s: LlamaSession) => void;
+    const queued = state(() => new Promise((r) => (grant = r)));
+    const running = withRequest(queued, {} as never, reply(), entry, null, async (_s, _signal, started) => {
+      during = expected(t.ctx);
+      started();
+      return null;
+    });
+    await new Promise((r) => setTimeout(r, 10));
+    expect(expected(t.ctx)).toBe(0);
+    grant(session);
+    await running;
+    expect(during).toBe(1);
     expect(expected(t.ctx)).toBe(0);
   });
 

@@ -13,7 +13,7 @@ describe('prompts that arrive together', () => {
     // Large enough that its steps take milliseconds (a tiny model's requests do not wait at all).
     const path = await synthetic('gather-130m', { embeddingLength: 768, layers: 12, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 11 });
     const deeper = await synthetic('gather-230m', { embeddingLength: 768, layers: 24, heads: 12, headsKv: 12, feedForwardLength: 2048, type: 'q8_0', seed: 12 });
-    const { phases, stdout, stderr } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'overflow', 'late', 'reclass', 'long-burst', 'prio-hold', 'alone', 'short', 'expected', 'expected-control', 'lone', 'lone-burst', 'lone-burst-again']);
+    const { phases, stdout, stderr } = stepTraces('gather-child.ts', [path, deeper], ['burst', 'overflow', 'late', 'reclass', 'long-burst', 'prio-hold', 'alone', 'short', 'expected', 'expected-control', 'lone', 'lone-tight', 'lone-2', 'lone-burst', 'lone-burst-again']);
     const steps = phases.burst!;
     // The first step holds the four prompts whole, each on its own sequence ...
     expect(steps[0]!.length, JSON.stringify(steps[0])).toBe(4);
@@ -108,14 +108,19 @@ describe('prompts that arrive together', () => {
       const to = lines.findIndex((l, i) => i > from && l.startsWith('phase:'));
       return lines.slice(from, to).filter((l) => l.startsWith('llama-addon gather:'));
     };
-    // Prompts that came alone: the first four waited (the warm-up, before the engine knew its pace, did
-    // not), then no more.
-    const lone = waits('lone');
-    expect(lone.map((l) => l.includes('skipped')), lone.join('\n')).toEqual([false, false, false, false, true, true]);
-    // A burst then: the first of it went alone, without waiting; the second, a step later ...
-    expect(waits('lone-burst').map((l) => l.includes('skipped')), waits('lone-burst').join('\n')).toEqual([true]);
-    expect(phases['lone-burst']!.slice(0, 2).map((s) => s.map(([, rows]) => rows))).toEqual([[200], [200]]);
+    // Prompts that came alone: the first four waited their window (the warm-up, before the engine knew its
+    // pace, did not), then 1 ms at most ...
+    const cutTo1 = (phase: string) => waits(phase).map((l) => l.includes('cut to 1 ms'));
+    expect(cutTo1('lone'), waits('lone').join('\n')).toEqual([false, false, false, false, true, true]);
+    const waited = (l: string) => Number(/waited ([0-9.]+) ms/.exec(l)![1]);
+    expect(waits('lone').slice(4).every((l) => waited(l) < 1.5), waits('lone').join('\n')).toBe(true);
+    // ... which still gathers prompts submitted 0.3 ms apart (and then waits are whole again).
+    expect(phases['lone-tight']![0]!.map(([, rows]) => rows), JSON.stringify(phases['lone-tight']!.slice(0, 2))).toEqual([200, 200]);
+    expect(cutTo1('lone-2'), waits('lone-2').join('\n')).toEqual([false, false, false, false]);
+    // After four more lone ones, a burst 3 ms apart: the first of it went alone, the second a step later ...
+    expect(cutTo1('lone-burst'), waits('lone-burst').join('\n')).toEqual([true]);
+    expect(phases['lone-burst']!.slice(0, 2).map((s) => s.map(([, rows]) => rows)), JSON.stringify(phases['lone-burst']!.slice(0, 3))).toEqual([[500], [500]]);
     // ... which brought the wait back: the next burst starts in one step.
-    expect(phases['lone-burst-again']![0]!.map(([, rows]) => rows), JSON.stringify(phases['lone-burst-again']!.slice(0, 2))).toEqual([200, 200]);
+    expect(phases['lone-burst-again']![0]!.map(([, rows]) => rows), JSON.stringify(phases['lone-burst-again']!.slice(0, 2))).toEqual([500, 500]);
   }, 240_000);
 });

@@ -507,7 +507,12 @@ export class LlamaSession {
       // The cells this generation will hold count as this session's while it waits (kvUnified).
       const cells = footprint();
       this.#growing = cells;
-      return this.#context.residency.wait(this, priority, deferred.controller.signal, cells).then(
+      // Waiting for a sequence (every one busy), it is not on its way: it cannot come before a running
+      // generation ends, and an idle engine would wait for it in vain (a hostile review: 12 ms a turn).
+      const residency = this.#context.residency;
+      const now = this.disposed ? undefined : residency.acquireInTurn(this, priority, cells);
+      if (now === undefined) queued();
+      return (now !== undefined ? Promise.resolve(now) : residency.wait(this, priority, deferred.controller.signal, cells)).then(
         (seq) => {
           if (deferred.aborted || this.disposed) {
             queued();

@@ -37,10 +37,11 @@ export async function withRequest<T>(
   key: string | null,
   fn: (session: LlamaSession, signal: AbortSignal, started: () => void) => Promise<T>,
 ): Promise<T> {
-  // The request's prompt is on its way to the engine (which waits for prompts arriving together) until `fn`
-  // has started its generation and calls `started` (the session counts it from there while it renders and
-  // tokenizes), or the request fails first.
-  const started = e.ctx?.expectPrompt() ?? (() => {});
+  // Once it has a session, the request's prompt is on its way to the engine (which waits for prompts arriving
+  // together) until `fn` has started its generation and calls `started` (the session counts it from there
+  // while it renders and tokenizes), or the request fails first. (Not while it waits for a session: it cannot
+  // come before a running one ends, and an idle engine waited 50 ms for it every time; a hostile review.)
+  let started = () => {};
   const controller = new AbortController();
   const onClose = () => {
     if (reply.raw.writableFinished) return;
@@ -53,7 +54,8 @@ export async function withRequest<T>(
   let session: LlamaSession | null = null;
   try {
     session = await s.models.acquire(e, key, controller.signal);
-    return await fn(session, controller.signal, started);
+    started = e.ctx?.expectPrompt() ?? started;
+    return await fn(session, controller.signal, () => started());
   } finally {
     started();
     s.running.delete(controller);

@@ -169,35 +169,46 @@ const pair = async (phase: string, expecting: boolean) => {
 await pair('expected', true);
 await pair('expected-control', false);
 await expectCtx.dispose();
-// Prompts that keep coming alone (one client): after 4 waits that found no company, none (phase `lone`);
-// a burst then (two prompts 0.3 ms apart) finds the first gone alone (`lone-burst`), and the second's
-// arrival within the window the wait would have had brings the wait back: the next burst starts together
-// (`lone-burst-again`).
+// Prompts that keep coming alone (one client): after 4 waits that found no company, a wait of 1 ms (phase
+// `lone`), which still gathers prompts submitted 0.3 ms apart (`lone-tight`); after 4 more lone ones
+// (`lone-2`), a burst of prompts 3 ms apart finds the first gone alone (`lone-burst`), and the second's
+// arrival within the window the wait would have had brings the wait back: the next such burst starts
+// together (`lone-burst-again`).
 const loneCtx = await deeper.createContext({ contextSize: 2048, sequences: 2, batchSize: 2048, threads: 1 });
 const loneWarm = loneCtx.createSession();
 await loneWarm.complete(deeper.tokenize(text(8)), { ...greedy, maxTokens: 8 });
 loneWarm.dispose();
-process.stderr.write('phase: lone\n');
-for (let i = 0; i < 6; i++) {
-  const s = loneCtx.createSession({ sharePrefix: false });
-  await s.complete(deeper.tokenize(`Alone ${i}. ${text(i)}`).slice(0, 200), { ...greedy, maxTokens: 4 });
-  s.dispose();
-}
-process.stderr.write('phase: lone-burst\n');
-for (let k = 0; k < 2; k++) {
+const lone = async (n: number) => {
+  for (let i = 0; i < n; i++) {
+    const s = loneCtx.createSession({ sharePrefix: false });
+    await s.complete(deeper.tokenize(`Alone ${i}. ${text(i)}`).slice(0, 200), { ...greedy, maxTokens: 4 });
+    s.dispose();
+  }
+};
+const pairApart = async (tag: string, apartMs: number, length: number) => {
   const two = [loneCtx.createSession({ sharePrefix: false }), loneCtx.createSession({ sharePrefix: false })];
+  const prompts = two.map((_, i) => deeper.tokenize(`${tag} ${i}. ${text(i).repeat(4)}`).slice(0, length));
   const done: Array<Promise<unknown>> = [];
   for (const [i, s] of two.entries()) {
-    done.push(s.complete(deeper.tokenize(`Burst ${k} ${i}. ${text(i)}`).slice(0, 200), { ...greedy, maxTokens: 4 }));
-    const until = performance.now() + 0.3;
+    done.push(s.complete(prompts[i]!, { ...greedy, maxTokens: 4 }));
+    const until = performance.now() + apartMs;
     while (performance.now() < until) {
-      // 0.3 ms apart
+      // apart, as requests parsed one after another reach it
     }
   }
   await Promise.all(done);
   for (const s of two) s.dispose();
-  if (k === 0) process.stderr.write('phase: lone-burst-again\n');
-}
+};
+process.stderr.write('phase: lone\n');
+await lone(6);
+process.stderr.write('phase: lone-tight\n');
+await pairApart('Tight', 0.3, 200);
+process.stderr.write('phase: lone-2\n');
+await lone(4);
+process.stderr.write('phase: lone-burst\n');
+await pairApart('Burst', 3, 500);
+process.stderr.write('phase: lone-burst-again\n');
+await pairApart('Again', 3, 500);
 process.stderr.write('phase: lone-end\n');
 await loneCtx.dispose();
 await deeper.dispose();
