@@ -191,6 +191,25 @@ describeShared('chat (stories260k with a template of our own)', () => {
     expect(again.usage.cachedTokens).toBeGreaterThan(3);
   });
 
+  it('gives the same reply, without chunks, to a caller that reads only the result (a server answer not streamed)', async () => {
+    using streamed = ctx.createChat({ template: STORY_TEMPLATE });
+    using whole = ctx.createChat({ template: STORY_TEMPLATE });
+    const a = streamed.send('Tell me a story.', greedy);
+    let chunks = 0;
+    for await (const _ of a) chunks++;
+    const b = (whole as unknown as { sendWhole: typeof whole.send }).sendWhole('Tell me a story.', greedy);
+    let none = 0;
+    for await (const _ of b) none++;
+    expect(chunks).toBeGreaterThan(0);
+    expect(none).toBe(0);
+    const [ra, rb] = [await a.result, await b.result];
+    expect(rb.content).toBe(ra.content);
+    expect(rb.tokens).toEqual(ra.tokens);
+    expect(whole.messages).toEqual(streamed.messages);
+    // Its errors are send()'s.
+    throwsWith(() => (whole as unknown as { sendWhole: typeof whole.send }).sendWhole({ role: 'robot', content: 'x' } as never), 'ERR_INVALID_MESSAGE');
+  });
+
   it('leaves the chat unchanged after bad input, and withdraws a message whose reply failed to start', async () => {
     using chat = ctx.createChat({ template: STORY_TEMPLATE });
     throwsWith(() => chat.send({ role: 'robot', content: 'x' } as never), 'ERR_INVALID_MESSAGE');

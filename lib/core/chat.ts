@@ -419,23 +419,35 @@ export class LlamaChat {
    * `ERR_BUSY` while a reply is being generated; the chat is unchanged by a failed call.
    */
   send(message?: string | ChatMessage, options?: ChatSendOptions): Generation<ChatResult> {
+    return this.#send(message, options, true, this.send);
+  }
+
+  /**
+   * @internal send() for a caller that reads only the result (a server's answer that is not streamed): the
+   * engine queues no chunks and wakes the JS thread only at the end, not at every step.
+   */
+  sendWhole(message?: string | ChatMessage, options?: ChatSendOptions): Generation<ChatResult> {
+    return this.#send(message, options, false, this.sendWhole);
+  }
+
+  #send(message: string | ChatMessage | undefined, options: ChatSendOptions | undefined, stream: boolean, caller: Function): Generation<ChatResult> {
     if (this.#session.disposed) {
-      throw llamaError('ERR_DISPOSED', 'The chat has been disposed', this.send);
+      throw llamaError('ERR_DISPOSED', 'The chat has been disposed', caller);
     }
     // (A session's generate() waits for an aborted generation to end; a chat cannot, since the reply that is
     // ending still joins the conversation before this message.)
     if (this.#session.busy) {
-      throw llamaError('ERR_BUSY', 'Cannot send while the chat generates a reply: await its result first (a reply ended by break or abort() ends a moment later)', this.send);
+      throw llamaError('ERR_BUSY', 'Cannot send while the chat generates a reply: await its result first (a reply ended by break or abort() ends a moment later)', caller);
     }
     const added: NativeChatMessage[] =
-      message === undefined ? [] : [typeof message === 'string' ? { role: 'user', content: message } : checkMessage(message, this.#messages.length, this.send)];
+      message === undefined ? [] : [typeof message === 'string' ? { role: 'user', content: message } : checkMessage(message, this.#messages.length, caller)];
     if (message === undefined && this.#messages.every((m) => m.role === 'system')) {
-      throw invalid('message', 'a message (the conversation has none to reply to)', message, this.send);
+      throw invalid('message', 'a message (the conversation has none to reply to)', message, caller);
     }
     const { toolChoice: choiceOpt, parallelToolCalls, jsonSchema, schemaMode, ...generateOptions } = options ?? {};
-    const choice = checkToolChoice(choiceOpt, this.#tools, this.send) ?? this.#toolChoice;
+    const choice = checkToolChoice(choiceOpt, this.#tools, caller) ?? this.#toolChoice;
     const parallel = parallelToolCalls === undefined ? this.#parallel : parallelToolCalls;
-    if (typeof parallel !== 'boolean') throw invalid('parallelToolCalls', 'a boolean', parallel, this.send);
+    if (typeof parallel !== 'boolean') throw invalid('parallelToolCalls', 'a boolean', parallel, caller);
     const applyOptions: NativeChatApplyOptions = {};
     if (this.#tools.length > 0) {
       applyOptions.tools = typeof choice === 'object' ? this.#tools.filter((t) => t.name === choice.name) : this.#tools;
@@ -446,19 +458,19 @@ export class LlamaChat {
     // the grammar it makes gets the values' rules (as in jsonSchemaToGrammar).
     let schemaSoon: PreparedSchema | Promise<PreparedSchema> | undefined;
     if (jsonSchema !== undefined) {
-      if (generateOptions.grammar !== undefined) throw invalid('grammar', 'either grammar or jsonSchema, not both', generateOptions.grammar, this.send);
+      if (generateOptions.grammar !== undefined) throw invalid('grammar', 'either grammar or jsonSchema, not both', generateOptions.grammar, caller);
       if (jsonSchema === null || (typeof jsonSchema !== 'object' && typeof jsonSchema !== 'boolean')) {
-        throw invalid('jsonSchema', 'a JSON schema object', jsonSchema, this.send);
+        throw invalid('jsonSchema', 'a JSON schema object', jsonSchema, caller);
       }
       if (schemaMode !== undefined && schemaMode !== 'strict' && schemaMode !== 'best-effort') {
-        throw invalid('schemaMode', "'strict' or 'best-effort'", schemaMode, this.send);
+        throw invalid('schemaMode', "'strict' or 'best-effort'", schemaMode, caller);
       }
-      schemaSoon = prepareJsonSchemaSoon(jsonSchema, schemaMode ?? 'strict', this.send);
+      schemaSoon = prepareJsonSchemaSoon(jsonSchema, schemaMode ?? 'strict', caller);
       if (schemaSoon instanceof Promise) schemaSoon.catch(() => {}); // (read by #sendLater; a failure before it must not be an unhandled rejection)
     }
     // The template renders off the JS thread, whatever the conversation's size: a model's template is
     // untrusted code that may take up to its time limit, and llama.cpp's schema converter runs inside it.
-    return this.#sendLater(added, applyOptions, schemaSoon, generateOptions);
+    return this.#sendLater(added, applyOptions, schemaSoon, generateOptions, stream, caller);
   }
 
   /**
@@ -471,8 +483,9 @@ export class LlamaChat {
     applyOptions: NativeChatApplyOptions,
     schemaSoon: PreparedSchema | Promise<PreparedSchema> | undefined,
     generateOptions: GenerateOptions,
+    stream: boolean,
+    caller: Function,
   ): Generation<ChatResult> {
-    const caller = this.send;
     const atCaller = callSite(caller);
     const model = this.#session.context.model;
     const messages = [...this.#messages, ...added];
@@ -507,7 +520,7 @@ export class LlamaChat {
         throw atCaller(e);
       }
     });
-    const gen = this.#session.start<ChatResult>(input, opts, true, caller, (r) => (applied ? this.#replied(added, applied, schema, r) : this.#withdraw(added, r)));
+    const gen = this.#session.start<ChatResult>(input, opts, stream, caller, (r) => (applied ? this.#replied(added, applied, schema, r) : this.#withdraw(added, r)));
     this.#messages = messages;
     open();
     return gen;

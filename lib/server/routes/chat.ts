@@ -94,7 +94,8 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
         ...(wantLogprobs ? { logprobs: (body.top_logprobs as number | undefined) ?? 0 } : {}),
         ...(jsonSchema !== undefined ? { jsonSchema } : {}),
       };
-      const gen: Generation<ChatResult> = chat.send(last.role === 'user' ? last : undefined, opts);
+      // (An answer that is not streamed is read whole: the engine wakes the JS thread only at its end.)
+      const gen: Generation<ChatResult> = streaming ? chat.send(last.role === 'user' ? last : undefined, opts) : chat.sendWhole(last.role === 'user' ? last : undefined, opts);
       started();
       const finish = (r: ChatResult) => {
         s.metrics.account(e.alias, r);

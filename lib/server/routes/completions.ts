@@ -45,10 +45,17 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     const hit = s.responses.get(e, rkey, reply);
     if (hit !== undefined) return hit;
     return withRequest(s, req, reply, e, null, async (session, signal, started) => {
+      const options = () => ({ ...requestOptions(s, body, signal, vocab), ...(logprobs !== undefined ? { logprobs } : {}), ...(jsonSchema !== undefined ? { jsonSchema } : {}) });
       const run = (p: string | number[]) => {
-        const gen = session.generate(p, { ...requestOptions(s, body, signal, vocab), ...(logprobs !== undefined ? { logprobs } : {}), ...(jsonSchema !== undefined ? { jsonSchema } : {}) });
+        const gen = session.generate(p, options());
         started();  // (the first prompt's; the next ones go one after another)
         return gen;
+      };
+      // An answer that is not streamed is read whole: the engine wakes the JS thread only at its end.
+      const whole = (p: string | number[]) => {
+        const result = session.complete(p, options());
+        started();
+        return result;
       };
       // OpenAI's legacy log-probabilities; text_offset is each token's offset in the choice's text (in
       // UTF-16 code units, as JavaScript and Python index strings), counted from `start` across chunks.
@@ -67,7 +74,7 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
         const results: GenerationResult[] = [];
         let aborted = false;
         for (const [index, p] of prompts.entries()) {
-          const r = await run(p).result;
+          const r = await whole(p);
           s.metrics.account(e.alias, r);
           choices.push({ text: r.text, index, logprobs: legacy(r.logprobs), finish_reason: finishReason(r) });
           results.push(r);
