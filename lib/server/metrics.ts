@@ -27,7 +27,7 @@ export class Metrics {
    * The event loop's delays since the last scrape (perf_hooks, sampled every 20 ms: each sample wakes the
    * JS thread, which then takes a core from ggml's threads; at 5 ms, 200 wake-ups a second).
    */
-  readonly #loop: IntervalHistogram = monitorEventLoopDelay({ resolution: Number(process.env.LA_ELD_RES ?? LOOP_RESOLUTION_MS) });
+  readonly #loop: IntervalHistogram = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
 
   constructor(models: ModelRegistry) {
     const registers = [this.registry];
@@ -60,7 +60,7 @@ export class Metrics {
       },
     });
     const loop = this.#loop;
-    const resolution = Number(process.env.LA_ELD_RES ?? LOOP_RESOLUTION_MS);
+    const resolution = LOOP_RESOLUTION_MS;
     loop.enable();
     new Gauge({
       name: 'llama_event_loop_delay_seconds', help: 'Delay of the event loop since the last scrape: p50, p99 and max', labelNames: ['quantile'], registers,
