@@ -48,6 +48,13 @@ void Cleanup(Napi::Env, AddonData* data) {
   delete data;
 }
 
+// A simulator's argument i: a function (required), or a function or undefined (optional: empty then).
+Napi::Function functionArg(const Napi::CallbackInfo& info, size_t i, const char* what, bool optional = false) {
+  if (optional && (info.Length() <= i || info[i].IsUndefined())) return Napi::Function();
+  if (!info[i].IsFunction()) throwArg(info.Env(), what, optional ? "a function or undefined" : "a function", info[i]);
+  return info[i].As<Napi::Function>();
+}
+
 // simulateThreadTuner(maxThreads, steps, cost: (threads, step) => seconds, waits?: (step) => core-seconds per
 // second, idle?: (step) => idle cores) -> Int32Array of the counts a ThreadTuner chose, step by step, against made-up costs and run-queue
 // waits (test/threads.test.ts; not part of the public API).
@@ -55,12 +62,9 @@ Napi::Value SimulateThreadTuner(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int32_t maxThreads = (int32_t)argInteger(info, 0, "maxThreads", 1, 512);
   int32_t steps = (int32_t)argInteger(info, 1, "steps", 0, 1 << 20);
-  if (!info[2].IsFunction()) throwArg(env, "cost", "a function", info[2]);
-  Napi::Function cost = info[2].As<Napi::Function>();
-  if (info.Length() > 3 && !info[3].IsUndefined() && !info[3].IsFunction()) throwArg(env, "waits", "a function or undefined", info[3]);
-  Napi::Function waits = info.Length() > 3 && info[3].IsFunction() ? info[3].As<Napi::Function>() : Napi::Function();
-  if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsFunction()) throwArg(env, "idle", "a function or undefined", info[4]);
-  Napi::Function idleFn = info.Length() > 4 && info[4].IsFunction() ? info[4].As<Napi::Function>() : Napi::Function();
+  Napi::Function cost = functionArg(info, 2, "cost");
+  Napi::Function waits = functionArg(info, 3, "waits", true);
+  Napi::Function idleFn = functionArg(info, 4, "idle", true);
   ThreadTuner tuner(maxThreads);
   Napi::Int32Array out = Napi::Int32Array::New(env, (size_t)steps);
   for (int32_t i = 0; i < steps; i++) {
@@ -92,12 +96,9 @@ Napi::Value SimulateThreadTuners(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int32_t maxThreads = (int32_t)argInteger(info, 0, "maxThreads", 1, 512);
   int32_t steps = (int32_t)argInteger(info, 1, "steps", 0, 1 << 20);
-  if (!info[2].IsFunction()) throwArg(env, "tokens", "a function", info[2]);
-  Napi::Function tokensFn = info[2].As<Napi::Function>();
-  if (!info[3].IsFunction()) throwArg(env, "cost", "a function", info[3]);
-  Napi::Function cost = info[3].As<Napi::Function>();
-  if (info.Length() > 4 && !info[4].IsUndefined() && !info[4].IsFunction()) throwArg(env, "waits", "a function or undefined", info[4]);
-  Napi::Function waits = info.Length() > 4 && info[4].IsFunction() ? info[4].As<Napi::Function>() : Napi::Function();
+  Napi::Function tokensFn = functionArg(info, 2, "tokens");
+  Napi::Function cost = functionArg(info, 3, "cost");
+  Napi::Function waits = functionArg(info, 4, "waits", true);
   ThreadTuners tuners;
   Napi::Int32Array out = Napi::Int32Array::New(env, (size_t)steps);
   for (int32_t i = 0; i < steps; i++) {
