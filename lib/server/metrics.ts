@@ -10,9 +10,10 @@ import type { ModelRegistry } from './registry.js';
 /** The route a request matched (its path pattern, without the query), for metrics. @internal */
 export const endpointOf = (req: FastifyRequest) => req.routeOptions?.url ?? 'unmatched';
 
-/** @internal */
+/** How often the event loop's delay is sampled (ms). */
 const LOOP_RESOLUTION_MS = 20;
 
+/** @internal */
 export class Metrics {
   readonly registry = new Registry();
   readonly requests: Counter<'endpoint' | 'status'>;
@@ -60,14 +61,13 @@ export class Metrics {
       },
     });
     const loop = this.#loop;
-    const resolution = LOOP_RESOLUTION_MS;
     loop.enable();
     new Gauge({
       name: 'llama_event_loop_delay_seconds', help: 'Delay of the event loop since the last scrape: p50, p99 and max', labelNames: ['quantile'], registers,
       collect() {
         // (no sample yet: 0, not the histogram's empty value). perf_hooks records each sample's interval,
         // the resolution included: the delay is what it took beyond that.
-        const q = (v: number) => (loop.count > 0 && Number.isFinite(v) ? Math.max(0, v / 1e9 - resolution / 1e3) : 0);
+        const q = (v: number) => (loop.count > 0 && Number.isFinite(v) ? Math.max(0, v / 1e9 - LOOP_RESOLUTION_MS / 1e3) : 0);
         this.set({ quantile: '0.5' }, q(loop.percentile(50)));
         this.set({ quantile: '0.99' }, q(loop.percentile(99)));
         this.set({ quantile: '1' }, q(loop.max));

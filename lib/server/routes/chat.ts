@@ -95,7 +95,8 @@ export async function chatRoutes(app: FastifyInstance): Promise<void> {
         ...(jsonSchema !== undefined ? { jsonSchema } : {}),
       };
       // (An answer that is not streamed is read whole: the engine wakes the JS thread only at its end.)
-      const gen: Generation<ChatResult> = streaming ? chat.send(last.role === 'user' ? last : undefined, opts) : chat.sendWhole(last.role === 'user' ? last : undefined, opts);
+      const message = last.role === 'user' ? last : undefined;
+      const gen: Generation<ChatResult> = streaming ? chat.send(message, opts) : chat.sendWhole(message, opts);
       started();
       const finish = (r: ChatResult) => {
         s.metrics.account(e.alias, r);

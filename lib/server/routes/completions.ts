@@ -46,17 +46,11 @@ export async function completionRoutes(app: FastifyInstance): Promise<void> {
     if (hit !== undefined) return hit;
     return withRequest(s, req, reply, e, null, async (session, signal, started) => {
       const options = () => ({ ...requestOptions(s, body, signal, vocab), ...(logprobs !== undefined ? { logprobs } : {}), ...(jsonSchema !== undefined ? { jsonSchema } : {}) });
-      const run = (p: string | number[]) => {
-        const gen = session.generate(p, options());
-        started();  // (the first prompt's; the next ones go one after another)
-        return gen;
-      };
+      // (started() once the first prompt's generation is queued; the next ones go one after another.)
+      const launched = <T>(x: T): T => (started(), x);
+      const run = (p: string | number[]) => launched(session.generate(p, options()));
       // An answer that is not streamed is read whole: the engine wakes the JS thread only at its end.
-      const whole = (p: string | number[]) => {
-        const result = session.complete(p, options());
-        started();
-        return result;
-      };
+      const whole = (p: string | number[]) => launched(session.complete(p, options()));
       // OpenAI's legacy log-probabilities; text_offset is each token's offset in the choice's text (in
       // UTF-16 code units, as JavaScript and Python index strings), counted from `start` across chunks.
       const legacy = (lp: TokenLogprob[] | undefined, start = 0) => {
