@@ -708,6 +708,7 @@ bool Engine::step() {
       // traffic of short prompts only, what the generations will take is counted alone.)
       double gatherFullUs = 0;
       int64_t gatherFirst = INT64_MAX;
+      const bool cutAlone = gatherAlone_ >= kGatherAloneRuns;
       if (idle && genStepUs_ > 0) {
         for (;;) {
           double promptUs = 0, genUs = 0;
@@ -730,7 +731,7 @@ bool Engine::step() {
           // (7 ms of its 0.9 s TTFT on the 415M model; 20 ms on larger ones); with no wait at all, a burst
           // of prompts submitted 0.3 ms apart after lone ones was split in 2 of 4 tries (a hostile review).
           // Prompts known to be on their way are still waited for (below).
-          if (gatherAlone_ >= kGatherAloneRuns) waitUs = std::min(waitUs, kGatherAloneUs);
+          if (cutAlone) waitUs = std::min(waitUs, kGatherAloneUs);
           // Prompts on their way (expectPrompts(): requests that have arrived and are being prepared) are
           // waited for longer, up to 5% of that work and kGatherExpectedUs from the first one's arrival: they
           // are coming, and the wait ends when they do. Without them, 4 clients' second turns, which reach
@@ -741,7 +742,7 @@ bool Engine::step() {
           double expectedUs = expecting > 0 ? std::min(kGatherExpectedUs, 0.05 * (promptUs + genUs)) : 0;
           if (expectedUs < 1000) expectedUs = 0;
           if (abort || first == INT64_MAX || (waitUs < 1000 && expectedUs == 0) || promptTokens >= nBatch_) break;
-          int64_t until = waitUs < 1000 ? first : (gatherAlone_ >= kGatherAloneRuns ? first : std::max(first, stepEndUs_)) + (int64_t)waitUs;
+          int64_t until = waitUs < 1000 ? first : (cutAlone ? first : std::max(first, stepEndUs_)) + (int64_t)waitUs;
           until = std::max(until, first + (int64_t)expectedUs);
           int64_t left = until - nowUs();
           if (left <= 0) break;
@@ -761,13 +762,13 @@ bool Engine::step() {
         }
         // Whether this wait found company, and what it would have waited, to tell whether a prompt that
         // comes later would have joined it.
-        int generations = (int)std::count_if(commands_.begin(), commands_.end(), [](const Command& c) { return c.kind == Command::Generate; });
         if (gatherFirst != INT64_MAX) {
+          int generations = (int)std::count_if(commands_.begin(), commands_.end(), [](const Command& c) { return c.kind == Command::Generate; });
           if (profile_.perStep) {
             // LLAMA_ADDON_PROFILE=steps: how long the engine waited for prompts arriving together, for how many.
             std::fprintf(stderr, "llama-addon gather: %d prompts, waited %.1f ms of a window of %.1f ms%s\n", generations,
                          (double)(nowUs() - gatherFirst) / 1000.0, gatherFullUs / 1000.0,
-                         gatherAlone_ >= kGatherAloneRuns ? " (cut to 1 ms: prompts came alone)" : "");
+                         cutAlone ? " (cut to 1 ms: prompts came alone)" : "");
           }
           gatherAlone_ = generations > 1 ? 0 : std::min(gatherAlone_ + 1, kGatherAloneRuns);
           missWindowEnd_ = gatherFirst + (int64_t)gatherFullUs;

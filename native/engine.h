@@ -273,8 +273,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
   static constexpr double kGatherExpectedUs = 50000; // ... while more are on their way (expectPrompts())
   int32_t expected_ = 0;  // prompts on their way (expectPrompts(); under mu_)
   // Waits for prompts arriving together that found none in a row (engine thread); from kGatherAloneRuns on,
-  // the wait is kGatherAloneUs at most, until a prompt arrives before missWindowEnd_ (nowUs(); 0: none), the end of the window
-  // the last wait would have had.
+  // the wait is kGatherAloneUs at most, until a prompt arrives before missWindowEnd_ (nowUs(); 0: none),
+  // the end of the window the last wait would have had.
   static constexpr int kGatherAloneRuns = 4;
   static constexpr double kGatherAloneUs = 1000;  // the wait then (for prompts submitted together)
   int gatherAlone_ = 0;

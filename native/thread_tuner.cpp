@@ -250,18 +250,18 @@ void ThreadTuners::resetAll() {
   }
 }
 
-const ThreadTuner* ThreadTuners::startFor(int shape, int32_t maxThreads) const {
+int ThreadTuners::startFor(int shape, int32_t maxThreads) const {
   // A new shape starts from what the nearest shape has learnt (its count, and when to try the others again),
   // not from scratch: each fresh tuner's first tries cost steps, and a server meets many shapes. Nearest
   // first, the smaller on a tie, within its class (steps under kLargeStep tokens, or prompt chunks); shape 1
   // (one token) is nobody's nearest, and learns alone.
-  if (shape < 2) return nullptr;
+  if (shape < 2) return 0;
   const bool large = shape >= kLargeStep;
-  const ThreadTuner* near = nullptr;
-  for (int d = 1; d < kShapes && near == nullptr; d++) {
+  int near = 0;
+  for (int d = 1; d < kShapes && near == 0; d++) {
     for (int k : {shape - d, shape + d}) {
       if (k >= 2 && k < kShapes && (k >= kLargeStep) == large && tuners_[k] && tuners_[k]->maxThreads() == maxThreads) {
-        near = tuners_[k].get();
+        near = k;
         break;
       }
     }
@@ -272,10 +272,11 @@ const ThreadTuner* ThreadTuners::startFor(int shape, int32_t maxThreads) const {
   // tokens has more work between the same barriers, so a thread fewer costs it more still (the 415M model on
   // 2 idle cores: 1 thread's steps 1.4x 2 threads' with one sequence, 1.9x with four), and a fresh tuner's
   // tries of it cost a fresh server's first 4-client round 4 of its 70 steps at 1.9x (2% of the round).
-  if (!large && (near == nullptr || (near->current() == near->maxThreads() && !near->fewerWasSlower()))) {
+  const ThreadTuner* n = near != 0 ? tuners_[near].get() : nullptr;
+  if (!large && (n == nullptr || (n->current() == n->maxThreads() && !n->fewerWasSlower()))) {
     for (int k = shape - 1; k >= 1; k--) {
       const ThreadTuner* t = tuners_[k].get();
-      if (t != nullptr && t->maxThreads() == maxThreads && t->fewerWasSlower()) return t;
+      if (t != nullptr && t->maxThreads() == maxThreads && t->fewerWasSlower()) return k;
     }
   }
   return near;
@@ -286,17 +287,12 @@ ThreadTuner& ThreadTuners::forStep(int32_t nTokens, int32_t maxThreads, int* sta
   auto& slot = tuners_[shape];
   if (startedFrom != nullptr) *startedFrom = -1;
   if (!slot || slot->maxThreads() != std::max<int32_t>(1, maxThreads)) {
-    const ThreadTuner* from = startFor(shape, maxThreads);
-    if (startedFrom != nullptr) {
-      *startedFrom = 0;
-      for (int k = 1; k < kShapes; k++) {
-        if (from != nullptr && tuners_[k].get() == from) *startedFrom = k;
-      }
-    }
+    int from = startFor(shape, maxThreads);
+    if (startedFrom != nullptr) *startedFrom = from;
     // Steps of 32 tokens or more (prompt chunks) are few and costly: a try of a slower count there costs
     // seconds (16 chats on the 415M model: a try of 1 thread on 512-token steps cost 5 s of a 32 s run), so
     // they try other counts only after 64 steps, or at once when their steps slow down (a busy host).
-    slot = from != nullptr ? std::make_unique<ThreadTuner>(*from)
+    slot = from != 0 ? std::make_unique<ThreadTuner>(*tuners_[from])
                            : std::make_unique<ThreadTuner>(maxThreads, shape >= kLargeStep ? 64 : 2);
     slot->reset();
   }

@@ -97,8 +97,8 @@ class ThreadTuners {
   void resetAll();
 
  private:
-  // The tuner a new shape starts from (see forStep()).
-  const ThreadTuner* startFor(int shape, int32_t maxThreads) const;
+  // The shape whose tuner a new shape starts from, or 0: none (see forStep()).
+  int startFor(int shape, int32_t maxThreads) const;
   std::unique_ptr<ThreadTuner> tuners_[kShapes];
 };
 
