@@ -4,7 +4,8 @@
 //                  [--scenario contention [--busy-cores 1] [--contention-models stories260k,llama-415m-q8_0]]
 //                  (generation with cores kept busy by the host: fixed thread counts, 'auto' and llama-bench)
 //                  [--scenario server [--server-models stories260k,llama-415m-q8_0] [--server-clients 1,4,16]
-//                   [--server-gen 32] [--server-systems llama-server,llama-addon,llama-addon -t 1,...]]
+//                   [--server-gen 32] [--server-systems llama-server,llama-addon,llama-addon -t 1,...]
+//                   [--server-turn-ms 2000]]  (each server's turn at a client count lasts at least this long)
 //                  (our server against llama-server: streamed two-turn chats from N clients; ours also at
 //                  each fixed thread count, for 'auto' against the best of them under the server's own load)
 // Runs llama.cpp's llama-bench, node-llama-cpp and llama-addon one after another on the same models, sizes
@@ -44,6 +45,7 @@ const { values } = parseArgs({
     'server-clients': { type: 'string', default: '1,4,16' },
     'server-gen': { type: 'string', default: '32' },
     'server-systems': { type: 'string' },
+    'server-turn-ms': { type: 'string', default: '2000' },
   },
 });
 const scenarios = values.scenario!.split(',');
@@ -223,6 +225,7 @@ if (scenarios.includes('server')) {
       modelIds: values['server-models']!.split(','), clients: values['server-clients']!.split(',').map(Number), gen: Number(values['server-gen']),
       reps: Math.min(Number(values.reps), 3), threads: values.threads ? threads : null, ctxPerSlot: 512,
       systems: values['server-systems']?.split(',') ?? ['llama-server', 'llama-addon', ...Array.from({ length: sys.physicalCores }, (_, i) => `llama-addon -t ${i + 1}`)],
+      minTurnMs: Number(values['server-turn-ms']),
     });
   } catch (e) {
     log(`server scenario failed: ${(e as Error).message}`);
@@ -292,7 +295,7 @@ if (values.json) {
     }
   }
   if (server) {
-    lines.push('', `Server: streamed chat completions, two-turn conversations (the second repeats the first and its answer), ${server.gen} tokens per answer, greedy; ${server.slots} slots of ${server.ctxPerSlot} tokens; threads ${server.threads ?? 'each server\'s default (ours: \'auto\'; llama-server: the physical cores)'}; median (min–max) of ${server.reps} rounds`, '');
+    lines.push('', `Server: streamed chat completions, two-turn conversations (the second repeats the first and its answer), ${server.gen} tokens per answer, greedy; ${server.slots} slots of ${server.ctxPerSlot} tokens; threads ${server.threads ?? 'each server\'s default (ours: \'auto\'; llama-server: the physical cores)'}; median (min–max) of ${server.reps} rounds${server.minTurnMs ? `; servers take turns at each client count, each turn at least ${server.minTurnMs} ms` : ''}`, '');
     lines.push('| model | clients | server | req/s | tok/s | TTFT p50 ms | TTFT p99 ms | turn 2 TTFT p50 ms | turn 2 TTFT p99 ms | event loop p99 / max ms |', '|---|---|---|---|---|---|---|---|---|---|');
     for (const r of server.rows) {
       lines.push(`| ${r.model} | ${r.clients} | ${r.system} | ${f(r.requestsPerSecond, 2)} | ${f(r.tokensPerSecond)} | ${f(r.ttftP50, 0)} | ${f(r.ttftP99, 0)} | ${f(r.turn2TtftP50, 0)} | ${f(r.turn2TtftP99, 0)} | ${r.eventLoopP99Ms ? `${r.eventLoopP99Ms.median.toFixed(1)} / ${r.eventLoopMaxMs?.median.toFixed(1) ?? '—'}` : '—'} |`);

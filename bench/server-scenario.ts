@@ -3,7 +3,9 @@
 // and chat template (ChatML); N clients (1, 4, 16) hold two-turn conversations with streamed chat
 // completions of M tokens each (greedy; the end-of-sequence token is banned through logit_bias, so every
 // answer has M tokens). The second turn repeats the first turn and its answer: a server that keeps the
-// conversation's cache decodes only the new message. Servers take turns, one start each per round.
+// conversation's cache decodes only the new message. Each round starts every server once; for each client
+// count the servers then take turns, the others paused (SIGSTOP) meanwhile, so that a slow spell of this
+// shared machine falls on neighbouring turns alike, and each turn runs for at least a minimum time.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
 import { request } from 'node:http';
@@ -44,6 +46,10 @@ function freePort(): Promise<number> {
 interface Running {
   url: string;
   child: ChildProcess;
+  /** Stops the process (SIGSTOP) while the other servers take their turns: it takes no CPU then. */
+  pause(): void;
+  /** Continues it, and waits until its timers (our event-loop monitor's) have caught up. */
+  resume(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -107,7 +113,15 @@ async function start(system: ServerSystem, modelPath: string, o: { slots: number
   return {
     url,
     child,
+    pause() {
+      child.kill('SIGSTOP');
+    },
+    async resume() {
+      child.kill('SIGCONT');
+      await new Promise((r) => setTimeout(r, 100));
+    },
     async stop() {
+      child.kill('SIGCONT');
       child.kill('SIGTERM');
       const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
       await exited;
@@ -203,8 +217,11 @@ interface RunFigures {
   eventLoopMaxMs: number | null;
 }
 
-/** N clients, each holding `conversations` two-turn conversations one after another. */
-async function load(url: string, clients: number, conversations: number, o: { gen: number; eos: number; filler: string; tag: string }): Promise<RunFigures> {
+/**
+ * N clients, each holding two-turn conversations one after another: at least `conversations` each, and new
+ * ones until `minMs` have passed since the first began.
+ */
+async function load(url: string, clients: number, conversations: number, o: { gen: number; eos: number; filler: string; tag: string; minMs: number }): Promise<RunFigures> {
   await eventLoopDelay(url); // starts the delay's window over (ours; llama-server has none)
   const turn1: number[] = [];
   const turn2: number[] = [];
@@ -213,7 +230,7 @@ async function load(url: string, clients: number, conversations: number, o: { ge
   const t0 = performance.now();
   await Promise.all(
     Array.from({ length: clients }, async (_, c) => {
-      for (let k = 0; k < conversations; k++) {
+      for (let k = 0; k < conversations || performance.now() - t0 < o.minMs; k++) {
         const first: Message = { role: 'user', content: `${o.tag} conversation ${c}-${k}. ${o.filler}` };
         const a = await complete(url, [first], o.gen, o.eos);
         const b = await complete(url, [first, { role: 'assistant', content: a.text }, { role: 'user', content: 'What happened next?' }], o.gen, o.eos);
@@ -258,6 +275,8 @@ export interface ServerResult {
   ctxPerSlot: number;
   threads: number | null;
   reps: number;
+  /** Each server's turn at a client count lasted at least this long (ms); absent in results before it. */
+  minTurnMs?: number;
   rows: ServerRow[];
   /** Per model and client count: ours (at its defaults) / llama-server for each figure (above 1 is better for rates, worse for times). */
   ratios: Array<{ model: string; clients: number; requestsPerSecond: number | null; tokensPerSecond: number | null; ttftP50: number | null; ttftP99: number | null; turn2TtftP50: number | null }>;
@@ -265,7 +284,7 @@ export interface ServerResult {
   autoVsBestFixed: Array<{ model: string; clients: number; ratio: number | null; best: string | null }>;
 }
 
-export async function serverScenario(o: { modelIds: string[]; clients: number[]; gen: number; reps: number; threads: number | null; ctxPerSlot: number; systems: ServerSystem[] }): Promise<ServerResult> {
+export async function serverScenario(o: { modelIds: string[]; clients: number[]; gen: number; reps: number; threads: number | null; ctxPerSlot: number; systems: ServerSystem[]; minTurnMs: number }): Promise<ServerResult> {
   const slots = Math.max(...o.clients);
   const logDir = join(tmpdir(), 'llama-addon-bench-server');
   mkdirSync(logDir, { recursive: true });
@@ -280,21 +299,29 @@ export async function serverScenario(o: { modelIds: string[]; clients: number[];
     // About 200 tokens of first message: the second turn's cache reuse shows.
     const filler = 'Once upon a time there was a little girl named Lily who loved to play in the big green park. '.repeat(10).trim();
     for (let round = 0; round < o.reps; round++) {
-      for (const system of round % 2 === 0 ? systems : [...systems].reverse()) {
-        log(`server: ${id}, ${system} (round ${round + 1} of ${o.reps})`);
-        const s = await start(system, path, { slots, ctxPerSlot: o.ctxPerSlot, threads: o.threads }, join(logDir, `${system}.log`));
-        try {
-          await complete(s.url, [{ role: 'user', content: 'Warm up.' }], 4, eos);
-          for (const clients of o.clients) {
-            const conversations = Math.max(1, Math.ceil(4 / clients));
+      log(`server: ${id}, round ${round + 1} of ${o.reps}`);
+      const running: Array<{ system: ServerSystem; server: Running }> = [];
+      try {
+        for (const system of systems) {
+          const server = await start(system, path, { slots, ctxPerSlot: o.ctxPerSlot, threads: o.threads }, join(logDir, `${system}.log`));
+          running.push({ system, server });
+          await complete(server.url, [{ role: 'user', content: 'Warm up.' }], 4, eos);
+          server.pause();
+        }
+        for (const [i, clients] of o.clients.entries()) {
+          const conversations = Math.max(1, Math.ceil(4 / clients));
+          // The order alternates from one turn of all servers to the next, and from round to round.
+          for (const { system, server } of (round * o.clients.length + i) % 2 === 0 ? running : [...running].reverse()) {
+            await server.resume();
             // Each round's conversations are new to the server (no cache from an earlier round).
-            const f = await load(s.url, clients, conversations, { gen: o.gen, eos, filler, tag: `r${round}n${clients}` });
-            log(`  ${clients} clients: ${f.requestsPerSecond.toFixed(2)} req/s, ${f.tokensPerSecond.toFixed(1)} tok/s, TTFT p50 ${f.ttftP50.toFixed(0)} ms, turn 2 p50 ${f.turn2TtftP50.toFixed(0)} ms`);
+            const f = await load(server.url, clients, conversations, { gen: o.gen, eos, filler, tag: `r${round}n${clients}`, minMs: o.minTurnMs });
+            server.pause();
+            log(`  ${clients} clients, ${system}: ${f.requestsPerSecond.toFixed(2)} req/s, ${f.tokensPerSecond.toFixed(1)} tok/s, TTFT p50 ${f.ttftP50.toFixed(0)} ms, turn 2 p50 ${f.turn2TtftP50.toFixed(0)} ms`);
             figures.set(key(id, clients, system), [...(figures.get(key(id, clients, system)) ?? []), f]);
           }
-        } finally {
-          await s.stop();
         }
+      } finally {
+        for (const { server } of running) await server.stop();
       }
     }
   }
@@ -324,5 +351,5 @@ export async function serverScenario(o: { modelIds: string[]; clients: number[];
       autoVsBestFixed.push({ model: id, clients, ratio: best && ours?.tokensPerSecond ? ours.tokensPerSecond.median / best.tokensPerSecond!.median : null, best: best?.system ?? null });
     }
   }
-  return { gen: o.gen, slots, ctxPerSlot: o.ctxPerSlot, threads: o.threads, reps: o.reps, rows, ratios, autoVsBestFixed };
+  return { gen: o.gen, slots, ctxPerSlot: o.ctxPerSlot, threads: o.threads, reps: o.reps, minTurnMs: o.minTurnMs, rows, ratios, autoVsBestFixed };
 }
