@@ -103,7 +103,20 @@ void ThreadTuner::reset() {
 }
 
 int32_t ThreadTuner::choose(double waits, double sustained, double idle) {
-  if (probeLeft_ > 0) return probe_;
+  if (probeLeft_ > 0) {
+    // A try of a count fewer while the machine left a core idle: nothing took the core it gave back (it was
+    // tried for a busy host, whose work has ended or did not need it), so it can only win where fewer
+    // threads are faster on an idle machine, which the steps tried so far show. Slower over a quarter of the
+    // try (one step at least): it ends there. (A server's burst of 16 requests kept its JS thread busy for
+    // a moment, a try of 1 thread began, and its 4 prompt steps of 800-2,048 tokens ran at 1 thread with
+    // a core idle: 0.9 s at 1.7x 2 threads' time, a fifth of the round.)
+    if (probe_ < cur_ && idle >= kFreeCore && probeSeen_ >= std::max(1, probeSteps_ / 4) &&
+        probeSum_ / (double)probeSeen_ > baseline()) {
+      endProbe(probeSum_ / (double)probeSeen_);
+    } else {
+      return probe_;
+    }
+  }
   if (recent_.size() < 3 || max_ == 1) return cur_;
   // Threads that hardly wait for a CPU: one put aside stalls the others at most that much, and a count fewer
   // costs 1/(n-1) more work per thread; below half of that (and at most kQuietWaits) a try cannot win.
@@ -154,9 +167,37 @@ int32_t ThreadTuner::choose(double waits, double sustained, double idle) {
     probeLeft_ = probeSteps_ = std::clamp(steps, kProbeSteps, kMaxProbeSteps);
     probeCosts_.clear();
     probeSeconds_.clear();
+    probeSum_ = 0;
+    probeSeen_ = 0;
     return probe_;
   }
   return cur_;
+}
+
+void ThreadTuner::endProbe(double mid) {
+  double base = baseline();
+  size_t p = (size_t)probe_;
+  probeLeft_ = 0;
+  if (!probeCosts_.empty() && mid < base * kMargin) {
+    // Move; the count left behind may be tried again soon.
+    size_t was = (size_t)cur_;
+    cur_ = probe_;
+    recent_ = probeCosts_;
+    recentSeconds_ = probeSeconds_;
+    slowSteps_ = 0;
+    gap_[was] = kFirstGap;
+    notBefore_[was] = step_ + kFirstGap;
+    gap_[p] = kFirstGap;
+  } else {
+    // Slower: wait longer before the next try, the more so the slower it was (a try of a count 5x slower
+    // costs 5 steps' time, so it is tried about 5x less often).
+    double ratio = base > 0 ? mid / base : 2.0;
+    double grown = (double)gap_[p] * std::max(2.0, std::min(ratio, 16.0));
+    gap_[p] = std::min<int64_t>((int64_t)grown, longestGap());
+    notBefore_[p] = step_ + jittered(gap_[p]);
+  }
+  probeCosts_.clear();
+  probeSeconds_.clear();
 }
 
 void ThreadTuner::record(int32_t threads, double cost, double seconds) {
@@ -165,6 +206,8 @@ void ThreadTuner::record(int32_t threads, double cost, double seconds) {
   double base = baseline();
   if (probeLeft_ > 0 && threads == probe_) {
     probeLeft_--;
+    probeSum_ += cost;
+    probeSeen_++;
     bool first = probeLeft_ == probeSteps_ - 1;
     // (Not a count more on a machine with an idle core: its first step wakes a thread that slept while
     // unused, which took 28 ms against 0.3 ms steps of stories260k on an idle machine, and every try of 2
@@ -185,28 +228,7 @@ void ThreadTuner::record(int32_t threads, double cost, double seconds) {
       }
     }
     if (probeLeft_ > 0) return;
-    double mid = probeCosts_.empty() ? cost : meanOf(probeCosts_);
-    size_t p = (size_t)probe_;
-    if (!probeCosts_.empty() && mid < base * kMargin) {
-      // Move; the count left behind may be tried again soon.
-      size_t was = (size_t)cur_;
-      cur_ = probe_;
-      recent_ = probeCosts_;
-      recentSeconds_ = probeSeconds_;
-      slowSteps_ = 0;
-      gap_[was] = kFirstGap;
-      notBefore_[was] = step_ + kFirstGap;
-      gap_[p] = kFirstGap;
-    } else {
-      // Slower: wait longer before the next try, the more so the slower it was (a try of a count 5x slower
-      // costs 5 steps' time, so it is tried about 5x less often).
-      double ratio = base > 0 ? mid / base : 2.0;
-      double grown = (double)gap_[p] * std::max(2.0, std::min(ratio, 16.0));
-      gap_[p] = std::min<int64_t>((int64_t)grown, longestGap());
-      notBefore_[p] = step_ + jittered(gap_[p]);
-    }
-    probeCosts_.clear();
-    probeSeconds_.clear();
+    endProbe(probeCosts_.empty() ? cost : meanOf(probeCosts_));
     return;
   }
   if (threads != cur_) return;

@@ -32,7 +32,8 @@ class ThreadTuner {
   // to the longest, or steps slow down. `sustained`: the waits of the last 100 ms at least (the smaller of
   // two windows): a rise of those from quiet to busy tries one thread fewer at once.
   // `idle`: cores the machine left idle lately (< 0: unknown); under half a core, a count more that was
-  // tried and found slower is not tried again (it has no core to run on) until its wait is the longest.
+  // tried and found slower is not tried again (it has no core to run on) until its wait is the longest;
+  // half a core or more, a try of a count fewer ends once it has been slower over a quarter of its steps.
   int32_t choose(double waits = -1, double sustained = -1, double idle = -1);
   // The cost of the step just run with `threads` (seconds, per token where steps differ in size), and how
   // long the step took (seconds; < 0: `cost`), which sizes the window and the tries of tiny steps.
@@ -55,6 +56,9 @@ class ThreadTuner {
   int64_t longestGap() const;
   // `gap` steps, give or take a quarter (so that tries do not keep meeting a periodic load in step).
   int64_t jittered(int64_t gap);
+  // The try in progress ends: a move to its count where `mid` (its cost) is below the current count's by
+  // the margin, and otherwise a longer wait before its next try.
+  void endProbe(double mid);
   uint64_t rng_ = 0x9e3779b97f4a7c15ULL;
 
   int32_t max_;
@@ -69,6 +73,8 @@ class ThreadTuner {
   std::vector<double> probeSeconds_;
   int32_t probeSteps_ = 0;          // the steps the probe in progress was given
   double probeFirst_ = 0;            // the probe's first step (its threads warming up)
+  double probeSum_ = 0;              // the costs of all its steps so far, the first included
+  int32_t probeSeen_ = 0;            // and how many
   bool probeUp_ = false;            // which neighbour is tried next
   bool probeFreeCore_ = false;      // the probe in progress is of a count more, with an idle core for it
   std::vector<int64_t> gap_;        // steps to wait before trying each count again

@@ -172,6 +172,37 @@ describe('the thread tuner on a machine with no idle core', () => {
       expect(chosen.slice(N / 2).filter((n) => n === 2).length, `seed ${seed}`).toBeGreaterThan(0.95 * (N / 2));
     }
   });
+  it('ends a try of a count fewer, begun for a moment of load, once a core stays idle through it', () => {
+    // A server's burst of 16 requests kept its JS thread busy for a moment (the waits rose to 0.5-0.6), a
+    // try of 1 thread began at once, and its prompt steps ran at 1 thread (1.7x 2 threads' time) while a core
+    // sat idle: 4 steps of 0.8 s in all, where one tells. Each burst here: one step of waits, then idle.
+    const bursts = [100, 300, 500, 700];
+    const waits = (i: number) => (bursts.includes(i) ? 0.7 : 0.02);
+    // 2 threads' steps vary (prompt chunks of 800 to 2,048 tokens with other sessions' tokens: 0.07-0.15 ms
+    // a token), so that two slower steps do not end a try on their own.
+    const cost: Cost = (n, i) => (n === 2 ? (i % 2 ? 0.7 : 1.3) : 1.7);
+    for (const [idleThen, most] of [
+      [1, 1], // the core that the try gave back stayed idle: its first step tells
+      [0.6, 1],
+      [-1, 5], // unknown (not Linux): the try runs its 5 steps
+      [0.1, 5], // something took the core: a full try, which the costs decide
+    ] as const) {
+      // (The engine reads the idle cores of the step before: the try's first step shows at the step after it.)
+      const idle = (i: number) => (bursts.some((b) => i > b && i <= b + 5) ? idleThen : idleThen < 0 ? -1 : 0);
+      const chosen = simulate(2, 800, cost, waits, idle);
+      for (const b of bursts) {
+        const tried = chosen.slice(b, b + 50).filter((n) => n === 1).length;
+        expect(tried, `idle ${idleThen}, burst at ${b}`).toBeGreaterThanOrEqual(1);
+        expect(tried, `idle ${idleThen}, burst at ${b}`).toBeLessThanOrEqual(most);
+      }
+    }
+    // Where fewer threads are the faster (a tiny model's steps on an idle machine), an idle core ends
+    // nothing: the try runs and the tuner moves.
+    const tiny: Cost = (n) => (n === 2 ? 1 : 0.8);
+    const moved = simulate(2, 400, tiny, () => 0.02, () => 1);
+    expect(moved.indexOf(1)).toBeLessThan(10);
+    expect(moved.slice(moved.indexOf(1)).filter((n) => n === 1).length).toBeGreaterThan(0.9 * (400 - moved.indexOf(1)));
+  });
 });
 
 describe('the thread tuner on a shared machine', () => {
