@@ -5,7 +5,8 @@
 //                  (generation with cores kept busy by the host: fixed thread counts, 'auto' and llama-bench)
 //                  [--scenario server [--server-models stories260k,llama-415m-q8_0] [--server-clients 1,4,16]
 //                   [--server-gen 32] [--server-systems llama-server,llama-addon,llama-addon -t 1,...]
-//                   [--server-turn-ms 2000]]  (each server's turn at a client count lasts at least this long)
+//                   [--server-turn-ms 1000] [--server-clients-ms 20000]]  (each server's turn at a client count
+//                   lasts at least this long; passes of turns over all servers go on for this long, up to 8)
 //                  (our server against llama-server: streamed two-turn chats from N clients; ours also at
 //                  each fixed thread count, for 'auto' against the best of them under the server's own load)
 // Runs llama.cpp's llama-bench, node-llama-cpp and llama-addon one after another on the same models, sizes
@@ -45,7 +46,8 @@ const { values } = parseArgs({
     'server-clients': { type: 'string', default: '1,4,16' },
     'server-gen': { type: 'string', default: '32' },
     'server-systems': { type: 'string' },
-    'server-turn-ms': { type: 'string', default: '2000' },
+    'server-turn-ms': { type: 'string', default: '1000' },
+    'server-clients-ms': { type: 'string', default: '20000' },
   },
 });
 const scenarios = values.scenario!.split(',');
@@ -226,6 +228,7 @@ if (scenarios.includes('server')) {
       reps: Math.min(Number(values.reps), 3), threads: values.threads ? threads : null, ctxPerSlot: 512,
       systems: values['server-systems']?.split(',') ?? ['llama-server', 'llama-addon', ...Array.from({ length: sys.physicalCores }, (_, i) => `llama-addon -t ${i + 1}`)],
       minTurnMs: Number(values['server-turn-ms']),
+      minClientsMs: Number(values['server-clients-ms']),
     });
   } catch (e) {
     log(`server scenario failed: ${(e as Error).message}`);
@@ -295,17 +298,20 @@ if (values.json) {
     }
   }
   if (server) {
-    lines.push('', `Server: streamed chat completions, two-turn conversations (the second repeats the first and its answer), ${server.gen} tokens per answer, greedy; ${server.slots} slots of ${server.ctxPerSlot} tokens; threads ${server.threads ?? 'each server\'s default (ours: \'auto\'; llama-server: the physical cores)'}; median (min–max) of ${server.reps} rounds${server.minTurnMs ? `; servers take turns at each client count, each turn at least ${server.minTurnMs} ms` : ''}`, '');
+    lines.push('', `Server: streamed chat completions, two-turn conversations (the second repeats the first and its answer), ${server.gen} tokens per answer, greedy; ${server.slots} slots of ${server.ctxPerSlot} tokens; threads ${server.threads ?? 'each server\'s default (ours: \'auto\'; llama-server: the physical cores)'}; ${server.minClientsMs ? `median (min–max) of all turns, in ${server.reps} rounds; at each client count the servers take turns, each at least ${server.minTurnMs} ms, in passes over them all that go on for ${server.minClientsMs} ms (up to 8)` : `median (min–max) of ${server.reps} rounds${server.minTurnMs ? `; servers take turns at each client count, each turn at least ${server.minTurnMs} ms` : ''}`}`, '');
     lines.push('| model | clients | server | req/s | tok/s | TTFT p50 ms | TTFT p99 ms | turn 2 TTFT p50 ms | turn 2 TTFT p99 ms | event loop p99 / max ms |', '|---|---|---|---|---|---|---|---|---|---|');
     for (const r of server.rows) {
       lines.push(`| ${r.model} | ${r.clients} | ${r.system} | ${f(r.requestsPerSecond, 2)} | ${f(r.tokensPerSecond)} | ${f(r.ttftP50, 0)} | ${f(r.ttftP99, 0)} | ${f(r.turn2TtftP50, 0)} | ${f(r.turn2TtftP99, 0)} | ${r.eventLoopP99Ms ? `${r.eventLoopP99Ms.median.toFixed(1)} / ${r.eventLoopMaxMs?.median.toFixed(1) ?? '—'}` : '—'} |`);
     }
-    lines.push('', '| model | clients | req/s ours / llama-server | tok/s | TTFT p50 (below 1: ours sooner) | TTFT p99 | turn 2 TTFT p50 |', '|---|---|---|---|---|---|---|');
-    const x = (v: number | null) => (v === null ? '—' : v.toFixed(3));
-    for (const r of server.ratios) lines.push(`| ${r.model} | ${r.clients} | ${x(r.requestsPerSecond)} | ${x(r.tokensPerSecond)} | ${x(r.ttftP50)} | ${x(r.ttftP99)} | ${x(r.turn2TtftP50)} |`);
+    lines.push('', '| model | clients | req/s ours / llama-server | paired by pass | tok/s | TTFT p50 (below 1: ours sooner) | TTFT p99 | turn 2 TTFT p50 |', '|---|---|---|---|---|---|---|---|');
+    const x = (v: number | null | undefined) => (v === null || v === undefined ? '—' : v.toFixed(3));
+    for (const r of server.ratios) lines.push(`| ${r.model} | ${r.clients} | ${x(r.requestsPerSecond)} | ${x(r.requestsPerSecondPaired)} | ${x(r.tokensPerSecond)} | ${x(r.ttftP50)} | ${x(r.ttftP99)} | ${x(r.turn2TtftP50)} |`);
     if (server.autoVsBestFixed.some((r) => r.ratio !== null)) {
-      lines.push('', "| model | clients | ours 'auto' / best fixed count, tok/s | best fixed |", '|---|---|---|---|');
-      for (const r of server.autoVsBestFixed) lines.push(`| ${r.model} | ${r.clients} | ${x(r.ratio)} | ${r.best ?? '—'} |`);
+      lines.push('', "| model | clients | ours 'auto' / best fixed count, tok/s | paired by pass | best fixed |", '|---|---|---|---|---|');
+      for (const r of server.autoVsBestFixed) lines.push(`| ${r.model} | ${r.clients} | ${x(r.ratio)} | ${x(r.paired)} | ${r.best ?? '—'} |`);
+    }
+    if (server.ratios.some((r) => r.requestsPerSecondPaired != null)) {
+      lines.push('', 'Paired by pass: the median over the passes of the ratio of the two turns in the same pass (each pass gives every server one turn, one after another).');
     }
   }
   const notes = all.flatMap((m) => m.results.flatMap((r) => r.notes.map((n) => `${m.id} / ${r.system}: ${n}`)));

@@ -5,7 +5,8 @@
 // answer has M tokens). The second turn repeats the first turn and its answer: a server that keeps the
 // conversation's cache decodes only the new message. Each round starts every server once; for each client
 // count the servers then take turns, the others paused (SIGSTOP) meanwhile, so that a slow spell of this
-// shared machine falls on neighbouring turns alike, and each turn runs for at least a minimum time.
+// shared machine falls on neighbouring turns alike: each turn runs for at least a minimum time, and passes
+// of turns over all servers go on for a minimum time too (several for a small model's short turns).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createWriteStream, existsSync, mkdirSync } from 'node:fs';
 import { request } from 'node:http';
@@ -61,7 +62,30 @@ interface Running {
  */
 export type ServerSystem = string;
 
+// The servers started and not yet ended. A paused one (SIGSTOP) would not act on the SIGINT of a Ctrl-C
+// and would stay behind, stopped, holding its port and memory: the bench ends them all when it ends.
+const live = new Set<ChildProcess>();
+let cleanupInstalled = false;
+function endServersOnExit(): void {
+  if (cleanupInstalled) return;
+  cleanupInstalled = true;
+  const endAll = () => {
+    for (const c of live) {
+      c.kill('SIGCONT');
+      c.kill('SIGKILL');
+    }
+  };
+  process.once('exit', endAll);
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(signal, () => {
+      endAll();
+      process.exit(128 + ({ SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const)[signal]);
+    });
+  }
+}
+
 async function start(system: ServerSystem, modelPath: string, o: { slots: number; ctxPerSlot: number; threads: number | null }, logFile: string): Promise<Running> {
+  endServersOnExit();
   const port = await freePort();
   let cmd: string;
   let argv: string[];
@@ -95,6 +119,8 @@ async function start(system: ServerSystem, modelPath: string, o: { slots: number
   const out = createWriteStream(logFile, { flags: 'a' });
   out.write(`\n==== ${new Date().toISOString()} ${system}\n`);
   const child = spawn(cmd, argv, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(child);
+  child.once('exit', () => live.delete(child));
   child.stdout!.pipe(out);
   child.stderr!.pipe(out);
   const url = `http://127.0.0.1:${port}`;
@@ -267,6 +293,8 @@ export interface ServerRow {
   turn2TtftP99: Stat | null;
   eventLoopP99Ms: Stat | null;
   eventLoopMaxMs: Stat | null;
+  /** Each turn's req/s and tok/s, in the order run (absent in results before it). */
+  turns?: Array<{ requestsPerSecond: number; tokensPerSecond: number }>;
 }
 
 export interface ServerResult {
@@ -277,14 +305,24 @@ export interface ServerResult {
   reps: number;
   /** Each server's turn at a client count lasted at least this long (ms); absent in results before it. */
   minTurnMs?: number;
+  /** Passes of turns over all servers at a client count went on until they had taken this long (ms, at most 8). */
+  minClientsMs?: number;
   rows: ServerRow[];
   /** Per model and client count: ours (at its defaults) / llama-server for each figure (above 1 is better for rates, worse for times). */
-  ratios: Array<{ model: string; clients: number; requestsPerSecond: number | null; tokensPerSecond: number | null; ttftP50: number | null; ttftP99: number | null; turn2TtftP50: number | null }>;
+  ratios: Array<{
+    model: string; clients: number; requestsPerSecond: number | null; tokensPerSecond: number | null; ttftP50: number | null; ttftP99: number | null; turn2TtftP50: number | null;
+    /** The median over the turns of ours / llama-server in the same pass (absent in results before it). */
+    requestsPerSecondPaired?: number | null;
+  }>;
   /** Per model and client count: ours at 'auto' / ours at the best fixed thread count, tok/s (the server's own HTTP load is the host's work). */
-  autoVsBestFixed: Array<{ model: string; clients: number; ratio: number | null; best: string | null }>;
+  autoVsBestFixed: Array<{
+    model: string; clients: number; ratio: number | null; best: string | null;
+    /** The median over the turns of 'auto' / the best fixed count in the same pass (absent in results before it). */
+    paired?: number | null;
+  }>;
 }
 
-export async function serverScenario(o: { modelIds: string[]; clients: number[]; gen: number; reps: number; threads: number | null; ctxPerSlot: number; systems: ServerSystem[]; minTurnMs: number }): Promise<ServerResult> {
+export async function serverScenario(o: { modelIds: string[]; clients: number[]; gen: number; reps: number; threads: number | null; ctxPerSlot: number; systems: ServerSystem[]; minTurnMs: number; minClientsMs: number }): Promise<ServerResult> {
   const slots = Math.max(...o.clients);
   const logDir = join(tmpdir(), 'llama-addon-bench-server');
   mkdirSync(logDir, { recursive: true });
@@ -298,6 +336,7 @@ export async function serverScenario(o: { modelIds: string[]; clients: number[];
     const eos = Number((await readGguf(path)).metadata['tokenizer.ggml.eos_token_id'] ?? 2);
     // About 200 tokens of first message: the second turn's cache reuse shows.
     const filler = 'Once upon a time there was a little girl named Lily who loved to play in the big green park. '.repeat(10).trim();
+    let passes = 0;
     for (let round = 0; round < o.reps; round++) {
       log(`server: ${id}, round ${round + 1} of ${o.reps}`);
       const running: Array<{ system: ServerSystem; server: Running }> = [];
@@ -308,16 +347,21 @@ export async function serverScenario(o: { modelIds: string[]; clients: number[];
           await complete(server.url, [{ role: 'user', content: 'Warm up.' }], 4, eos);
           server.pause();
         }
-        for (const [i, clients] of o.clients.entries()) {
+        for (const clients of o.clients) {
           const conversations = Math.max(1, Math.ceil(4 / clients));
-          // The order alternates from one turn of all servers to the next, and from round to round.
-          for (const { system, server } of (round * o.clients.length + i) % 2 === 0 ? running : [...running].reverse()) {
-            await server.resume();
-            // Each round's conversations are new to the server (no cache from an earlier round).
-            const f = await load(server.url, clients, conversations, { gen: o.gen, eos, filler, tag: `r${round}n${clients}`, minMs: o.minTurnMs });
-            server.pause();
-            log(`  ${clients} clients, ${system}: ${f.requestsPerSecond.toFixed(2)} req/s, ${f.tokensPerSecond.toFixed(1)} tok/s, TTFT p50 ${f.ttftP50.toFixed(0)} ms, turn 2 p50 ${f.turn2TtftP50.toFixed(0)} ms`);
-            figures.set(key(id, clients, system), [...(figures.get(key(id, clients, system)) ?? []), f]);
+          // Passes over all servers, until they have taken minClientsMs together (at most 8): a small model's
+          // turns are short, and more of them put each server in the machine's fast and slow spells alike.
+          const began = performance.now();
+          for (let pass = 0; pass < 8 && (pass === 0 || performance.now() - began < o.minClientsMs); pass++) {
+            // The order alternates from one pass to the next.
+            for (const { system, server } of passes++ % 2 === 0 ? running : [...running].reverse()) {
+              await server.resume();
+              // Each pass's conversations are new to the server (no cache from an earlier one).
+              const f = await load(server.url, clients, conversations, { gen: o.gen, eos, filler, tag: `r${round}n${clients}p${pass}`, minMs: o.minTurnMs });
+              server.pause();
+              log(`  ${clients} clients, ${system}: ${f.requestsPerSecond.toFixed(2)} req/s, ${f.tokensPerSecond.toFixed(1)} tok/s, TTFT p50 ${f.ttftP50.toFixed(0)} ms, turn 2 p50 ${f.turn2TtftP50.toFixed(0)} ms`);
+              figures.set(key(id, clients, system), [...(figures.get(key(id, clients, system)) ?? []), f]);
+            }
           }
         }
       } finally {
@@ -338,6 +382,7 @@ export async function serverScenario(o: { modelIds: string[]; clients: number[];
           requestsPerSecond: over('requestsPerSecond'), tokensPerSecond: over('tokensPerSecond'),
           ttftP50: over('ttftP50'), ttftP99: over('ttftP99'), turn2TtftP50: over('turn2TtftP50'), turn2TtftP99: over('turn2TtftP99'),
           eventLoopP99Ms: over('eventLoopP99Ms'), eventLoopMaxMs: over('eventLoopMaxMs'),
+          turns: fs.map((f) => ({ requestsPerSecond: f.requestsPerSecond, tokensPerSecond: f.tokensPerSecond })),
         };
       };
       const all = systems.map(of);
@@ -345,11 +390,26 @@ export async function serverScenario(o: { modelIds: string[]; clients: number[];
       const ref = all.find((r) => r.system === 'llama-server');
       const ours = all.find((r) => r.system === 'llama-addon');
       const r = (k: 'requestsPerSecond' | 'tokensPerSecond' | 'ttftP50' | 'ttftP99' | 'turn2TtftP50') => (ref?.[k] && ours?.[k] ? ours[k]!.median / ref[k]!.median : null);
-      ratios.push({ model: id, clients, requestsPerSecond: r('requestsPerSecond'), tokensPerSecond: r('tokensPerSecond'), ttftP50: r('ttftP50'), ttftP99: r('ttftP99'), turn2TtftP50: r('turn2TtftP50') });
+      // Paired: each pass gave every server one turn, next to each other in time, so the ratio of two servers'
+      // turns in the same pass leaves out the machine's drift between passes (this shared machine runs 2
+      // threads at two speeds, 35 or 60 ms for the same 327-token step, for tens of seconds at a time).
+      const paired = (a: ServerSystem | undefined, b: ServerSystem | undefined, k: 'requestsPerSecond' | 'tokensPerSecond') => {
+        const fa = a ? figures.get(key(id, clients, a)) ?? [] : [];
+        const fb = b ? figures.get(key(id, clients, b)) ?? [] : [];
+        if (!fa.length || fa.length !== fb.length) return null;
+        return stat(fa.map((f, i) => f[k] / fb[i]![k]))?.median ?? null;
+      };
+      ratios.push({
+        model: id, clients, requestsPerSecond: r('requestsPerSecond'), tokensPerSecond: r('tokensPerSecond'), ttftP50: r('ttftP50'), ttftP99: r('ttftP99'), turn2TtftP50: r('turn2TtftP50'),
+        requestsPerSecondPaired: paired(ours?.system, ref?.system, 'requestsPerSecond'),
+      });
       const fixed = all.filter((x) => x.system.startsWith('llama-addon -t') && x.tokensPerSecond);
       const best = fixed.sort((a, b) => b.tokensPerSecond!.median - a.tokensPerSecond!.median)[0];
-      autoVsBestFixed.push({ model: id, clients, ratio: best && ours?.tokensPerSecond ? ours.tokensPerSecond.median / best.tokensPerSecond!.median : null, best: best?.system ?? null });
+      autoVsBestFixed.push({
+        model: id, clients, ratio: best && ours?.tokensPerSecond ? ours.tokensPerSecond.median / best.tokensPerSecond!.median : null, best: best?.system ?? null,
+        paired: paired(ours?.system, best?.system, 'tokensPerSecond'),
+      });
     }
   }
-  return { gen: o.gen, slots, ctxPerSlot: o.ctxPerSlot, threads: o.threads, reps: o.reps, minTurnMs: o.minTurnMs, rows, ratios, autoVsBestFixed };
+  return { gen: o.gen, slots, ctxPerSlot: o.ctxPerSlot, threads: o.threads, reps: o.reps, minTurnMs: o.minTurnMs, minClientsMs: o.minClientsMs, rows, ratios, autoVsBestFixed };
 }
