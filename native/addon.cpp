@@ -90,8 +90,9 @@ Napi::Value SimulateThreadTuner(const Napi::CallbackInfo& info) {
 }
 
 // simulateThreadTuners(maxThreads, steps, tokens: (step) => tokens, cost: (threads, tokens, step) => seconds,
-// waits?: (step) => core-seconds per second) -> Int32Array of the counts the engine's tuners (one per shape of
-// step, made as the engine makes them) chose, step by step (test/threads.test.ts; not part of the public API).
+// waits?: (step) => core-seconds per second, idle?: (step) => idle cores) -> Int32Array of the counts the
+// engine's tuners (one per shape of step, made as the engine makes them) chose, step by step
+// (test/threads.test.ts; not part of the public API).
 Napi::Value SimulateThreadTuners(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int32_t maxThreads = (int32_t)argInteger(info, 0, "maxThreads", 1, 512);
@@ -99,6 +100,7 @@ Napi::Value SimulateThreadTuners(const Napi::CallbackInfo& info) {
   Napi::Function tokensFn = functionArg(info, 2, "tokens");
   Napi::Function cost = functionArg(info, 3, "cost");
   Napi::Function waits = functionArg(info, 4, "waits", true);
+  Napi::Function idleFn = functionArg(info, 5, "idle", true);
   ThreadTuners tuners;
   Napi::Int32Array out = Napi::Int32Array::New(env, (size_t)steps);
   for (int32_t i = 0; i < steps; i++) {
@@ -113,12 +115,28 @@ Napi::Value SimulateThreadTuners(const Napi::CallbackInfo& info) {
       if (!v.IsNumber()) throwArg(env, "waits", "a function returning a number", v);
       w = v.As<Napi::Number>().DoubleValue();
     }
-    ThreadTuner& tuner = tuners.forStep(nTokens, maxThreads);
-    int32_t n = tuner.choose(w, w, -1);
+    double idle = -1;
+    if (!idleFn.IsEmpty()) {
+      Napi::Value v = idleFn.Call({Napi::Number::New(env, i)});
+      if (!v.IsNumber()) throwArg(env, "idle", "a function returning a number", v);
+      idle = v.As<Napi::Number>().DoubleValue();
+    }
+    ThreadTuner& tuner = tuners.forStep(nTokens, maxThreads, idle);
+    int32_t n = tuner.choose(w, w, idle);
     out[(size_t)i] = n;
     Napi::Value c = cost.Call({Napi::Number::New(env, n), Napi::Number::New(env, nTokens), Napi::Number::New(env, i)});
     if (!c.IsNumber()) throwArg(env, "cost", "a function returning a number", c);
     double seconds = c.As<Napi::Number>().DoubleValue();
+    if (tuner.following()) {
+      // The idle cores over this step: the reading at the next one.
+      double over = -1;
+      if (!idleFn.IsEmpty()) {
+        Napi::Value v = idleFn.Call({Napi::Number::New(env, i + 1)});
+        if (!v.IsNumber()) throwArg(env, "idle", "a function returning a number", v);
+        over = v.As<Napi::Number>().DoubleValue();
+      }
+      tuner.verifyFollow(over, seconds);
+    }
     tuner.record(n, ThreadTuners::costOf(nTokens, seconds), seconds);
   }
   return out;

@@ -1010,7 +1010,8 @@ bool Engine::step() {
     ThreadTuner* tuner = nullptr;
     if (maxForShape > 0) {
       int from = -1;
-      tuner = &tuners_.forStep(nTokens, maxForShape, &from);
+      waits_.sample();
+      tuner = &tuners_.forStep(nTokens, maxForShape, waits_.idleCores(), &from);
       if (profile_.perStep && from >= 0) {
         std::fprintf(stderr, "llama-addon tuner: shape %d starts %s%d\n", ThreadTuners::shapeOf(nTokens),
                      from > 0 ? "from shape " : "fresh at ", from > 0 ? from : maxForShape);
@@ -1018,7 +1019,6 @@ bool Engine::step() {
     }
     int32_t threads = 0;
     if (tuner != nullptr) {
-      waits_.sample();
       threads = tuner->choose(waits_.waits(), waits_.sustained(), waits_.idleCores());
       int32_t tg = single ? threads : tgNow_.load();
       int32_t pp = single ? ppNow_.load() : threads;
@@ -1026,6 +1026,9 @@ bool Engine::step() {
       tgNow_ = tg;
       ppNow_ = pp;
     }
+    // After a follow (native/thread_tuner.h), the machine's idle cores over this step say whether it stands.
+    double idleBefore = -1;
+    if (tuner != nullptr && tuner->following() && !RunQueueMeter::readIdle(idleBefore)) idleBefore = -1;
     auto decodeStart = std::chrono::steady_clock::now();
     int32_t ret;
     std::string failure;
@@ -1055,6 +1058,11 @@ bool Engine::step() {
       double& avg = promptRows > 0 ? promptTokenUs_ : genStepUs_;
       if (promptRows > 0) us /= nTokens;
       avg = avg > 0 ? 0.7 * avg + 0.3 * us : us;
+    }
+    if (tuner != nullptr && tuner->following()) {
+      double idleAfter = -1;
+      bool known = idleBefore >= 0 && RunQueueMeter::readIdle(idleAfter) && idleAfter >= idleBefore && decodeSeconds > 0;
+      tuner->verifyFollow(known ? (idleAfter - idleBefore) / decodeSeconds : -1, ret == 0 ? decodeSeconds : 0);
     }
     if (tuner != nullptr && ret == 0) {
       tuner->record(threads, ThreadTuners::costOf(nTokens, decodeSeconds), decodeSeconds);  // (per token within a size class)

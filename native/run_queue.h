@@ -32,6 +32,9 @@ class RunQueueMeter {
   static int currentThread();
   // The ids of the process's threads now (Linux; empty elsewhere).
   static std::vector<int> processThreads();
+  // The machine's idle time so far, all cores together (seconds; /proc/stat's idle and iowait, in clock
+  // ticks of 10 ms; false when unreadable).
+  static bool readIdle(double& seconds);
 
  private:
   // Nanoseconds the watched threads have waited so far; false when unreadable.
@@ -44,8 +47,7 @@ class RunQueueMeter {
   std::chrono::steady_clock::time_point last_;
   uint64_t lastNs_ = 0;
   double windows_[2] = {-1, -1};
-  // The machine's idle time so far (seconds; false when unreadable).
-  static bool readIdle(double& seconds);
+
   double lastIdle_ = -1;
   double idle_[2] = {-1, -1};
 };

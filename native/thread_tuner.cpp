@@ -26,6 +26,11 @@ constexpr int64_t kMaxGap = 1024;      // the longest wait before trying a neigh
 constexpr double kMaxGapSeconds = 1.0;
 // Idle cores below which the machine has none for a thread more (see choose()).
 constexpr double kFreeCore = 0.5;
+// A step this long at least tells, by the idle cores over it, whether a follow() stands (see verifyFollow()).
+constexpr double kVerifySeconds = 0.04;
+// A shape whose steps take this long at least follows another down (a shorter one costs little either way,
+// and its step after a follow would be too short to verify).
+constexpr double kFollowPace = 0.02;
 constexpr int64_t kFullGaps = 4;
 constexpr double kMargin = 0.97;       // a neighbour's cost must be this much below to move to it
 constexpr double kSlowdown = 2.0;      // a step this much above the baseline is slow
@@ -94,12 +99,49 @@ bool ThreadTuner::steady() const {
 }
 
 void ThreadTuner::reset() {
+  followFrom_ = 0;  // (a follow not yet verified stands)
+  followRecent_.clear();
+  followRecentSeconds_.clear();
   recent_.clear();
   recentSeconds_.clear();
   probeLeft_ = 0;
   probeCosts_.clear();
   probeSeconds_.clear();
   slowSteps_ = 0;
+}
+
+double ThreadTuner::pace() const { return meanOf(recentSeconds_); }
+
+void ThreadTuner::follow(int32_t count) {
+  count = std::clamp<int32_t>(count, 1, max_);
+  if (count >= cur_ || following()) return;
+  std::vector<double> saved = recent_;
+  std::vector<double> savedSeconds = recentSeconds_;
+  reset();
+  followFrom_ = cur_;
+  followRecent_ = std::move(saved);
+  followRecentSeconds_ = std::move(savedSeconds);
+  cur_ = count;
+}
+
+void ThreadTuner::verifyFollow(double idleCores, double seconds) {
+  if (!following()) return;
+  size_t from = (size_t)followFrom_;
+  size_t to = (size_t)cur_;
+  followFrom_ = 0;
+  if (seconds >= kVerifySeconds && idleCores >= kFreeCore) {
+    cur_ = (int32_t)from;
+    recent_ = std::move(followRecent_);
+    recentSeconds_ = std::move(followRecentSeconds_);
+    slowSteps_ = 0;
+    gap_[to] = std::min<int64_t>(std::max<int64_t>(gap_[to] * 2, 2 * kFirstGap), longestGap());
+    notBefore_[to] = step_ + jittered(gap_[to]);
+  } else {
+    gap_[from] = kFirstGap;
+    notBefore_[from] = step_ + kFirstGap;
+  }
+  followRecent_.clear();
+  followRecentSeconds_.clear();
 }
 
 int32_t ThreadTuner::choose(double waits, double sustained, double idle) {
@@ -270,6 +312,7 @@ void ThreadTuners::resetAll() {
   for (auto& t : tuners_) {
     if (t) t->reset();
   }
+  last_ = 0;
 }
 
 int ThreadTuners::startFor(int shape, int32_t maxThreads) const {
@@ -304,8 +347,26 @@ int ThreadTuners::startFor(int shape, int32_t maxThreads) const {
   return near;
 }
 
-ThreadTuner& ThreadTuners::forStep(int32_t nTokens, int32_t maxThreads, int* startedFrom) {
+ThreadTuner& ThreadTuners::forStep(int32_t nTokens, int32_t maxThreads, double idle, int* startedFrom) {
+  // The last step's tuner moved to fewer threads during it: news for the other shapes.
+  if (last_ != 0 && tuners_[last_] && tuners_[last_]->current() < lastCount_) {
+    movesDown_++;
+    mover_ = last_;
+  }
   int shape = shapeOf(nTokens);
+  // A shape runs its steps now and then (a chat's prompt, once a turn), and what it has learnt can be from
+  // a quieter host: with a core kept busy, a 5-token prompt step at 2 threads, made after generation had moved
+  // to 1 thread, took 2,146 ms against 231 ms at 1 (a hostile review). While the machine has no idle core,
+  // a shape that another has moved below since it last ran (a new shape included) follows it down, and its
+  // next step says whether that stands (verifyFollow(): a server's JS thread kept the machine full while
+  // tokens streamed, and left a core idle during its prompt steps, which 2 threads ran in 35-40 ms against
+  // 60-70 at 1). Where a core is idle, the other's fewer threads are its own shape's best (a tiny model's
+  // single tokens on an idle machine), and nothing follows.
+  const bool full = idle >= 0 && idle < kFreeCore;
+  const ThreadTuner* down = mover_ != 0 && tuners_[mover_] && tuners_[mover_]->maxThreads() == std::max<int32_t>(1, maxThreads) &&
+                                    tuners_[mover_]->current() < tuners_[mover_]->maxThreads()
+                                ? tuners_[mover_].get()
+                                : nullptr;
   auto& slot = tuners_[shape];
   if (startedFrom != nullptr) *startedFrom = -1;
   if (!slot || slot->maxThreads() != std::max<int32_t>(1, maxThreads)) {
@@ -317,7 +378,14 @@ ThreadTuner& ThreadTuners::forStep(int32_t nTokens, int32_t maxThreads, int* sta
     slot = from != 0 ? std::make_unique<ThreadTuner>(*tuners_[from])
                            : std::make_unique<ThreadTuner>(maxThreads, shape >= kLargeStep ? 64 : 2);
     slot->reset();
+    if (full && down != nullptr) slot->follow(down->current());
+  } else if (full && down != nullptr && seen_[shape] < movesDown_ && slot->current() > down->current() &&
+             !(slot->pace() >= 0 && slot->pace() < kFollowPace)) {
+    slot->follow(down->current());
   }
+  seen_[shape] = movesDown_;
+  last_ = shape;
+  lastCount_ = slot->current();
   return *slot;
 }
 

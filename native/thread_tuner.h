@@ -40,6 +40,20 @@ class ThreadTuner {
   void record(int32_t threads, double cost, double seconds = -1);
   // The step's shape changed (costs before and after do not compare): start measuring again.
   void reset();
+  // Another shape moved to `count` threads while the machine had no idle core (the host got busy): a count
+  // above it is left for `count`, measuring afresh (its costs were measured on a quieter host), until the
+  // next step says whether to stay (verifyFollow()).
+  void follow(int32_t count);
+  // A step after follow() is in progress: the engine measures the machine's idle cores over it.
+  bool following() const { return followFrom_ > 0; }
+  // The idle cores over the first step after follow(), and its length (seconds). Half a core or more idle
+  // over a step long enough to tell (40 ms; /proc/stat counts in 10-ms ticks): what kept the machine full
+  // was work that this shape's steps do not meet (a server's JS thread, busy while tokens stream and idle
+  // during a prompt step), and the count it left comes back, the followed count waiting as a slower try
+  // does. Otherwise the follow stands, and the count it left is tried again as after a move.
+  void verifyFollow(double idleCores, double seconds);
+  // The mean length of its recent steps at the count in use (seconds; < 0: none yet).
+  double pace() const;
 
   int32_t current() const { return cur_; }
   // At the most threads, with one fewer tried since the last move and found slower.
@@ -82,6 +96,10 @@ class ThreadTuner {
   int32_t slowSteps_ = 0;           // consecutive steps well above the baseline
   bool wasBusy_ = false;            // the sustained waits were busy at the last choose()
   bool wasFull_ = false;            // the machine had no idle core at the last choose() that knew
+  // follow(): the count left (0: not following) and its costs, until verifyFollow().
+  int32_t followFrom_ = 0;
+  std::vector<double> followRecent_;
+  std::vector<double> followRecentSeconds_;
 };
 
 // One tuner per shape of step, since step times compare only between steps of the same size: 1 to 31
@@ -96,8 +114,10 @@ class ThreadTuners {
   static constexpr int32_t kLargeStep = 32;  // steps of this many tokens or more: a tuner per size class
   static int shapeOf(int32_t nTokens);
   // The tuner of a step of `nTokens` whose counts go up to `maxThreads`; `startedFrom`, where this step made
-  // it: the shape it started from, or 0 (fresh); -1 where it was made before.
-  ThreadTuner& forStep(int32_t nTokens, int32_t maxThreads, int* startedFrom = nullptr);
+  // it: the shape it started from, or 0 (fresh); -1 where it was made before. `idle`: the cores the machine
+  // left idle lately (RunQueueMeter::idleCores(); < 0: unknown): while under half a core is idle, a shape
+  // follows another that moved to fewer threads since it last ran (see follow()).
+  ThreadTuner& forStep(int32_t nTokens, int32_t maxThreads, double idle = -1, int* startedFrom = nullptr);
   // What the step cost (seconds per token from kLargeStep tokens on).
   static double costOf(int32_t nTokens, double seconds) { return nTokens < kLargeStep ? seconds : seconds / nTokens; }
   void resetAll();
@@ -106,6 +126,13 @@ class ThreadTuners {
   // The shape whose tuner a new shape starts from, or 0: none (see forStep()).
   int startFor(int shape, int32_t maxThreads) const;
   std::unique_ptr<ThreadTuner> tuners_[kShapes];
+  // Moves to fewer threads, seen from one step to the next: the shape of the last step and its count then,
+  // how many moves down there have been, the shape that made the last, and the count each shape has seen.
+  int last_ = 0;
+  int32_t lastCount_ = 0;
+  uint64_t movesDown_ = 0;
+  int mover_ = 0;
+  uint64_t seen_[kShapes] = {};
 };
 
 }  // namespace la

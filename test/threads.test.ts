@@ -314,6 +314,8 @@ describe("the engine's tuners, one per shape of step", () => {
   const cost = (n: number, t: number) => (t === 1 ? (n === 2 ? 0.018 : 0.025) : t >= 32 ? 0.0037 * t * (n === 2 ? 1 : 1.9) : n === 2 ? 0.043 : 0.08);
   const simulate = (steps: number, c: typeof cost, waits?: (i: number) => number) =>
     Array.from(native().simulateThreadTuners(2, steps, tokens, c, waits));
+  const simulate2 = (steps: number[], c: (n: number, t: number, i: number) => number, waits?: (i: number) => number, idle?: (i: number) => number) =>
+    Array.from(native().simulateThreadTuners(2, steps.length, (i) => steps[i]!, c, waits, idle));
 
   it('start a new shape of several tokens from the single-token steps that found a thread fewer slower', () => {
     for (const waits of [undefined, () => 0.05, () => 0.02]) {
@@ -342,6 +344,64 @@ describe("the engine's tuners, one per shape of step", () => {
     const chosen = simulate(372, c, () => 0.7);
     expect(chosen.slice(20, 300).filter((n) => n === 2).length).toBeLessThan(10);
     expect(chosen.slice(302).filter((n) => n === 2).length).toBeLessThan(10);
+  });
+
+  // A chat on a host that keeps a core busy: each turn is a prompt of a new length (a new shape, or one
+  // that last ran long ago), then 40 tokens. Generation moves to 1 thread; at 1 thread the busy host leaves
+  // our one thread a core, so its waits stay quiet, and a prompt shape made (or last run) on the quieter host
+  // ran at 2 threads: a hostile review's 5-token prompt step took 2,146 ms against 231 ms at 1 thread.
+  const turns = (promptLen: (turn: number) => number) => {
+    const steps: number[] = [];
+    for (let turn = 0; turn < 60; turn++) steps.push(promptLen(turn), ...Array<number>(40).fill(1));
+    return steps;
+  };
+  const busyCost = (n: number, t: number) => (n === 2 ? 9 : 1) * (t === 1 ? 0.018 : t >= 32 ? 0.0037 * t : 0.02 + 0.004 * t);
+  const promptSteps = (steps: number[], chosen: number[], from = 0) => chosen.filter((_, i) => i >= from && steps[i]! > 1);
+
+  it('on a busy host, a prompt of a new shape starts at the count generation moved to', () => {
+    for (const len of [(k: number) => 2 + (k % 29), (k: number) => 40 + 37 * k]) {
+      const steps = turns(len);
+      const full = simulate2(steps, busyCost, () => 0.05, () => 0.05);
+      // Every prompt after the first turns (where generation finds 1 thread) at 1 thread.
+      expect(promptSteps(steps, full, 82).filter((n) => n === 2).length).toBeLessThanOrEqual(2);
+      // Without the machine's idle cores, nothing tells a busy host from a tiny model's faster single thread.
+      const unknown = simulate2(steps, busyCost, () => 0.05);
+      expect(promptSteps(steps, unknown, 82).filter((n) => n === 2).length).toBeGreaterThan(20);
+    }
+  });
+
+  it('on a host that gets busy, the prompt shapes learnt while it was quiet follow generation down', () => {
+    // 30 turns on a quiet host (2 threads faster at every size), then 30 with a core busy; the prompt
+    // lengths repeat, so every prompt shape of the busy turns was made on the quiet host.
+    const steps = turns((k) => 5 + (k % 10));
+    const at = steps.length / 2;
+    const cost = (n: number, t: number, i: number) => (i < at ? (n === 2 ? 0.6 : 1) * (t === 1 ? 0.018 : 0.02 + 0.004 * t) : busyCost(n, t));
+    // No idle core either way: our 2 threads, then our 1 thread and the host's work.
+    const chosen = simulate2(steps, cost, () => 0.02, () => 0.05);
+    expect(promptSteps(steps, chosen).slice(0, 30).filter((n) => n === 2).length).toBeGreaterThan(25);
+    // Once generation has moved (within its first turn on the busy host), the prompts follow it.
+    expect(promptSteps(steps, chosen, at + 82).filter((n) => n === 2).length).toBeLessThanOrEqual(2);
+  });
+
+  it("a server whose JS thread keeps the machine full while tokens stream: its prompts, idle-cored, stay at 2", () => {
+    // stories260k served: single tokens at 1 thread (the JS thread and the client take the other core while
+    // tokens stream: no idle core), prompts of ~330 tokens at 2 threads in 35 ms against 60 at 1, with a core
+    // idle during them at 1 thread. Following generation down cost the server a third of its requests.
+    const steps = turns((k) => (k % 2 ? 57 : 330));
+    const cost = (n: number, t: number) => (t === 1 ? (n === 1 ? 0.0003 : 0.0004) : (n === 2 ? 1 : 1.7) * 0.0001 * t + 0.001);
+    // The reading at a step covers the step before it: idle over a prompt step at 1 thread, full otherwise.
+    const chosen = simulate2(steps, cost, () => 0.05, (i) => (i > 0 && steps[i - 1]! > 1 && steps[i - 1]! >= 100 ? 1 : 0.05));
+    const long = chosen.filter((_, i) => i >= 82 && steps[i]! >= 100);
+    expect(long.filter((n) => n === 2).length).toBeGreaterThan(0.9 * long.length);
+  });
+
+  it('where a core is idle, a tiny model\'s faster single thread does not pull its prompts down', () => {
+    // stories260k on an idle machine: 1 thread beats 2 on single tokens, 2 beat 1 on prompts; at 1 thread a
+    // core is idle.
+    const steps = turns((k) => 2 + (k % 29));
+    const cost = (n: number, t: number) => (t === 1 ? (n === 1 ? 0.0003 : 0.0005) : (n === 2 ? 1 : 1.7) * (0.001 + 0.0002 * t));
+    const chosen = simulate2(steps, cost, () => 0.02, (i) => (i > 0 && steps[i - 1] === 1 ? 1 : 0.05));
+    expect(promptSteps(steps, chosen, 82).filter((n) => n === 2).length).toBeGreaterThan(50);
   });
 });
 

@@ -356,6 +356,7 @@ export interface NativeAddon {
     tokens: (step: number) => number,
     cost: (threads: number, tokens: number, step: number) => number,
     waits?: (step: number) => number,
+    idle?: (step: number) => number,
   ): Int32Array;
   backendInfo(): NativeBackendInfo;
   /** Loads the CPU module best for this CPU and the other non-GPU modules in `dir`; returns backend names. */
