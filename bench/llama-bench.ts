@@ -2,6 +2,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { own } from './children.js';
 import { repoRoot } from './models.js';
 import { stat, type WorkerArgs, type WorkerResult } from './stats.js';
 
@@ -58,7 +59,7 @@ export async function runLlamaBench(args: WorkerArgs): Promise<WorkerResult> {
   const cli = ['-m', args.model, '-p', String(args.prompt), '-n', String(args.gen), '-r', String(args.reps), '-o', 'json'];
   if (args.threads) cli.push('-t', String(args.threads));
   if (args.gpuLayers !== undefined) cli.push('-ngl', String(args.gpuLayers));
-  const child = spawn(bin, cli, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = own(spawn(bin, cli, { stdio: ['ignore', 'pipe', 'pipe'] }));
   const stopWatch = watchRss(child.pid!);
   let stdout = '';
   let stderr = '';

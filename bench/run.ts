@@ -18,6 +18,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { readGguf } from '../lib/gguf/index.js';
 import { getSystemInfo } from '../lib/index.js';
+import { own } from './children.js';
 import { compareReports, type Report } from './compare.js';
 import { runLlamaBench } from './llama-bench.js';
 import { batchedScenario, contentionScenario, sessionsScenario, speculativeScenario, type BatchedResult, type ContentionResult, type SessionsResult, type SpeculativeResult } from './scenarios.js';
@@ -65,10 +66,12 @@ function runWorker(script: string, args: WorkerArgs): Promise<WorkerResult> {
     // Bundled (see scripts/device-bundle.mjs): plain .mjs beside the runner; otherwise TypeScript through tsx.
     const bundled = join(benchRoot, script.replace(/\.ts$/, '.mjs'));
     const entry = existsSync(bundled) ? [bundled] : ['--import', 'tsx', join(benchRoot, script)];
-    const child = spawn(process.execPath, [...entry, JSON.stringify(args)], {
-      cwd: repoRoot,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = own(
+      spawn(process.execPath, [...entry, JSON.stringify(args)], {
+        cwd: repoRoot,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }),
+    );
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));

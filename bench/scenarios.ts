@@ -4,6 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { readGguf } from '../lib/gguf/index.js';
+import { own } from './children.js';
 import { benchRoot, models, repoRoot, sharedDir } from './models.js';
 import { stat, type Stat } from './stats.js';
 import type { ScenarioArgs } from './scenario-worker.js';
@@ -25,7 +26,7 @@ function batchedBenchPath(): string {
 
 function run(cmd: string, argv: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
-    const child = spawn(cmd, argv, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = own(spawn(cmd, argv, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] }));
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => (out += d));
@@ -173,7 +174,8 @@ export interface ContentionResult {
 
 /** Busy loops in child processes, one per core to keep busy (the host application's own work). */
 function busyLoops(n: number): () => void {
-  const children = Array.from({ length: n }, () => spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }));
+  // (Ended with the bench however it ends, bench/children.ts: one left running would keep a core busy for good.)
+  const children = Array.from({ length: n }, () => own(spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' })));
   return () => children.forEach((c) => c.kill('SIGKILL'));
 }
 

@@ -14,6 +14,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { readGguf } from '../lib/gguf/index.js';
+import { own } from './children.js';
 import { models, repoRoot } from './models.js';
 import { stat, type Stat } from './stats.js';
 
@@ -62,30 +63,7 @@ interface Running {
  */
 export type ServerSystem = string;
 
-// The servers started and not yet ended. A paused one (SIGSTOP) would not act on the SIGINT of a Ctrl-C
-// and would stay behind, stopped, holding its port and memory: the bench ends them all when it ends.
-const live = new Set<ChildProcess>();
-let cleanupInstalled = false;
-function endServersOnExit(): void {
-  if (cleanupInstalled) return;
-  cleanupInstalled = true;
-  const endAll = () => {
-    for (const c of live) {
-      c.kill('SIGCONT');
-      c.kill('SIGKILL');
-    }
-  };
-  process.once('exit', endAll);
-  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.once(signal, () => {
-      endAll();
-      process.exit(128 + ({ SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const)[signal]);
-    });
-  }
-}
-
 async function start(system: ServerSystem, modelPath: string, o: { slots: number; ctxPerSlot: number; threads: number | null }, logFile: string): Promise<Running> {
-  endServersOnExit();
   const port = await freePort();
   let cmd: string;
   let argv: string[];
@@ -118,9 +96,8 @@ async function start(system: ServerSystem, modelPath: string, o: { slots: number
   }
   const out = createWriteStream(logFile, { flags: 'a' });
   out.write(`\n==== ${new Date().toISOString()} ${system}\n`);
-  const child = spawn(cmd, argv, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
-  live.add(child);
-  child.once('exit', () => live.delete(child));
+  // (A paused server does not act on a Ctrl-C's SIGINT: bench/children.ts ends it with the bench.)
+  const child = own(spawn(cmd, argv, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] }));
   child.stdout!.pipe(out);
   child.stderr!.pipe(out);
   const url = `http://127.0.0.1:${port}`;

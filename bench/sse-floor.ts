@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { get } from 'node:http';
 import { parseArgs } from 'node:util';
+import { own } from './children.js';
 
 const { values } = parseArgs({ options: { chunks: { type: 'string', default: '550' }, interval: { type: 'string', default: '18' }, child: { type: 'string' } } });
 const chunks = Number(values.chunks);
@@ -41,7 +42,7 @@ if (values.child) {
 } else {
   console.log(`A bare node:http server, one client, a chunk every ${interval} ms, ${chunks} chunks; CPU of the server process per chunk:`);
   for (const mode of ['wake', 'socket', 'response']) {
-    const child = spawn(process.execPath, ['--import', 'tsx', new URL(import.meta.url).pathname, '--child', mode, '--chunks', String(chunks), '--interval', String(interval)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = own(spawn(process.execPath, ['--import', 'tsx', new URL(import.meta.url).pathname, '--child', mode, '--chunks', String(chunks), '--interval', String(interval)], { stdio: ['ignore', 'pipe', 'inherit'] }));
     const port = await new Promise<number>((resolve) => child.stdout!.once('data', (d: Buffer) => resolve(Number(String(d).trim()))));
     const cpu = () => Number(readFileSync(`/proc/${child.pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
     const before = cpu();
