@@ -301,7 +301,15 @@ if (values.json) {
     }
   }
   if (server) {
-    lines.push('', `Server: streamed chat completions, two-turn conversations (the second repeats the first and its answer), ${server.gen} tokens per answer, greedy; ${server.slots} slots of ${server.ctxPerSlot} tokens; threads ${server.threads ?? 'each server\'s default (ours: \'auto\'; llama-server: the physical cores)'}; ${server.minClientsMs ? `median (min–max) of all turns, in ${server.reps} rounds; at each client count the servers take turns, each at least ${server.minTurnMs} ms, in passes over them all that go on for ${server.minClientsMs} ms (up to 8)` : `median (min–max) of ${server.reps} rounds${server.minTurnMs ? `; servers take turns at each client count, each turn at least ${server.minTurnMs} ms` : ''}`}`, '');
+    // How many turns each row's figures rest on: a row of one turn can read an absurd ratio (a spell of
+    // outside load during one server's only turn) with nothing else to say so.
+    const turnCounts = (r: ServerResult) => {
+      const ns = r.rows.map((x) => x.requestsPerSecond?.n ?? 0);
+      const lo = Math.min(...ns);
+      const hi = Math.max(...ns);
+      return lo === hi ? `${lo}` : `${lo}–${hi}`;
+    };
+    lines.push('', `Server: streamed chat completions, two-turn conversations (the second repeats the first and its answer), ${server.gen} tokens per answer, greedy; ${server.slots} slots of ${server.ctxPerSlot} tokens; threads ${server.threads ?? 'each server\'s default (ours: \'auto\'; llama-server: the physical cores)'}; ${server.minClientsMs ? `median (min–max) of all turns (${turnCounts(server)} a row), in ${server.reps} rounds; at each client count the servers take turns, each at least ${server.minTurnMs} ms, in passes over them all that go on for ${server.minClientsMs} ms (up to 8)` : `median (min–max) of ${server.reps} rounds${server.minTurnMs ? `; servers take turns at each client count, each turn at least ${server.minTurnMs} ms` : ''}`}`, '');
     lines.push('| model | clients | server | req/s | tok/s | TTFT p50 ms | TTFT p99 ms | turn 2 TTFT p50 ms | turn 2 TTFT p99 ms | event loop p99 / max ms |', '|---|---|---|---|---|---|---|---|---|---|');
     for (const r of server.rows) {
       lines.push(`| ${r.model} | ${r.clients} | ${r.system} | ${f(r.requestsPerSecond, 2)} | ${f(r.tokensPerSecond)} | ${f(r.ttftP50, 0)} | ${f(r.ttftP99, 0)} | ${f(r.turn2TtftP50, 0)} | ${f(r.turn2TtftP99, 0)} | ${r.eventLoopP99Ms ? `${r.eventLoopP99Ms.median.toFixed(1)} / ${r.eventLoopMaxMs?.median.toFixed(1) ?? '—'}` : '—'} |`);
