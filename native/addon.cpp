@@ -55,6 +55,14 @@ Napi::Function functionArg(const Napi::CallbackInfo& info, size_t i, const char*
   return info[i].As<Napi::Function>();
 }
 
+// An optional simulator argument's value at `step`: the function's number, or -1 (unknown) without one.
+double atStep(Napi::Env env, const Napi::Function& fn, int32_t step, const char* what) {
+  if (fn.IsEmpty()) return -1;
+  Napi::Value v = fn.Call({Napi::Number::New(env, step)});
+  if (!v.IsNumber()) throwArg(env, what, "a function returning a number", v);
+  return v.As<Napi::Number>().DoubleValue();
+}
+
 // simulateThreadTuner(maxThreads, steps, cost: (threads, step) => seconds, waits?: (step) => core-seconds per
 // second, idle?: (step) => idle cores) -> Int32Array of the counts a ThreadTuner chose, step by step, against made-up costs and run-queue
 // waits (test/threads.test.ts; not part of the public API).
@@ -68,18 +76,8 @@ Napi::Value SimulateThreadTuner(const Napi::CallbackInfo& info) {
   ThreadTuner tuner(maxThreads);
   Napi::Int32Array out = Napi::Int32Array::New(env, (size_t)steps);
   for (int32_t i = 0; i < steps; i++) {
-    double w = -1;
-    if (!waits.IsEmpty()) {
-      Napi::Value v = waits.Call({Napi::Number::New(env, i)});
-      if (!v.IsNumber()) throwArg(env, "waits", "a function returning a number", v);
-      w = v.As<Napi::Number>().DoubleValue();
-    }
-    double idle = -1;
-    if (!idleFn.IsEmpty()) {
-      Napi::Value v = idleFn.Call({Napi::Number::New(env, i)});
-      if (!v.IsNumber()) throwArg(env, "idle", "a function returning a number", v);
-      idle = v.As<Napi::Number>().DoubleValue();
-    }
+    double w = atStep(env, waits, i, "waits");
+    double idle = atStep(env, idleFn, i, "idle");
     int32_t n = tuner.choose(w, w, idle);
     out[(size_t)i] = n;
     Napi::Value c = cost.Call({Napi::Number::New(env, n), Napi::Number::New(env, i)});
@@ -109,18 +107,8 @@ Napi::Value SimulateThreadTuners(const Napi::CallbackInfo& info) {
       throwArg(env, "tokens", "a function returning a count of tokens from 1", t);
     }
     int32_t nTokens = (int32_t)t.As<Napi::Number>().DoubleValue();
-    double w = -1;
-    if (!waits.IsEmpty()) {
-      Napi::Value v = waits.Call({Napi::Number::New(env, i)});
-      if (!v.IsNumber()) throwArg(env, "waits", "a function returning a number", v);
-      w = v.As<Napi::Number>().DoubleValue();
-    }
-    double idle = -1;
-    if (!idleFn.IsEmpty()) {
-      Napi::Value v = idleFn.Call({Napi::Number::New(env, i)});
-      if (!v.IsNumber()) throwArg(env, "idle", "a function returning a number", v);
-      idle = v.As<Napi::Number>().DoubleValue();
-    }
+    double w = atStep(env, waits, i, "waits");
+    double idle = atStep(env, idleFn, i, "idle");
     ThreadTuner& tuner = tuners.forStep(nTokens, maxThreads, idle);
     int32_t n = tuner.choose(w, w, idle);
     out[(size_t)i] = n;
@@ -129,13 +117,7 @@ Napi::Value SimulateThreadTuners(const Napi::CallbackInfo& info) {
     double seconds = c.As<Napi::Number>().DoubleValue();
     if (tuner.following()) {
       // The idle cores over this step: the reading at the next one.
-      double over = -1;
-      if (!idleFn.IsEmpty()) {
-        Napi::Value v = idleFn.Call({Napi::Number::New(env, i + 1)});
-        if (!v.IsNumber()) throwArg(env, "idle", "a function returning a number", v);
-        over = v.As<Napi::Number>().DoubleValue();
-      }
-      tuner.verifyFollow(over, seconds);
+      tuner.verifyFollow(atStep(env, idleFn, i + 1, "idle"), seconds);
     }
     tuner.record(n, ThreadTuners::costOf(nTokens, seconds), seconds);
   }

@@ -47,7 +47,6 @@ class RunQueueMeter {
   std::chrono::steady_clock::time_point last_;
   uint64_t lastNs_ = 0;
   double windows_[2] = {-1, -1};
-
   double lastIdle_ = -1;
   double idle_[2] = {-1, -1};
 };

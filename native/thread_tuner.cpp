@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 namespace la {
 
@@ -152,9 +153,10 @@ int32_t ThreadTuner::choose(double waits, double sustained, double idle) {
     // try (one step at least): it ends there. (A server's burst of 16 requests kept its JS thread busy for
     // a moment, a try of 1 thread began, and its 4 prompt steps of 800-2,048 tokens ran at 1 thread with
     // a core idle: 0.9 s at 1.7x 2 threads' time, a fifth of the round.)
-    if (probe_ < cur_ && idle >= kFreeCore && probeSeen_ >= std::max(1, probeSteps_ / 4) &&
-        probeSum_ / (double)probeSeen_ > baseline()) {
-      endProbe(probeSum_ / (double)probeSeen_);
+    const int32_t seen = probeSteps_ - probeLeft_;  // the try's steps so far (its first in probeFirst_)
+    double mean = seen > 0 ? (probeFirst_ + std::accumulate(probeCosts_.begin(), probeCosts_.end(), 0.0)) / seen : 0;
+    if (probe_ < cur_ && idle >= kFreeCore && seen >= std::max(1, probeSteps_ / 4) && mean > baseline()) {
+      endProbe(mean);
     } else {
       return probe_;
     }
@@ -209,8 +211,6 @@ int32_t ThreadTuner::choose(double waits, double sustained, double idle) {
     probeLeft_ = probeSteps_ = std::clamp(steps, kProbeSteps, kMaxProbeSteps);
     probeCosts_.clear();
     probeSeconds_.clear();
-    probeSum_ = 0;
-    probeSeen_ = 0;
     return probe_;
   }
   return cur_;
@@ -248,8 +248,6 @@ void ThreadTuner::record(int32_t threads, double cost, double seconds) {
   double base = baseline();
   if (probeLeft_ > 0 && threads == probe_) {
     probeLeft_--;
-    probeSum_ += cost;
-    probeSeen_++;
     bool first = probeLeft_ == probeSteps_ - 1;
     // (Not a count more on a machine with an idle core: its first step wakes a thread that slept while
     // unused, which took 28 ms against 0.3 ms steps of stories260k on an idle machine, and every try of 2

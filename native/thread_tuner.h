@@ -87,8 +87,6 @@ class ThreadTuner {
   std::vector<double> probeSeconds_;
   int32_t probeSteps_ = 0;          // the steps the probe in progress was given
   double probeFirst_ = 0;            // the probe's first step (its threads warming up)
-  double probeSum_ = 0;              // the costs of all its steps so far, the first included
-  int32_t probeSeen_ = 0;            // and how many
   bool probeUp_ = false;            // which neighbour is tried next
   bool probeFreeCore_ = false;      // the probe in progress is of a count more, with an idle core for it
   std::vector<int64_t> gap_;        // steps to wait before trying each count again
